@@ -1,0 +1,218 @@
+//! Body wrappers: a streaming size limit and a completion hook.
+//!
+//! Bodies are streamed, never buffered: the limit counts bytes as frames pass
+//! and fails the stream the moment the limit is crossed, so a client cannot
+//! make the gateway hold more than one frame of its body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::BoxError;
+
+/// The error a [`Limited`] body fails with; the proxy finds it in an upstream
+/// error's source chain and answers 413.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTooLarge {
+    /// The limit that was crossed.
+    pub limit: u64,
+}
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body exceeds {} bytes", self.limit)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+pin_project! {
+    /// A body that fails with [`BodyTooLarge`] once more than `limit` bytes
+    /// have passed.
+    #[derive(Debug)]
+    pub struct Limited<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        limit: u64,
+    }
+}
+
+impl<B> Limited<B> {
+    /// Wraps `inner` with a limit.
+    pub const fn new(inner: B, limit: u64) -> Self {
+        Self { inner, remaining: limit, limit }
+    }
+}
+
+impl<B> HttpBody for Limited<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > *this.remaining {
+                        *this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *this.limit }))));
+                    }
+                    *this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A body that counts the bytes it yields and calls `on_done` once, when
+    /// it ends, fails or is dropped (the client went away).
+    pub struct Observed<B, F: FnOnce(u64, bool)> {
+        #[pin]
+        inner: B,
+        bytes: u64,
+        on_done: Option<F>,
+    }
+
+    impl<B, F: FnOnce(u64, bool)> PinnedDrop for Observed<B, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(done) = this.on_done.take() {
+                done(*this.bytes, false);
+            }
+        }
+    }
+}
+
+impl<B, F: FnOnce(u64, bool)> std::fmt::Debug for Observed<B, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observed").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
+}
+
+impl<B, F: FnOnce(u64, bool)> Observed<B, F> {
+    /// Wraps `inner`; `on_done(bytes, completed)` runs exactly once.
+    pub const fn new(inner: B, on_done: F) -> Self {
+        Self { inner, bytes: 0, on_done: Some(on_done) }
+    }
+}
+
+impl<B, F> HttpBody for Observed<B, F>
+where
+    B: HttpBody<Data = Bytes>,
+    F: FnOnce(u64, bool),
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+                // hyper stops polling once a body reports its end, so the
+                // end is seen here rather than as `Ready(None)`.
+                if this.inner.is_end_stream() {
+                    if let Some(done) = this.on_done.take() {
+                        done(*this.bytes, true);
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(done) = this.on_done.take() {
+                    done(*this.bytes, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(done) = this.on_done.take() {
+                    done(*this.bytes, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `error` or any error in its source chain is a [`BodyTooLarge`].
+#[must_use]
+pub fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn chunks(parts: &[&'static str]) -> crate::Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes())))).collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn limit_passes_bodies_up_to_the_limit() {
+        let body = Limited::new(chunks(&["abc", "de"]), 5);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abcde");
+    }
+
+    #[tokio::test]
+    async fn limit_fails_the_stream_past_the_limit() {
+        let body = Limited::new(chunks(&["abc", "def"]), 5);
+        let err = body.collect().await.unwrap_err();
+        assert!(is_body_too_large(err.as_ref()));
+    }
+
+    #[tokio::test]
+    async fn observed_reports_bytes_once() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let body = Observed::new(chunks(&["ab", "cde"]), move |n, done| s.lock().unwrap().push((n, done)));
+        let _ = body.collect().await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(5, true)]);
+
+        let s = seen.clone();
+        let body = Observed::new(chunks(&["ab"]), move |n, done| s.lock().unwrap().push((n, done)));
+        drop(body);
+        assert_eq!(seen.lock().unwrap()[1], (0, false));
+    }
+}

@@ -1,0 +1,68 @@
+//! The last step before the proxy: make the request safe to forward.
+//!
+//! Removes hop-by-hop headers (keeping a WebSocket upgrade), rewrites the
+//! forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) from the
+//! resolved client (rules in `portcullis_policy::forwarded`). The request id
+//! header was already set by the reject layer.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::{Request, Response};
+use portcullis_policy::forwarded::{self, Hop};
+use portcullis_policy::hop;
+use tower::{Layer, Service};
+
+use crate::{Body, ConnInfo, RequestContext};
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardLayer;
+
+impl<S> Layer<S> for ForwardLayer {
+    type Service = Forward<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Forward { inner }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Forward<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Forward<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        hop::strip(req.headers_mut(), true);
+        let scheme = req.extensions().get::<ConnInfo>().map_or("http", |c| c.scheme);
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        if let Some(ctx) = req.extensions().get::<RequestContext>() {
+            let client = ctx.client;
+            forwarded::apply(req.headers_mut(), &Hop { client, scheme, host: host.as_deref() });
+        } else {
+            // Without a resolved client nothing the client claimed may pass.
+            for name in [forwarded::X_FORWARDED_FOR, forwarded::X_FORWARDED_PROTO, forwarded::X_FORWARDED_HOST, forwarded::X_REAL_IP] {
+                req.headers_mut().remove(name);
+            }
+            req.headers_mut().remove(http::header::FORWARDED);
+        }
+        self.inner.call(req)
+    }
+}

@@ -1,0 +1,148 @@
+//! Tower layers that enforce Portcullis policy on live requests.
+//!
+//! Each defence is a `Layer` + `Service` in its own module whose `call` asks
+//! the pure `portcullis_policy` crate for a decision and dispatches on it. A
+//! refusal is never rendered here: the layer returns [`reject::deny`], a
+//! response carrying the typed [`Denied`] in its extensions, and the outermost
+//! [`reject`] layer turns it into the JSON error body and exactly one security
+//! event.
+//!
+//! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
+//!
+//! ```text
+//! reject/context → head limits → route → body limit → forward → proxy
+//! ```
+//!
+//! Later defences slot in between `route` and `forward` (rate limit,
+//! authentication, authorization, CSRF, WAF) and around `proxy` (response
+//! headers).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use portcullis_policy::Denied;
+use portcullis_policy::forwarded::{ClientAddr, TrustedProxies};
+use portcullis_policy::limits::RequestLimits;
+use portcullis_policy::route::RouteTable;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+pub mod body;
+pub mod forward;
+pub mod limits;
+pub mod reject;
+pub mod route;
+
+pub use reject::{EventSink, deny};
+
+/// Errors carried by bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The body type every layer speaks: any streaming body, boxed once.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The service type of a composed stack.
+pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// An empty body.
+#[must_use]
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body of known bytes.
+#[must_use]
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// How the connection was accepted; inserted into each request's extensions
+/// by the server before the stack sees it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The listener's configured name.
+    pub listener: Arc<str>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// Who sent the request; inserted by the reject layer for every inner layer.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The request id (also in the `X-Request-Id` request header).
+    pub request_id: Arc<str>,
+    /// The client after trusted-proxy resolution.
+    pub client: ClientAddr,
+}
+
+/// Authentication methods a route accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication: anyone may call the route.
+    Public,
+}
+
+/// What the layers need to know about a matched route. The route layer puts
+/// an `Arc<RouteInfo>` into the request's extensions (for inner layers and the
+/// proxy) and into the response's (for the access log and events).
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    /// The route's name, used in events, logs and metrics.
+    pub name: Arc<str>,
+    /// Index of the route's upstream in the proxy's upstream list.
+    pub upstream: usize,
+    /// The upstream's name (for logs).
+    pub upstream_name: Arc<str>,
+    /// Body size limit for this route, overriding the global one.
+    pub max_body_bytes: Option<u64>,
+    /// Accepted authentication.
+    pub auth: AuthMode,
+}
+
+/// The upstream target that served a response; put into the response's
+/// extensions by the proxy for the access log.
+#[derive(Debug, Clone)]
+pub struct ServedBy(pub Arc<str>);
+
+/// Everything the stack needs, compiled from configuration.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Trusted proxies for client address and request id resolution.
+    pub trusted_proxies: TrustedProxies,
+    /// Request size limits.
+    pub limits: RequestLimits,
+    /// The route table.
+    pub routes: Arc<RouteTable<Arc<RouteInfo>>>,
+    /// Where security events go.
+    pub events: Arc<dyn EventSink>,
+    /// Whether to write an access-log line per request.
+    pub access_log: bool,
+}
+
+/// Composes the defences around `proxy` in the documented order.
+pub fn stack<S>(config: &StackConfig, proxy: S) -> GatewayService
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let service = ServiceBuilder::new()
+        .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
+        .layer(limits::HeadLimitsLayer::new(config.limits))
+        .layer(route::RouteLayer::new(config.routes.clone()))
+        .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(forward::ForwardLayer)
+        .service(proxy);
+    BoxCloneSyncService::new(service)
+}
+
+/// Returns the typed denial of a response, if it is one.
+#[must_use]
+pub fn denial_of<B>(response: &Response<B>) -> Option<&Denied> {
+    response.extensions().get::<Denied>()
+}

@@ -1,0 +1,136 @@
+//! Request size limits, enforced before anything is read from the body.
+//!
+//! `HeadLimitsLayer` (before routing) refuses over-long request targets (414)
+//! and too many or too large headers (431). `BodyLimitLayer` (after routing,
+//! so a route may raise or lower the limit for uploads) refuses a declared
+//! `Content-Length` over the limit (413) and wraps the body so that a streamed
+//! body crossing the limit fails mid-stream; the proxy answers that with 413.
+//!
+//! hyper enforces a hard ceiling below these (its read buffer); the configured
+//! limits here are what clients see, with an event for each refusal.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use portcullis_policy::limits::{RequestLimits, content_length};
+use portcullis_policy::Denied;
+use tower::{Layer, Service};
+
+use crate::body::Limited;
+use crate::{Body, RouteInfo, deny};
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimitsLayer {
+    limits: RequestLimits,
+}
+
+impl HeadLimitsLayer {
+    /// Enforces `limits` (URI and headers).
+    #[must_use]
+    pub const fn new(limits: RequestLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for HeadLimitsLayer {
+    type Service = HeadLimits<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        HeadLimits { inner, limits: self.limits }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct HeadLimits<S> {
+    inner: S,
+    limits: RequestLimits,
+}
+
+impl<S> Service<Request<Body>> for HeadLimits<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        // The body check happens after routing; u64::MAX skips it here.
+        match self.limits.check_head(uri_len, req.headers(), u64::MAX) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(denied) => Either::Right(ready(Ok(deny(denied)))),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitLayer {
+    default_limit: u64,
+}
+
+impl BodyLimitLayer {
+    /// Enforces `default_limit` unless the route sets its own.
+    #[must_use]
+    pub const fn new(default_limit: u64) -> Self {
+        Self { default_limit }
+    }
+}
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimit { inner, default_limit: self.default_limit }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct BodyLimit<S> {
+    inner: S,
+    default_limit: u64,
+}
+
+impl<S> Service<Request<Body>> for BodyLimit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let limit = req
+            .extensions()
+            .get::<std::sync::Arc<RouteInfo>>()
+            .and_then(|r| r.max_body_bytes)
+            .unwrap_or(self.default_limit);
+        match check(&req, limit) {
+            Err(denied) => Either::Right(ready(Ok(deny(denied)))),
+            Ok(()) if req.body().is_end_stream() => Either::Left(self.inner.call(req)),
+            Ok(()) => Either::Left(self.inner.call(req.map(|b| Limited::new(b, limit).boxed_unsync()))),
+        }
+    }
+}
+
+fn check(req: &Request<Body>, limit: u64) -> Result<(), Denied> {
+    match content_length(req.headers())? {
+        Some(len) if len > limit => Err(Denied::new(portcullis_policy::Reason::LimitBody)
+            .with_detail(format!("content-length {len} > limit {limit}"))),
+        _ => Ok(()),
+    }
+}

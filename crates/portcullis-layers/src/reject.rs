@@ -1,0 +1,208 @@
+//! The one place a denial becomes a response and a security event; also the
+//! request context (request id, client address) and the access log.
+//!
+//! Outermost layer of the stack. On the way in it resolves the client address
+//! through the trusted proxies, assigns the request id (keeping an incoming
+//! one only from a trusted proxy) and puts both into the request's extensions.
+//! On the way out, a response that carries a [`Denied`] in its extensions is
+//! rendered as `{"error": "<reason>", "request_id": "…"}` with the reason's
+//! status, and one [`SecurityEvent`] is emitted. Every response gets
+//! `X-Request-Id`. When the response body finishes (or the client goes away),
+//! one access-log line is written.
+//!
+//! Deployment caveat: the client address in events is only as good as the
+//! trusted-proxy list (see `portcullis_policy::forwarded`).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use portcullis_policy::event::RequestSummary;
+use portcullis_policy::forwarded::{TrustedProxies, resolve_client};
+use portcullis_policy::request_id::{X_REQUEST_ID, is_acceptable};
+use portcullis_policy::{Denied, SecurityEvent};
+use tower::{Layer, Service};
+
+use crate::body::Observed;
+use crate::{Body, ConnInfo, RequestContext, RouteInfo, ServedBy, empty, full};
+
+/// Where security events go. Implementations must not block: the data path
+/// calls `emit` inline.
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    /// Records one event.
+    fn emit(&self, event: SecurityEvent);
+}
+
+/// A response that denies the request. The reject layer renders it.
+#[must_use]
+pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
+    let denied = denied.into();
+    let mut response = Response::new(empty());
+    *response.status_mut() = denied.status();
+    response.extensions_mut().insert(denied);
+    response
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct RejectLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    trusted: TrustedProxies,
+    events: Arc<dyn EventSink>,
+    access_log: bool,
+}
+
+impl RejectLayer {
+    /// A layer resolving clients through `trusted` and sending events to `events`.
+    #[must_use]
+    pub fn new(trusted: TrustedProxies, events: Arc<dyn EventSink>, access_log: bool) -> Self {
+        Self { shared: Arc::new(Shared { trusted, events, access_log }) }
+    }
+}
+
+impl<S> Layer<S> for RejectLayer {
+    type Service = Reject<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Reject { inner, shared: self.shared.clone() }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Reject<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// What the access log and events need from the request, taken before the
+/// request moves inward.
+struct Summary {
+    start: Instant,
+    method: Method,
+    path: String,
+    request_id: Arc<str>,
+    client_ip: IpAddr,
+    listener: Arc<str>,
+}
+
+impl<S> Service<Request<Body>> for Reject<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let (peer, listener) = req.extensions().get::<ConnInfo>().map_or_else(
+            || (SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), Arc::from("unknown")),
+            |c| (c.peer, c.listener.clone()),
+        );
+        let client = resolve_client(peer.ip(), req.headers(), &self.shared.trusted);
+        let incoming = req.headers().get(X_REQUEST_ID).filter(|v| client.peer_trusted && is_acceptable(v.as_bytes()));
+        let request_id: Arc<str> = match incoming.and_then(|v| v.to_str().ok()) {
+            Some(id) => Arc::from(id),
+            None => {
+                let id = uuid::Uuid::new_v4();
+                Arc::from(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) as &str)
+            }
+        };
+        let header_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        req.headers_mut().insert(X_REQUEST_ID, header_value.clone());
+        let summary = Summary {
+            start,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            request_id: request_id.clone(),
+            client_ip: client.ip,
+            listener,
+        };
+        req.extensions_mut().insert(RequestContext { request_id, client });
+
+        // Take the service that was driven to readiness; leave a fresh clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        // Boxing here, outside the async block, sidesteps a rustc limitation
+        // with `Send` proofs for associated future types inside async blocks.
+        let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(inner.call(req));
+        Box::pin(async move {
+            let Ok(mut response) = future.await;
+            if let Some(denied) = response.extensions_mut().remove::<Denied>() {
+                let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
+                let request = RequestSummary {
+                    request_id: &summary.request_id,
+                    client_ip: summary.client_ip,
+                    listener: &summary.listener,
+                    method: summary.method.as_str(),
+                    path: &summary.path,
+                    route: route.as_deref(),
+                };
+                shared.events.emit(SecurityEvent::denied(&request, &denied, SystemTime::now()));
+                response = render(&denied, &summary, response);
+            }
+            response.headers_mut().insert(X_REQUEST_ID, header_value);
+            Ok(if shared.access_log { with_access_log(response, summary) } else { response })
+        })
+    }
+}
+
+/// Replaces a denial's placeholder response with the JSON error answer,
+/// keeping the extensions (route, upstream) for the access log.
+fn render(denied: &Denied, summary: &Summary, response: Response<Body>) -> Response<Body> {
+    let (parts, _) = response.into_parts();
+    let body = denied.body(&summary.request_id);
+    let len = body.len();
+    let mut out = Response::new(if summary.method == Method::HEAD { empty() } else { full(body) });
+    *out.status_mut() = denied.status();
+    *out.extensions_mut() = parts.extensions;
+    let headers = out.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in &denied.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    out
+}
+
+fn with_access_log(response: Response<Body>, summary: Summary) -> Response<Body> {
+    let status = response.status().as_u16();
+    let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
+    let upstream = response.extensions().get::<ServedBy>().map(|s| s.0.clone());
+    response.map(move |body| {
+        Observed::new(body, move |bytes, completed| {
+            tracing::info!(
+                target: "access",
+                request_id = %summary.request_id,
+                client_ip = %summary.client_ip,
+                listener = %summary.listener,
+                method = %summary.method,
+                path = %summary.path,
+                status,
+                bytes,
+                completed,
+                duration_ms = summary.start.elapsed().as_secs_f64() * 1000.0,
+                route = route.as_deref().unwrap_or("-"),
+                upstream = upstream.as_deref().unwrap_or("-"),
+            );
+        })
+        .boxed_unsync()
+    })
+}

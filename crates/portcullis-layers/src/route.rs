@@ -1,0 +1,112 @@
+//! Routing: every request must match a configured route.
+//!
+//! Finds the most specific route for the request's host, path and method
+//! (rules in `portcullis_policy::route`). No match is `route.none` (404); a
+//! path that matches only with other methods is `route.method` (405, with
+//! `Allow`); an unusable `Host` is `request.malformed` (400). The matched
+//! route travels inward in the request's extensions and outward in the
+//! response's, so later layers, events and the access log can name it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::header::{ALLOW, HOST};
+use http::{HeaderValue, Request, Response};
+use portcullis_policy::route::{Match, RouteTable, host_without_port};
+use portcullis_policy::{Denied, Reason};
+use tower::{Layer, Service};
+
+use crate::{Body, RouteInfo, deny};
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    routes: Arc<RouteTable<Arc<RouteInfo>>>,
+}
+
+impl RouteLayer {
+    /// Routes with `routes`.
+    #[must_use]
+    pub const fn new(routes: Arc<RouteTable<Arc<RouteInfo>>>) -> Self {
+        Self { routes }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Route { inner, routes: self.routes.clone() }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Route<S> {
+    inner: S,
+    routes: Arc<RouteTable<Arc<RouteInfo>>>,
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or
+/// the `Host` header, lowercase without port. `Err` when present but unusable.
+fn request_host(req: &Request<Body>) -> Result<Option<String>, Denied> {
+    let raw = match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => match req.headers().get(HOST) {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| Denied::new(Reason::RequestMalformed).with_detail("non-ASCII Host header"))?,
+            ),
+            None => None,
+        },
+    };
+    match raw {
+        None => Ok(None),
+        Some(raw) => host_without_port(raw)
+            .map(Some)
+            .ok_or_else(|| Denied::new(Reason::RequestMalformed).with_detail("invalid Host header")),
+    }
+}
+
+impl<S> Service<Request<Body>> for Route<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(denied) => return Box::pin(async move { Ok(deny(denied)) }),
+        };
+        let found = match self.routes.find(host.as_deref(), req.uri().path(), req.method()) {
+            Match::Found(route) => route.clone(),
+            Match::MethodNotAllowed(allowed) => {
+                let list = allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+                let mut denied = Denied::new(Reason::RouteMethod);
+                if let Ok(value) = HeaderValue::from_str(&list) {
+                    denied = denied.with_header(ALLOW, value);
+                }
+                return Box::pin(async move { Ok(deny(denied)) });
+            }
+            Match::None => return Box::pin(async move { Ok(deny(Reason::RouteNone)) }),
+        };
+        req.extensions_mut().insert(found.clone());
+        // Boxed outside the async block: see the note in reject.rs.
+        let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(self.inner.call(req));
+        Box::pin(async move {
+            let Ok(mut response) = future.await;
+            response.extensions_mut().insert(found);
+            Ok(response)
+        })
+    }
+}

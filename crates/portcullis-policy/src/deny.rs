@@ -1,0 +1,215 @@
+//! Typed denials: every refusal Portcullis makes, with a stable reason code,
+//! the HTTP status it is answered with and who caused it.
+//!
+//! A defence never writes an error response itself. It returns a [`Denied`];
+//! the reject layer turns that into the JSON error body and the security event,
+//! in one place, so every refusal looks the same to clients, logs and metrics.
+//!
+//! Reason codes are part of the public interface (responses, events, metric
+//! labels, alert rules): never rename one, only add new ones.
+
+use std::borrow::Cow;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::Serialize;
+
+/// Who caused a failure (Pingora's `ErrorSource`): triage of security events
+/// and 5xx answers starts with this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribution {
+    /// The client sent something refused by policy or malformed.
+    Client,
+    /// The upstream was unreachable, slow or answered badly.
+    Upstream,
+    /// Portcullis itself failed (a bug or an exhausted resource).
+    Gateway,
+}
+
+impl Attribution {
+    /// The lowercase name used in events and metrics.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident => ($code:literal, $status:expr, $attr:ident), )*) => {
+        /// Every reason Portcullis can refuse a request for.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Reason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Reason {
+            /// All reasons, for documentation and metric pre-registration.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The stable reason code, `defence.detail`.
+            #[must_use]
+            pub const fn code(self) -> &'static str {
+                match self { $( Self::$variant => $code, )* }
+            }
+
+            /// The status the client receives.
+            #[must_use]
+            pub const fn status(self) -> StatusCode {
+                match self { $( Self::$variant => $status, )* }
+            }
+
+            /// Who caused it.
+            #[must_use]
+            pub const fn attribution(self) -> Attribution {
+                match self { $( Self::$variant => Attribution::$attr, )* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No route matches the request's host and path.
+    RouteNone => ("route.none", StatusCode::NOT_FOUND, Client),
+    /// A route matches the host and path but not the method.
+    RouteMethod => ("route.method", StatusCode::METHOD_NOT_ALLOWED, Client),
+    /// The request is malformed in a way hyper accepted but Portcullis does not
+    /// (missing or invalid `Host`, an absolute-form URI for another host, …).
+    RequestMalformed => ("request.malformed", StatusCode::BAD_REQUEST, Client),
+    /// The client's body stream failed before it was complete.
+    RequestBody => ("request.body", StatusCode::BAD_REQUEST, Client),
+    /// The request body is larger than the configured limit.
+    LimitBody => ("limit.body", StatusCode::PAYLOAD_TOO_LARGE, Client),
+    /// The request target is longer than the configured limit.
+    LimitUri => ("limit.uri", StatusCode::URI_TOO_LONG, Client),
+    /// Too many request headers, or too many header bytes.
+    LimitHeaders => ("limit.headers", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Client),
+    /// No connection to any target of the upstream could be opened in time.
+    UpstreamConnect => ("upstream.connect", StatusCode::BAD_GATEWAY, Upstream),
+    /// The upstream did not answer within the response timeout.
+    UpstreamTimeout => ("upstream.timeout", StatusCode::GATEWAY_TIMEOUT, Upstream),
+    /// The upstream closed the connection or answered with invalid HTTP.
+    UpstreamProtocol => ("upstream.protocol", StatusCode::BAD_GATEWAY, Upstream),
+    /// Portcullis failed internally; details are only in the gateway's log.
+    GatewayInternal => ("gateway.internal", StatusCode::INTERNAL_SERVER_ERROR, Gateway),
+}
+
+impl Reason {
+    /// The defence that owns the reason: the part of the code before the dot.
+    #[must_use]
+    pub fn defence(self) -> &'static str {
+        let code = self.code();
+        code.split_once('.').map_or(code, |(defence, _)| defence)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal, produced by a defence and rendered by the reject layer.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    /// Why.
+    pub reason: Reason,
+    /// Internal detail for the security event (never sent to the client).
+    /// Must not contain secrets: say "token expired 30s ago", not the token.
+    pub detail: Option<Cow<'static, str>>,
+    /// The configured rule that decided, if any (for events).
+    pub rule: Option<String>,
+    /// Headers the client needs with this answer (`Allow`, `Retry-After`,
+    /// `WWW-Authenticate`, …).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Denied {
+    /// A denial with no detail.
+    #[must_use]
+    pub const fn new(reason: Reason) -> Self {
+        Self { reason, detail: None, rule: None, headers: Vec::new() }
+    }
+
+    /// Adds internal detail for the event.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Names the rule that decided.
+    #[must_use]
+    pub fn with_rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule = Some(rule.into());
+        self
+    }
+
+    /// Adds a header to the client's answer.
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The status the client receives.
+    #[must_use]
+    pub const fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    /// The JSON error body: the reason code and the request id, nothing else.
+    #[must_use]
+    pub fn body(&self, request_id: &str) -> String {
+        serde_json::json!({ "error": self.reason.code(), "request_id": request_id }).to_string()
+    }
+}
+
+impl From<Reason> for Denied {
+    fn from(reason: Reason) -> Self {
+        Self::new(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            let code = reason.code();
+            assert!(seen.insert(code), "duplicate code {code}");
+            let (defence, detail) = code.split_once('.').expect("code has a dot");
+            assert!(!defence.is_empty() && !detail.is_empty());
+            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'));
+            assert!(reason.status().is_client_error() || reason.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn attribution_matches_status_class() {
+        for reason in Reason::ALL {
+            match reason.attribution() {
+                Attribution::Client => assert!(reason.status().is_client_error(), "{reason}"),
+                Attribution::Upstream | Attribution::Gateway => {
+                    assert!(reason.status().is_server_error(), "{reason}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn body_carries_only_code_and_request_id() {
+        let denied = Denied::new(Reason::UpstreamTimeout).with_detail("10.0.0.7:3000 took 31s");
+        let body: serde_json::Value = serde_json::from_str(&denied.body("abc")).unwrap();
+        assert_eq!(body, serde_json::json!({"error": "upstream.timeout", "request_id": "abc"}));
+        assert_eq!(denied.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(Reason::LimitBody.defence(), "limit");
+    }
+}

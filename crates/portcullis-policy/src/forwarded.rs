@@ -1,0 +1,312 @@
+//! Client address resolution and the forwarding headers sent upstream.
+//!
+//! Defends against IP spoofing through `X-Forwarded-For` and friends: a
+//! backend (and every per-IP defence in Portcullis) must see the address of the
+//! real client, not one the client made up.
+//!
+//! Decision rules:
+//! - The TCP peer is the client unless it is a configured trusted proxy.
+//! - When the peer is trusted, `X-Forwarded-For` is read right to left and the
+//!   first address that is not itself a trusted proxy is the client. A
+//!   malformed entry stops the walk: the last good address is used.
+//! - Forwarding headers (`X-Forwarded-For/-Proto/-Host`, `Forwarded`,
+//!   `X-Real-IP`) from an untrusted peer are discarded and rewritten; from a
+//!   trusted peer the chain is kept and extended with the peer.
+//!
+//! Deployment caveat: list only the proxies that really sit in front of
+//! Portcullis (a load balancer's subnet). Trusting a range that clients can
+//! connect from lets them choose their address.
+
+use std::net::IpAddr;
+
+use http::header::{FORWARDED, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The configured trusted proxies.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Trust the given networks.
+    #[must_use]
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets }
+    }
+
+    /// Whether `ip` is a trusted proxy. IPv4-mapped IPv6 addresses are
+    /// compared as IPv4.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether no proxy is trusted.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
+/// Maps IPv4-mapped IPv6 (`::ffff:a.b.c.d`, seen on dual-stack sockets) to IPv4.
+#[must_use]
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr {
+    /// The resolved client address.
+    pub ip: IpAddr,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy (its forwarding headers are kept).
+    pub peer_trusted: bool,
+}
+
+/// Resolves the client address from the peer and, if the peer is trusted, its
+/// `X-Forwarded-For` chain.
+#[must_use]
+pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {
+    let peer = canonical(peer);
+    if !trusted.contains(peer) {
+        return ClientAddr { ip: peer, peer, peer_trusted: false };
+    }
+    let mut client = peer;
+    // Several X-Forwarded-For fields form one list, in order.
+    let entries: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_forwarded_ip(entry) else { break };
+        client = ip;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    ClientAddr { ip: client, peer, peer_trusted: true }
+}
+
+/// Parses one `X-Forwarded-For` element: an IP, optionally bracketed IPv6 or
+/// with a port (`1.2.3.4:5678`, `[::1]:80`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|sa| canonical(sa.ip()))
+}
+
+/// What the gateway knows about the hop it is adding.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The resolved client.
+    pub client: ClientAddr,
+    /// `http` or `https`: how the client reached the gateway.
+    pub scheme: &'a str,
+    /// The host the client asked for (from `Host` or the URI authority).
+    pub host: Option<&'a str>,
+}
+
+/// Rewrites the forwarding headers of a request about to go upstream.
+pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    let peer = hop.client.peer;
+    let trusted = hop.client.peer_trusted;
+
+    // X-Forwarded-For: the chain, ending with our peer.
+    let xff = if trusted {
+        let existing: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if existing.is_empty() { peer.to_string() } else { format!("{}, {peer}", existing.join(", ")) }
+    } else {
+        peer.to_string()
+    };
+    set(headers, X_FORWARDED_FOR, &xff);
+
+    let keep_proto = trusted
+        && headers
+            .get(&X_FORWARDED_PROTO)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https") || v.as_bytes().eq_ignore_ascii_case(b"http"));
+    if !keep_proto {
+        set(headers, X_FORWARDED_PROTO, hop.scheme);
+    }
+
+    let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
+    if !keep_host {
+        match hop.host {
+            Some(host) => set(headers, X_FORWARDED_HOST, host),
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+
+    // RFC 7239 Forwarded: append our element to a trusted chain, else replace.
+    let mut element = format!("for={}", forwarded_node(peer));
+    if let Some(host) = hop.host {
+        if is_token(host) {
+            element.push_str(";host=");
+            element.push_str(host);
+        } else {
+            element.push_str(";host=\"");
+            element.push_str(&host.replace(['"', '\\'], ""));
+            element.push('"');
+        }
+    }
+    element.push_str(";proto=");
+    element.push_str(hop.scheme);
+    let forwarded = if trusted {
+        let existing: Vec<&str> =
+            headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()).collect();
+        if existing.is_empty() { element } else { format!("{}, {element}", existing.join(", ")) }
+    } else {
+        element
+    };
+    set(headers, FORWARDED, &forwarded);
+
+    set(headers, X_REAL_IP, &hop.client.ip.to_string());
+}
+
+/// An RFC 7239 node: IPv6 addresses are bracketed and quoted.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// RFC 7230 token characters (a host with a port is not a token: `:`).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        // Values we build come from parsed IPs and an already-valid Host;
+        // drop the header rather than forward something half-built.
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()])
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn client_resolution_table() {
+        let t = trusted();
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            // untrusted peer: its claims are ignored
+            ("203.0.113.5", &[("x-forwarded-for", "1.1.1.1")], "203.0.113.5"),
+            // trusted peer, no header: the peer
+            ("10.0.0.1", &[], "10.0.0.1"),
+            // trusted peer: rightmost untrusted entry
+            ("10.0.0.1", &[("x-forwarded-for", "6.6.6.6, 198.51.100.7")], "198.51.100.7"),
+            // trusted chain inside XFF is skipped
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.7, 10.1.1.1")], "198.51.100.7"),
+            // several header fields are one list
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.7"), ("x-forwarded-for", "10.2.2.2")], "198.51.100.7"),
+            // garbage stops the walk at the last good address
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.7, nonsense")], "10.0.0.1"),
+            // ports and brackets
+            ("10.0.0.1", &[("x-forwarded-for", "[2001:db8::1]:443")], "2001:db8::1"),
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.7:5555")], "198.51.100.7"),
+            // v4-mapped peer counts as v4
+            ("::ffff:10.0.0.1", &[("x-forwarded-for", "198.51.100.7")], "198.51.100.7"),
+            // all trusted: the leftmost
+            ("10.0.0.1", &[("x-forwarded-for", "10.9.9.9, 10.8.8.8")], "10.9.9.9"),
+        ];
+        for (peer, hdrs, want) in cases {
+            let got = resolve_client(peer.parse().unwrap(), &headers(hdrs), &t);
+            assert_eq!(got.ip, want.parse::<IpAddr>().unwrap(), "peer {peer} headers {hdrs:?}");
+        }
+    }
+
+    #[test]
+    fn untrusted_peer_headers_are_replaced() {
+        let t = trusted();
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+        ]);
+        let client = resolve_client("203.0.113.5".parse().unwrap(), &h, &t);
+        apply(&mut h, &Hop { client, scheme: "http", host: Some("api.example.com") });
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["forwarded"], "for=203.0.113.5;host=api.example.com;proto=http");
+        assert_eq!(h["x-real-ip"], "203.0.113.5");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_extended() {
+        let t = trusted();
+        let mut h = headers(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+            ("forwarded", "for=198.51.100.7;proto=https"),
+        ]);
+        let client = resolve_client("10.0.0.1".parse().unwrap(), &h, &t);
+        apply(&mut h, &Hop { client, scheme: "http", host: Some("127.0.0.1:8080") });
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["forwarded"], "for=198.51.100.7;proto=https, for=10.0.0.1;host=\"127.0.0.1:8080\";proto=http");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+    }
+
+    #[test]
+    fn ipv6_forwarded_node_is_quoted() {
+        let t = TrustedProxies::default();
+        let mut h = HeaderMap::new();
+        let client = resolve_client("2001:db8::5".parse().unwrap(), &h, &t);
+        apply(&mut h, &Hop { client, scheme: "https", host: None });
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::5]\";proto=https");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+}

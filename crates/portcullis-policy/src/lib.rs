@@ -1,0 +1,18 @@
+//! Pure security decisions for Portcullis.
+//!
+//! Nothing in this crate performs IO or depends on an async runtime, tower or
+//! hyper: every function takes plain values (often `http` types) and returns a
+//! decision. That keeps the riskiest logic cheap to table-test, fuzz and
+//! benchmark; the `portcullis-layers` crate enforces these decisions on live
+//! requests.
+
+pub mod deny;
+pub mod event;
+pub mod forwarded;
+pub mod hop;
+pub mod limits;
+pub mod request_id;
+pub mod route;
+
+pub use deny::{Attribution, Denied, Reason};
+pub use event::{Action, SecurityEvent};

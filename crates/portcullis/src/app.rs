@@ -1,0 +1,109 @@
+//! The `run` and `check` commands.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config;
+use crate::events::JsonLines;
+use crate::server::Server;
+
+/// Exit code for bad usage or bad configuration.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code for a runtime failure.
+pub const EXIT_RUNTIME: u8 = 1;
+
+/// `portcullis check`: validates the configuration and prints a summary.
+#[must_use]
+pub fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} listener(s), {} upstream(s), {} route(s))",
+                path.display(),
+                config.listeners.len(),
+                config.upstreams.len(),
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `portcullis run`: serves until SIGTERM or SIGINT; reloads on SIGHUP.
+#[must_use]
+pub fn run(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _log_guard = match crate::logging::init(&config.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: cannot start logging: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("portcullis").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(serve(path, config))
+}
+
+async fn serve(path: &Path, config: config::Config) -> ExitCode {
+    let events = match JsonLines::start(&config.events) {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the security event sinks");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let (mut hangup, mut terminate, mut interrupt) =
+        match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+    let server = match Server::start(config, events.clone() as Arc<dyn portcullis_layers::EventSink>).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "portcullis started");
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match config::load(path) {
+                Ok(new) => match server.reload(new) {
+                    Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
+                },
+                Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    let drained = server.shutdown().await;
+    if events.dropped() > 0 {
+        tracing::warn!(dropped = events.dropped(), "security events were dropped under load");
+    }
+    if drained { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
+}

@@ -1,0 +1,415 @@
+//! The build step: raw structs → typed [`Config`], collecting every error.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+use http::uri::{Scheme, Uri};
+use ipnet::IpNet;
+use portcullis_layers::AuthMode;
+use portcullis_policy::forwarded::TrustedProxies;
+use portcullis_policy::limits::RequestLimits;
+use portcullis_policy::route::{HostPattern, PathPattern};
+use toml::Spanned;
+
+use super::error::{Collector, ConfigErrors};
+use super::raw::{OneOrMany, RawConfig, RawEvents, RawLog, RawRoute, RawServer, RawUpstream, Size};
+use super::{Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Upstream};
+
+const DURATION_EXAMPLE: &str = "a duration such as \"500ms\", \"10s\", \"5m\"";
+const SIZE_EXAMPLE: &str = "a byte count such as 8192 or a size such as \"16KiB\", \"10MB\"";
+
+pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut c = Collector::new(path, source);
+    let raw: RawConfig = match toml::from_str(source) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_owned();
+            let help = if message.contains("unknown field") {
+                "check the key's spelling against docs/configuration.md; unknown keys are refused so a typo never disables a defence"
+            } else {
+                "fix the TOML syntax or the value's type"
+            };
+            c.error(span, message).help(help);
+            return Err(match c.finish() {
+                Err(errors) => errors,
+                Ok(()) => ConfigErrors(Vec::new()),
+            });
+        }
+    };
+    let _ = env; // secrets arrive with the sections that use them
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+
+    let server = build_server(&mut c, &raw.server, base);
+    let listeners = build_listeners(&mut c, &raw);
+    let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u)).collect();
+    check_unique_upstreams(&mut c, &raw.upstreams);
+    let routes = build_routes(&mut c, &raw, &upstreams);
+    let log = build_log(&mut c, &raw.log);
+    let events = build_events(&mut c, &raw.events, base);
+
+    c.finish()?;
+    Ok(Config { path: path.to_path_buf(), server, listeners, upstreams, routes, log, events })
+}
+
+fn duration(c: &mut Collector<'_>, value: Option<&Spanned<String>>, default: Duration, what: &str) -> Duration {
+    let Some(value) = value else { return default };
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            c.error(value.span(), format!("{what} must be greater than zero")).expected(DURATION_EXAMPLE);
+            default
+        }
+        Err(e) => {
+            c.error(value.span(), format!("invalid {what} {:?}: {e}", value.get_ref())).expected(DURATION_EXAMPLE);
+            default
+        }
+    }
+}
+
+fn size(c: &mut Collector<'_>, value: Option<&Spanned<Size>>, default: u64, min: u64, max: u64, what: &str) -> u64 {
+    let Some(value) = value else { return default };
+    let parsed = match value.get_ref() {
+        Size::Bytes(n) => u64::try_from(*n).ok(),
+        Size::Text(text) => text.trim().parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+    };
+    match parsed {
+        Some(n) if (min..=max).contains(&n) => n,
+        Some(n) => {
+            c.error(value.span(), format!("{what} {n} is out of range"))
+                .expected(format!("between {min} and {max} bytes"));
+            default
+        }
+        None => {
+            c.error(value.span(), format!("invalid {what}")).expected(SIZE_EXAMPLE);
+            default
+        }
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
+    let defaults = RequestLimits::default();
+    let mut nets = Vec::new();
+    for entry in raw.trusted_proxies.iter().flatten() {
+        let text = entry.get_ref().trim();
+        let net = text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+        match net {
+            Some(net) => nets.push(net.trunc()),
+            None => {
+                c.error(entry.span(), format!("invalid trusted proxy {text:?}"))
+                    .expected("an IP address or CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"");
+            }
+        }
+    }
+    let max_header_count = match &raw.max_header_count {
+        None => defaults.max_header_count,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(v) if (1..=10_000).contains(&v) => v,
+            _ => {
+                c.error(n.span(), "max_header_count is out of range").expected("between 1 and 10000");
+                defaults.max_header_count
+            }
+        },
+    };
+    let limits = RequestLimits {
+        max_uri_bytes: to_usize(size(c, raw.max_uri_bytes.as_ref(), defaults.max_uri_bytes as u64, 256, 1 << 20, "max_uri_bytes")),
+        max_header_count,
+        max_header_bytes: to_usize(size(
+            c,
+            raw.max_header_bytes.as_ref(),
+            defaults.max_header_bytes as u64,
+            1024,
+            1 << 20,
+            "max_header_bytes",
+        )),
+        max_body_bytes: size(c, raw.max_body_bytes.as_ref(), defaults.max_body_bytes, 0, u64::MAX, "max_body_bytes"),
+    };
+    let data_dir = raw.data_dir.as_ref().map_or_else(|| base.join("data"), |d| base.join(d.get_ref()));
+    Server {
+        data_dir,
+        trusted_proxies: TrustedProxies::new(nets),
+        header_read_timeout: duration(c, raw.header_read_timeout.as_ref(), Duration::from_secs(10), "header_read_timeout"),
+        idle_timeout: duration(c, raw.idle_timeout.as_ref(), Duration::from_secs(60), "idle_timeout"),
+        shutdown_timeout: duration(c, raw.shutdown_timeout.as_ref(), Duration::from_secs(30), "shutdown_timeout"),
+        limits,
+        h2c: raw.h2c.unwrap_or(true),
+    }
+}
+
+fn build_listeners(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<Listener> {
+    if raw.listeners.is_empty() {
+        c.file_error("no [[listener]] is configured")
+            .help("add one, e.g.\n    [[listener]]\n    name = \"public\"\n    bind = \"127.0.0.1:8080\"");
+    }
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut binds = HashSet::new();
+    for listener in &raw.listeners {
+        let l = listener.get_ref();
+        let Ok(bind) = l.bind.get_ref().parse::<SocketAddr>() else {
+            c.error(l.bind.span(), format!("invalid bind address {:?}", l.bind.get_ref()))
+                .expected("an IP and port such as \"127.0.0.1:8080\" or \"[::]:8443\"");
+            continue;
+        };
+        let name = l.name.clone().unwrap_or_else(|| bind.to_string());
+        if !names.insert(name.clone()) {
+            c.error(listener.span(), format!("duplicate listener name {name:?}")).help("give each listener its own name");
+        }
+        if !binds.insert(bind) {
+            c.error(l.bind.span(), format!("address {bind} is bound by two listeners")).help("remove one of them");
+        }
+        out.push(Listener { name, bind });
+    }
+    out
+}
+
+fn parse_target(c: &mut Collector<'_>, target: &Spanned<String>) -> Option<Target> {
+    let text = target.get_ref().trim();
+    if text == "builtin:demo" {
+        return Some(Target::Demo);
+    }
+    let expected = "\"http://host:port\" (scheme, host and port only) or \"builtin:demo\"";
+    let Ok(uri) = text.parse::<Uri>() else {
+        c.error(target.span(), format!("invalid upstream target {text:?}")).expected(expected);
+        return None;
+    };
+    let scheme = uri.scheme().cloned();
+    let has_path = uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty());
+    match (scheme, uri.authority()) {
+        (Some(scheme), Some(authority))
+            if scheme == Scheme::HTTP && !has_path && !authority.as_str().contains('@') =>
+        {
+            let authority = if authority.port().is_some() {
+                authority.clone()
+            } else {
+                format!("{}:80", authority.host()).parse().ok()?
+            };
+            Some(Target::Http { scheme, authority })
+        }
+        (Some(scheme), Some(_)) if scheme == Scheme::HTTPS => {
+            c.error(target.span(), format!("https upstream {text:?} is not supported yet"))
+                .expected(expected)
+                .help("upstream TLS is not implemented in this version; use http:// on a private network or loopback");
+            None
+        }
+        _ => {
+            c.error(target.span(), format!("invalid upstream target {text:?}")).expected(expected);
+            None
+        }
+    }
+}
+
+fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>) -> Option<Upstream> {
+    let u = raw.get_ref();
+    let name = u.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        c.error(u.name.span(), "upstream name is empty").help("name it, e.g. name = \"api\"");
+    }
+    if u.targets.get_ref().is_empty() {
+        c.error(u.targets.span(), format!("upstream {name:?} has no targets"))
+            .expected("targets = [\"http://127.0.0.1:3000\"]");
+    }
+    let targets: Vec<Target> = u.targets.get_ref().iter().filter_map(|t| parse_target(c, t)).collect();
+    let pool_max_idle = match &u.pool_max_idle {
+        None => 128,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(v) if v <= 100_000 => v,
+            _ => {
+                c.error(n.span(), "pool_max_idle is out of range").expected("between 0 and 100000");
+                128
+            }
+        },
+    };
+    let host_header = match u.host_header.as_ref().map(|h| h.get_ref().as_str()) {
+        None | Some("preserve") => HostHeader::Preserve,
+        Some("target") => HostHeader::Target,
+        Some(other) => {
+            if let Some(h) = &u.host_header {
+                c.error(h.span(), format!("unknown host_header {other:?}")).expected("\"preserve\" or \"target\"");
+            }
+            HostHeader::Preserve
+        }
+    };
+    let upstream = Upstream {
+        name,
+        connect_timeout: duration(c, u.connect_timeout.as_ref(), Duration::from_secs(5), "connect_timeout"),
+        response_timeout: duration(c, u.response_timeout.as_ref(), Duration::from_secs(30), "response_timeout"),
+        failure_cooldown: duration(c, u.failure_cooldown.as_ref(), Duration::from_secs(10), "failure_cooldown"),
+        pool_idle_timeout: duration(c, u.pool_idle_timeout.as_ref(), Duration::from_secs(60), "pool_idle_timeout"),
+        pool_max_idle,
+        host_header,
+        targets,
+    };
+    Some(upstream)
+}
+
+fn check_unique_upstreams(c: &mut Collector<'_>, raw: &[Spanned<RawUpstream>]) {
+    let mut names = HashSet::new();
+    for u in raw {
+        let name = u.get_ref().name.get_ref().trim();
+        if !names.insert(name) {
+            c.error(u.get_ref().name.span(), format!("duplicate upstream name {name:?}"))
+                .help("upstream names must be unique; routes refer to them by name");
+        }
+    }
+}
+
+fn build_auth(c: &mut Collector<'_>, raw: &RawRoute, route_name: &str, route_span: std::ops::Range<usize>) -> Option<AuthMode> {
+    let Some(auth) = &raw.auth else {
+        c.error(route_span, format!("route {route_name:?} does not state `auth`"))
+            .expected("auth = \"public\"")
+            .help("every route must say how callers authenticate, so nothing is public by accident; write auth = \"public\" if it really is");
+        return None;
+    };
+    let methods = match auth.get_ref() {
+        OneOrMany::One(_) | OneOrMany::Many(_) => auth.get_ref().to_vec(),
+    };
+    if methods.is_empty() {
+        c.error(auth.span(), "auth is an empty list").expected("auth = \"public\"");
+        return None;
+    }
+    let mut mode = None;
+    for method in &methods {
+        match method.as_str() {
+            "public" if methods.len() == 1 => mode = Some(AuthMode::Public),
+            "public" => {
+                c.error(auth.span(), "\"public\" cannot be combined with other methods")
+                    .help("a route is either public or requires authentication");
+            }
+            "jwt" | "session" | "api_key" | "mtls" => {
+                c.error(auth.span(), format!("authentication method {method:?} is not available in this version"))
+                    .expected("\"public\"");
+            }
+            other => {
+                c.error(auth.span(), format!("unknown authentication method {other:?}"))
+                    .expected("\"public\" (jwt, session, api_key and mtls arrive with authentication)");
+            }
+        }
+    }
+    mode
+}
+
+fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream]) -> Vec<Route> {
+    if raw.routes.is_empty() {
+        c.file_error("no [[route]] is configured")
+            .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, spanned) in raw.routes.iter().enumerate() {
+        let r = spanned.get_ref();
+        let m = r.matcher.get_ref();
+        let path = match PathPattern::parse(m.path.get_ref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.error(m.path.span(), format!("invalid path pattern {:?}: {e}", m.path.get_ref()))
+                    .expected("\"/exact\", \"/users/{id}\", \"/one/*/segment\" or \"/prefix/**\"");
+                None
+            }
+        };
+        let host = match &m.host {
+            None => None,
+            Some(h) => match HostPattern::parse(h.get_ref()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.error(h.span(), e.to_string());
+                    None
+                }
+            },
+        };
+        let methods = m.methods.as_ref().map(|ms| {
+            let mut parsed = Vec::new();
+            for name in ms.get_ref() {
+                match Method::from_bytes(name.as_bytes()) {
+                    Ok(method) if name.bytes().all(|b| b.is_ascii_uppercase()) => parsed.push(method),
+                    _ => {
+                        c.error(ms.span(), format!("invalid method {name:?}"))
+                            .expected("upper-case HTTP methods such as [\"GET\", \"POST\"]");
+                    }
+                }
+            }
+            if ms.get_ref().is_empty() {
+                c.error(ms.span(), "methods is an empty list").help("omit `methods` to allow every method");
+            }
+            parsed
+        });
+        let default_name = match &m.host {
+            Some(h) => format!("{}{}", h.get_ref(), m.path.get_ref()),
+            None => m.path.get_ref().clone(),
+        };
+        let mut name = r.name.clone().unwrap_or(default_name);
+        if !names.insert(name.clone()) {
+            if r.name.is_some() {
+                c.error(spanned.span(), format!("duplicate route name {name:?}")).help("route names must be unique");
+            } else {
+                name = format!("{name}#{}", i + 1);
+                names.insert(name.clone());
+            }
+        }
+        let upstream_name = r.upstream.get_ref();
+        let upstream = upstreams.iter().position(|u| u.name == *upstream_name);
+        if upstream.is_none() {
+            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            c.error(r.upstream.span(), format!("route {name:?} names unknown upstream {upstream_name:?}"))
+                .expected(if known.is_empty() { "an [[upstream]] name (none are defined)".to_owned() } else { format!("one of: {}", known.join(", ")) });
+        }
+        let auth = build_auth(c, r, &name, spanned.span());
+        let max_body_bytes = r
+            .max_body_bytes
+            .as_ref()
+            .map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
+        if let (Some(path), Some(upstream), Some(auth)) = (path, upstream, auth) {
+            out.push(Route { name, host, path, methods: methods.filter(|m| !m.is_empty()), upstream, auth, max_body_bytes });
+        }
+    }
+    out
+}
+
+fn build_log(c: &mut Collector<'_>, raw: &RawLog) -> Log {
+    let format = match raw.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("json", _)) => LogFormat::Json,
+        Some(("pretty", _)) => LogFormat::Pretty,
+        Some((other, span)) => {
+            c.error(span, format!("unknown log format {other:?}")).expected("\"json\" or \"pretty\"");
+            LogFormat::Json
+        }
+    };
+    let level = raw.level.as_ref().map_or_else(|| "info".to_owned(), |l| l.get_ref().clone());
+    if let Some(l) = &raw.level {
+        if tracing_subscriber::EnvFilter::builder().parse(l.get_ref()).is_err() {
+            c.error(l.span(), format!("invalid log level {:?}", l.get_ref()))
+                .expected("\"error\", \"warn\", \"info\", \"debug\", \"trace\" or a filter like \"info,portcullis=debug\"");
+        }
+    }
+    Log { format, level, access: raw.access.unwrap_or(true) }
+}
+
+fn build_events(c: &mut Collector<'_>, raw: &RawEvents, base: &Path) -> Events {
+    let Some(sinks) = &raw.sinks else { return Events { sinks: vec![Sink::Stdout] } };
+    if sinks.get_ref().is_empty() {
+        c.error(sinks.span(), "events.sinks is empty")
+            .help("security events are evidence; send them at least to \"stdout\"");
+    }
+    let mut out = Vec::new();
+    for sink in sinks.get_ref() {
+        match sink.get_ref().as_str() {
+            "stdout" => out.push(Sink::Stdout),
+            "stderr" => out.push(Sink::Stderr),
+            other => match other.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => out.push(Sink::File(base.join(path))),
+                _ => {
+                    c.error(sink.span(), format!("unknown event sink {other:?}"))
+                        .expected("\"stdout\", \"stderr\" or \"file:PATH\"");
+                }
+            },
+        }
+    }
+    Events { sinks: out }
+}

@@ -1,0 +1,209 @@
+//! Configuration: the TOML file parsed once into typed, validated structs.
+//!
+//! Parse, don't validate: [`raw`] mirrors the file and refuses unknown keys;
+//! [`load`] builds a [`Config`] from it, collecting every error with its
+//! file, line, column, expectation and fix. Nothing else in the gateway reads
+//! the raw structs. Defaults are secure, and `docs/defaults.md` says why each
+//! one is what it is.
+
+mod build;
+pub mod error;
+pub mod raw;
+pub mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use http::uri::{Authority, Scheme};
+use portcullis_layers::AuthMode;
+use portcullis_policy::forwarded::TrustedProxies;
+use portcullis_policy::limits::RequestLimits;
+use portcullis_policy::route::{HostPattern, PathPattern};
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// A compiled configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Connection handling.
+    pub server: Server,
+    /// Listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// Upstreams, in file order; routes refer to them by index.
+    pub upstreams: Vec<Upstream>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+    /// Logging.
+    pub log: Log,
+    /// Security events.
+    pub events: Events,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Where Portcullis keeps its files (generated certificates, SQLite).
+    pub data_dir: PathBuf,
+    /// Peers whose forwarding headers and request ids are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Time a client has to send a complete request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Request size limits.
+    pub limits: RequestLimits,
+    /// Accept HTTP/2 over cleartext (prior knowledge).
+    pub h2c: bool,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Name used in logs and events.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+}
+
+/// Where an upstream's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An HTTP server.
+    Http {
+        /// `http` (https arrives with upstream TLS).
+        scheme: Scheme,
+        /// `host:port`.
+        authority: Authority,
+    },
+    /// The built-in demo upstream (`builtin:demo`).
+    Demo,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http { scheme, authority } => write!(f, "{scheme}://{authority}"),
+            Self::Demo => f.write_str("builtin:demo"),
+        }
+    }
+}
+
+/// Which `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's `Host` (default; the upstream builds correct links).
+    Preserve,
+    /// The target's `host:port`.
+    Target,
+}
+
+/// `[[upstream]]`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name routes refer to.
+    pub name: String,
+    /// One or more targets, used round robin.
+    pub targets: Vec<Target>,
+    /// Time to open a TCP connection to a target.
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    pub response_timeout: Duration,
+    /// A target that failed to connect is skipped this long.
+    pub failure_cooldown: Duration,
+    /// Idle pooled connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections per target.
+    pub pool_max_idle: usize,
+    /// Which `Host` to send.
+    pub host_header: HostHeader,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name in events and logs.
+    pub name: String,
+    /// Host pattern, if any.
+    pub host: Option<HostPattern>,
+    /// Path pattern.
+    pub path: PathPattern,
+    /// Methods, if restricted.
+    pub methods: Option<Vec<Method>>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Accepted authentication.
+    pub auth: AuthMode,
+    /// Route-specific body limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// Format.
+    pub format: LogFormat,
+    /// `tracing` filter directive (`info`, `portcullis=debug`, …).
+    pub level: String,
+    /// Whether to log one line per request.
+    pub access: bool,
+}
+
+/// Where security events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Events {
+    /// One or more sinks.
+    pub sinks: Vec<Sink>,
+}
+
+/// Reads and builds a configuration file.
+///
+/// # Errors
+/// Every problem found, each with its position.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read configuration: {e}"),
+            expected: None,
+            help: Some("pass an existing TOML file with --config".into()),
+        }])
+    })?;
+    parse(path, &source, |name| std::env::var(name).ok())
+}
+
+/// Builds a configuration from `source` (as if read from `path`); `env`
+/// resolves `${VAR}` secret references.
+///
+/// # Errors
+/// Every problem found, each with its position.
+pub fn parse(path: &Path, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    build::build(path, source, &env)
+}

@@ -1,0 +1,15 @@
+//! Portcullis: a security gateway for HTTP backends.
+//!
+//! This crate is everything that does IO: configuration loading, listeners and
+//! connections ([`server`]), the reverse proxy ([`proxy`]), the built-in demo
+//! upstream, event sinks and logging. The decisions live in
+//! `portcullis-policy`; the tower layers that enforce them in
+//! `portcullis-layers`. `main.rs` only parses the command line.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod events;
+pub mod logging;
+pub mod proxy;
+pub mod server;

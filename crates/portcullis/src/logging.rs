@@ -1,0 +1,33 @@
+//! Process logs through `tracing`: JSON or pretty, to stderr (stdout carries
+//! security events by default), written by a background thread so a slow
+//! terminal or disk never slows requests. The access log is the `access`
+//! target and can be switched off in `[log]`.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Log, LogFormat};
+
+/// Installs the global subscriber. Keep the guard alive until exit so buffered
+/// lines are flushed.
+///
+/// # Errors
+/// An invalid filter (already checked by the configuration build).
+pub fn init(config: &Log) -> Result<WorkerGuard, String> {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stderr());
+    let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| config.level.clone());
+    if !config.access {
+        directives.push_str(",access=off");
+    }
+    let filter = EnvFilter::builder().parse(&directives).map_err(|e| e.to_string())?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let result = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+    result.map_err(|e| e.to_string())?;
+    Ok(guard)
+}

@@ -1,0 +1,222 @@
+//! The proxy: the innermost service, sending a vetted request to its route's
+//! upstream and streaming the answer back.
+//!
+//! Bodies stream both ways; nothing is buffered. Failures become typed
+//! denials: a target that cannot be reached within the connect timeout is
+//! `upstream.connect` (502), no response head within the response timeout is
+//! `upstream.timeout` (504), a broken answer is `upstream.protocol` (502), and
+//! a client body that crossed the size limit mid-stream is `limit.body` (413).
+//! A request without a body is retried on the next target when a connection
+//! cannot be opened (nothing was sent, so this is always safe).
+//!
+//! WebSocket upgrades (HTTP/1.1 `Upgrade`) are passed through: once the
+//! upstream answers `101`, the two connections are joined byte for byte.
+
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::header::HOST;
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use portcullis_layers::body::is_body_too_large;
+use portcullis_layers::{Body, RouteInfo, ServedBy, deny};
+use portcullis_policy::{Denied, Reason, hop};
+use tokio_util::task::TaskTracker;
+use upstream::{TargetState, UpstreamState};
+
+use crate::config::{HostHeader, Target};
+use crate::demo;
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    upstreams: Arc<Vec<UpstreamState>>,
+    tasks: TaskTracker,
+}
+
+impl Proxy {
+    /// A proxy over `upstreams`; WebSocket tunnels are spawned on `tasks` so
+    /// graceful shutdown can wait for them.
+    #[must_use]
+    pub fn new(upstreams: Arc<Vec<UpstreamState>>, tasks: TaskTracker) -> Self {
+        Self { upstreams, tasks }
+    }
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let upstreams = self.upstreams.clone();
+        let tasks = self.tasks.clone();
+        Box::pin(async move { Ok(forward(&upstreams, &tasks, req).await) })
+    }
+}
+
+async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Request<Body>) -> Response<Body> {
+    let Some(route) = req.extensions().get::<Arc<RouteInfo>>().cloned() else {
+        return deny(Denied::new(Reason::GatewayInternal).with_detail("proxy reached without a route"));
+    };
+    let Some(upstream) = upstreams.get(route.upstream) else {
+        return deny(Denied::new(Reason::GatewayInternal).with_detail("route names a missing upstream"));
+    };
+    let upgrade = hop::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+
+    // Retrying is safe only when no body bytes can have been consumed.
+    let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
+    let mut last = Denied::new(Reason::UpstreamConnect);
+    for attempt in 0..attempts {
+        let Some(target) = upstream.pick() else { break };
+        let request = if attempt + 1 < attempts { clone_head(&req) } else { std::mem::replace(&mut req, Request::new(portcullis_layers::empty())) };
+        match send(upstream, target, request).await {
+            Ok(mut response) => {
+                UpstreamState::mark_ok(target);
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = upgrade {
+                        tunnel(tasks, client_upgrade, &mut response);
+                    }
+                }
+                response.extensions_mut().insert(ServedBy(target.label.clone()));
+                return response;
+            }
+            Err(Failure::Connect(denied)) => {
+                upstream.mark_failed(target);
+                tracing::warn!(upstream = %upstream.config.name, target = %target.label, "upstream target unreachable; cooling down");
+                last = denied;
+            }
+            Err(Failure::Other(denied)) => return deny(denied),
+        }
+    }
+    deny(last)
+}
+
+/// A copy of a body-less request, for a retry.
+fn clone_head(req: &Request<Body>) -> Request<Body> {
+    let mut out = Request::new(portcullis_layers::empty());
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.version_mut() = req.version();
+    *out.headers_mut() = req.headers().clone();
+    out
+}
+
+enum Failure {
+    /// Nothing reached the target: try another.
+    Connect(Denied),
+    /// The request was (maybe) sent: answer now.
+    Other(Denied),
+}
+
+async fn send(upstream: &UpstreamState, target: &TargetState, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
+    let (scheme, authority) = match &target.target {
+        Target::Demo => return Ok(demo::handle(req).await),
+        Target::Http { scheme, authority } => (scheme, authority),
+    };
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder().scheme(scheme.clone()).authority(authority.clone()).path_and_query(path).build();
+    let Ok(uri) = uri else {
+        return Err(Failure::Other(Denied::new(Reason::GatewayInternal).with_detail("cannot build upstream URI")));
+    };
+    // The client's authority (HTTP/2 `:authority` or absolute-form) becomes Host.
+    let client_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    match upstream.config.host_header {
+        HostHeader::Preserve => {
+            if let Some(host) = client_host {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        HostHeader::Target => {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+    }
+
+    let result = tokio::time::timeout(upstream.config.response_timeout, upstream.client.request(req)).await;
+    let response = match result {
+        Err(_elapsed) => {
+            return Err(Failure::Other(Denied::new(Reason::UpstreamTimeout).with_detail(format!(
+                "{} sent no response head within {:?}",
+                target.label, upstream.config.response_timeout
+            ))));
+        }
+        Ok(Err(e)) => {
+            if is_body_too_large(&e) {
+                return Err(Failure::Other(Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit")));
+            }
+            if e.is_connect() {
+                return Err(Failure::Connect(Denied::new(Reason::UpstreamConnect).with_detail(format!("{}: {}", target.label, error_chain(&e)))));
+            }
+            if is_client_body_error(&e) {
+                return Err(Failure::Other(Denied::new(Reason::RequestBody).with_detail(error_chain(&e))));
+            }
+            return Err(Failure::Other(Denied::new(Reason::UpstreamProtocol).with_detail(format!("{}: {}", target.label, error_chain(&e)))));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let mut response = response.map(|b| b.map_err(Into::into).boxed_unsync());
+    hop::strip(response.headers_mut(), switching);
+    Ok(response)
+}
+
+/// Whether the failure came from reading the client's body (the client went
+/// away or sent a broken chunk) rather than from the upstream.
+fn is_client_body_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() || h.is_body_write_aborted() {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// A short, secret-free description of an error and its causes.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut current = error.source();
+    while let Some(e) = current {
+        parts.push(e.to_string());
+        current = e.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// Joins the client's and the upstream's upgraded connections.
+fn tunnel(tasks: &TaskTracker, client: hyper::upgrade::OnUpgrade, response: &mut Response<Body>) {
+    let upstream = hyper::upgrade::on(&mut *response);
+    tasks.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}

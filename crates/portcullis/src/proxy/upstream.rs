@@ -1,0 +1,142 @@
+//! An upstream at run time: its targets, their health, and a pooled client.
+//!
+//! Targets are used round robin. A target whose connection attempt fails is
+//! skipped for the upstream's `failure_cooldown`; when every target is cooling
+//! down, the one that failed longest ago is tried, so an upstream recovers by
+//! itself when its targets come back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portcullis_layers::Body;
+
+use crate::config::{self, Target};
+
+/// One target and its health.
+#[derive(Debug)]
+pub struct TargetState {
+    /// Where it is.
+    pub target: Target,
+    /// Its display name, shared with logs.
+    pub label: Arc<str>,
+    /// Milliseconds since `epoch` until which it is skipped; 0 = healthy.
+    down_until_ms: AtomicU64,
+}
+
+/// A configured upstream, ready to take requests.
+#[derive(Debug)]
+pub struct UpstreamState {
+    /// Configuration.
+    pub config: config::Upstream,
+    /// Targets.
+    pub targets: Vec<TargetState>,
+    /// Pooled HTTP/1.1 client shared by all targets.
+    pub client: Client<HttpConnector, Body>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+impl UpstreamState {
+    /// Builds the client and target list for `config`.
+    #[must_use]
+    pub fn new(config: &config::Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .http1_preserve_header_case(false)
+            .build(connector);
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| TargetState { label: Arc::from(t.to_string()), target: t.clone(), down_until_ms: AtomicU64::new(0) })
+            .collect();
+        Self { config: config.clone(), targets, client, next: AtomicUsize::new(0), epoch: Instant::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next target to try: round robin over healthy targets, else the one
+    /// whose cooldown ends first.
+    pub fn pick(&self) -> Option<&TargetState> {
+        let n = self.targets.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        if n == 1 {
+            return self.targets.first();
+        }
+        let now = self.now_ms();
+        for i in 0..n {
+            let t = &self.targets[(start + i) % n];
+            if t.down_until_ms.load(Ordering::Relaxed) <= now {
+                return Some(t);
+            }
+        }
+        self.targets.iter().min_by_key(|t| t.down_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// Marks a target as failed for the cooldown.
+    pub fn mark_failed(&self, target: &TargetState) {
+        let until = self.now_ms().saturating_add(u64::try_from(self.config.failure_cooldown.as_millis()).unwrap_or(u64::MAX));
+        target.down_until_ms.store(until.max(1), Ordering::Relaxed);
+    }
+
+    /// Marks a target as healthy again.
+    pub fn mark_ok(target: &TargetState) {
+        if target.down_until_ms.load(Ordering::Relaxed) != 0 {
+            target.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(n: usize) -> UpstreamState {
+        let targets = (0..n).map(|i| Target::Http { scheme: http::uri::Scheme::HTTP, authority: format!("127.0.0.1:{}", 1000 + i).parse().unwrap() }).collect();
+        UpstreamState::new(&config::Upstream {
+            name: "u".into(),
+            targets,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            failure_cooldown: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle: 1,
+            host_header: config::HostHeader::Preserve,
+        })
+    }
+
+    #[tokio::test]
+    async fn round_robin_skips_failed_targets() {
+        let u = upstream(3);
+        let picks: Vec<_> = (0..6).map(|_| u.pick().unwrap().label.to_string()).collect();
+        assert_eq!(picks[0..3], picks[3..6]);
+        assert_eq!(picks.iter().collect::<std::collections::HashSet<_>>().len(), 3);
+
+        u.mark_failed(&u.targets[1]);
+        for _ in 0..6 {
+            assert_ne!(&*u.pick().unwrap().label, "http://127.0.0.1:1001");
+        }
+        // All down: the one that recovers first is tried.
+        u.mark_failed(&u.targets[0]);
+        u.mark_failed(&u.targets[2]);
+        assert!(u.pick().is_some(), "an upstream whose targets all failed is still tried");
+        UpstreamState::mark_ok(&u.targets[2]);
+        assert_eq!(&*u.pick().unwrap().label, "http://127.0.0.1:1002");
+    }
+}

@@ -1,0 +1,427 @@
+//! Listeners, connections, reload and graceful shutdown.
+//!
+//! Each listener accepts TCP connections and serves HTTP/1.1 and, unless
+//! disabled, HTTP/2 over cleartext (prior knowledge) with hyper. Every request
+//! runs through the [`Gateway`] that is current when it arrives: a reload
+//! builds a complete new gateway (routes, upstream pools, limits) and swaps it
+//! in atomically, so a request never sees half of a configuration.
+//!
+//! Connection defences: a client must send a complete request head within
+//! `header_read_timeout` (slowloris), a keep-alive connection with no request
+//! in flight is closed after `idle_timeout`, and hyper's read buffer caps the
+//! head size below which the configured limits answer 414/431 themselves.
+//!
+//! Shutdown: listeners stop accepting, every connection is asked to finish
+//! (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY), and the
+//! process waits up to `shutdown_timeout` for in-flight requests and
+//! WebSocket tunnels.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+use portcullis_layers::body::Observed;
+use portcullis_layers::{Body, ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
+use portcullis_policy::route::{RouteEntry, RouteTable};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::{Config, Listener};
+use crate::proxy::Proxy;
+use crate::proxy::upstream::UpstreamState;
+
+/// One compiled configuration, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The configuration it was built from.
+    pub config: Arc<Config>,
+    service: GatewayService,
+}
+
+impl Gateway {
+    /// Builds routes, upstream pools and the layer stack.
+    #[must_use]
+    pub fn build(config: Config, events: Arc<dyn EventSink>, tasks: TaskTracker) -> Self {
+        let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
+        let entries = config
+            .routes
+            .iter()
+            .map(|r| RouteEntry {
+                host: r.host.clone(),
+                path: r.path.clone(),
+                methods: r.methods.clone(),
+                value: Arc::new(RouteInfo {
+                    name: Arc::from(r.name.as_str()),
+                    upstream: r.upstream,
+                    upstream_name: Arc::from(config.upstreams.get(r.upstream).map_or("", |u| u.name.as_str())),
+                    max_body_bytes: r.max_body_bytes,
+                    auth: r.auth,
+                }),
+            })
+            .collect();
+        let stack = StackConfig {
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            limits: config.server.limits,
+            routes: Arc::new(RouteTable::new(entries)),
+            events,
+            access_log: config.log.access,
+        };
+        let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
+        Self { config: Arc::new(config), service }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot bind listener {name:?} to {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// Why a reload was refused (the old configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file has errors.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    /// Listeners differ; rebinding sockets needs a restart.
+    #[error("listeners changed ({0}); restart Portcullis to change listeners")]
+    Listeners(String),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Server {
+    current: Arc<ArcSwap<Gateway>>,
+    events: Arc<dyn EventSink>,
+    shutdown: watch::Sender<bool>,
+    tasks: TaskTracker,
+    acceptors: Vec<JoinHandle<()>>,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Server {
+    /// Binds every listener (all or none) and starts serving.
+    ///
+    /// # Errors
+    /// [`StartError::Bind`] for the first listener that cannot bind.
+    pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+        let mut bound = Vec::new();
+        for listener in &config.listeners {
+            let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
+                name: listener.name.clone(),
+                addr: listener.bind,
+                source,
+            })?;
+            let addr = socket.local_addr().unwrap_or(listener.bind);
+            bound.push((listener.name.clone(), addr, socket));
+        }
+        let tasks = TaskTracker::new();
+        let gateway = Gateway::build(config, events.clone(), tasks.clone());
+        let current = Arc::new(ArcSwap::from_pointee(gateway));
+        let (shutdown, _) = watch::channel(false);
+        let mut acceptors = Vec::new();
+        let mut addrs = Vec::new();
+        for (name, addr, socket) in bound {
+            tracing::info!(listener = %name, %addr, "listening");
+            addrs.push((name.clone(), addr));
+            let accept = Acceptor {
+                listener: Arc::from(name.as_str()),
+                current: current.clone(),
+                shutdown: shutdown.subscribe(),
+                tasks: tasks.clone(),
+            };
+            acceptors.push(tokio::spawn(accept.run(socket)));
+        }
+        Ok(Self { current, events, shutdown, tasks, acceptors, addrs })
+    }
+
+    /// The bound address of each listener, by name.
+    #[must_use]
+    pub fn addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The bound address of the named listener.
+    #[must_use]
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The configuration currently serving.
+    #[must_use]
+    pub fn config(&self) -> Arc<Config> {
+        self.current.load().config.clone()
+    }
+
+    /// Swaps in a new configuration atomically.
+    ///
+    /// # Errors
+    /// [`ReloadError::Listeners`] when the listener set differs; the running
+    /// configuration is kept.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let old = self.current.load();
+        let was: Vec<&Listener> = old.config.listeners.iter().collect();
+        let now: Vec<&Listener> = config.listeners.iter().collect();
+        if was != now {
+            let describe = |ls: &[&Listener]| ls.iter().map(|l| format!("{}={}", l.name, l.bind)).collect::<Vec<_>>().join(" ");
+            return Err(ReloadError::Listeners(format!("running: {}; new: {}", describe(&was), describe(&now))));
+        }
+        if old.config.events != config.events || old.config.log != config.log {
+            tracing::warn!("[log] and [events] changes take effect at the next restart");
+        }
+        let gateway = Gateway::build(config, self.events.clone(), self.tasks.clone());
+        self.current.store(Arc::new(gateway));
+        Ok(())
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits up to the
+    /// configured shutdown timeout. Returns whether everything finished.
+    pub async fn shutdown(self) -> bool {
+        let timeout = self.current.load().config.server.shutdown_timeout;
+        let _ = self.shutdown.send(true);
+        for acceptor in self.acceptors {
+            let _ = acceptor.await;
+        }
+        self.tasks.close();
+        let drained = tokio::time::timeout(timeout, self.tasks.wait()).await.is_ok();
+        if drained {
+            tracing::info!("all connections finished");
+        } else {
+            tracing::warn!(remaining = self.tasks.len(), ?timeout, "shutdown timeout reached; closing remaining connections");
+        }
+        drained
+    }
+}
+
+struct Acceptor {
+    listener: Arc<str>,
+    current: Arc<ArcSwap<Gateway>>,
+    shutdown: watch::Receiver<bool>,
+    tasks: TaskTracker,
+}
+
+impl Acceptor {
+    async fn run(mut self, socket: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.changed() => break,
+                accepted = socket.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = Connection {
+                            peer,
+                            listener: self.listener.clone(),
+                            current: self.current.clone(),
+                            shutdown: self.shutdown.clone(),
+                        };
+                        self.tasks.spawn(conn.serve(stream));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(listener = %self.listener, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!(listener = %self.listener, "stopped accepting");
+    }
+}
+
+struct Connection {
+    peer: SocketAddr,
+    listener: Arc<str>,
+    current: Arc<ArcSwap<Gateway>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let gateway = self.current.load_full();
+        let server = &gateway.config.server;
+        let idle_timeout = server.idle_timeout;
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(ActivityIo { inner: stream, activity: activity.clone() });
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's buffer is a backstop above the configured limits, which
+        // answer with their own status and event.
+        let head_cap = (server.limits.max_header_bytes + server.limits.max_uri_bytes).saturating_mul(2).max(16 * 1024);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .keep_alive(true)
+            .max_buf_size(head_cap)
+            .max_headers(server.limits.max_header_count.saturating_mul(2).max(64));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(head_cap).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = if server.h2c { builder } else { builder.http1_only() };
+
+        let conn_info = ConnInfo { peer: self.peer, listener: self.listener.clone(), scheme: "http" };
+        let current = self.current.clone();
+        let service_activity = activity.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let gateway = current.load_full();
+            let activity = service_activity.clone();
+            activity.begin();
+            let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+            req.extensions_mut().insert(conn_info.clone());
+            // Boxed outside the async block: see the note in portcullis-layers' reject.rs.
+            let future: futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>> =
+                Box::pin(gateway.service.clone().oneshot(req));
+            async move {
+                let Ok(response) = future.await;
+                Ok::<Response<Body>, Infallible>(response.map(|body| {
+                    Observed::new(body, move |_, _| activity.end()).boxed_unsync()
+                }))
+            }
+        });
+
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut closing = *self.shutdown.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let idle_deadline = activity.deadline(idle_timeout);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(idle_deadline.into()), if !closing => {
+                    if activity.is_idle(idle_timeout) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved bytes, and how many requests are in flight.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= self.deadline(idle)
+    }
+}
+
+pin_project! {
+    /// A socket that records when it last read or wrote.
+    struct ActivityIo {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
