@@ -133,10 +133,10 @@ where
                 }
                 // hyper stops polling once a body reports its end, so the
                 // end is seen here rather than as `Ready(None)`.
-                if this.inner.is_end_stream() {
-                    if let Some(done) = this.on_done.take() {
-                        done(*this.bytes, true);
-                    }
+                if this.inner.is_end_stream()
+                    && let Some(done) = this.on_done.take()
+                {
+                    done(*this.bytes, true);
                 }
             }
             Poll::Ready(None) => {

@@ -58,7 +58,12 @@ where
             forwarded::apply(req.headers_mut(), &Hop { client, scheme, host: host.as_deref() });
         } else {
             // Without a resolved client nothing the client claimed may pass.
-            for name in [forwarded::X_FORWARDED_FOR, forwarded::X_FORWARDED_PROTO, forwarded::X_FORWARDED_HOST, forwarded::X_REAL_IP] {
+            for name in [
+                forwarded::X_FORWARDED_FOR,
+                forwarded::X_FORWARDED_PROTO,
+                forwarded::X_FORWARDED_HOST,
+                forwarded::X_REAL_IP,
+            ] {
                 req.headers_mut().remove(name);
             }
             req.headers_mut().remove(http::header::FORWARDED);

@@ -16,8 +16,8 @@ use futures_util::future::{Either, Ready, ready};
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use portcullis_policy::limits::{RequestLimits, content_length};
 use portcullis_policy::Denied;
+use portcullis_policy::limits::{RequestLimits, content_length};
 use tower::{Layer, Service};
 
 use crate::body::Limited;

@@ -1,4 +1,5 @@
 //! Hot-path benchmarks: route matching and forwarding-header rewrite.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark set-up, like tests
 
 use std::hint::black_box;
 

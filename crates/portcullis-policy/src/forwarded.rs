@@ -89,11 +89,8 @@ pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     }
     let mut client = peer;
     // Several X-Forwarded-For fields form one list, in order.
-    let entries: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .flat_map(|value| value.to_str().unwrap_or("").split(','))
-        .collect();
+    let entries: Vec<&str> =
+        headers.get_all(&X_FORWARDED_FOR).iter().flat_map(|value| value.to_str().unwrap_or("").split(',')).collect();
     for entry in entries.iter().rev() {
         let Some(ip) = parse_forwarded_ip(entry) else { break };
         client = ip;
@@ -178,8 +175,7 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     element.push_str(";proto=");
     element.push_str(hop.scheme);
     let forwarded = if trusted {
-        let existing: Vec<&str> =
-            headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()).collect();
+        let existing: Vec<&str> = headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()).collect();
         if existing.is_empty() { element } else { format!("{}, {element}", existing.join(", ")) }
     } else {
         element
@@ -199,8 +195,7 @@ fn forwarded_node(ip: IpAddr) -> String {
 
 /// RFC 7230 token characters (a host with a port is not a token: `:`).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -235,7 +230,8 @@ mod tests {
     #[test]
     fn client_resolution_table() {
         let t = trusted();
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             // untrusted peer: its claims are ignored
             ("203.0.113.5", &[("x-forwarded-for", "1.1.1.1")], "203.0.113.5"),
             // trusted peer, no header: the peer

@@ -9,8 +9,11 @@
 //! The one exception is a protocol upgrade (WebSocket): `Upgrade` and
 //! `Connection: upgrade` are kept so the upstream can accept it.
 
-use http::header::{CONNECTION, HeaderMap, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderName;
+use http::header::{
+    CONNECTION, HeaderMap, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
+};
 
 /// Headers that are always hop-by-hop.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -48,9 +51,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// header and gets `Connection: upgrade` back.
 pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade && is_upgrade(headers);
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> =
+        connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
     let upgrade_value = if upgrade { headers.get(UPGRADE).cloned() } else { None };
     for name in named {
         headers.remove(name);

@@ -63,11 +63,12 @@ impl RequestLimits {
             return Err(Denied::new(Reason::LimitHeaders)
                 .with_detail(format!("{bytes} header bytes > limit {}", self.max_header_bytes)));
         }
-        if let Some(length) = content_length(headers)? {
-            if length > max_body_bytes {
-                return Err(Denied::new(Reason::LimitBody)
-                    .with_detail(format!("content-length {length} > limit {max_body_bytes}")));
-            }
+        if let Some(length) = content_length(headers)?
+            && length > max_body_bytes
+        {
+            return Err(
+                Denied::new(Reason::LimitBody).with_detail(format!("content-length {length} > limit {max_body_bytes}"))
+            );
         }
         Ok(())
     }

@@ -90,11 +90,11 @@ impl EventSink for JsonLines {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Ok(mut last) = self.last_warning.lock() {
-                    if last.is_none_or(|t| t.elapsed().as_secs() >= 1) {
-                        *last = Some(Instant::now());
-                        tracing::warn!(dropped_total = total, "security event queue full; events dropped");
-                    }
+                if let Ok(mut last) = self.last_warning.lock()
+                    && last.is_none_or(|t| t.elapsed().as_secs() >= 1)
+                {
+                    *last = Some(Instant::now());
+                    tracing::warn!(dropped_total = total, "security event queue full; events dropped");
                 }
             }
         }

@@ -188,7 +188,8 @@ impl Server {
         let was: Vec<&Listener> = old.config.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
         if was != now {
-            let describe = |ls: &[&Listener]| ls.iter().map(|l| format!("{}={}", l.name, l.bind)).collect::<Vec<_>>().join(" ");
+            let describe =
+                |ls: &[&Listener]| ls.iter().map(|l| format!("{}={}", l.name, l.bind)).collect::<Vec<_>>().join(" ");
             return Err(ReloadError::Listeners(format!("running: {}; new: {}", describe(&was), describe(&now))));
         }
         if old.config.events != config.events || old.config.log != config.log {
@@ -212,7 +213,11 @@ impl Server {
         if drained {
             tracing::info!("all connections finished");
         } else {
-            tracing::warn!(remaining = self.tasks.len(), ?timeout, "shutdown timeout reached; closing remaining connections");
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                ?timeout,
+                "shutdown timeout reached; closing remaining connections"
+            );
         }
         drained
     }
@@ -301,9 +306,9 @@ impl Connection {
                 Box::pin(gateway.service.clone().oneshot(req));
             async move {
                 let Ok(response) = future.await;
-                Ok::<Response<Body>, Infallible>(response.map(|body| {
-                    Observed::new(body, move |_, _| activity.end()).boxed_unsync()
-                }))
+                Ok::<Response<Body>, Infallible>(
+                    response.map(|body| Observed::new(body, move |_, _| activity.end()).boxed_unsync()),
+                )
             }
         });
 
@@ -404,7 +409,11 @@ impl AsyncWrite for ActivityIo {
         polled
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {

@@ -29,9 +29,10 @@ async fn streams_200_mb_each_way_with_rss_far_below_the_body_size() {
     const TOTAL: u64 = 200 * MB;
     let up = upstream(|req: Request<Incoming>| async move {
         if req.uri().path() == "/download" {
-            let chunks = futures_util::stream::iter((0..TOTAL / (256 * 1024)).map(|_| {
-                Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![9u8; 256 * 1024])))
-            }));
+            let chunks = futures_util::stream::iter(
+                (0..TOTAL / (256 * 1024))
+                    .map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![9u8; 256 * 1024])))),
+            );
             return Response::new(StreamBody::new(chunks).boxed_unsync());
         }
         let mut body = req.into_body();
@@ -45,19 +46,26 @@ async fn streams_200_mb_each_way_with_rss_far_below_the_body_size() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &binary_config(up, "[server]\nmax_body_bytes = \"1GiB\"\n[events]\nsinks = [\"stderr\"]"));
+    let path = write_config(
+        dir.path(),
+        &binary_config(up, "[server]\nmax_body_bytes = \"1GiB\"\n[events]\nsinks = [\"stderr\"]"),
+    );
     let gw = Process::start(&path);
     let idle_kib = gw.rss_kib();
 
-    let chunks = futures_util::stream::iter((0..TOTAL / (256 * 1024)).map(|_| {
-        Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![1u8; 256 * 1024])))
-    }));
+    let chunks = futures_util::stream::iter(
+        (0..TOTAL / (256 * 1024))
+            .map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![1u8; 256 * 1024])))),
+    );
     let req = Request::post(format!("http://{}/upload", gw.addr)).body(StreamBody::new(chunks).boxed_unsync()).unwrap();
     let (parts, body) = send(req).await;
     assert_eq!(parts.status, 200);
     assert_eq!(body, TOTAL.to_string());
 
-    let response = client().request(Request::get(format!("http://{}/download", gw.addr)).body(portcullis_layers::empty()).unwrap()).await.unwrap();
+    let response = client()
+        .request(Request::get(format!("http://{}/download", gw.addr)).body(portcullis_layers::empty()).unwrap())
+        .await
+        .unwrap();
     let mut body = response.into_body();
     let mut received = 0u64;
     while let Some(frame) = body.frame().await {
@@ -141,7 +149,10 @@ async fn events_go_to_the_configured_file_as_json_lines() {
     let (parts, _) = get(&format!("http://{}/nope?api_key=hunter2", gw.addr)).await;
     assert_eq!(parts.status, 404);
     let file = dir.path().join("logs/events.jsonl");
-    eventually("event written", Duration::from_secs(5), || std::fs::read_to_string(&file).is_ok_and(|s| s.ends_with('\n'))).await;
+    eventually("event written", Duration::from_secs(5), || {
+        std::fs::read_to_string(&file).is_ok_and(|s| s.ends_with('\n'))
+    })
+    .await;
     let text = std::fs::read_to_string(&file).unwrap();
     let event: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(event["reason"], "route.none");
@@ -184,7 +195,11 @@ fn exit_codes() {
 
     // A runtime failure (port already taken) is exit code 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let busy = write_config(dir.path(), &simple_config("127.0.0.1:9".parse().unwrap(), "").replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string()));
+    let busy = write_config(
+        dir.path(),
+        &simple_config("127.0.0.1:9".parse().unwrap(), "")
+            .replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string()),
+    );
     let out = run(&["run", "--config", busy.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }

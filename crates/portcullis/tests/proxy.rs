@@ -59,7 +59,10 @@ auth = "public"
     // Methods are part of the match: POST falls through to the less specific route.
     let (_, body) = send(Request::post(gw.url("/api/special/1")).body(portcullis_layers::empty()).unwrap()).await;
     assert_eq!(body, "a /api/special/1");
-    let req = Request::get(gw.url("/api/special/1")).header("host", "Admin.Example.com:8443").body(portcullis_layers::empty()).unwrap();
+    let req = Request::get(gw.url("/api/special/1"))
+        .header("host", "Admin.Example.com:8443")
+        .body(portcullis_layers::empty())
+        .unwrap();
     let (_, body) = send(req).await;
     assert_eq!(body, "c /api/special/1");
 
@@ -181,10 +184,6 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept_and_extended() {
     assert_eq!(h["x-real-ip"], "198.51.100.7");
     assert_eq!(h["x-request-id"], "lb-1234");
     assert_eq!(parts.headers["x-request-id"], "lb-1234");
-
-    // The resolved client is what events record.
-    let (parts, body) = get(&gw.url("/x").replace("/x", "/x")).await;
-    assert_eq!(parts.status, 200, "{body:?}");
 }
 
 #[tokio::test]
@@ -206,7 +205,10 @@ auth = "public"
 "#
     ))
     .await;
-    let req = Request::get(gw.url("/elsewhere?token=secret")).header("x-forwarded-for", "203.0.113.50").body(portcullis_layers::empty()).unwrap();
+    let req = Request::get(gw.url("/elsewhere?token=secret"))
+        .header("x-forwarded-for", "203.0.113.50")
+        .body(portcullis_layers::empty())
+        .unwrap();
     let (parts, _) = send(req).await;
     assert_eq!(parts.status, 404);
     let event = gw.events.last().unwrap();
@@ -254,7 +256,10 @@ async fn failed_target_is_skipped_and_bodyless_requests_retried() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let toml = simple_config(live, "").replace(&format!("targets = [\"http://{live}\"]"), &format!("targets = [\"http://{dead}\", \"http://{live}\"]"));
+    let toml = simple_config(live, "").replace(
+        &format!("targets = [\"http://{live}\"]"),
+        &format!("targets = [\"http://{dead}\", \"http://{live}\"]"),
+    );
     let gw = gateway(&toml).await;
     for _ in 0..6 {
         let (parts, body) = get(&gw.url("/x")).await;
@@ -267,7 +272,8 @@ async fn failed_target_is_skipped_and_bodyless_requests_retried() {
 #[tokio::test]
 async fn size_limits_answer_413_414_431() {
     let (up, seen) = named_upstream("a").await;
-    let extra = "[server]\nmax_body_bytes = 1000\nmax_uri_bytes = 300\nmax_header_count = 20\nmax_header_bytes = \"2KiB\"";
+    let extra =
+        "[server]\nmax_body_bytes = 1000\nmax_uri_bytes = 300\nmax_header_count = 20\nmax_header_bytes = \"2KiB\"";
     let gw = gateway(&simple_config(up, extra)).await;
 
     let req = Request::post(gw.url("/x")).body(full_body(vec![b'a'; 1001])).unwrap();
@@ -275,7 +281,9 @@ async fn size_limits_answer_413_414_431() {
     assert_denied(&parts, &body, 413, "limit.body");
 
     // Chunked (no Content-Length): refused when the stream crosses the limit.
-    let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![b'b'; 100])))));
+    let chunks = futures_util::stream::iter(
+        (0..20).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![b'b'; 100])))),
+    );
     let req = Request::post(gw.url("/x")).body(StreamBody::new(chunks).boxed_unsync()).unwrap();
     let (parts, body) = send(req).await;
     assert_denied(&parts, &body, 413, "limit.body");
@@ -470,12 +478,19 @@ async fn large_bodies_stream_in_both_directions() {
                 received += data.len() as u64;
             }
         }
-        let chunks = futures_util::stream::iter((0..320).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![7u8; 64 * 1024])))));
-        Response::builder().header("x-received", received.to_string()).body(StreamBody::new(chunks).boxed_unsync()).unwrap()
+        let chunks = futures_util::stream::iter(
+            (0..320).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![7u8; 64 * 1024])))),
+        );
+        Response::builder()
+            .header("x-received", received.to_string())
+            .body(StreamBody::new(chunks).boxed_unsync())
+            .unwrap()
     })
     .await;
     let gw = gateway(&simple_config(up, "[server]\nmax_body_bytes = \"1GiB\"")).await;
-    let chunks = futures_util::stream::iter((0..320).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![1u8; 64 * 1024])))));
+    let chunks = futures_util::stream::iter(
+        (0..320).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![1u8; 64 * 1024])))),
+    );
     let req = Request::post(gw.url("/up")).body(StreamBody::new(chunks).boxed_unsync()).unwrap();
     let (parts, body) = send(req).await;
     assert_eq!(parts.status, 200);

@@ -119,7 +119,14 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
         },
     };
     let limits = RequestLimits {
-        max_uri_bytes: to_usize(size(c, raw.max_uri_bytes.as_ref(), defaults.max_uri_bytes as u64, 256, 1 << 20, "max_uri_bytes")),
+        max_uri_bytes: to_usize(size(
+            c,
+            raw.max_uri_bytes.as_ref(),
+            defaults.max_uri_bytes as u64,
+            256,
+            1 << 20,
+            "max_uri_bytes",
+        )),
         max_header_count,
         max_header_bytes: to_usize(size(
             c,
@@ -135,7 +142,12 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
     Server {
         data_dir,
         trusted_proxies: TrustedProxies::new(nets),
-        header_read_timeout: duration(c, raw.header_read_timeout.as_ref(), Duration::from_secs(10), "header_read_timeout"),
+        header_read_timeout: duration(
+            c,
+            raw.header_read_timeout.as_ref(),
+            Duration::from_secs(10),
+            "header_read_timeout",
+        ),
         idle_timeout: duration(c, raw.idle_timeout.as_ref(), Duration::from_secs(60), "idle_timeout"),
         shutdown_timeout: duration(c, raw.shutdown_timeout.as_ref(), Duration::from_secs(30), "shutdown_timeout"),
         limits,
@@ -160,7 +172,8 @@ fn build_listeners(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<Listener> {
         };
         let name = l.name.clone().unwrap_or_else(|| bind.to_string());
         if !names.insert(name.clone()) {
-            c.error(listener.span(), format!("duplicate listener name {name:?}")).help("give each listener its own name");
+            c.error(listener.span(), format!("duplicate listener name {name:?}"))
+                .help("give each listener its own name");
         }
         if !binds.insert(bind) {
             c.error(l.bind.span(), format!("address {bind} is bound by two listeners")).help("remove one of them");
@@ -183,9 +196,7 @@ fn parse_target(c: &mut Collector<'_>, target: &Spanned<String>) -> Option<Targe
     let scheme = uri.scheme().cloned();
     let has_path = uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty());
     match (scheme, uri.authority()) {
-        (Some(scheme), Some(authority))
-            if scheme == Scheme::HTTP && !has_path && !authority.as_str().contains('@') =>
-        {
+        (Some(scheme), Some(authority)) if scheme == Scheme::HTTP && !has_path && !authority.as_str().contains('@') => {
             let authority = if authority.port().is_some() {
                 authority.clone()
             } else {
@@ -261,7 +272,12 @@ fn check_unique_upstreams(c: &mut Collector<'_>, raw: &[Spanned<RawUpstream>]) {
     }
 }
 
-fn build_auth(c: &mut Collector<'_>, raw: &RawRoute, route_name: &str, route_span: std::ops::Range<usize>) -> Option<AuthMode> {
+fn build_auth(
+    c: &mut Collector<'_>,
+    raw: &RawRoute,
+    route_name: &str,
+    route_span: std::ops::Range<usize>,
+) -> Option<AuthMode> {
     let Some(auth) = &raw.auth else {
         c.error(route_span, format!("route {route_name:?} does not state `auth`"))
             .expected("auth = \"public\"")
@@ -357,16 +373,26 @@ fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream]) 
         let upstream = upstreams.iter().position(|u| u.name == *upstream_name);
         if upstream.is_none() {
             let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-            c.error(r.upstream.span(), format!("route {name:?} names unknown upstream {upstream_name:?}"))
-                .expected(if known.is_empty() { "an [[upstream]] name (none are defined)".to_owned() } else { format!("one of: {}", known.join(", ")) });
+            c.error(r.upstream.span(), format!("route {name:?} names unknown upstream {upstream_name:?}")).expected(
+                if known.is_empty() {
+                    "an [[upstream]] name (none are defined)".to_owned()
+                } else {
+                    format!("one of: {}", known.join(", "))
+                },
+            );
         }
         let auth = build_auth(c, r, &name, spanned.span());
-        let max_body_bytes = r
-            .max_body_bytes
-            .as_ref()
-            .map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
+        let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         if let (Some(path), Some(upstream), Some(auth)) = (path, upstream, auth) {
-            out.push(Route { name, host, path, methods: methods.filter(|m| !m.is_empty()), upstream, auth, max_body_bytes });
+            out.push(Route {
+                name,
+                host,
+                path,
+                methods: methods.filter(|m| !m.is_empty()),
+                upstream,
+                auth,
+                max_body_bytes,
+            });
         }
     }
     out
@@ -382,11 +408,11 @@ fn build_log(c: &mut Collector<'_>, raw: &RawLog) -> Log {
         }
     };
     let level = raw.level.as_ref().map_or_else(|| "info".to_owned(), |l| l.get_ref().clone());
-    if let Some(l) = &raw.level {
-        if tracing_subscriber::EnvFilter::builder().parse(l.get_ref()).is_err() {
-            c.error(l.span(), format!("invalid log level {:?}", l.get_ref()))
-                .expected("\"error\", \"warn\", \"info\", \"debug\", \"trace\" or a filter like \"info,portcullis=debug\"");
-        }
+    if let Some(l) = &raw.level
+        && tracing_subscriber::EnvFilter::builder().parse(l.get_ref()).is_err()
+    {
+        c.error(l.span(), format!("invalid log level {:?}", l.get_ref()))
+            .expected("\"error\", \"warn\", \"info\", \"debug\", \"trace\" or a filter like \"info,portcullis=debug\"");
     }
     Log { format, level, access: raw.access.unwrap_or(true) }
 }

@@ -80,14 +80,18 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
     let mut last = Denied::new(Reason::UpstreamConnect);
     for attempt in 0..attempts {
         let Some(target) = upstream.pick() else { break };
-        let request = if attempt + 1 < attempts { clone_head(&req) } else { std::mem::replace(&mut req, Request::new(portcullis_layers::empty())) };
+        let request = if attempt + 1 < attempts {
+            clone_head(&req)
+        } else {
+            std::mem::replace(&mut req, Request::new(portcullis_layers::empty()))
+        };
         match send(upstream, target, request).await {
             Ok(mut response) => {
                 UpstreamState::mark_ok(target);
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_upgrade) = upgrade {
-                        tunnel(tasks, client_upgrade, &mut response);
-                    }
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = upgrade
+                {
+                    tunnel(tasks, client_upgrade, &mut response);
                 }
                 response.extensions_mut().insert(ServedBy(target.label.clone()));
                 return response;
@@ -120,7 +124,11 @@ enum Failure {
     Other(Denied),
 }
 
-async fn send(upstream: &UpstreamState, target: &TargetState, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
+async fn send(
+    upstream: &UpstreamState,
+    target: &TargetState,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Failure> {
     let (scheme, authority) = match &target.target {
         Target::Demo => return Ok(demo::handle(req).await),
         Target::Http { scheme, authority } => (scheme, authority),
@@ -157,15 +165,25 @@ async fn send(upstream: &UpstreamState, target: &TargetState, mut req: Request<B
         }
         Ok(Err(e)) => {
             if is_body_too_large(&e) {
-                return Err(Failure::Other(Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit")));
+                return Err(Failure::Other(
+                    Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit"),
+                ));
             }
             if e.is_connect() {
-                return Err(Failure::Connect(Denied::new(Reason::UpstreamConnect).with_detail(format!("{}: {}", target.label, error_chain(&e)))));
+                return Err(Failure::Connect(Denied::new(Reason::UpstreamConnect).with_detail(format!(
+                    "{}: {}",
+                    target.label,
+                    error_chain(&e)
+                ))));
             }
             if is_client_body_error(&e) {
                 return Err(Failure::Other(Denied::new(Reason::RequestBody).with_detail(error_chain(&e))));
             }
-            return Err(Failure::Other(Denied::new(Reason::UpstreamProtocol).with_detail(format!("{}: {}", target.label, error_chain(&e)))));
+            return Err(Failure::Other(Denied::new(Reason::UpstreamProtocol).with_detail(format!(
+                "{}: {}",
+                target.label,
+                error_chain(&e)
+            ))));
         }
         Ok(Ok(response)) => response,
     };
@@ -180,10 +198,10 @@ async fn send(upstream: &UpstreamState, target: &TargetState, mut req: Request<B
 fn is_client_body_error(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_user() || h.is_body_write_aborted() {
-                return true;
-            }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_user() || h.is_body_write_aborted())
+        {
+            return true;
         }
         current = e.source();
     }

@@ -59,7 +59,11 @@ impl UpstreamState {
         let targets = config
             .targets
             .iter()
-            .map(|t| TargetState { label: Arc::from(t.to_string()), target: t.clone(), down_until_ms: AtomicU64::new(0) })
+            .map(|t| TargetState {
+                label: Arc::from(t.to_string()),
+                target: t.clone(),
+                down_until_ms: AtomicU64::new(0),
+            })
             .collect();
         Self { config: config.clone(), targets, client, next: AtomicUsize::new(0), epoch: Instant::now() }
     }
@@ -91,7 +95,8 @@ impl UpstreamState {
 
     /// Marks a target as failed for the cooldown.
     pub fn mark_failed(&self, target: &TargetState) {
-        let until = self.now_ms().saturating_add(u64::try_from(self.config.failure_cooldown.as_millis()).unwrap_or(u64::MAX));
+        let until =
+            self.now_ms().saturating_add(u64::try_from(self.config.failure_cooldown.as_millis()).unwrap_or(u64::MAX));
         target.down_until_ms.store(until.max(1), Ordering::Relaxed);
     }
 
@@ -108,7 +113,12 @@ mod tests {
     use super::*;
 
     fn upstream(n: usize) -> UpstreamState {
-        let targets = (0..n).map(|i| Target::Http { scheme: http::uri::Scheme::HTTP, authority: format!("127.0.0.1:{}", 1000 + i).parse().unwrap() }).collect();
+        let targets = (0..n)
+            .map(|i| Target::Http {
+                scheme: http::uri::Scheme::HTTP,
+                authority: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+            })
+            .collect();
         UpstreamState::new(&config::Upstream {
             name: "u".into(),
             targets,

@@ -206,10 +206,10 @@ impl Process {
         let pipe = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "listening" {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
                 }
                 lines.lock().unwrap().push(line);
             }
