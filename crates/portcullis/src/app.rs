@@ -20,12 +20,17 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
+            let findings = crate::check::findings(&config);
+            for finding in &findings {
+                println!("{finding}");
+            }
             println!(
-                "{}: ok ({} listener(s), {} upstream(s), {} route(s))",
+                "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} finding(s))",
                 path.display(),
                 config.listeners.len(),
                 config.upstreams.len(),
-                config.routes.len()
+                config.routes.len(),
+                findings.len()
             );
             ExitCode::SUCCESS
         }
@@ -86,6 +91,9 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    for finding in crate::check::findings(&server.config()) {
+        tracing::warn!(code = finding.code, help = %finding.help, "{}", finding.message);
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "portcullis started");
     loop {
         tokio::select! {

@@ -7,6 +7,7 @@
 //! `portcullis-layers`. `main.rs` only parses the command line.
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod events;

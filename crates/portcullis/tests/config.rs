@@ -173,3 +173,16 @@ fn public_cannot_be_mixed_with_other_methods() {
     let errs = errors(&MINIMAL.replace("auth = \"public\"", "auth = [\"public\", \"jwt\"]"));
     assert!(errs.iter().any(|e| e.message.contains("cannot be combined")), "{errs:?}");
 }
+
+#[test]
+fn check_reports_shadowed_routes() {
+    let toml = format!(
+        "{MINIMAL}\n[[route]]\nname = \"twin\"\nmatch = {{ path = \"/**\" }}\nupstream = \"api\"\nauth = \"public\"\n"
+    );
+    let c = parse(&toml).unwrap();
+    let findings = portcullis::check::findings(&c);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].code, "route.shadowed");
+    assert!(findings[0].message.contains("\"twin\" can never match"), "{}", findings[0].message);
+    assert!(portcullis::check::findings(&parse(MINIMAL).unwrap()).is_empty());
+}

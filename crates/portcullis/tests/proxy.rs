@@ -497,3 +497,30 @@ async fn large_bodies_stream_in_both_directions() {
     assert_eq!(parts.headers["x-received"], (320 * 64 * 1024).to_string());
     assert_eq!(body.len(), 320 * 64 * 1024);
 }
+
+#[tokio::test]
+async fn upstream_that_never_accepts_is_502_at_the_connect_timeout() {
+    // A listener with a full accept queue: the kernel drops further SYNs, so
+    // the gateway's connection attempt hangs until its connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            fillers.push(s);
+        }
+    }
+    let toml = simple_config(addr, "")
+        .replace("targets = [", "connect_timeout = \"300ms\"\nresponse_timeout = \"20s\"\ntargets = [");
+    let gw = gateway(&toml).await;
+    let started = std::time::Instant::now();
+    let (parts, body) = get(&gw.url("/x")).await;
+    assert_denied(&parts, &body, 502, "upstream.connect");
+    // Answered by the connect timeout, not the 20 s response timeout.
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let detail = gw.events.last().unwrap().detail.unwrap();
+    assert!(detail.contains("deadline has elapsed"), "a connect timeout, not a refusal: {detail}");
+    drop(listener);
+}
