@@ -1,9 +1,9 @@
 //! The last step before the proxy: make the request safe to forward.
 //!
-//! Removes hop-by-hop headers (keeping a WebSocket upgrade), rewrites the
-//! forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) from the
-//! resolved client (rules in `portcullis_policy::forwarded`). The request id
-//! header was already set by the reject layer.
+//! Rewrites the forwarding headers (`X-Forwarded-*`, `Forwarded`,
+//! `X-Real-IP`) from the resolved client (rules in
+//! `portcullis_policy::forwarded`) and sets `X-Request-Id`. Hop-by-hop headers
+//! were already removed at ingress by the reject layer.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::{Request, Response};
 use portcullis_policy::forwarded::{self, Hop};
-use portcullis_policy::hop;
+use portcullis_policy::request_id::X_REQUEST_ID;
 use tower::{Layer, Service};
 
 use crate::{Body, ConnInfo, RequestContext};
@@ -46,7 +46,6 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        hop::strip(req.headers_mut(), true);
         let scheme = req.extensions().get::<ConnInfo>().map_or("http", |c| c.scheme);
         let host = req
             .uri()
@@ -55,7 +54,9 @@ where
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
         if let Some(ctx) = req.extensions().get::<RequestContext>() {
             let client = ctx.client;
+            let id = ctx.request_id_header.clone();
             forwarded::apply(req.headers_mut(), &Hop { client, scheme, host: host.as_deref() });
+            req.headers_mut().insert(X_REQUEST_ID, id);
         } else {
             // Without a resolved client nothing the client claimed may pass.
             for name in [
@@ -67,6 +68,7 @@ where
                 req.headers_mut().remove(name);
             }
             req.headers_mut().remove(http::header::FORWARDED);
+            req.headers_mut().remove(X_REQUEST_ID);
         }
         self.inner.call(req)
     }

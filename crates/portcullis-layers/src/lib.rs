@@ -75,8 +75,11 @@ pub struct ConnInfo {
 /// Who sent the request; inserted by the reject layer for every inner layer.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    /// The request id (also in the `X-Request-Id` request header).
+    /// The request id.
     pub request_id: Arc<str>,
+    /// The same, ready to send upstream as `X-Request-Id` (set by the forward
+    /// layer, so it does not count against the client's header limits).
+    pub request_id_header: http::HeaderValue,
     /// The client after trusted-proxy resolution.
     pub client: ClientAddr,
 }

@@ -1,7 +1,9 @@
 //! The one place a denial becomes a response and a security event; also the
 //! request context (request id, client address) and the access log.
 //!
-//! Outermost layer of the stack. On the way in it resolves the client address
+//! Outermost layer of the stack. On the way in it removes hop-by-hop headers
+//! (and any header the client names in `Connection`, so none can sway a
+//! decision), resolves the client address
 //! through the trusted proxies, assigns the request id (keeping an incoming
 //! one only from a trusted proxy) and puts both into the request's extensions.
 //! On the way out, a response that carries a [`Denied`] in its extensions is
@@ -26,7 +28,7 @@ use http_body_util::BodyExt;
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::{TrustedProxies, resolve_client};
 use portcullis_policy::request_id::{X_REQUEST_ID, is_acceptable};
-use portcullis_policy::{Denied, SecurityEvent};
+use portcullis_policy::{Denied, SecurityEvent, hop};
 use tower::{Layer, Service};
 
 use crate::body::Observed;
@@ -114,6 +116,9 @@ where
             || (SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), Arc::from("unknown")),
             |c| (c.peer, c.listener.clone()),
         );
+        // Connection-level headers go first: a header a client names in
+        // `Connection` must not influence any decision (RFC 9110 §7.6.1).
+        hop::strip(req.headers_mut(), true);
         let client = resolve_client(peer.ip(), req.headers(), &self.shared.trusted);
         let incoming = req.headers().get(X_REQUEST_ID).filter(|v| client.peer_trusted && is_acceptable(v.as_bytes()));
         let request_id: Arc<str> = match incoming.and_then(|v| v.to_str().ok()) {
@@ -124,7 +129,6 @@ where
             }
         };
         let header_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        req.headers_mut().insert(X_REQUEST_ID, header_value.clone());
         let summary = Summary {
             start,
             method: req.method().clone(),
@@ -133,7 +137,7 @@ where
             client_ip: client.ip,
             listener,
         };
-        req.extensions_mut().insert(RequestContext { request_id, client });
+        req.extensions_mut().insert(RequestContext { request_id, request_id_header: header_value.clone(), client });
 
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
@@ -184,6 +188,8 @@ fn render(denied: &Denied, summary: &Summary, response: Response<Body>) -> Respo
 
 fn with_access_log(response: Response<Body>, summary: Summary) -> Response<Body> {
     let status = response.status().as_u16();
+    // HEAD answers and 204/304 have no body for hyper to read to its end.
+    let bodyless = summary.method == Method::HEAD || status == 204 || status == 304;
     let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
     let upstream = response.extensions().get::<ServedBy>().map(|s| s.0.clone());
     response.map(move |body| {
@@ -197,7 +203,7 @@ fn with_access_log(response: Response<Body>, summary: Summary) -> Response<Body>
                 path = %summary.path,
                 status,
                 bytes,
-                completed,
+                completed = completed || bodyless,
                 duration_ms = summary.start.elapsed().as_secs_f64() * 1000.0,
                 route = route.as_deref().unwrap_or("-"),
                 upstream = upstream.as_deref().unwrap_or("-"),

@@ -78,7 +78,7 @@ reasons! {
     /// A route matches the host and path but not the method.
     RouteMethod => ("route.method", StatusCode::METHOD_NOT_ALLOWED, Client),
     /// The request is malformed in a way hyper accepted but Portcullis does not
-    /// (missing or invalid `Host`, an absolute-form URI for another host, …).
+    /// (an invalid `Host`, an unparsable `Content-Length`, …).
     RequestMalformed => ("request.malformed", StatusCode::BAD_REQUEST, Client),
     /// The client's body stream failed before it was complete.
     RequestBody => ("request.body", StatusCode::BAD_REQUEST, Client),

@@ -17,6 +17,7 @@ use std::convert::Infallible;
 use std::error::Error;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,7 +61,17 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_upstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let Some(bind) = args.next() else {
         return Err("usage: bench_upstream 127.0.0.1:PORT [THREADS]".into());

@@ -48,7 +48,11 @@ impl JsonLines {
                     options.create(true).append(true);
                     #[cfg(unix)]
                     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                    Box::new(BufWriter::new(options.open(path)?))
+                    let file = options.open(path)?;
+                    // An existing file keeps its mode on open; tighten it.
+                    #[cfg(unix)]
+                    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                    Box::new(BufWriter::new(file))
                 }
             });
         }
@@ -65,12 +69,15 @@ impl JsonLines {
 }
 
 fn write_loop(rx: &Receiver<String>, mut writers: Vec<Box<dyn Write + Send>>) {
+    let mut last_warning: Option<Instant> = None;
     while let Ok(line) = rx.recv() {
+        let mut failure: Option<std::io::Error> = None;
         let mut next = Some(line);
         while let Some(line) = next.take() {
             for w in &mut writers {
-                let _ = w.write_all(line.as_bytes());
-                let _ = w.write_all(b"\n");
+                if let Err(e) = w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")) {
+                    failure = Some(e);
+                }
             }
             match rx.try_recv() {
                 Ok(more) => next = Some(more),
@@ -79,7 +86,16 @@ fn write_loop(rx: &Receiver<String>, mut writers: Vec<Box<dyn Write + Send>>) {
         }
         // Queue drained: make the batch visible.
         for w in &mut writers {
-            let _ = w.flush();
+            if let Err(e) = w.flush() {
+                failure = Some(e);
+            }
+        }
+        // A full disk must not go unnoticed, nor flood the log.
+        if let Some(e) = failure
+            && last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10)
+        {
+            last_warning = Some(Instant::now());
+            tracing::error!(error = %e, "cannot write security events");
         }
     }
 }

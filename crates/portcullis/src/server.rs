@@ -7,9 +7,12 @@
 //! in atomically, so a request never sees half of a configuration.
 //!
 //! Connection defences: a client must send a complete request head within
-//! `header_read_timeout` (slowloris), a keep-alive connection with no request
-//! in flight is closed after `idle_timeout`, and hyper's read buffer caps the
-//! head size below which the configured limits answer 414/431 themselves.
+//! `header_read_timeout` (slowloris); a connection with no request in flight
+//! is closed after `idle_timeout`; hyper's read buffer caps the head size
+//! above the configured limits, which answer 414/431 themselves. hyper starts
+//! the header timer as soon as an HTTP/1.1 connection waits for its next
+//! request, so an idle HTTP/1.1 keep-alive connection is closed after the
+//! shorter of the two timeouts; `idle_timeout` governs HTTP/2 connections.
 //!
 //! Shutdown: listeners stop accepting, every connection is asked to finish
 //! (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY), and the
@@ -19,10 +22,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -31,11 +32,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use pin_project_lite::pin_project;
 use portcullis_layers::body::Observed;
 use portcullis_layers::{Body, ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::route::{RouteEntry, RouteTable};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -192,8 +191,13 @@ impl Server {
                 |ls: &[&Listener]| ls.iter().map(|l| format!("{}={}", l.name, l.bind)).collect::<Vec<_>>().join(" ");
             return Err(ReloadError::Listeners(format!("running: {}; new: {}", describe(&was), describe(&now))));
         }
-        if old.config.events != config.events || old.config.log != config.log {
-            tracing::warn!("[log] and [events] changes take effect at the next restart");
+        if old.config.events != config.events
+            || old.config.log.format != config.log.format
+            || old.config.log.level != config.log.level
+        {
+            tracing::warn!(
+                "[events] sinks and [log] format and level change at the next restart; the rest is reloaded"
+            );
         }
         let gateway = Gateway::build(config, self.events.clone(), self.tasks.clone());
         self.current.store(Arc::new(gateway));
@@ -271,7 +275,7 @@ impl Connection {
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(ActivityIo { inner: stream, activity: activity.clone() });
+        let io = TokioIo::new(stream);
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's buffer is a backstop above the configured limits, which
@@ -297,8 +301,8 @@ impl Connection {
         let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = current.load_full();
-            let activity = service_activity.clone();
-            activity.begin();
+            // Dropped when the response body ends or the request is abandoned.
+            let in_flight = InFlight::begin(service_activity.clone());
             let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
             req.extensions_mut().insert(conn_info.clone());
             // Boxed outside the async block: see the note in portcullis-layers' reject.rs.
@@ -307,7 +311,7 @@ impl Connection {
             async move {
                 let Ok(response) = future.await;
                 Ok::<Response<Body>, Infallible>(
-                    response.map(|body| Observed::new(body, move |_, _| activity.end()).boxed_unsync()),
+                    response.map(|body| Observed::new(body, move |_, _| drop(in_flight)).boxed_unsync()),
                 )
             }
         });
@@ -342,7 +346,9 @@ impl Connection {
     }
 }
 
-/// When a connection last moved bytes, and how many requests are in flight.
+/// Requests in flight on a connection, and when the last one ended. Idleness
+/// is about requests, not bytes: HTTP/2 keep-alive pings move bytes on an
+/// otherwise idle connection.
 #[derive(Debug)]
 struct Activity {
     epoch: Instant,
@@ -360,15 +366,6 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn end(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
-    }
-
     fn deadline(&self, idle: Duration) -> Instant {
         self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
     }
@@ -378,59 +375,21 @@ impl Activity {
     }
 }
 
-pin_project! {
-    /// A socket that records when it last read or wrote.
-    struct ActivityIo {
-        #[pin]
-        inner: TcpStream,
-        activity: Arc<Activity>,
+/// One request in flight; ends when dropped, however the request ends
+/// (response sent, client gone, HTTP/2 stream reset).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Self(activity)
     }
 }
 
-impl AsyncRead for ActivityIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.inner.poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for ActivityIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }

@@ -524,3 +524,58 @@ async fn upstream_that_never_accepts_is_502_at_the_connect_timeout() {
     assert!(detail.contains("deadline has elapsed"), "a connect timeout, not a refusal: {detail}");
     drop(listener);
 }
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed() {
+    let (up, _) = named_upstream("a").await;
+    let gw = gateway(&simple_config(up, "[server]\nidle_timeout = \"500ms\"")).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let response =
+        sender.send_request(Request::get(gw.url("/x")).body(portcullis_layers::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    // The gateway sends GOAWAY and closes once no stream has been open for the idle timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "idle HTTP/2 connection was kept open");
+}
+
+#[tokio::test]
+async fn the_gateways_request_id_does_not_count_against_the_header_limit() {
+    let (up, seen) = named_upstream("a").await;
+    let gw = gateway(&simple_config(up, "[server]\nmax_header_count = 5")).await;
+    let exchange = |head: &'static str| async move {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut out)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    };
+    let five = exchange("GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\n\r\n").await;
+    assert!(five.starts_with("HTTP/1.1 200"), "{five}");
+    let six = exchange("GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n").await;
+    assert!(six.starts_with("HTTP/1.1 431"), "{six}");
+    assert!(seen.lock().unwrap()[0].contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_cannot_sway_client_resolution() {
+    let (up, seen) = named_upstream("a").await;
+    let gw = gateway(&simple_config(up, "[server]\ntrusted_proxies = [\"127.0.0.1\"]")).await;
+    let req = Request::get(gw.url("/x"))
+        .header("connection", "x-forwarded-for")
+        .header("x-forwarded-for", "198.51.100.7")
+        .body(portcullis_layers::empty())
+        .unwrap();
+    let _ = send(req).await;
+    let h = seen.lock().unwrap()[0].clone();
+    // The chain was connection-scoped, so it is gone before anything reads it.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+}

@@ -46,7 +46,8 @@ pub struct Config {
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct Server {
-    /// Where Portcullis keeps its files (generated certificates, SQLite).
+    /// Where Portcullis will keep its files (generated certificates, the SQLite
+    /// store); reserved, nothing is written there yet.
     pub data_dir: PathBuf,
     /// Peers whose forwarding headers and request ids are believed.
     pub trusted_proxies: TrustedProxies,
@@ -112,7 +113,8 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     /// Time to open a TCP connection to a target.
     pub connect_timeout: Duration,
-    /// Time from sending the request to receiving the response head.
+    /// Time from the start of an attempt (connecting, sending the request and
+    /// its body) until the response head arrives.
     pub response_timeout: Duration,
     /// A target that failed to connect is skipped this long.
     pub failure_cooldown: Duration,

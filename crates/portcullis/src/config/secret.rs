@@ -1,9 +1,10 @@
 //! Secret values in configuration: `${ENV_VAR}` or `file:/path` references,
 //! resolved at load, held in a type that never prints its contents.
 //!
-//! Literal secrets in the file are accepted (for tests and local use) but
-//! `portcullis check` can flag them; the value itself never reaches a log, an
-//! event, an error message or `Debug` output.
+//! Literal secrets in the file are accepted (for tests and local use); the
+//! value itself never reaches a log, an event, an error message or `Debug`
+//! output. No section uses secrets yet: the admin token, OIDC client secret
+//! and signing keys of later issues will.
 
 use std::fmt;
 use std::path::Path;

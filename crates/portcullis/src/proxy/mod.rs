@@ -98,7 +98,7 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
             }
             Err(Failure::Connect(denied)) => {
                 upstream.mark_failed(target);
-                tracing::warn!(upstream = %upstream.config.name, target = %target.label, "upstream target unreachable; cooling down");
+                tracing::warn!(upstream = %upstream.config.name, upstream_target = %target.label, "upstream target unreachable; cooling down");
                 last = denied;
             }
             Err(Failure::Other(denied)) => return deny(denied),

@@ -1,0 +1,79 @@
+//! The whole layer stack per request (context, limits, route, forward, reject
+//! path) in front of a no-op proxy: the gateway's own cost per request,
+//! without sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark set-up, like tests
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use portcullis_layers::{AuthMode, Body, ConnInfo, EventSink, RouteInfo, StackConfig, empty, stack};
+use portcullis_policy::SecurityEvent;
+use portcullis_policy::forwarded::TrustedProxies;
+use portcullis_policy::limits::RequestLimits;
+use portcullis_policy::route::{PathPattern, RouteEntry, RouteTable};
+use tower::ServiceExt;
+
+#[derive(Debug)]
+struct Discard;
+
+impl EventSink for Discard {
+    fn emit(&self, event: SecurityEvent) {
+        std::hint::black_box(event);
+    }
+}
+
+fn config() -> StackConfig {
+    let entries = (0..20)
+        .map(|i| RouteEntry {
+            host: None,
+            path: PathPattern::parse(&format!("/svc{i}/**")).unwrap(),
+            methods: None,
+            value: Arc::new(RouteInfo {
+                name: Arc::from(format!("svc{i}")),
+                upstream: 0,
+                upstream_name: Arc::from("up"),
+                max_body_bytes: None,
+                auth: AuthMode::Public,
+            }),
+        })
+        .collect();
+    StackConfig {
+        trusted_proxies: TrustedProxies::default(),
+        limits: RequestLimits::default(),
+        routes: Arc::new(RouteTable::new(entries)),
+        events: Arc::new(Discard),
+        access_log: false,
+    }
+}
+
+fn request(path: &str) -> Request<Body> {
+    let mut req = Request::get(path)
+        .header("host", "api.example.com")
+        .header("user-agent", "bench")
+        .header("accept", "application/json")
+        .body(empty())
+        .unwrap();
+    req.extensions_mut().insert(ConnInfo {
+        peer: "192.0.2.1:40000".parse().unwrap(),
+        listener: Arc::from("bench"),
+        scheme: "http",
+    });
+    req
+}
+
+fn bench_stack(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let proxy = tower::service_fn(|_req: Request<Body>| async { Ok::<_, Infallible>(Response::new(empty())) });
+    let service = stack(&config(), proxy);
+    c.bench_function("stack/allowed_request", |b| {
+        b.iter(|| runtime.block_on(service.clone().oneshot(request("/svc7/items/1"))).unwrap());
+    });
+    c.bench_function("stack/denied_request", |b| {
+        b.iter(|| runtime.block_on(service.clone().oneshot(request("/nowhere"))).unwrap());
+    });
+}
+
+criterion_group!(benches, bench_stack);
+criterion_main!(benches);
