@@ -20,6 +20,7 @@
 //! on path rules for authorization yet.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use http::Method;
 
@@ -239,10 +240,15 @@ pub enum Match<'a, T> {
     None,
 }
 
-/// Routes ordered by specificity.
+/// Routes ordered by specificity, indexed by their first path segment.
 #[derive(Debug, Clone)]
 pub struct RouteTable<T> {
     entries: Vec<RouteEntry<T>>,
+    /// Entries whose pattern starts with a literal segment, by that segment
+    /// (indices ascending, i.e. in match order).
+    by_first: HashMap<String, Vec<usize>>,
+    /// Every other entry (`/`, `/{x}…`, `/*…`, `/**`), in match order.
+    other: Vec<usize>,
 }
 
 impl<T> RouteTable<T> {
@@ -251,7 +257,34 @@ impl<T> RouteTable<T> {
     pub fn new(mut entries: Vec<RouteEntry<T>>) -> Self {
         // sort_by is stable: equal specificity keeps config order.
         entries.sort_by(|a, b| Self::specificity_cmp(b, a));
-        Self { entries }
+        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut other = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match entry.path.segments.first() {
+                Some(Segment::Literal(first)) => by_first.entry(first.clone()).or_default().push(i),
+                _ => other.push(i),
+            }
+        }
+        Self { entries, by_first, other }
+    }
+
+    /// Indices of the entries that can match `path`, in match order: those
+    /// whose first literal segment equals the path's, merged with the rest.
+    fn candidates<'a>(&'a self, path: &str) -> impl Iterator<Item = usize> + 'a {
+        let first = path.strip_prefix('/').and_then(|rest| rest.split('/').next()).unwrap_or("");
+        let literal: &[usize] = self.by_first.get(first).map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (literal.iter().copied().peekable(), self.other.iter().copied().peekable());
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(&x), Some(&y)) => {
+                if x < y {
+                    a.next()
+                } else {
+                    b.next()
+                }
+            }
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        })
     }
 
     fn specificity_cmp(a: &RouteEntry<T>, b: &RouteEntry<T>) -> Ordering {
@@ -294,7 +327,7 @@ impl<T> RouteTable<T> {
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match<'_, T> {
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_matched = false;
-        for entry in &self.entries {
+        for entry in self.candidates(path).map(|i| &self.entries[i]) {
             let host_ok = match (&entry.host, host) {
                 (None, _) => true,
                 (Some(pattern), Some(h)) => pattern.matches(h),
@@ -429,6 +462,32 @@ mod tests {
         let shadowed: Vec<_> = table.shadowed().iter().map(|(e, l)| (e.value, l.value)).collect();
         // The method-restricted route sorts first; the duplicate catch-all is shadowed.
         assert_eq!(shadowed, vec![("first", "dup")]);
+    }
+
+    #[test]
+    fn the_first_segment_index_agrees_with_a_linear_scan() {
+        let patterns = ["/", "/**", "/a", "/a/**", "/a/{id}", "/a/b", "/*/b", "/{x}/**", "/b/**", "/b/c/", "/a/*/c"];
+        let mut entries = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            entries.push(entry(None, p, None, patterns[i]));
+            entries.push(entry(Some("h.example"), p, Some(&["POST"]), patterns[i]));
+        }
+        let table = RouteTable::new(entries);
+        let paths = ["/", "/a", "/a/", "/a/1", "/a/b", "/x/b", "/b", "/b/c/", "/a/z/c", "/zzz/y/z", "/b/c"];
+        for path in paths {
+            for (host, method) in [(None, Method::GET), (Some("h.example"), Method::POST)] {
+                let linear = table.entries().iter().find(|e| {
+                    e.path.matches(path)
+                        && e.host.as_ref().is_none_or(|h| host.is_some_and(|x| h.matches(x)))
+                        && e.methods.as_ref().is_none_or(|m| m.contains(&method))
+                });
+                let indexed = match table.find(host, path, &method) {
+                    Match::Found(v) => Some(*v),
+                    _ => None,
+                };
+                assert_eq!(indexed, linear.map(|e| e.value), "{host:?} {method} {path}");
+            }
+        }
     }
 
     #[test]
