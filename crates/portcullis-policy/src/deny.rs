@@ -94,6 +94,13 @@ reasons! {
     UpstreamTimeout => ("upstream.timeout", StatusCode::GATEWAY_TIMEOUT, Upstream),
     /// The upstream closed the connection or answered with invalid HTTP.
     UpstreamProtocol => ("upstream.protocol", StatusCode::BAD_GATEWAY, Upstream),
+    /// The client did not send a complete request head within the header read
+    /// timeout (slowloris); the connection was closed before any request.
+    ConnHeaderTimeout => ("conn.header_timeout", StatusCode::REQUEST_TIMEOUT, Client),
+    /// The connection carried bytes that are not HTTP (refused by the parser).
+    ConnMalformed => ("conn.malformed", StatusCode::BAD_REQUEST, Client),
+    /// A request head larger than the parser's buffer (far above the limits).
+    ConnHeadTooLarge => ("conn.head_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Client),
     /// Portcullis failed internally; details are only in the gateway's log.
     GatewayInternal => ("gateway.internal", StatusCode::INTERNAL_SERVER_ERROR, Gateway),
 }

@@ -34,7 +34,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_layers::body::Observed;
 use portcullis_layers::{Body, ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
+use portcullis_policy::event::RequestSummary;
+use portcullis_policy::forwarded::canonical;
 use portcullis_policy::route::{RouteEntry, RouteTable};
+use portcullis_policy::{Denied, Reason, SecurityEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -153,6 +156,7 @@ impl Server {
                 current: current.clone(),
                 shutdown: shutdown.subscribe(),
                 tasks: tasks.clone(),
+                events: events.clone(),
             };
             acceptors.push(tokio::spawn(accept.run(socket)));
         }
@@ -232,6 +236,7 @@ struct Acceptor {
     current: Arc<ArcSwap<Gateway>>,
     shutdown: watch::Receiver<bool>,
     tasks: TaskTracker,
+    events: Arc<dyn EventSink>,
 }
 
 impl Acceptor {
@@ -246,6 +251,7 @@ impl Acceptor {
                             listener: self.listener.clone(),
                             current: self.current.clone(),
                             shutdown: self.shutdown.clone(),
+                            events: self.events.clone(),
                         };
                         self.tasks.spawn(conn.serve(stream));
                     }
@@ -266,6 +272,7 @@ struct Connection {
     listener: Arc<str>,
     current: Arc<ArcSwap<Gateway>>,
     shutdown: watch::Receiver<bool>,
+    events: Arc<dyn EventSink>,
 }
 
 impl Connection {
@@ -327,7 +334,7 @@ impl Connection {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                        self.connection_error(e.as_ref());
                     }
                     break;
                 }
@@ -343,6 +350,35 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+impl Connection {
+    /// Turns a connection-level refusal by hyper (no request was formed, so
+    /// no layer saw it) into a security event; other errors are only logged.
+    fn connection_error(&self, error: &(dyn std::error::Error + 'static)) {
+        let hyper_error =
+            std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<hyper::Error>());
+        let reason = match hyper_error {
+            Some(e) if e.is_timeout() => Reason::ConnHeaderTimeout,
+            Some(e) if e.is_parse_too_large() => Reason::ConnHeadTooLarge,
+            Some(e) if e.is_parse() => Reason::ConnMalformed,
+            _ => {
+                tracing::debug!(peer = %self.peer, error = %error, "connection ended with an error");
+                return;
+            }
+        };
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let summary = RequestSummary {
+            request_id: &request_id,
+            client_ip: canonical(self.peer.ip()),
+            listener: &self.listener,
+            method: "-",
+            path: "-",
+            route: None,
+        };
+        let denied = Denied::new(reason).with_detail(error.to_string());
+        self.events.emit(SecurityEvent::denied(&summary, &denied, std::time::SystemTime::now()));
     }
 }
 

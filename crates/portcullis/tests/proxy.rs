@@ -375,6 +375,23 @@ async fn slowloris_client_is_cut_at_the_header_timeout() {
     }
     assert!(closed, "the gateway kept a slowloris connection open past the header timeout");
     assert!(seen.lock().unwrap().is_empty());
+    eventually("slowloris event", Duration::from_secs(5), || gw.events.reasons().contains(&"conn.header_timeout"))
+        .await;
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.status, event.client_ip.to_string().as_str()), (408, "127.0.0.1"));
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_http_are_refused_with_an_event() {
+    let (up, seen) = named_upstream("a").await;
+    let gw = gateway(&simple_config(up, "")).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(b"GET /x HTTP/1.1\r\nHost a-without-colon\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&out));
+    eventually("malformed event", Duration::from_secs(5), || gw.events.reasons().contains(&"conn.malformed")).await;
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -253,7 +253,7 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>) -> Option<U
         connect_timeout: duration(c, u.connect_timeout.as_ref(), Duration::from_secs(5), "connect_timeout"),
         response_timeout: duration(c, u.response_timeout.as_ref(), Duration::from_secs(30), "response_timeout"),
         failure_cooldown: duration(c, u.failure_cooldown.as_ref(), Duration::from_secs(10), "failure_cooldown"),
-        pool_idle_timeout: duration(c, u.pool_idle_timeout.as_ref(), Duration::from_secs(60), "pool_idle_timeout"),
+        pool_idle_timeout: duration(c, u.pool_idle_timeout.as_ref(), Duration::from_secs(4), "pool_idle_timeout"),
         pool_max_idle,
         host_header,
         targets,
