@@ -22,8 +22,10 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -32,12 +34,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
 use portcullis_layers::body::Observed;
 use portcullis_layers::{Body, ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::canonical;
 use portcullis_policy::route::{RouteEntry, RouteTable};
 use portcullis_policy::{Denied, Reason, SecurityEvent};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -282,7 +286,7 @@ impl Connection {
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(CountingIo { inner: stream, activity: activity.clone() });
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's buffer is a backstop above the configured limits, which
@@ -334,7 +338,7 @@ impl Connection {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        self.connection_error(e.as_ref());
+                        self.connection_error(e.as_ref(), activity.bytes_since_last_request() > 0);
                     }
                     break;
                 }
@@ -356,11 +360,18 @@ impl Connection {
 impl Connection {
     /// Turns a connection-level refusal by hyper (no request was formed, so
     /// no layer saw it) into a security event; other errors are only logged.
-    fn connection_error(&self, error: &(dyn std::error::Error + 'static)) {
+    ///
+    /// A header timeout on a connection that sent nothing since its last
+    /// request is an idle keep-alive (or preconnected) socket, not an attack.
+    fn connection_error(&self, error: &(dyn std::error::Error + 'static), partial_head: bool) {
         let hyper_error =
             std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<hyper::Error>());
         let reason = match hyper_error {
-            Some(e) if e.is_timeout() => Reason::ConnHeaderTimeout,
+            Some(e) if e.is_timeout() && partial_head => Reason::ConnHeaderTimeout,
+            Some(e) if e.is_timeout() => {
+                tracing::debug!(peer = %self.peer, "idle connection closed at the header read timeout");
+                return;
+            }
             Some(e) if e.is_parse_too_large() => Reason::ConnHeadTooLarge,
             Some(e) if e.is_parse() => Reason::ConnMalformed,
             _ => {
@@ -390,11 +401,29 @@ struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Bytes read from the client, and the count when a request last began or
+    /// ended: the difference is a request head still being sent.
+    bytes_read: AtomicU64,
+    bytes_at_last_request: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { epoch: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_at_last_request: AtomicU64::new(0),
+        }
+    }
+
+    fn bytes_since_last_request(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed).saturating_sub(self.bytes_at_last_request.load(Ordering::Relaxed))
+    }
+
+    fn mark_request_boundary(&self) {
+        self.bytes_at_last_request.store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn touch(&self) {
@@ -419,6 +448,7 @@ impl InFlight {
     fn begin(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
+        activity.mark_request_boundary();
         Self(activity)
     }
 }
@@ -427,5 +457,55 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.mark_request_boundary();
+    }
+}
+
+pin_project! {
+    /// A socket that counts the bytes it reads (to tell a slowloris head from
+    /// an idle connection).
+    struct CountingIo {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl AsyncRead for CountingIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            this.activity.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for CountingIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }

@@ -417,6 +417,24 @@ async fn idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn idle_connections_closed_by_the_header_timer_are_not_security_events() {
+    let (up, _) = named_upstream("a").await;
+    let gw = gateway(&simple_config(up, "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"1s\"")).await;
+    // A preconnected socket that never sends, and a keep-alive one after a request.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let mut used = TcpStream::connect(gw.addr).await.unwrap();
+    used.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(used.read(&mut buf).await.unwrap() > 0);
+    for stream in [&mut silent, &mut used] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "connection was not closed");
+    }
+    assert!(gw.events.reasons().is_empty(), "{:?}", gw.events.reasons());
+}
+
+#[tokio::test]
 async fn http2_cleartext_is_served_and_forwarded_as_http1() {
     let (up, seen) = named_upstream("a").await;
     let gw = gateway(&simple_config(up, "")).await;
