@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use http::header::HOST;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use portcullis_policy::forwarded::{self, Hop};
 use portcullis_policy::request_id::X_REQUEST_ID;
 use tower::{Layer, Service};
@@ -47,15 +47,13 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let scheme = req.extensions().get::<ConnInfo>().map_or("http", |c| c.scheme);
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        // HTTP/2 and absolute-form requests carry the host in the URI.
+        let authority = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let host = authority.or_else(|| req.headers().get(HOST).cloned());
         if let Some(ctx) = req.extensions().get::<RequestContext>() {
             let client = ctx.client;
-            let id = ctx.request_id_header.clone();
-            forwarded::apply(req.headers_mut(), &Hop { client, scheme, host: host.as_deref() });
+            let id = ctx.request_id.clone();
+            forwarded::apply(req.headers_mut(), &Hop { client, scheme, host: host.as_ref() });
             req.headers_mut().insert(X_REQUEST_ID, id);
         } else {
             // Without a resolved client nothing the client claimed may pass.

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use portcullis_policy::Denied;
@@ -29,7 +30,6 @@ use portcullis_policy::forwarded::{ClientAddr, TrustedProxies};
 use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
 
 pub mod body;
 pub mod forward;
@@ -45,8 +45,48 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The body type every layer speaks: any streaming body, boxed once.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The service type of a composed stack.
-pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The future of a composed stack (the reject layer's).
+pub type GatewayFuture = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+/// A composed stack, shared by every connection: each request runs on a clone
+/// of the concrete layer stack (reference-count increments, no allocation).
+pub trait Handler: Send + Sync + std::fmt::Debug {
+    /// Runs one request through the stack.
+    fn handle(&self, req: Request<Body>) -> GatewayFuture;
+}
+
+/// A composed stack behind a pointer.
+pub type GatewayService = Arc<dyn Handler>;
+
+struct Stack<S> {
+    service: S,
+}
+
+impl<S> std::fmt::Debug for Stack<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").finish_non_exhaustive()
+    }
+}
+
+impl<S> Handler for Stack<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = GatewayFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    fn handle(&self, req: Request<Body>) -> GatewayFuture {
+        let mut service = self.service.clone();
+        // No layer applies backpressure today, so the stack is ready at once;
+        // should one start to, wait for it properly.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => service.call(req),
+            std::task::Poll::Pending => Box::pin(tower::ServiceExt::oneshot(service, req)),
+        }
+    }
+}
 
 /// An empty body.
 #[must_use]
@@ -75,13 +115,19 @@ pub struct ConnInfo {
 /// Who sent the request; inserted by the reject layer for every inner layer.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    /// The request id.
-    pub request_id: Arc<str>,
-    /// The same, ready to send upstream as `X-Request-Id` (set by the forward
-    /// layer, so it does not count against the client's header limits).
-    pub request_id_header: http::HeaderValue,
+    /// The request id, sent upstream as `X-Request-Id` by the forward layer
+    /// (so it does not count against the client's header limits).
+    pub request_id: http::HeaderValue,
     /// The client after trusted-proxy resolution.
     pub client: ClientAddr,
+}
+
+impl RequestContext {
+    /// The request id as text.
+    #[must_use]
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 /// Authentication methods a route accepts.
@@ -141,7 +187,7 @@ where
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(forward::ForwardLayer)
         .service(proxy);
-    BoxCloneSyncService::new(service)
+    Arc::new(Stack { service })
 }
 
 /// Returns the typed denial of a response, if it is one.

@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::{TrustedProxies, resolve_client};
@@ -91,8 +91,9 @@ pub struct Reject<S> {
 struct Summary {
     start: Instant,
     method: Method,
-    path: String,
-    request_id: Arc<str>,
+    /// The URI shares hyper's buffer: cloning it does not copy the path.
+    uri: Uri,
+    request_id: HeaderValue,
     client_ip: IpAddr,
     listener: Arc<str>,
 }
@@ -121,23 +122,25 @@ where
         hop::strip(req.headers_mut(), true);
         let client = resolve_client(peer.ip(), req.headers(), &self.shared.trusted);
         let incoming = req.headers().get(X_REQUEST_ID).filter(|v| client.peer_trusted && is_acceptable(v.as_bytes()));
-        let request_id: Arc<str> = match incoming.and_then(|v| v.to_str().ok()) {
-            Some(id) => Arc::from(id),
+        let request_id = match incoming {
+            Some(id) => id.clone(),
             None => {
                 let id = uuid::Uuid::new_v4();
-                Arc::from(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) as &str)
+                let mut buffer = uuid::Uuid::encode_buffer();
+                let text = id.hyphenated().encode_lower(&mut buffer);
+                HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
             }
         };
-        let header_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let summary = Summary {
             start,
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            uri: req.uri().clone(),
             request_id: request_id.clone(),
             client_ip: client.ip,
             listener,
         };
-        req.extensions_mut().insert(RequestContext { request_id, request_id_header: header_value.clone(), client });
+        let header_value = request_id.clone();
+        req.extensions_mut().insert(RequestContext { request_id, client });
 
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
@@ -151,11 +154,11 @@ where
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {
                 let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
                 let request = RequestSummary {
-                    request_id: &summary.request_id,
+                    request_id: summary.request_id.to_str().unwrap_or("-"),
                     client_ip: summary.client_ip,
                     listener: &summary.listener,
                     method: summary.method.as_str(),
-                    path: &summary.path,
+                    path: summary.uri.path(),
                     route: route.as_deref(),
                 };
                 shared.events.emit(SecurityEvent::denied(&request, &denied, SystemTime::now()));
@@ -171,7 +174,7 @@ where
 /// keeping the extensions (route, upstream) for the access log.
 fn render(denied: &Denied, summary: &Summary, response: Response<Body>) -> Response<Body> {
     let (parts, _) = response.into_parts();
-    let body = denied.body(&summary.request_id);
+    let body = denied.body(summary.request_id.to_str().unwrap_or("-"));
     let len = body.len();
     let mut out = Response::new(if summary.method == Method::HEAD { empty() } else { full(body) });
     *out.status_mut() = denied.status();
@@ -196,11 +199,11 @@ fn with_access_log(response: Response<Body>, summary: Summary) -> Response<Body>
         Observed::new(body, move |bytes, completed| {
             tracing::info!(
                 target: "access",
-                request_id = %summary.request_id,
+                request_id = summary.request_id.to_str().unwrap_or("-"),
                 client_ip = %summary.client_ip,
                 listener = %summary.listener,
                 method = %summary.method,
-                path = %summary.path,
+                path = summary.uri.path(),
                 status,
                 bytes,
                 completed = completed || bodyless,

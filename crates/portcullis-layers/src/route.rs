@@ -7,6 +7,7 @@
 //! route travels inward in the request's extensions and outward in the
 //! response's, so later layers, events and the access log can name it.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -50,7 +51,7 @@ pub struct Route<S> {
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
 /// the `Host` header, lowercase without port. `Err` when present but unusable.
-fn request_host(req: &Request<Body>) -> Result<Option<String>, Denied> {
+fn request_host(req: &Request<Body>) -> Result<Option<Cow<'_, str>>, Denied> {
     let raw = match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
         None => match req.headers().get(HOST) {

@@ -1,4 +1,4 @@
-//! Layer tests: the composed stack driven with `oneshot`, no sockets.
+//! Layer tests: the composed stack driven through `Handler::handle`, no sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
@@ -13,7 +13,6 @@ use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::{PathPattern, RouteEntry, RouteTable};
 use portcullis_policy::{Reason, SecurityEvent};
-use tower::ServiceExt;
 
 #[derive(Debug, Default)]
 struct Events(Mutex<Vec<SecurityEvent>>);
@@ -86,7 +85,7 @@ async fn allowed_requests_reach_the_proxy_with_context_and_come_back_untouched()
     let events = Arc::new(Events::default());
     let recorder = Recorder::default();
     let service = stack(&config(events.clone()), recorder.clone());
-    let response = service.oneshot(request("/api/x")).await.unwrap();
+    let response = service.handle(request("/api/x")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(body(response).await, "proxied");
@@ -106,7 +105,7 @@ async fn each_denial_is_rendered_once_with_one_event() {
     let service = stack(&config(events.clone()), recorder.clone());
 
     // Refused by a layer before the proxy.
-    let response = service.clone().oneshot(request(&format!("/api/{}", "x".repeat(80)))).await.unwrap();
+    let response = service.handle(request(&format!("/api/{}", "x".repeat(80)))).await.unwrap();
     assert_eq!(response.status(), StatusCode::URI_TOO_LONG);
     let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -117,7 +116,7 @@ async fn each_denial_is_rendered_once_with_one_event() {
     );
 
     // Refused by the proxy itself: the route is named in the event.
-    let response = service.clone().oneshot(request("/fail")).await.unwrap();
+    let response = service.handle(request("/fail")).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
 
     let events = events.0.lock().unwrap();
@@ -136,7 +135,7 @@ async fn request_ids_are_unique_and_client_ids_from_untrusted_peers_are_replaced
     for _ in 0..50 {
         let mut req = request("/api/x");
         req.headers_mut().insert("x-request-id", "chosen-by-client".parse().unwrap());
-        let response = service.clone().oneshot(req).await.unwrap();
+        let response = service.handle(req).await.unwrap();
         let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_ne!(id, "chosen-by-client");
         assert!(ids.insert(id));
@@ -148,7 +147,7 @@ async fn head_denials_have_no_body() {
     let service = stack(&config(Arc::new(Events::default())), Recorder::default());
     let mut req = request("/nothing-here");
     *req.method_mut() = http::Method::HEAD;
-    let response = service.oneshot(req).await.unwrap();
+    let response = service.handle(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(body(response).await, "");
 }

@@ -19,6 +19,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{FORWARDED, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -112,23 +113,35 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 }
 
 /// What the gateway knows about the hop it is adding.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Hop<'a> {
     /// The resolved client.
     pub client: ClientAddr,
     /// `http` or `https`: how the client reached the gateway.
-    pub scheme: &'a str,
+    pub scheme: &'static str,
     /// The host the client asked for (from `Host` or the URI authority).
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// A header value holding an IP address. Allocates once; clones share it.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A header value from a string built here (one allocation, no copy).
+fn owned_value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Rewrites the forwarding headers of a request about to go upstream.
 pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let peer = hop.client.peer;
     let trusted = hop.client.peer_trusted;
+    headers.reserve(5);
+    let peer_value = ip_value(peer);
 
     // X-Forwarded-For: the chain, ending with our peer.
-    let xff = if trusted {
+    let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let existing: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -136,24 +149,26 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .collect();
-        if existing.is_empty() { peer.to_string() } else { format!("{}, {peer}", existing.join(", ")) }
+        if existing.is_empty() { None } else { owned_value(format!("{}, {peer}", existing.join(", "))) }
     } else {
-        peer.to_string()
+        None
     };
-    set(headers, X_FORWARDED_FOR, &xff);
+    headers.insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| peer_value.clone()));
 
     let keep_proto = trusted
         && headers
             .get(&X_FORWARDED_PROTO)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https") || v.as_bytes().eq_ignore_ascii_case(b"http"));
     if !keep_proto {
-        set(headers, X_FORWARDED_PROTO, hop.scheme);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.scheme));
     }
 
     let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
     if !keep_host {
         match hop.host {
-            Some(host) => set(headers, X_FORWARDED_HOST, host),
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
@@ -161,8 +176,11 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
 
     // RFC 7239 Forwarded: append our element to a trusted chain, else replace.
-    let mut element = format!("for={}", forwarded_node(peer));
-    if let Some(host) = hop.host {
+    let host = hop.host.and_then(|h| h.to_str().ok());
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    push_forwarded_node(&mut element, peer);
+    if let Some(host) = host {
         if is_token(host) {
             element.push_str(";host=");
             element.push_str(host);
@@ -174,41 +192,38 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
     element.push_str(";proto=");
     element.push_str(hop.scheme);
-    let forwarded = if trusted {
+    let forwarded = if trusted && headers.contains_key(FORWARDED) {
         let existing: Vec<&str> = headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()).collect();
         if existing.is_empty() { element } else { format!("{}, {element}", existing.join(", ")) }
     } else {
         element
     };
-    set(headers, FORWARDED, &forwarded);
+    match owned_value(forwarded) {
+        Some(value) => {
+            headers.insert(FORWARDED, value);
+        }
+        None => {
+            headers.remove(FORWARDED);
+        }
+    }
 
-    set(headers, X_REAL_IP, &hop.client.ip.to_string());
+    let real_ip = if hop.client.ip == peer { peer_value } else { ip_value(hop.client.ip) };
+    headers.insert(X_REAL_IP, real_ip);
 }
 
 /// An RFC 7239 node: IPv6 addresses are bracketed and quoted.
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
+fn push_forwarded_node(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "{v4}"),
+        IpAddr::V6(v6) => write!(out, "\"[{v6}]\""),
+    };
 }
 
 /// RFC 7230 token characters (a host with a port is not a token: `:`).
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(value) => {
-            headers.insert(name, value);
-        }
-        // Values we build come from parsed IPs and an already-valid Host;
-        // drop the header rather than forward something half-built.
-        Err(_) => {
-            headers.remove(name);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -269,7 +284,8 @@ mod tests {
             ("x-real-ip", "1.1.1.1"),
         ]);
         let client = resolve_client("203.0.113.5".parse().unwrap(), &h, &t);
-        apply(&mut h, &Hop { client, scheme: "http", host: Some("api.example.com") });
+        let host = HeaderValue::from_static("api.example.com");
+        apply(&mut h, &Hop { client, scheme: "http", host: Some(&host) });
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
@@ -288,7 +304,8 @@ mod tests {
             ("forwarded", "for=198.51.100.7;proto=https"),
         ]);
         let client = resolve_client("10.0.0.1".parse().unwrap(), &h, &t);
-        apply(&mut h, &Hop { client, scheme: "http", host: Some("127.0.0.1:8080") });
+        let host = HeaderValue::from_static("127.0.0.1:8080");
+        apply(&mut h, &Hop { client, scheme: "http", host: Some(&host) });
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "shop.example");

@@ -19,6 +19,7 @@
 //! until path normalization lands, `/a/../b` is matched literally; do not rely
 //! on path rules for authorization yet.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -194,9 +195,9 @@ impl HostPattern {
 }
 
 /// Strips the port from a `Host` value and lowercases it. Returns `None` for
-/// an empty or invalid host.
+/// an empty or invalid host. Borrows when the host is already canonical.
 #[must_use]
-pub fn host_without_port(host: &str) -> Option<String> {
+pub fn host_without_port(host: &str) -> Option<Cow<'_, str>> {
     let host = host.trim();
     let bare = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -213,7 +214,12 @@ pub fn host_without_port(host: &str) -> Option<String> {
     {
         return None;
     }
-    Some(bare.trim_end_matches('.').to_ascii_lowercase())
+    let bare = bare.trim_end_matches('.');
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(bare.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(bare))
+    }
 }
 
 /// One route of a table; `T` is what the caller attaches (the compiled route).

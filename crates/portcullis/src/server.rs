@@ -29,14 +29,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use portcullis_layers::body::Observed;
-use portcullis_layers::{Body, ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
+use portcullis_layers::{ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::canonical;
 use portcullis_policy::route::{RouteEntry, RouteTable};
@@ -46,7 +46,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::config::{Config, Listener};
 use crate::proxy::Proxy;
@@ -316,14 +315,10 @@ impl Connection {
             let in_flight = InFlight::begin(service_activity.clone());
             let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
             req.extensions_mut().insert(conn_info.clone());
-            // Boxed outside the async block: see the note in portcullis-layers' reject.rs.
-            let future: futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>> =
-                Box::pin(gateway.service.clone().oneshot(req));
+            let future = gateway.service.handle(req);
             async move {
                 let Ok(response) = future.await;
-                Ok::<Response<Body>, Infallible>(
-                    response.map(|body| Observed::new(body, move |_, _| drop(in_flight)).boxed_unsync()),
-                )
+                Ok::<_, Infallible>(response.map(|body| Observed::new(body, move |_, _| drop(in_flight))))
             }
         });
 

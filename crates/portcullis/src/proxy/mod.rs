@@ -12,6 +12,7 @@
 //! WebSocket upgrades (HTTP/1.1 `Upgrade`) are passed through: once the
 //! upstream answers `101`, the two connections are joined byte for byte.
 
+pub mod connector;
 pub mod upstream;
 
 use std::convert::Infallible;

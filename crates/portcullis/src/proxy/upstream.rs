@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_layers::Body;
 
+use super::connector::Connector;
 use crate::config::{self, Target};
 
 /// One target and its health.
@@ -35,7 +35,7 @@ pub struct UpstreamState {
     /// Targets.
     pub targets: Vec<TargetState>,
     /// Pooled HTTP/1.1 client shared by all targets.
-    pub client: Client<HttpConnector, Body>,
+    pub client: Client<Connector, Body>,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -44,11 +44,7 @@ impl UpstreamState {
     /// Builds the client and target list for `config`.
     #[must_use]
     pub fn new(config: &config::Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.enforce_http(true);
+        let connector = Connector::new(config.connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -110,6 +106,8 @@ impl UpstreamState {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn upstream(n: usize) -> UpstreamState {
