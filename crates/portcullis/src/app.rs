@@ -58,7 +58,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("portcullis").build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -44,7 +44,6 @@ use portcullis_policy::{Denied, Reason, SecurityEvent};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Listener};
@@ -62,7 +61,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds routes, upstream pools and the layer stack.
     #[must_use]
-    pub fn build(config: Config, events: Arc<dyn EventSink>, tasks: TaskTracker) -> Self {
+    pub fn build(config: Arc<Config>, events: Arc<dyn EventSink>, tasks: TaskTracker) -> Self {
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
@@ -88,13 +87,16 @@ impl Gateway {
             access_log: config.log.access,
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
-        Self { config: Arc::new(config), service }
+        Self { config, service }
     }
 }
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A worker thread could not start.
+    #[error("cannot start a worker: {0}")]
+    Worker(io::Error),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -119,51 +121,81 @@ pub enum ReloadError {
 }
 
 /// A running gateway.
+///
+/// Requests are served by one worker thread per core, each with its own
+/// single-threaded tokio runtime, its own copy of the compiled gateway and
+/// its own upstream connection pools: a request and the upstream connection
+/// it uses are handled on one thread, with no cross-thread wake-ups (the
+/// thread-per-core design nginx and Pingora use). All workers accept from the
+/// same listening sockets.
 #[derive(Debug)]
 pub struct Server {
-    current: Arc<ArcSwap<Gateway>>,
+    config: ArcSwap<Config>,
+    workers: Vec<Worker>,
     events: Arc<dyn EventSink>,
     shutdown: watch::Sender<bool>,
+    exit: watch::Sender<bool>,
     tasks: TaskTracker,
-    acceptors: Vec<JoinHandle<()>>,
+    acceptors: TaskTracker,
     addrs: Vec<(String, SocketAddr)>,
 }
 
+#[derive(Debug)]
+struct Worker {
+    current: Arc<ArcSwap<Gateway>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
 impl Server {
-    /// Binds every listener (all or none) and starts serving.
+    /// Binds every listener (all or none) and starts the workers.
     ///
     /// # Errors
-    /// [`StartError::Bind`] for the first listener that cannot bind.
+    /// [`StartError::Bind`] for the first listener that cannot bind, or
+    /// [`StartError::Worker`] when a worker thread cannot start.
     pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
         let mut bound = Vec::new();
         for listener in &config.listeners {
-            let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
-                name: listener.name.clone(),
-                addr: listener.bind,
-                source,
-            })?;
+            let bind_error = |source| StartError::Bind { name: listener.name.clone(), addr: listener.bind, source };
+            let socket = std::net::TcpListener::bind(listener.bind).map_err(bind_error)?;
+            socket.set_nonblocking(true).map_err(bind_error)?;
             let addr = socket.local_addr().unwrap_or(listener.bind);
-            bound.push((listener.name.clone(), addr, socket));
+            bound.push((Arc::<str>::from(listener.name.as_str()), addr, socket));
         }
+        let config = Arc::new(config);
+        let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
-        let gateway = Gateway::build(config, events.clone(), tasks.clone());
-        let current = Arc::new(ArcSwap::from_pointee(gateway));
+        let acceptors = TaskTracker::new();
         let (shutdown, _) = watch::channel(false);
-        let mut acceptors = Vec::new();
-        let mut addrs = Vec::new();
-        for (name, addr, socket) in bound {
-            tracing::info!(listener = %name, %addr, "listening");
-            addrs.push((name.clone(), addr));
-            let accept = Acceptor {
-                listener: Arc::from(name.as_str()),
+        let (exit, _) = watch::channel(false);
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let current =
+                Arc::new(ArcSwap::from_pointee(Gateway::build(config.clone(), events.clone(), tasks.clone())));
+            let mut sockets = Vec::new();
+            for (name, _, socket) in &bound {
+                let clone = socket.try_clone().map_err(StartError::Worker)?;
+                sockets.push((name.clone(), clone));
+            }
+            let context = WorkerContext {
                 current: current.clone(),
                 shutdown: shutdown.subscribe(),
+                exit: exit.subscribe(),
                 tasks: tasks.clone(),
+                acceptors: acceptors.clone(),
                 events: events.clone(),
             };
-            acceptors.push(tokio::spawn(accept.run(socket)));
+            let thread = std::thread::Builder::new()
+                .name(format!("portcullis-worker-{index}"))
+                .spawn(move || context.run(sockets))
+                .map_err(StartError::Worker)?;
+            workers.push(Worker { current, thread: Some(thread) });
         }
-        Ok(Self { current, events, shutdown, tasks, acceptors, addrs })
+        let mut addrs = Vec::new();
+        for (name, addr, _) in bound {
+            tracing::info!(listener = %name, %addr, workers = count, "listening");
+            addrs.push((name.to_string(), addr));
+        }
+        Ok(Self { config: ArcSwap::new(config), workers, events, shutdown, exit, tasks, acceptors, addrs })
     }
 
     /// The bound address of each listener, by name.
@@ -181,7 +213,7 @@ impl Server {
     /// The configuration currently serving.
     #[must_use]
     pub fn config(&self) -> Arc<Config> {
-        self.current.load().config.clone()
+        self.config.load_full()
     }
 
     /// Swaps in a new configuration atomically.
@@ -190,35 +222,34 @@ impl Server {
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
     pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        let old = self.current.load();
-        let was: Vec<&Listener> = old.config.listeners.iter().collect();
+        let old = self.config();
+        let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
         if was != now {
             let describe =
                 |ls: &[&Listener]| ls.iter().map(|l| format!("{}={}", l.name, l.bind)).collect::<Vec<_>>().join(" ");
             return Err(ReloadError::Listeners(format!("running: {}; new: {}", describe(&was), describe(&now))));
         }
-        if old.config.events != config.events
-            || old.config.log.format != config.log.format
-            || old.config.log.level != config.log.level
-        {
+        if old.events != config.events || old.log.format != config.log.format || old.log.level != config.log.level {
             tracing::warn!(
                 "[events] sinks and [log] format and level change at the next restart; the rest is reloaded"
             );
         }
-        let gateway = Gateway::build(config, self.events.clone(), self.tasks.clone());
-        self.current.store(Arc::new(gateway));
+        let config = Arc::new(config);
+        for worker in &self.workers {
+            worker.current.store(Arc::new(Gateway::build(config.clone(), self.events.clone(), self.tasks.clone())));
+        }
+        self.config.store(config);
         Ok(())
     }
 
     /// Stops accepting, asks every connection to finish, and waits up to the
     /// configured shutdown timeout. Returns whether everything finished.
-    pub async fn shutdown(self) -> bool {
-        let timeout = self.current.load().config.server.shutdown_timeout;
+    pub async fn shutdown(mut self) -> bool {
+        let timeout = self.config().server.shutdown_timeout;
         let _ = self.shutdown.send(true);
-        for acceptor in self.acceptors {
-            let _ = acceptor.await;
-        }
+        self.acceptors.close();
+        self.acceptors.wait().await;
         self.tasks.close();
         let drained = tokio::time::timeout(timeout, self.tasks.wait()).await.is_ok();
         if drained {
@@ -230,7 +261,67 @@ impl Server {
                 "shutdown timeout reached; closing remaining connections"
             );
         }
+        let _ = self.exit.send(true);
+        let threads: Vec<_> = self.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         drained
+    }
+}
+
+impl Drop for Server {
+    /// Stops the workers at once (their connections are dropped). Use
+    /// [`Server::shutdown`] to drain first.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.exit.send(true);
+    }
+}
+
+/// What a worker thread needs.
+struct WorkerContext {
+    current: Arc<ArcSwap<Gateway>>,
+    shutdown: watch::Receiver<bool>,
+    exit: watch::Receiver<bool>,
+    tasks: TaskTracker,
+    acceptors: TaskTracker,
+    events: Arc<dyn EventSink>,
+}
+
+impl WorkerContext {
+    /// Runs the worker's runtime until the server exits.
+    fn run(mut self, sockets: Vec<(Arc<str>, std::net::TcpListener)>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            for (listener, socket) in sockets {
+                let socket = match TcpListener::from_std(socket) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::error!(listener = %listener, error = %e, "cannot register a listener");
+                        continue;
+                    }
+                };
+                let accept = Acceptor {
+                    listener,
+                    current: self.current.clone(),
+                    shutdown: self.shutdown.clone(),
+                    tasks: self.tasks.clone(),
+                    events: self.events.clone(),
+                };
+                self.acceptors.spawn(accept.run(socket));
+            }
+            let _ = self.exit.wait_for(|exit| *exit).await;
+        });
     }
 }
 

@@ -138,6 +138,18 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
         )),
         max_body_bytes: size(c, raw.max_body_bytes.as_ref(), defaults.max_body_bytes, 0, u64::MAX, "max_body_bytes"),
     };
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let workers = match &raw.workers {
+        None => cores,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(0) => cores,
+            Ok(v) if v <= 256 => v,
+            _ => {
+                c.error(n.span(), "workers is out of range").expected("between 1 and 256, or 0 for one per core");
+                cores
+            }
+        },
+    };
     let data_dir = raw.data_dir.as_ref().map_or_else(|| base.join("data"), |d| base.join(d.get_ref()));
     Server {
         data_dir,
@@ -152,6 +164,7 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
         shutdown_timeout: duration(c, raw.shutdown_timeout.as_ref(), Duration::from_secs(30), "shutdown_timeout"),
         limits,
         h2c: raw.h2c.unwrap_or(true),
+        workers,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Server {
     pub limits: RequestLimits,
     /// Accept HTTP/2 over cleartext (prior knowledge).
     pub h2c: bool,
+    /// Worker threads, each with its own runtime (default: one per core).
+    pub workers: usize,
 }
 
 /// `[[listener]]`.

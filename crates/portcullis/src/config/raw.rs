@@ -39,6 +39,7 @@ pub struct RawServer {
     pub max_uri_bytes: Option<Spanned<Size>>,
     pub max_body_bytes: Option<Spanned<Size>>,
     pub h2c: Option<bool>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 /// A size: a number of bytes or a string with a unit (`"16KiB"`, `"10MB"`).
