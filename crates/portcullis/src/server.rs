@@ -126,8 +126,8 @@ pub enum ReloadError {
 /// single-threaded tokio runtime, its own copy of the compiled gateway and
 /// its own upstream connection pools: a request and the upstream connection
 /// it uses are handled on one thread, with no cross-thread wake-ups (the
-/// thread-per-core design nginx and Pingora use). All workers accept from the
-/// same listening sockets.
+/// thread-per-core design of nginx). Acceptor tasks on the caller's runtime
+/// hand each new connection to the worker with the fewest open connections.
 #[derive(Debug)]
 pub struct Server {
     config: ArcSwap<Config>,
@@ -155,9 +155,11 @@ impl Server {
     pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
         let mut bound = Vec::new();
         for listener in &config.listeners {
-            let bind_error = |source| StartError::Bind { name: listener.name.clone(), addr: listener.bind, source };
-            let socket = std::net::TcpListener::bind(listener.bind).map_err(bind_error)?;
-            socket.set_nonblocking(true).map_err(bind_error)?;
+            let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
+                name: listener.name.clone(),
+                addr: listener.bind,
+                source,
+            })?;
             let addr = socket.local_addr().unwrap_or(listener.bind);
             bound.push((Arc::<str>::from(listener.name.as_str()), addr, socket));
         }
@@ -168,32 +170,34 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let (exit, _) = watch::channel(false);
         let mut workers = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
         for index in 0..count {
             let current =
                 Arc::new(ArcSwap::from_pointee(Gateway::build(config.clone(), events.clone(), tasks.clone())));
-            let mut sockets = Vec::new();
-            for (name, _, socket) in &bound {
-                let clone = socket.try_clone().map_err(StartError::Worker)?;
-                sockets.push((name.clone(), clone));
-            }
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let connections = Arc::new(AtomicUsize::new(0));
             let context = WorkerContext {
                 current: current.clone(),
                 shutdown: shutdown.subscribe(),
                 exit: exit.subscribe(),
                 tasks: tasks.clone(),
-                acceptors: acceptors.clone(),
                 events: events.clone(),
+                connections: connections.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{index}"))
-                .spawn(move || context.run(sockets))
+                .spawn(move || context.run(rx))
                 .map_err(StartError::Worker)?;
             workers.push(Worker { current, thread: Some(thread) });
+            handles.push(WorkerHandle { tx, connections });
         }
+        let handles: Arc<[WorkerHandle]> = handles.into();
         let mut addrs = Vec::new();
-        for (name, addr, _) in bound {
+        for (name, addr, socket) in bound {
             tracing::info!(listener = %name, %addr, workers = count, "listening");
             addrs.push((name.to_string(), addr));
+            let accept = Acceptor { listener: name, shutdown: shutdown.subscribe(), workers: handles.clone(), next: 0 };
+            acceptors.spawn(accept.run(socket));
         }
         Ok(Self { config: ArcSwap::new(config), workers, events, shutdown, exit, tasks, acceptors, addrs })
     }
@@ -282,19 +286,30 @@ impl Drop for Server {
     }
 }
 
+/// A connection handed from an acceptor to a worker.
+type Handoff = (std::net::TcpStream, SocketAddr, Arc<str>);
+
+/// An acceptor's view of a worker.
+#[derive(Debug)]
+struct WorkerHandle {
+    tx: tokio::sync::mpsc::UnboundedSender<Handoff>,
+    /// Open connections on the worker (the acceptor picks the least busy).
+    connections: Arc<AtomicUsize>,
+}
+
 /// What a worker thread needs.
 struct WorkerContext {
     current: Arc<ArcSwap<Gateway>>,
     shutdown: watch::Receiver<bool>,
     exit: watch::Receiver<bool>,
     tasks: TaskTracker,
-    acceptors: TaskTracker,
     events: Arc<dyn EventSink>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl WorkerContext {
-    /// Runs the worker's runtime until the server exits.
-    fn run(mut self, sockets: Vec<(Arc<str>, std::net::TcpListener)>) {
+    /// Serves the connections handed to this worker until the server exits.
+    fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => {
@@ -303,34 +318,55 @@ impl WorkerContext {
             }
         };
         runtime.block_on(async move {
-            for (listener, socket) in sockets {
-                let socket = match TcpListener::from_std(socket) {
-                    Ok(socket) => socket,
-                    Err(e) => {
-                        tracing::error!(listener = %listener, error = %e, "cannot register a listener");
-                        continue;
+            // After the acceptors stop (their senders drop), keep serving the
+            // open connections until the server says exit.
+            let mut accepting = true;
+            loop {
+                tokio::select! {
+                    _ = self.exit.wait_for(|exit| *exit) => break,
+                    handoff = rx.recv(), if accepting => {
+                        let Some((stream, peer, listener)) = handoff else {
+                            accepting = false;
+                            continue;
+                        };
+                        let stream = match TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                self.connections.fetch_sub(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "cannot register a connection");
+                                continue;
+                            }
+                        };
+                        let conn = Connection {
+                            peer,
+                            listener,
+                            current: self.current.clone(),
+                            shutdown: self.shutdown.clone(),
+                            events: self.events.clone(),
+                            _open: OpenConnection(self.connections.clone()),
+                        };
+                        self.tasks.spawn(conn.serve(stream));
                     }
-                };
-                let accept = Acceptor {
-                    listener,
-                    current: self.current.clone(),
-                    shutdown: self.shutdown.clone(),
-                    tasks: self.tasks.clone(),
-                    events: self.events.clone(),
-                };
-                self.acceptors.spawn(accept.run(socket));
+                }
             }
-            let _ = self.exit.wait_for(|exit| *exit).await;
         });
+    }
+}
+
+/// Counts a connection as open on its worker until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 struct Acceptor {
     listener: Arc<str>,
-    current: Arc<ArcSwap<Gateway>>,
     shutdown: watch::Receiver<bool>,
-    tasks: TaskTracker,
-    events: Arc<dyn EventSink>,
+    workers: Arc<[WorkerHandle]>,
+    next: usize,
 }
 
 impl Acceptor {
@@ -339,16 +375,7 @@ impl Acceptor {
             tokio::select! {
                 _ = self.shutdown.changed() => break,
                 accepted = socket.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let conn = Connection {
-                            peer,
-                            listener: self.listener.clone(),
-                            current: self.current.clone(),
-                            shutdown: self.shutdown.clone(),
-                            events: self.events.clone(),
-                        };
-                        self.tasks.spawn(conn.serve(stream));
-                    }
+                    Ok((stream, peer)) => self.hand_off(stream, peer),
                     Err(e) => {
                         // Out of file descriptors and similar: back off instead of spinning.
                         tracing::warn!(listener = %self.listener, error = %e, "accept failed");
@@ -359,6 +386,33 @@ impl Acceptor {
         }
         tracing::info!(listener = %self.listener, "stopped accepting");
     }
+
+    /// Gives the connection to the worker with the fewest open connections,
+    /// starting the search round robin so ties spread evenly.
+    fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let n = self.workers.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.next;
+        self.next = (self.next + 1) % n;
+        let Some(worker) =
+            (0..n).map(|i| &self.workers[(start + i) % n]).min_by_key(|w| w.connections.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a worker");
+                return;
+            }
+        };
+        worker.connections.fetch_add(1, Ordering::Relaxed);
+        if worker.tx.send((stream, peer, self.listener.clone())).is_err() {
+            worker.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Connection {
@@ -367,6 +421,7 @@ struct Connection {
     current: Arc<ArcSwap<Gateway>>,
     shutdown: watch::Receiver<bool>,
     events: Arc<dyn EventSink>,
+    _open: OpenConnection,
 }
 
 impl Connection {
