@@ -614,3 +614,79 @@ async fn headers_named_in_connection_cannot_sway_client_resolution() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-real-ip"], "127.0.0.1");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(portcullis_layers::full("pooled")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let gw = gateway(&simple_config(up, "[server]\nworkers = 1")).await;
+    for _ in 0..20 {
+        let (parts, body) = get(&gw.url("/x")).await;
+        assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"pooled"[..]));
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "20 sequential requests, one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_causes_no_errors() {
+    // Answers one request per connection, keep-alive in words only, then
+    // closes the socket shortly after: the pooled connection dies while idle.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
+        }
+    });
+    let gw = gateway(&simple_config(up, "[server]\nworkers = 1")).await;
+    for _ in 0..10 {
+        let (parts, body) = get(&gw.url("/x")).await;
+        assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]), "{:?}", gw.events.reasons());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // An upstream that announces `Connection: close` is never reused, however fast the requests come.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
+                }
+            });
+        }
+    });
+    let gw = gateway(&simple_config(closing, "[server]\nworkers = 1")).await;
+    for _ in 0..20 {
+        let (parts, _) = get(&gw.url("/x")).await;
+        assert_eq!(parts.status, 200, "{:?}", gw.events.reasons());
+    }
+}

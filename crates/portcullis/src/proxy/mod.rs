@@ -12,7 +12,7 @@
 //! WebSocket upgrades (HTTP/1.1 `Upgrade`) are passed through: once the
 //! upstream answers `101`, the two connections are joined byte for byte.
 
-pub mod connector;
+pub mod pool;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -24,8 +24,8 @@ use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use pool::SendError;
 use portcullis_layers::body::is_body_too_large;
 use portcullis_layers::{Body, RouteInfo, ServedBy, deny};
 use portcullis_policy::{Denied, Reason, hop};
@@ -156,7 +156,10 @@ async fn send(
         }
     }
 
-    let result = tokio::time::timeout(upstream.config.response_timeout, upstream.client.request(req)).await;
+    let Some(pool) = target.pool.as_ref() else {
+        return Err(Failure::Other(Denied::new(Reason::GatewayInternal).with_detail("target without a pool")));
+    };
+    let result = tokio::time::timeout(upstream.config.response_timeout, pool.send(req)).await;
     let response = match result {
         Err(_elapsed) => {
             return Err(Failure::Other(Denied::new(Reason::UpstreamTimeout).with_detail(format!(
@@ -164,18 +167,16 @@ async fn send(
                 target.label, upstream.config.response_timeout
             ))));
         }
-        Ok(Err(e)) => {
+        Ok(Err(SendError::Connect(e))) => {
+            return Err(Failure::Connect(
+                Denied::new(Reason::UpstreamConnect).with_detail(format!("{}: {e}", target.label)),
+            ));
+        }
+        Ok(Err(SendError::Http(e))) => {
             if is_body_too_large(&e) {
                 return Err(Failure::Other(
                     Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit"),
                 ));
-            }
-            if e.is_connect() {
-                return Err(Failure::Connect(Denied::new(Reason::UpstreamConnect).with_detail(format!(
-                    "{}: {}",
-                    target.label,
-                    error_chain(&e)
-                ))));
             }
             if is_client_body_error(&e) {
                 return Err(Failure::Other(Denied::new(Reason::RequestBody).with_detail(error_chain(&e))));
@@ -189,7 +190,7 @@ async fn send(
         Ok(Ok(response)) => response,
     };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let mut response = response.map(|b| b.map_err(Into::into).boxed_unsync());
+    let mut response = response;
     hop::strip(response.headers_mut(), switching);
     Ok(response)
 }

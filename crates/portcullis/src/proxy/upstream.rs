@@ -1,4 +1,4 @@
-//! An upstream at run time: its targets, their health, and a pooled client.
+//! An upstream at run time: its targets, their health and connection pools.
 //!
 //! Targets are used round robin. A target whose connection attempt fails is
 //! skipped for the upstream's `failure_cooldown`; when every target is cooling
@@ -9,11 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use portcullis_layers::Body;
-
-use super::connector::Connector;
+use super::pool::Pool;
 use crate::config::{self, Target};
 
 /// One target and its health.
@@ -23,6 +19,8 @@ pub struct TargetState {
     pub target: Target,
     /// Its display name, shared with logs.
     pub label: Arc<str>,
+    /// Pooled connections (HTTP targets).
+    pub pool: Option<Arc<Pool>>,
     /// Milliseconds since `epoch` until which it is skipped; 0 = healthy.
     down_until_ms: AtomicU64,
 }
@@ -34,34 +32,33 @@ pub struct UpstreamState {
     pub config: config::Upstream,
     /// Targets.
     pub targets: Vec<TargetState>,
-    /// Pooled HTTP/1.1 client shared by all targets.
-    pub client: Client<Connector, Body>,
     next: AtomicUsize,
     epoch: Instant,
 }
 
 impl UpstreamState {
-    /// Builds the client and target list for `config`.
+    /// Builds the targets and their pools for `config`.
     #[must_use]
     pub fn new(config: &config::Upstream) -> Self {
-        let connector = Connector::new(config.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .http1_preserve_header_case(false)
-            .build(connector);
         let targets = config
             .targets
             .iter()
             .map(|t| TargetState {
                 label: Arc::from(t.to_string()),
+                pool: match t {
+                    Target::Http { authority, .. } => Some(Pool::new(
+                        authority.clone(),
+                        config.pool_max_idle,
+                        config.pool_idle_timeout,
+                        config.connect_timeout,
+                    )),
+                    Target::Demo => None,
+                },
                 target: t.clone(),
                 down_until_ms: AtomicU64::new(0),
             })
             .collect();
-        Self { config: config.clone(), targets, client, next: AtomicUsize::new(0), epoch: Instant::now() }
+        Self { config: config.clone(), targets, next: AtomicUsize::new(0), epoch: Instant::now() }
     }
 
     fn now_ms(&self) -> u64 {

@@ -1,0 +1,212 @@
+//! A pool of HTTP/1.1 connections to one upstream target.
+//!
+//! Each worker thread has its own pools (see `server.rs`), so a request, its
+//! upstream connection and the connection's driver task all run on one
+//! thread. Connections are reused last-in first-out; a connection idle longer
+//! than `pool_idle_timeout` is discarded rather than reused, so the gateway
+//! gives up an idle connection before a backend with a longer keep-alive
+//! closes it under a request. A request that could not be written on a reused
+//! connection (it was closed meanwhile) is retried once on a new connection;
+//! nothing was sent, so that is always safe.
+//!
+//! A connection returns to the pool when its response body has been read to
+//! the end; a response abandoned half way, or a `101` upgrade, takes the
+//! connection with it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use portcullis_layers::Body;
+use tokio::net::TcpStream;
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened (refused, unreachable, timed out).
+    Connect(io::Error),
+    /// The connection failed during the exchange.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// Connections to one target.
+pub struct Pool {
+    authority: Authority,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("authority", &self.authority).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// An empty pool for `authority` (`host:port`).
+    #[must_use]
+    pub fn new(authority: Authority, max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self { authority, idle: Mutex::new(Vec::new()), max_idle, idle_timeout, connect_timeout })
+    }
+
+    /// Sends `req` on a pooled or new connection.
+    ///
+    /// # Errors
+    /// [`SendError`]; the request is consumed.
+    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let upgrade = portcullis_policy::hop::is_upgrade(req.headers());
+        let mut req = req;
+        if let Some(mut sender) = self.checkout().await {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.wrap(sender, response, upgrade)),
+                Err(mut e) => match e.take_message() {
+                    // Not written: the pooled connection was closing. Retry below.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok(self.wrap(sender, response, upgrade))
+    }
+
+    /// The most recently used idle connection that is still open and fresh.
+    async fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Usually ready at once; a connection still finishing its last
+            // exchange becomes ready shortly, a dead one errs.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<Body>, SendError> {
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let port = self.authority.port_u16().unwrap_or(80);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| {
+                SendError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect timed out after {:?}", self.connect_timeout),
+                ))
+            })?
+            .map_err(SendError::Connect)?;
+        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive).map_err(SendError::Connect)?;
+        let (sender, connection) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put(&self, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push(Idle { sender, since: Instant::now() });
+            }
+        }
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<Body>,
+        response: Response<Incoming>,
+        upgrade: bool,
+    ) -> Response<Body> {
+        let reusable = !(upgrade || response.status() == StatusCode::SWITCHING_PROTOCOLS);
+        let slot = reusable.then(|| (self.clone(), sender));
+        response.map(|inner| http_body_util::BodyExt::boxed_unsync(Pooled { inner, slot, ended: false }))
+    }
+}
+
+pin_project! {
+    /// A response body that gives its connection back to the pool once read
+    /// to the end.
+    struct Pooled {
+        #[pin]
+        inner: Incoming,
+        slot: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
+        ended: bool,
+    }
+
+    impl PinnedDrop for Pooled {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let done = *this.ended || this.inner.is_end_stream();
+            if let (true, Some((pool, sender))) = (done, this.slot.take()) {
+                pool.put(sender);
+            }
+        }
+    }
+}
+
+impl HttpBody for Pooled {
+    type Data = Bytes;
+    type Error = portcullis_layers::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(None) => {
+                *this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A broken connection never goes back.
+                this.slot.take();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
