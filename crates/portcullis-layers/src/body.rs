@@ -5,6 +5,8 @@
 //! make the gateway hold more than one frame of its body.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,6 +31,21 @@ impl std::fmt::Display for BodyTooLarge {
 
 impl std::error::Error for BodyTooLarge {}
 
+/// Set when a [`Limited`] body crossed its limit. The body layer puts it in
+/// the request's extensions: an upstream connection that fails because the
+/// body stream was cut does not always report why, and the proxy must still
+/// answer 413, not 502.
+#[derive(Debug, Clone, Default)]
+pub struct LimitTripped(pub Arc<AtomicBool>);
+
+impl LimitTripped {
+    /// Whether the limit was crossed.
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 pin_project! {
     /// A body that fails with [`BodyTooLarge`] once more than `limit` bytes
     /// have passed.
@@ -38,13 +55,14 @@ pin_project! {
         inner: B,
         remaining: u64,
         limit: u64,
+        tripped: LimitTripped,
     }
 }
 
 impl<B> Limited<B> {
-    /// Wraps `inner` with a limit.
-    pub const fn new(inner: B, limit: u64) -> Self {
-        Self { inner, remaining: limit, limit }
+    /// Wraps `inner` with a limit; `tripped` is set when it is crossed.
+    pub const fn new(inner: B, limit: u64, tripped: LimitTripped) -> Self {
+        Self { inner, remaining: limit, limit, tripped }
     }
 }
 
@@ -63,6 +81,7 @@ where
                     let len = data.len() as u64;
                     if len > *this.remaining {
                         *this.remaining = 0;
+                        this.tripped.0.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *this.limit }))));
                     }
                     *this.remaining -= len;
@@ -190,16 +209,18 @@ mod tests {
 
     #[tokio::test]
     async fn limit_passes_bodies_up_to_the_limit() {
-        let body = Limited::new(chunks(&["abc", "de"]), 5);
+        let body = Limited::new(chunks(&["abc", "de"]), 5, LimitTripped::default());
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abcde");
     }
 
     #[tokio::test]
     async fn limit_fails_the_stream_past_the_limit() {
-        let body = Limited::new(chunks(&["abc", "def"]), 5);
+        let tripped = LimitTripped::default();
+        let body = Limited::new(chunks(&["abc", "def"]), 5, tripped.clone());
         let err = body.collect().await.unwrap_err();
         assert!(is_body_too_large(err.as_ref()));
+        assert!(tripped.is_set());
     }
 
     #[tokio::test]

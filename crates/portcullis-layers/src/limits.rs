@@ -20,7 +20,7 @@ use portcullis_policy::Denied;
 use portcullis_policy::limits::{RequestLimits, content_length};
 use tower::{Layer, Service};
 
-use crate::body::Limited;
+use crate::body::{LimitTripped, Limited};
 use crate::{Body, RouteInfo, deny};
 
 /// See the module docs.
@@ -122,7 +122,12 @@ where
         match check(&req, limit) {
             Err(denied) => Either::Right(ready(Ok(deny(denied)))),
             Ok(()) if req.body().is_end_stream() => Either::Left(self.inner.call(req)),
-            Ok(()) => Either::Left(self.inner.call(req.map(|b| Limited::new(b, limit).boxed_unsync()))),
+            Ok(()) => {
+                let tripped = LimitTripped::default();
+                let mut req = req.map(|b| Limited::new(b, limit, tripped.clone()).boxed_unsync());
+                req.extensions_mut().insert(tripped);
+                Either::Left(self.inner.call(req))
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use pool::SendError;
-use portcullis_layers::body::is_body_too_large;
+use portcullis_layers::body::{LimitTripped, is_body_too_large};
 use portcullis_layers::{Body, RouteInfo, ServedBy, deny};
 use portcullis_policy::{Denied, Reason, hop};
 use tokio_util::task::TaskTracker;
@@ -156,6 +156,7 @@ async fn send(
         }
     }
 
+    let tripped = req.extensions().get::<LimitTripped>().cloned();
     let Some(pool) = target.pool.as_ref() else {
         return Err(Failure::Other(Denied::new(Reason::GatewayInternal).with_detail("target without a pool")));
     };
@@ -173,7 +174,7 @@ async fn send(
             ));
         }
         Ok(Err(SendError::Http(e))) => {
-            if is_body_too_large(&e) {
+            if is_body_too_large(&e) || tripped.is_some_and(|t| t.is_set()) {
                 return Err(Failure::Other(
                     Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit"),
                 ));

@@ -142,10 +142,10 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
-                idle.push(Idle { sender, since: Instant::now() });
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(Idle { sender, since: Instant::now() });
         }
     }
 

@@ -76,7 +76,10 @@ pub async fn named_upstream(name: &'static str) -> (SocketAddr, Arc<Mutex<Vec<ht
         let record = record.clone();
         async move {
             record.lock().unwrap().push(req.headers().clone());
-            let body = format!("{name} {}", req.uri().path());
+            let path = req.uri().path().to_owned();
+            // Read the whole body, as an upload endpoint would.
+            let _ = req.into_body().collect().await;
+            let body = format!("{name} {path}");
             let mut resp = Response::new(portcullis_layers::full(body));
             resp.headers_mut().insert("x-powered-by", http::HeaderValue::from_static("Express"));
             resp
