@@ -54,11 +54,7 @@ fn request(path: &str) -> Request<Body> {
         .header("accept", "application/json")
         .body(empty())
         .unwrap();
-    req.extensions_mut().insert(ConnInfo {
-        peer: "192.0.2.1:40000".parse().unwrap(),
-        listener: Arc::from("bench"),
-        scheme: "http",
-    });
+    req.extensions_mut().insert(ConnInfo::new("192.0.2.1:40000".parse().unwrap(), Arc::from("bench"), "http"));
     req
 }
 

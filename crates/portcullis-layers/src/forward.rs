@@ -46,14 +46,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let scheme = req.extensions().get::<ConnInfo>().map_or("http", |c| c.scheme);
+        let (scheme, peer_value) =
+            req.extensions().get::<ConnInfo>().map_or(("http", None), |c| (c.scheme, Some(c.peer_ip.clone())));
         // HTTP/2 and absolute-form requests carry the host in the URI.
         let authority = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         let host = authority.or_else(|| req.headers().get(HOST).cloned());
         if let Some(ctx) = req.extensions().get::<RequestContext>() {
             let client = ctx.client;
             let id = ctx.request_id.clone();
-            forwarded::apply(req.headers_mut(), &Hop { client, scheme, host: host.as_ref() });
+            let hop = Hop { client, scheme, host: host.as_ref(), peer_value: peer_value.as_ref() };
+            forwarded::apply(req.headers_mut(), &hop);
             req.headers_mut().insert(X_REQUEST_ID, id);
         } else {
             // Without a resolved client nothing the client claimed may pass.

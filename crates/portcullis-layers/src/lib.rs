@@ -110,6 +110,17 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The peer's IP as a header value, formatted once per connection.
+    pub peer_ip: http::HeaderValue,
+}
+
+impl ConnInfo {
+    /// Connection facts for a peer on a listener.
+    #[must_use]
+    pub fn new(peer: SocketAddr, listener: Arc<str>, scheme: &'static str) -> Self {
+        let peer_ip = portcullis_policy::forwarded::ip_value(portcullis_policy::forwarded::canonical(peer.ip()));
+        Self { peer, listener, scheme, peer_ip }
+    }
 }
 
 /// Who sent the request; inserted by the reject layer for every inner layer.

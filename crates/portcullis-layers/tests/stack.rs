@@ -68,11 +68,7 @@ impl tower::Service<Request<Body>> for Recorder {
 
 fn request(path: &str) -> Request<Body> {
     let mut req = Request::get(path).header("host", "gw.test").body(empty()).unwrap();
-    req.extensions_mut().insert(ConnInfo {
-        peer: "192.0.2.10:5555".parse().unwrap(),
-        listener: Arc::from("l"),
-        scheme: "http",
-    });
+    req.extensions_mut().insert(ConnInfo::new("192.0.2.10:5555".parse().unwrap(), Arc::from("l"), "http"));
     req
 }
 

@@ -68,7 +68,7 @@ fn header_rewrite(c: &mut Criterion) {
             limits.check_head(32, &h, limits.max_body_bytes).unwrap();
             hop::strip(&mut h, true);
             let client = forwarded::resolve_client("203.0.113.9".parse().unwrap(), &h, &trusted);
-            forwarded::apply(&mut h, &Hop { client, scheme: "http", host: Some(&host) });
+            forwarded::apply(&mut h, &Hop { client, scheme: "http", host: Some(&host), peer_value: None });
             black_box(h)
         });
     });

@@ -121,10 +121,14 @@ pub struct Hop<'a> {
     pub scheme: &'static str,
     /// The host the client asked for (from `Host` or the URI authority).
     pub host: Option<&'a HeaderValue>,
+    /// The peer address as a header value, if the caller keeps one per
+    /// connection (saves formatting it for every request).
+    pub peer_value: Option<&'a HeaderValue>,
 }
 
 /// A header value holding an IP address. Allocates once; clones share it.
-fn ip_value(ip: IpAddr) -> HeaderValue {
+#[must_use]
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
@@ -138,7 +142,7 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let peer = hop.client.peer;
     let trusted = hop.client.peer_trusted;
     headers.reserve(5);
-    let peer_value = ip_value(peer);
+    let peer_value = hop.peer_value.cloned().unwrap_or_else(|| ip_value(peer));
 
     // X-Forwarded-For: the chain, ending with our peer.
     let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
@@ -285,7 +289,7 @@ mod tests {
         ]);
         let client = resolve_client("203.0.113.5".parse().unwrap(), &h, &t);
         let host = HeaderValue::from_static("api.example.com");
-        apply(&mut h, &Hop { client, scheme: "http", host: Some(&host) });
+        apply(&mut h, &Hop { client, scheme: "http", host: Some(&host), peer_value: None });
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
@@ -305,7 +309,7 @@ mod tests {
         ]);
         let client = resolve_client("10.0.0.1".parse().unwrap(), &h, &t);
         let host = HeaderValue::from_static("127.0.0.1:8080");
-        apply(&mut h, &Hop { client, scheme: "http", host: Some(&host) });
+        apply(&mut h, &Hop { client, scheme: "http", host: Some(&host), peer_value: None });
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "shop.example");
@@ -318,7 +322,7 @@ mod tests {
         let t = TrustedProxies::default();
         let mut h = HeaderMap::new();
         let client = resolve_client("2001:db8::5".parse().unwrap(), &h, &t);
-        apply(&mut h, &Hop { client, scheme: "https", host: None });
+        apply(&mut h, &Hop { client, scheme: "https", host: None, peer_value: None });
         assert_eq!(h["forwarded"], "for=\"[2001:db8::5]\";proto=https");
         assert!(!h.contains_key("x-forwarded-host"));
     }

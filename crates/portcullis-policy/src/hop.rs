@@ -50,6 +50,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// With `keep_upgrade`, an upgrade request or `101` answer keeps its `Upgrade`
 /// header and gets `Connection: upgrade` back.
 pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names beats nine lookups.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let upgrade = keep_upgrade && is_upgrade(headers);
     let named: Vec<HeaderName> =
         connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();

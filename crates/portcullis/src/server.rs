@@ -452,7 +452,7 @@ impl Connection {
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = if server.h2c { builder } else { builder.http1_only() };
 
-        let conn_info = ConnInfo { peer: self.peer, listener: self.listener.clone(), scheme: "http" };
+        let conn_info = ConnInfo::new(self.peer, self.listener.clone(), "http");
         let current = self.current.clone();
         let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {

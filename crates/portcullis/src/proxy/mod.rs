@@ -130,19 +130,17 @@ async fn send(
     target: &TargetState,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Failure> {
-    let (scheme, authority) = match &target.target {
+    let authority = match &target.target {
         Target::Demo => return Ok(demo::handle(req).await),
-        Target::Http { scheme, authority } => (scheme, authority),
+        Target::Http { authority, .. } => authority,
     };
+    // Upstream requests use origin form (`GET /path?query HTTP/1.1`).
     let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder().scheme(scheme.clone()).authority(authority.clone()).path_and_query(path).build();
-    let Ok(uri) = uri else {
-        return Err(Failure::Other(Denied::new(Reason::GatewayInternal).with_detail("cannot build upstream URI")));
-    };
     // The client's authority (HTTP/2 `:authority` or absolute-form) becomes Host.
     let client_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
+    let target_host = || HeaderValue::from_str(authority.as_str()).ok();
     match upstream.config.host_header {
         HostHeader::Preserve => {
             if let Some(host) = client_host {
@@ -150,10 +148,16 @@ async fn send(
             }
         }
         HostHeader::Target => {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            if let Some(host) = target_host() {
                 req.headers_mut().insert(HOST, host);
             }
         }
+    }
+    // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none.
+    if !req.headers().contains_key(HOST)
+        && let Some(host) = target_host()
+    {
+        req.headers_mut().insert(HOST, host);
     }
 
     let tripped = req.extensions().get::<LimitTripped>().cloned();
