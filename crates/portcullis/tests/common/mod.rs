@@ -156,7 +156,16 @@ pub async fn send(req: Request<Body>) -> (http::response::Parts, Bytes) {
 }
 
 pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
-    send(Request::get(url).body(portcullis_layers::empty()).unwrap()).await
+    get_with(url, &[]).await
+}
+
+/// A GET with extra request headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> (http::response::Parts, Bytes) {
+    let mut req = Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(req.body(portcullis_layers::empty()).unwrap()).await
 }
 
 pub fn json(bytes: &Bytes) -> serde_json::Value {
