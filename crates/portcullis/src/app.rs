@@ -97,13 +97,17 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "portcullis started");
     loop {
         tokio::select! {
-            _ = hangup.recv() => match config::load(path) {
-                Ok(new) => match server.reload(new) {
-                    Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
-                    Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
-                },
-                Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),
-            },
+            _ = hangup.recv() => {
+                // Certificates reload even when the new file has errors.
+                server.reload_certificates();
+                match config::load(path) {
+                    Ok(new) => match server.reload(new) {
+                        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                        Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
+                    },
+                    Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),
+                }
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }

@@ -14,3 +14,4 @@ pub mod events;
 pub mod logging;
 pub mod proxy;
 pub mod server;
+pub mod tls;

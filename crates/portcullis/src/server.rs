@@ -49,6 +49,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
+use crate::tls::CertStore;
 
 /// One compiled configuration, ready to serve.
 #[derive(Debug)]
@@ -94,6 +95,14 @@ impl Gateway {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener's TLS certificate could not be loaded.
+    #[error("listener {name:?}: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Cause.
+        source: crate::tls::TlsError,
+    },
     /// A worker thread could not start.
     #[error("cannot start a worker: {0}")]
     Worker(io::Error),
@@ -131,6 +140,7 @@ pub enum ReloadError {
 #[derive(Debug)]
 pub struct Server {
     config: ArcSwap<Config>,
+    cert_stores: Vec<(String, Arc<CertStore>)>,
     workers: Vec<Worker>,
     events: Arc<dyn EventSink>,
     shutdown: watch::Sender<bool>,
@@ -153,15 +163,35 @@ impl Server {
     /// [`StartError::Bind`] for the first listener that cannot bind, or
     /// [`StartError::Worker`] when a worker thread cannot start.
     pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
-        let mut bound = Vec::new();
+        let mut bound: Vec<(Arc<ListenerSpec>, SocketAddr, TcpListener)> = Vec::new();
+        let mut cert_stores = Vec::new();
         for listener in &config.listeners {
-            let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
-                name: listener.name.clone(),
-                addr: listener.bind,
-                source,
-            })?;
+            let bind_error = |addr, source| StartError::Bind { name: listener.name.clone(), addr, source };
+            let socket = TcpListener::bind(listener.bind).await.map_err(|e| bind_error(listener.bind, e))?;
             let addr = socket.local_addr().unwrap_or(listener.bind);
-            bound.push((Arc::<str>::from(listener.name.as_str()), addr, socket));
+            let name: Arc<str> = Arc::from(listener.name.as_str());
+            let kind = match &listener.tls {
+                None => ListenerKind::Plain,
+                Some(tls) => {
+                    let tls_error = |source| StartError::Tls { name: listener.name.clone(), source };
+                    let store = CertStore::load(&tls.source, &config.server.data_dir).map_err(tls_error)?;
+                    tracing::info!(listener = %name, fingerprint = %store.fingerprint(), "TLS certificate (SHA-256)");
+                    let server_config =
+                        crate::tls::server_config(tls, store.clone(), config.server.h2c).map_err(tls_error)?;
+                    cert_stores.push((listener.name.clone(), store));
+                    ListenerKind::Tls(tokio_rustls::TlsAcceptor::from(server_config))
+                }
+            };
+            bound.push((Arc::new(ListenerSpec { name, kind }), addr, socket));
+            if let Some(redirect) = listener.redirect_http {
+                let socket = TcpListener::bind(redirect).await.map_err(|e| bind_error(redirect, e))?;
+                let redirect_addr = socket.local_addr().unwrap_or(redirect);
+                let spec = ListenerSpec {
+                    name: Arc::from(format!("{}-redirect", listener.name)),
+                    kind: ListenerKind::Redirect { https_port: addr.port() },
+                };
+                bound.push((Arc::new(spec), redirect_addr, socket));
+            }
         }
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
@@ -193,13 +223,20 @@ impl Server {
         }
         let handles: Arc<[WorkerHandle]> = handles.into();
         let mut addrs = Vec::new();
-        for (name, addr, socket) in bound {
-            tracing::info!(listener = %name, %addr, workers = count, "listening");
-            addrs.push((name.to_string(), addr));
-            let accept = Acceptor { listener: name, shutdown: shutdown.subscribe(), workers: handles.clone(), next: 0 };
+        for (spec, addr, socket) in bound {
+            let scheme = match spec.kind {
+                ListenerKind::Tls(_) => "https",
+                ListenerKind::Plain | ListenerKind::Redirect { .. } => "http",
+            };
+            tracing::info!(listener = %spec.name, %addr, scheme, workers = count, "listening");
+            addrs.push((spec.name.to_string(), addr));
+            let accept = Acceptor { spec, shutdown: shutdown.subscribe(), workers: handles.clone(), next: 0 };
             acceptors.spawn(accept.run(socket));
         }
-        Ok(Self { config: ArcSwap::new(config), workers, events, shutdown, exit, tasks, acceptors, addrs })
+        if !cert_stores.is_empty() {
+            acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
+        }
+        Ok(Self { config: ArcSwap::new(config), workers, events, shutdown, exit, tasks, acceptors, addrs, cert_stores })
     }
 
     /// The bound address of each listener, by name.
@@ -247,6 +284,21 @@ impl Server {
         Ok(())
     }
 
+    /// Re-reads every listener's certificate files (SIGHUP). A file that fails
+    /// leaves that listener's current certificate in place.
+    pub fn reload_certificates(&self) {
+        for (name, store) in &self.cert_stores {
+            match store.reload() {
+                Ok(()) => {
+                    tracing::info!(listener = %name, fingerprint = %store.fingerprint(), "TLS certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "TLS certificate reload refused; the current one stays")
+                }
+            }
+        }
+    }
+
     /// Stops accepting, asks every connection to finish, and waits up to the
     /// configured shutdown timeout. Returns whether everything finished.
     pub async fn shutdown(mut self) -> bool {
@@ -287,7 +339,28 @@ impl Drop for Server {
 }
 
 /// A connection handed from an acceptor to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr, Arc<str>);
+type Handoff = (std::net::TcpStream, SocketAddr, Arc<ListenerSpec>);
+
+/// What a listening socket serves.
+struct ListenerSpec {
+    name: Arc<str>,
+    kind: ListenerKind,
+}
+
+enum ListenerKind {
+    /// The gateway over cleartext HTTP/1.1 and h2c.
+    Plain,
+    /// The gateway over TLS.
+    Tls(tokio_rustls::TlsAcceptor),
+    /// Plain HTTP answering every request with a 308 to the TLS listener.
+    Redirect { https_port: u16 },
+}
+
+impl std::fmt::Debug for ListenerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSpec").field("name", &self.name).finish_non_exhaustive()
+    }
+}
 
 /// An acceptor's view of a worker.
 #[derive(Debug)]
@@ -325,7 +398,7 @@ impl WorkerContext {
                 tokio::select! {
                     _ = self.exit.wait_for(|exit| *exit) => break,
                     handoff = rx.recv(), if accepting => {
-                        let Some((stream, peer, listener)) = handoff else {
+                        let Some((stream, peer, spec)) = handoff else {
                             accepting = false;
                             continue;
                         };
@@ -337,15 +410,27 @@ impl WorkerContext {
                                 continue;
                             }
                         };
+                        let _ = stream.set_nodelay(true);
                         let conn = Connection {
                             peer,
-                            listener,
+                            listener: spec.name.clone(),
                             current: self.current.clone(),
                             shutdown: self.shutdown.clone(),
                             events: self.events.clone(),
                             _open: OpenConnection(self.connections.clone()),
                         };
-                        self.tasks.spawn(conn.serve(stream));
+                        match &spec.kind {
+                            ListenerKind::Plain => {
+                                self.tasks.spawn(conn.serve(stream, "http"));
+                            }
+                            ListenerKind::Tls(acceptor) => {
+                                let acceptor = acceptor.clone();
+                                self.tasks.spawn(conn.serve_tls(stream, acceptor));
+                            }
+                            ListenerKind::Redirect { https_port } => {
+                                self.tasks.spawn(conn.serve_redirect(stream, *https_port));
+                            }
+                        }
                     }
                 }
             }
@@ -363,7 +448,7 @@ impl Drop for OpenConnection {
 }
 
 struct Acceptor {
-    listener: Arc<str>,
+    spec: Arc<ListenerSpec>,
     shutdown: watch::Receiver<bool>,
     workers: Arc<[WorkerHandle]>,
     next: usize,
@@ -378,13 +463,13 @@ impl Acceptor {
                     Ok((stream, peer)) => self.hand_off(stream, peer),
                     Err(e) => {
                         // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(listener = %self.listener, error = %e, "accept failed");
+                        tracing::warn!(listener = %self.spec.name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
             }
         }
-        tracing::info!(listener = %self.listener, "stopped accepting");
+        tracing::info!(listener = %self.spec.name, "stopped accepting");
     }
 
     /// Gives the connection to the worker with the fewest open connections,
@@ -409,7 +494,7 @@ impl Acceptor {
             }
         };
         worker.connections.fetch_add(1, Ordering::Relaxed);
-        if worker.tx.send((stream, peer, self.listener.clone())).is_err() {
+        if worker.tx.send((stream, peer, self.spec.clone())).is_err() {
             worker.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -425,8 +510,33 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
+    /// Completes the TLS handshake within the header read timeout, then serves.
+    async fn serve_tls(self, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+        let timeout = self.current.load().config.server.header_read_timeout;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.serve(tls, "https").await,
+            Ok(Err(e)) => self.emit_connection_event(Reason::TlsHandshake, e.to_string()),
+            Err(_) => self.emit_connection_event(Reason::TlsHandshake, format!("no handshake within {timeout:?}")),
+        }
+    }
+
+    /// Answers every request with a 308 to the same host and path over HTTPS.
+    async fn serve_redirect(self, stream: TcpStream, https_port: u16) {
+        let timeout = self.current.load().config.server.header_read_timeout;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+            Ok::<_, Infallible>(redirect_response(&req, https_port))
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(false);
+        if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            tracing::debug!(peer = %self.peer, error = %e, "redirect connection ended with an error");
+        }
+    }
+
+    async fn serve<I>(mut self, stream: I, scheme: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let gateway = self.current.load_full();
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
@@ -452,7 +562,7 @@ impl Connection {
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = if server.h2c { builder } else { builder.http1_only() };
 
-        let conn_info = ConnInfo::new(self.peer, self.listener.clone(), "http");
+        let conn_info = ConnInfo::new(self.peer, self.listener.clone(), scheme);
         let current = self.current.clone();
         let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -520,6 +630,11 @@ impl Connection {
                 return;
             }
         };
+        self.emit_connection_event(reason, error.to_string());
+    }
+
+    /// One security event about the connection (no request was formed).
+    fn emit_connection_event(&self, reason: Reason, detail: String) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let summary = RequestSummary {
             request_id: &request_id,
@@ -529,9 +644,53 @@ impl Connection {
             path: "-",
             route: None,
         };
-        let denied = Denied::new(reason).with_detail(error.to_string());
+        let denied = Denied::new(reason).with_detail(detail);
         self.events.emit(SecurityEvent::denied(&summary, &denied, std::time::SystemTime::now()));
     }
+}
+
+/// Reloads certificates whose files changed, checking every two seconds.
+async fn watch_certificates(stores: Vec<(String, Arc<CertStore>)>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                for (name, store) in &stores {
+                    match store.reload_if_changed() {
+                        Ok(true) => tracing::info!(listener = %name, fingerprint = %store.fingerprint(), "TLS certificate files changed; reloaded"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(listener = %name, error = %e, "changed TLS certificate refused; the current one stays"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `308 Permanent Redirect` to `https://host[:port]/path?query`; `400` when
+/// the request names no usable host (the redirect must not point elsewhere).
+fn redirect_response(req: &Request<Incoming>, https_port: u16) -> http::Response<portcullis_layers::Body> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(portcullis_policy::route::host_without_port);
+    let Some(host) = host else {
+        let mut response = http::Response::new(portcullis_layers::full(r#"{"error":"request.malformed"}"#));
+        *response.status_mut() = http::StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        return response;
+    };
+    let host = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
+    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+    let path = req.uri().path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+    let mut response = http::Response::new(portcullis_layers::empty());
+    *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = http::HeaderValue::from_str(&format!("https://{host}{port}{path}")) {
+        response.headers_mut().insert(http::header::LOCATION, location);
+    }
+    response
 }
 
 /// Requests in flight on a connection, and when the last one ended. Idleness
@@ -605,14 +764,14 @@ impl Drop for InFlight {
 pin_project! {
     /// A socket that counts the bytes it reads (to tell a slowloris head from
     /// an idle connection).
-    struct CountingIo {
+    struct CountingIo<I> {
         #[pin]
-        inner: TcpStream,
+        inner: I,
         activity: Arc<Activity>,
     }
 }
 
-impl AsyncRead for CountingIo {
+impl<I: AsyncRead> AsyncRead for CountingIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
@@ -625,7 +784,7 @@ impl AsyncRead for CountingIo {
     }
 }
 
-impl AsyncWrite for CountingIo {
+impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, data)
     }

@@ -15,8 +15,11 @@ use portcullis_policy::route::{HostPattern, PathPattern};
 use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
-use super::raw::{OneOrMany, RawConfig, RawEvents, RawLog, RawRoute, RawServer, RawUpstream, Size};
-use super::{Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Upstream};
+use super::raw::{OneOrMany, RawConfig, RawEvents, RawLog, RawRoute, RawServer, RawTls, RawUpstream, Size};
+use super::{
+    CertSource, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls, TlsProfile,
+    Upstream,
+};
 
 const DURATION_EXAMPLE: &str = "a duration such as \"500ms\", \"10s\", \"5m\"";
 const SIZE_EXAMPLE: &str = "a byte count such as 8192 or a size such as \"16KiB\", \"10MB\"";
@@ -44,7 +47,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
 
     let server = build_server(&mut c, &raw.server, base);
-    let listeners = build_listeners(&mut c, &raw);
+    let listeners = build_listeners(&mut c, &raw, base);
     let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u)).collect();
     check_unique_upstreams(&mut c, &raw.upstreams);
     let routes = build_routes(&mut c, &raw, &upstreams);
@@ -168,7 +171,42 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
     }
 }
 
-fn build_listeners(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<Listener> {
+fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Option<Tls> {
+    let expected =
+        "tls = \"self-signed\" or tls = { cert = \"site.pem\", key = \"site.key\", profile = \"intermediate\" }";
+    match raw.get_ref() {
+        RawTls::Mode(mode) if mode == "self-signed" => {
+            Some(Tls { source: CertSource::SelfSigned, profile: TlsProfile::Intermediate })
+        }
+        RawTls::Mode(other) => {
+            c.error(raw.span(), format!("unknown tls mode {other:?}")).expected(expected);
+            None
+        }
+        RawTls::Files(files) => {
+            let profile = match files.profile.as_deref() {
+                None | Some("intermediate") => TlsProfile::Intermediate,
+                Some("modern") => TlsProfile::Modern,
+                Some(other) => {
+                    c.error(raw.span(), format!("unknown TLS profile {other:?}"))
+                        .expected("\"intermediate\" or \"modern\"");
+                    TlsProfile::Intermediate
+                }
+            };
+            let source = match (&files.cert, &files.key) {
+                (Some(cert), Some(key)) => CertSource::Files { cert: base.join(cert), key: base.join(key) },
+                (None, None) => CertSource::SelfSigned,
+                _ => {
+                    c.error(raw.span(), "tls needs both `cert` and `key`, or neither for a self-signed certificate")
+                        .expected(expected);
+                    return None;
+                }
+            };
+            Some(Tls { source, profile })
+        }
+    }
+}
+
+fn build_listeners(c: &mut Collector<'_>, raw: &RawConfig, base: &Path) -> Vec<Listener> {
     if raw.listeners.is_empty() {
         c.file_error("no [[listener]] is configured")
             .help("add one, e.g.\n    [[listener]]\n    name = \"public\"\n    bind = \"127.0.0.1:8080\"");
@@ -188,10 +226,27 @@ fn build_listeners(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<Listener> {
             c.error(listener.span(), format!("duplicate listener name {name:?}"))
                 .help("give each listener its own name");
         }
-        if !binds.insert(bind) {
+        // Port 0 asks the kernel for a free port: never a clash.
+        if bind.port() != 0 && !binds.insert(bind) {
             c.error(l.bind.span(), format!("address {bind} is bound by two listeners")).help("remove one of them");
         }
-        out.push(Listener { name, bind });
+        let tls = l.tls.as_ref().and_then(|t| build_tls(c, t, base));
+        let redirect_http = l.redirect_http.as_ref().and_then(|r| {
+            let Ok(addr) = r.get_ref().parse::<SocketAddr>() else {
+                c.error(r.span(), format!("invalid redirect_http address {:?}", r.get_ref()))
+                    .expected("an IP and port such as \"0.0.0.0:80\"");
+                return None;
+            };
+            if tls.is_none() {
+                c.error(r.span(), "redirect_http needs a TLS listener to redirect to")
+                    .help("add tls = \"self-signed\" or tls = { cert = \"…\", key = \"…\" } to this listener");
+            }
+            if addr.port() != 0 && !binds.insert(addr) {
+                c.error(r.span(), format!("address {addr} is bound twice")).help("give the redirect its own port");
+            }
+            Some(addr)
+        });
+        out.push(Listener { name, bind, tls, redirect_http });
     }
     out
 }

@@ -72,6 +72,42 @@ pub struct Listener {
     pub name: String,
     /// Address to bind.
     pub bind: SocketAddr,
+    /// TLS termination, if any.
+    pub tls: Option<Tls>,
+    /// A plain-HTTP address that only redirects to this listener (308).
+    pub redirect_http: Option<SocketAddr>,
+}
+
+/// Where a listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// Generated for localhost and kept in the data directory.
+    SelfSigned,
+    /// PEM files: the chain (leaf first) and its private key.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+}
+
+/// Which protocol versions and cipher suites a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProfile {
+    /// Mozilla "intermediate": TLS 1.3 and 1.2 with forward-secret AEAD suites.
+    Intermediate,
+    /// Mozilla "modern": TLS 1.3 only.
+    Modern,
+}
+
+/// A listener's TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The certificate.
+    pub source: CertSource,
+    /// Versions and suites.
+    pub profile: TlsProfile,
 }
 
 /// Where an upstream's requests go.

@@ -56,6 +56,24 @@ pub enum Size {
 pub struct RawListener {
     pub name: Option<String>,
     pub bind: Spanned<String>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub redirect_http: Option<Spanned<String>>,
+}
+
+/// `tls = "self-signed"` or `tls = { cert, key, profile }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTls {
+    Mode(String),
+    Files(RawTlsFiles),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsFiles {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub profile: Option<String>,
 }
 
 /// `[[upstream]]`.

@@ -1,0 +1,249 @@
+//! TLS termination with rustls on the aws-lc-rs provider (the tree's only
+//! crypto provider; `ring` is banned in deny.toml).
+//!
+//! Defends against eavesdropping and tampering between clients and the
+//! gateway. Decision rules:
+//! - TLS 1.3 and 1.2 only (the `intermediate` profile, Mozilla's), or TLS 1.3
+//!   only (`modern`). rustls implements no CBC, RC4, 3DES, RSA key exchange
+//!   or renegotiation, so every TLS 1.2 suite offered is forward-secret AEAD.
+//! - ALPN offers `h2` (unless disabled) and `http/1.1`.
+//! - Certificates come from PEM files, or are generated for localhost and kept
+//!   in the data directory (`tls = "self-signed"`, for local use; browsers will
+//!   warn). The SHA-256 fingerprint is logged at start so a client can pin it.
+//! - Certificates are re-read on SIGHUP and when their files change; a new
+//!   certificate serves the next handshake, open connections keep theirs, and
+//!   a broken file is refused with an error while the old certificate stays.
+//!
+//! Deployment caveat: the private key file should be readable only by the
+//! user Portcullis runs as.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+
+use crate::config::{CertSource, Tls, TlsProfile};
+
+/// Why TLS could not be set up. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A file is not valid PEM of the expected kind.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key does not suit rustls (unsupported algorithm, or not the key of the certificate).
+    #[error("{0}")]
+    Key(String),
+    /// Generating the self-signed certificate failed.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+}
+
+/// The process-wide crypto provider: aws-lc-rs.
+#[must_use]
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The certificate a listener serves, swappable at run time.
+#[derive(Debug)]
+pub struct CertStore {
+    source: CertSource,
+    data_dir: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    modified: std::sync::Mutex<Option<SystemTime>>,
+}
+
+impl CertStore {
+    /// Loads (or generates) the certificate.
+    ///
+    /// # Errors
+    /// [`TlsError`] for unreadable or invalid files.
+    pub fn load(source: &CertSource, data_dir: &Path) -> Result<Arc<Self>, TlsError> {
+        let key = load_certified_key(source, data_dir)?;
+        Ok(Arc::new(Self {
+            source: source.clone(),
+            data_dir: data_dir.to_path_buf(),
+            current: ArcSwap::from_pointee(key),
+            modified: std::sync::Mutex::new(modified_time(source)),
+        }))
+    }
+
+    /// Re-reads the certificate; on error the current one stays.
+    ///
+    /// # Errors
+    /// [`TlsError`] describing the file that failed.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = load_certified_key(&self.source, &self.data_dir)?;
+        self.current.store(Arc::new(key));
+        if let Ok(mut modified) = self.modified.lock() {
+            *modified = modified_time(&self.source);
+        }
+        Ok(())
+    }
+
+    /// Reloads if the files changed since the last load. Returns whether it did.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = modified_time(&self.source);
+        let changed = self.modified.lock().map(|m| *m != now).unwrap_or(false);
+        if changed {
+            self.reload()?;
+        }
+        Ok(changed)
+    }
+
+    /// SHA-256 fingerprint of the leaf certificate, `AB:CD:…`.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        self.current.load().cert.first().map_or_else(String::new, |leaf| fingerprint(leaf))
+    }
+
+    /// Where the certificate comes from.
+    #[must_use]
+    pub const fn source(&self) -> &CertSource {
+        &self.source
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The rustls configuration of a listener.
+///
+/// # Errors
+/// [`TlsError::Key`] when rustls refuses the protocol set (never for the
+/// built-in profiles).
+pub fn server_config(tls: &Tls, store: Arc<CertStore>, h2: bool) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.profile {
+        TlsProfile::Intermediate => &[&version::TLS13, &version::TLS12],
+        TlsProfile::Modern => &[&version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::Key(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Ok(Arc::new(config))
+}
+
+fn modified_time(source: &CertSource) -> Option<SystemTime> {
+    match source {
+        CertSource::SelfSigned => None,
+        CertSource::Files { cert, key } => {
+            let c = std::fs::metadata(cert).and_then(|m| m.modified()).ok()?;
+            let k = std::fs::metadata(key).and_then(|m| m.modified()).ok()?;
+            Some(c.max(k))
+        }
+    }
+}
+
+fn load_certified_key(source: &CertSource, data_dir: &Path) -> Result<CertifiedKey, TlsError> {
+    let (cert, key) = match source {
+        CertSource::Files { cert, key } => (cert.clone(), key.clone()),
+        CertSource::SelfSigned => self_signed(data_dir)?,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| pem_error(&cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error(&cert, &e))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem { path: cert, reason: "no CERTIFICATE block found".into() });
+    }
+    let private = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_error(&key, &e))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| TlsError::Key(format!("{}: unsupported private key: {e}", key.display())))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| TlsError::Key(format!("{} is not the key of {}: {e}", key.display(), cert.display())))?;
+    Ok(certified)
+}
+
+fn pem_error(path: &Path, error: &rustls::pki_types::pem::Error) -> TlsError {
+    let reason = match error {
+        rustls::pki_types::pem::Error::Io(e) => {
+            return TlsError::Read { path: path.to_path_buf(), source: io::Error::new(e.kind(), e.to_string()) };
+        }
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM block of the expected kind found".to_owned(),
+        other => format!("invalid PEM: {other:?}"),
+    };
+    TlsError::Pem { path: path.to_path_buf(), reason }
+}
+
+/// The self-signed certificate's files, generated when missing or expiring
+/// within 30 days. Valid for `localhost`, `127.0.0.1` and `::1`, one year.
+fn self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    let dir = data_dir.join("tls");
+    let cert = dir.join("self-signed.pem");
+    let key = dir.join("self-signed.key");
+    if cert.exists() && key.exists() && !expires_soon(&cert) {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Read { path: dir.clone(), source })?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(365);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Portcullis self-signed (localhost)");
+    let signing = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated = params.self_signed(&signing).map_err(|e| TlsError::Generate(e.to_string()))?;
+    write_private(&key, signing.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, generated.pem()).map_err(|source| TlsError::Read { path: cert.clone(), source })?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed certificate for localhost");
+    Ok((cert, key))
+}
+
+fn expires_soon(cert: &Path) -> bool {
+    // The file's age stands in for parsing the certificate: it was written
+    // with a one-year validity.
+    std::fs::metadata(cert)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_none_or(|age| age.as_secs() > 335 * 24 * 3600)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
+    file.write_all(bytes).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+}
+
+/// SHA-256 of a certificate, as colon-separated upper-case hex.
+#[must_use]
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}

@@ -1,0 +1,253 @@
+//! Real TLS handshakes against the gateway: rustls clients and the openssl
+//! command line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        Self { ca, ca_params: params, ca_key }
+    }
+
+    /// Writes a leaf for `localhost` signed by this CA to `dir/<stem>.pem|.key`.
+    fn leaf(&self, dir: &Path, stem: &str) -> CertificateDer<'static> {
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        cert.der().clone()
+    }
+
+    fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+async fn handshake(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+fn tls_config(up: std::net::SocketAddr, tls: &str, extra: &str) -> String {
+    simple_config(up, extra).replace("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:0\"\ntls = {tls}"))
+}
+
+async fn http1_get(tls: tokio_rustls::client::TlsStream<TcpStream>, path: &str) -> (u16, String, http::HeaderMap) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(Request::get(path).header("host", "localhost").body(portcullis_layers::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+#[tokio::test]
+async fn tls13_and_tls12_with_alpn_are_served() {
+    let (up, _) = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    pki.leaf(dir.path(), "site");
+    let cert = dir.path().join("site.pem");
+    let key = dir.path().join("site.key");
+    let gw = gateway(&tls_config(up, &format!("{{ cert = {cert:?}, key = {key:?} }}"), "")).await;
+
+    // TLS 1.3 with h2 by ALPN.
+    let tls = handshake(&pki.client(&[&rustls::version::TLS13], &[b"h2", b"http/1.1"]), gw.addr).await.unwrap();
+    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(Request::get("https://localhost/h2").body(portcullis_layers::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "a /h2");
+
+    // TLS 1.2 with HTTP/1.1; the upstream learns the client used https.
+    let tls = handshake(&pki.client(&[&rustls::version::TLS12], &[b"http/1.1"]), gw.addr).await.unwrap();
+    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let (status, body, _) = http1_get(tls, "/one").await;
+    assert_eq!((status, body.as_str()), (200, "a /one"));
+}
+
+fn openssl(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed by scripts/test");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let ok = text.contains("Cipher is ") && !text.contains("Cipher is (NONE)");
+    (ok, text)
+}
+
+#[tokio::test]
+async fn old_protocols_and_non_forward_secret_suites_are_refused() {
+    let (up, _) = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    pki.leaf(dir.path(), "site");
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    let gw = gateway(&tls_config(up, &format!("{{ cert = {cert:?}, key = {key:?} }}"), "")).await;
+    let addr = gw.addr;
+    let run = |args: &'static [&'static str]| tokio::task::spawn_blocking(move || openssl(addr, args));
+
+    let (ok, text) = run(&["-tls1_2"]).await.unwrap();
+    assert!(ok, "TLS 1.2 with default suites must work: {text}");
+    let (ok, text) = run(&["-tls1_3"]).await.unwrap();
+    assert!(ok, "TLS 1.3 must work: {text}");
+    for args in [
+        &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"][..],
+        &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"][..],
+        &["-tls1_2", "-cipher", "AES128-GCM-SHA256"][..], // RSA key exchange: no forward secrecy
+        &["-tls1_2", "-cipher", "AES256-SHA256"][..],
+    ] {
+        let args: &'static [&'static str] = Box::leak(args.to_vec().into_boxed_slice());
+        let (ok, text) = run(args).await.unwrap();
+        assert!(!ok, "{args:?} was accepted: {text}");
+    }
+    eventually("handshake events", Duration::from_secs(5), || {
+        gw.events.reasons().iter().filter(|r| **r == "tls.handshake").count() >= 4
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn modern_profile_refuses_tls12() {
+    let (up, _) = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    pki.leaf(dir.path(), "site");
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    let gw = gateway(&tls_config(up, &format!("{{ cert = {cert:?}, key = {key:?}, profile = \"modern\" }}"), "")).await;
+    assert!(handshake(&pki.client(&[&rustls::version::TLS12], &[]), gw.addr).await.is_err());
+    assert!(handshake(&pki.client(&[&rustls::version::TLS13], &[]), gw.addr).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_serves_new_connections_while_open_ones_keep_working() {
+    let (up, _) = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let first = pki.leaf(dir.path(), "site");
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    let gw = gateway(&tls_config(up, &format!("{{ cert = {cert:?}, key = {key:?} }}"), "")).await;
+    let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+
+    let open = handshake(&client, gw.addr).await.unwrap();
+    assert_eq!(open.get_ref().1.peer_certificates().unwrap()[0], first);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(open)).await.unwrap();
+    tokio::spawn(conn);
+
+    // Replace the files (write aside, rename over: what certbot and friends do).
+    let staging = tempfile::tempdir_in(dir.path()).unwrap();
+    let second = pki.leaf(staging.path(), "site");
+    std::fs::rename(staging.path().join("site.key"), &key).unwrap();
+    std::fs::rename(staging.path().join("site.pem"), &cert).unwrap();
+    assert_ne!(first, second);
+
+    let mut served_new = false;
+    for _ in 0..100 {
+        let tls = handshake(&client, gw.addr).await.unwrap();
+        if tls.get_ref().1.peer_certificates().unwrap()[0] == second {
+            served_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served_new, "the new certificate was not picked up");
+
+    // The connection opened before the change still works.
+    let response = sender
+        .send_request(Request::get("/still").header("host", "localhost").body(portcullis_layers::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn redirect_listener_sends_308_to_the_https_listener() {
+    let (up, seen) = named_upstream("a").await;
+    let toml = tls_config(up, "\"self-signed\"", "")
+        .replace("tls = \"self-signed\"", "tls = \"self-signed\"\nredirect_http = \"127.0.0.1:0\"");
+    let gw = gateway(&toml).await;
+    let https = gw.server.addr("test").unwrap();
+    let redirect = gw.server.addr("test-redirect").unwrap();
+    let (parts, _) = get_with(&format!("http://{redirect}/api/x?q=1"), &[("host", "shop.example:8080")]).await;
+    assert_eq!(parts.status, 308);
+    assert_eq!(parts.headers["location"], format!("https://shop.example:{}/api/x?q=1", https.port()));
+    let (parts, _) = get_with(&format!("http://{redirect}/"), &[("host", "bad host")]).await;
+    assert_eq!(parts.status, 400);
+    assert!(seen.lock().unwrap().is_empty(), "the redirect listener never proxies");
+}
+
+#[tokio::test]
+async fn self_signed_certificate_is_generated_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = portcullis::tls::CertStore::load(&portcullis::config::CertSource::SelfSigned, dir.path()).unwrap();
+    let key = dir.path().join("tls/self-signed.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = portcullis::tls::CertStore::load(&portcullis::config::CertSource::SelfSigned, dir.path()).unwrap();
+    assert_eq!(store.fingerprint(), again.fingerprint(), "a restart keeps the certificate (and its fingerprint)");
+    assert_eq!(store.fingerprint().len(), 32 * 3 - 1);
+}
+
+#[tokio::test]
+async fn a_broken_certificate_is_refused_at_start_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
+    let source =
+        portcullis::config::CertSource::Files { cert: dir.path().join("bad.pem"), key: dir.path().join("bad.key") };
+    let err = portcullis::tls::CertStore::load(&source, dir.path()).unwrap_err().to_string();
+    assert!(err.contains("bad.pem"), "{err}");
+}
