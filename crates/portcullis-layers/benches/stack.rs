@@ -35,6 +35,7 @@ fn config() -> StackConfig {
                 upstream_name: Arc::from("up"),
                 max_body_bytes: None,
                 auth: AuthMode::Public,
+                headers: None,
             }),
         })
         .collect();
@@ -44,6 +45,7 @@ fn config() -> StackConfig {
         routes: Arc::new(RouteTable::new(entries)),
         events: Arc::new(Discard),
         access_log: false,
+        headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
     }
 }
 

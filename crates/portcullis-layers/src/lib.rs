@@ -10,7 +10,7 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → head limits → route → body limit → forward → proxy
+//! reject/context → response headers → head limits → route → body limit → forward → proxy
 //! ```
 //!
 //! Later defences slot in between `route` and `forward` (rate limit,
@@ -33,6 +33,7 @@ use tower::ServiceBuilder;
 
 pub mod body;
 pub mod forward;
+pub mod headers;
 pub mod limits;
 pub mod reject;
 pub mod route;
@@ -163,6 +164,9 @@ pub struct RouteInfo {
     pub max_body_bytes: Option<u64>,
     /// Accepted authentication.
     pub auth: AuthMode,
+    /// The route's response-header policy (global policy with the route's
+    /// changes), if it has changes.
+    pub headers: Option<Arc<portcullis_policy::headers::HeaderPolicy>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -183,6 +187,8 @@ pub struct StackConfig {
     pub events: Arc<dyn EventSink>,
     /// Whether to write an access-log line per request.
     pub access_log: bool,
+    /// The global response-header policy.
+    pub headers: Arc<portcullis_policy::headers::HeaderPolicy>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -193,6 +199,7 @@ where
 {
     let service = ServiceBuilder::new()
         .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
+        .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
         .layer(route::RouteLayer::new(config.routes.clone()))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))

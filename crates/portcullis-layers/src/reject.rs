@@ -179,6 +179,8 @@ fn render(denied: &Denied, summary: &Summary, response: Response<Body>) -> Respo
     let mut out = Response::new(if summary.method == Method::HEAD { empty() } else { full(body) });
     *out.status_mut() = denied.status();
     *out.extensions_mut() = parts.extensions;
+    // Keep what inner layers set (security headers); add the error's own.
+    *out.headers_mut() = parts.headers;
     let headers = out.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));

@@ -34,6 +34,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             upstream_name: Arc::from("up"),
             max_body_bytes: None,
             auth: AuthMode::Public,
+            headers: None,
         }),
     };
     StackConfig {
@@ -42,6 +43,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         routes: Arc::new(RouteTable::new(vec![route("/api/**", "api"), route("/fail", "fail")])),
         events,
         access_log: true,
+        headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
     }
 }
 

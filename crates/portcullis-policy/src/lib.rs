@@ -9,6 +9,7 @@
 pub mod deny;
 pub mod event;
 pub mod forwarded;
+pub mod headers;
 pub mod hop;
 pub mod limits;
 pub mod request_id;

@@ -77,6 +77,7 @@ impl Gateway {
                     upstream_name: Arc::from(config.upstreams.get(r.upstream).map_or("", |u| u.name.as_str())),
                     max_body_bytes: r.max_body_bytes,
                     auth: r.auth,
+                    headers: r.headers.clone().map(Arc::new),
                 }),
             })
             .collect();
@@ -86,6 +87,7 @@ impl Gateway {
             routes: Arc::new(RouteTable::new(entries)),
             events,
             access_log: config.log.access,
+            headers: Arc::new(config.headers.clone()),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }

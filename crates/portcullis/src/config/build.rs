@@ -5,17 +5,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use http::Method;
 use http::uri::{Scheme, Uri};
+use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portcullis_layers::AuthMode;
 use portcullis_policy::forwarded::TrustedProxies;
+use portcullis_policy::headers::{HeaderPolicy, Hsts};
 use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::{HostPattern, PathPattern};
 use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
-use super::raw::{OneOrMany, RawConfig, RawEvents, RawLog, RawRoute, RawServer, RawTls, RawUpstream, Size};
+use super::raw::{
+    OneOrMany, RawConfig, RawEvents, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream, Size,
+};
 use super::{
     CertSource, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls, TlsProfile,
     Upstream,
@@ -50,12 +53,13 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let listeners = build_listeners(&mut c, &raw, base);
     let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u)).collect();
     check_unique_upstreams(&mut c, &raw.upstreams);
-    let routes = build_routes(&mut c, &raw, &upstreams);
+    let headers = build_headers(&mut c, &raw.headers);
+    let routes = build_routes(&mut c, &raw, &upstreams, &headers);
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
 
     c.finish()?;
-    Ok(Config { path: path.to_path_buf(), server, listeners, upstreams, routes, log, events })
+    Ok(Config { path: path.to_path_buf(), server, listeners, upstreams, routes, log, events, headers })
 }
 
 fn duration(c: &mut Collector<'_>, value: Option<&Spanned<String>>, default: Duration, what: &str) -> Duration {
@@ -380,7 +384,106 @@ fn build_auth(
     mode
 }
 
-fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream]) -> Vec<Route> {
+type HeaderTable = Option<Spanned<std::collections::BTreeMap<String, String>>>;
+
+fn header_pairs(c: &mut Collector<'_>, table: &HeaderTable, what: &str) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(table) = table else { return Vec::new() };
+    let mut out = Vec::new();
+    for (name, value) in table.get_ref() {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            (Ok(name), Ok(value)) => out.push((name, value)),
+            _ => {
+                c.error(table.span(), format!("invalid header in `{what}`: {name:?}"))
+                    .expected("header names of letters, digits and '-', values of visible ASCII");
+            }
+        }
+    }
+    out
+}
+
+fn header_names(c: &mut Collector<'_>, list: Option<&Spanned<Vec<String>>>) -> Vec<HeaderName> {
+    let Some(list) = list else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in list.get_ref() {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => out.push(name),
+            Err(_) => {
+                c.error(list.span(), format!("invalid header name {name:?} in `remove`"));
+            }
+        }
+    }
+    out
+}
+
+fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
+    let mut policy = match raw.preset.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None | Some(("strict", _)) => HeaderPolicy::strict(),
+        Some(("none", _)) => HeaderPolicy::default(),
+        Some((other, span)) => {
+            c.error(span, format!("unknown header preset {other:?}"))
+                .expected("\"strict\" (helmet-equivalent) or \"none\"");
+            HeaderPolicy::strict()
+        }
+    };
+    let csp_name = http::header::CONTENT_SECURITY_POLICY;
+    if let Some(csp) = &raw.csp {
+        match HeaderValue::from_str(csp.get_ref()) {
+            Ok(value) => {
+                policy.defaults.retain(|(n, _)| *n != csp_name);
+                policy.defaults.push((csp_name.clone(), value));
+            }
+            Err(_) => {
+                c.error(csp.span(), "invalid Content-Security-Policy value").expected("visible ASCII on one line");
+            }
+        }
+    }
+    if raw.csp_report_only == Some(true) {
+        let report_only = HeaderName::from_static("content-security-policy-report-only");
+        for (name, _) in &mut policy.defaults {
+            if *name == csp_name {
+                *name = report_only.clone();
+            }
+        }
+    }
+    if let Some(hsts) = &raw.hsts {
+        policy.hsts = match hsts.get_ref() {
+            RawHsts::Enabled(false) => None,
+            RawHsts::Enabled(true) => Some(Hsts::default().value()),
+            RawHsts::Settings(settings) => {
+                let defaults = Hsts::default();
+                let max_age = match settings.max_age.as_deref().map(humantime::parse_duration) {
+                    None => defaults.max_age,
+                    Some(Ok(d)) => d.as_secs(),
+                    Some(Err(e)) => {
+                        c.error(hsts.span(), format!("invalid hsts.max_age: {e}"))
+                            .expected("a duration such as \"730days\"");
+                        defaults.max_age
+                    }
+                };
+                Some(
+                    Hsts {
+                        max_age,
+                        include_subdomains: settings.include_subdomains.unwrap_or(defaults.include_subdomains),
+                        preload: settings.preload.unwrap_or(defaults.preload),
+                    }
+                    .value(),
+                )
+            }
+        };
+    }
+    let changes = HeaderPolicy {
+        defaults: header_pairs(c, &raw.set, "set"),
+        overrides: header_pairs(c, &raw.overrides, "override"),
+        remove: header_names(c, raw.remove.as_ref()),
+        hsts: None,
+    };
+    let hsts = policy.hsts.clone();
+    let mut merged = policy.with(&changes);
+    merged.hsts = hsts;
+    merged
+}
+
+fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream], global: &HeaderPolicy) -> Vec<Route> {
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -451,6 +554,15 @@ fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream]) 
         }
         let auth = build_auth(c, r, &name, spanned.span());
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
+        let headers = r.headers.as_ref().map(|changes| {
+            let route_changes = HeaderPolicy {
+                defaults: header_pairs(c, &changes.set, "headers.set"),
+                overrides: header_pairs(c, &changes.overrides, "headers.override"),
+                remove: header_names(c, changes.remove.as_ref()),
+                hsts: None,
+            };
+            global.with(&route_changes)
+        });
         if let (Some(path), Some(upstream), Some(auth)) = (path, upstream, auth) {
             out.push(Route {
                 name,
@@ -460,6 +572,7 @@ fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream]) 
                 upstream,
                 auth,
                 max_body_bytes,
+                headers,
             });
         }
     }

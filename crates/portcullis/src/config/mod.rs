@@ -19,6 +19,7 @@ use http::Method;
 use http::uri::{Authority, Scheme};
 use portcullis_layers::AuthMode;
 use portcullis_policy::forwarded::TrustedProxies;
+use portcullis_policy::headers::HeaderPolicy;
 use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::{HostPattern, PathPattern};
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub log: Log,
     /// Security events.
     pub events: Events,
+    /// The global response-header policy.
+    pub headers: HeaderPolicy,
 }
 
 /// `[server]`.
@@ -181,6 +184,9 @@ pub struct Route {
     pub auth: AuthMode,
     /// Route-specific body limit.
     pub max_body_bytes: Option<u64>,
+    /// The route's header policy (global with the route's changes), if it
+    /// changes anything.
+    pub headers: Option<HeaderPolicy>,
 }
 
 /// Log output format.

@@ -23,6 +23,48 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub events: RawEvents,
+    #[serde(default)]
+    pub headers: RawHeaders,
+}
+
+/// `[headers]`: security response headers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    pub preset: Option<Spanned<String>>,
+    pub csp: Option<Spanned<String>>,
+    pub csp_report_only: Option<bool>,
+    pub hsts: Option<Spanned<RawHsts>>,
+    pub set: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    #[serde(rename = "override")]
+    pub overrides: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub remove: Option<Spanned<Vec<String>>>,
+}
+
+/// Header changes, globally or per route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderChanges {
+    pub set: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    #[serde(rename = "override")]
+    pub overrides: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub remove: Option<Spanned<Vec<String>>>,
+}
+
+/// `hsts = false` or `hsts = { max_age, include_subdomains, preload }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHsts {
+    Enabled(bool),
+    Settings(RawHstsSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHstsSettings {
+    pub max_age: Option<String>,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<bool>,
 }
 
 /// `[server]`: connection handling shared by all listeners.
@@ -100,6 +142,7 @@ pub struct RawRoute {
     pub upstream: Spanned<String>,
     pub auth: Option<Spanned<OneOrMany>>,
     pub max_body_bytes: Option<Spanned<Size>>,
+    pub headers: Option<RawHeaderChanges>,
 }
 
 /// `match = { host, path, methods }`.

@@ -1,0 +1,179 @@
+//! Security response headers on proxied and refused answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+async fn leaky_upstream() -> std::net::SocketAddr {
+    upstream(|req: Request<Incoming>| async move {
+        let html = req.uri().path().ends_with(".html");
+        let mut builder = Response::builder()
+            .header("x-powered-by", "Express")
+            .header("server", "Node")
+            .header("x-aspnet-version", "4.0");
+        builder = if html {
+            builder.header("content-type", "text/html").header("x-frame-options", "DENY")
+        } else {
+            builder.header("content-type", "application/json")
+        };
+        builder.body(portcullis_layers::full(if html { "<p>hi</p>" } else { "{}" })).unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn defaults_on_json_and_html_keep_upstream_choices_and_drop_leaks() {
+    let up = leaky_upstream().await;
+    let gw = gateway(&simple_config(up, "")).await;
+    for path in ["/data.json", "/page.html"] {
+        let (parts, _) = get(&gw.url(path)).await;
+        let h = &parts.headers;
+        for leak in ["x-powered-by", "server", "x-aspnet-version"] {
+            assert!(!h.contains_key(leak), "{leak} leaked on {path}");
+        }
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["cross-origin-opener-policy"], "same-origin");
+        assert_eq!(h["cross-origin-resource-policy"], "same-origin");
+        assert_eq!(h["origin-agent-cluster"], "?1");
+        assert_eq!(h["x-dns-prefetch-control"], "off");
+        assert_eq!(h["x-permitted-cross-domain-policies"], "none");
+        assert_eq!(h["x-xss-protection"], "0");
+        assert!(h["content-security-policy"].to_str().unwrap().contains("object-src 'none'"));
+        assert!(h.contains_key("permissions-policy"));
+        assert!(!h.contains_key("strict-transport-security"), "no HSTS over plain HTTP");
+    }
+    let (parts, _) = get(&gw.url("/page.html")).await;
+    assert_eq!(parts.headers["x-frame-options"], "DENY", "the upstream's own value is kept");
+    let (parts, _) = get(&gw.url("/data.json")).await;
+    assert_eq!(parts.headers["x-frame-options"], "SAMEORIGIN");
+}
+
+#[tokio::test]
+async fn refusals_carry_the_headers_too() {
+    let up = leaky_upstream().await;
+    let toml = simple_config(up, "").replace("path = \"/**\"", "path = \"/only\"");
+    let gw = gateway(&toml).await;
+    let (parts, body) = get(&gw.url("/elsewhere")).await;
+    assert_denied(&parts, &body, 404, "route.none");
+    assert_eq!(parts.headers["x-content-type-options"], "nosniff");
+    assert_eq!(parts.headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn global_and_per_route_changes() {
+    let up = leaky_upstream().await;
+    let toml = format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+[[route]]
+match = {{ path = "/embed/**" }}
+upstream = "app"
+auth = "public"
+headers = {{ remove = ["x-frame-options"], override = {{ "content-security-policy" = "frame-ancestors https://partner.example" }} }}
+[[route]]
+match = {{ path = "/**" }}
+upstream = "app"
+auth = "public"
+[headers]
+csp = "default-src 'none'"
+set = {{ "x-custom-policy" = "on" }}
+override = {{ "x-frame-options" = "DENY" }}
+remove = ["x-request-trace"]
+"#
+    );
+    let gw = gateway(&toml).await;
+    let (parts, _) = get(&gw.url("/page.html")).await;
+    assert_eq!(parts.headers["content-security-policy"], "default-src 'none'");
+    assert_eq!(parts.headers["x-custom-policy"], "on");
+    assert_eq!(parts.headers["x-frame-options"], "DENY");
+    let (parts, _) = get(&gw.url("/embed/page.html")).await;
+    assert!(!parts.headers.contains_key("x-frame-options"), "removed on this route, even the upstream's");
+    assert_eq!(parts.headers["content-security-policy"], "frame-ancestors https://partner.example");
+    assert_eq!(parts.headers["x-custom-policy"], "on", "global additions still apply");
+}
+
+#[tokio::test]
+async fn csp_report_only_and_hsts_settings() {
+    let up = leaky_upstream().await;
+    let extra = "[headers]\ncsp_report_only = true\nhsts = { max_age = \"365days\", include_subdomains = false, preload = true }";
+    let toml =
+        simple_config(up, extra).replace("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:0\"\ntls = \"self-signed\"");
+    let gw = gateway(&toml).await;
+    let client = {
+        let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let tls = client.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(Request::get("/x").header("host", "localhost").body(portcullis_layers::empty()).unwrap())
+        .await
+        .unwrap();
+    let h = response.headers();
+    assert_eq!(h["strict-transport-security"], "max-age=31536000; preload");
+    assert!(h.contains_key("content-security-policy-report-only"));
+    assert!(!h.contains_key("content-security-policy"));
+}
+
+/// Trusts any server certificate: the self-signed quickstart case; the
+/// handshake itself is what this test needs, not the chain.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &portcullis::tls::provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &portcullis::tls::provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        portcullis::tls::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
