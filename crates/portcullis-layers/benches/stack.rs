@@ -46,6 +46,7 @@ fn config() -> StackConfig {
         events: Arc::new(Discard),
         access_log: false,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
+        cors: None,
     }
 }
 

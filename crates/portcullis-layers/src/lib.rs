@@ -10,7 +10,7 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → head limits → route → body limit → forward → proxy
+//! reject/context → response headers → CORS → head limits → route → body limit → forward → proxy
 //! ```
 //!
 //! Later defences slot in between `route` and `forward` (rate limit,
@@ -32,6 +32,7 @@ use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
 
 pub mod body;
+pub mod cors;
 pub mod forward;
 pub mod headers;
 pub mod limits;
@@ -189,6 +190,8 @@ pub struct StackConfig {
     pub access_log: bool,
     /// The global response-header policy.
     pub headers: Arc<portcullis_policy::headers::HeaderPolicy>,
+    /// The CORS policy, if any.
+    pub cors: Option<Arc<portcullis_policy::cors::CorsPolicy>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -200,6 +203,7 @@ where
     let service = ServiceBuilder::new()
         .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
+        .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
         .layer(route::RouteLayer::new(config.routes.clone()))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))

@@ -44,6 +44,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         events,
         access_log: true,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
+        cors: None,
     }
 }
 

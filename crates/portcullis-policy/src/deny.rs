@@ -104,6 +104,12 @@ reasons! {
     /// The TLS handshake failed or did not finish in time (old protocol
     /// version, no shared cipher suite, not TLS at all, a scanner).
     TlsHandshake => ("tls.handshake", StatusCode::BAD_REQUEST, Client),
+    /// A CORS preflight from an origin that is not allowed.
+    CorsOrigin => ("cors.origin", StatusCode::FORBIDDEN, Client),
+    /// A CORS preflight asking for a method that is not allowed.
+    CorsMethod => ("cors.method", StatusCode::FORBIDDEN, Client),
+    /// A CORS preflight asking for a request header that is not allowed.
+    CorsHeader => ("cors.header", StatusCode::FORBIDDEN, Client),
     /// Portcullis failed internally; details are only in the gateway's log.
     GatewayInternal => ("gateway.internal", StatusCode::INTERNAL_SERVER_ERROR, Gateway),
 }

@@ -88,6 +88,7 @@ impl Gateway {
             events,
             access_log: config.log.access,
             headers: Arc::new(config.headers.clone()),
+            cors: config.cors.clone().map(Arc::new),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }

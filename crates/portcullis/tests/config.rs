@@ -186,3 +186,11 @@ fn check_reports_shadowed_routes() {
     assert!(findings[0].message.contains("\"twin\" can never match"), "{}", findings[0].message);
     assert!(portcullis::check::findings(&parse(MINIMAL).unwrap()).is_empty());
 }
+
+#[test]
+fn cors_wildcard_with_credentials_is_refused_at_load() {
+    let errs = errors(&format!("{MINIMAL}\n[cors]\norigins = [\"*\"]\ncredentials = true\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("wildcard origin cannot be combined with credentials"), "{}", errs[0].message);
+    assert!(parse(&format!("{MINIMAL}\n[cors]\norigins = [\"*\"]\n")).is_ok());
+}

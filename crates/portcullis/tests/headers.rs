@@ -177,3 +177,49 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         portcullis::tls::provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_by_the_gateway() {
+    let (up, seen) = named_upstream("a").await;
+    let extra = "[cors]\norigins = [\"https://app.example.com\", \"https://*.example.org\"]\nmethods = [\"GET\", \"POST\"]\nheaders = [\"content-type\", \"authorization\"]\nexpose = [\"x-request-id\"]\ncredentials = true\nmax_age = \"10m\"";
+    let gw = gateway(&simple_config(up, extra)).await;
+    let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
+        let url = gw.url("/api/orders");
+        async move {
+            let mut req = Request::builder()
+                .method("OPTIONS")
+                .uri(url)
+                .header("origin", origin)
+                .header("access-control-request-method", method);
+            if !headers.is_empty() {
+                req = req.header("access-control-request-headers", headers);
+            }
+            send(req.body(portcullis_layers::empty()).unwrap()).await
+        }
+    };
+    let (parts, _) = preflight("https://app.example.com", "POST", "content-type").await;
+    assert_eq!(parts.status, 204);
+    assert_eq!(parts.headers["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(parts.headers["access-control-allow-credentials"], "true");
+    assert_eq!(parts.headers["access-control-max-age"], "600");
+    assert!(parts.headers["vary"].to_str().unwrap().contains("Origin"));
+    let (parts, _) = preflight("https://shop.example.org", "GET", "").await;
+    assert_eq!(parts.status, 204);
+
+    let (parts, body) = preflight("https://evil.example", "POST", "").await;
+    assert_denied(&parts, &body, 403, "cors.origin");
+    let (parts, body) = preflight("https://app.example.com", "DELETE", "").await;
+    assert_denied(&parts, &body, 403, "cors.method");
+    let (parts, body) = preflight("https://app.example.com", "POST", "x-internal-debug").await;
+    assert_denied(&parts, &body, 403, "cors.header");
+    assert!(seen.lock().unwrap().is_empty(), "preflights never reach the upstream");
+    assert_eq!(gw.events.reasons(), ["cors.origin", "cors.method", "cors.header"]);
+
+    let (parts, _) = get_with(&gw.url("/api/orders"), &[("origin", "https://app.example.com")]).await;
+    assert_eq!(parts.headers["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(parts.headers["access-control-expose-headers"], "x-request-id");
+    let (parts, _) = get_with(&gw.url("/api/orders"), &[("origin", "https://evil.example")]).await;
+    assert_eq!(parts.status, 200, "actual requests are not blocked: the browser enforces CORS");
+    assert!(!parts.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(parts.headers["vary"], "Origin");
+}

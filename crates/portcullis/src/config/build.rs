@@ -9,6 +9,7 @@ use http::uri::{Scheme, Uri};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portcullis_layers::AuthMode;
+use portcullis_policy::cors::{CorsPolicy, Origins};
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::{HeaderPolicy, Hsts};
 use portcullis_policy::limits::RequestLimits;
@@ -17,7 +18,8 @@ use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
 use super::raw::{
-    OneOrMany, RawConfig, RawEvents, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream, Size,
+    OneOrMany, RawConfig, RawCors, RawEvents, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream,
+    Size,
 };
 use super::{
     CertSource, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls, TlsProfile,
@@ -54,12 +56,13 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u)).collect();
     check_unique_upstreams(&mut c, &raw.upstreams);
     let headers = build_headers(&mut c, &raw.headers);
+    let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
     let routes = build_routes(&mut c, &raw, &upstreams, &headers);
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
 
     c.finish()?;
-    Ok(Config { path: path.to_path_buf(), server, listeners, upstreams, routes, log, events, headers })
+    Ok(Config { path: path.to_path_buf(), server, listeners, upstreams, routes, log, events, headers, cors })
 }
 
 fn duration(c: &mut Collector<'_>, value: Option<&Spanned<String>>, default: Duration, what: &str) -> Duration {
@@ -413,6 +416,54 @@ fn header_names(c: &mut Collector<'_>, list: Option<&Spanned<Vec<String>>>) -> V
         }
     }
     out
+}
+
+fn build_cors(c: &mut Collector<'_>, raw: &Spanned<RawCors>) -> Option<CorsPolicy> {
+    let r = raw.get_ref();
+    let origins = if r.origins.get_ref().iter().any(|o| o == "*") {
+        Origins::Any
+    } else {
+        Origins::List(r.origins.get_ref().iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect())
+    };
+    let mut methods = Vec::new();
+    for m in r.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()]) {
+        match Method::from_bytes(m.as_bytes()) {
+            Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+            _ => {
+                c.error(raw.span(), format!("invalid CORS method {m:?}"))
+                    .expected("upper-case methods such as [\"GET\", \"POST\"]");
+            }
+        }
+    }
+    let names = |c: &mut Collector<'_>, list: &Option<Vec<String>>, what: &str| -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for name in list.iter().flatten() {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => out.push(n),
+                Err(_) => {
+                    c.error(raw.span(), format!("invalid header name {name:?} in cors.{what}"));
+                }
+            }
+        }
+        out
+    };
+    let headers = if r.headers.is_some() { names(c, &r.headers, "headers") } else { vec![http::header::CONTENT_TYPE] };
+    let expose = names(c, &r.expose, "expose");
+    let max_age = match r.max_age.as_deref().map(humantime::parse_duration) {
+        None => Some(600),
+        Some(Ok(d)) => Some(d.as_secs()),
+        Some(Err(e)) => {
+            c.error(raw.span(), format!("invalid cors.max_age: {e}")).expected(DURATION_EXAMPLE);
+            None
+        }
+    };
+    let policy = CorsPolicy { origins, methods, headers, expose, credentials: r.credentials.unwrap_or(false), max_age };
+    if let Err(e) = policy.validate() {
+        c.error(r.origins.span(), e.to_string())
+            .help("list the exact origins that may call the API with credentials, e.g. [\"https://app.example.com\"]");
+        return None;
+    }
+    Some(policy)
 }
 
 fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {

@@ -44,6 +44,8 @@ pub struct Config {
     pub events: Events,
     /// The global response-header policy.
     pub headers: HeaderPolicy,
+    /// The CORS policy, if configured.
+    pub cors: Option<portcullis_policy::cors::CorsPolicy>,
 }
 
 /// `[server]`.

@@ -25,6 +25,19 @@ pub struct RawConfig {
     pub events: RawEvents,
     #[serde(default)]
     pub headers: RawHeaders,
+    pub cors: Option<Spanned<RawCors>>,
+}
+
+/// `[cors]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub origins: Spanned<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<Vec<String>>,
+    pub expose: Option<Vec<String>>,
+    pub credentials: Option<bool>,
+    pub max_age: Option<String>,
 }
 
 /// `[headers]`: security response headers.
