@@ -41,7 +41,80 @@ impl fmt::Display for Finding {
 pub fn findings(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
     shadowed_routes(config, &mut out);
+    listeners_without_tls(config, &mut out);
+    hsts_and_csp(config, &mut out);
     out
+}
+
+fn warning(code: &'static str, message: String, help: &str) -> Finding {
+    Finding { severity: Severity::Warning, code, message, help: help.to_owned() }
+}
+
+fn listeners_without_tls(config: &Config, out: &mut Vec<Finding>) {
+    for listener in &config.listeners {
+        if listener.tls.is_none() && !listener.bind.ip().is_loopback() {
+            out.push(warning(
+                "tls.plaintext_listener",
+                format!("listener {:?} on {} serves plain HTTP on a non-loopback address", listener.name, listener.bind),
+                "add tls = { cert = \"…\", key = \"…\" } (and redirect_http for port 80), or bind to 127.0.0.1 behind a TLS-terminating proxy",
+            ));
+        }
+    }
+}
+
+fn hsts_and_csp(config: &Config, out: &mut Vec<Finding>) {
+    let tls = config.listeners.iter().any(|l| l.tls.is_some());
+    if tls && config.headers.hsts.is_none() {
+        out.push(warning(
+            "headers.hsts_off",
+            "HSTS is off: browsers may be downgraded to plain HTTP".to_owned(),
+            "remove `hsts = false` from [headers]",
+        ));
+    }
+    let policies = std::iter::once(("[headers]".to_owned(), &config.headers))
+        .chain(config.routes.iter().filter_map(|r| r.headers.as_ref().map(|h| (format!("route {:?}", r.name), h))));
+    for (place, policy) in policies {
+        let csp = policy
+            .defaults
+            .iter()
+            .chain(&policy.overrides)
+            .find(|(name, _)| name == http::header::CONTENT_SECURITY_POLICY)
+            .and_then(|(_, value)| value.to_str().ok());
+        match csp {
+            None => out.push(warning(
+                "headers.no_csp",
+                format!("{place} sends no Content-Security-Policy (report-only does not protect)"),
+                "keep the default CSP or set csp = \"default-src 'self'\" in [headers]",
+            )),
+            Some(csp) => {
+                for (weakness, needle) in
+                    [("'unsafe-inline' scripts", "'unsafe-inline'"), ("'unsafe-eval'", "'unsafe-eval'")]
+                {
+                    if csp_script_sources(csp).any(|source| source == needle) {
+                        out.push(warning(
+                            "headers.weak_csp",
+                            format!(
+                                "{place}: the Content-Security-Policy allows {weakness}, which defeats XSS protection"
+                            ),
+                            "use nonces or hashes for inline scripts instead",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sources that govern scripts: `script-src`, else `default-src`.
+fn csp_script_sources(csp: &str) -> impl Iterator<Item = &str> {
+    let directives: Vec<(&str, &str)> =
+        csp.split(';').filter_map(|d| d.trim().split_once(' ').or(Some((d.trim(), "")))).collect();
+    let pick = directives
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("script-src"))
+        .or_else(|| directives.iter().find(|(name, _)| name.eq_ignore_ascii_case("default-src")))
+        .map_or("", |(_, sources)| *sources);
+    pick.split_whitespace()
 }
 
 fn shadowed_routes(config: &Config, out: &mut Vec<Finding>) {

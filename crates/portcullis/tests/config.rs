@@ -194,3 +194,26 @@ fn cors_wildcard_with_credentials_is_refused_at_load() {
     assert!(errs[0].message.contains("wildcard origin cannot be combined with credentials"), "{}", errs[0].message);
     assert!(parse(&format!("{MINIMAL}\n[cors]\norigins = [\"*\"]\n")).is_ok());
 }
+
+#[test]
+fn check_reports_plaintext_listeners_hsts_off_and_weak_csp() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap()).iter().map(|f| f.code).collect()
+    };
+    assert!(codes(MINIMAL).is_empty(), "loopback plain HTTP with default headers is fine");
+    assert_eq!(codes(&MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080")), ["tls.plaintext_listener"]);
+    let tls = MINIMAL.replace("bind = \"127.0.0.1:8080\"", "bind = \"0.0.0.0:8443\"\ntls = \"self-signed\"");
+    assert!(codes(&tls).is_empty());
+    assert_eq!(codes(&format!("{tls}\n[headers]\nhsts = false\n")), ["headers.hsts_off"]);
+    assert_eq!(codes(&format!("{MINIMAL}\n[headers]\npreset = \"none\"\n")), ["headers.no_csp"]);
+    assert_eq!(
+        codes(&format!(
+            "{MINIMAL}\n[headers]\ncsp = \"default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'\"\n"
+        )),
+        ["headers.weak_csp", "headers.weak_csp"]
+    );
+    // unsafe-inline for styles only is not a script weakness.
+    assert!(
+        codes(&format!("{MINIMAL}\n[headers]\ncsp = \"default-src 'self'; style-src 'unsafe-inline'\"\n")).is_empty()
+    );
+}
