@@ -114,6 +114,19 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// The peer's IP as a header value, formatted once per connection.
     pub peer_ip: http::HeaderValue,
+    /// The verified client certificate (mTLS listeners).
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// A client certificate verified during the TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject distinguished name (`CN=svc-a, O=Example`).
+    pub subject: String,
+    /// Subject alternative names (`DNS:…`, `email:…`, `URI:…`).
+    pub sans: Vec<String>,
+    /// SHA-256 fingerprint of the certificate.
+    pub fingerprint: String,
 }
 
 impl ConnInfo {
@@ -121,7 +134,7 @@ impl ConnInfo {
     #[must_use]
     pub fn new(peer: SocketAddr, listener: Arc<str>, scheme: &'static str) -> Self {
         let peer_ip = portcullis_policy::forwarded::ip_value(portcullis_policy::forwarded::canonical(peer.ip()));
-        Self { peer, listener, scheme, peer_ip }
+        Self { peer, listener, scheme, peer_ip, client_cert: None }
     }
 }
 

@@ -58,7 +58,13 @@ pub async fn handle(req: Request<Body>) -> Response<Body> {
             }
         }
     }
+    let client_cert = parts
+        .extensions
+        .get::<portcullis_layers::ConnInfo>()
+        .and_then(|c| c.client_cert.as_deref())
+        .map(|cert| json!({ "subject": cert.subject, "sans": cert.sans, "fingerprint": cert.fingerprint }));
     let echo = json!({
+        "client_cert": client_cert,
         "upstream": "portcullis builtin:demo",
         "method": parts.method.as_str(),
         "path": parts.uri.path(),

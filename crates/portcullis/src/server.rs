@@ -420,6 +420,7 @@ impl WorkerContext {
                             current: self.current.clone(),
                             shutdown: self.shutdown.clone(),
                             events: self.events.clone(),
+                            client_cert: None,
                             _open: OpenConnection(self.connections.clone()),
                         };
                         match &spec.kind {
@@ -509,15 +510,26 @@ struct Connection {
     current: Arc<ArcSwap<Gateway>>,
     shutdown: watch::Receiver<bool>,
     events: Arc<dyn EventSink>,
+    client_cert: Option<Arc<portcullis_layers::ClientCert>>,
     _open: OpenConnection,
 }
 
 impl Connection {
     /// Completes the TLS handshake within the header read timeout, then serves.
-    async fn serve_tls(self, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+    async fn serve_tls(mut self, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
         let timeout = self.current.load().config.server.header_read_timeout;
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.serve(tls, "https").await,
+            Ok(Ok(tls)) => {
+                let client_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(<[_]>::first)
+                    .and_then(crate::tls::client_identity)
+                    .map(Arc::new);
+                self.client_cert = client_cert;
+                self.serve(tls, "https").await;
+            }
             Ok(Err(e)) => self.emit_connection_event(Reason::TlsHandshake, e.to_string()),
             Err(_) => self.emit_connection_event(Reason::TlsHandshake, format!("no handshake within {timeout:?}")),
         }
@@ -565,7 +577,8 @@ impl Connection {
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = if server.h2c { builder } else { builder.http1_only() };
 
-        let conn_info = ConnInfo::new(self.peer, self.listener.clone(), scheme);
+        let mut conn_info = ConnInfo::new(self.peer, self.listener.clone(), scheme);
+        conn_info.client_cert = self.client_cert.take();
         let current = self.current.clone();
         let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -71,7 +71,7 @@ pub struct CertStore {
     source: CertSource,
     data_dir: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    modified: std::sync::Mutex<Option<SystemTime>>,
+    modified: std::sync::Mutex<Option<(FileStamp, FileStamp)>>,
 }
 
 impl CertStore {
@@ -141,23 +141,44 @@ pub fn server_config(tls: &Tls, store: Arc<CertStore>, h2: bool) -> Result<Arc<S
         TlsProfile::Intermediate => &[&version::TLS13, &version::TLS12],
         TlsProfile::Modern => &[&version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| TlsError::Key(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+        .map_err(|e| TlsError::Key(e.to_string()))?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(&auth.ca).map_err(|e| pem_error(&auth.ca, &e))?;
+            for ca in cas {
+                let ca = ca.map_err(|e| pem_error(&auth.ca, &e))?;
+                roots.add(ca).map_err(|e| TlsError::Pem { path: auth.ca.clone(), reason: e.to_string() })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = if auth.required { verifier } else { verifier.allow_unauthenticated() };
+            let verifier = verifier.build().map_err(|e| TlsError::Key(format!("client_ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(Arc::new(config))
 }
 
-fn modified_time(source: &CertSource) -> Option<SystemTime> {
+/// What identifies a version of a file: a replaced file (renamed over, the
+/// way certificate tools write) has a new inode even when the clock's
+/// granularity gives it the old modification time.
+type FileStamp = (SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+fn modified_time(source: &CertSource) -> Option<(FileStamp, FileStamp)> {
     match source {
         CertSource::SelfSigned => None,
-        CertSource::Files { cert, key } => {
-            let c = std::fs::metadata(cert).and_then(|m| m.modified()).ok()?;
-            let k = std::fs::metadata(key).and_then(|m| m.modified()).ok()?;
-            Some(c.max(k))
-        }
+        CertSource::Files { cert, key } => Some((stamp(cert)?, stamp(key)?)),
     }
 }
 
@@ -239,6 +260,27 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
     file.write_all(bytes).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+}
+
+/// The subject and subject alternative names of a verified client
+/// certificate, for authorization and the upstream.
+#[must_use]
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<portcullis_layers::ClientCert> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject().to_string();
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = parsed.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => sans.push(format!("DNS:{d}")),
+                x509_parser::extensions::GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
+                x509_parser::extensions::GeneralName::URI(u) => sans.push(format!("URI:{u}")),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => sans.push(format!("IP:{ip:?}")),
+                _ => {}
+            }
+        }
+    }
+    Some(portcullis_layers::ClientCert { subject, sans, fingerprint: fingerprint(cert) })
 }
 
 /// SHA-256 of a certificate, as colon-separated upper-case hex.

@@ -251,3 +251,104 @@ async fn a_broken_certificate_is_refused_at_start_with_the_file_named() {
     let err = portcullis::tls::CertStore::load(&source, dir.path()).unwrap_err().to_string();
     assert!(err.contains("bad.pem"), "{err}");
 }
+
+impl Pki {
+    /// A client certificate signed by this CA, as (chain, key).
+    fn client_cert(
+        &self,
+        cn: &str,
+        san: &str,
+    ) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(vec![san.to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![cert.der().clone()], der)
+    }
+
+    fn mtls_client(&self, server_ca: &Pki, identity: Option<(&Pki, &str)>) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_ca.ca.der().clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((ca, cn)) => {
+                let (chain, key) = ca.client_cert(cn, &format!("{cn}.internal"));
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_verified_and_exposed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_pki = Pki::new("server CA");
+    server_pki.leaf(dir.path(), "site");
+    let clients = Pki::new("clients CA");
+    let strangers = Pki::new("another CA");
+    std::fs::write(dir.path().join("clients.pem"), clients.ca.pem()).unwrap();
+    let toml = format!(
+        r#"
+[[listener]]
+name = "mtls"
+bind = "127.0.0.1:0"
+tls = {{ cert = "site.pem", key = "site.key", client_ca = "clients.pem" }}
+[[upstream]]
+name = "demo"
+targets = ["builtin:demo"]
+[[route]]
+match = {{ path = "/**" }}
+upstream = "demo"
+auth = "public"
+"#
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let config = portcullis::config::load(&path).unwrap();
+    let events = Arc::new(Events::default());
+    let server = portcullis::server::Server::start(config, events.clone()).await.unwrap();
+    let addr = server.addrs()[0].1;
+
+    // A certificate from the clients' CA: accepted, identity passed on.
+    let tls = handshake(&clients.mtls_client(&server_pki, Some((&clients, "svc-a"))), addr).await.unwrap();
+    let (status, body, _) = http1_get(tls, "/who").await;
+    assert_eq!(status, 200, "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["client_cert"]["subject"], "CN=svc-a");
+    assert_eq!(echo["client_cert"]["sans"][0], "DNS:svc-a.internal");
+
+    // No certificate, or one from another CA: the handshake fails.
+    for client in
+        [clients.mtls_client(&server_pki, None), clients.mtls_client(&server_pki, Some((&strangers, "mallory")))]
+    {
+        let refused = match handshake(&client, addr).await {
+            Err(_) => true,
+            // TLS 1.3 reports the client-auth failure on first use.
+            Ok(tls) => {
+                let io = hyper_util::rt::TokioIo::new(tls);
+                match hyper::client::conn::http1::handshake::<_, portcullis_layers::Body>(io).await {
+                    Err(_) => true,
+                    Ok((mut sender, conn)) => {
+                        tokio::spawn(conn);
+                        let req =
+                            Request::get("/").header("host", "localhost").body(portcullis_layers::empty()).unwrap();
+                        sender.send_request(req).await.is_err()
+                    }
+                }
+            }
+        };
+        assert!(refused, "a connection without a valid client certificate was served");
+    }
+    eventually("handshake events", Duration::from_secs(5), || {
+        events.reasons().iter().filter(|r| **r == "tls.handshake").count() >= 2
+    })
+    .await;
+}

@@ -22,8 +22,8 @@ use super::raw::{
     Size,
 };
 use super::{
-    CertSource, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls, TlsProfile,
-    Upstream,
+    CertSource, ClientAuth, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls,
+    TlsProfile, Upstream,
 };
 
 const DURATION_EXAMPLE: &str = "a duration such as \"500ms\", \"10s\", \"5m\"";
@@ -183,7 +183,7 @@ fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Optio
         "tls = \"self-signed\" or tls = { cert = \"site.pem\", key = \"site.key\", profile = \"intermediate\" }";
     match raw.get_ref() {
         RawTls::Mode(mode) if mode == "self-signed" => {
-            Some(Tls { source: CertSource::SelfSigned, profile: TlsProfile::Intermediate })
+            Some(Tls { source: CertSource::SelfSigned, profile: TlsProfile::Intermediate, client_auth: None })
         }
         RawTls::Mode(other) => {
             c.error(raw.span(), format!("unknown tls mode {other:?}")).expected(expected);
@@ -208,7 +208,21 @@ fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Optio
                     return None;
                 }
             };
-            Some(Tls { source, profile })
+            let client_auth = match (&files.client_ca, files.client_auth.as_deref()) {
+                (None, None) => None,
+                (Some(ca), None | Some("required")) => Some(ClientAuth { ca: base.join(ca), required: true }),
+                (Some(ca), Some("optional")) => Some(ClientAuth { ca: base.join(ca), required: false }),
+                (Some(_), Some(other)) => {
+                    c.error(raw.span(), format!("unknown client_auth {other:?}"))
+                        .expected("\"required\" or \"optional\"");
+                    None
+                }
+                (None, Some(_)) => {
+                    c.error(raw.span(), "client_auth needs client_ca, the CA bundle that signs client certificates");
+                    None
+                }
+            };
+            Some(Tls { source, profile, client_auth })
         }
     }
 }

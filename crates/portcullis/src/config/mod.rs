@@ -113,6 +113,17 @@ pub struct Tls {
     pub source: CertSource,
     /// Versions and suites.
     pub profile: TlsProfile,
+    /// Client certificates (mTLS), if asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client-certificate authentication on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub ca: PathBuf,
+    /// Whether a connection without a certificate is refused.
+    pub required: bool,
 }
 
 /// Where an upstream's requests go.

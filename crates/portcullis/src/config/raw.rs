@@ -129,6 +129,8 @@ pub struct RawTlsFiles {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub profile: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
 }
 
 /// `[[upstream]]`.
