@@ -295,23 +295,21 @@ async fn client_certificates_are_required_verified_and_exposed() {
     let clients = Pki::new("clients CA");
     let strangers = Pki::new("another CA");
     std::fs::write(dir.path().join("clients.pem"), clients.ca.pem()).unwrap();
-    let toml = format!(
-        r#"
+    let toml = r#"
 [[listener]]
 name = "mtls"
 bind = "127.0.0.1:0"
-tls = {{ cert = "site.pem", key = "site.key", client_ca = "clients.pem" }}
+tls = { cert = "site.pem", key = "site.key", client_ca = "clients.pem" }
 [[upstream]]
 name = "demo"
 targets = ["builtin:demo"]
 [[route]]
-match = {{ path = "/**" }}
+match = { path = "/**" }
 upstream = "demo"
 auth = "public"
-"#
-    );
+"#;
     let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, &toml).unwrap();
+    std::fs::write(&path, toml).unwrap();
     let config = portcullis::config::load(&path).unwrap();
     let events = Arc::new(Events::default());
     let server = portcullis::server::Server::start(config, events.clone()).await.unwrap();
