@@ -262,6 +262,49 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     file.write_all(bytes).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
 }
 
+/// The client side of TLS to an https upstream: its CA (or the system roots),
+/// the gateway's client certificate for mTLS to the upstream, ALPN http/1.1.
+///
+/// # Errors
+/// [`TlsError`] for unreadable or invalid files, or no usable system roots.
+pub fn client_config(tls: Option<&crate::config::UpstreamTls>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match tls.and_then(|t| t.ca.as_ref()) {
+        Some(ca) => {
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem_error(ca, &e))? {
+                let cert = cert.map_err(|e| pem_error(ca, &e))?;
+                roots.add(cert).map_err(|e| TlsError::Pem { path: ca.clone(), reason: e.to_string() })?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(TlsError::Key("no system CA certificates found; set tls.ca on the upstream".into()));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|e| TlsError::Key(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match tls.and_then(|t| t.client_cert.as_ref().zip(t.client_key.as_ref())) {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| pem_error(cert, &e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| pem_error(cert, &e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The subject and subject alternative names of a verified client
 /// certificate, for authorization and the upstream.
 #[must_use]

@@ -259,13 +259,18 @@ impl Pki {
         cn: &str,
         san: &str,
     ) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let (cert, key) = self.client_cert_pem(cn, san);
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![cert.der().clone()], der)
+    }
+
+    fn client_cert_pem(&self, cn: &str, san: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
         let mut params = rcgen::CertificateParams::new(vec![san.to_owned()]).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().unwrap();
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
-        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        (vec![cert.der().clone()], der)
+        (cert, key)
     }
 
     fn mtls_client(&self, server_ca: &Pki, identity: Option<(&Pki, &str)>) -> tokio_rustls::TlsConnector {
@@ -349,4 +354,116 @@ auth = "public"
         events.reasons().iter().filter(|r| **r == "tls.handshake").count() >= 2
     })
     .await;
+}
+
+/// An HTTPS upstream presenting a `localhost` certificate from `server`, and
+/// requiring a client certificate from `clients`.
+async fn mtls_upstream(dir: &Path, server: &Pki, clients: &Pki) -> std::net::SocketAddr {
+    server.leaf(dir, "upstream");
+    let chain: Vec<CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_file_iter(dir.join("upstream.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_file(
+        dir.join("upstream.key"),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(clients.ca.der().clone()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), portcullis::tls::provider())
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let subject = tls.get_ref().1.peer_certificates().map(|c| c.len()).unwrap_or(0);
+                let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(portcullis_layers::full(format!(
+                        "secure upstream, client chain of {subject}"
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstream_with_mtls_from_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_ca = Pki::new("upstream CA");
+    let gateway_clients = Pki::new("gateway clients CA");
+    let up = mtls_upstream(dir.path(), &upstream_ca, &gateway_clients).await;
+    std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca.ca.pem()).unwrap();
+    // The gateway's client certificate.
+    let (cert, key) = gateway_clients.client_cert_pem("portcullis", "gateway.internal");
+    std::fs::write(dir.path().join("gw.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).unwrap();
+    let port = up.port();
+    let config = |tls: &str| {
+        format!(
+            r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[upstream]]
+name = "secure"
+targets = ["https://localhost:{port}"]
+tls = {tls}
+[[route]]
+match = {{ path = "/**" }}
+upstream = "secure"
+auth = "public"
+"#
+        )
+    };
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        portcullis::config::load(&path).unwrap()
+    };
+    let start = |config| async move {
+        let events = Arc::new(Events::default());
+        let server = portcullis::server::Server::start(config, events.clone()).await.unwrap();
+        let addr = server.addrs()[0].1;
+        (server, addr, events)
+    };
+
+    let (_server, addr, _) = start(write(
+        "good.toml",
+        config(r#"{ ca = "upstream-ca.pem", client_cert = "gw.pem", client_key = "gw.key" }"#),
+    ))
+    .await;
+    let (parts, body) = get(&format!("http://{addr}/x")).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"secure upstream, client chain of 1"[..]));
+
+    // Without the client certificate the upstream refuses the gateway.
+    // (TLS 1.3 reports that after the client's handshake, on the first request.)
+    let (_server, addr, events) = start(write("nocert.toml", config(r#"{ ca = "upstream-ca.pem" }"#))).await;
+    let (parts, body) = get(&format!("http://{addr}/x")).await;
+    assert_eq!(parts.status, 502, "{body:?}");
+    let event = events.last().unwrap();
+    assert!(["upstream.connect", "upstream.protocol"].contains(&event.reason), "{event:?}");
+    assert!(event.detail.unwrap().to_lowercase().contains("certificate"), "the detail says why");
+
+    // Verified against the system roots, the upstream's private CA is not trusted.
+    let (_server, addr, _) =
+        start(write("roots.toml", config(r#"{ client_cert = "gw.pem", client_key = "gw.key" }"#))).await;
+    let (parts, body) = get(&format!("http://{addr}/x")).await;
+    assert_denied(&parts, &body, 502, "upstream.connect");
 }

@@ -23,7 +23,7 @@ use super::raw::{
 };
 use super::{
     CertSource, ClientAuth, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls,
-    TlsProfile, Upstream,
+    TlsProfile, Upstream, UpstreamTls,
 };
 
 const DURATION_EXAMPLE: &str = "a duration such as \"500ms\", \"10s\", \"5m\"";
@@ -53,7 +53,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
 
     let server = build_server(&mut c, &raw.server, base);
     let listeners = build_listeners(&mut c, &raw, base);
-    let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u)).collect();
+    let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u, base)).collect();
     check_unique_upstreams(&mut c, &raw.upstreams);
     let headers = build_headers(&mut c, &raw.headers);
     let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
@@ -277,7 +277,7 @@ fn parse_target(c: &mut Collector<'_>, target: &Spanned<String>) -> Option<Targe
     if text == "builtin:demo" {
         return Some(Target::Demo);
     }
-    let expected = "\"http://host:port\" (scheme, host and port only) or \"builtin:demo\"";
+    let expected = "\"http://host:port\" or \"https://host:port\" (scheme, host and port only), or \"builtin:demo\"";
     let Ok(uri) = text.parse::<Uri>() else {
         c.error(target.span(), format!("invalid upstream target {text:?}")).expected(expected);
         return None;
@@ -285,19 +285,18 @@ fn parse_target(c: &mut Collector<'_>, target: &Spanned<String>) -> Option<Targe
     let scheme = uri.scheme().cloned();
     let has_path = uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty());
     match (scheme, uri.authority()) {
-        (Some(scheme), Some(authority)) if scheme == Scheme::HTTP && !has_path && !authority.as_str().contains('@') => {
+        (Some(scheme), Some(authority))
+            if (scheme == Scheme::HTTP || scheme == Scheme::HTTPS)
+                && !has_path
+                && !authority.as_str().contains('@') =>
+        {
+            let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
             let authority = if authority.port().is_some() {
                 authority.clone()
             } else {
-                format!("{}:80", authority.host()).parse().ok()?
+                format!("{}:{default_port}", authority.host()).parse().ok()?
             };
             Some(Target::Http { scheme, authority })
-        }
-        (Some(scheme), Some(_)) if scheme == Scheme::HTTPS => {
-            c.error(target.span(), format!("https upstream {text:?} is not supported yet"))
-                .expected(expected)
-                .help("upstream TLS is not implemented in this version; use http:// on a private network or loopback");
-            None
         }
         _ => {
             c.error(target.span(), format!("invalid upstream target {text:?}")).expected(expected);
@@ -306,7 +305,7 @@ fn parse_target(c: &mut Collector<'_>, target: &Spanned<String>) -> Option<Targe
     }
 }
 
-fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>) -> Option<Upstream> {
+fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path) -> Option<Upstream> {
     let u = raw.get_ref();
     let name = u.name.get_ref().trim().to_owned();
     if name.is_empty() {
@@ -337,7 +336,51 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>) -> Option<U
             HostHeader::Preserve
         }
     };
+    let tls = u.tls.as_ref().map(|t| {
+        let t = t.get_ref();
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            c.error(raw.span(), "upstream tls needs both client_cert and client_key, or neither");
+        }
+        UpstreamTls {
+            ca: t.ca.as_ref().map(|p| base.join(p)),
+            client_cert: t.client_cert.as_ref().map(|p| base.join(p)),
+            client_key: t.client_key.as_ref().map(|p| base.join(p)),
+            server_name: t.server_name.clone(),
+        }
+    });
+    if tls.is_some() && !targets.iter().any(|t| matches!(t, Target::Http { scheme, .. } if *scheme == Scheme::HTTPS)) {
+        c.error(u.targets.span(), format!("upstream {name:?} has `tls` but no https:// target"))
+            .help("write the targets as https://host:port");
+    }
+    let https = targets.iter().any(|t| matches!(t, Target::Http { scheme, .. } if *scheme == Scheme::HTTPS));
+    for target in &targets {
+        if let Target::Http { scheme, authority } = target
+            && *scheme == Scheme::HTTPS
+        {
+            let host = tls
+                .as_ref()
+                .and_then(|t| t.server_name.clone())
+                .unwrap_or_else(|| authority.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+            if rustls::pki_types::ServerName::try_from(host.clone()).is_err() {
+                c.error(raw.span(), format!("upstream {name:?}: {host:?} is not a valid TLS server name"))
+                    .help("set tls.server_name to the name in the upstream's certificate");
+            }
+        }
+    }
+    let tls_client = if https {
+        match crate::tls::client_config(tls.as_ref()) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                c.error(raw.span(), format!("upstream {name:?}: {e}")).help("fix the tls file paths of this upstream");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let upstream = Upstream {
+        tls,
+        tls_client,
         name,
         connect_timeout: duration(c, u.connect_timeout.as_ref(), Duration::from_secs(5), "connect_timeout"),
         response_timeout: duration(c, u.response_timeout.as_ref(), Duration::from_secs(30), "response_timeout"),

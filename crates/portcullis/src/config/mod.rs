@@ -178,6 +178,23 @@ pub struct Upstream {
     pub pool_max_idle: usize,
     /// Which `Host` to send.
     pub host_header: HostHeader,
+    /// TLS settings for https:// targets.
+    pub tls: Option<UpstreamTls>,
+    /// The rustls client configuration built from `tls` (https targets only).
+    pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// How the gateway verifies (and proves itself to) an https upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA bundle to verify the upstream with; the system roots when absent.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain for mTLS to the upstream.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key.
+    pub client_key: Option<PathBuf>,
+    /// The name to send as SNI and verify, instead of the target's host.
+    pub server_name: Option<String>,
 }
 
 /// `[[route]]`.

@@ -145,6 +145,17 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub pool_max_idle: Option<Spanned<i64>>,
     pub host_header: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// `[[upstream]] tls = { ca, client_cert, client_key, server_name }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub server_name: Option<String>,
 }
 
 /// `[[route]]`.

@@ -48,6 +48,9 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// A TLS connector and the server name it verifies.
+pub type TlsTarget = (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
+
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
@@ -56,6 +59,9 @@ struct Idle {
 /// Connections to one target.
 pub struct Pool {
     authority: Authority,
+    /// TLS to the target (https targets): connector and the name to verify,
+    /// or why TLS cannot be set up (every connection then fails).
+    tls: Option<Result<TlsTarget, &'static str>>,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -71,8 +77,14 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// An empty pool for `authority` (`host:port`).
     #[must_use]
-    pub fn new(authority: Authority, max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { authority, idle: Mutex::new(Vec::new()), max_idle, idle_timeout, connect_timeout })
+    pub fn new(
+        authority: Authority,
+        tls: Option<Result<TlsTarget, &'static str>>,
+        max_idle: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self { authority, tls, idle: Mutex::new(Vec::new()), max_idle, idle_timeout, connect_timeout })
     }
 
     /// Sends `req` on a pooled or new connection.
@@ -128,14 +140,21 @@ impl Pool {
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive).map_err(SendError::Connect)?;
-        let (sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(SendError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        match &self.tls {
+            None => handshake(stream).await,
+            Some(Err(reason)) => Err(SendError::Connect(io::Error::other(*reason))),
+            Some(Ok((connector, name))) => {
+                // The TLS handshake is part of connecting: its failure (bad
+                // certificate, no client certificate) cools the target down.
+                let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), stream))
+                    .await
+                    .map_err(|_| {
+                        SendError::Connect(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))
+                    })?
+                    .map_err(|e| SendError::Connect(io::Error::new(e.kind(), format!("TLS handshake: {e}"))))?;
+                handshake(tls).await
             }
-        });
-        Ok(sender)
+        }
     }
 
     fn put(&self, sender: http1::SendRequest<Body>) {
@@ -159,6 +178,21 @@ impl Pool {
         let slot = reusable.then(|| (self.clone(), sender));
         response.map(|inner| http_body_util::BodyExt::boxed_unsync(Pooled { inner, slot, ended: false }))
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream; its driver runs as a task on this
+/// worker.
+async fn handshake<I>(io: I) -> Result<http1::SendRequest<Body>, SendError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(SendError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 pin_project! {

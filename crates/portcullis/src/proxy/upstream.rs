@@ -36,6 +36,21 @@ pub struct UpstreamState {
     epoch: Instant,
 }
 
+/// The TLS connector and verified name for an https target.
+fn tls_for(
+    config: &config::Upstream,
+    authority: &http::uri::Authority,
+) -> Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)> {
+    let client = config.tls_client.clone()?;
+    let host = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| authority.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+    let name = rustls::pki_types::ServerName::try_from(host).ok()?;
+    Some((tokio_rustls::TlsConnector::from(client), name))
+}
+
 impl UpstreamState {
     /// Builds the targets and their pools for `config`.
     #[must_use]
@@ -46,8 +61,14 @@ impl UpstreamState {
             .map(|t| TargetState {
                 label: Arc::from(t.to_string()),
                 pool: match t {
-                    Target::Http { authority, .. } => Some(Pool::new(
+                    Target::Http { scheme, authority } => Some(Pool::new(
                         authority.clone(),
+                        if *scheme == http::uri::Scheme::HTTPS {
+                            // Fail closed: an https target never falls back to cleartext.
+                            Some(tls_for(config, authority).ok_or("no usable TLS settings for this https target"))
+                        } else {
+                            None
+                        },
                         config.pool_max_idle,
                         config.pool_idle_timeout,
                         config.connect_timeout,
@@ -123,6 +144,8 @@ mod tests {
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
             host_header: config::HostHeader::Preserve,
+            tls: None,
+            tls_client: None,
         })
     }
 
