@@ -116,7 +116,6 @@ sinks = ["syslog"]
         "invalid trusted proxy \"not-an-ip\"",
         "invalid bind address \"localhost\"",
         "invalid upstream target \"ftp://x\"",
-        "https upstream",
         "invalid path pattern \"no-slash\"",
         "invalid method \"get\"",
         "unknown upstream \"apii\"",
