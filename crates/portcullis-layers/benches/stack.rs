@@ -47,6 +47,7 @@ fn config() -> StackConfig {
         access_log: false,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
+        csp_report_path: None,
     }
 }
 

@@ -10,7 +10,7 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → head limits → route → body limit → forward → proxy
+//! reject/context → response headers → CORS → CSP reports → head limits → route → body limit → forward → proxy
 //! ```
 //!
 //! Later defences slot in between `route` and `forward` (rate limit,
@@ -33,6 +33,7 @@ use tower::ServiceBuilder;
 
 pub mod body;
 pub mod cors;
+pub mod csp_report;
 pub mod forward;
 pub mod headers;
 pub mod limits;
@@ -205,6 +206,8 @@ pub struct StackConfig {
     pub headers: Arc<portcullis_policy::headers::HeaderPolicy>,
     /// The CORS policy, if any.
     pub cors: Option<Arc<portcullis_policy::cors::CorsPolicy>>,
+    /// Where the gateway takes CSP violation reports, if it does.
+    pub csp_report_path: Option<Arc<str>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -217,6 +220,7 @@ where
         .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(cors::CorsLayer::new(config.cors.clone()))
+        .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
         .layer(route::RouteLayer::new(config.routes.clone()))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))

@@ -45,6 +45,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         access_log: true,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
+        csp_report_path: None,
     }
 }
 

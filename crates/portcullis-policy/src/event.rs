@@ -108,6 +108,36 @@ impl SecurityEvent {
         }
     }
 
+    /// An event recording something noticed and let through (a browser's CSP
+    /// violation report, a detection-only match).
+    #[must_use]
+    pub fn logged(
+        request: &RequestSummary<'_>,
+        defence: &'static str,
+        reason: &'static str,
+        status: u16,
+        detail: String,
+        time: SystemTime,
+    ) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            time,
+            request_id: request.request_id.to_owned(),
+            client_ip: request.client_ip,
+            listener: request.listener.to_owned(),
+            method: request.method.to_owned(),
+            path: request.path.to_owned(),
+            route: request.route.map(str::to_owned),
+            defence,
+            reason,
+            action: Action::Log,
+            attribution: Attribution::Client,
+            status,
+            rule: None,
+            detail: Some(detail),
+        }
+    }
+
     /// The event as one JSON line (without the newline).
     #[must_use]
     pub fn to_json_line(&self) -> String {

@@ -162,6 +162,37 @@ impl HeaderPolicy {
     }
 }
 
+/// Summarises a CSP violation report (the legacy `application/csp-report`
+/// shape or the Reporting API's `application/reports+json` list) as one
+/// secret-free line: query strings and fragments are cut from URLs, every
+/// value is truncated. `None` when the body is not a report.
+#[must_use]
+pub fn summarize_csp_report(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let reports: Vec<&serde_json::Value> = match &value {
+        serde_json::Value::Object(map) => vec![map.get("csp-report")?],
+        serde_json::Value::Array(list) => list
+            .iter()
+            .filter(|r| r.get("type").and_then(serde_json::Value::as_str) == Some("csp-violation"))
+            .filter_map(|r| r.get("body"))
+            .collect(),
+        _ => return None,
+    };
+    let first = reports.first()?;
+    let field = |names: &[&str]| -> String {
+        let text = names.iter().find_map(|n| first.get(*n).and_then(serde_json::Value::as_str)).unwrap_or("-");
+        let cut = text.split(['?', '#']).next().unwrap_or("-");
+        cut.chars().filter(|c| !c.is_control()).take(200).collect()
+    };
+    Some(format!(
+        "directive={} blocked={} document={} ({} report(s))",
+        field(&["effective-directive", "effectiveDirective", "violated-directive"]),
+        field(&["blocked-uri", "blockedURL"]),
+        field(&["document-uri", "documentURL"]),
+        reports.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +216,19 @@ mod tests {
         assert_eq!(h["strict-transport-security"], "max-age=63072000; includeSubDomains");
         assert_eq!(h["content-security-policy"], DEFAULT_CSP);
         assert_eq!(h["x-xss-protection"], "0");
+    }
+
+    #[test]
+    fn csp_reports_are_summarized_without_queries() {
+        let legacy = br#"{"csp-report":{"document-uri":"https://shop.example/cart?session=secret","violated-directive":"script-src","effective-directive":"script-src-elem","blocked-uri":"https://evil.example/x.js?token=abc"}}"#;
+        assert_eq!(
+            summarize_csp_report(legacy).unwrap(),
+            "directive=script-src-elem blocked=https://evil.example/x.js document=https://shop.example/cart (1 report(s))"
+        );
+        let modern = br#"[{"type":"csp-violation","body":{"documentURL":"https://a.example/","effectiveDirective":"img-src","blockedURL":"data"}}]"#;
+        assert!(summarize_csp_report(modern).unwrap().starts_with("directive=img-src blocked=data"));
+        assert!(summarize_csp_report(b"not json").is_none());
+        assert!(summarize_csp_report(br#"{"other":1}"#).is_none());
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl Gateway {
             access_log: config.log.access,
             headers: Arc::new(config.headers.clone()),
             cors: config.cors.clone().map(Arc::new),
+            csp_report_path: config.csp_report_path.as_deref().map(Arc::from),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }

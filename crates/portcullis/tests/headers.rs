@@ -223,3 +223,34 @@ async fn cors_preflights_are_answered_by_the_gateway() {
     assert!(!parts.headers.contains_key("access-control-allow-origin"));
     assert_eq!(parts.headers["vary"], "Origin");
 }
+
+#[tokio::test]
+async fn csp_violation_reports_become_events() {
+    let (up, seen) = named_upstream("a").await;
+    let gw = gateway(&simple_config(up, "[headers]\ncsp_report = true")).await;
+    let (parts, _) = get(&gw.url("/page")).await;
+    let csp = parts.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.ends_with("; report-uri /.portcullis/csp-report"), "{csp}");
+
+    let report = r#"{"csp-report":{"document-uri":"https://shop.example/cart?session=s3cret","effective-directive":"script-src-elem","blocked-uri":"https://evil.example/x.js?t=1"}}"#;
+    let req = Request::post(gw.url("/.portcullis/csp-report"))
+        .header("content-type", "application/csp-report")
+        .body(full_body(report))
+        .unwrap();
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, 204);
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.reason, event.defence), ("csp.violation", "csp"));
+    assert_eq!(event.action, portcullis_policy::Action::Log);
+    let detail = event.detail.unwrap();
+    assert!(detail.contains("directive=script-src-elem blocked=https://evil.example/x.js"), "{detail}");
+    assert!(!detail.contains("s3cret"), "query strings never reach events");
+
+    let req = Request::post(gw.url("/.portcullis/csp-report")).body(full_body("hello")).unwrap();
+    let (parts, body) = send(req).await;
+    assert_denied(&parts, &body, 400, "request.malformed");
+    let req = Request::post(gw.url("/.portcullis/csp-report")).body(full_body(vec![b' '; 70_000])).unwrap();
+    let (parts, body) = send(req).await;
+    assert_denied(&parts, &body, 413, "limit.body");
+    assert_eq!(seen.lock().unwrap().len(), 1, "reports never reach the upstream");
+}

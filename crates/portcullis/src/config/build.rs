@@ -62,7 +62,19 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let events = build_events(&mut c, &raw.events, base);
 
     c.finish()?;
-    Ok(Config { path: path.to_path_buf(), server, listeners, upstreams, routes, log, events, headers, cors })
+    let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
+    Ok(Config {
+        path: path.to_path_buf(),
+        server,
+        listeners,
+        upstreams,
+        routes,
+        log,
+        events,
+        headers,
+        cors,
+        csp_report_path,
+    })
 }
 
 fn duration(c: &mut Collector<'_>, value: Option<&Spanned<String>>, default: Duration, what: &str) -> Duration {
@@ -542,6 +554,17 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
             }
             Err(_) => {
                 c.error(csp.span(), "invalid Content-Security-Policy value").expected("visible ASCII on one line");
+            }
+        }
+    }
+    if raw.csp_report == Some(true) {
+        // Tell browsers where to send violations.
+        for (name, value) in &mut policy.defaults {
+            if *name == csp_name {
+                let with_report = format!("{}; report-uri {}", value.to_str().unwrap_or(""), super::CSP_REPORT_PATH);
+                if let Ok(v) = HeaderValue::from_str(&with_report) {
+                    *value = v;
+                }
             }
         }
     }

@@ -46,7 +46,12 @@ pub struct Config {
     pub headers: HeaderPolicy,
     /// The CORS policy, if configured.
     pub cors: Option<portcullis_policy::cors::CorsPolicy>,
+    /// Where the gateway takes CSP violation reports (`[headers] csp_report`).
+    pub csp_report_path: Option<String>,
 }
+
+/// The path of the gateway's CSP report endpoint.
+pub const CSP_REPORT_PATH: &str = "/.portcullis/csp-report";
 
 /// `[server]`.
 #[derive(Debug, Clone)]

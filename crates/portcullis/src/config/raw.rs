@@ -47,6 +47,7 @@ pub struct RawHeaders {
     pub preset: Option<Spanned<String>>,
     pub csp: Option<Spanned<String>>,
     pub csp_report_only: Option<bool>,
+    pub csp_report: Option<bool>,
     pub hsts: Option<Spanned<RawHsts>>,
     pub set: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     #[serde(rename = "override")]
