@@ -178,7 +178,8 @@ impl Server {
                 None => ListenerKind::Plain,
                 Some(tls) => {
                     let tls_error = |source| StartError::Tls { name: listener.name.clone(), source };
-                    let store = CertStore::load(&tls.source, &config.server.data_dir).map_err(tls_error)?;
+                    let store =
+                        CertStore::load_with_sni(&tls.source, &tls.sni, &config.server.data_dir).map_err(tls_error)?;
                     tracing::info!(listener = %name, fingerprint = %store.fingerprint(), "TLS certificate (SHA-256)");
                     let server_config =
                         crate::tls::server_config(tls, store.clone(), config.server.h2c).map_err(tls_error)?;

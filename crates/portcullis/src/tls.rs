@@ -65,13 +65,38 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The certificate a listener serves, swappable at run time.
+/// The certificates a listener serves, swappable at run time.
 #[derive(Debug)]
 pub struct CertStore {
     source: CertSource,
+    sni: Vec<(PathBuf, PathBuf)>,
     data_dir: PathBuf,
-    current: ArcSwap<CertifiedKey>,
-    modified: std::sync::Mutex<Option<(FileStamp, FileStamp)>>,
+    current: ArcSwap<CertSet>,
+    modified: std::sync::Mutex<Vec<Option<(FileStamp, FileStamp)>>>,
+}
+
+/// The default certificate and the SNI ones with their DNS names.
+#[derive(Debug)]
+struct CertSet {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl CertSet {
+    fn for_name(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else { return self.default.clone() };
+        let exact = self.by_name.iter().find(|(n, _)| *n == name);
+        let wildcard = || {
+            self.by_name.iter().find(|(n, _)| {
+                n.strip_prefix("*.").is_some_and(|suffix| {
+                    name.strip_suffix(suffix)
+                        .and_then(|l| l.strip_suffix('.'))
+                        .is_some_and(|l| !l.is_empty() && !l.contains('.'))
+                })
+            })
+        };
+        exact.or_else(wildcard).map_or_else(|| self.default.clone(), |(_, key)| key.clone())
+    }
 }
 
 impl CertStore {
@@ -80,13 +105,40 @@ impl CertStore {
     /// # Errors
     /// [`TlsError`] for unreadable or invalid files.
     pub fn load(source: &CertSource, data_dir: &Path) -> Result<Arc<Self>, TlsError> {
-        let key = load_certified_key(source, data_dir)?;
-        Ok(Arc::new(Self {
+        Self::load_with_sni(source, &[], data_dir)
+    }
+
+    /// Loads the default certificate and the SNI ones.
+    ///
+    /// # Errors
+    /// [`TlsError`] for unreadable or invalid files.
+    pub fn load_with_sni(
+        source: &CertSource,
+        sni: &[(PathBuf, PathBuf)],
+        data_dir: &Path,
+    ) -> Result<Arc<Self>, TlsError> {
+        let store = Self {
             source: source.clone(),
+            sni: sni.to_vec(),
             data_dir: data_dir.to_path_buf(),
-            current: ArcSwap::from_pointee(key),
-            modified: std::sync::Mutex::new(modified_time(source)),
-        }))
+            current: ArcSwap::from_pointee(CertSet {
+                default: Arc::new(load_certified_key(source, data_dir)?),
+                by_name: Vec::new(),
+            }),
+            modified: std::sync::Mutex::new(Vec::new()),
+        };
+        store.reload()?;
+        Ok(Arc::new(store))
+    }
+
+    fn stamps(&self) -> Vec<Option<(FileStamp, FileStamp)>> {
+        std::iter::once(modified_time(&self.source))
+            .chain(
+                self.sni
+                    .iter()
+                    .map(|(cert, key)| modified_time(&CertSource::Files { cert: cert.clone(), key: key.clone() })),
+            )
+            .collect()
     }
 
     /// Re-reads the certificate; on error the current one stays.
@@ -94,17 +146,35 @@ impl CertStore {
     /// # Errors
     /// [`TlsError`] describing the file that failed.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let key = load_certified_key(&self.source, &self.data_dir)?;
-        self.current.store(Arc::new(key));
+        let stamps = self.stamps();
+        let default = Arc::new(load_certified_key(&self.source, &self.data_dir)?);
+        let mut by_name = Vec::new();
+        for (cert, key) in &self.sni {
+            let certified = Arc::new(load_certified_key(
+                &CertSource::Files { cert: cert.clone(), key: key.clone() },
+                &self.data_dir,
+            )?);
+            let names = certified.cert.first().map(dns_names).unwrap_or_default();
+            if names.is_empty() {
+                return Err(TlsError::Pem {
+                    path: cert.clone(),
+                    reason: "no DNS names in the certificate to select it by".into(),
+                });
+            }
+            for name in names {
+                by_name.push((name, certified.clone()));
+            }
+        }
+        self.current.store(Arc::new(CertSet { default, by_name }));
         if let Ok(mut modified) = self.modified.lock() {
-            *modified = modified_time(&self.source);
+            *modified = stamps;
         }
         Ok(())
     }
 
     /// Reloads if the files changed since the last load. Returns whether it did.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = modified_time(&self.source);
+        let now = self.stamps();
         let changed = self.modified.lock().map(|m| *m != now).unwrap_or(false);
         if changed {
             self.reload()?;
@@ -115,7 +185,7 @@ impl CertStore {
     /// SHA-256 fingerprint of the leaf certificate, `AB:CD:…`.
     #[must_use]
     pub fn fingerprint(&self) -> String {
-        self.current.load().cert.first().map_or_else(String::new, |leaf| fingerprint(leaf))
+        self.current.load().default.cert.first().map_or_else(String::new, |leaf| fingerprint(leaf))
     }
 
     /// Where the certificate comes from.
@@ -126,8 +196,8 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load().for_name(hello.server_name()))
     }
 }
 
@@ -324,6 +394,20 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> Option<portcullis_layers::C
         }
     }
     Some(portcullis_layers::ClientCert { subject, sans, fingerprint: fingerprint(cert) })
+}
+
+/// The DNS names in a certificate's subject alternative names, lowercase.
+fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return Vec::new() };
+    let Ok(Some(ext)) = parsed.subject_alternative_name() else { return Vec::new() };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// SHA-256 of a certificate, as colon-separated upper-case hex.

@@ -33,7 +33,12 @@ impl Pki {
 
     /// Writes a leaf for `localhost` signed by this CA to `dir/<stem>.pem|.key`.
     fn leaf(&self, dir: &Path, stem: &str) -> CertificateDer<'static> {
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        self.leaf_for(dir, stem, &["localhost", "127.0.0.1"])
+    }
+
+    /// Writes a leaf for `names` signed by this CA to `dir/<stem>.pem|.key`.
+    fn leaf_for(&self, dir: &Path, stem: &str, names: &[&str]) -> CertificateDer<'static> {
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
@@ -466,4 +471,31 @@ auth = "public"
         start(write("roots.toml", config(r#"{ client_cert = "gw.pem", client_key = "gw.key" }"#))).await;
     let (parts, body) = get(&format!("http://{addr}/x")).await;
     assert_denied(&parts, &body, 502, "upstream.connect");
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_for_the_requested_name() {
+    let (up, _) = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let default = pki.leaf(dir.path(), "site");
+    let api = pki.leaf_for(dir.path(), "api", &["api.example.test"]);
+    let apps = pki.leaf_for(dir.path(), "apps", &["*.apps.example.test"]);
+    let d = dir.path();
+    let tls = format!(
+        "{{ cert = {:?}, key = {:?}, sni = [{{ cert = {:?}, key = {:?} }}, {{ cert = {:?}, key = {:?} }}] }}",
+        d.join("site.pem"),
+        d.join("site.key"),
+        d.join("api.pem"),
+        d.join("api.key"),
+        d.join("apps.pem"),
+        d.join("apps.key")
+    );
+    let gw = gateway(&tls_config(up, &tls, "")).await;
+    let client = pki.client(&[&rustls::version::TLS13], &[]);
+    for (name, want) in [("api.example.test", &api), ("shop.apps.example.test", &apps), ("localhost", &default)] {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let tls = client.connect(ServerName::try_from(name.to_owned()).unwrap(), tcp).await.unwrap();
+        assert_eq!(&tls.get_ref().1.peer_certificates().unwrap()[0], want, "{name}");
+    }
 }

@@ -194,9 +194,12 @@ fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Optio
     let expected =
         "tls = \"self-signed\" or tls = { cert = \"site.pem\", key = \"site.key\", profile = \"intermediate\" }";
     match raw.get_ref() {
-        RawTls::Mode(mode) if mode == "self-signed" => {
-            Some(Tls { source: CertSource::SelfSigned, profile: TlsProfile::Intermediate, client_auth: None })
-        }
+        RawTls::Mode(mode) if mode == "self-signed" => Some(Tls {
+            source: CertSource::SelfSigned,
+            profile: TlsProfile::Intermediate,
+            client_auth: None,
+            sni: Vec::new(),
+        }),
         RawTls::Mode(other) => {
             c.error(raw.span(), format!("unknown tls mode {other:?}")).expected(expected);
             None
@@ -234,7 +237,8 @@ fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Optio
                     None
                 }
             };
-            Some(Tls { source, profile, client_auth })
+            let sni = files.sni.iter().flatten().map(|pair| (base.join(&pair.cert), base.join(&pair.key))).collect();
+            Some(Tls { source, profile, client_auth, sni })
         }
     }
 }

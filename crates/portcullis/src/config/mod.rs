@@ -120,6 +120,9 @@ pub struct Tls {
     pub profile: TlsProfile,
     /// Client certificates (mTLS), if asked for.
     pub client_auth: Option<ClientAuth>,
+    /// More certificates (chain, key), each served to clients asking for one
+    /// of the DNS names in its subject alternative names.
+    pub sni: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Client-certificate authentication on a listener.

@@ -132,6 +132,15 @@ pub struct RawTlsFiles {
     pub profile: Option<String>,
     pub client_ca: Option<String>,
     pub client_auth: Option<String>,
+    pub sni: Option<Vec<RawCertPair>>,
+}
+
+/// One more certificate, chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
 }
 
 /// `[[upstream]]`.
