@@ -3,7 +3,8 @@
 //! Applies the route's header policy (the global `[headers]` policy with the
 //! route's changes merged at load) or, for answers that matched no route, the
 //! global one. Rules in `portcullis_policy::headers`. HSTS goes only on
-//! answers to HTTPS connections.
+//! answers to HTTPS: a TLS listener, or a trusted proxy's
+//! `X-Forwarded-Proto: https`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use http::{Request, Response};
 use portcullis_policy::headers::HeaderPolicy;
 use tower::{Layer, Service};
 
-use crate::{Body, ConnInfo, RouteInfo};
+use crate::{Body, ConnInfo, RequestContext, RouteInfo};
 
 /// See the module docs.
 #[derive(Debug, Clone)]
@@ -58,7 +59,11 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let https = req.extensions().get::<ConnInfo>().is_some_and(|c| c.scheme == "https");
+        // HTTPS at the gateway, or at a trusted proxy in front of it (a load
+        // balancer terminating TLS says so in X-Forwarded-Proto).
+        let https = req.extensions().get::<ConnInfo>().is_some_and(|c| c.scheme == "https")
+            || (req.extensions().get::<RequestContext>().is_some_and(|ctx| ctx.client.peer_trusted)
+                && req.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         let global = self.global.clone();
         // Boxed outside the async block: see the note in reject.rs.
         let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(self.inner.call(req));

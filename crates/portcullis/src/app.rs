@@ -20,6 +20,23 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
+            // Certificates and keys must load too, or `run` would fail later.
+            let mut unusable = false;
+            for listener in &config.listeners {
+                let Some(tls) = &listener.tls else { continue };
+                if tls.source == crate::config::CertSource::SelfSigned && tls.sni.is_empty() {
+                    continue; // generated at start
+                }
+                let loaded = crate::tls::CertStore::load_with_sni(&tls.source, &tls.sni, &config.server.data_dir)
+                    .and_then(|store| crate::tls::server_config(tls, store, config.server.h2c));
+                if let Err(e) = loaded {
+                    eprintln!("error: listener {:?}: {e}", listener.name);
+                    unusable = true;
+                }
+            }
+            if unusable {
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let findings = crate::check::findings(&config);
             for finding in &findings {
                 println!("{finding}");

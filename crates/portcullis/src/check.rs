@@ -74,10 +74,11 @@ fn hsts_and_csp(config: &Config, out: &mut Vec<Finding>) {
     let policies = std::iter::once(("[headers]".to_owned(), &config.headers))
         .chain(config.routes.iter().filter_map(|r| r.headers.as_ref().map(|h| (format!("route {:?}", r.name), h))));
     for (place, policy) in policies {
+        // An override is what browsers get; a default only when the upstream sends none.
         let csp = policy
-            .defaults
+            .overrides
             .iter()
-            .chain(&policy.overrides)
+            .chain(&policy.defaults)
             .find(|(name, _)| name == http::header::CONTENT_SECURITY_POLICY)
             .and_then(|(_, value)| value.to_str().ok());
         match csp {

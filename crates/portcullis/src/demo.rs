@@ -73,7 +73,9 @@ pub async fn handle(req: Request<Body>) -> Response<Body> {
         "body_bytes": received,
         "body": String::from_utf8_lossy(&head),
     });
-    let mut response = Response::new(full(echo.to_string()));
+    // HEAD gets the headers only: a body would be a protocol error (HTTP/2).
+    let body = if parts.method == http::Method::HEAD { portcullis_layers::empty() } else { full(echo.to_string()) };
+    let mut response = Response::new(body);
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -577,7 +577,9 @@ impl Connection {
             .max_header_list_size(u32::try_from(head_cap).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        let builder = if server.h2c { builder } else { builder.http1_only() };
+        // On TLS the protocol was settled by ALPN at handshake time (offers
+        // fixed at start); `h2c` governs cleartext listeners only.
+        let builder = if server.h2c || scheme == "https" { builder } else { builder.http1_only() };
 
         let mut conn_info = ConnInfo::new(self.peer, self.listener.clone(), scheme);
         conn_info.client_cert = self.client_cert.take();

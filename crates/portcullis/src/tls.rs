@@ -388,7 +388,16 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> Option<portcullis_layers::C
                 x509_parser::extensions::GeneralName::DNSName(d) => sans.push(format!("DNS:{d}")),
                 x509_parser::extensions::GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
                 x509_parser::extensions::GeneralName::URI(u) => sans.push(format!("URI:{u}")),
-                x509_parser::extensions::GeneralName::IPAddress(ip) => sans.push(format!("IP:{ip:?}")),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        sans.push(format!("IP:{ip}"));
+                    }
+                }
                 _ => {}
             }
         }

@@ -211,6 +211,13 @@ fn check_reports_plaintext_listeners_hsts_off_and_weak_csp() {
         )),
         ["headers.weak_csp", "headers.weak_csp"]
     );
+    // An override is what browsers get, even with the strict default in place.
+    assert_eq!(
+        codes(&format!(
+            "{MINIMAL}\n[headers]\noverride = {{ \"content-security-policy\" = \"script-src 'unsafe-eval'\" }}\n"
+        )),
+        ["headers.weak_csp"]
+    );
     // unsafe-inline for styles only is not a script weakness.
     assert!(
         codes(&format!("{MINIMAL}\n[headers]\ncsp = \"default-src 'self'; style-src 'unsafe-inline'\"\n")).is_empty()

@@ -254,3 +254,27 @@ async fn csp_violation_reports_become_events() {
     assert_denied(&parts, &body, 413, "limit.body");
     assert_eq!(seen.lock().unwrap().len(), 1, "reports never reach the upstream");
 }
+
+#[tokio::test]
+async fn hsts_behind_a_trusted_tls_terminating_proxy() {
+    let up = leaky_upstream().await;
+    let gw = gateway(&simple_config(up, "[server]\ntrusted_proxies = [\"127.0.0.1\"]")).await;
+    let (parts, _) = get_with(&gw.url("/x"), &[("x-forwarded-proto", "https")]).await;
+    assert_eq!(parts.headers["strict-transport-security"], "max-age=63072000; includeSubDomains");
+    let (parts, _) = get(&gw.url("/x")).await;
+    assert!(!parts.headers.contains_key("strict-transport-security"));
+}
+
+#[tokio::test]
+async fn head_requests_to_the_demo_work_over_http2() {
+    let toml = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[upstream]]\nname = \"demo\"\ntargets = [\"builtin:demo\"]\n[[route]]\nmatch = { path = \"/**\" }\nupstream = \"demo\"\nauth = \"public\"\n";
+    let gw = gateway(toml).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<portcullis_layers::Body>();
+    let req = Request::head(gw.url("/health")).body(portcullis_layers::empty()).unwrap();
+    let response = client.request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    assert!(body.is_empty());
+}

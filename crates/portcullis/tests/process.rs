@@ -193,6 +193,20 @@ fn exit_codes() {
     let out = run(&["check", "--config", dir.path().join("missing.toml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 
+    // check also loads certificates: a broken one is a configuration error.
+    std::fs::write(dir.path().join("broken.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("broken.key"), "not a key").unwrap();
+    let tls = write_config(
+        dir.path(),
+        &simple_config("127.0.0.1:9".parse().unwrap(), "").replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\ntls = { cert = \"broken.pem\", key = \"broken.key\" }",
+        ),
+    );
+    let out = run(&["check", "--config", tls.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.pem"));
+
     // A runtime failure (port already taken) is exit code 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = write_config(

@@ -56,8 +56,8 @@ pub const CSP_REPORT_PATH: &str = "/.portcullis/csp-report";
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct Server {
-    /// Where Portcullis will keep its files (generated certificates, the SQLite
-    /// store); reserved, nothing is written there yet.
+    /// Where Portcullis keeps its files (`tls/` for the generated self-signed
+    /// certificate; the SQLite store later).
     pub data_dir: PathBuf,
     /// Peers whose forwarding headers and request ids are believed.
     pub trusted_proxies: TrustedProxies,
@@ -139,7 +139,7 @@ pub struct ClientAuth {
 pub enum Target {
     /// An HTTP server.
     Http {
-        /// `http` (https arrives with upstream TLS).
+        /// `http` or `https`.
         scheme: Scheme,
         /// `host:port`.
         authority: Authority,
