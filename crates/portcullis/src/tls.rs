@@ -230,6 +230,8 @@ pub fn server_config(tls: &Tls, store: Arc<CertStore>, h2: bool) -> Result<Arc<S
         }
     };
     let mut config = builder.with_cert_resolver(store);
+    // The server's suite order (strongest first) wins over the client's.
+    config.ignore_client_order = true;
     config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(Arc::new(config))
 }
