@@ -6,11 +6,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response, StatusCode};
 use portcullis_policy::cors::{CorsPolicy, is_preflight};
 use tower::{Layer, Service};
 
+use crate::call_boxed;
 use crate::{Body, deny, empty};
 
 /// See the module docs.
@@ -48,7 +49,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -56,7 +57,8 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(policy) = self.policy.clone() else {
-            return Box::pin(self.inner.call(req));
+            // No [cors]: nothing to do, and nothing allocated.
+            return Either::Left(self.inner.call(req));
         };
         if is_preflight(req.method(), req.headers()) {
             let response = match policy.preflight(req.headers()) {
@@ -68,15 +70,14 @@ where
                 }
                 Err(denied) => deny(denied),
             };
-            return Box::pin(async move { Ok(response) });
+            return Either::Right(Box::pin(async move { Ok(response) }));
         }
         let origin = req.headers().get(http::header::ORIGIN).cloned();
-        // Boxed outside the async block: see the note in reject.rs.
-        let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(self.inner.call(req));
-        Box::pin(async move {
+        let future = call_boxed(&mut self.inner, req);
+        Either::Right(Box::pin(async move {
             let Ok(mut response) = future.await;
             policy.apply(origin.as_ref(), response.headers_mut());
             Ok(response)
-        })
+        }))
     }
 }

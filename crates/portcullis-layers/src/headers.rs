@@ -15,6 +15,7 @@ use http::{Request, Response};
 use portcullis_policy::headers::HeaderPolicy;
 use tower::{Layer, Service};
 
+use crate::call_boxed;
 use crate::{Body, ConnInfo, RequestContext, RouteInfo};
 
 /// See the module docs.
@@ -65,8 +66,7 @@ where
             || (req.extensions().get::<RequestContext>().is_some_and(|ctx| ctx.client.peer_trusted)
                 && req.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         let global = self.global.clone();
-        // Boxed outside the async block: see the note in reject.rs.
-        let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(self.inner.call(req));
+        let future = call_boxed(&mut self.inner, req);
         Box::pin(async move {
             let Ok(mut response) = future.await;
             let route_policy = response.extensions().get::<Arc<RouteInfo>>().and_then(|r| r.headers.clone());

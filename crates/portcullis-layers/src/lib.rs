@@ -229,6 +229,18 @@ where
     Arc::new(Stack { service })
 }
 
+/// Calls `inner` and boxes its future. Layers that work on the response use
+/// this before their `async` block: holding the inner service's associated
+/// future type inside an async block trips a rustc limitation in proving
+/// `Send` (the boxed error type's lifetime), while a `BoxFuture` is concrete.
+pub(crate) fn call_boxed<S>(inner: &mut S, req: Request<Body>) -> GatewayFuture
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    Box::pin(inner.call(req))
+}
+
 /// Returns the typed denial of a response, if it is one.
 #[must_use]
 pub fn denial_of<B>(response: &Response<B>) -> Option<&Denied> {

@@ -32,6 +32,7 @@ use portcullis_policy::{Denied, SecurityEvent, hop};
 use tower::{Layer, Service};
 
 use crate::body::Observed;
+use crate::call_boxed;
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, ServedBy, empty, full};
 
 /// Where security events go. Implementations must not block: the data path
@@ -146,9 +147,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        // Boxing here, outside the async block, sidesteps a rustc limitation
-        // with `Send` proofs for associated future types inside async blocks.
-        let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(inner.call(req));
+        let future = call_boxed(&mut inner, req);
         Box::pin(async move {
             let Ok(mut response) = future.await;
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {

@@ -19,6 +19,7 @@ use portcullis_policy::route::{Match, RouteTable, host_without_port};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
+use crate::call_boxed;
 use crate::{Body, RouteInfo, deny};
 
 /// See the module docs.
@@ -102,8 +103,7 @@ where
             Match::None => return Box::pin(async move { Ok(deny(Reason::RouteNone)) }),
         };
         req.extensions_mut().insert(found.clone());
-        // Boxed outside the async block: see the note in reject.rs.
-        let future: BoxFuture<'static, Result<Response<Body>, Infallible>> = Box::pin(self.inner.call(req));
+        let future = call_boxed(&mut self.inner, req);
         Box::pin(async move {
             let Ok(mut response) = future.await;
             response.extensions_mut().insert(found);
