@@ -90,6 +90,20 @@ impl SecurityEvent {
     #[must_use]
     pub fn denied(request: &RequestSummary<'_>, denied: &Denied, time: SystemTime) -> Self {
         Self {
+            defence: denied.reason.defence(),
+            reason: denied.reason.code(),
+            action: Action::Deny,
+            attribution: denied.reason.attribution(),
+            status: denied.status().as_u16(),
+            rule: denied.rule.clone(),
+            detail: denied.detail.as_deref().map(str::to_owned),
+            ..Self::about(request, time)
+        }
+    }
+
+    /// The request-related fields; the decision fields are filled by the callers.
+    fn about(request: &RequestSummary<'_>, time: SystemTime) -> Self {
+        Self {
             v: SCHEMA_VERSION,
             time,
             request_id: request.request_id.to_owned(),
@@ -98,13 +112,13 @@ impl SecurityEvent {
             method: request.method.to_owned(),
             path: request.path.to_owned(),
             route: request.route.map(str::to_owned),
-            defence: denied.reason.defence(),
-            reason: denied.reason.code(),
-            action: Action::Deny,
-            attribution: denied.reason.attribution(),
-            status: denied.status().as_u16(),
-            rule: denied.rule.clone(),
-            detail: denied.detail.as_deref().map(str::to_owned),
+            defence: "",
+            reason: "",
+            action: Action::Log,
+            attribution: Attribution::Client,
+            status: 0,
+            rule: None,
+            detail: None,
         }
     }
 
@@ -120,14 +134,6 @@ impl SecurityEvent {
         time: SystemTime,
     ) -> Self {
         Self {
-            v: SCHEMA_VERSION,
-            time,
-            request_id: request.request_id.to_owned(),
-            client_ip: request.client_ip,
-            listener: request.listener.to_owned(),
-            method: request.method.to_owned(),
-            path: request.path.to_owned(),
-            route: request.route.map(str::to_owned),
             defence,
             reason,
             action: Action::Log,
@@ -135,6 +141,7 @@ impl SecurityEvent {
             status,
             rule: None,
             detail: Some(detail),
+            ..Self::about(request, time)
         }
     }
 

@@ -217,12 +217,7 @@ pub fn server_config(tls: &Tls, store: Arc<CertStore>, h2: bool) -> Result<Arc<S
     let builder = match &tls.client_auth {
         None => builder.with_no_client_auth(),
         Some(auth) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(&auth.ca).map_err(|e| pem_error(&auth.ca, &e))?;
-            for ca in cas {
-                let ca = ca.map_err(|e| pem_error(&auth.ca, &e))?;
-                roots.add(ca).map_err(|e| TlsError::Pem { path: auth.ca.clone(), reason: e.to_string() })?;
-            }
+            let roots = load_roots(&auth.ca)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = if auth.required { verifier } else { verifier.allow_unauthenticated() };
             let verifier = verifier.build().map_err(|e| TlsError::Key(format!("client_ca: {e}")))?;
@@ -259,13 +254,7 @@ fn load_certified_key(source: &CertSource, data_dir: &Path) -> Result<CertifiedK
         CertSource::Files { cert, key } => (cert.clone(), key.clone()),
         CertSource::SelfSigned => self_signed(data_dir)?,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| pem_error(&cert, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_error(&cert, &e))?;
-    if chain.is_empty() {
-        return Err(TlsError::Pem { path: cert, reason: "no CERTIFICATE block found".into() });
-    }
+    let chain = load_chain(&cert)?;
     let private = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_error(&key, &e))?;
     let signing = provider()
         .key_provider
@@ -276,6 +265,27 @@ fn load_certified_key(source: &CertSource, data_dir: &Path) -> Result<CertifiedK
         .keys_match()
         .map_err(|e| TlsError::Key(format!("{} is not the key of {}: {e}", key.display(), cert.display())))?;
     Ok(certified)
+}
+
+/// A PEM certificate chain, leaf first; at least one certificate.
+fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error(path, &e))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no CERTIFICATE block found".into() });
+    }
+    Ok(chain)
+}
+
+/// A PEM bundle of trusted CA certificates.
+fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_chain(path)? {
+        roots.add(ca).map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+    }
+    Ok(roots)
 }
 
 fn pem_error(path: &Path, error: &rustls::pki_types::pem::Error) -> TlsError {
@@ -340,32 +350,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 /// # Errors
 /// [`TlsError`] for unreadable or invalid files, or no usable system roots.
 pub fn client_config(tls: Option<&crate::config::UpstreamTls>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match tls.and_then(|t| t.ca.as_ref()) {
-        Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem_error(ca, &e))? {
-                let cert = cert.map_err(|e| pem_error(ca, &e))?;
-                roots.add(cert).map_err(|e| TlsError::Pem { path: ca.clone(), reason: e.to_string() })?;
-            }
-        }
+    let roots = match tls.and_then(|t| t.ca.as_ref()) {
+        Some(ca) => load_roots(ca)?,
         None => {
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(native.certs);
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if added == 0 {
                 return Err(TlsError::Key("no system CA certificates found; set tls.ca on the upstream".into()));
             }
+            roots
         }
-    }
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| TlsError::Key(e.to_string()))?
         .with_root_certificates(roots);
     let mut config = match tls.and_then(|t| t.client_cert.as_ref().zip(t.client_key.as_ref())) {
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| pem_error(cert, &e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| pem_error(cert, &e))?;
+            let chain = load_chain(cert)?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
             builder
                 .with_client_auth_cert(chain, key_der)
