@@ -539,6 +539,22 @@ fn build_cors(c: &mut Collector<'_>, raw: &Spanned<RawCors>) -> Option<CorsPolic
     Some(policy)
 }
 
+/// `set`, `override` and `remove`, globally (`prefix` "") or per route ("headers.").
+fn header_changes(
+    c: &mut Collector<'_>,
+    set: &HeaderTable,
+    overrides: &HeaderTable,
+    remove: Option<&Spanned<Vec<String>>>,
+    prefix: &str,
+) -> HeaderPolicy {
+    HeaderPolicy {
+        defaults: header_pairs(c, set, &format!("{prefix}set")),
+        overrides: header_pairs(c, overrides, &format!("{prefix}override")),
+        remove: header_names(c, remove),
+        hsts: None,
+    }
+}
+
 fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
     let mut policy = match raw.preset.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
         None | Some(("strict", _)) => HeaderPolicy::strict(),
@@ -606,12 +622,7 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
             }
         };
     }
-    let changes = HeaderPolicy {
-        defaults: header_pairs(c, &raw.set, "set"),
-        overrides: header_pairs(c, &raw.overrides, "override"),
-        remove: header_names(c, raw.remove.as_ref()),
-        hsts: None,
-    };
+    let changes = header_changes(c, &raw.set, &raw.overrides, raw.remove.as_ref(), "");
     let hsts = policy.hsts.clone();
     let mut merged = policy.with(&changes);
     merged.hsts = hsts;
@@ -690,12 +701,8 @@ fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream], 
         let auth = build_auth(c, r, &name, spanned.span());
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
-            let route_changes = HeaderPolicy {
-                defaults: header_pairs(c, &changes.set, "headers.set"),
-                overrides: header_pairs(c, &changes.overrides, "headers.override"),
-                remove: header_names(c, changes.remove.as_ref()),
-                hsts: None,
-            };
+            let route_changes =
+                header_changes(c, &changes.set, &changes.overrides, changes.remove.as_ref(), "headers.");
             global.with(&route_changes)
         });
         if let (Some(path), Some(upstream), Some(auth)) = (path, upstream, auth) {
