@@ -31,6 +31,7 @@ use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
 
+pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod csp_report;

@@ -110,6 +110,64 @@ reasons! {
     CorsMethod => ("cors.method", StatusCode::FORBIDDEN, Client),
     /// A CORS preflight asking for a request header that is not allowed.
     CorsHeader => ("cors.header", StatusCode::FORBIDDEN, Client),
+    /// The route requires authentication and the request carries no
+    /// credential the route accepts.
+    AuthMissing => ("auth.missing", StatusCode::UNAUTHORIZED, Client),
+    /// The bearer token is not a well-formed compact JWS (three base64url
+    /// parts, a JSON header naming an algorithm, JSON claims).
+    JwtMalformed => ("jwt.malformed", StatusCode::UNAUTHORIZED, Client),
+    /// The token is larger than the configured maximum.
+    JwtTooLarge => ("jwt.too_large", StatusCode::UNAUTHORIZED, Client),
+    /// The header's `alg` is not one the selected key may be used with
+    /// (`none`, HMAC against a public key, a family mismatch).
+    JwtAlgNotAllowed => ("jwt.alg_not_allowed", StatusCode::UNAUTHORIZED, Client),
+    /// No configured or published key has the token's `kid`, even after a
+    /// JWKS refresh.
+    JwtUnknownKid => ("jwt.unknown_kid", StatusCode::UNAUTHORIZED, Client),
+    /// The signature does not verify with the selected key.
+    JwtBadSignature => ("jwt.bad_signature", StatusCode::UNAUTHORIZED, Client),
+    /// `exp` is in the past (beyond the leeway).
+    JwtExpired => ("jwt.expired", StatusCode::UNAUTHORIZED, Client),
+    /// `nbf` (or `iat`) is in the future (beyond the leeway).
+    JwtNotYetValid => ("jwt.not_yet_valid", StatusCode::UNAUTHORIZED, Client),
+    /// `iss` is not a configured issuer.
+    JwtWrongIssuer => ("jwt.wrong_issuer", StatusCode::UNAUTHORIZED, Client),
+    /// `aud` does not contain the configured audience.
+    JwtWrongAudience => ("jwt.wrong_audience", StatusCode::UNAUTHORIZED, Client),
+    /// A required claim is absent or has the wrong type.
+    JwtMissingClaim => ("jwt.missing_claim", StatusCode::UNAUTHORIZED, Client),
+    /// The header lists critical extensions (`crit`) Portcullis does not
+    /// implement (RFC 7515 §4.1.11 requires rejecting the token).
+    JwtCrit => ("jwt.crit", StatusCode::UNAUTHORIZED, Client),
+    /// The issuer's keys could not be fetched and none are cached.
+    JwtKeysUnavailable => ("jwt.keys_unavailable", StatusCode::SERVICE_UNAVAILABLE, Upstream),
+    /// The API key does not have the configured prefix and shape.
+    ApiKeyMalformed => ("apikey.malformed", StatusCode::UNAUTHORIZED, Client),
+    /// No stored key matches.
+    ApiKeyUnknown => ("apikey.unknown", StatusCode::UNAUTHORIZED, Client),
+    /// The key was revoked.
+    ApiKeyRevoked => ("apikey.revoked", StatusCode::UNAUTHORIZED, Client),
+    /// The key is past its expiry.
+    ApiKeyExpired => ("apikey.expired", StatusCode::UNAUTHORIZED, Client),
+    /// The key store could not be queried.
+    ApiKeyStoreUnavailable => ("apikey.store_unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// The session cookie does not open with the gateway's key (tampered,
+    /// forged, or sealed with a retired key).
+    SessionInvalid => ("session.invalid", StatusCode::UNAUTHORIZED, Client),
+    /// The session is past its lifetime and could not be refreshed.
+    SessionExpired => ("session.expired", StatusCode::UNAUTHORIZED, Client),
+    /// The session was ended by logout or an administrator.
+    SessionRevoked => ("session.revoked", StatusCode::UNAUTHORIZED, Client),
+    /// An OIDC callback whose `state` does not match the login in progress
+    /// (forged, replayed or expired).
+    OidcState => ("oidc.state", StatusCode::BAD_REQUEST, Client),
+    /// An OIDC callback the provider marked as failed, or whose ID token does
+    /// not verify (signature, nonce, audience, expiry).
+    OidcCallback => ("oidc.callback", StatusCode::BAD_REQUEST, Client),
+    /// The OIDC provider could not be reached or answered badly.
+    OidcProvider => ("oidc.provider", StatusCode::BAD_GATEWAY, Upstream),
+    /// The route requires a client certificate and none was presented.
+    MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
     /// Portcullis failed internally; details are only in the gateway's log.
     GatewayInternal => ("gateway.internal", StatusCode::INTERNAL_SERVER_ERROR, Gateway),
 }

@@ -13,8 +13,10 @@ pub mod forwarded;
 pub mod headers;
 pub mod hop;
 pub mod limits;
+pub mod principal;
 pub mod request_id;
 pub mod route;
 
 pub use deny::{Attribution, Denied, Reason};
 pub use event::{Action, SecurityEvent};
+pub use principal::{AuthMethod, Methods, Principal};

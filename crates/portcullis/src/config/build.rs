@@ -48,7 +48,6 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
             });
         }
     };
-    let _ = env; // secrets arrive with the sections that use them
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
 
     let server = build_server(&mut c, &raw.server, base);
@@ -60,6 +59,8 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let routes = build_routes(&mut c, &raw, &upstreams, &headers);
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
+    let state = super::state::build_state(&mut c, &raw, &server.data_dir);
+    let auth = super::auth::build_auth(&mut c, &raw, base, env);
 
     c.finish()?;
     let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
@@ -74,6 +75,8 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         headers,
         cors,
         csp_report_path,
+        state,
+        auth,
     })
 }
 

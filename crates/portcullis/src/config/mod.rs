@@ -6,10 +6,13 @@
 //! the raw structs. Defaults are secure, and `docs/defaults.md` says why each
 //! one is what it is.
 
+pub mod auth;
 mod build;
 pub mod error;
+pub mod oidc;
 pub mod raw;
 pub mod secret;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +51,10 @@ pub struct Config {
     pub cors: Option<portcullis_policy::cors::CorsPolicy>,
     /// Where the gateway takes CSP violation reports (`[headers] csp_report`).
     pub csp_report_path: Option<String>,
+    /// `[state]`.
+    pub state: state::State,
+    /// `[auth]`.
+    pub auth: auth::Auth,
 }
 
 /// The path of the gateway's CSP report endpoint.

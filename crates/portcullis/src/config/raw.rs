@@ -26,6 +26,161 @@ pub struct RawConfig {
     #[serde(default)]
     pub headers: RawHeaders,
     pub cors: Option<Spanned<RawCors>>,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[state]`: where durable and shared state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `sqlite://file` (default, in the data directory) or `postgres://…`.
+    pub store: Option<Spanned<String>>,
+    /// `memory` (default) or `redis://…` (limits, bans, session revocations).
+    pub shared: Option<Spanned<String>>,
+}
+
+/// `[auth]`: how callers prove who they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `[auth.jwt]` (one issuer) or `[[auth.jwt]]` (several).
+    pub jwt: Option<Spanned<OneOrManyTables<RawJwt>>>,
+    pub oidc: Option<Spanned<RawOidc>>,
+    pub session: Option<Spanned<RawSession>>,
+    pub api_key: Option<Spanned<RawApiKeys>>,
+    pub mtls: Option<Spanned<RawMtls>>,
+    pub identity: Option<Spanned<RawIdentity>>,
+}
+
+/// `[auth.jwt]`: bearer tokens from one issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: Spanned<String>,
+    pub audience: Option<Spanned<OneOrMany>>,
+    pub jwks_url: Option<Spanned<String>>,
+    /// CA bundle for the JWKS URL (default: the system roots).
+    pub jwks_ca: Option<Spanned<String>>,
+    /// Least time between two JWKS fetches caused by unknown `kid`s.
+    pub jwks_min_refresh: Option<Spanned<String>>,
+    /// How long fetched keys are used when the response has no Cache-Control.
+    pub jwks_max_age: Option<Spanned<String>>,
+    pub keys: Option<Vec<Spanned<RawJwtKey>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub leeway: Option<Spanned<String>>,
+    pub required_claims: Option<Vec<String>>,
+    pub max_token_bytes: Option<Spanned<Size>>,
+    pub roles_claim: Option<Spanned<OneOrMany>>,
+    pub scope_claim: Option<Spanned<String>>,
+    pub role_map: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A configured verification key: a PEM file, inline PEM, or an HMAC secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKey {
+    pub kid: Option<String>,
+    pub pem_file: Option<String>,
+    pub pem: Option<String>,
+    /// HMAC secret (`${ENV}` or `file:/path`), at least 32 bytes.
+    pub secret: Option<Spanned<String>>,
+    pub algorithm: Option<Spanned<String>>,
+}
+
+/// `[auth.oidc]`: browser login against an external provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub client_secret: Option<Spanned<String>>,
+    /// The gateway's external base URL (`https://app.example.com`); the
+    /// callback is `<base>/.portcullis/callback`.
+    pub public_url: Spanned<String>,
+    pub scopes: Option<Vec<String>>,
+    /// CA bundle for the provider (default: the system roots).
+    pub ca: Option<Spanned<String>>,
+    pub roles_claim: Option<Spanned<OneOrMany>>,
+    pub role_map: Option<std::collections::BTreeMap<String, String>>,
+    /// Where to send the browser after logout (must be registered with the
+    /// provider for RP-initiated logout).
+    pub post_logout_redirect: Option<Spanned<String>>,
+}
+
+/// `[auth.session]`: the browser session cookie.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    /// 32+ byte key sealing cookies (`${ENV}` or `file:`); default: generated
+    /// into the data directory (one instance only).
+    pub cookie_secret: Option<Spanned<String>>,
+    /// Absolute session lifetime.
+    pub lifetime: Option<Spanned<String>>,
+}
+
+/// `[auth.api_key]`: API keys from the store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// A header carrying keys, besides `Authorization: Bearer`.
+    pub header: Option<Spanned<String>>,
+    /// How long a verified key is trusted without asking the store again.
+    pub cache_ttl: Option<Spanned<String>>,
+}
+
+/// `[auth.mtls]`: client certificates as identities.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    /// Roles by certificate subject CN (or full subject DN).
+    pub roles: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+/// `[auth.identity]`: the gateway-signed identity token for upstreams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub issuer: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<String>>,
+}
+
+/// A table or an array of tables (`[auth.jwt]` or `[[auth.jwt]]`), keeping
+/// the inner type's own error messages (an untagged enum would hide them).
+#[derive(Debug)]
+pub enum OneOrManyTables<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrManyTables<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrManyTables<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = OneOrManyTables<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table or an array of tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(OneOrManyTables::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrManyTables::Many)
+            }
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 /// `[cors]`.
@@ -156,6 +311,9 @@ pub struct RawUpstream {
     pub pool_max_idle: Option<Spanned<i64>>,
     pub host_header: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    /// How the caller's identity reaches the upstream: `headers` (default),
+    /// `jwt` (a token signed by the gateway) or `none`.
+    pub identity: Option<Spanned<String>>,
 }
 
 /// `[[upstream]] tls = { ca, client_cert, client_key, server_name }`.
