@@ -12,6 +12,7 @@ pub mod event;
 pub mod forwarded;
 pub mod headers;
 pub mod hop;
+pub mod jwt;
 pub mod limits;
 pub mod principal;
 pub mod request_id;
