@@ -36,6 +36,7 @@ fn config() -> StackConfig {
                 max_body_bytes: None,
                 auth: AuthMode::Public,
                 headers: None,
+                identity: portcullis_layers::identity::UpstreamIdentity::Headers,
             }),
         })
         .collect();
@@ -48,6 +49,8 @@ fn config() -> StackConfig {
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
         csp_report_path: None,
+        auth: Default::default(),
+        endpoints: None,
     }
 }
 

@@ -23,9 +23,9 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Response};
-use portcullis_policy::{Denied, Principal};
+use portcullis_policy::{AuthMethod, Denied, Methods, Principal, Reason};
 
-use crate::Body;
+use crate::{AuthMode, Body, ConnInfo, RouteInfo};
 
 /// A verification's outcome.
 pub type AuthFuture = BoxFuture<'static, Result<Principal, Denied>>;
@@ -88,4 +88,292 @@ pub struct Authenticators {
 pub struct MtlsIdentity {
     /// Roles by certificate subject (the CN, or the full subject DN).
     pub roles: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// The request headers that carry identity to the upstream. Any a client
+/// sends is removed before anything else looks at the request.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-portcullis-";
+
+/// Removes every `X-Portcullis-*` header (client-supplied identity).
+pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
+    let forged: Vec<HeaderName> =
+        headers.keys().filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX)).cloned().collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticators>,
+}
+
+impl AuthLayer {
+    /// Authenticates with `auth`.
+    #[must_use]
+    pub const fn new(auth: Arc<Authenticators>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate { inner, auth: self.auth.clone() }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    auth: Arc<Authenticators>,
+}
+
+/// Which credential a request presents, in the order of the module docs.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential {
+    ApiKey(String),
+    Bearer(String),
+    Session(String),
+    Certificate,
+}
+
+/// What the layer does with a request.
+enum Decision {
+    /// Authenticated (with a replacement session cookie, if refreshed).
+    Allow(Principal, Option<HeaderValue>),
+    /// Refused.
+    Deny(Denied),
+    /// A browser sent to login.
+    Login(Response<Body>),
+}
+
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+}
+
+impl Authenticators {
+    /// The credential `req` presents for `methods`, if any.
+    fn credential(&self, methods: Methods, req: &http::request::Parts) -> Option<Credential> {
+        if methods.contains(AuthMethod::ApiKey)
+            && let Some(verifier) = &self.api_key
+        {
+            if let Some(value) = self.api_key_header.as_ref().and_then(|h| req.headers.get(h))
+                && let Ok(key) = value.to_str()
+            {
+                return Some(Credential::ApiKey(key.trim().to_owned()));
+            }
+            if let Some(token) = bearer(&req.headers).filter(|t| verifier.recognises(t)) {
+                return Some(Credential::ApiKey(token.to_owned()));
+            }
+        }
+        if methods.contains(AuthMethod::Jwt)
+            && self.bearer.is_some()
+            && let Some(token) = bearer(&req.headers)
+        {
+            return Some(Credential::Bearer(token.to_owned()));
+        }
+        if methods.contains(AuthMethod::Session)
+            && let Some(session) = &self.session
+            && let Some(value) = cookie(&req.headers, session.cookie_name())
+        {
+            return Some(Credential::Session(value.to_owned()));
+        }
+        if methods.contains(AuthMethod::Mtls)
+            && self.mtls.is_some()
+            && req.extensions.get::<ConnInfo>().is_some_and(|c| c.client_cert.is_some())
+        {
+            return Some(Credential::Certificate);
+        }
+        None
+    }
+
+    fn certificate_principal(&self, req: &http::request::Parts) -> Result<Principal, Denied> {
+        let cert = req
+            .extensions
+            .get::<ConnInfo>()
+            .and_then(|c| c.client_cert.clone())
+            .ok_or_else(|| Denied::new(Reason::MtlsMissing))?;
+        let cn = cert
+            .subject
+            .split(',')
+            .filter_map(|part| part.trim().strip_prefix("CN="))
+            .next()
+            .unwrap_or(&cert.subject)
+            .to_owned();
+        let mut principal = Principal::new(cn.clone(), AuthMethod::Mtls, cert.fingerprint.as_bytes());
+        principal.credential.clone_from(&cert.fingerprint);
+        principal.issuer = Some("client-certificate".into());
+        if let Some(mtls) = &self.mtls {
+            principal.roles =
+                mtls.roles.get(&cn).or_else(|| mtls.roles.get(&cert.subject)).cloned().unwrap_or_default();
+        }
+        Ok(principal)
+    }
+
+    /// The answer for a request without any accepted credential.
+    fn missing(&self, methods: Methods, req: &http::request::Parts) -> Decision {
+        if methods.contains(AuthMethod::Session)
+            && let Some(session) = &self.session
+            && (req.method == http::Method::GET || req.method == http::Method::HEAD)
+            && wants_html(&req.headers)
+        {
+            let return_to = req.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+            return Decision::Login(session.login_redirect(return_to));
+        }
+        let mut denied = Denied::new(Reason::AuthMissing);
+        if methods.contains(AuthMethod::Jwt) || methods.contains(AuthMethod::ApiKey) {
+            denied = denied.with_header(http::header::WWW_AUTHENTICATE, portcullis_policy::jwt::challenge(None));
+        }
+        let accepted = methods.iter().map(AuthMethod::as_str).collect::<Vec<_>>().join(", ");
+        Decision::Deny(denied.with_detail(format!("route accepts: {accepted}")))
+    }
+
+    async fn decide(self: Arc<Self>, methods: Methods, req: &mut http::request::Parts) -> Decision {
+        let credential = self.credential(methods, req);
+        let result = match &credential {
+            None => return self.missing(methods, req),
+            Some(Credential::ApiKey(key)) => match &self.api_key {
+                Some(v) => v.verify(key).await.map(|p| (p, None)),
+                None => return self.missing(methods, req),
+            },
+            Some(Credential::Bearer(token)) => match &self.bearer {
+                Some(v) => v.verify(token).await.map(|p| (p, None)),
+                None => return self.missing(methods, req),
+            },
+            Some(Credential::Session(value)) => match &self.session {
+                Some(v) => v.verify(value).await.map(|o| (o.principal, o.set_cookie)),
+                None => return self.missing(methods, req),
+            },
+            Some(Credential::Certificate) => self.certificate_principal(req).map(|p| (p, None)),
+        };
+        match result {
+            Ok((principal, cookie)) => {
+                if let Some(credential) = &credential {
+                    self.scrub(credential, &mut req.headers);
+                }
+                Decision::Allow(principal, cookie)
+            }
+            Err(denied) => Decision::Deny(denied),
+        }
+    }
+
+    /// Removes a gateway credential the upstream has no use for: API keys
+    /// and the session cookie are the gateway's secrets. A bearer JWT is
+    /// left in place (upstreams may verify it again or call other services
+    /// with it).
+    fn scrub(&self, credential: &Credential, headers: &mut http::HeaderMap) {
+        match credential {
+            Credential::ApiKey(_) => {
+                if let Some(header) = &self.api_key_header {
+                    headers.remove(header);
+                }
+                if bearer(headers).is_some_and(|t| self.api_key.as_ref().is_some_and(|v| v.recognises(t))) {
+                    headers.remove(http::header::AUTHORIZATION);
+                }
+            }
+            Credential::Session(_) => {
+                if let Some(session) = &self.session {
+                    remove_cookie(headers, session.cookie_name());
+                }
+            }
+            Credential::Bearer(_) | Credential::Certificate => {}
+        }
+    }
+}
+
+/// Rewrites the `Cookie` headers without the cookie `name`.
+fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(n, _)| n.trim() != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(http::header::COOKIE, value);
+    }
+}
+
+/// A top-level browser navigation asks for HTML first; API clients and
+/// `fetch()` calls do not.
+fn wants_html(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with("text/html")))
+}
+
+/// The authenticated caller of a request: in the request's extensions for
+/// inner layers, and in the response's for the access log and events.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Principal>);
+
+impl<S> tower::Service<http::Request<Body>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = crate::GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        strip_identity_headers(req.headers_mut());
+        let methods = match req.extensions().get::<Arc<RouteInfo>>().map(|r| r.auth) {
+            Some(AuthMode::Public) => return crate::call_boxed(&mut self.inner, req),
+            Some(AuthMode::Required(methods)) => methods,
+            // A request that reached here unrouted is a wiring bug: refuse.
+            None => return Box::pin(async { Ok(crate::deny(Reason::GatewayInternal)) }),
+        };
+        // The ready service handles this request; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match auth.decide(methods, &mut parts).await {
+                Decision::Deny(denied) => Ok(crate::deny(denied)),
+                Decision::Login(response) => Ok(response),
+                Decision::Allow(principal, set_cookie) => {
+                    let caller = Caller(Arc::new(principal));
+                    parts.extensions.insert(caller.clone());
+                    let Ok(mut response) = crate::call_boxed(&mut inner, http::Request::from_parts(parts, body)).await;
+                    if let Some(cookie) = set_cookie {
+                        response.headers_mut().append(http::header::SET_COOKIE, cookie);
+                    }
+                    response.extensions_mut().insert(caller);
+                    Ok(response)
+                }
+            }
+        })
+    }
 }

@@ -10,12 +10,12 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → CSP reports → head limits → route → body limit → forward → proxy
+//! reject/context → response headers → CORS → CSP reports → head limits → own endpoints → route → body limit
+//!   → authenticate → identity → forward → proxy
 //! ```
 //!
-//! Later defences slot in between `route` and `forward` (rate limit,
-//! authentication, authorization, CSRF, WAF) and around `proxy` (response
-//! headers).
+//! Later defences slot in around `authenticate` (rate limit before it;
+//! authorization, CSRF and WAF after it).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,8 +35,10 @@ pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod csp_report;
+pub mod endpoints;
 pub mod forward;
 pub mod headers;
+pub mod identity;
 pub mod limits;
 pub mod reject;
 pub mod route;
@@ -158,11 +160,13 @@ impl RequestContext {
     }
 }
 
-/// Authentication methods a route accepts.
+/// Authentication a route requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     /// No authentication: anyone may call the route.
     Public,
+    /// One of these methods.
+    Required(portcullis_policy::Methods),
 }
 
 /// What the layers need to know about a matched route. The route layer puts
@@ -183,6 +187,8 @@ pub struct RouteInfo {
     /// The route's response-header policy (global policy with the route's
     /// changes), if it has changes.
     pub headers: Option<Arc<portcullis_policy::headers::HeaderPolicy>>,
+    /// How the upstream learns the caller's identity.
+    pub identity: identity::UpstreamIdentity,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -209,6 +215,11 @@ pub struct StackConfig {
     pub cors: Option<Arc<portcullis_policy::cors::CorsPolicy>>,
     /// Where the gateway takes CSP violation reports, if it does.
     pub csp_report_path: Option<Arc<str>>,
+    /// The configured authentication methods.
+    pub auth: Arc<auth::Authenticators>,
+    /// The gateway's own endpoints under `/.portcullis/` (login, callback,
+    /// logout, JWKS), if any are enabled.
+    pub endpoints: Option<GatewayService>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -223,8 +234,11 @@ where
         .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
+        .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(route::RouteLayer::new(config.routes.clone()))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(auth::AuthLayer::new(config.auth.clone()))
+        .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)
         .service(proxy);
     Arc::new(Stack { service })

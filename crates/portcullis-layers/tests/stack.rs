@@ -35,6 +35,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             max_body_bytes: None,
             auth: AuthMode::Public,
             headers: None,
+            identity: portcullis_layers::identity::UpstreamIdentity::Headers,
         }),
     };
     StackConfig {
@@ -46,6 +47,8 @@ fn config(events: Arc<Events>) -> StackConfig {
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
         csp_report_path: None,
+        auth: Default::default(),
+        endpoints: None,
     }
 }
 

@@ -118,7 +118,7 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
                 // Certificates reload even when the new file has errors.
                 server.reload_certificates();
                 match config::load(path) {
-                    Ok(new) => match server.reload(new) {
+                    Ok(new) => match server.reload(new).await {
                         Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
                         Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
                     },

@@ -7,10 +7,12 @@
 //! `portcullis-layers`. `main.rs` only parses the command line.
 
 pub mod app;
+pub mod auth;
 pub mod check;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod http_client;
 pub mod logging;
 pub mod proxy;
 pub mod server;

@@ -46,7 +46,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Listener};
+use crate::auth::AuthRuntime;
+use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
 use crate::tls::CertStore;
@@ -62,7 +63,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds routes, upstream pools and the layer stack.
     #[must_use]
-    pub fn build(config: Arc<Config>, events: Arc<dyn EventSink>, tasks: TaskTracker) -> Self {
+    pub fn build(config: Arc<Config>, events: Arc<dyn EventSink>, tasks: TaskTracker, auth: &AuthRuntime) -> Self {
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
@@ -78,6 +79,8 @@ impl Gateway {
                     max_body_bytes: r.max_body_bytes,
                     auth: r.auth,
                     headers: r.headers.clone().map(Arc::new),
+                    identity: auth
+                        .upstream_identity(config.upstreams.get(r.upstream).map_or(IdentityMode::None, |u| u.identity)),
                 }),
             })
             .collect();
@@ -90,6 +93,8 @@ impl Gateway {
             headers: Arc::new(config.headers.clone()),
             cors: config.cors.clone().map(Arc::new),
             csp_report_path: config.csp_report_path.as_deref().map(Arc::from),
+            auth: auth.authenticators.clone(),
+            endpoints: auth.endpoints.clone(),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }
@@ -110,6 +115,9 @@ pub enum StartError {
     /// A worker thread could not start.
     #[error("cannot start a worker: {0}")]
     Worker(io::Error),
+    /// Authentication could not start (JWKS client, signing key, store, OIDC).
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthStartError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -131,6 +139,9 @@ pub enum ReloadError {
     /// Listeners differ; rebinding sockets needs a restart.
     #[error("listeners changed ({0}); restart Portcullis to change listeners")]
     Listeners(String),
+    /// Authentication for the new configuration could not start.
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthStartError),
 }
 
 /// A running gateway.
@@ -198,6 +209,7 @@ impl Server {
                 bound.push((Arc::new(spec), redirect_addr, socket));
             }
         }
+        let auth = AuthRuntime::start(&config).await?;
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
@@ -208,7 +220,7 @@ impl Server {
         let mut handles = Vec::with_capacity(count);
         for index in 0..count {
             let current =
-                Arc::new(ArcSwap::from_pointee(Gateway::build(config.clone(), events.clone(), tasks.clone())));
+                Arc::new(ArcSwap::from_pointee(Gateway::build(config.clone(), events.clone(), tasks.clone(), &auth)));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let connections = Arc::new(AtomicUsize::new(0));
             let context = WorkerContext {
@@ -267,7 +279,7 @@ impl Server {
     /// # Errors
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
-    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let old = self.config();
         let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
@@ -281,9 +293,15 @@ impl Server {
                 "[events] sinks and [log] format and level change at the next restart; the rest is reloaded"
             );
         }
+        let auth = AuthRuntime::start(&config).await?;
         let config = Arc::new(config);
         for worker in &self.workers {
-            worker.current.store(Arc::new(Gateway::build(config.clone(), self.events.clone(), self.tasks.clone())));
+            worker.current.store(Arc::new(Gateway::build(
+                config.clone(),
+                self.events.clone(),
+                self.tasks.clone(),
+                &auth,
+            )));
         }
         self.config.store(config);
         Ok(())

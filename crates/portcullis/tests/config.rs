@@ -119,7 +119,7 @@ sinks = ["syslog"]
         "invalid path pattern \"no-slash\"",
         "invalid method \"get\"",
         "unknown upstream \"apii\"",
-        "authentication method \"jwt\" is not available",
+        "authentication method \"jwt\" is not configured",
         "unknown log format \"xml\"",
         "unknown event sink \"syslog\"",
     ];

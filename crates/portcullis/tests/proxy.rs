@@ -493,11 +493,11 @@ async fn reload_swaps_routes_atomically_and_refuses_listener_changes() {
     assert_eq!(get(&gw.url("/x")).await.1, "a /x");
 
     let (new, _dir) = config(&simple_config(b, ""));
-    gw.server.reload(new).unwrap();
+    gw.server.reload(new).await.unwrap();
     assert_eq!(get(&gw.url("/x")).await.1, "b /x");
 
     let (other_listener, _dir) = config(&simple_config(a, "").replace("127.0.0.1:0", "127.0.0.1:1"));
-    let err = gw.server.reload(other_listener).unwrap_err();
+    let err = gw.server.reload(other_listener).await.unwrap_err();
     assert!(err.to_string().contains("listeners changed"), "{err}");
     assert_eq!(get(&gw.url("/x")).await.1, "b /x");
 }

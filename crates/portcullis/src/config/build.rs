@@ -56,7 +56,8 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     check_unique_upstreams(&mut c, &raw.upstreams);
     let headers = build_headers(&mut c, &raw.headers);
     let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
-    let routes = build_routes(&mut c, &raw, &upstreams, &headers);
+    let auth = super::auth::build_auth(&mut c, &raw, base, env);
+    let routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth);
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir);
@@ -80,7 +81,26 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     })
 }
 
-fn duration(c: &mut Collector<'_>, value: Option<&Spanned<String>>, default: Duration, what: &str) -> Duration {
+/// A duration that may be zero (`leeway = "0s"`).
+pub(super) fn duration_or_zero(
+    c: &mut Collector<'_>,
+    value: Option<&Spanned<String>>,
+    default: Duration,
+    what: &str,
+) -> Duration {
+    let Some(value) = value else { return default };
+    humantime::parse_duration(value.get_ref()).unwrap_or_else(|e| {
+        c.error(value.span(), format!("invalid {what} {:?}: {e}", value.get_ref())).expected(DURATION_EXAMPLE);
+        default
+    })
+}
+
+pub(super) fn duration(
+    c: &mut Collector<'_>,
+    value: Option<&Spanned<String>>,
+    default: Duration,
+    what: &str,
+) -> Duration {
     let Some(value) = value else { return default };
     match humantime::parse_duration(value.get_ref()) {
         Ok(d) if !d.is_zero() => d,
@@ -95,7 +115,14 @@ fn duration(c: &mut Collector<'_>, value: Option<&Spanned<String>>, default: Dur
     }
 }
 
-fn size(c: &mut Collector<'_>, value: Option<&Spanned<Size>>, default: u64, min: u64, max: u64, what: &str) -> u64 {
+pub(super) fn size(
+    c: &mut Collector<'_>,
+    value: Option<&Spanned<Size>>,
+    default: u64,
+    min: u64,
+    max: u64,
+    what: &str,
+) -> u64 {
     let Some(value) = value else { return default };
     let parsed = match value.get_ref() {
         Size::Bytes(n) => u64::try_from(*n).ok(),
@@ -397,7 +424,19 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path
     } else {
         None
     };
+    let identity = match u.identity.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
+        None | Some(("headers", _)) => super::IdentityMode::Headers,
+        Some(("jwt", _)) => super::IdentityMode::Jwt,
+        Some(("none", _)) => super::IdentityMode::None,
+        Some((other, span)) => {
+            c.error(span, format!("unknown identity {other:?}"))
+                .expected("\"headers\", \"jwt\" or \"none\"")
+                .help("how the caller's identity reaches the upstream; see docs/configuration.md");
+            super::IdentityMode::Headers
+        }
+    };
     let upstream = Upstream {
+        identity,
         tls,
         tls_client,
         name,
@@ -428,6 +467,7 @@ fn build_auth(
     raw: &RawRoute,
     route_name: &str,
     route_span: std::ops::Range<usize>,
+    configured: &super::auth::Auth,
 ) -> Option<AuthMode> {
     let Some(auth) = &raw.auth else {
         c.error(route_span, format!("route {route_name:?} does not state `auth`"))
@@ -442,25 +482,15 @@ fn build_auth(
         c.error(auth.span(), "auth is an empty list").expected("auth = \"public\"");
         return None;
     }
-    let mut mode = None;
-    for method in &methods {
-        match method.as_str() {
-            "public" if methods.len() == 1 => mode = Some(AuthMode::Public),
-            "public" => {
-                c.error(auth.span(), "\"public\" cannot be combined with other methods")
-                    .help("a route is either public or requires authentication");
-            }
-            "jwt" | "session" | "api_key" | "mtls" => {
-                c.error(auth.span(), format!("authentication method {method:?} is not available in this version"))
-                    .expected("\"public\"");
-            }
-            other => {
-                c.error(auth.span(), format!("unknown authentication method {other:?}"))
-                    .expected("\"public\" (jwt, session, api_key and mtls arrive with authentication)");
-            }
+    if methods.iter().any(|m| m == "public") {
+        if methods.len() == 1 {
+            return Some(AuthMode::Public);
         }
+        c.error(auth.span(), "\"public\" cannot be combined with other methods")
+            .help("a route is either public or requires authentication");
+        return None;
     }
-    mode
+    super::auth::route_methods(c, configured, &methods, auth.span()).map(AuthMode::Required)
 }
 
 type HeaderTable = Option<Spanned<std::collections::BTreeMap<String, String>>>;
@@ -632,7 +662,13 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
     merged
 }
 
-fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream], global: &HeaderPolicy) -> Vec<Route> {
+fn build_routes(
+    c: &mut Collector<'_>,
+    raw: &RawConfig,
+    upstreams: &[Upstream],
+    global: &HeaderPolicy,
+    configured: &super::auth::Auth,
+) -> Vec<Route> {
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -701,7 +737,7 @@ fn build_routes(c: &mut Collector<'_>, raw: &RawConfig, upstreams: &[Upstream], 
                 },
             );
         }
-        let auth = build_auth(c, r, &name, spanned.span());
+        let auth = build_auth(c, r, &name, spanned.span(), configured);
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
             let route_changes =

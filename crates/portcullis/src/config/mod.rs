@@ -197,6 +197,20 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// The rustls client configuration built from `tls` (https targets only).
     pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// How the caller's identity reaches this upstream.
+    pub identity: IdentityMode,
+}
+
+/// `[[upstream]] identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityMode {
+    /// `X-Portcullis-*` headers.
+    #[default]
+    Headers,
+    /// A short-lived token signed by the gateway (`X-Portcullis-Identity`).
+    Jwt,
+    /// Nothing.
+    None,
 }
 
 /// How the gateway verifies (and proves itself to) an https upstream.

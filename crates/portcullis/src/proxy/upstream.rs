@@ -146,6 +146,7 @@ mod tests {
             host_header: config::HostHeader::Preserve,
             tls: None,
             tls_client: None,
+            identity: config::IdentityMode::Headers,
         })
     }
 

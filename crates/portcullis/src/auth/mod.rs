@@ -1,0 +1,179 @@
+//! Authentication at run time: builds the verifiers the authentication layer
+//! calls (JWT issuers, API keys, OIDC sessions, client certificates), the
+//! signer of upstream identity tokens, and the gateway's own endpoints under
+//! `/.portcullis/`.
+//!
+//! Built once per start or reload, before the workers get the new stack:
+//! it opens the store, fetches JWKS and runs OIDC discovery, which are
+//! async and may fail — a failed reload keeps the running configuration.
+
+pub mod jwt;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::Request;
+use http_body_util::BodyExt;
+use portcullis_layers::auth::{Authenticators, MtlsIdentity};
+use portcullis_layers::identity::{SignIdentity, UpstreamIdentity};
+use portcullis_layers::{Body, GatewayFuture, GatewayService, Handler};
+use portcullis_policy::Principal;
+use portcullis_policy::jwt::identity::IdentitySigner;
+
+use crate::config::{Config, IdentityMode};
+
+/// Why authentication could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthStartError {
+    /// A JWT issuer.
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtStartError),
+    /// The identity signing key.
+    #[error("identity signing key {path}: {reason}")]
+    SigningKey {
+        /// The key file.
+        path: String,
+        /// Cause.
+        reason: String,
+    },
+}
+
+/// Everything authentication needs at run time.
+#[derive(Debug, Clone)]
+pub struct AuthRuntime {
+    /// The verifiers, for the layer.
+    pub authenticators: Arc<Authenticators>,
+    /// The identity signer, when an upstream uses `identity = "jwt"`.
+    pub signer: Option<Arc<GatewaySigner>>,
+    /// The gateway's own endpoints.
+    pub endpoints: Option<GatewayService>,
+}
+
+impl AuthRuntime {
+    /// Builds the verifiers for `config`.
+    ///
+    /// # Errors
+    /// [`AuthStartError`] naming the part that failed.
+    pub async fn start(config: &Config) -> Result<Self, AuthStartError> {
+        let auth = &config.auth;
+        let mut authenticators = Authenticators::default();
+        if !auth.jwt.is_empty() {
+            let verifier = jwt::JwtVerifier::start(&auth.jwt).await?;
+            authenticators.bearer = Some(Arc::new(jwt::Bearer(Arc::new(verifier))));
+        }
+        if let Some(mtls) = &auth.mtls {
+            authenticators.mtls = Some(Arc::new(MtlsIdentity { roles: mtls.roles.clone() }));
+        }
+        let signer = if config.upstreams.iter().any(|u| u.identity == IdentityMode::Jwt) {
+            Some(Arc::new(GatewaySigner::load(&config.server.data_dir, &auth.identity)?))
+        } else {
+            None
+        };
+        let mut router = axum::Router::new();
+        let mut any_endpoint = false;
+        if let Some(signer) = &signer {
+            let jwks = signer.signer.jwks();
+            router = router.route(
+                "/.portcullis/jwks.json",
+                axum::routing::get(move || {
+                    let jwks = jwks.clone();
+                    async move { ([(http::header::CACHE_CONTROL, "public, max-age=300")], axum::Json(jwks)) }
+                }),
+            );
+            any_endpoint = true;
+        }
+        let endpoints = any_endpoint.then(|| {
+            let router = router.fallback(|| async {
+                let denied = portcullis_layers::deny(portcullis_policy::Reason::RouteNone);
+                let (parts, _) = denied.into_parts();
+                axum::response::Response::from_parts(parts, axum::body::Body::empty())
+            });
+            Arc::new(Endpoints(router)) as GatewayService
+        });
+        Ok(Self { authenticators: Arc::new(authenticators), signer, endpoints })
+    }
+
+    /// How the upstream of `mode` learns identities.
+    #[must_use]
+    pub fn upstream_identity(&self, mode: IdentityMode) -> UpstreamIdentity {
+        match (mode, &self.signer) {
+            (IdentityMode::Headers, _) => UpstreamIdentity::Headers,
+            (IdentityMode::Jwt, Some(signer)) => UpstreamIdentity::Jwt(signer.clone()),
+            // `start` loads a signer whenever an upstream asks for one.
+            (IdentityMode::Jwt, None) | (IdentityMode::None, _) => UpstreamIdentity::None,
+        }
+    }
+}
+
+/// The gateway's EdDSA key for upstream identity tokens, kept in the data
+/// directory (`identity.key`, PKCS#8, mode 0600) so tokens stay verifiable
+/// across restarts and upstreams can cache the JWKS.
+#[derive(Debug)]
+pub struct GatewaySigner {
+    signer: IdentitySigner,
+}
+
+impl GatewaySigner {
+    /// Loads the key, generating it on first use.
+    ///
+    /// # Errors
+    /// When the key file cannot be read, written or parsed.
+    pub fn load(data_dir: &Path, identity: &crate::config::auth::IdentityToken) -> Result<Self, AuthStartError> {
+        let path = data_dir.join("identity.key");
+        let error = |reason: String| AuthStartError::SigningKey { path: path.display().to_string(), reason };
+        let der = match std::fs::read(&path) {
+            Ok(der) => der,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let der = IdentitySigner::generate_pkcs8().map_err(|e| error(e.to_string()))?;
+                std::fs::create_dir_all(data_dir).map_err(|e| error(e.to_string()))?;
+                write_private(&path, &der).map_err(|e| error(e.to_string()))?;
+                tracing::info!(path = %path.display(), "generated the identity signing key");
+                der
+            }
+            Err(e) => return Err(error(e.to_string())),
+        };
+        let signer = IdentitySigner::from_pkcs8(&der, identity.issuer.clone(), identity.ttl)
+            .map_err(|e| error(e.to_string()))?;
+        Ok(Self { signer })
+    }
+
+    /// The public JWKS.
+    #[must_use]
+    pub fn jwks(&self) -> serde_json::Value {
+        self.signer.jwks()
+    }
+}
+
+impl SignIdentity for GatewaySigner {
+    fn sign(&self, principal: &Principal, audience: &str) -> Result<String, String> {
+        self.signer.sign(principal, audience, SystemTime::now()).map_err(|e| e.to_string())
+    }
+}
+
+/// Writes a new file readable by the owner only.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// The axum router of the gateway's endpoints as a stack handler.
+#[derive(Debug, Clone)]
+struct Endpoints(axum::Router);
+
+impl Handler for Endpoints {
+    fn handle(&self, req: Request<Body>) -> GatewayFuture {
+        let router = self.0.clone();
+        Box::pin(async move {
+            let Ok(response) = tower::ServiceExt::oneshot(router, req.map(axum::body::Body::new)).await;
+            Ok::<_, Infallible>(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        })
+    }
+}
