@@ -8,10 +8,12 @@
 
 pub mod app;
 pub mod check;
+pub mod cli_apikey;
 pub mod config;
 pub mod demo;
 pub mod events;
 pub mod logging;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod tls;
