@@ -9,6 +9,7 @@
 pub mod app;
 pub mod auth;
 pub mod check;
+pub mod cli_apikey;
 pub mod config;
 pub mod demo;
 pub mod events;
@@ -16,4 +17,5 @@ pub mod http_client;
 pub mod logging;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod tls;

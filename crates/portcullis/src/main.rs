@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,47 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Manage API keys for machine clients (kept in the `[state] store`).
+    Apikey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print it once on stdout.
+    Create {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// A label for the key (who or what uses it).
+        #[arg(long)]
+        name: String,
+        /// A role the key's callers get (repeatable).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Lifetime, such as 90d or 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The key's id (the 16 hex digits after `pcl_`).
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,5 +77,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => portcullis::app::run(&config),
         Command::Check { config } => portcullis::app::check(&config),
+        Command::Apikey { command } => match command {
+            ApiKeyCommand::Create { config, name, roles, expires } => {
+                portcullis::cli_apikey::create(&config, &name, &roles, expires)
+            }
+            ApiKeyCommand::List { config, json } => portcullis::cli_apikey::list(&config, json),
+            ApiKeyCommand::Revoke { config, id } => portcullis::cli_apikey::revoke(&config, &id),
+        },
     }
 }

@@ -223,3 +223,61 @@ fn check_reports_plaintext_listeners_hsts_off_and_weak_csp() {
         codes(&format!("{MINIMAL}\n[headers]\ncsp = \"default-src 'self'; style-src 'unsafe-inline'\"\n")).is_empty()
     );
 }
+
+#[test]
+fn state_store_defaults_to_sqlite_in_the_data_dir_and_resolves_relative_paths_there() {
+    let store = |extra: &str| parse(&format!("{MINIMAL}\n{extra}")).unwrap().state.store;
+    assert_eq!(store(""), "sqlite:///etc/portcullis/data/portcullis.db");
+    assert_eq!(store("[state]\nstore = \"sqlite://keys.db\"\n"), "sqlite:///etc/portcullis/data/keys.db");
+    assert_eq!(store("[state]\nstore = \"sqlite:///var/lib/p/keys.db\"\n"), "sqlite:///var/lib/p/keys.db");
+    let pg = "postgresql://portcullis@db.internal:5432/portcullis?sslmode=disable";
+    assert_eq!(store(&format!("[state]\nstore = \"{pg}\"\n")), pg);
+}
+
+#[test]
+fn state_store_refuses_other_schemes_without_repeating_passwords() {
+    for (url, message) in [
+        ("mysql://app:hunter2@db/keys", "unsupported store \"mysql://app:***@db/keys\""),
+        ("/var/lib/keys.db", "unsupported store"),
+        ("sqlite://", "it must name a file"),
+        ("sqlite://keys.db?mode=ro", "it must name a file"),
+        ("sqlite://:memory:", "it must name a file"),
+    ] {
+        let toml = format!("{MINIMAL}\n[state]\nstore = \"{url}\"\n");
+        let errs = errors(&toml);
+        assert_eq!(errs.len(), 1, "{url}: {errs:?}");
+        assert!(errs[0].message.contains(message), "{url}: {}", errs[0].message);
+        assert!(!errs[0].message.contains("hunter2"));
+        assert!(errs[0].expected.as_deref().unwrap().contains("postgres://"), "{errs:?}");
+        assert_eq!(errs[0].line, toml.lines().position(|l| l.starts_with("store")).unwrap() + 1, "{url}");
+    }
+}
+
+#[test]
+fn api_key_header_and_cache_ttl() {
+    let api_keys = |body: &str| parse(&format!("{MINIMAL}\n[auth.api_key]\n{body}")).unwrap().auth.api_keys.unwrap();
+    assert!(parse(MINIMAL).unwrap().auth.api_keys.is_none());
+    let defaults = api_keys("");
+    assert_eq!((defaults.header, defaults.cache_ttl), (None, std::time::Duration::from_secs(10)));
+    let set = api_keys("header = \"X-Api-Key\"\ncache_ttl = \"1m\"\n");
+    assert_eq!(set.header.unwrap().as_str(), "x-api-key");
+    assert_eq!(set.cache_ttl, std::time::Duration::from_secs(60));
+    assert_eq!(api_keys("cache_ttl = \"0s\"\n").cache_ttl, std::time::Duration::ZERO, "0s: ask the store every time");
+
+    for (body, message) in [
+        ("header = \"Authorization\"", "cannot carry API keys"),
+        ("header = \"cookie\"", "cannot carry API keys"),
+        ("header = \"Connection\"", "cannot carry API keys"),
+        ("header = \"transfer-encoding\"", "cannot carry API keys"),
+        ("header = \"x-portcullis-key\"", "cannot carry API keys"),
+        ("header = \"x api key\"", "invalid header name"),
+        ("cache_ttl = \"1h\"", "cache_ttl \"1h\" is too long"),
+        ("cache_ttl = \"soon\"", "invalid cache_ttl"),
+        ("ttl = \"10s\"", "unknown field `ttl`"),
+    ] {
+        let errs = errors(&format!("{MINIMAL}\n[auth.api_key]\n{body}\n"));
+        assert_eq!(errs.len(), 1, "{body}: {errs:?}");
+        assert!(errs[0].message.contains(message), "{body}: {}", errs[0].message);
+        assert!(errs[0].expected.is_some() || errs[0].help.is_some(), "{body}: {errs:?}");
+    }
+}

@@ -1,19 +1,37 @@
 //! `[state]` and `[auth.api_key]`: where durable and shared state lives, and
 //! how API keys are accepted.
+//!
+//! Decision rules:
+//! - `store` is `sqlite://PATH` or `postgres://…`/`postgresql://…`; nothing
+//!   else. A relative SQLite path is inside `[server] data_dir` (itself
+//!   relative to the configuration file), so `sqlite://keys.db` and the
+//!   default `portcullis.db` sit next to the generated TLS files.
+//! - The key header must be a valid header name that is not hop-by-hop
+//!   (proxies would drop it), not `Authorization` (already read for
+//!   `Bearer` keys), not `Cookie`/`Host`/`Proxy-Authorization`, and not an
+//!   `X-Portcullis-*` header (stripped at ingress).
+//! - `cache_ttl` bounds how long a revoked key keeps working on a running
+//!   gateway, so it is capped at [`MAX_CACHE_TTL`].
 
 use std::path::Path;
 use std::time::Duration;
 
 use http::HeaderName;
+use toml::Spanned;
 
 use super::error::Collector;
 use super::raw::RawConfig;
+
+/// The default `cache_ttl`.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
+/// The largest `cache_ttl`: revocation must take effect within minutes.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(600);
 
 /// `[state]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     /// The durable store's URL (`sqlite://…` or `postgres://…`): API keys,
-    /// accounts, the audit log.
+    /// accounts, the audit log. A SQLite path here is already resolved.
     pub store: String,
 }
 
@@ -26,15 +44,85 @@ pub struct ApiKeys {
     pub cache_ttl: Duration,
 }
 
-pub(super) fn build_state(_c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> State {
-    let store = raw
-        .state
-        .store
-        .as_ref()
-        .map_or_else(|| format!("sqlite://{}", data_dir.join("portcullis.db").display()), |s| s.get_ref().clone());
+const STORE_EXPECTED: &str = "\"sqlite://portcullis.db\" (in data_dir), \"sqlite:///var/lib/portcullis/keys.db\" \
+                              or \"postgres://portcullis@db.internal:5432/portcullis\"";
+
+pub(super) fn build_state(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> State {
+    let default = || format!("sqlite://{}", data_dir.join("portcullis.db").display());
+    let Some(value) = raw.state.store.as_ref() else { return State { store: default() } };
+    let url = value.get_ref().trim();
+    let store = if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() || path.contains('?') || path == ":memory:" {
+            c.error(value.span(), format!("invalid SQLite store {:?}: it must name a file", value.get_ref()))
+                .expected(STORE_EXPECTED)
+                .help("a SQLite store is a file path without parameters; an in-memory store would lose every key");
+            default()
+        } else {
+            format!("sqlite://{}", data_dir.join(path).display())
+        }
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        url.to_owned()
+    } else {
+        c.error(value.span(), format!("unsupported store {:?}", crate::store::redact(url)))
+            .expected(STORE_EXPECTED)
+            .help("use sqlite:// for one gateway instance, postgres:// when several share keys");
+        default()
+    };
     State { store }
 }
 
-pub(super) fn build_api_keys(_c: &mut Collector<'_>, raw: &RawConfig) -> Option<ApiKeys> {
-    raw.auth.api_key.as_ref().map(|_| ApiKeys { header: None, cache_ttl: Duration::from_secs(10) })
+pub(super) fn build_api_keys(c: &mut Collector<'_>, raw: &RawConfig) -> Option<ApiKeys> {
+    let api_key = raw.auth.api_key.as_ref()?.get_ref();
+    let header = api_key.header.as_ref().and_then(|h| key_header(c, h));
+    let cache_ttl = api_key.cache_ttl.as_ref().map_or(DEFAULT_CACHE_TTL, |ttl| cache_ttl(c, ttl));
+    Some(ApiKeys { header, cache_ttl })
+}
+
+fn key_header(c: &mut Collector<'_>, value: &Spanned<String>) -> Option<HeaderName> {
+    let expected = "a header name such as \"x-api-key\"";
+    let Ok(name) = HeaderName::from_bytes(value.get_ref().trim().as_bytes()) else {
+        c.error(value.span(), format!("invalid header name {:?}", value.get_ref())).expected(expected);
+        return None;
+    };
+    const REFUSED: [&str; 13] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    let refused = REFUSED.contains(&name.as_str()) || name.as_str().starts_with("x-portcullis-");
+    if refused {
+        c.error(value.span(), format!("header {:?} cannot carry API keys", name.as_str())).expected(expected).help(
+            "Authorization: Bearer is always accepted; pick a dedicated end-to-end header, not a hop-by-hop, \
+                 cookie, host or X-Portcullis-* one",
+        );
+        return None;
+    }
+    Some(name)
+}
+
+fn cache_ttl(c: &mut Collector<'_>, value: &Spanned<String>) -> Duration {
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(ttl) if ttl <= MAX_CACHE_TTL => ttl,
+        Ok(_) => {
+            c.error(value.span(), format!("cache_ttl {:?} is too long", value.get_ref()))
+                .expected("at most \"10m\"")
+                .help("a revoked key keeps working for up to cache_ttl; \"0s\" asks the store on every request");
+            DEFAULT_CACHE_TTL
+        }
+        Err(e) => {
+            c.error(value.span(), format!("invalid cache_ttl {:?}: {e}", value.get_ref()))
+                .expected("a duration such as \"10s\", \"1m\", or \"0s\" for no cache");
+            DEFAULT_CACHE_TTL
+        }
+    }
 }
