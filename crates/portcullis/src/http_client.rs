@@ -113,8 +113,11 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_connect_timeout(Some(limits.connect_timeout));
         http.set_nodelay(true);
+        let mut tls = (*tls).clone();
+        // The builder sets ALPN itself (http/1.1) and refuses a preset list.
+        tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

@@ -238,7 +238,7 @@ public_url = "https://app.example.com/"
 fn oidc_defaults() {
     let c = parse(&format!("{MINIMAL}{OIDC}")).unwrap();
     let oidc = c.auth.oidc.unwrap();
-    assert_eq!(oidc.issuer, "https://id.example.com/realms/main");
+    assert_eq!(oidc.issuer, "https://id.example.com/realms/main/", "the issuer is kept as written");
     assert_eq!(oidc.public_url, "https://app.example.com");
     assert_eq!(oidc.redirect_url, "https://app.example.com/.portcullis/callback");
     assert_eq!(oidc.scopes, ["openid", "profile", "email"]);

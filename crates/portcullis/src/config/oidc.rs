@@ -151,7 +151,7 @@ pub(super) fn build_oidc(
 }
 
 /// Checks an https (or loopback http) URL; `origin_only` refuses any path.
-/// Returns it without a trailing slash.
+/// Returns an origin without its trailing slash.
 fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, origin_only: bool) -> Option<String> {
     let text = value.get_ref().trim();
     let Ok(uri) = text.parse::<http::Uri>() else {
@@ -187,7 +187,9 @@ fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, origin_only: 
             .help("the session cookie is __Host- prefixed (Path=/), so Portcullis must serve the site's root");
         return None;
     }
-    Some(text.trim_end_matches('/').to_owned())
+    // An issuer is compared byte for byte with the provider's discovery
+    // document, so it keeps its trailing slash; origins lose theirs.
+    Some(if origin_only { text.trim_end_matches('/').to_owned() } else { text.to_owned() })
 }
 
 fn secret(
