@@ -162,10 +162,10 @@ pub fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// A time from Unix seconds.
+/// A time from Unix seconds (clamped to the year 9999, so no value overflows).
 #[must_use]
 pub fn from_unix(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    UNIX_EPOCH + Duration::from_secs(secs.min(253_402_300_799))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -253,7 +253,12 @@ impl SessionKey {
     /// # Errors
     /// [`SessionError::Invalid`] if it does not open (or does not decode as
     /// `T`), [`SessionError::Expired`] past its expiry.
-    pub fn open_value<T: DeserializeOwned>(&self, name: &str, sealed: &str, now: SystemTime) -> Result<T, SessionError> {
+    pub fn open_value<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        sealed: &str,
+        now: SystemTime,
+    ) -> Result<T, SessionError> {
         if sealed.len() > MAX_SEALED_LEN {
             return Err(SessionError::Invalid);
         }

@@ -168,10 +168,11 @@ impl HttpClient {
         let url = without_query(request.uri());
         let max = self.limits.max_body;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| HttpClientError::Request {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| HttpClientError::Request { url: url.clone(), reason: error_chain(&e) })?;
             let (parts, body) = response.into_parts();
             let bytes = match Limited::new(body, max).collect().await {
                 Ok(collected) => collected.to_bytes(),

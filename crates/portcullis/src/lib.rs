@@ -13,6 +13,7 @@ pub mod demo;
 pub mod events;
 pub mod http_client;
 pub mod logging;
+pub mod oidc;
 pub mod proxy;
 pub mod server;
 pub mod shared;
