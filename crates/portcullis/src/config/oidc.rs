@@ -67,7 +67,8 @@ pub struct Oidc {
     pub lifetime: Duration,
 }
 
-const URL_EXPECTED: &str = "an https URL such as \"https://id.example.com\" (http only for 127.0.0.1, ::1 or localhost)";
+const URL_EXPECTED: &str =
+    "an https URL such as \"https://id.example.com\" (http only for 127.0.0.1, ::1 or localhost)";
 
 pub(super) fn build_oidc(
     c: &mut Collector<'_>,
