@@ -17,6 +17,7 @@ pub mod limits;
 pub mod principal;
 pub mod request_id;
 pub mod route;
+pub mod session;
 
 pub use deny::{Attribution, Denied, Reason};
 pub use event::{Action, SecurityEvent};

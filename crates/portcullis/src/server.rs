@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthRuntime;
+use crate::shared::{MemoryRevocations, Revocations};
 use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
@@ -156,6 +157,8 @@ pub enum ReloadError {
 pub struct Server {
     config: ArcSwap<Config>,
     cert_stores: Vec<(String, Arc<CertStore>)>,
+    /// Ended sessions; kept across reloads.
+    revocations: Arc<dyn Revocations>,
     workers: Vec<Worker>,
     events: Arc<dyn EventSink>,
     shutdown: watch::Sender<bool>,
@@ -209,7 +212,9 @@ impl Server {
                 bound.push((Arc::new(spec), redirect_addr, socket));
             }
         }
-        let auth = AuthRuntime::start(&config).await?;
+        // Revoked sessions outlive reloads: the list is the server's, not the configuration's.
+        let revocations: Arc<dyn Revocations> = Arc::new(MemoryRevocations::default());
+        let auth = AuthRuntime::start(&config, revocations.clone()).await?;
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
@@ -253,7 +258,18 @@ impl Server {
         if !cert_stores.is_empty() {
             acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
         }
-        Ok(Self { config: ArcSwap::new(config), workers, events, shutdown, exit, tasks, acceptors, addrs, cert_stores })
+        Ok(Self {
+            config: ArcSwap::new(config),
+            workers,
+            events,
+            shutdown,
+            exit,
+            tasks,
+            acceptors,
+            addrs,
+            cert_stores,
+            revocations,
+        })
     }
 
     /// The bound address of each listener, by name.
@@ -293,7 +309,7 @@ impl Server {
                 "[events] sinks and [log] format and level change at the next restart; the rest is reloaded"
             );
         }
-        let auth = AuthRuntime::start(&config).await?;
+        let auth = AuthRuntime::start(&config, self.revocations.clone()).await?;
         let config = Arc::new(config);
         for worker in &self.workers {
             worker.current.store(Arc::new(Gateway::build(

@@ -281,3 +281,106 @@ fn api_key_header_and_cache_ttl() {
         assert!(errs[0].expected.is_some() || errs[0].help.is_some(), "{body}: {errs:?}");
     }
 }
+
+// --- [auth.oidc] and [auth.session] -------------------------------------------------------
+
+const OIDC: &str = r#"
+[auth.oidc]
+issuer = "https://id.example.com/realms/main/"
+client_id = "portcullis"
+client_secret = "${SET}"
+public_url = "https://app.example.com/"
+"#;
+
+#[test]
+fn oidc_defaults() {
+    let c = parse(&format!("{MINIMAL}{OIDC}")).unwrap();
+    let oidc = c.auth.oidc.unwrap();
+    assert_eq!(oidc.issuer, "https://id.example.com/realms/main/", "the issuer is kept as written");
+    assert_eq!(oidc.public_url, "https://app.example.com");
+    assert_eq!(oidc.redirect_url, "https://app.example.com/.portcullis/callback");
+    assert_eq!(oidc.scopes, ["openid", "profile", "email"]);
+    assert_eq!(oidc.roles_claim, ["roles"]);
+    assert_eq!(oidc.lifetime, std::time::Duration::from_secs(8 * 3600));
+    assert!(oidc.cookie_secret.is_none() && oidc.ca.is_none() && oidc.post_logout_redirect.is_none());
+    assert_eq!(oidc.client_secret.as_ref().map(|s| s.expose()), Some("value"));
+    // Secrets never print.
+    assert!(!format!("{oidc:?}").contains("\"value\""), "{oidc:?}");
+}
+
+#[test]
+fn oidc_full_section() {
+    let toml = format!(
+        r#"{MINIMAL}{OIDC}scopes = ["email", "offline_access"]
+roles_claim = ["realm_access.roles", "groups"]
+role_map = {{ "app-admin" = "admin" }}
+post_logout_redirect = "https://app.example.com/bye"
+
+[auth.session]
+cookie_secret = "0123456789abcdef0123456789abcdef-long"
+lifetime = "1h"
+"#
+    );
+    let oidc = parse(&toml).unwrap().auth.oidc.unwrap();
+    assert_eq!(oidc.scopes, ["openid", "email", "offline_access"], "openid is added");
+    assert_eq!(oidc.roles_claim, ["realm_access.roles", "groups"]);
+    assert_eq!(oidc.role_map["app-admin"], "admin");
+    assert_eq!(oidc.post_logout_redirect.as_deref(), Some("https://app.example.com/bye"));
+    assert_eq!(oidc.lifetime, std::time::Duration::from_secs(3600));
+    assert!(oidc.cookie_secret.is_some());
+}
+
+#[test]
+fn oidc_allows_plain_http_only_on_loopback() {
+    let local = OIDC
+        .replace("https://id.example.com/realms/main/", "http://127.0.0.1:9000")
+        .replace("https://app.example.com/", "http://localhost:8080");
+    assert!(parse(&format!("{MINIMAL}{local}")).is_ok());
+    let errs = errors(&format!("{MINIMAL}{}", OIDC.replace("https://id.example.com", "http://id.example.com")));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("issuer must use https"), "{}", errs[0]);
+    assert!(errs[0].help.as_deref().unwrap_or_default().contains("loopback"));
+}
+
+#[test]
+fn oidc_errors_are_collected_with_positions() {
+    let toml = format!(
+        r#"{MINIMAL}
+[auth.oidc]
+issuer = "not a url"
+client_id = ""
+client_secret = "${{UNSET}}"
+public_url = "https://app.example.com/app"
+ca = "missing-ca.pem"
+roles_claim = "realm_access..roles"
+
+[auth.session]
+cookie_secret = "too-short"
+lifetime = "soon"
+"#
+    );
+    let errs = errors(&toml);
+    let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+    for needle in [
+        "issuer is not a valid URL",
+        "client_id is empty",
+        "client_secret: environment variable UNSET is not set",
+        "public_url must be an origin",
+        "CA bundle",
+        "invalid roles_claim",
+        "cookie_secret is too short",
+        "invalid session lifetime",
+    ] {
+        assert!(messages.iter().any(|m| m.contains(needle)), "missing {needle:?} in {messages:?}");
+    }
+    assert!(errs.iter().all(|e| e.line > 0), "{errs:?}");
+    // The short secret is reported without its value.
+    assert!(errs.iter().all(|e| !e.to_string().contains("too-short")), "{errs:?}");
+}
+
+#[test]
+fn session_without_oidc_is_refused() {
+    let errs = errors(&format!("{MINIMAL}\n[auth.session]\nlifetime = \"1h\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("[auth.session] without [auth.oidc]"), "{}", errs[0]);
+}

@@ -23,6 +23,9 @@ use portcullis_policy::Principal;
 use portcullis_policy::jwt::identity::IdentitySigner;
 
 use crate::config::{Config, IdentityMode};
+use crate::oidc::OidcLogin;
+use crate::shared::Revocations;
+use crate::store::api_keys::ApiKeyVerifier;
 
 /// Why authentication could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,12 @@ pub enum AuthStartError {
     /// A JWT issuer.
     #[error(transparent)]
     Jwt(#[from] jwt::JwtStartError),
+    /// The API key store.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// OIDC discovery or the session key.
+    #[error("[auth.oidc]: {0}")]
+    Oidc(#[from] crate::oidc::OidcError),
     /// The identity signing key.
     #[error("identity signing key {path}: {reason}")]
     SigningKey {
@@ -56,9 +65,22 @@ impl AuthRuntime {
     ///
     /// # Errors
     /// [`AuthStartError`] naming the part that failed.
-    pub async fn start(config: &Config) -> Result<Self, AuthStartError> {
+    pub async fn start(config: &Config, revocations: Arc<dyn Revocations>) -> Result<Self, AuthStartError> {
         let auth = &config.auth;
         let mut authenticators = Authenticators::default();
+        let mut router = axum::Router::new();
+        let mut any_endpoint = false;
+        if let Some(api_keys) = &auth.api_keys {
+            let store = crate::store::Store::open(&config.state.store).await?;
+            authenticators.api_key = Some(Arc::new(ApiKeyVerifier::new(store, api_keys.cache_ttl)));
+            authenticators.api_key_header.clone_from(&api_keys.header);
+        }
+        if let Some(oidc) = &auth.oidc {
+            let login = Arc::new(OidcLogin::start(oidc, &config.server.data_dir, revocations).await?);
+            router = router.merge(crate::oidc::router(login.clone()));
+            any_endpoint = true;
+            authenticators.session = Some(login);
+        }
         if !auth.jwt.is_empty() {
             let verifier = jwt::JwtVerifier::start(&auth.jwt).await?;
             authenticators.bearer = Some(Arc::new(jwt::Bearer(Arc::new(verifier))));
@@ -71,8 +93,6 @@ impl AuthRuntime {
         } else {
             None
         };
-        let mut router = axum::Router::new();
-        let mut any_endpoint = false;
         if let Some(signer) = &signer {
             let jwks = signer.signer.jwks();
             router = router.route(

@@ -283,3 +283,4 @@ pub fn full_body(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
 }
 pub mod postgres;
+pub mod oidc_provider;
