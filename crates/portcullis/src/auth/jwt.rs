@@ -63,7 +63,10 @@ struct JwksSource {
 
 #[derive(Debug, Default)]
 struct FetchState {
+    /// The last fetch of any cause (successful or not).
     last_attempt: Option<Instant>,
+    /// The last fetch caused by an unknown `kid`.
+    last_for_kid: Option<Instant>,
     fresh_until: Option<Instant>,
 }
 
@@ -191,9 +194,12 @@ impl Issuer {
     async fn refresh_for_unknown_kid(&self) -> bool {
         let Some(source) = &self.jwks else { return false };
         let mut state = source.state.lock().await;
-        if state.last_attempt.is_some_and(|at| at.elapsed() < source.config.min_refresh) {
+        // Throttled against earlier kid-caused fetches only: a rotation right
+        // after start must still be picked up.
+        if state.last_for_kid.is_some_and(|at| at.elapsed() < source.config.min_refresh) {
             return false;
         }
+        state.last_for_kid = Some(Instant::now());
         self.fetch(source, &mut state).await
     }
 
