@@ -384,3 +384,60 @@ fn session_without_oidc_is_refused() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].message.contains("[auth.session] without [auth.oidc]"), "{}", errs[0]);
 }
+
+#[test]
+fn shared_state_other_than_memory_is_refused_not_ignored() {
+    assert!(parse(&format!("{MINIMAL}\n[state]\nshared = \"memory\"\n")).is_ok());
+    let errs = errors(&format!("{MINIMAL}\n[state]\nshared = \"redis://127.0.0.1:6379\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("not available in this version"), "{}", errs[0]);
+}
+
+#[test]
+fn jwt_issuers_are_validated_with_positions_and_fixes() {
+    let ok = parse(&format!(
+        "{MINIMAL}\n[auth.jwt]\nissuer = \"https://idp/\"\naudience = [\"a\", \"b\"]\njwks_url = \"https://idp/jwks\"\nroles_claim = [\"roles\", \"realm_access.roles\"]\nrole_map = {{ \"idp-admins\" = \"admin\" }}\nleeway = \"0s\"\n"
+    ))
+    .unwrap();
+    let issuer = &ok.auth.jwt[0];
+    assert_eq!(issuer.policy.audiences, ["a", "b"]);
+    assert_eq!(issuer.policy.leeway, std::time::Duration::ZERO);
+    assert_eq!(issuer.policy.required_claims, ["exp"]);
+    assert!(!issuer.algorithms.contains(&jsonwebtoken::Algorithm::HS256), "HMAC is never a default");
+
+    for (body, message) in [
+        ("issuer = \"x\"\njwks_url = \"http://idp.example.com/jwks\"", "is not https"),
+        ("issuer = \"x\"", "has no keys"),
+        ("issuer = \"x\"\njwks_url = \"https://x/j\"\nalgorithms = [\"none\"]", "unknown or forbidden algorithm \"none\""),
+        ("issuer = \"x\"\njwks_url = \"https://x/j\"\nalgorithms = [\"HS256\"]", "no HMAC secret is configured"),
+        ("issuer = \"x\"\nkeys = [{ secret = \"short\", algorithm = \"HS256\" }]\nalgorithms = [\"HS256\"]", "at least 32 are required"),
+        ("issuer = \"x\"\nkeys = [{ secret = \"0123456789abcdef0123456789abcdef\" }]\nalgorithms = [\"HS256\"]", "needs algorithm"),
+        ("issuer = \"x\"\njwks_url = \"https://x/j\"\nleeway = \"1h\"", "longer than 5 minutes"),
+        ("issuer = \"x\"\njwks_url = \"https://x/j\"\naudiance = \"a\"", "unknown field `audiance`"),
+    ] {
+        let errs = errors(&format!("{MINIMAL}\n[auth.jwt]\n{body}\n"));
+        assert!(errs.iter().any(|e| e.message.contains(message)), "{body}: {errs:?}");
+        assert!(errs.iter().all(|e| !e.message.contains("0123456789abcdef")), "secrets never in errors");
+    }
+}
+
+#[test]
+fn routes_may_only_name_configured_methods() {
+    let toml = MINIMAL.replace("auth = \"public\"", "auth = [\"jwt\", \"mtls\"]");
+    let errs = errors(&toml);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].message.contains("\"jwt\" is not configured") && errs[0].help.as_deref().unwrap().contains("[auth.jwt]"));
+    assert!(errs[1].message.contains("\"mtls\" is not configured"));
+    let errs = errors(&MINIMAL.replace("auth = \"public\"", "auth = [\"public\", \"jwt\"]"));
+    assert!(errs[0].message.contains("cannot be combined"), "{errs:?}");
+    let errs = errors(&MINIMAL.replace("auth = \"public\"", "auth = \"kerberos\""));
+    assert!(errs[0].message.contains("unknown authentication method"), "{errs:?}");
+    let ok = parse(&format!(
+        "{}\n[auth.mtls]\nroles = {{ \"svc\" = [\"service\"] }}\n",
+        MINIMAL.replace("auth = \"public\"", "auth = \"mtls\"")
+    ))
+    .unwrap();
+    assert_eq!(ok.routes[0].auth, portcullis_layers::AuthMode::Required(portcullis_policy::Methods::NONE.with(portcullis_policy::AuthMethod::Mtls)));
+    let errs = errors(&MINIMAL.replace("[[route]]", "[[upstream]]\nname = \"x\"\ntargets = [\"http://127.0.0.1:1\"]\nidentity = \"cookies\"\n\n[[route]]"));
+    assert!(errs.iter().any(|e| e.message.contains("unknown identity")), "{errs:?}");
+}

@@ -48,6 +48,15 @@ const STORE_EXPECTED: &str = "\"sqlite://portcullis.db\" (in data_dir), \"sqlite
                               or \"postgres://portcullis@db.internal:5432/portcullis\"";
 
 pub(super) fn build_state(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> State {
+    if let Some(shared) = &raw.state.shared
+        && shared.get_ref() != "memory"
+    {
+        // Accepting a Redis URL and ignoring it would make every instance
+        // believe limits and revocations are shared when they are not.
+        c.error(shared.span(), format!("shared state {:?} is not available in this version", shared.get_ref()))
+            .expected("\"memory\"")
+            .help("Redis-backed shared state (limits, bans, session revocations) arrives with rate limiting");
+    }
     let default = || format!("sqlite://{}", data_dir.join("portcullis.db").display());
     let Some(value) = raw.state.store.as_ref() else { return State { store: default() } };
     let url = value.get_ref().trim();
