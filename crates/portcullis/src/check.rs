@@ -5,7 +5,7 @@ use std::fmt;
 
 use portcullis_policy::route::{RouteEntry, RouteTable};
 
-use crate::config::Config;
+use crate::config::{Config, IdentityMode, Target};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,7 +43,50 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     shadowed_routes(config, &mut out);
     listeners_without_tls(config, &mut out);
     hsts_and_csp(config, &mut out);
+    identity_headers_off_host(config, &mut out);
+    jwt_without_audience(config, &mut out);
     out
+}
+
+/// `identity = "headers"` is only as trustworthy as the upstream's isolation:
+/// anyone who reaches a non-loopback upstream directly can send the headers.
+fn identity_headers_off_host(config: &Config, out: &mut Vec<Finding>) {
+    let authenticated: std::collections::HashSet<usize> = config
+        .routes
+        .iter()
+        .filter(|r| matches!(r.auth, portcullis_layers::AuthMode::Required(_)))
+        .map(|r| r.upstream)
+        .collect();
+    for (index, upstream) in config.upstreams.iter().enumerate() {
+        if upstream.identity != IdentityMode::Headers || !authenticated.contains(&index) {
+            continue;
+        }
+        let remote = upstream.targets.iter().find(|t| match t {
+            Target::Http { authority, .. } => !crate::http_client::is_loopback_host(authority.host()),
+            Target::Demo => false,
+        });
+        if let Some(target) = remote {
+            out.push(warning(
+                "auth.identity_headers_remote",
+                format!(
+                    "upstream {:?} ({target}) learns identities from X-Portcullis-* headers, which anyone reaching it directly can forge",
+                    upstream.name
+                ),
+                "set identity = \"jwt\" on the upstream (it verifies the gateway's signature), or make sure only the gateway can reach it (firewall, private network, mTLS)",
+            ));
+        }
+    }
+}
+
+/// A JWT issuer without an audience accepts tokens it minted for any service.
+fn jwt_without_audience(config: &Config, out: &mut Vec<Finding>) {
+    for issuer in config.auth.jwt.iter().filter(|i| i.policy.audiences.is_empty()) {
+        out.push(warning(
+            "auth.jwt_no_audience",
+            format!("[auth.jwt] issuer {:?} has no audience: tokens it issued for other services are accepted", issuer.policy.issuer),
+            "set audience = \"<this API's identifier>\" as registered with the issuer",
+        ));
+    }
 }
 
 fn warning(code: &'static str, message: String, help: &str) -> Finding {

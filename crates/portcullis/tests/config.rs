@@ -441,3 +441,20 @@ fn routes_may_only_name_configured_methods() {
     let errs = errors(&MINIMAL.replace("[[route]]", "[[upstream]]\nname = \"x\"\ntargets = [\"http://127.0.0.1:1\"]\nidentity = \"cookies\"\n\n[[route]]"));
     assert!(errs.iter().any(|e| e.message.contains("unknown identity")), "{errs:?}");
 }
+
+#[test]
+fn check_warns_about_forgeable_identity_headers_and_audience_less_issuers() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap()).iter().map(|f| f.code).collect()
+    };
+    let jwt = "[auth.jwt]\nissuer = \"https://idp/\"\naudience = \"api\"\njwks_url = \"https://idp/jwks\"\n";
+    let authenticated = MINIMAL.replace("auth = \"public\"", "auth = \"jwt\"");
+    assert!(codes(&format!("{authenticated}\n{jwt}")).is_empty(), "loopback upstream with headers is fine");
+    let remote = authenticated.replace("127.0.0.1:3000", "10.0.0.7:3000");
+    assert_eq!(codes(&format!("{remote}\n{jwt}")), ["auth.identity_headers_remote"]);
+    let signed = remote.replace("targets = [", "identity = \"jwt\"\ntargets = [");
+    assert!(codes(&format!("{signed}\n{jwt}")).is_empty(), "a signed identity cannot be forged");
+    // Public routes send no identity, so nothing to forge.
+    assert!(codes(&MINIMAL.replace("127.0.0.1:3000", "10.0.0.7:3000")).is_empty());
+    assert_eq!(codes(&format!("{authenticated}\n{}", jwt.replace("audience = \"api\"\n", ""))), ["auth.jwt_no_audience"]);
+}
