@@ -267,6 +267,16 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_is_documented_with_its_status_and_attribution() {
+        let doc = include_str!("../../../docs/events.md");
+        for reason in Reason::ALL {
+            let row =
+                format!("| `{}` | {} | {} |", reason.code(), reason.status().as_u16(), reason.attribution().as_str());
+            assert!(doc.contains(&row), "docs/events.md lacks the row {row}");
+        }
+    }
+
+    #[test]
     fn attribution_matches_status_class() {
         for reason in Reason::ALL {
             match reason.attribution() {

@@ -83,7 +83,10 @@ fn jwt_without_audience(config: &Config, out: &mut Vec<Finding>) {
     for issuer in config.auth.jwt.iter().filter(|i| i.policy.audiences.is_empty()) {
         out.push(warning(
             "auth.jwt_no_audience",
-            format!("[auth.jwt] issuer {:?} has no audience: tokens it issued for other services are accepted", issuer.policy.issuer),
+            format!(
+                "[auth.jwt] issuer {:?} has no audience: tokens it issued for other services are accepted",
+                issuer.policy.issuer
+            ),
             "set audience = \"<this API's identifier>\" as registered with the issuer",
         ));
     }

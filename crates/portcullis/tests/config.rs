@@ -408,10 +408,19 @@ fn jwt_issuers_are_validated_with_positions_and_fixes() {
     for (body, message) in [
         ("issuer = \"x\"\njwks_url = \"http://idp.example.com/jwks\"", "is not https"),
         ("issuer = \"x\"", "has no keys"),
-        ("issuer = \"x\"\njwks_url = \"https://x/j\"\nalgorithms = [\"none\"]", "unknown or forbidden algorithm \"none\""),
+        (
+            "issuer = \"x\"\njwks_url = \"https://x/j\"\nalgorithms = [\"none\"]",
+            "unknown or forbidden algorithm \"none\"",
+        ),
         ("issuer = \"x\"\njwks_url = \"https://x/j\"\nalgorithms = [\"HS256\"]", "no HMAC secret is configured"),
-        ("issuer = \"x\"\nkeys = [{ secret = \"short\", algorithm = \"HS256\" }]\nalgorithms = [\"HS256\"]", "at least 32 are required"),
-        ("issuer = \"x\"\nkeys = [{ secret = \"0123456789abcdef0123456789abcdef\" }]\nalgorithms = [\"HS256\"]", "needs algorithm"),
+        (
+            "issuer = \"x\"\nkeys = [{ secret = \"short\", algorithm = \"HS256\" }]\nalgorithms = [\"HS256\"]",
+            "at least 32 are required",
+        ),
+        (
+            "issuer = \"x\"\nkeys = [{ secret = \"0123456789abcdef0123456789abcdef\" }]\nalgorithms = [\"HS256\"]",
+            "needs algorithm",
+        ),
         ("issuer = \"x\"\njwks_url = \"https://x/j\"\nleeway = \"1h\"", "longer than 5 minutes"),
         ("issuer = \"x\"\njwks_url = \"https://x/j\"\naudiance = \"a\"", "unknown field `audiance`"),
     ] {
@@ -426,7 +435,10 @@ fn routes_may_only_name_configured_methods() {
     let toml = MINIMAL.replace("auth = \"public\"", "auth = [\"jwt\", \"mtls\"]");
     let errs = errors(&toml);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].message.contains("\"jwt\" is not configured") && errs[0].help.as_deref().unwrap().contains("[auth.jwt]"));
+    assert!(
+        errs[0].message.contains("\"jwt\" is not configured")
+            && errs[0].help.as_deref().unwrap().contains("[auth.jwt]")
+    );
     assert!(errs[1].message.contains("\"mtls\" is not configured"));
     let errs = errors(&MINIMAL.replace("auth = \"public\"", "auth = [\"public\", \"jwt\"]"));
     assert!(errs[0].message.contains("cannot be combined"), "{errs:?}");
@@ -437,8 +449,16 @@ fn routes_may_only_name_configured_methods() {
         MINIMAL.replace("auth = \"public\"", "auth = \"mtls\"")
     ))
     .unwrap();
-    assert_eq!(ok.routes[0].auth, portcullis_layers::AuthMode::Required(portcullis_policy::Methods::NONE.with(portcullis_policy::AuthMethod::Mtls)));
-    let errs = errors(&MINIMAL.replace("[[route]]", "[[upstream]]\nname = \"x\"\ntargets = [\"http://127.0.0.1:1\"]\nidentity = \"cookies\"\n\n[[route]]"));
+    assert_eq!(
+        ok.routes[0].auth,
+        portcullis_layers::AuthMode::Required(
+            portcullis_policy::Methods::NONE.with(portcullis_policy::AuthMethod::Mtls)
+        )
+    );
+    let errs = errors(&MINIMAL.replace(
+        "[[route]]",
+        "[[upstream]]\nname = \"x\"\ntargets = [\"http://127.0.0.1:1\"]\nidentity = \"cookies\"\n\n[[route]]",
+    ));
     assert!(errs.iter().any(|e| e.message.contains("unknown identity")), "{errs:?}");
 }
 
@@ -456,5 +476,8 @@ fn check_warns_about_forgeable_identity_headers_and_audience_less_issuers() {
     assert!(codes(&format!("{signed}\n{jwt}")).is_empty(), "a signed identity cannot be forged");
     // Public routes send no identity, so nothing to forge.
     assert!(codes(&MINIMAL.replace("127.0.0.1:3000", "10.0.0.7:3000")).is_empty());
-    assert_eq!(codes(&format!("{authenticated}\n{}", jwt.replace("audience = \"api\"\n", ""))), ["auth.jwt_no_audience"]);
+    assert_eq!(
+        codes(&format!("{authenticated}\n{}", jwt.replace("audience = \"api\"\n", ""))),
+        ["auth.jwt_no_audience"]
+    );
 }

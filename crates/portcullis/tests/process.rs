@@ -217,3 +217,56 @@ fn exit_codes() {
     let out = run(&["run", "--config", busy.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The quickstart as a user runs it (ports made ephemeral, data in a temp
+/// directory, JSON logs so the harness can read the address): an API key
+/// created with the CLI opens /private/**, nothing else does.
+#[tokio::test]
+async fn quickstart_serves_private_routes_to_a_key_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let quickstart =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.toml")).unwrap();
+    let toml = quickstart
+        .replace("bind = \"127.0.0.1:8443\"", "bind = \"127.0.0.1:0\"")
+        .replace("redirect_http = \"127.0.0.1:8080\"", "redirect_http = \"127.0.0.1:0\"")
+        .replace("data_dir = \"../data\"", "data_dir = \"data\"")
+        .replace("format = \"pretty\"", "format = \"json\"");
+    assert_ne!(toml, quickstart);
+    let path = write_config(dir.path(), &toml);
+    let created = Command::new(binary())
+        .args(["apikey", "create", "--config"])
+        .arg(&path)
+        .args(["--name", "quickstart", "--role", "viewer"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("pcl_"), "{key}");
+    assert!(dir.path().join("data/portcullis.db").exists());
+
+    let gw = Process::start(&path);
+    let curl = |headers: &[&str], path: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(format!("https://{}{path}", gw.addr)).output().expect("curl (scripts/test installs it)");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_owned(), body.to_owned())
+    };
+    let (code, body) = curl(&[], "/private/hello");
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("auth.missing"));
+    let (code, body) = curl(&[&format!("Authorization: Bearer {key}")], "/private/hello");
+    assert_eq!(code, "200", "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let headers = &echoed["headers"];
+    assert!(headers["x-portcullis-subject"].as_str().unwrap().starts_with("apikey:"), "{headers}");
+    assert_eq!(headers["x-portcullis-roles"], "viewer");
+    assert!(headers.get("authorization").is_none(), "the key is not forwarded: {headers}");
+    assert!(!body.contains(&key));
+    let (code, _) = curl(&[], "/api/hello");
+    assert_eq!(code, "200", "public routes stay public");
+}
