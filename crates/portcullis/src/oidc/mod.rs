@@ -67,6 +67,12 @@ use crate::config::oidc::Oidc;
 use crate::http_client::{HttpClient, HttpClientError, HttpClientLimits};
 use crate::shared::Revocations;
 
+/// The `WWW-Authenticate` challenge of session routes: the `Cookie` scheme
+/// of draft-broyer-http-cookie-auth, since no registered scheme describes a
+/// login form. Names [`LOGIN_PATH`] and [`SESSION_COOKIE`].
+const CHALLENGE: &str =
+    r#"Cookie realm="portcullis", form-action="/.portcullis/login", cookie-name="__Host-portcullis""#;
+
 /// How long before the access token's expiry a refresh is made.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
@@ -275,6 +281,12 @@ impl VerifySession for OidcLogin {
         response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
+
+    fn challenge(&self) -> HeaderValue {
+        // The `Cookie` scheme of draft-broyer-http-cookie-auth: there is no
+        // registered scheme for form login, and this one says where it is.
+        HeaderValue::from_static(CHALLENGE)
+    }
 }
 
 impl Inner {
@@ -474,6 +486,12 @@ mod tests {
         let value = session_cookie("abc", SystemTime::UNIX_EPOCH + Duration::from_secs(100), SystemTime::UNIX_EPOCH);
         assert_eq!(value, "__Host-portcullis=abc; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=100");
         assert!(!value.to_str().unwrap().contains("Domain"));
+    }
+
+    #[test]
+    fn challenge_names_the_login_path_and_the_cookie() {
+        assert!(CHALLENGE.contains(&format!("form-action=\"{LOGIN_PATH}\"")));
+        assert!(CHALLENGE.contains(&format!("cookie-name=\"{SESSION_COOKIE}\"")));
     }
 
     #[test]
