@@ -548,6 +548,13 @@ async fn gateway_logout_clears_and_revokes_the_session() {
     let event = setup.event("session.revoked").await;
     assert_eq!((event.path.as_str(), event.status), ("/app/page", 401));
     assert_eq!(setup.upstream_calls(), calls);
+    // The refusal clears the dead cookie, so the browser is not stuck with
+    // it: its next navigation goes to login.
+    let cleared = page.session_set_cookie().expect("a clearing cookie");
+    assert!(cleared.starts_with("__Host-portcullis=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none());
+    let (_, visited) = browser.follow(Method::GET, &url("/app/page"), None).await;
+    assert!(visited[1].as_str().starts_with(&url("/.portcullis/login?")), "{visited:?}");
 }
 
 #[tokio::test]
@@ -575,6 +582,8 @@ async fn gateway_refuses_tampered_or_foreign_session_cookies() {
         assert_eq!(event.reason, "session.invalid", "{name}");
         let line = event.to_json_line();
         assert!(!line.contains(value), "{name}: the event does not carry the cookie: {line}");
+        assert!(page.session_set_cookie().is_some_and(|c| c.contains("Max-Age=0")), "{name}: the cookie is cleared");
+        assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none(), "{name}");
     }
     assert_eq!(setup.gateway.events.reasons(), ["session.invalid"; 3]);
     assert_eq!(setup.upstream_calls(), calls, "nothing reached the upstream");

@@ -22,6 +22,8 @@
 //!   with the provider; the new cookie is returned to the browser. A refused
 //!   refresh ends the session (`session.expired`). Concurrent requests of one
 //!   session share a single refresh.
+//! - A refused session cookie (invalid, expired, revoked) is cleared with
+//!   the 401, so the browser's next navigation goes to login.
 //! - Logout revokes the session id until the session would have expired,
 //!   clears the cookie, and sends the browser to the provider's
 //!   `end_session_endpoint` when it has one (RP-initiated logout).
@@ -43,7 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
-use http::header::{CACHE_CONTROL, LOCATION};
+use http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Response, StatusCode};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey,
@@ -290,7 +292,19 @@ impl VerifySession for OidcLogin {
 }
 
 impl Inner {
+    /// A refused session also clears its cookie: the browser would
+    /// otherwise present the dead cookie, and be refused, until its
+    /// `Max-Age` ran out, instead of being sent to login.
     async fn verify(&self, cookie: &str, now: SystemTime) -> Result<SessionOutcome, Denied> {
+        self.check(cookie, now).await.map_err(|denied| match denied.reason {
+            Reason::SessionInvalid | Reason::SessionExpired | Reason::SessionRevoked => {
+                denied.with_header(SET_COOKIE, session_cookie("", now, now))
+            }
+            _ => denied,
+        })
+    }
+
+    async fn check(&self, cookie: &str, now: SystemTime) -> Result<SessionOutcome, Denied> {
         let mut data = self.key.open(cookie, now).map_err(session_denied)?;
         if data.issuer != self.issuer {
             return Err(Denied::new(Reason::SessionInvalid).with_detail("session of another issuer"));
