@@ -503,6 +503,20 @@ async fn gateway_refreshes_a_session_whose_access_token_expired() {
     assert_eq!(page.echo().one("x-portcullis-subject"), "carol");
     assert!(page.session_set_cookie().is_none());
     assert!(setup.gateway.events.reasons().is_empty(), "{:?}", setup.gateway.events.reasons());
+
+    // A refresh the provider refuses ends the session.
+    let calls = setup.upstream_calls();
+    let mut refused = due.clone();
+    refused.refresh_token = Some("a-refresh-token-the-provider-never-issued".into());
+    browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, &key.seal(&refused, SystemTime::now()).unwrap(), true);
+    let page = browser.get("/app/page", &[]).await;
+    page.assert_denied(StatusCode::UNAUTHORIZED, "session.expired");
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none(), "the dead cookie is cleared");
+    let event = setup.event("session.expired").await;
+    let detail = event.detail.clone().unwrap();
+    assert!(detail.contains("refused by the provider"), "{detail}");
+    assert!(!event.to_json_line().contains("never-issued"), "the refresh token stays out of the event");
+    assert_eq!(setup.upstream_calls(), calls);
 }
 
 #[tokio::test]
