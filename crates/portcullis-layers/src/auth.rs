@@ -65,6 +65,9 @@ pub trait VerifySession: Send + Sync + fmt::Debug {
     /// The answer sending an unauthenticated browser to login, returning it
     /// to `return_to` (the original path and query) afterwards.
     fn login_redirect(&self, return_to: &str) -> Response<Body>;
+    /// The `WWW-Authenticate` challenge of a 401 on a session route (a
+    /// client that is not a browser navigation): where to log in.
+    fn challenge(&self) -> HeaderValue;
 }
 
 /// Everything the authentication layer can verify; absent verifiers mean the
@@ -239,6 +242,13 @@ impl Authenticators {
         let mut denied = Denied::new(Reason::AuthMissing);
         if methods.contains(AuthMethod::Jwt) || methods.contains(AuthMethod::ApiKey) {
             denied = denied.with_header(http::header::WWW_AUTHENTICATE, portcullis_policy::jwt::challenge(None));
+        }
+        // A 401 must name a way to authenticate (RFC 9110 §11.6.1), also on
+        // routes whose only way is a browser session.
+        if methods.contains(AuthMethod::Session)
+            && let Some(session) = &self.session
+        {
+            denied = denied.with_header(http::header::WWW_AUTHENTICATE, session.challenge());
         }
         let accepted = methods.iter().map(AuthMethod::as_str).collect::<Vec<_>>().join(", ");
         Decision::Deny(denied.with_detail(format!("route accepts: {accepted}")))

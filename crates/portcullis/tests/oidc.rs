@@ -1,45 +1,72 @@
-//! OIDC login end to end against a real provider (`oidc-provider`, started on
-//! a loopback port): the browser flow driven by an HTTP client that keeps
-//! cookies and submits the provider's login and consent forms, refresh,
-//! logout, and refused callbacks and cookies.
+//! OIDC login end to end, through the real gateway, against a real provider
+//! (`oidc-provider`, started on a loopback port): the browser flow driven by
+//! an HTTP client that keeps cookies like a browser and submits the
+//! provider's login and consent forms, the protected route reached with a
+//! session, refresh, logout, and refused callbacks and cookies.
 //!
-//! The gateway's authentication layer does not mount the login router or
-//! call the session verifier yet, so these tests serve `oidc::router` on its
-//! own loopback listener (plain HTTP: `public_url` may be `http://` on
-//! loopback; the test client's cookie jar does not enforce `Secure`) and call
-//! `OidcLogin::verify` directly. The names say `via_router`; once the layer is
-//! wired, the same flows can go through the gateway.
+//! The gateway runs in process with an HTTPS listener (`tls =
+//! "self-signed"`): the session cookie is `__Host-`, hence `Secure`, and the
+//! test browser honours that (it neither stores nor sends `Secure` cookies
+//! over plain HTTP). Its `public_url` is `https://localhost`, the origin the
+//! browser uses; the browser connects that origin to the listener's
+//! ephemeral port (as `curl --connect-to` would, or a port mapping in front
+//! of a deployment), so the provider's registered redirect URI is known
+//! before anything starts. The upstream echoes the headers it receives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::oidc_provider::{CLIENT_ID, CLIENT_SECRET, Provider, ProviderSettings};
-use http::header::{COOKIE, LOCATION, SET_COOKIE};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use openidconnect::url::Url;
-use portcullis::oidc::{OidcLogin, router};
-use portcullis::shared::MemoryRevocations;
-use portcullis_layers::auth::VerifySession;
-use portcullis_policy::session::{LOGIN_COOKIE, SESSION_COOKIE, SessionKey};
-use portcullis_policy::{AuthMethod, Denied};
+use portcullis_policy::session::{LOGIN_COOKIE, SESSION_COOKIE, SessionKey, unix};
 
 const COOKIE_SECRET: &str = "test-cookie-secret-of-more-than-32-bytes";
 
-/// A minimal browser: keeps cookies per host and port, follows redirects,
-/// submits forms.
+/// The gateway's public origin, as the browser and the provider know it.
+const PUBLIC_URL: &str = "https://localhost";
+const PUBLIC_HOST: &str = "localhost";
+
+/// What a browser sends on a navigation.
+const HTML: &str = "text/html,application/xhtml+xml,*/*;q=0.8";
+/// What an API client sends.
+const JSON: &str = "application/json";
+
+fn url(path: &str) -> String {
+    format!("{PUBLIC_URL}{path}")
+}
+
+/// A cookie in the browser's jar.
+#[derive(Debug, Clone)]
+struct StoredCookie {
+    host: String,
+    name: String,
+    value: String,
+    secure: bool,
+}
+
+type Connect = tower::util::BoxCloneSyncService<http::Uri, TokioIo<tokio::net::TcpStream>, std::io::Error>;
+
+/// A minimal browser: cookies per host (not port, as browsers do) with
+/// `Secure` and the `__Host-` prefix rules honoured, redirects followed,
+/// forms submitted. It reaches `https://localhost` at the gateway's
+/// listener, which presents the certificate the browser trusts.
 struct Browser {
-    client: Client<HttpConnector, Full<Bytes>>,
-    jar: HashMap<String, Vec<(String, String)>>,
-    /// Every `Set-Cookie` seen, as sent.
+    client: Client<HttpsConnector<Connect>, Full<Bytes>>,
+    jar: Vec<StoredCookie>,
+    /// Every `Set-Cookie` the browser was sent, as sent.
     set_cookies: Vec<String>,
 }
 
@@ -50,31 +77,144 @@ struct Page {
     body: String,
 }
 
+impl Page {
+    /// The upstream's echo of the request it received.
+    fn echo(&self) -> Echo {
+        assert_eq!(self.status, StatusCode::OK, "{}: {}", self.url, self.body);
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.body))
+    }
+
+    /// Asserts a gateway refusal: status and the exact JSON body.
+    fn assert_denied(&self, status: StatusCode, reason: &str) {
+        assert_eq!(self.status, status, "{}: {}", self.url, self.body);
+        let id = self.headers["x-request-id"].to_str().unwrap();
+        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap();
+        assert_eq!(body, serde_json::json!({"error": reason, "request_id": id}));
+    }
+
+    /// The session `Set-Cookie` of this answer, if any.
+    fn session_set_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with(&format!("{SESSION_COOKIE}=")))
+    }
+}
+
+/// What the echo upstream saw.
+#[derive(Debug, serde::Deserialize)]
+struct Echo {
+    path: String,
+    headers: HashMap<String, Vec<String>>,
+}
+
+impl Echo {
+    fn one(&self, name: &str) -> &str {
+        match self.headers.get(name).map(Vec::as_slice) {
+            Some([value]) => value,
+            other => panic!("{name}: expected one value, got {other:?}"),
+        }
+    }
+}
+
 impl Browser {
-    fn new() -> Self {
+    fn new(gateway: SocketAddr, cert: &std::path::Path) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::pem::PemObject::pem_file_iter(cert).unwrap() {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // The public origin goes to the gateway; anything else (the provider)
+        // must be a loopback address. Nothing leaves the machine.
+        let connect = tower::service_fn(move |uri: http::Uri| async move {
+            let host = uri.host().unwrap_or_default();
+            let addr = if host == PUBLIC_HOST && uri.port_u16().is_none_or(|p| p == 443) {
+                gateway
+            } else {
+                let addr: SocketAddr =
+                    uri.authority().map(|a| a.as_str()).unwrap_or_default().parse().map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not a loopback address: {uri}"))
+                    })?;
+                assert!(addr.ip().is_loopback(), "{uri}");
+                addr
+            };
+            tokio::net::TcpStream::connect(addr).await.map(TokioIo::new)
+        });
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(Connect::new(connect));
         Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            jar: HashMap::new(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            jar: Vec::new(),
             set_cookies: Vec::new(),
         }
     }
 
-    fn origin(url: &Url) -> String {
-        format!("{}:{}", url.host_str().unwrap(), url.port_or_known_default().unwrap())
+    fn cookie(&self, host: &str, name: &str) -> Option<String> {
+        self.jar.iter().find(|c| c.host == host && c.name == name).map(|c| c.value.clone())
     }
 
-    fn cookie(&self, url: &str, name: &str) -> Option<String> {
-        let url = Url::parse(url).unwrap();
-        self.jar.get(&Self::origin(&url))?.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    fn set_cookie(&mut self, host: &str, name: &str, value: &str, secure: bool) {
+        self.jar.retain(|c| !(c.host == host && c.name == name));
+        self.jar.push(StoredCookie { host: host.into(), name: name.into(), value: value.into(), secure });
+    }
+
+    /// Stores a `Set-Cookie` received from `url` as a browser would.
+    fn store(&mut self, url: &Url, header: &str) {
+        let mut parts = header.split(';').map(str::trim);
+        let (name, value) = parts.next().unwrap().split_once('=').unwrap();
+        let attributes: Vec<(String, String)> = parts
+            .map(|a| {
+                a.split_once('=')
+                    .map_or((a.to_ascii_lowercase(), String::new()), |(k, v)| (k.to_ascii_lowercase(), v.into()))
+            })
+            .collect();
+        let has = |key: &str| attributes.iter().any(|(k, _)| k == key);
+        let get = |key: &str| attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let https = url.scheme() == "https";
+        let secure = has("secure");
+        if secure && !https {
+            return; // a Secure cookie from an insecure origin is ignored
+        }
+        if name.starts_with("__Host-") && !(secure && get("path") == Some("/") && !has("domain")) {
+            return; // the __Host- prefix rules
+        }
+        let host = url.host_str().unwrap();
+        self.jar.retain(|c| !(c.host == host && c.name == name));
+        let expired = get("max-age").is_some_and(|age| age.parse::<i64>().unwrap() <= 0);
+        if !expired {
+            self.jar.push(StoredCookie { host: host.into(), name: name.into(), value: value.into(), secure });
+        }
     }
 
     /// One request, no redirect following.
-    async fn send(&mut self, method: Method, url: &Url, form: Option<&[(&str, &str)]>) -> Page {
+    async fn send(
+        &mut self,
+        method: Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Page {
         let mut request = Request::builder().method(method).uri(url.as_str());
-        let cookies = self.jar.get(&Self::origin(url)).cloned().unwrap_or_default();
+        let https = url.scheme() == "https";
+        let cookies: Vec<String> = self
+            .jar
+            .iter()
+            .filter(|c| Some(c.host.as_str()) == url.host_str() && (https || !c.secure))
+            .map(|c| format!("{}={}", c.name, c.value))
+            .collect();
         if !cookies.is_empty() {
-            let header = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
-            request = request.header(COOKIE, header);
+            request = request.header(COOKIE, cookies.join("; "));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let body = match form {
             Some(pairs) => {
@@ -90,22 +230,23 @@ impl Browser {
         let body = String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned();
         for value in parts.headers.get_all(SET_COOKIE) {
             let text = value.to_str().unwrap().to_owned();
-            let (pair, _) = text.split_once(';').unwrap_or((&text, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            let jar = self.jar.entry(Self::origin(url)).or_default();
-            jar.retain(|(n, _)| n != name);
-            if !value.is_empty() && !text.contains("Max-Age=0") {
-                jar.push((name.to_owned(), value.to_owned()));
-            }
+            self.store(url, &text);
             self.set_cookies.push(text);
         }
         Page { url: url.clone(), status: parts.status, headers: parts.headers, body }
     }
 
-    /// A request, then redirects followed to the first non-redirect answer.
+    /// A GET as an API client or a page's script would send it.
+    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Page {
+        let mut all = vec![("accept", JSON)];
+        all.extend_from_slice(headers);
+        self.send(Method::GET, &Url::parse(&url(path)).unwrap(), &all, None).await
+    }
+
+    /// A navigation, then redirects followed to the first non-redirect answer.
     async fn follow(&mut self, method: Method, url: &str, form: Option<&[(&str, &str)]>) -> (Page, Vec<Url>) {
         let mut url = Url::parse(url).unwrap();
-        let mut page = self.send(method, &url, form).await;
+        let mut page = self.send(method, &url, &[("accept", HTML)], form).await;
         let mut visited = vec![url.clone()];
         for _ in 0..20 {
             if !page.status.is_redirection() {
@@ -113,7 +254,7 @@ impl Browser {
             }
             url = url.join(page.headers[LOCATION].to_str().unwrap()).unwrap();
             visited.push(url.clone());
-            page = self.send(Method::GET, &url, None).await;
+            page = self.send(Method::GET, &url, &[("accept", HTML)], None).await;
         }
         panic!("too many redirects: {visited:?}");
     }
@@ -127,81 +268,114 @@ impl Browser {
     }
 }
 
-/// The provider, the login router on its own listener, and the verifier.
-struct Setup {
-    provider: Provider,
-    login: OidcLogin,
-    public_url: String,
-    _dir: tempfile::TempDir,
+/// An upstream answering with the path and headers it received, as JSON.
+async fn echo_upstream() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let calls = Arc::new(Mutex::new(0));
+    let count = calls.clone();
+    let addr = common::upstream(move |req: Request<Incoming>| {
+        let count = count.clone();
+        async move {
+            *count.lock().unwrap() += 1;
+            let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+            for (name, value) in req.headers() {
+                headers.entry(name.to_string()).or_default().push(value.to_str().unwrap_or("<binary>").to_owned());
+            }
+            let path = req.uri().path_and_query().map(ToString::to_string).unwrap_or_default();
+            let body = serde_json::json!({ "path": path, "headers": headers }).to_string();
+            let mut response = Response::new(portcullis_layers::full(body));
+            response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            response
+        }
+    })
+    .await;
+    (addr, calls)
 }
 
-async fn setup(access_token_ttl: u64) -> Setup {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public_url = format!("http://{}", listener.local_addr().unwrap());
-    let callback = format!("{public_url}/.portcullis/callback");
-    let bye = format!("{public_url}/bye");
-    let provider = Provider::start(&ProviderSettings {
-        redirect_uris: &[&callback],
-        post_logout_redirect_uris: &[&bye],
-        access_token_ttl,
-    });
+/// The provider, the gateway in front of the echo upstream, and a browser
+/// trusting the gateway's certificate.
+struct Setup {
+    provider: Provider,
+    gateway: common::Gateway,
+    upstream_calls: Arc<Mutex<usize>>,
+}
 
-    let toml = common::simple_config(
-        "127.0.0.1:9".parse().unwrap(),
-        &format!(
+impl Setup {
+    async fn start() -> Self {
+        let provider = Provider::start(&ProviderSettings {
+            redirect_uris: &[&url("/.portcullis/callback")],
+            post_logout_redirect_uris: &[&url("/bye")],
+            access_token_ttl: 300,
+        });
+        let (upstream, upstream_calls) = echo_upstream().await;
+        let toml = format!(
             r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+tls = "self-signed"
+
+[[upstream]]
+name = "app"
+targets = ["http://{upstream}"]
+
+[[route]]
+match = {{ path = "/app/**" }}
+upstream = "app"
+auth = "session"
+
 [auth.oidc]
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
-public_url = "{public_url}"
+public_url = "{PUBLIC_URL}"
 post_logout_redirect = "{bye}"
 
 [auth.session]
 cookie_secret = "{COOKIE_SECRET}"
 lifetime = "1h"
 "#,
-            issuer = provider.issuer
-        ),
-    );
-    let (config, dir) = common::config(&toml);
-    let oidc = config.auth.oidc.clone().expect("[auth.oidc] configured");
-    let login = OidcLogin::start(&oidc, dir.path(), Arc::new(MemoryRevocations::default()))
-        .await
-        .unwrap_or_else(|e| panic!("OidcLogin::start: {e}; provider: {:?}", provider.stderr()));
+            issuer = provider.issuer,
+            bye = url("/bye"),
+        );
+        let (config, dir) = common::config(&toml);
+        let events = Arc::new(common::Events::default());
+        let server = portcullis::server::Server::start(config, events.clone())
+            .await
+            .unwrap_or_else(|e| panic!("gateway start: {e}; provider: {:?}", provider.stderr()));
+        let addr = server.addrs()[0].1;
+        Self { provider, gateway: common::Gateway { server, addr, events, dir }, upstream_calls }
+    }
 
-    // Stands in for the reject layer: renders a denial's body and headers.
-    let app = router(Arc::new(login.clone())).fallback(|| async { "protected app" }).layer(
-        axum::middleware::map_response(|response: axum::response::Response| async move {
-            match response.extensions().get::<Denied>() {
-                Some(denied) => {
-                    let mut rendered = axum::response::Response::new(axum::body::Body::from(denied.body("test")));
-                    *rendered.status_mut() = denied.status();
-                    *rendered.headers_mut() = response.headers().clone();
-                    for (name, value) in &denied.headers {
-                        rendered.headers_mut().append(name.clone(), value.clone());
-                    }
-                    rendered
-                }
-                None => response,
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Setup { provider, login, public_url, _dir: dir }
+    fn browser(&self) -> Browser {
+        Browser::new(self.gateway.addr, &self.gateway.dir.path().join("data/tls/self-signed.pem"))
+    }
+
+    fn upstream_calls(&self) -> usize {
+        *self.upstream_calls.lock().unwrap()
+    }
+
+    /// The security event with `reason`, waited for.
+    async fn event(&self, reason: &str) -> portcullis_policy::SecurityEvent {
+        let events = &self.gateway.events;
+        common::eventually(reason, Duration::from_secs(5), || events.reasons().contains(&reason)).await;
+        events.0.lock().unwrap().iter().rev().find(|e| e.reason == reason).cloned().unwrap()
+    }
 }
 
-/// Logs in as `user` through the provider's forms; returns the session
-/// cookie's value.
-async fn browser_login(setup: &Setup, browser: &mut Browser, user: &str) -> String {
-    let start = format!("{}/.portcullis/login?rd=%2Fapp%3Fx%3D1", setup.public_url);
-    let (page, visited) = browser.follow(Method::GET, &start, None).await;
+/// A browser asks for `/app/page?tab=1`, is sent through the provider's
+/// login and consent forms as `user`, and lands back on the page. Returns
+/// the landing page.
+async fn browser_login(setup: &Setup, browser: &mut Browser, user: &str) -> Page {
+    let (page, visited) = browser.follow(Method::GET, &url("/app/page?tab=1"), None).await;
     assert_eq!(page.status, StatusCode::OK, "{visited:?}\n{}", page.body);
-    assert!(visited[1].as_str().starts_with(&setup.provider.issuer), "redirected to the provider: {visited:?}");
-    let auth: HashMap<_, _> = visited[1].query_pairs().into_owned().collect();
+    assert_eq!(visited[1].as_str(), url("/.portcullis/login?rd=%2Fapp%2Fpage%3Ftab%3D1"), "sent to login: {visited:?}");
+    assert!(visited[2].as_str().starts_with(&setup.provider.issuer), "then to the provider: {visited:?}");
+    let auth: HashMap<_, _> = visited[2].query_pairs().into_owned().collect();
     assert_eq!(auth["code_challenge_method"], "S256");
+    assert_eq!(auth["redirect_uri"], url("/.portcullis/callback"));
     assert!(auth.contains_key("code_challenge") && auth.contains_key("state") && auth.contains_key("nonce"));
-    assert!(page.body.contains("name=\"login\""), "the login form: {}", page.body);
+    assert!(browser.cookie(PUBLIC_HOST, LOGIN_COOKIE).is_some(), "a login in progress");
+    assert!(page.body.contains("name=\"login\""), "the provider's login form: {}", page.body);
 
     let (mut page, mut visited) =
         browser.submit(&page, &[("prompt", "login"), ("login", user), ("password", "any")]).await;
@@ -209,139 +383,252 @@ async fn browser_login(setup: &Setup, browser: &mut Browser, user: &str) -> Stri
         (page, visited) = browser.submit(&page, &[("prompt", "consent")]).await;
     }
     assert_eq!(page.status, StatusCode::OK, "{visited:?}\n{}", page.body);
-    assert_eq!(page.body, "protected app");
-    let last = visited.last().unwrap();
-    assert_eq!((last.path(), last.query()), ("/app", Some("x=1")), "back at the return path: {visited:?}");
-    assert!(visited.iter().any(|u| u.path() == "/.portcullis/callback"), "{visited:?}");
-    assert!(browser.cookie(&setup.public_url, LOGIN_COOKIE).is_none(), "the login cookie is cleared");
-    browser.cookie(&setup.public_url, SESSION_COOKIE).expect("a session cookie")
+    assert!(visited.iter().any(|u| u.as_str().starts_with(&url("/.portcullis/callback?"))), "{visited:?}");
+    assert_eq!(visited.last().unwrap().as_str(), url("/app/page?tab=1"), "back where it was going: {visited:?}");
+    assert!(browser.cookie(PUBLIC_HOST, LOGIN_COOKIE).is_none(), "the login cookie is cleared");
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_some(), "a session cookie");
+    page
+}
+
+fn session_key() -> SessionKey {
+    SessionKey::new(COOKIE_SECRET.as_bytes()).unwrap()
 }
 
 #[tokio::test]
-async fn via_router_browser_login_refresh_and_logout() {
-    let setup = setup(300).await;
-    let mut browser = Browser::new();
-    let cookie = browser_login(&setup, &mut browser, "alice").await;
+async fn gateway_browser_login_lands_on_the_protected_route() {
+    let setup = Setup::start().await;
+    let mut browser = setup.browser();
+    // A cookie of the application's own, which the upstream must still get.
+    browser.set_cookie(PUBLIC_HOST, "theme", "dark", false);
 
+    // The first navigation is answered by the gateway, not the upstream.
+    let first =
+        browser.send(Method::GET, &Url::parse(&url("/app/page?tab=1")).unwrap(), &[("accept", HTML)], None).await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    assert_eq!(first.headers[CACHE_CONTROL], "no-store");
+    assert_eq!(setup.upstream_calls(), 0);
+
+    let page = browser_login(&setup, &mut browser, "alice").await;
+    let echo = page.echo();
+    assert_eq!(echo.path, "/app/page?tab=1");
+    assert_eq!(echo.one("x-portcullis-subject"), "alice");
+    assert_eq!(echo.one("x-portcullis-auth"), "session");
+    assert_eq!(echo.one("x-portcullis-issuer"), "portcullis");
+    assert!(echo.one("x-portcullis-roles").split(',').any(|r| r == "editor"), "{echo:?}");
+    assert!(echo.one("x-portcullis-scopes").split(' ').any(|s| s == "openid"), "{echo:?}");
+    assert_eq!(echo.one("cookie"), "theme=dark", "the session cookie stays at the gateway, the others pass");
+    assert!(page.session_set_cookie().is_none(), "no refresh while the access token is fresh");
+
+    // The session cookie as set at the callback.
     let attributes = browser.set_cookies.iter().find(|c| c.starts_with("__Host-portcullis=")).unwrap();
     for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
         assert!(attributes.contains(attribute), "{attributes}");
     }
     assert!(!attributes.contains("Domain"), "{attributes}");
-
-    // The session verifies: subject and roles from the ID token.
-    assert_eq!(setup.login.cookie_name(), "__Host-portcullis");
-    let outcome = setup.login.verify(&cookie).await.unwrap();
-    assert_eq!(outcome.principal.subject, "alice");
-    assert_eq!(outcome.principal.roles, ["editor"]);
-    assert_eq!(outcome.principal.method, AuthMethod::Session);
-    assert!(outcome.principal.scopes.iter().any(|s| s == "openid"));
-    assert!(outcome.set_cookie.is_none(), "no refresh while the access token is fresh");
-
-    // Refresh: the access token has expired (rewritten in the sealed cookie,
-    // instead of waiting for it), so verify refreshes it with the provider.
-    let key = SessionKey::new(COOKIE_SECRET.as_bytes()).unwrap();
-    let mut data = key.open(&cookie, SystemTime::now()).unwrap();
+    let cookie = browser.cookie(PUBLIC_HOST, SESSION_COOKIE).unwrap();
+    let data = session_key().open(&cookie, SystemTime::now()).unwrap();
+    assert_eq!((data.subject.as_str(), data.roles.as_slice()), ("alice", &["editor".to_owned()][..]));
     assert!(data.refresh_token.is_some(), "the provider issued a refresh token");
-    data.access_expires_at = Some(portcullis_policy::session::unix(SystemTime::now()) - 1);
-    let due = key.seal(&data, SystemTime::now()).unwrap();
-    let refreshed = setup.login.verify(&due).await.unwrap();
-    let set_cookie = refreshed.set_cookie.expect("a refreshed cookie").to_str().unwrap().to_owned();
-    assert!(set_cookie.starts_with("__Host-portcullis=") && set_cookie.contains("HttpOnly"), "{set_cookie}");
-    let new_value = set_cookie.trim_start_matches("__Host-portcullis=").split(';').next().unwrap();
-    let new_data = key.open(new_value, SystemTime::now()).unwrap();
-    assert_eq!((new_data.id.as_str(), new_data.subject.as_str()), (data.id.as_str(), "alice"));
-    assert_eq!(new_data.expires_at, data.expires_at, "refresh does not extend the session");
-    assert!(new_data.access_expires_at.unwrap() > portcullis_policy::session::unix(SystemTime::now()));
-    assert_eq!(refreshed.principal.roles, ["editor"]);
-    assert!(setup.login.verify(new_value).await.unwrap().set_cookie.is_none());
 
-    // Logout: the cookie is cleared, the id revoked, the browser sent to the
-    // provider's end_session_endpoint.
-    let logout = Url::parse(&format!("{}/.portcullis/logout", setup.public_url)).unwrap();
-    let page = browser.send(Method::POST, &logout, Some(&[])).await;
-    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    // Identity headers a client makes up are replaced by the gateway's.
+    let page = browser
+        .get(
+            "/app/other",
+            &[("x-portcullis-subject", "admin"), ("x-portcullis-roles", "admin"), ("X-Portcullis-Auth", "jwt")],
+        )
+        .await;
+    let echo = page.echo();
+    assert_eq!(echo.one("x-portcullis-subject"), "alice");
+    assert_eq!(echo.one("x-portcullis-roles"), "editor");
+    assert_eq!(echo.one("x-portcullis-auth"), "session");
+    assert_eq!(setup.upstream_calls(), 2);
+    assert!(setup.gateway.events.reasons().is_empty(), "{:?}", setup.gateway.events.reasons());
+
+    // The same browser over plain HTTP would not send the cookie at all.
+    assert!(browser.jar.iter().any(|c| c.name == SESSION_COOKIE && c.secure));
+}
+
+#[tokio::test]
+async fn gateway_request_without_session_is_401_unless_a_browser_navigates() {
+    let setup = Setup::start().await;
+    let mut browser = setup.browser();
+
+    let page = browser.get("/app/data", &[]).await;
+    page.assert_denied(StatusCode::UNAUTHORIZED, "auth.missing");
+    let challenge = page.headers.get(WWW_AUTHENTICATE).expect("a 401 names how to authenticate");
+    assert!(challenge.to_str().unwrap().contains("/.portcullis/login"), "{challenge:?}");
+    let event = setup.event("auth.missing").await;
+    assert_eq!((event.path.as_str(), event.status, event.route.is_some()), ("/app/data", 401, true));
+
+    // Only a GET or HEAD navigation is sent to login: a form post is refused.
+    let post =
+        browser.send(Method::POST, &Url::parse(&url("/app/data")).unwrap(), &[("accept", HTML)], Some(&[])).await;
+    post.assert_denied(StatusCode::UNAUTHORIZED, "auth.missing");
+    assert_eq!(setup.upstream_calls(), 0);
+}
+
+#[tokio::test]
+async fn gateway_refreshes_a_session_whose_access_token_expired() {
+    let setup = Setup::start().await;
+    let mut browser = setup.browser();
+    browser_login(&setup, &mut browser, "carol").await;
+    let key = session_key();
+    let cookie = browser.cookie(PUBLIC_HOST, SESSION_COOKIE).unwrap();
+    let data = key.open(&cookie, SystemTime::now()).unwrap();
+
+    // The provider's access token has expired (rewritten in the sealed
+    // cookie rather than waited for): the next request refreshes it with the
+    // provider's refresh token.
+    let mut due = data.clone();
+    due.access_expires_at = Some(unix(SystemTime::now()) - 1);
+    browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, &key.seal(&due, SystemTime::now()).unwrap(), true);
+    let page = browser.get("/app/page", &[]).await;
+    let echo = page.echo();
+    assert_eq!(echo.one("x-portcullis-subject"), "carol");
+    assert_eq!(echo.one("x-portcullis-roles"), "editor");
+    assert!(!echo.headers.contains_key("cookie"), "{echo:?}");
+
+    let set_cookie = page.session_set_cookie().expect("a refreshed session cookie");
+    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let refreshed = browser.cookie(PUBLIC_HOST, SESSION_COOKIE).unwrap();
+    let new_data = key.open(&refreshed, SystemTime::now()).unwrap();
+    assert_eq!((new_data.id.as_str(), new_data.subject.as_str()), (data.id.as_str(), "carol"));
+    assert_eq!(new_data.expires_at, data.expires_at, "refresh does not extend the session");
+    assert!(new_data.access_expires_at.unwrap() > unix(SystemTime::now()) + 60, "a new access token from the provider");
+
+    // The refreshed cookie is good as it is.
+    let page = browser.get("/app/page", &[]).await;
+    assert_eq!(page.echo().one("x-portcullis-subject"), "carol");
+    assert!(page.session_set_cookie().is_none());
+    assert!(setup.gateway.events.reasons().is_empty(), "{:?}", setup.gateway.events.reasons());
+
+    // A refresh the provider refuses ends the session.
+    let calls = setup.upstream_calls();
+    let mut refused = due.clone();
+    refused.refresh_token = Some("a-refresh-token-the-provider-never-issued".into());
+    browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, &key.seal(&refused, SystemTime::now()).unwrap(), true);
+    let page = browser.get("/app/page", &[]).await;
+    page.assert_denied(StatusCode::UNAUTHORIZED, "session.expired");
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none(), "the dead cookie is cleared");
+    let event = setup.event("session.expired").await;
+    let detail = event.detail.clone().unwrap();
+    assert!(detail.contains("refused by the provider"), "{detail}");
+    assert!(!event.to_json_line().contains("never-issued"), "the refresh token stays out of the event");
+    assert_eq!(setup.upstream_calls(), calls);
+}
+
+#[tokio::test]
+async fn gateway_logout_clears_and_revokes_the_session() {
+    let setup = Setup::start().await;
+    let mut browser = setup.browser();
+    browser_login(&setup, &mut browser, "dave").await;
+    let cookie = browser.cookie(PUBLIC_HOST, SESSION_COOKIE).unwrap();
+
+    // GET changes nothing: it only offers the button.
+    let (page, _) = browser.follow(Method::GET, &url("/.portcullis/logout"), None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("method=\"post\""), "{}", page.body);
+    assert_eq!(browser.get("/app/page", &[]).await.echo().one("x-portcullis-subject"), "dave");
+
+    // POST: cookie cleared, session revoked, browser sent to the provider's
+    // end_session_endpoint (RP-initiated logout).
+    let logout = Url::parse(&url("/.portcullis/logout")).unwrap();
+    let page = browser.send(Method::POST, &logout, &[("accept", HTML)], Some(&[])).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let location = Url::parse(page.headers[LOCATION].to_str().unwrap()).unwrap();
-    assert_eq!(Some(location.as_str()).map(|l| l.starts_with(&setup.provider.issuer)), Some(true), "{location}");
-    assert_eq!(Some(location.as_str().split('?').next().unwrap()), setup.login.end_session_endpoint());
+    assert!(location.as_str().starts_with(&setup.provider.issuer), "{location}");
     let query: HashMap<_, _> = location.query_pairs().into_owned().collect();
     assert_eq!(query["client_id"], CLIENT_ID);
-    assert_eq!(query["post_logout_redirect_uri"], format!("{}/bye", setup.public_url));
-    let cleared = browser.set_cookies.last().unwrap();
+    assert_eq!(query["post_logout_redirect_uri"], url("/bye"));
+    let cleared = page.session_set_cookie().expect("a clearing cookie");
     assert!(cleared.starts_with("__Host-portcullis=;") && cleared.contains("Max-Age=0"), "{cleared}");
-    assert!(browser.cookie(&setup.public_url, SESSION_COOKIE).is_none());
-    for old in [&cookie, &new_value.to_owned()] {
-        let denied = setup.login.verify(old).await.unwrap_err();
-        assert_eq!(denied.reason.code(), "session.revoked");
-    }
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none());
     // The provider accepts the logout request (its confirmation page).
     let (page, _) = browser.follow(Method::GET, location.as_str(), None).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
 
-    // GET on logout changes nothing: it only offers the button.
-    let mut other = Browser::new();
-    let (page, _) = other.follow(Method::GET, logout.as_str(), None).await;
+    // Without a cookie the browser is sent to login again.
+    let (page, visited) = browser.follow(Method::GET, &url("/app/page"), None).await;
+    assert!(visited[1].as_str().starts_with(&url("/.portcullis/login?")), "{visited:?}");
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("method=\"post\""), "{}", page.body);
+
+    // The old cookie, replayed, is refused.
+    let calls = setup.upstream_calls();
+    browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, &cookie, true);
+    let page = browser.get("/app/page", &[]).await;
+    page.assert_denied(StatusCode::UNAUTHORIZED, "session.revoked");
+    let event = setup.event("session.revoked").await;
+    assert_eq!((event.path.as_str(), event.status), ("/app/page", 401));
+    assert_eq!(setup.upstream_calls(), calls);
+    // The refusal clears the dead cookie, so the browser is not stuck with
+    // it: its next navigation goes to login.
+    let cleared = page.session_set_cookie().expect("a clearing cookie");
+    assert!(cleared.starts_with("__Host-portcullis=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none());
+    let (_, visited) = browser.follow(Method::GET, &url("/app/page"), None).await;
+    assert!(visited[1].as_str().starts_with(&url("/.portcullis/login?")), "{visited:?}");
 }
 
 #[tokio::test]
-async fn via_router_callback_with_wrong_state_is_refused() {
-    let setup = setup(300).await;
-    let mut browser = Browser::new();
-    let login = Url::parse(&format!("{}/.portcullis/login?rd=/app", setup.public_url)).unwrap();
-    let page = browser.send(Method::GET, &login, None).await;
-    assert_eq!(page.status, StatusCode::SEE_OTHER);
-    assert!(browser.cookie(&setup.public_url, LOGIN_COOKIE).is_some());
-
-    let callback = |query: &str| Url::parse(&format!("{}/.portcullis/callback?{query}", setup.public_url)).unwrap();
-    let page = browser.send(Method::GET, &callback("code=abc&state=forged"), None).await;
-    assert_eq!(
-        (page.status, page.body.as_str()),
-        (StatusCode::BAD_REQUEST, r#"{"error":"oidc.state","request_id":"test"}"#)
-    );
-    assert!(browser.cookie(&setup.public_url, LOGIN_COOKIE).is_none(), "a failed callback ends the login");
-
-    // No login in progress at all (a forged or replayed callback).
-    let page = Browser::new().send(Method::GET, &callback("code=abc&state=x"), None).await;
-    assert_eq!(page.status, StatusCode::BAD_REQUEST);
-    assert!(page.body.contains("oidc.state"), "{}", page.body);
-
-    // The right state with a code the provider never issued: the exchange fails.
-    let mut browser = Browser::new();
-    let page = browser.send(Method::GET, &login, None).await;
-    let to_provider = Url::parse(page.headers[LOCATION].to_str().unwrap()).unwrap();
-    let state = to_provider.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let page = browser.send(Method::GET, &callback(&format!("code=not-a-code&state={state}")), None).await;
-    assert_eq!(page.status, StatusCode::BAD_REQUEST);
-    assert!(page.body.contains("oidc.callback"), "{}", page.body);
-}
-
-#[tokio::test]
-async fn via_router_tampered_or_foreign_session_cookie_is_invalid() {
-    let setup = setup(300).await;
-    let mut browser = Browser::new();
-    let cookie = browser_login(&setup, &mut browser, "bob").await;
-    assert_eq!(setup.login.verify(&cookie).await.unwrap().principal.subject, "bob");
+async fn gateway_refuses_tampered_or_foreign_session_cookies() {
+    let setup = Setup::start().await;
+    let mut browser = setup.browser();
+    browser_login(&setup, &mut browser, "bob").await;
+    let cookie = browser.cookie(PUBLIC_HOST, SESSION_COOKIE).unwrap();
+    let calls = setup.upstream_calls();
 
     let mut tampered = cookie.clone().into_bytes();
     let middle = tampered.len() / 2;
     tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let other_key = SessionKey::new(b"a different secret, also 32 bytes long").unwrap();
-    let mut data = SessionKey::new(COOKIE_SECRET.as_bytes()).unwrap().open(&cookie, SystemTime::now()).unwrap();
+    let mut data = session_key().open(&cookie, SystemTime::now()).unwrap();
     data.roles = vec!["admin".into()];
+    let other_key = SessionKey::new(b"a different secret, also 32 bytes long").unwrap();
     let forged = other_key.seal(&data, SystemTime::now()).unwrap();
 
     for (name, value) in [("tampered", tampered.as_str()), ("forged", forged.as_str()), ("garbage", "not-a-cookie")] {
-        let denied = setup.login.verify(value).await.unwrap_err();
-        assert_eq!(denied.reason.code(), "session.invalid", "{name}");
+        browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, value, true);
+        let page = browser.get("/app/page", &[]).await;
+        page.assert_denied(StatusCode::UNAUTHORIZED, "session.invalid");
+        let event = setup.gateway.events.last().unwrap();
+        assert_eq!(event.reason, "session.invalid", "{name}");
+        let line = event.to_json_line();
+        assert!(!line.contains(value), "{name}: the event does not carry the cookie: {line}");
+        assert!(page.session_set_cookie().is_some_and(|c| c.contains("Max-Age=0")), "{name}: the cookie is cleared");
+        assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none(), "{name}");
     }
+    assert_eq!(setup.gateway.events.reasons(), ["session.invalid"; 3]);
+    assert_eq!(setup.upstream_calls(), calls, "nothing reached the upstream");
+}
 
-    // An unauthenticated browser is sent to login, keeping where it was going.
-    let response = setup.login.login_redirect("/app?x=1");
-    assert_eq!(response.status(), StatusCode::FOUND);
-    assert_eq!(response.headers()[LOCATION], "/.portcullis/login?rd=%2Fapp%3Fx%3D1");
-    let response = setup.login.login_redirect("//evil.example/");
-    assert_eq!(response.headers()[LOCATION], "/.portcullis/login?rd=%2F");
+#[tokio::test]
+async fn gateway_refuses_callbacks_with_a_wrong_state_or_code() {
+    let setup = Setup::start().await;
+    let mut browser = setup.browser();
+    let callback = |query: &str| Url::parse(&url(&format!("/.portcullis/callback?{query}"))).unwrap();
+    let page = browser.send(Method::GET, &Url::parse(&url("/.portcullis/login?rd=/app")).unwrap(), &[], None).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(browser.cookie(PUBLIC_HOST, LOGIN_COOKIE).is_some());
+
+    let page = browser.send(Method::GET, &callback("code=abc&state=forged"), &[], None).await;
+    page.assert_denied(StatusCode::BAD_REQUEST, "oidc.state");
+    assert!(browser.cookie(PUBLIC_HOST, LOGIN_COOKIE).is_none(), "a failed callback ends the login");
+    setup.event("oidc.state").await;
+
+    // No login in progress at all (a forged or replayed callback).
+    let page = setup.browser().send(Method::GET, &callback("code=abc&state=x"), &[], None).await;
+    page.assert_denied(StatusCode::BAD_REQUEST, "oidc.state");
+
+    // The right state with a code the provider never issued: the exchange fails.
+    let page = browser.send(Method::GET, &Url::parse(&url("/.portcullis/login?rd=/app")).unwrap(), &[], None).await;
+    let to_provider = Url::parse(page.headers[LOCATION].to_str().unwrap()).unwrap();
+    let state = to_provider.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let page = browser.send(Method::GET, &callback(&format!("code=not-a-code&state={state}")), &[], None).await;
+    page.assert_denied(StatusCode::BAD_REQUEST, "oidc.callback");
+    let event = setup.event("oidc.callback").await;
+    assert!(event.detail.unwrap().contains("refused by the provider"));
+    assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none());
+    assert_eq!(setup.upstream_calls(), 0);
 }

@@ -22,6 +22,8 @@
 //!   with the provider; the new cookie is returned to the browser. A refused
 //!   refresh ends the session (`session.expired`). Concurrent requests of one
 //!   session share a single refresh.
+//! - A refused session cookie (invalid, expired, revoked) is cleared with
+//!   the 401, so the browser's next navigation goes to login.
 //! - Logout revokes the session id until the session would have expired,
 //!   clears the cookie, and sends the browser to the provider's
 //!   `end_session_endpoint` when it has one (RP-initiated logout).
@@ -43,7 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
-use http::header::{CACHE_CONTROL, LOCATION};
+use http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Response, StatusCode};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey,
@@ -66,6 +68,12 @@ pub use routes::{CALLBACK_PATH, LOGIN_PATH, LOGOUT_PATH, router, safe_return_pat
 use crate::config::oidc::Oidc;
 use crate::http_client::{HttpClient, HttpClientError, HttpClientLimits};
 use crate::shared::Revocations;
+
+/// The `WWW-Authenticate` challenge of session routes: the `Cookie` scheme
+/// of draft-broyer-http-cookie-auth, since no registered scheme describes a
+/// login form. Names [`LOGIN_PATH`] and [`SESSION_COOKIE`].
+const CHALLENGE: &str =
+    r#"Cookie realm="portcullis", form-action="/.portcullis/login", cookie-name="__Host-portcullis""#;
 
 /// How long before the access token's expiry a refresh is made.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(30);
@@ -275,10 +283,28 @@ impl VerifySession for OidcLogin {
         response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
+
+    fn challenge(&self) -> HeaderValue {
+        // The `Cookie` scheme of draft-broyer-http-cookie-auth: there is no
+        // registered scheme for form login, and this one says where it is.
+        HeaderValue::from_static(CHALLENGE)
+    }
 }
 
 impl Inner {
+    /// A refused session also clears its cookie: the browser would
+    /// otherwise present the dead cookie, and be refused, until its
+    /// `Max-Age` ran out, instead of being sent to login.
     async fn verify(&self, cookie: &str, now: SystemTime) -> Result<SessionOutcome, Denied> {
+        self.check(cookie, now).await.map_err(|denied| match denied.reason {
+            Reason::SessionInvalid | Reason::SessionExpired | Reason::SessionRevoked => {
+                denied.with_header(SET_COOKIE, session_cookie("", now, now))
+            }
+            _ => denied,
+        })
+    }
+
+    async fn check(&self, cookie: &str, now: SystemTime) -> Result<SessionOutcome, Denied> {
         let mut data = self.key.open(cookie, now).map_err(session_denied)?;
         if data.issuer != self.issuer {
             return Err(Denied::new(Reason::SessionInvalid).with_detail("session of another issuer"));
@@ -474,6 +500,12 @@ mod tests {
         let value = session_cookie("abc", SystemTime::UNIX_EPOCH + Duration::from_secs(100), SystemTime::UNIX_EPOCH);
         assert_eq!(value, "__Host-portcullis=abc; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=100");
         assert!(!value.to_str().unwrap().contains("Domain"));
+    }
+
+    #[test]
+    fn challenge_names_the_login_path_and_the_cookie() {
+        assert!(CHALLENGE.contains(&format!("form-action=\"{LOGIN_PATH}\"")));
+        assert!(CHALLENGE.contains(&format!("cookie-name=\"{SESSION_COOKIE}\"")));
     }
 
     #[test]
