@@ -47,10 +47,10 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthRuntime;
-use crate::shared::{MemoryRevocations, Revocations};
 use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
+use crate::shared::{MemoryRevocations, Revocations};
 use crate::tls::CertStore;
 
 /// One compiled configuration, ready to serve.

@@ -282,5 +282,5 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 pub fn full_body(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
 }
-pub mod postgres;
 pub mod oidc_provider;
+pub mod postgres;
