@@ -213,19 +213,16 @@ impl Authenticators {
             .get::<ConnInfo>()
             .and_then(|c| c.client_cert.clone())
             .ok_or_else(|| Denied::new(Reason::MtlsMissing))?;
-        let cn = cert
-            .subject
-            .split(',')
-            .filter_map(|part| part.trim().strip_prefix("CN="))
-            .next()
-            .unwrap_or(&cert.subject)
-            .to_owned();
-        let mut principal = Principal::new(cn.clone(), AuthMethod::Mtls, cert.fingerprint.as_bytes());
+        // The subject is the CN (the full DN without exactly one CN). Roles
+        // are keyed by CN or by full DN: a key with `=` is a DN, so a CN
+        // spelled like a DN (`CN=batch, O=Prod`) cannot take its roles.
+        let subject = cert.common_name.clone().unwrap_or_else(|| cert.subject.clone());
+        let mut principal = Principal::new(subject, AuthMethod::Mtls, cert.fingerprint.as_bytes());
         principal.credential.clone_from(&cert.fingerprint);
         principal.issuer = Some("client-certificate".into());
         if let Some(mtls) = &self.mtls {
-            principal.roles =
-                mtls.roles.get(&cn).or_else(|| mtls.roles.get(&cert.subject)).cloned().unwrap_or_default();
+            let by_cn = cert.common_name.as_ref().filter(|cn| !cn.contains('=')).and_then(|cn| mtls.roles.get(cn));
+            principal.roles = by_cn.or_else(|| mtls.roles.get(&cert.subject)).cloned().unwrap_or_default();
         }
         Ok(principal)
     }

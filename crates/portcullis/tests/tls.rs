@@ -278,6 +278,30 @@ impl Pki {
         (cert, key)
     }
 
+    /// A client presenting a certificate from this CA with exactly `subject`.
+    fn mtls_client_as(&self, server_ca: &Pki, subject: &[(rcgen::DnType, &str)]) -> tokio_rustls::TlsConnector {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&self.ca_params, &self.ca_key)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_ca.ca.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
     fn mtls_client(&self, server_ca: &Pki, identity: Option<(&Pki, &str)>) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(server_ca.ca.der().clone()).unwrap();
@@ -414,7 +438,7 @@ upstream = "app"
 auth = "public"
 
 [auth.mtls]
-roles = {{ "svc-a" = ["service"] }}
+roles = {{ "svc-a" = ["service"], "CN=batch, O=Prod" = ["batch"] }}
 "#
     );
     let path = dir.path().join("portcullis.toml");
@@ -463,6 +487,28 @@ roles = {{ "svc-a" = ["service"] }}
     // Optional is not "anything goes": a certificate from another CA is
     // still refused at the handshake.
     assert!(refused(&clients.mtls_client(&server_pki, Some((&strangers, "svc-a"))), addr).await);
+
+    // A subject is matched by its structure, not by splitting its text: the
+    // client CA may sign names whose other attributes the requester chose.
+    use rcgen::DnType::{CommonName, OrganizationName};
+    let cases: [(&[(rcgen::DnType, &str)], &str, &str); 4] = [
+        // Mapped by full DN.
+        (&[(CommonName, "batch"), (OrganizationName, "Prod")], "batch", "batch"),
+        // An organization smuggling a CN in front of the real one.
+        (&[(OrganizationName, "Ops, CN=svc-a"), (CommonName, "mallory")], "mallory", ""),
+        // A CN that renders like the mapped DN.
+        (&[(CommonName, "batch, O=Prod")], "batch, O=Prod", ""),
+        // A CN that is a mapped DN key.
+        (&[(CommonName, "CN=batch, O=Prod")], "CN=batch, O=Prod", ""),
+    ];
+    for (subject, expected_subject, expected_roles) in cases {
+        let tls = handshake(&clients.mtls_client_as(&server_pki, subject), addr).await.unwrap();
+        let (parts, _) = http1_request(tls, "/svc/jobs", &[]).await;
+        assert_eq!(parts.status, 200, "{subject:?}");
+        let received = last();
+        assert_eq!(get(&received, "x-portcullis-subject").as_deref(), Some(expected_subject), "{subject:?}");
+        assert_eq!(get(&received, "x-portcullis-roles").as_deref(), Some(expected_roles), "{subject:?}");
+    }
 }
 
 /// An HTTPS upstream presenting a `localhost` certificate from `server`, and
