@@ -491,7 +491,8 @@ roles = {{ "svc-a" = ["service"], "CN=batch, O=Prod" = ["batch"] }}
     // A subject is matched by its structure, not by splitting its text: the
     // client CA may sign names whose other attributes the requester chose.
     use rcgen::DnType::{CommonName, OrganizationName};
-    let cases: [(&[(rcgen::DnType, &str)], &str, &str); 4] = [
+    type Subject<'a> = &'a [(rcgen::DnType, &'a str)];
+    let cases: [(Subject<'_>, &str, &str); 4] = [
         // Mapped by full DN.
         (&[(CommonName, "batch"), (OrganizationName, "Prod")], "batch", "batch"),
         // An organization smuggling a CN in front of the real one.
