@@ -14,6 +14,10 @@
 //!   `WWW-Authenticate`.
 //! - The verified [`Principal`] goes into the request's extensions for
 //!   authorization, rate limiting and the upstream identity.
+//! - API keys are the gateway's secrets and never reach an upstream: they
+//!   are removed from every forwarded request, public routes included (where
+//!   they are not verified), so upstream logs never collect them from clients
+//!   that send their key with every request.
 //!
 //! The verifiers are traits so this crate stays free of the store, the JWKS
 //! fetcher and the OIDC client, which live in the binary crate.
@@ -212,19 +216,16 @@ impl Authenticators {
             .get::<ConnInfo>()
             .and_then(|c| c.client_cert.clone())
             .ok_or_else(|| Denied::new(Reason::MtlsMissing))?;
-        let cn = cert
-            .subject
-            .split(',')
-            .filter_map(|part| part.trim().strip_prefix("CN="))
-            .next()
-            .unwrap_or(&cert.subject)
-            .to_owned();
-        let mut principal = Principal::new(cn.clone(), AuthMethod::Mtls, cert.fingerprint.as_bytes());
+        // The subject is the CN (the full DN without exactly one CN). Roles
+        // are keyed by CN or by full DN: a key with `=` is a DN, so a CN
+        // spelled like a DN (`CN=batch, O=Prod`) cannot take its roles.
+        let subject = cert.common_name.clone().unwrap_or_else(|| cert.subject.clone());
+        let mut principal = Principal::new(subject, AuthMethod::Mtls, cert.fingerprint.as_bytes());
         principal.credential.clone_from(&cert.fingerprint);
         principal.issuer = Some("client-certificate".into());
         if let Some(mtls) = &self.mtls {
-            principal.roles =
-                mtls.roles.get(&cn).or_else(|| mtls.roles.get(&cert.subject)).cloned().unwrap_or_default();
+            let by_cn = cert.common_name.as_ref().filter(|cn| !cn.contains('=')).and_then(|cn| mtls.roles.get(cn));
+            principal.roles = by_cn.or_else(|| mtls.roles.get(&cert.subject)).cloned().unwrap_or_default();
         }
         Ok(principal)
     }
@@ -284,25 +285,27 @@ impl Authenticators {
     }
 
     /// Removes a gateway credential the upstream has no use for: API keys
-    /// and the session cookie are the gateway's secrets. A bearer JWT is
-    /// left in place (upstreams may verify it again or call other services
-    /// with it).
+    /// (always, whichever credential decided) and the session cookie are the
+    /// gateway's secrets. A bearer JWT is left in place (upstreams may verify
+    /// it again or call other services with it).
     fn scrub(&self, credential: &Credential, headers: &mut http::HeaderMap) {
-        match credential {
-            Credential::ApiKey(_) => {
-                if let Some(header) = &self.api_key_header {
-                    headers.remove(header);
-                }
-                if bearer(headers).is_some_and(|t| self.api_key.as_ref().is_some_and(|v| v.recognises(t))) {
-                    headers.remove(http::header::AUTHORIZATION);
-                }
-            }
-            Credential::Session(_) => {
-                if let Some(session) = &self.session {
-                    remove_cookie(headers, session.cookie_name());
-                }
-            }
-            Credential::Bearer(_) | Credential::Certificate => {}
+        self.scrub_api_keys(headers);
+        if let Credential::Session(_) = credential
+            && let Some(session) = &self.session
+        {
+            remove_cookie(headers, session.cookie_name());
+        }
+    }
+
+    /// Removes API keys: the configured header, and an `Authorization:
+    /// Bearer` value with the key prefix.
+    fn scrub_api_keys(&self, headers: &mut http::HeaderMap) {
+        let Some(verifier) = &self.api_key else { return };
+        if let Some(header) = &self.api_key_header {
+            headers.remove(header);
+        }
+        if bearer(headers).is_some_and(|t| verifier.recognises(t)) {
+            headers.remove(http::header::AUTHORIZATION);
         }
     }
 }
@@ -359,7 +362,12 @@ where
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         strip_identity_headers(req.headers_mut());
         let methods = match req.extensions().get::<Arc<RouteInfo>>().map(|r| r.auth) {
-            Some(AuthMode::Public) => return crate::call_boxed(&mut self.inner, req),
+            // Not authenticated, so a key is not verified (a stale key must
+            // not break a public page), but it is still kept from the upstream.
+            Some(AuthMode::Public) => {
+                self.auth.scrub_api_keys(req.headers_mut());
+                return crate::call_boxed(&mut self.inner, req);
+            }
             Some(AuthMode::Required(methods)) => methods,
             // A request that reached here unrouted is a wiring bug: refuse.
             None => return Box::pin(async { Ok(crate::deny(Reason::GatewayInternal)) }),

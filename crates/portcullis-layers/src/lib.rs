@@ -125,8 +125,12 @@ pub struct ConnInfo {
 /// A client certificate verified during the TLS handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCert {
-    /// The subject distinguished name (`CN=svc-a, O=Example`).
+    /// The subject distinguished name (`CN=svc-a, O=Example`), values
+    /// escaped as RFC 4514 says (`O=Ops\, Inc.`), so it is unambiguous.
     pub subject: String,
+    /// The subject's common name when it has exactly one, read from the
+    /// certificate's structure: never parse it out of `subject`.
+    pub common_name: Option<String>,
     /// Subject alternative names (`DNS:…`, `email:…`, `URI:…`).
     pub sans: Vec<String>,
     /// SHA-256 fingerprint of the certificate.

@@ -384,7 +384,12 @@ pub fn client_config(tls: Option<&crate::config::UpstreamTls>) -> Result<Arc<rus
 #[must_use]
 pub fn client_identity(cert: &CertificateDer<'_>) -> Option<portcullis_layers::ClientCert> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let subject = parsed.subject().to_string();
+    let subject = subject_text(parsed.subject());
+    let mut names = parsed.subject().iter_common_name().map(x509_parser::x509::AttributeTypeAndValue::as_str);
+    let common_name = match (names.next(), names.next()) {
+        (Some(Ok(name)), None) => Some(name.to_owned()),
+        _ => None,
+    };
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = parsed.subject_alternative_name() {
         for name in &ext.value.general_names {
@@ -406,7 +411,52 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> Option<portcullis_layers::C
             }
         }
     }
-    Some(portcullis_layers::ClientCert { subject, sans, fingerprint: fingerprint(cert) })
+    Some(portcullis_layers::ClientCert { subject, common_name, sans, fingerprint: fingerprint(cert) })
+}
+
+/// A distinguished name as text (`CN=svc-a, O=Example`), with RFC 4514
+/// escaping in values: x509-parser's `Display` does not escape, so a value
+/// such as `O=Ops, CN=svc-a` would read as two attributes and a DN could be
+/// made to look like another one. Values that are not strings are `#hex`.
+fn subject_text(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    name.iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let key = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map_or_else(|_| attr.attr_type().to_id_string(), str::to_owned);
+                    let value = attr.as_str().map_or_else(
+                        |_| format!("#{}", attr.as_slice().iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                        escape_dn_value,
+                    );
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// RFC 4514 section 2.4: `"+,;<>\`, NUL, a leading `#` or space and a
+/// trailing space are escaped.
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\0' => out.push_str("\\00"),
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// The DNS names in a certificate's subject alternative names, lowercase.
@@ -428,4 +478,22 @@ fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
     digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dn_values_are_escaped_as_rfc_4514_says() {
+        for (value, escaped) in [
+            ("svc-a", "svc-a"),
+            ("Ops, CN=svc-a", "Ops\\, CN=svc-a"),
+            ("a+b;c<d>e\"f\\g", "a\\+b\\;c\\<d\\>e\\\"f\\\\g"),
+            ("#1 team ", "\\#1 team\\ "),
+            (" lead", "\\ lead"),
+            ("nul\0", "nul\\00"),
+            ("", ""),
+        ] {
+            assert_eq!(super::escape_dn_value(value), escaped, "{value:?}");
+        }
+    }
 }

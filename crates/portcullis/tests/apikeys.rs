@@ -1,6 +1,7 @@
 //! API keys end to end: create, use, expire, revoke and list, through the
 //! store API, the verifier the gateway uses and the real `portcullis apikey`
-//! command, each against a SQLite file and a real PostgreSQL server.
+//! command, each against a SQLite file and a real PostgreSQL server; then
+//! the same keys through the real gateway in front of a recording upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -46,6 +47,9 @@ against_both_stores!(
     revocation_takes_effect_within_cache_ttl,
     a_failing_store_is_unavailable_not_a_pass,
     the_cli_creates_lists_and_revokes,
+    the_gateway_accepts_keys_and_keeps_them_from_the_upstream,
+    the_gateway_refuses_each_bad_key_with_one_event,
+    public_routes_neither_verify_nor_forward_keys,
 );
 
 /// A clock the test moves.
@@ -303,4 +307,205 @@ async fn a_postgres_server_that_goes_away_makes_keys_unavailable_not_accepted() 
     let denied = refused(&verifier, key.expose()).await;
     assert_eq!(denied.reason, Reason::ApiKeyStoreUnavailable);
     assert!(started.elapsed() < Duration::from_secs(15), "answered within the acquire timeout");
+}
+
+// ---------------------------------------------------------------------------
+// Through the gateway.
+
+/// A gateway using the store at `url`, in front of an upstream recording the
+/// headers it receives: `/api/**` takes API keys only, `/either/**` a JWT or
+/// an API key, everything else is public. `cache_ttl = "0s"`, so revocation
+/// needs no waiting.
+async fn keyed_gateway(url: &str) -> (common::Gateway, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    let (upstream, seen) = common::named_upstream("app").await;
+    let issuer_key = rcgen::KeyPair::generate().unwrap().public_key_pem();
+    let toml = format!(
+        r#"
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[[upstream]]
+name = "app"
+targets = ["http://{upstream}"]
+
+[[route]]
+match = {{ path = "/api/**" }}
+upstream = "app"
+auth = "api_key"
+
+[[route]]
+match = {{ path = "/either/**" }}
+upstream = "app"
+auth = ["jwt", "api_key"]
+
+[[route]]
+match = {{ path = "/**" }}
+upstream = "app"
+auth = "public"
+
+[state]
+store = "{url}"
+
+[auth.api_key]
+header = "X-Api-Key"
+cache_ttl = "0s"
+
+[auth.jwt]
+issuer = "https://issuer.test"
+keys = [{{ pem = '''{issuer_key}''' }}]
+"#
+    );
+    (common::gateway(&toml).await, seen)
+}
+
+fn last_seen(seen: &Mutex<Vec<http::HeaderMap>>) -> http::HeaderMap {
+    seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+/// Sends `headers` to `path`; asserts a `status`/`reason` denial and exactly
+/// one security event for it, which never repeats `key`.
+async fn denied_once(gw: &common::Gateway, path: &str, headers: &[(&str, &str)], reason: &str, key: &str) {
+    let before = gw.events.0.lock().unwrap().len();
+    let (parts, body) = common::get_with(&gw.url(path), headers).await;
+    common::assert_denied(&parts, &body, 401, reason);
+    let events = gw.events.0.lock().unwrap();
+    assert_eq!(events.len(), before + 1, "one event per denial: {:?}", &events[before..]);
+    let event = &events[before];
+    assert_eq!(event.reason, reason);
+    assert_eq!(event.request_id, parts.headers["x-request-id"].to_str().unwrap());
+    let line = event.to_json_line();
+    let secret = key.rsplit_once('_').map_or(key, |(_, secret)| secret);
+    assert!(!line.contains(key) && (secret.len() < 8 || !line.contains(secret)), "the event repeats the key: {line}");
+    assert!(!String::from_utf8_lossy(&body).contains(key), "the answer repeats the key");
+}
+
+async fn the_gateway_accepts_keys_and_keeps_them_from_the_upstream(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let (info, key) = store.create_api_key("ci deploy", &roles(&["ops", "billing:read"]), None).await.unwrap();
+    let key = key.expose().to_owned();
+    let (gw, seen) = keyed_gateway(url).await;
+
+    let bearer = format!("Bearer {key}");
+    let presented: [(&str, &str); 2] = [("authorization", &bearer), ("x-api-key", &key)];
+    for (name, value) in presented {
+        for path in ["/api/orders", "/either/orders"] {
+            let (parts, body) = common::get_with(&gw.url(path), &[(name, value)]).await;
+            assert_eq!(parts.status, 200, "{name} on {path}: {}", String::from_utf8_lossy(&body));
+            let headers = last_seen(&seen);
+            assert_eq!(header(&headers, "x-portcullis-subject"), Some(format!("apikey:{}", info.id).as_str()));
+            assert_eq!(header(&headers, "x-portcullis-auth"), Some("api_key"));
+            assert_eq!(header(&headers, "x-portcullis-issuer"), Some("portcullis"));
+            assert_eq!(header(&headers, "x-portcullis-roles"), Some("ops,billing:read"));
+            assert_eq!(header(&headers, "x-portcullis-scopes"), None);
+            // The key is the gateway's secret: neither carrier reaches the upstream.
+            assert!(headers.get("authorization").is_none() && headers.get("x-api-key").is_none(), "{headers:?}");
+            assert!(!format!("{headers:?}").contains(&key));
+        }
+    }
+    assert!(gw.events.0.lock().unwrap().is_empty(), "{:?}", gw.events.reasons());
+}
+
+async fn the_gateway_refuses_each_bad_key_with_one_event(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let (info, key) = store.create_api_key("rotating", &roles(&["writer"]), None).await.unwrap();
+    let key = key.expose().to_owned();
+    let (gw, seen) = keyed_gateway(url).await;
+
+    // No credential: 401 with a challenge, so clients know to authenticate.
+    let (parts, body) = common::get(&gw.url("/api/orders")).await;
+    common::assert_denied(&parts, &body, 401, "auth.missing");
+    assert!(parts.headers[http::header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+    assert_eq!(gw.events.reasons(), ["auth.missing"]);
+    // A bearer value without the key prefix is not a key: on an API-key-only
+    // route nothing was presented.
+    denied_once(&gw, "/api/orders", &[("authorization", "Bearer opaque-token")], "auth.missing", "opaque-token").await;
+
+    let unknown = format!("pcl_0123456789abcdef_{}", "A".repeat(43));
+    denied_once(&gw, "/api/orders", &[("authorization", &format!("Bearer {unknown}"))], "apikey.unknown", &unknown)
+        .await;
+    let guessed = format!("pcl_{}_{}", info.id, "B".repeat(43));
+    denied_once(&gw, "/api/orders", &[("x-api-key", &guessed)], "apikey.unknown", &guessed).await;
+    let truncated = &key[..40];
+    denied_once(&gw, "/api/orders", &[("x-api-key", truncated)], "apikey.malformed", truncated).await;
+    // The dedicated header is always a key, with or without the prefix.
+    denied_once(&gw, "/api/orders", &[("x-api-key", "hunter2-hunter2")], "apikey.malformed", "hunter2-hunter2").await;
+    // The first credential present decides: a bad key is not rescued by
+    // another method the route accepts.
+    denied_once(&gw, "/either/orders", &[("x-api-key", &unknown)], "apikey.unknown", &unknown).await;
+
+    // Revoked with the real CLI on the gateway's own configuration file.
+    let (parts, _) = common::get_with(&gw.url("/api/orders"), &[("x-api-key", &key)]).await;
+    assert_eq!(parts.status, 200);
+    let config = gw.dir.path().join("portcullis.toml");
+    let out = apikey(&config, &["revoke", &info.id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bearer = format!("Bearer {key}");
+    denied_once(&gw, "/api/orders", &[("authorization", &bearer)], "apikey.revoked", &key).await;
+    denied_once(&gw, "/either/orders", &[("x-api-key", &key)], "apikey.revoked", &key).await;
+
+    // Expired: the store refuses a past expiry, so the key is made to expire
+    // within a second and used until it does.
+    let expires = SystemTime::now() + Duration::from_secs(1);
+    let (_, short) = store.create_api_key("short-lived", &[], Some(expires)).await.unwrap();
+    let short = short.expose().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = gw.events.0.lock().unwrap().len();
+        let sent = SystemTime::now();
+        let (parts, body) = common::get_with(&gw.url("/api/orders"), &[("x-api-key", &short)]).await;
+        if parts.status == 200 {
+            assert!(sent < expires, "a key was accepted after its expiry");
+            assert!(std::time::Instant::now() < deadline, "the key never expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        common::assert_denied(&parts, &body, 401, "apikey.expired");
+        let events = gw.events.0.lock().unwrap();
+        assert_eq!(events.len(), before + 1);
+        assert_eq!(events[before].reason, "apikey.expired");
+        assert!(!events[before].to_json_line().contains(short.rsplit_once('_').unwrap().1));
+        break;
+    }
+    denied_once(&gw, "/api/orders", &[("authorization", &format!("Bearer {short}"))], "apikey.expired", &short).await;
+
+    // No denied request reached the upstream: the four accepted ones did.
+    let forwarded = seen.lock().unwrap().len();
+    assert!(forwarded >= 1, "{forwarded}");
+    assert!(seen.lock().unwrap().iter().all(|h| h.get("x-portcullis-subject").is_some()));
+}
+
+/// A public route: the gateway does not authenticate, so a key sent there is
+/// not verified — a revoked, expired or mistyped key must not break
+/// `/health` or a login page for a client that sends its key everywhere
+/// (most HTTP clients are configured with one default header), and no
+/// identity is asserted to the upstream. But the key is still the gateway's
+/// secret, useless to the upstream: it is removed as on an authenticated
+/// route, so upstream access logs never collect keys from public traffic.
+async fn public_routes_neither_verify_nor_forward_keys(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let (info, key) = store.create_api_key("svc", &roles(&["ops"]), None).await.unwrap();
+    let key = key.expose().to_owned();
+    store.revoke_api_key(&info.id).await.unwrap();
+    let (gw, seen) = keyed_gateway(url).await;
+
+    let bearer = format!("Bearer {key}");
+    for headers in
+        [vec![("authorization", bearer.as_str())], vec![("x-api-key", key.as_str())], vec![("x-api-key", "not-a-key")]]
+    {
+        let (parts, body) = common::get_with(&gw.url("/health"), &headers).await;
+        assert_eq!(parts.status, 200, "{headers:?}: {}", String::from_utf8_lossy(&body));
+        let received = last_seen(&seen);
+        assert!(received.keys().all(|name| !name.as_str().starts_with("x-portcullis-")), "{received:?}");
+        assert!(received.get("authorization").is_none() && received.get("x-api-key").is_none(), "{received:?}");
+    }
+    // Any other Authorization value is the upstream's business and passes.
+    let (parts, _) = common::get_with(&gw.url("/health"), &[("authorization", "Basic dXNlcjpwYXNz")]).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(header(&last_seen(&seen), "authorization"), Some("Basic dXNlcjpwYXNz"));
+    assert!(gw.events.0.lock().unwrap().is_empty(), "{:?}", gw.events.reasons());
 }

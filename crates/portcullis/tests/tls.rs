@@ -278,6 +278,30 @@ impl Pki {
         (cert, key)
     }
 
+    /// A client presenting a certificate from this CA with exactly `subject`.
+    fn mtls_client_as(&self, server_ca: &Pki, subject: &[(rcgen::DnType, &str)]) -> tokio_rustls::TlsConnector {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&self.ca_params, &self.ca_key)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_ca.ca.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
     fn mtls_client(&self, server_ca: &Pki, identity: Option<(&Pki, &str)>) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(server_ca.ca.der().clone()).unwrap();
@@ -337,28 +361,155 @@ auth = "public"
     for client in
         [clients.mtls_client(&server_pki, None), clients.mtls_client(&server_pki, Some((&strangers, "mallory")))]
     {
-        let refused = match handshake(&client, addr).await {
-            Err(_) => true,
-            // TLS 1.3 reports the client-auth failure on first use.
-            Ok(tls) => {
-                let io = hyper_util::rt::TokioIo::new(tls);
-                match hyper::client::conn::http1::handshake::<_, portcullis_layers::Body>(io).await {
-                    Err(_) => true,
-                    Ok((mut sender, conn)) => {
-                        tokio::spawn(conn);
-                        let req =
-                            Request::get("/").header("host", "localhost").body(portcullis_layers::empty()).unwrap();
-                        sender.send_request(req).await.is_err()
-                    }
-                }
-            }
-        };
-        assert!(refused, "a connection without a valid client certificate was served");
+        assert!(refused(&client, addr).await, "a connection without a valid client certificate was served");
     }
     eventually("handshake events", Duration::from_secs(5), || {
         events.reasons().iter().filter(|r| **r == "tls.handshake").count() >= 2
     })
     .await;
+}
+
+/// Whether `client` is refused: at the handshake, or (TLS 1.3 reports a
+/// client-auth failure on first use) at the first request.
+async fn refused(client: &tokio_rustls::TlsConnector, addr: std::net::SocketAddr) -> bool {
+    match handshake(client, addr).await {
+        Err(_) => true,
+        Ok(tls) => {
+            let io = hyper_util::rt::TokioIo::new(tls);
+            match hyper::client::conn::http1::handshake::<_, portcullis_layers::Body>(io).await {
+                Err(_) => true,
+                Ok((mut sender, conn)) => {
+                    tokio::spawn(conn);
+                    let req = Request::get("/").header("host", "localhost").body(portcullis_layers::empty()).unwrap();
+                    sender.send_request(req).await.is_err()
+                }
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request with `headers` on a TLS connection.
+async fn http1_request(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::response::Parts, bytes::Bytes) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", "localhost");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = sender.send_request(req.body(portcullis_layers::empty()).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
+}
+
+/// A verified client certificate as the caller: `auth = "mtls"` routes on a
+/// listener where certificates are optional.
+#[tokio::test]
+async fn a_client_certificate_is_the_principal_on_mtls_routes() {
+    let (up, seen) = named_upstream("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_pki = Pki::new("server CA");
+    server_pki.leaf(dir.path(), "site");
+    let clients = Pki::new("clients CA");
+    let strangers = Pki::new("another CA");
+    std::fs::write(dir.path().join("clients.pem"), clients.ca.pem()).unwrap();
+    let toml = format!(
+        r#"
+[[listener]]
+name = "mtls"
+bind = "127.0.0.1:0"
+tls = {{ cert = "site.pem", key = "site.key", client_ca = "clients.pem", client_auth = "optional" }}
+
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+
+[[route]]
+match = {{ path = "/svc/**" }}
+upstream = "app"
+auth = "mtls"
+
+[[route]]
+match = {{ path = "/**" }}
+upstream = "app"
+auth = "public"
+
+[auth.mtls]
+roles = {{ "svc-a" = ["service"], "CN=batch, O=Prod" = ["batch"] }}
+"#
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = portcullis::config::load(&path).unwrap();
+    let events = Arc::new(Events::default());
+    let server = portcullis::server::Server::start(config, events.clone()).await.unwrap();
+    let addr = server.addrs()[0].1;
+    let last = || seen.lock().unwrap().last().cloned().unwrap();
+    let get = |headers: &http::HeaderMap, name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+
+    // With a certificate: the subject CN is the caller, roles from [auth.mtls];
+    // what the client claims in X-Portcullis-* is replaced.
+    let tls = handshake(&clients.mtls_client(&server_pki, Some((&clients, "svc-a"))), addr).await.unwrap();
+    let forged = [("x-portcullis-subject", "admin"), ("x-portcullis-roles", "admin")];
+    let (parts, body) = http1_request(tls, "/svc/jobs", &forged).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    let received = last();
+    assert_eq!(get(&received, "x-portcullis-subject").as_deref(), Some("svc-a"));
+    assert_eq!(get(&received, "x-portcullis-auth").as_deref(), Some("mtls"));
+    assert_eq!(get(&received, "x-portcullis-issuer").as_deref(), Some("client-certificate"));
+    assert_eq!(get(&received, "x-portcullis-roles").as_deref(), Some("service"));
+    assert_eq!(received.get_all("x-portcullis-roles").iter().count(), 1);
+
+    // Another certificate from the same CA: authenticated, without roles.
+    let tls = handshake(&clients.mtls_client(&server_pki, Some((&clients, "svc-b"))), addr).await.unwrap();
+    let (parts, _) = http1_request(tls, "/svc/jobs", &[]).await;
+    assert_eq!(parts.status, 200);
+    let received = last();
+    assert_eq!(get(&received, "x-portcullis-subject").as_deref(), Some("svc-b"));
+    assert_eq!(get(&received, "x-portcullis-roles").as_deref(), Some(""));
+
+    // Without one: the listener lets the connection in (optional), the mTLS
+    // route refuses it, public routes serve it without identity.
+    let tls = handshake(&clients.mtls_client(&server_pki, None), addr).await.unwrap();
+    let (parts, body) = http1_request(tls, "/svc/jobs", &forged).await;
+    assert_denied(&parts, &body, 401, "auth.missing");
+    assert_eq!(events.reasons(), ["auth.missing"]);
+    let before = seen.lock().unwrap().len();
+    let tls = handshake(&clients.mtls_client(&server_pki, None), addr).await.unwrap();
+    let (parts, _) = http1_request(tls, "/status", &forged).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(seen.lock().unwrap().len(), before + 1);
+    assert!(last().keys().all(|n| !n.as_str().starts_with("x-portcullis-")), "{:?}", last());
+
+    // Optional is not "anything goes": a certificate from another CA is
+    // still refused at the handshake.
+    assert!(refused(&clients.mtls_client(&server_pki, Some((&strangers, "svc-a"))), addr).await);
+
+    // A subject is matched by its structure, not by splitting its text: the
+    // client CA may sign names whose other attributes the requester chose.
+    use rcgen::DnType::{CommonName, OrganizationName};
+    type Subject<'a> = &'a [(rcgen::DnType, &'a str)];
+    let cases: [(Subject<'_>, &str, &str); 4] = [
+        // Mapped by full DN.
+        (&[(CommonName, "batch"), (OrganizationName, "Prod")], "batch", "batch"),
+        // An organization smuggling a CN in front of the real one.
+        (&[(OrganizationName, "Ops, CN=svc-a"), (CommonName, "mallory")], "mallory", ""),
+        // A CN that renders like the mapped DN.
+        (&[(CommonName, "batch, O=Prod")], "batch, O=Prod", ""),
+        // A CN that is a mapped DN key.
+        (&[(CommonName, "CN=batch, O=Prod")], "CN=batch, O=Prod", ""),
+    ];
+    for (subject, expected_subject, expected_roles) in cases {
+        let tls = handshake(&clients.mtls_client_as(&server_pki, subject), addr).await.unwrap();
+        let (parts, _) = http1_request(tls, "/svc/jobs", &[]).await;
+        assert_eq!(parts.status, 200, "{subject:?}");
+        let received = last();
+        assert_eq!(get(&received, "x-portcullis-subject").as_deref(), Some(expected_subject), "{subject:?}");
+        assert_eq!(get(&received, "x-portcullis-roles").as_deref(), Some(expected_roles), "{subject:?}");
+    }
 }
 
 /// An HTTPS upstream presenting a `localhost` certificate from `server`, and
