@@ -275,23 +275,22 @@ impl Authenticators {
         };
         match result {
             Ok((principal, cookie)) => {
-                if let Some(credential) = &credential {
-                    self.scrub(credential, &mut req.headers);
-                }
+                self.scrub(&mut req.headers);
                 Decision::Allow(principal, cookie)
             }
             Err(denied) => Decision::Deny(denied),
         }
     }
 
-    /// Removes a gateway credential the upstream has no use for: API keys
-    /// (always, whichever credential decided) and the session cookie are the
-    /// gateway's secrets. A bearer JWT is left in place (upstreams may verify
-    /// it again or call other services with it).
-    fn scrub(&self, credential: &Credential, headers: &mut http::HeaderMap) {
+    /// Removes the gateway's own credentials from a request it forwards,
+    /// whatever decided it (and on public routes too): API keys and the
+    /// session cookie are secrets between the client and the gateway. A
+    /// bearer JWT is left in place (upstreams may verify it again or call
+    /// other services with it).
+    fn scrub(&self, headers: &mut http::HeaderMap) {
         self.scrub_api_keys(headers);
-        if let Credential::Session(_) = credential
-            && let Some(session) = &self.session
+        if let Some(session) = &self.session
+            && cookie(headers, session.cookie_name()).is_some()
         {
             remove_cookie(headers, session.cookie_name());
         }
@@ -365,7 +364,7 @@ where
             // Not authenticated, so a key is not verified (a stale key must
             // not break a public page), but it is still kept from the upstream.
             Some(AuthMode::Public) => {
-                self.auth.scrub_api_keys(req.headers_mut());
+                self.auth.scrub(req.headers_mut());
                 return crate::call_boxed(&mut self.inner, req);
             }
             Some(AuthMode::Required(methods)) => methods,
@@ -393,5 +392,83 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Sessions;
+
+    impl VerifySession for Sessions {
+        fn cookie_name(&self) -> &str {
+            "__Host-portcullis"
+        }
+        fn verify(&self, _: &str) -> BoxFuture<'static, Result<SessionOutcome, Denied>> {
+            Box::pin(async { Err(Denied::new(Reason::SessionInvalid)) })
+        }
+        fn login_redirect(&self, _: &str) -> Response<Body> {
+            Response::new(crate::empty())
+        }
+        fn challenge(&self) -> HeaderValue {
+            HeaderValue::from_static("Cookie")
+        }
+    }
+
+    #[derive(Debug)]
+    struct Keys;
+
+    impl VerifyApiKey for Keys {
+        fn recognises(&self, credential: &str) -> bool {
+            credential.starts_with("pcl_")
+        }
+        fn verify(&self, _: &str) -> AuthFuture {
+            Box::pin(async { Err(Denied::new(Reason::ApiKeyUnknown)) })
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn gateway_credentials_never_reach_the_upstream_other_credentials_do() {
+        let auth = Authenticators {
+            api_key: Some(Arc::new(Keys)),
+            api_key_header: Some(HeaderName::from_static("x-api-key")),
+            session: Some(Arc::new(Sessions)),
+            ..Authenticators::default()
+        };
+        let mut h = headers(&[
+            ("cookie", "theme=dark; __Host-portcullis=sealed"),
+            ("cookie", "lang=en"),
+            ("x-api-key", "pcl_a_b"),
+            ("authorization", "Bearer pcl_a_b"),
+        ]);
+        auth.scrub(&mut h);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["theme=dark; lang=en"]);
+        assert!(!h.contains_key("x-api-key") && !h.contains_key("authorization"));
+
+        let mut h = headers(&[("authorization", "Bearer eyJhbGciOi.x.y"), ("cookie", "a=1")]);
+        auth.scrub(&mut h);
+        assert_eq!(h["authorization"], "Bearer eyJhbGciOi.x.y", "a JWT is the client's to forward");
+        assert_eq!(h["cookie"], "a=1", "untouched when our cookie is absent");
+
+        let mut h = headers(&[("cookie", "__Host-portcullis=sealed")]);
+        auth.scrub(&mut h);
+        assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn forged_identity_headers_are_stripped_in_any_case() {
+        let mut h = headers(&[("X-Portcullis-Subject", "admin"), ("x-portcullis-roles", "admin"), ("x-other", "1")]);
+        strip_identity_headers(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }

@@ -45,8 +45,9 @@ struct Claims<'a> {
     exp: u64,
     amr: [&'a str; 1],
     roles: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    scope_list: &'a [String],
+    /// OAuth style: space-separated.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     idp: Option<&'a str>,
 }
@@ -103,7 +104,7 @@ impl IdentitySigner {
             exp: iat + self.ttl.as_secs(),
             amr: [principal.method.as_str()],
             roles: &principal.roles,
-            scope_list: &principal.scopes,
+            scope: principal.scopes.join(" "),
             idp: principal.issuer.as_deref(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
@@ -124,6 +125,7 @@ mod tests {
         let signer = IdentitySigner::from_pkcs8(&der, "portcullis", Duration::from_secs(60)).unwrap();
         let mut p = Principal::new("alice", AuthMethod::Session, b"c");
         p.roles = vec!["editor".into()];
+        p.scopes = vec!["orders:read".into(), "orders:write".into()];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let token = signer.sign(&p, "orders", now).unwrap();
 
@@ -135,6 +137,7 @@ mod tests {
         let verified = verify(&token, &policy, &keys, now).unwrap();
         assert_eq!(verified.principal.subject, "alice");
         assert_eq!(verified.principal.roles, ["editor"]);
+        assert_eq!(verified.principal.scopes, ["orders:read", "orders:write"], "read back by the default mapping");
         assert_eq!(verified.claims["amr"], serde_json::json!(["session"]));
 
         policy.audiences = vec!["billing".into()];
