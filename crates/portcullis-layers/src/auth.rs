@@ -234,8 +234,7 @@ impl Authenticators {
     fn missing(&self, methods: Methods, req: &http::request::Parts) -> Decision {
         if methods.contains(AuthMethod::Session)
             && let Some(session) = &self.session
-            && (req.method == http::Method::GET || req.method == http::Method::HEAD)
-            && wants_html(&req.headers)
+            && is_navigation(req)
         {
             let return_to = req.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
             return Decision::Login(session.login_redirect(return_to));
@@ -278,7 +277,27 @@ impl Authenticators {
                 self.scrub(&mut req.headers);
                 Decision::Allow(principal, cookie)
             }
-            Err(denied) => Decision::Deny(denied),
+            Err(denied) => match (&credential, &self.session) {
+                // A browser whose session ended is sent to log in again (with
+                // the dead cookie cleared) instead of a JSON error page.
+                (Some(Credential::Session(_)), Some(session))
+                    if matches!(
+                        denied.reason,
+                        Reason::SessionInvalid | Reason::SessionExpired | Reason::SessionRevoked
+                    ) && is_navigation(req) =>
+                {
+                    let return_to = req.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+                    let mut response = session.login_redirect(return_to);
+                    for (name, value) in &denied.headers {
+                        if name == http::header::SET_COOKIE {
+                            response.headers_mut().append(name.clone(), value.clone());
+                        }
+                    }
+                    response.extensions_mut().insert(crate::reject::Redirected(denied));
+                    Decision::Login(response)
+                }
+                _ => Decision::Deny(denied),
+            },
         }
     }
 
@@ -326,6 +345,11 @@ fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
     {
         headers.insert(http::header::COOKIE, value);
     }
+}
+
+/// A browser navigation: `GET`/`HEAD` asking for HTML.
+fn is_navigation(req: &http::request::Parts) -> bool {
+    (req.method == http::Method::GET || req.method == http::Method::HEAD) && wants_html(&req.headers)
 }
 
 /// A top-level browser navigation asks for HTML first; API clients and

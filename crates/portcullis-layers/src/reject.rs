@@ -52,6 +52,12 @@ pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
     response
 }
 
+/// A refusal answered with a redirect rather than an error body (a browser
+/// whose session is no longer valid, sent to login). The reject layer emits
+/// its event and leaves the response as it is.
+#[derive(Debug, Clone)]
+pub struct Redirected(pub Denied);
+
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct RejectLayer {
@@ -150,6 +156,22 @@ where
         let future = call_boxed(&mut inner, req);
         Box::pin(async move {
             let Ok(mut response) = future.await;
+            if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
+                // A browser sent elsewhere (to login) instead of an error page:
+                // the event records the refusal with the status really sent.
+                let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
+                let request = RequestSummary {
+                    request_id: summary.request_id.to_str().unwrap_or("-"),
+                    client_ip: summary.client_ip,
+                    listener: &summary.listener,
+                    method: summary.method.as_str(),
+                    path: summary.uri.path(),
+                    route: route.as_deref(),
+                };
+                let mut event = SecurityEvent::denied(&request, &denied, SystemTime::now());
+                event.status = response.status().as_u16();
+                shared.events.emit(event);
+            }
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {
                 let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
                 let request = RequestSummary {

@@ -569,6 +569,28 @@ async fn gateway_logout_clears_and_revokes_the_session() {
     assert!(browser.cookie(PUBLIC_HOST, SESSION_COOKIE).is_none());
     let (_, visited) = browser.follow(Method::GET, &url("/app/page"), None).await;
     assert!(visited[1].as_str().starts_with(&url("/.portcullis/login?")), "{visited:?}");
+
+    // A browser navigation with the dead cookie goes straight to login (no
+    // JSON error page), the cookie is cleared, and the refusal is an event
+    // with the status really sent.
+    let calls = setup.upstream_calls();
+    browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, &cookie, true);
+    let page = browser.send(Method::GET, &Url::parse(&url("/app/other")).unwrap(), &[("accept", HTML)], None).await;
+    assert_eq!(page.status, StatusCode::FOUND, "{}", page.body);
+    assert!(page.headers["location"].to_str().unwrap().starts_with("/.portcullis/login?"), "{:?}", page.headers);
+    assert!(page.session_set_cookie().is_some_and(|c| c.contains("Max-Age=0")));
+    common::eventually("redirect event", Duration::from_secs(5), || {
+        setup
+            .gateway
+            .events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.reason == "session.revoked" && e.status == 302 && e.path == "/app/other")
+    })
+    .await;
+    assert_eq!(setup.upstream_calls(), calls);
 }
 
 #[tokio::test]
