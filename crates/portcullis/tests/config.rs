@@ -444,11 +444,14 @@ fn routes_may_only_name_configured_methods() {
     assert!(errs[0].message.contains("cannot be combined"), "{errs:?}");
     let errs = errors(&MINIMAL.replace("auth = \"public\"", "auth = \"kerberos\""));
     assert!(errs[0].message.contains("unknown authentication method"), "{errs:?}");
-    let ok = parse(&format!(
-        "{}\n[auth.mtls]\nroles = {{ \"svc\" = [\"service\"] }}\n",
-        MINIMAL.replace("auth = \"public\"", "auth = \"mtls\"")
-    ))
-    .unwrap();
+    let mtls_route = MINIMAL.replace("auth = \"public\"", "auth = \"mtls\"");
+    let errs = errors(&format!("{mtls_route}\n[auth.mtls]\n"));
+    assert!(errs[0].message.contains("no listener asks for client certificates"), "{errs:?}");
+    let with_ca = mtls_route.replace(
+        "bind = \"127.0.0.1:8080\"",
+        "bind = \"127.0.0.1:8443\"\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\", client_auth = \"optional\" }",
+    );
+    let ok = parse(&format!("{with_ca}\n[auth.mtls]\nroles = {{ \"svc\" = [\"service\"] }}\n")).unwrap();
     assert_eq!(
         ok.routes[0].auth,
         portcullis_layers::AuthMode::Required(

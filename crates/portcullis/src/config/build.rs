@@ -57,6 +57,12 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let headers = build_headers(&mut c, &raw.headers);
     let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
     let auth = super::auth::build_auth(&mut c, &raw, base, env);
+    if let Some(mtls) = &raw.auth.mtls
+        && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+    {
+        c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
+            .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
+    }
     let routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth);
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
