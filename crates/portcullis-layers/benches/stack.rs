@@ -50,6 +50,7 @@ fn config() -> StackConfig {
         cors: None,
         csp_report_path: None,
         auth: Default::default(),
+        paths: portcullis_policy::normalize::PathPolicy::default(),
         endpoints: None,
     }
 }

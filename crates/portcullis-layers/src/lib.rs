@@ -10,7 +10,7 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → CSP reports → head limits → own endpoints → route → body limit
+//! reject/context → response headers → CORS → CSP reports → head limits → normalize → own endpoints → route → body limit
 //!   → authenticate → identity → forward → proxy
 //! ```
 //!
@@ -40,6 +40,7 @@ pub mod forward;
 pub mod headers;
 pub mod identity;
 pub mod limits;
+pub mod normalize;
 pub mod reject;
 pub mod route;
 
@@ -221,6 +222,8 @@ pub struct StackConfig {
     pub csp_report_path: Option<Arc<str>>,
     /// The configured authentication methods.
     pub auth: Arc<auth::Authenticators>,
+    /// How paths are normalized and compared.
+    pub paths: portcullis_policy::normalize::PathPolicy,
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
     /// logout, JWKS), if any are enabled.
     pub endpoints: Option<GatewayService>,
@@ -238,8 +241,9 @@ where
         .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
+        .layer(normalize::NormalizeLayer::new(config.paths))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
-        .layer(route::RouteLayer::new(config.routes.clone()))
+        .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(auth::AuthLayer::new(config.auth.clone()))
         .layer(identity::IdentityLayer)

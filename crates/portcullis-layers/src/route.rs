@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use futures_util::future::BoxFuture;
 use http::header::{ALLOW, HOST};
 use http::{HeaderValue, Request, Response};
+use portcullis_policy::normalize::{Case, PathPolicy};
 use portcullis_policy::route::{Match, RouteTable, host_without_port};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
@@ -26,20 +27,23 @@ use crate::{Body, RouteInfo, deny};
 #[derive(Debug, Clone)]
 pub struct RouteLayer {
     routes: Arc<RouteTable<Arc<RouteInfo>>>,
+    case: Case,
 }
 
 impl RouteLayer {
     /// Routes with `routes`.
     #[must_use]
-    pub const fn new(routes: Arc<RouteTable<Arc<RouteInfo>>>) -> Self {
-        Self { routes }
+    /// Paths are compared per `case` (the table's patterns must be folded
+    /// to match when it is [`Case::Insensitive`]).
+    pub const fn new(routes: Arc<RouteTable<Arc<RouteInfo>>>, case: Case) -> Self {
+        Self { routes, case }
     }
 }
 
 impl<S> Layer<S> for RouteLayer {
     type Service = Route<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Route { inner, routes: self.routes.clone() }
+        Route { inner, routes: self.routes.clone(), case: self.case }
     }
 }
 
@@ -48,6 +52,7 @@ impl<S> Layer<S> for RouteLayer {
 pub struct Route<S> {
     inner: S,
     routes: Arc<RouteTable<Arc<RouteInfo>>>,
+    case: Case,
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
@@ -90,7 +95,11 @@ where
             Ok(host) => host,
             Err(denied) => return Box::pin(async move { Ok(deny(denied)) }),
         };
-        let found = match self.routes.find(host.as_deref(), req.uri().path(), req.method()) {
+        let path = match self.case {
+            Case::Sensitive => Cow::Borrowed(req.uri().path()),
+            Case::Insensitive => PathPolicy { case: self.case, ..PathPolicy::default() }.match_key(req.uri().path()),
+        };
+        let found = match self.routes.find(host.as_deref(), &path, req.method()) {
             Match::Found(route) => route.clone(),
             Match::MethodNotAllowed(allowed) => {
                 let list = allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");

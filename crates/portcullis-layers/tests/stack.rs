@@ -48,6 +48,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         cors: None,
         csp_report_path: None,
         auth: Default::default(),
+        paths: portcullis_policy::normalize::PathPolicy::default(),
         endpoints: None,
     }
 }

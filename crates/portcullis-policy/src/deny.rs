@@ -110,6 +110,18 @@ reasons! {
     CorsMethod => ("cors.method", StatusCode::FORBIDDEN, Client),
     /// A CORS preflight asking for a request header that is not allowed.
     CorsHeader => ("cors.header", StatusCode::FORBIDDEN, Client),
+    /// The path has malformed percent-encoding or is not origin-form.
+    PathEncoding => ("path.encoding", StatusCode::BAD_REQUEST, Client),
+    /// The path holds NUL or another control character, raw or escaped.
+    PathControl => ("path.control", StatusCode::BAD_REQUEST, Client),
+    /// The path's escapes decode to invalid UTF-8 (overlong forms included).
+    PathUnicode => ("path.unicode", StatusCode::BAD_REQUEST, Client),
+    /// An encoded slash or backslash (`%2F`, `%5C`), refused by configuration.
+    PathEncodedSlash => ("path.encoded_slash", StatusCode::BAD_REQUEST, Client),
+    /// A raw backslash, refused by configuration.
+    PathBackslash => ("path.backslash", StatusCode::BAD_REQUEST, Client),
+    /// A `;` path parameter, refused by configuration.
+    PathSemicolon => ("path.semicolon", StatusCode::BAD_REQUEST, Client),
     /// The route requires authentication and the request carries no
     /// credential the route accepts.
     AuthMissing => ("auth.missing", StatusCode::UNAUTHORIZED, Client),

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod hop;
 pub mod jwt;
 pub mod limits;
+pub mod normalize;
 pub mod principal;
 pub mod request_id;
 pub mod route;

@@ -98,6 +98,21 @@ impl PathPattern {
         Ok(Self { source: pattern.to_owned(), segments })
     }
 
+    /// The pattern for case-insensitive matching: literal segments lower-cased
+    /// (escapes such as `%2F` keep their upper-case hex, as normalized paths do).
+    #[must_use]
+    pub fn folded(&self) -> Self {
+        let segments = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(lit) => Segment::Literal(crate::normalize::fold(lit)),
+                other => other.clone(),
+            })
+            .collect();
+        Self { source: self.source.clone(), segments }
+    }
+
     /// The pattern as written.
     #[must_use]
     pub fn as_str(&self) -> &str {

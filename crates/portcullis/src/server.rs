@@ -95,6 +95,7 @@ impl Gateway {
             cors: config.cors.clone().map(Arc::new),
             csp_report_path: config.csp_report_path.as_deref().map(Arc::from),
             auth: auth.authenticators.clone(),
+            paths: config.paths,
             endpoints: auth.endpoints.clone(),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));

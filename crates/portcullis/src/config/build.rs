@@ -56,6 +56,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     check_unique_upstreams(&mut c, &raw.upstreams);
     let headers = build_headers(&mut c, &raw.headers);
     let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
+    let paths = build_paths(&mut c, &raw.paths);
     let auth = super::auth::build_auth(&mut c, &raw, base, env);
     if let Some(mtls) = &raw.auth.mtls
         && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
@@ -63,7 +64,12 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth);
+    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth);
+    if paths.case == portcullis_policy::normalize::Case::Insensitive {
+        for route in &mut routes {
+            route.path = route.path.folded();
+        }
+    }
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir);
@@ -81,9 +87,69 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         headers,
         cors,
         csp_report_path,
+        paths,
         state,
         auth,
     })
+}
+
+/// One of a few words, or the default.
+fn choice<T: Copy>(
+    c: &mut Collector<'_>,
+    value: Option<&Spanned<String>>,
+    default: T,
+    what: &str,
+    options: &[(&str, T)],
+) -> T {
+    let Some(value) = value else { return default };
+    if let Some((_, v)) = options.iter().find(|(name, _)| *name == value.get_ref()) {
+        return *v;
+    }
+    let names = options.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+    c.error(value.span(), format!("unknown {what} {:?}", value.get_ref())).expected(format!("one of {names}"));
+    default
+}
+
+fn build_paths(c: &mut Collector<'_>, raw: &super::raw::RawPaths) -> portcullis_policy::normalize::PathPolicy {
+    use portcullis_policy::normalize::{Backslash, Case, EncodedSlash, PathPolicy, Semicolon, TrailingSlash};
+    let d = PathPolicy::default();
+    PathPolicy {
+        case: choice(
+            c,
+            raw.case.as_ref(),
+            d.case,
+            "case",
+            &[("insensitive", Case::Insensitive), ("sensitive", Case::Sensitive)],
+        ),
+        trailing_slash: choice(
+            c,
+            raw.trailing_slash.as_ref(),
+            d.trailing_slash,
+            "trailing_slash",
+            &[("strip", TrailingSlash::Strip), ("keep", TrailingSlash::Keep)],
+        ),
+        encoded_slash: choice(
+            c,
+            raw.encoded_slash.as_ref(),
+            d.encoded_slash,
+            "encoded_slash",
+            &[("reject", EncodedSlash::Reject), ("keep", EncodedSlash::Keep)],
+        ),
+        backslash: choice(
+            c,
+            raw.backslash.as_ref(),
+            d.backslash,
+            "backslash",
+            &[("reject", Backslash::Reject), ("escape", Backslash::Escape)],
+        ),
+        semicolon: choice(
+            c,
+            raw.semicolon.as_ref(),
+            d.semicolon,
+            "semicolon",
+            &[("strip", Semicolon::Strip), ("reject", Semicolon::Reject), ("keep", Semicolon::Keep)],
+        ),
+    }
 }
 
 /// A duration that may be zero (`leeway = "0s"`).

@@ -51,6 +51,8 @@ pub struct Config {
     pub cors: Option<portcullis_policy::cors::CorsPolicy>,
     /// Where the gateway takes CSP violation reports (`[headers] csp_report`).
     pub csp_report_path: Option<String>,
+    /// `[paths]`: normalization and comparison of request paths.
+    pub paths: portcullis_policy::normalize::PathPolicy,
     /// `[state]`.
     pub state: state::State,
     /// `[auth]`.

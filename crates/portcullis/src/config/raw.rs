@@ -27,9 +27,22 @@ pub struct RawConfig {
     pub headers: RawHeaders,
     pub cors: Option<Spanned<RawCors>>,
     #[serde(default)]
+    pub paths: RawPaths,
+    #[serde(default)]
     pub state: RawState,
     #[serde(default)]
     pub auth: RawAuth,
+}
+
+/// `[paths]`: how request paths are normalized and compared.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub case: Option<Spanned<String>>,
+    pub trailing_slash: Option<Spanned<String>>,
+    pub encoded_slash: Option<Spanned<String>>,
+    pub backslash: Option<Spanned<String>>,
+    pub semicolon: Option<Spanned<String>>,
 }
 
 /// `[state]`: where durable and shared state lives.

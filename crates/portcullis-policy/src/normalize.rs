@@ -1,0 +1,424 @@
+//! Path normalization: one spelling per path, so no rule can be walked
+//! around by writing a path differently, and the upstream receives exactly
+//! the path the rules were checked against.
+//!
+//! Decision rules, in order (RFC 3986 §6.2.2 plus what backends disagree on):
+//! 1. Percent-encoding must be well formed (`%` + two hex digits) or the
+//!    request is refused (`path.encoding`).
+//! 2. Escapes of unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded
+//!    (`/%61dmin` → `/admin`, `/%2e%2e/` → `/../`); every other escape is
+//!    kept, with upper-case hex. Decoding happens once: `%252f` stays
+//!    `%252f` (an escaped `%` followed by `2f`), never becomes `/`.
+//! 3. Escaped or raw control characters (NUL, `%00`–`%1F`, `%7F`) are
+//!    refused (`path.control`); so is a path whose escapes decode to invalid
+//!    UTF-8, overlong forms included (`%C0%AE`) (`path.utf8`).
+//! 4. An encoded slash `%2F` (or encoded backslash `%5C`) is refused
+//!    (`path.encoded_slash`) or kept opaque, as configured: backends differ on
+//!    whether it separates segments.
+//! 5. A raw backslash is refused (`path.backslash`) or kept as `%5C`: some
+//!    servers treat it as `/`.
+//! 6. `;` parameters are stripped from each segment (`/admin;x=1` →
+//!    `/admin`), refused (`path.semicolon`), or kept, as configured.
+//! 7. Empty segments collapse (`//admin` → `/admin`), `.` segments go, `..`
+//!    removes the previous segment and never climbs above the root.
+//! 8. A trailing slash is kept or stripped, as configured.
+//!
+//! Case is not changed here; [`PathPolicy::match_key`] gives the
+//! case-folded form routes are matched against when the upstream matches
+//! case-insensitively (Express and NestJS do by default).
+
+use std::borrow::Cow;
+
+use crate::deny::Reason;
+
+/// What to do with `%2F` and `%5C`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodedSlash {
+    /// Refuse the request.
+    Reject,
+    /// Keep it as an opaque escape inside its segment.
+    Keep,
+}
+
+/// What to do with a raw `\`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backslash {
+    /// Refuse the request.
+    Reject,
+    /// Keep it, escaped as `%5C`, inside its segment.
+    Escape,
+}
+
+/// What to do with `;` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Semicolon {
+    /// Remove `;…` from each segment.
+    Strip,
+    /// Refuse the request.
+    Reject,
+    /// Keep them as part of the segment.
+    Keep,
+}
+
+/// What to do with a trailing slash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrailingSlash {
+    /// `/admin/` becomes `/admin` (Express's default, non-strict routing).
+    Strip,
+    /// `/admin/` stays distinct from `/admin`.
+    Keep,
+}
+
+/// How routes compare paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// `/Admin` and `/admin` are different paths.
+    Sensitive,
+    /// They are the same path (Express, NestJS by default).
+    Insensitive,
+}
+
+/// The normalization settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// `%2F`, `%5C`.
+    pub encoded_slash: EncodedSlash,
+    /// Raw `\`.
+    pub backslash: Backslash,
+    /// `;` parameters.
+    pub semicolon: Semicolon,
+    /// Trailing `/`.
+    pub trailing_slash: TrailingSlash,
+    /// Route matching.
+    pub case: Case,
+}
+
+impl Default for PathPolicy {
+    /// Refuse what backends disagree on, match like Express.
+    fn default() -> Self {
+        Self {
+            encoded_slash: EncodedSlash::Reject,
+            backslash: Backslash::Reject,
+            semicolon: Semicolon::Strip,
+            trailing_slash: TrailingSlash::Strip,
+            case: Case::Insensitive,
+        }
+    }
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-encoding")]
+    Encoding,
+    /// NUL or another control character.
+    #[error("control character in the path")]
+    Control,
+    /// Escapes that decode to invalid UTF-8.
+    #[error("escapes decode to invalid UTF-8")]
+    Utf8,
+    /// `%2F` or `%5C` while refused.
+    #[error("encoded slash or backslash")]
+    EncodedSlash,
+    /// A raw `\` while refused.
+    #[error("backslash in the path")]
+    Backslash,
+    /// A `;` while refused.
+    #[error("semicolon in the path")]
+    Semicolon,
+    /// Not an origin-form path.
+    #[error("path does not start with /")]
+    NotAbsolute,
+}
+
+impl PathError {
+    /// The reason code.
+    #[must_use]
+    pub const fn reason(self) -> Reason {
+        match self {
+            Self::Encoding | Self::NotAbsolute => Reason::PathEncoding,
+            Self::Control => Reason::PathControl,
+            Self::Utf8 => Reason::PathUnicode,
+            Self::EncodedSlash => Reason::PathEncodedSlash,
+            Self::Backslash => Reason::PathBackslash,
+            Self::Semicolon => Reason::PathSemicolon,
+        }
+    }
+}
+
+const fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+const fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escape(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+    out.push(char::from(HEX_UPPER[usize::from(b & 15)]));
+}
+
+/// Whether `path` is already in normal form under `policy` (the common
+/// case, answered without allocating).
+fn is_normal(path: &str, policy: &PathPolicy) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    if policy.trailing_slash == TrailingSlash::Strip && bytes.len() > 1 && bytes.ends_with(b"/") {
+        return false;
+    }
+    let mut previous = b'/';
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' | b'\\' | b';' => return false,
+            b'/' if previous == b'/' && i > 0 => return false,
+            b'.' if previous == b'/' => {
+                // A segment of "." or "..".
+                let rest = &bytes[i..];
+                let segment = rest.split(|c| *c == b'/').next().unwrap_or_default();
+                if segment == b"." || segment == b".." {
+                    return false;
+                }
+            }
+            _ if b.is_ascii_control() || !b.is_ascii() => return false,
+            _ => {}
+        }
+        previous = b;
+    }
+    true
+}
+
+/// Normalizes an origin-form path (no query) under `policy`.
+///
+/// # Errors
+/// [`PathError`] when the path is refused; see the module docs.
+pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>, PathError> {
+    if is_normal(path, policy) {
+        return Ok(Cow::Borrowed(path));
+    }
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Pass 1: escapes. `decoded` holds every byte as the upstream would
+    // decode it, to check UTF-8; `out` the path with only unreserved
+    // characters decoded.
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(hi), Some(lo)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+            else {
+                return Err(PathError::Encoding);
+            };
+            let value = hi << 4 | lo;
+            decoded.push(value);
+            if value < 0x20 || value == 0x7f {
+                return Err(PathError::Control);
+            }
+            if is_unreserved(value) {
+                out.push(char::from(value));
+            } else if matches!(value, b'/' | b'\\') && policy.encoded_slash == EncodedSlash::Reject {
+                return Err(PathError::EncodedSlash);
+            } else {
+                push_escape(&mut out, value);
+            }
+            i += 3;
+            continue;
+        }
+        if b.is_ascii_control() {
+            return Err(PathError::Control);
+        }
+        if b == b'\\' {
+            match policy.backslash {
+                Backslash::Reject => return Err(PathError::Backslash),
+                Backslash::Escape => push_escape(&mut out, b),
+            }
+            decoded.push(b);
+            i += 1;
+            continue;
+        }
+        if !b.is_ascii() {
+            // Raw non-ASCII bytes never come from a valid request target;
+            // escape them so they are checked like escaped ones.
+            push_escape(&mut out, b);
+        } else {
+            out.push(char::from(b));
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::Utf8);
+    }
+
+    // Pass 2: segments.
+    let trailing = out.len() > 1 && out.ends_with('/');
+    let mut segments: Vec<&str> = Vec::new();
+    for raw in out.split('/') {
+        let segment = match (raw.find(';'), policy.semicolon) {
+            (None, _) | (Some(_), Semicolon::Keep) => raw,
+            (Some(at), Semicolon::Strip) => &raw[..at],
+            (Some(_), Semicolon::Reject) => return Err(PathError::Semicolon),
+        };
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normal = String::with_capacity(out.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || (trailing && policy.trailing_slash == TrailingSlash::Keep) {
+        normal.push('/');
+    }
+    Ok(Cow::Owned(normal))
+}
+
+impl PathPolicy {
+    /// The form of a normalized path that routes are matched against:
+    /// lower-cased when matching is case-insensitive.
+    #[must_use]
+    pub fn match_key<'a>(&self, normalized: &'a str) -> Cow<'a, str> {
+        match self.case {
+            Case::Insensitive if normalized.bytes().any(|b| b.is_ascii_uppercase() || b == b'%') => {
+                // Escapes keep their upper-case hex (`%2F`); only the rest folds.
+                Cow::Owned(fold(normalized))
+            }
+            _ => Cow::Borrowed(normalized),
+        }
+    }
+}
+
+/// Lower-cases ASCII letters outside `%XX` escapes.
+#[must_use]
+pub fn fold(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            out.push_str(&path[i..i + 3]);
+            i += 3;
+        } else {
+            out.push(char::from(bytes[i].to_ascii_lowercase()));
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(path: &str) -> Result<String, PathError> {
+        normalize(path, &PathPolicy::default()).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed_unchanged() {
+        for path in ["/", "/admin", "/api/v1/orders/42", "/a.b/c-d_e~f", "/.well-known/x", "/a/..b/c."] {
+            assert!(matches!(normalize(path, &PathPolicy::default()), Ok(Cow::Borrowed(p)) if p == path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_bypass_corpus_normalizes_to_one_spelling_or_is_refused() {
+        let cases: &[(&str, Result<&str, PathError>)] = &[
+            ("/admin/../admin", Ok("/admin")),
+            ("/%61dmin", Ok("/admin")),
+            ("//admin", Ok("/admin")),
+            ("/admin/", Ok("/admin")),
+            ("/admin;x=1", Ok("/admin")),
+            ("/admin;x=1/users;jsessionid=2", Ok("/admin/users")),
+            ("/./admin", Ok("/admin")),
+            ("/%2e%2e/admin", Ok("/admin")),
+            ("/%2E./admin", Ok("/admin")),
+            ("/x/%2e%2e/%2e/admin", Ok("/admin")),
+            ("/../../../admin", Ok("/admin")),
+            ("/admin%2f", Err(PathError::EncodedSlash)),
+            ("/admin%2Fusers", Err(PathError::EncodedSlash)),
+            ("/admin%5c", Err(PathError::EncodedSlash)),
+            ("/admin%00", Err(PathError::Control)),
+            ("/admin%0a", Err(PathError::Control)),
+            ("/admin%7F", Err(PathError::Control)),
+            ("/admin%252f", Ok("/admin%252f")),
+            ("/admin%252F", Ok("/admin%252F")),
+            ("/admin\\", Err(PathError::Backslash)),
+            ("/%c0%ae%c0%ae/admin", Err(PathError::Utf8)),
+            ("/%c0%afadmin", Err(PathError::Utf8)),
+            ("/%e2%80", Err(PathError::Utf8)),
+            ("/%zz", Err(PathError::Encoding)),
+            ("/admin%2", Err(PathError::Encoding)),
+            ("/caf%C3%A9", Ok("/caf%C3%A9")),
+            ("/caf%c3%a9", Ok("/caf%C3%A9")),
+            ("/%EF%BD%81dmin", Ok("/%EF%BD%81dmin")),
+            ("/a/b/../../..", Ok("/")),
+            ("/a//b///c/", Ok("/a/b/c")),
+            ("/a/./b/.", Ok("/a/b")),
+            ("admin", Err(PathError::NotAbsolute)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(n(input).as_deref().map_err(|e| *e), expected.map(|s| s), "{input}");
+        }
+    }
+
+    #[test]
+    fn configured_alternatives() {
+        let keep = PathPolicy {
+            encoded_slash: EncodedSlash::Keep,
+            backslash: Backslash::Escape,
+            semicolon: Semicolon::Keep,
+            trailing_slash: TrailingSlash::Keep,
+            case: Case::Sensitive,
+        };
+        let k = |p: &str| normalize(p, &keep).map(Cow::into_owned);
+        assert_eq!(k("/admin%2fusers").unwrap(), "/admin%2Fusers", "one opaque segment");
+        assert_eq!(k("/a\\b").unwrap(), "/a%5Cb");
+        assert_eq!(k("/admin;x=1").unwrap(), "/admin;x=1");
+        assert_eq!(k("/admin/").unwrap(), "/admin/");
+        assert_eq!(k("//").unwrap(), "/");
+        assert_eq!(k("/admin%00"), Err(PathError::Control), "never configurable");
+        let reject = PathPolicy { semicolon: Semicolon::Reject, ..PathPolicy::default() };
+        assert_eq!(normalize("/a;b", &reject), Err(PathError::Semicolon));
+    }
+
+    #[test]
+    fn match_keys_fold_case_but_not_escapes() {
+        let p = PathPolicy::default();
+        assert_eq!(p.match_key("/ADMIN/Users"), "/admin/users");
+        assert_eq!(p.match_key("/a%2Fb"), "/a%2Fb");
+        assert_eq!(p.match_key("/X%C3%A9Y"), "/x%C3%A9y");
+        assert!(matches!(p.match_key("/admin"), Cow::Borrowed(_)));
+        let sensitive = PathPolicy { case: Case::Sensitive, ..p };
+        assert_eq!(sensitive.match_key("/ADMIN"), "/ADMIN");
+    }
+
+    #[test]
+    fn normalizing_twice_changes_nothing() {
+        for input in ["/admin/../x", "/%61/b/", "/a;b/c", "/%252f", "/caf%c3%a9/./z"] {
+            let once = n(input).unwrap();
+            assert_eq!(n(&once).unwrap(), once, "{input}");
+        }
+    }
+}
