@@ -101,10 +101,14 @@ pub struct MtlsIdentity {
 /// sends is removed before anything else looks at the request.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-portcullis-";
 
-/// Removes every `X-Portcullis-*` header (client-supplied identity).
+/// Removes every `X-Portcullis-*` header (client-supplied identity),
+/// underscore spellings (`X_Portcullis_Subject`) included.
 pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
-    let forged: Vec<HeaderName> =
-        headers.keys().filter(|name| name.as_str().starts_with(IDENTITY_HEADER_PREFIX)).cloned().collect();
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| crate::header_alias_prefix(name.as_str(), IDENTITY_HEADER_PREFIX))
+        .cloned()
+        .collect();
     for name in forged {
         headers.remove(name);
     }
@@ -275,6 +279,12 @@ impl Authenticators {
         match result {
             Ok((principal, cookie)) => {
                 self.scrub(&mut req.headers);
+                // A bearer token the gateway did not verify must not travel
+                // next to the identity it did verify: the upstream could
+                // trust the wrong one.
+                if principal.method != AuthMethod::Jwt && bearer(&req.headers).is_some() {
+                    req.headers.remove(http::header::AUTHORIZATION);
+                }
                 Decision::Allow(principal, cookie)
             }
             Err(denied) => match (&credential, &self.session) {
@@ -304,8 +314,9 @@ impl Authenticators {
     /// Removes the gateway's own credentials from a request it forwards,
     /// whatever decided it (and on public routes too): API keys and the
     /// session cookie are secrets between the client and the gateway. A
-    /// bearer JWT is left in place (upstreams may verify it again or call
-    /// other services with it).
+    /// bearer JWT that authenticated the request is left in place (upstreams
+    /// may verify it again or call other services with it); one that did not
+    /// is removed by the caller.
     fn scrub(&self, headers: &mut http::HeaderMap) {
         self.scrub_api_keys(headers);
         if let Some(session) = &self.session
@@ -491,8 +502,17 @@ mod tests {
 
     #[test]
     fn forged_identity_headers_are_stripped_in_any_case() {
-        let mut h = headers(&[("X-Portcullis-Subject", "admin"), ("x-portcullis-roles", "admin"), ("x-other", "1")]);
+        let mut h = headers(&[
+            ("X-Portcullis-Subject", "admin"),
+            ("x-portcullis-roles", "admin"),
+            ("X_Portcullis_Subject", "admin"),
+            ("x-portcullis_auth", "jwt"),
+            ("x-portcullisx", "kept"),
+            ("x-other", "1"),
+        ]);
         strip_identity_headers(&mut h);
-        assert_eq!(h.len(), 1);
+        let mut kept: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["x-other", "x-portcullisx"]);
     }
 }

@@ -46,6 +46,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // `X_Forwarded_For` reaches CGI-style upstreams as X-Forwarded-For.
+        crate::strip_underscore_aliases(
+            req.headers_mut(),
+            &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "x-request-id"],
+        );
         let (scheme, peer_value) =
             req.extensions().get::<ConnInfo>().map_or(("http", None), |c| (c.scheme, Some(c.peer_ip.clone())));
         // HTTP/2 and absolute-form requests carry the host in the URI.

@@ -264,6 +264,29 @@ where
     Box::pin(inner.call(req))
 }
 
+/// Whether header `name` starts with `prefix` when `_` is read as `-`.
+/// CGI-style servers (Rack, uWSGI, PHP) map both `X-Foo-Bar` and `X_Foo_Bar`
+/// to `HTTP_X_FOO_BAR`, so a header the gateway strips must be stripped in
+/// its underscore spelling too. `name` and `prefix` are lower-case.
+#[must_use]
+pub fn header_alias_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(n, p)| n == p || (n == b'_' && p == b'-'))
+}
+
+/// Removes every header `name` equals (reading `_` as `-`) one of `names`
+/// in its underscore spelling; the exact spellings are handled by callers.
+pub fn strip_underscore_aliases(headers: &mut http::HeaderMap, names: &[&str]) {
+    let aliases: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| names.iter().any(|n| k.as_str().len() == n.len() && header_alias_prefix(k.as_str(), n)))
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
 /// Returns the typed denial of a response, if it is one.
 #[must_use]
 pub fn denial_of<B>(response: &Response<B>) -> Option<&Denied> {

@@ -145,6 +145,19 @@ impl Principal {
     }
 }
 
+/// Longest role or scope name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `name` may be a role or scope: 1–128 characters of
+/// `A–Z a–z 0–9 . _ : / -`. Roles and scopes travel to upstreams in
+/// comma- and space-separated headers and into events; a claim value such as
+/// `"viewer,admin"` must never become two roles there.
+#[must_use]
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
+}
+
 /// A fingerprint of a secret for events and logs: the first 12 hex digits of
 /// its SHA-256. Enough to correlate events about one credential, useless for
 /// recovering it.

@@ -407,6 +407,12 @@ async fn the_gateway_accepts_keys_and_keeps_them_from_the_upstream(url: &str) {
             assert!(!format!("{headers:?}").contains(&key));
         }
     }
+    // A bearer token the gateway did not verify does not travel next to the
+    // identity it did verify.
+    let forged = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
+    let (parts, _) = common::get_with(&gw.url("/api/orders"), &[("x-api-key", &key), ("authorization", forged)]).await;
+    assert_eq!(parts.status, 200);
+    assert!(last_seen(&seen).get("authorization").is_none());
     assert!(gw.events.0.lock().unwrap().is_empty(), "{:?}", gw.events.reasons());
 }
 

@@ -517,6 +517,22 @@ async fn gateway_refreshes_a_session_whose_access_token_expired() {
     assert!(detail.contains("refused by the provider"), "{detail}");
     assert!(!event.to_json_line().contains("never-issued"), "the refresh token stays out of the event");
     assert_eq!(setup.upstream_calls(), calls);
+
+    // A provider outage is not a logout: 502 oidc.provider, the cookie stays,
+    // and the refresh is tried again on the next request.
+    let mut setup = setup;
+    setup.provider.stop();
+    let mut outage = due.clone();
+    outage.refresh_token = Some("a-refresh-token-nobody-can-check-now".into());
+    let sealed = key.seal(&outage, SystemTime::now()).unwrap();
+    for _ in 0..2 {
+        browser.set_cookie(PUBLIC_HOST, SESSION_COOKIE, &sealed, true);
+        let page = browser.get("/app/page", &[]).await;
+        page.assert_denied(StatusCode::BAD_GATEWAY, "oidc.provider");
+        assert!(page.session_set_cookie().is_none(), "the session is kept");
+    }
+    let outages = setup.gateway.events.0.lock().unwrap().iter().filter(|e| e.reason == "oidc.provider").count();
+    assert_eq!(outages, 2, "each request tried again (no cached failure)");
 }
 
 #[tokio::test]
@@ -532,9 +548,19 @@ async fn gateway_logout_clears_and_revokes_the_session() {
     assert!(page.body.contains("method=\"post\""), "{}", page.body);
     assert_eq!(browser.get("/app/page", &[]).await.echo().one("x-portcullis-subject"), "dave");
 
+    // Another site auto-posting the logout form changes nothing (logout CSRF).
+    let logout = Url::parse(&url("/.portcullis/logout")).unwrap();
+    for forged in
+        [[("accept", HTML), ("sec-fetch-site", "cross-site")], [("accept", HTML), ("origin", "https://evil.example")]]
+    {
+        let page = browser.send(Method::POST, &logout, &forged, Some(&[])).await;
+        assert!(page.status.is_redirection() && page.headers[LOCATION] == "/", "{:?}", page.headers);
+        assert!(page.session_set_cookie().is_none());
+        assert_eq!(browser.get("/app/page", &[]).await.echo().one("x-portcullis-subject"), "dave");
+    }
+
     // POST: cookie cleared, session revoked, browser sent to the provider's
     // end_session_endpoint (RP-initiated logout).
-    let logout = Url::parse(&url("/.portcullis/logout")).unwrap();
     let page = browser.send(Method::POST, &logout, &[("accept", HTML)], Some(&[])).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let location = Url::parse(page.headers[LOCATION].to_str().unwrap()).unwrap();

@@ -137,14 +137,16 @@ impl Default for ClaimMapping {
 }
 
 impl ClaimMapping {
-    /// The roles the claims grant, deduplicated, in claim order.
+    /// The roles the claims grant: every configured path in order, renamed,
+    /// deduplicated; values that are not valid names
+    /// ([`crate::principal::is_valid_name`]) are dropped.
     #[must_use]
     pub fn roles(&self, claims: &Map<String, Value>) -> Vec<String> {
         let mut roles: Vec<String> = Vec::new();
         for path in &self.roles {
             for value in strings_at(claims, path) {
                 let role = self.rename.iter().find(|(from, _)| *from == value).map_or(value, |(_, to)| to.clone());
-                if !roles.contains(&role) {
+                if crate::principal::is_valid_name(&role) && !roles.contains(&role) {
                     roles.push(role);
                 }
             }
@@ -152,28 +154,39 @@ impl ClaimMapping {
         roles
     }
 
-    /// The scopes the claims carry.
+    /// The scopes the claims carry (valid names only).
     #[must_use]
     pub fn scopes(&self, claims: &Map<String, Value>) -> Vec<String> {
         let mut scopes = strings_at(claims, &self.scope);
         if scopes.is_empty() && self.scope == "scope" {
             scopes = strings_at(claims, "scp");
         }
+        scopes.retain(|s| crate::principal::is_valid_name(s));
         scopes
     }
 }
 
-/// The strings at a dotted claim path: an array of strings, or one string
-/// split on whitespace. Anything else yields nothing.
-fn strings_at(claims: &Map<String, Value>, path: &str) -> Vec<String> {
-    let mut parts = path.split('.');
-    let Some(first) = parts.next() else { return Vec::new() };
-    let mut value = claims.get(first);
-    for part in parts {
-        value = value.and_then(|v| v.get(part));
+/// The value at a claim path: the whole path as one key first (claims named
+/// like `https://example.com/roles`), then dotted steps into objects.
+fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(path) {
+        return Some(value);
     }
-    match value {
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+    let mut steps = path.split('.');
+    let mut current = claims.get(steps.next()?)?;
+    for step in steps {
+        current = current.as_object()?.get(step)?;
+    }
+    Some(current)
+}
+
+/// The strings at a claim path: an array's strings, or one string split on
+/// whitespace and commas. Anything else yields nothing.
+fn strings_at(claims: &Map<String, Value>, path: &str) -> Vec<String> {
+    match lookup(claims, path) {
+        Some(Value::String(s)) => {
+            s.split(|c: char| c.is_whitespace() || c == ',').filter(|v| !v.is_empty()).map(str::to_owned).collect()
+        }
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     }

@@ -122,7 +122,7 @@ fn audience_lists_and_claim_mapping() {
     let k = keys();
     let mut c = claims();
     c["aud"] = json!(["other", "api"]);
-    c["realm_access"] = json!({"roles": ["idp-admins", "editor"]});
+    c["realm_access"] = json!({"roles": ["idp-admins", "editor", "viewer,admin", "x y", ""]});
     c.as_object_mut().unwrap().remove("scope");
     c["scp"] = json!(["a", "b"]);
     let mut p = policy();

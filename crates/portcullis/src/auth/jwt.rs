@@ -155,11 +155,15 @@ impl JwtVerifier {
         issuer.refresh(false).await;
         let keys = issuer.keys.load_full();
         let result = match jwt::verify(token, &issuer.policy, &keys, now) {
-            Err(JwtError::UnknownKid) if issuer.jwks.is_some() => {
+            // An unknown kid, or a kid no key carries that only a key without
+            // id could have matched: the issuer may have rotated.
+            Err(error @ (JwtError::UnknownKid | JwtError::BadSignature))
+                if issuer.jwks.is_some() && names_unpublished_kid(token, &keys, &issuer.policy, &error) =>
+            {
                 if issuer.refresh_for_unknown_kid().await {
                     jwt::verify(token, &issuer.policy, &issuer.keys.load_full(), now)
                 } else {
-                    Err(JwtError::UnknownKid)
+                    Err(error)
                 }
             }
             other => other,
@@ -176,11 +180,25 @@ impl JwtVerifier {
     }
 }
 
+/// Whether a failed token names a `kid` that no key in `keys` carries.
+fn names_unpublished_kid(token: &str, keys: &KeySet, policy: &JwtPolicy, error: &JwtError) -> bool {
+    if *error == JwtError::UnknownKid {
+        return true;
+    }
+    jwt::parse(token, policy.max_token_bytes).ok().and_then(|parts| parts.kid).is_some_and(|kid| !keys.has_kid(&kid))
+}
+
 impl Issuer {
     /// Refetches the JWKS when its keys are stale (or always, at start).
     async fn refresh(&self, initial: bool) {
         let Some(source) = &self.jwks else { return };
-        let mut state = source.state.lock().await;
+        // A fetch in progress is not waited for while there are keys to use:
+        // a slow issuer must not stall every request.
+        let mut state = match source.state.try_lock() {
+            Ok(state) => state,
+            Err(_) if !initial && !self.keys.load().is_empty() => return,
+            Err(_) => source.state.lock().await,
+        };
         let stale = state.fresh_until.is_none_or(|until| Instant::now() >= until);
         // A stale set is refetched at most once per min_refresh too.
         let throttled = state.last_attempt.is_some_and(|at| at.elapsed() < source.config.min_refresh);
@@ -193,7 +211,11 @@ impl Issuer {
     /// Returns whether new keys were loaded.
     async fn refresh_for_unknown_kid(&self) -> bool {
         let Some(source) = &self.jwks else { return false };
-        let mut state = source.state.lock().await;
+        let mut state = match source.state.try_lock() {
+            Ok(state) => state,
+            Err(_) if !self.keys.load().is_empty() => return false,
+            Err(_) => source.state.lock().await,
+        };
         // Throttled against earlier kid-caused fetches only: a rotation right
         // after start must still be picked up.
         if state.last_for_kid.is_some_and(|at| at.elapsed() < source.config.min_refresh) {
@@ -229,7 +251,8 @@ impl Issuer {
                     .typed_get::<CacheControl>()
                     .and_then(|cc| if cc.no_store() || cc.no_cache() { Some(Duration::ZERO) } else { cc.max_age() })
                     .unwrap_or(source.config.max_age)
-                    .clamp(source.config.min_refresh, MAX_JWKS_AGE);
+                    .max(source.config.min_refresh)
+                    .min(MAX_JWKS_AGE);
                 state.fresh_until = Some(Instant::now() + max_age);
                 tracing::info!(issuer = %self.policy.issuer, keys = fetched, max_age = ?max_age, "JWKS loaded");
                 true

@@ -203,7 +203,12 @@ fn build_issuer(
             .help("the leeway only absorbs clock skew; a long one keeps expired tokens alive");
     }
     if let Some(required) = &raw.required_claims {
+        // `exp` stays required whatever the list says: a token without an
+        // expiry would be valid forever once leaked.
         policy.required_claims.clone_from(required);
+        if !policy.required_claims.iter().any(|c| c == "exp") {
+            policy.required_claims.push("exp".into());
+        }
     }
     policy.max_token_bytes = usize::try_from(super::build::size(
         c,

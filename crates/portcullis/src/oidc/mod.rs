@@ -177,6 +177,8 @@ struct Inner {
     lifetime: Duration,
     end_session: Option<String>,
     post_logout_redirect: Option<String>,
+    /// The gateway's origin (`https://app.example.com`), for same-origin checks.
+    public_url: String,
     /// Refreshes in flight or just done, by refresh-token fingerprint.
     refreshing: Mutex<HashMap<String, (Instant, RefreshCell)>>,
 }
@@ -241,6 +243,7 @@ impl OidcLogin {
                 lifetime: config.lifetime,
                 end_session,
                 post_logout_redirect: config.post_logout_redirect.clone(),
+                public_url: config.public_url.clone(),
                 refreshing: Mutex::new(HashMap::new()),
             }),
         })
@@ -329,13 +332,27 @@ impl Inner {
     /// provider rotating refresh tokens would refuse the second use.
     async fn refresh_shared(&self, data: &SessionData, now: SystemTime) -> Result<SessionData, Denied> {
         let token = data.refresh_token.as_deref().unwrap_or_default();
-        let id = portcullis_policy::principal::fingerprint(token.as_bytes());
+        // The session id and the whole token's digest: a shared result can
+        // only ever go to the session it was refreshed for.
+        let digest = portcullis_policy::jwt::cache::TokenCache::key(token);
+        let id = format!("{}:{}", data.id, digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let cell = {
             let mut map = self.refreshing.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, (started, _)| started.elapsed() < REFRESH_SHARE);
-            map.entry(id).or_insert_with(|| (Instant::now(), RefreshCell::default())).1.clone()
+            map.entry(id.clone()).or_insert_with(|| (Instant::now(), RefreshCell::default())).1.clone()
         };
-        cell.get_or_init(|| self.refresh(data.clone(), now)).await.clone()
+        let result = cell.get_or_init(|| self.refresh(data.clone(), now)).await.clone();
+        match result {
+            Ok(refreshed) if refreshed.id != data.id => {
+                Err(Denied::new(Reason::GatewayInternal).with_detail("a shared refresh answered another session"))
+            }
+            // The provider could not be reached: the next request tries again.
+            Err(denied) if denied.reason == Reason::OidcProvider => {
+                self.refreshing.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                Err(denied)
+            }
+            other => other,
+        }
     }
 
     async fn refresh(&self, mut data: SessionData, now: SystemTime) -> Result<SessionData, Denied> {
@@ -343,7 +360,14 @@ impl Inner {
         let token = RefreshToken::new(data.refresh_token.clone().unwrap_or_default());
         let request =
             self.client.exchange_refresh_token(&token).map_err(|e| expired(format!("refresh not possible: {e}")))?;
-        let tokens = request.request_async(&self.http).await.map_err(|e| expired(token_error("refresh", &e)))?;
+        let tokens = request.request_async(&self.http).await.map_err(|e| match e {
+            // The provider refused the grant (revoked, expired, reused): the
+            // session is over.
+            RequestTokenError::ServerResponse(_) => expired(token_error("refresh", &e)),
+            // It could not be asked: a provider outage must not log everyone
+            // out; the session stays and the request gets 502.
+            _ => Denied::new(Reason::OidcProvider).with_detail(token_error("refresh", &e)),
+        })?;
         if let Some(id_token) = tokens.extra_fields().id_token() {
             // Refreshed ID tokens carry no nonce (OIDC Core §12.2).
             let verifier = self.client.id_token_verifier();
@@ -355,7 +379,7 @@ impl Inner {
             }
             data.roles = roles(&claims.additional_claims().claims, &self.roles_claim, &self.role_map);
         }
-        data.access_expires_at = tokens.expires_in().map(|d| unix(now + d));
+        data.access_expires_at = tokens.expires_in().and_then(|d| now.checked_add(d)).map(unix);
         if let Some(rotated) = tokens.refresh_token() {
             data.refresh_token = Some(rotated.secret().clone());
         }
@@ -391,7 +415,7 @@ impl Inner {
             issuer: self.issuer.clone(),
             issued_at: unix(now),
             expires_at: unix(now + self.lifetime),
-            access_expires_at: tokens.expires_in().map(|d| unix(now + d)),
+            access_expires_at: tokens.expires_in().and_then(|d| now.checked_add(d)).map(unix),
             refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
         })
     }

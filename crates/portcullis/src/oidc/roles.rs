@@ -8,42 +8,26 @@
 //!   commas), as `scope`-style claims are; anything else contributes nothing.
 //! - Every path is read, in order; each role is mapped through the role map
 //!   (roles not in the map pass through) and duplicates are dropped.
+//! - Values that are not valid role names (`A–Z a–z 0–9 . _ : / -`) are
+//!   dropped, so no claim can smuggle a separator into `X-Portcullis-Roles`.
+//!
+//! The rules are `portcullis_policy::jwt::ClaimMapping`'s, shared with
+//! bearer JWTs.
 
 use std::collections::BTreeMap;
 
+use portcullis_policy::jwt::ClaimMapping;
 use serde_json::{Map, Value};
 
 /// The caller's roles. See the module docs.
 #[must_use]
 pub fn roles(claims: &Map<String, Value>, paths: &[String], map: &BTreeMap<String, String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for path in paths {
-        let Some(value) = lookup(claims, path) else { continue };
-        let found: Vec<&str> = match value {
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
-            Value::String(text) => text.split(|c: char| c.is_whitespace() || c == ',').collect(),
-            _ => Vec::new(),
-        };
-        for role in found.into_iter().map(str::trim).filter(|r| !r.is_empty()) {
-            let mapped = map.get(role).map_or(role, String::as_str);
-            if !out.iter().any(|r| r == mapped) {
-                out.push(mapped.to_owned());
-            }
-        }
-    }
-    out
-}
-
-fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    if let Some(value) = claims.get(path) {
-        return Some(value);
-    }
-    let mut segments = path.split('.');
-    let mut current = claims.get(segments.next()?)?;
-    for segment in segments {
-        current = current.as_object()?.get(segment)?;
-    }
-    Some(current)
+    let mapping = ClaimMapping {
+        roles: paths.to_vec(),
+        scope: String::new(),
+        rename: map.iter().map(|(from, to)| (from.clone(), to.clone())).collect(),
+    };
+    mapping.roles(claims)
 }
 
 #[cfg(test)]
@@ -60,6 +44,7 @@ mod tests {
             "scope_roles": "a b,c",
             "https://example.com/roles": ["dotted-key"],
             "number": 7,
+            "sneaky": ["viewer,admin", "ok", "with space", ""],
         });
         let claims = claims.as_object().unwrap();
         let map: BTreeMap<String, String> = [("app-admin".to_owned(), "admin".to_owned())].into();
@@ -70,6 +55,7 @@ mod tests {
             (&["https://example.com/roles"], &["dotted-key"]),
             (&["missing", "realm_access.missing", "number", "roles.nested"], &[]),
             (&["roles", "realm_access.roles"], &["editor", "viewer", "admin"]),
+            (&["sneaky"], &["ok"]),
         ];
         for (paths, expected) in cases {
             let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();

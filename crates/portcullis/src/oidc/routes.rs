@@ -204,9 +204,24 @@ async fn logout_page() -> Response {
     response
 }
 
+/// Whether a request comes from another site (logout CSRF: a page elsewhere
+/// auto-posting the logout form). Browsers send `Sec-Fetch-Site`; older ones
+/// at least `Origin` on a POST.
+fn cross_site(headers: &HeaderMap, public_url: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()).is_some_and(|origin| origin != public_url)
+}
+
 async fn logout(State(login): State<Arc<OidcLogin>>, headers: HeaderMap) -> Response {
     let inner = &login.inner;
     let now = SystemTime::now();
+    if cross_site(&headers, &inner.public_url) {
+        // Nothing happens: another site cannot log the user out.
+        tracing::info!("logout from another site ignored");
+        return redirect("/");
+    }
     if let Some(value) = request_cookie(&headers, SESSION_COOKIE)
         && let Ok(session) = inner.key.open(value, now)
     {

@@ -347,8 +347,7 @@ fn validate_name(name: &str) -> Result<(), ApiKeyError> {
 fn validate_roles(roles: &[String]) -> Result<Vec<String>, ApiKeyError> {
     let mut out: Vec<String> = Vec::with_capacity(roles.len());
     for role in roles {
-        let valid = (1..=MAX_ROLE_CHARS).contains(&role.len())
-            && role.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'));
+        let valid = role.len() <= MAX_ROLE_CHARS && portcullis_policy::principal::is_valid_name(role);
         if !valid {
             return Err(ApiKeyError::InvalidRole(role.clone()));
         }

@@ -88,6 +88,12 @@ impl Provider {
     }
 
     /// What the provider wrote on stderr (warnings, errors).
+    /// Stops the provider (an outage), keeping the handle.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }
