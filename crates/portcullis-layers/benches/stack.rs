@@ -37,6 +37,9 @@ fn config() -> StackConfig {
                 auth: AuthMode::Public,
                 headers: None,
                 identity: portcullis_layers::identity::UpstreamIdentity::Headers,
+                require: None,
+                ips: None,
+                pattern: None,
             }),
         })
         .collect();
@@ -51,6 +54,8 @@ fn config() -> StackConfig {
         csp_report_path: None,
         auth: Default::default(),
         paths: portcullis_policy::normalize::PathPolicy::default(),
+        roles: Default::default(),
+        ip_rules: None,
         endpoints: None,
     }
 }

@@ -10,8 +10,8 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → CSP reports → head limits → normalize → own endpoints → route → body limit
-//!   → authenticate → identity → forward → proxy
+//! reject/context → response headers → CORS → CSP reports → head limits → IP rules → normalize → own endpoints
+//!   → route → body limit → authenticate → authorize → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -32,6 +32,7 @@ use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
 
 pub mod auth;
+pub mod authorize;
 pub mod body;
 pub mod cors;
 pub mod csp_report;
@@ -194,6 +195,12 @@ pub struct RouteInfo {
     pub headers: Option<Arc<portcullis_policy::headers::HeaderPolicy>>,
     /// How the upstream learns the caller's identity.
     pub identity: identity::UpstreamIdentity,
+    /// What an authenticated caller must have, if anything.
+    pub require: Option<Arc<portcullis_policy::rbac::Requirement>>,
+    /// The route's IP lists, if any.
+    pub ips: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
+    /// The route's path pattern, when a rule reads its parameters (`owner`).
+    pub pattern: Option<Arc<portcullis_policy::route::PathPattern>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -224,6 +231,10 @@ pub struct StackConfig {
     pub auth: Arc<auth::Authenticators>,
     /// How paths are normalized and compared.
     pub paths: portcullis_policy::normalize::PathPolicy,
+    /// Roles compiled to their permissions.
+    pub roles: Arc<portcullis_policy::rbac::Roles>,
+    /// The global IP lists (`[access]`), if any.
+    pub ip_rules: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
     /// logout, JWKS), if any are enabled.
     pub endpoints: Option<GatewayService>,
@@ -241,11 +252,13 @@ where
         .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
+        .layer(authorize::IpRulesLayer::new(config.ip_rules.clone()))
         .layer(normalize::NormalizeLayer::new(config.paths))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(auth::AuthLayer::new(config.auth.clone()))
+        .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)
         .service(proxy);

@@ -36,6 +36,9 @@ fn config(events: Arc<Events>) -> StackConfig {
             auth: AuthMode::Public,
             headers: None,
             identity: portcullis_layers::identity::UpstreamIdentity::Headers,
+            require: None,
+            ips: None,
+            pattern: None,
         }),
     };
     StackConfig {
@@ -49,6 +52,8 @@ fn config(events: Arc<Events>) -> StackConfig {
         csp_report_path: None,
         auth: Default::default(),
         paths: portcullis_policy::normalize::PathPolicy::default(),
+        roles: Default::default(),
+        ip_rules: None,
         endpoints: None,
     }
 }

@@ -178,6 +178,20 @@ reasons! {
     OidcCallback => ("oidc.callback", StatusCode::BAD_REQUEST, Client),
     /// The OIDC provider could not be reached or answered badly.
     OidcProvider => ("oidc.provider", StatusCode::BAD_GATEWAY, Upstream),
+    /// The caller has none of the roles the route requires.
+    AuthzRole => ("authz.role", StatusCode::FORBIDDEN, Client),
+    /// The caller's roles do not grant every permission the route requires.
+    AuthzPermission => ("authz.permission", StatusCode::FORBIDDEN, Client),
+    /// The credential lacks a scope the route requires.
+    AuthzScope => ("authz.scope", StatusCode::FORBIDDEN, Client),
+    /// The caller's subject is not one the route lists.
+    AuthzSubject => ("authz.subject", StatusCode::FORBIDDEN, Client),
+    /// The path names an object the caller does not own.
+    AuthzOwner => ("authz.owner", StatusCode::FORBIDDEN, Client),
+    /// The client address is on a deny list.
+    IpDenied => ("ip.denied", StatusCode::FORBIDDEN, Client),
+    /// The client address is not on the allow list.
+    IpNotAllowed => ("ip.not_allowed", StatusCode::FORBIDDEN, Client),
     /// The route requires a client certificate and none was presented.
     MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
     /// Portcullis failed internally; details are only in the gateway's log.

@@ -141,6 +141,23 @@ impl PathPattern {
         parts.is_none_or(|mut p| p.next().is_none())
     }
 
+    /// The value of the `{name}` segment in `path`, if the pattern has that
+    /// parameter and matches.
+    #[must_use]
+    pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
+        if !self.matches(path) {
+            return None;
+        }
+        let index = self.segments.iter().position(|s| matches!(s, Segment::Param(n) if n == name))?;
+        path.strip_prefix('/')?.split('/').nth(index)
+    }
+
+    /// Whether the pattern has a `{name}` parameter.
+    #[must_use]
+    pub fn has_param(&self, name: &str) -> bool {
+        self.segments.iter().any(|s| matches!(s, Segment::Param(n) if n == name))
+    }
+
     /// Specificity rank per segment, ending with a terminator that ranks an
     /// exact end above `**`.
     fn rank(&self) -> Vec<u8> {

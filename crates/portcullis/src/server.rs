@@ -82,6 +82,10 @@ impl Gateway {
                     headers: r.headers.clone().map(Arc::new),
                     identity: auth
                         .upstream_identity(config.upstreams.get(r.upstream).map_or(IdentityMode::None, |u| u.identity)),
+                    require: r.require.clone().map(Arc::new),
+                    ips: r.ips.clone().map(Arc::new),
+                    // Owner rules read path parameters.
+                    pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
                 }),
             })
             .collect();
@@ -96,6 +100,8 @@ impl Gateway {
             csp_report_path: config.csp_report_path.as_deref().map(Arc::from),
             auth: auth.authenticators.clone(),
             paths: config.paths,
+            roles: Arc::new(config.roles.clone()),
+            ip_rules: config.access.clone().map(Arc::new),
             endpoints: auth.endpoints.clone(),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));

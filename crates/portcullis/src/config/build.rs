@@ -58,13 +58,15 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
     let paths = build_paths(&mut c, &raw.paths);
     let auth = super::auth::build_auth(&mut c, &raw, base, env);
+    let roles = super::authz::build_roles(&mut c, &raw);
+    let access = super::authz::build_access(&mut c, &raw);
     if let Some(mtls) = &raw.auth.mtls
         && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
     {
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth);
+    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles);
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -88,6 +90,8 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         cors,
         csp_report_path,
         paths,
+        roles,
+        access,
         state,
         auth,
     })
@@ -739,6 +743,7 @@ fn build_routes(
     upstreams: &[Upstream],
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
+    roles: &portcullis_policy::rbac::Roles,
 ) -> Vec<Route> {
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
@@ -809,6 +814,9 @@ fn build_routes(
             );
         }
         let auth = build_auth(c, r, &name, spanned.span(), configured);
+        let public = matches!(auth, Some(AuthMode::Public));
+        let require = super::authz::route_require(c, r.require.as_ref(), &name, path.as_ref(), public, roles);
+        let ips = super::authz::route_ips(c, r);
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
             let route_changes =
@@ -825,6 +833,8 @@ fn build_routes(
                 auth,
                 max_body_bytes,
                 headers,
+                require,
+                ips,
             });
         }
     }

@@ -7,6 +7,7 @@
 //! one is what it is.
 
 pub mod auth;
+mod authz;
 mod build;
 pub mod error;
 pub mod oidc;
@@ -53,6 +54,10 @@ pub struct Config {
     pub csp_report_path: Option<String>,
     /// `[paths]`: normalization and comparison of request paths.
     pub paths: portcullis_policy::normalize::PathPolicy,
+    /// `[roles]`, compiled.
+    pub roles: portcullis_policy::rbac::Roles,
+    /// `[access]`: global IP lists.
+    pub access: Option<portcullis_policy::ip_rules::IpRules>,
     /// `[state]`.
     pub state: state::State,
     /// `[auth]`.
@@ -245,6 +250,10 @@ pub struct Route {
     pub auth: AuthMode,
     /// Route-specific body limit.
     pub max_body_bytes: Option<u64>,
+    /// What an authenticated caller must have.
+    pub require: Option<portcullis_policy::rbac::Requirement>,
+    /// The route's IP lists.
+    pub ips: Option<portcullis_policy::ip_rules::IpRules>,
     /// The route's header policy (global with the route's changes), if it
     /// changes anything.
     pub headers: Option<HeaderPolicy>,

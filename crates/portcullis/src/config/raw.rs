@@ -29,9 +29,41 @@ pub struct RawConfig {
     #[serde(default)]
     pub paths: RawPaths,
     #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Spanned<RawRole>>,
+    pub access: Option<Spanned<RawAccess>>,
+    #[serde(default)]
     pub state: RawState,
     #[serde(default)]
     pub auth: RawAuth,
+}
+
+/// `[roles] name = { permissions, inherits }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub inherits: Vec<String>,
+}
+
+/// `[access]`: global IP lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    pub allow_ips: Option<Vec<Spanned<String>>>,
+    pub deny_ips: Option<Vec<Spanned<String>>>,
+}
+
+/// `[[route]] require = { roles, permissions, scopes, subjects, owner }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
+    pub roles: Option<Vec<String>>,
+    pub permissions: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub subjects: Option<Vec<String>>,
+    pub owner: Option<Spanned<String>>,
 }
 
 /// `[paths]`: how request paths are normalized and compared.
@@ -350,6 +382,9 @@ pub struct RawRoute {
     pub auth: Option<Spanned<OneOrMany>>,
     pub max_body_bytes: Option<Spanned<Size>>,
     pub headers: Option<RawHeaderChanges>,
+    pub require: Option<Spanned<RawRequire>>,
+    pub allow_ips: Option<Vec<Spanned<String>>>,
+    pub deny_ips: Option<Vec<Spanned<String>>>,
 }
 
 /// `match = { host, path, methods }`.
