@@ -177,7 +177,7 @@ pub fn authorize<'p>(
     if let Some(missing) = requirement.scopes.iter().find(|s| !scopes.contains(s.as_str())) {
         return Err(Denied::new(Reason::AuthzScope).with_detail(format!("missing scope {missing}")));
     }
-    if !requirement.subjects.is_empty() && !requirement.subjects.iter().any(|s| *s == principal.subject) {
+    if !requirement.subjects.is_empty() && !requirement.subjects.contains(&principal.subject) {
         return Err(Denied::new(Reason::AuthzSubject).with_detail("subject not listed for this route"));
     }
     if let Some(name) = &requirement.owner {
@@ -304,8 +304,7 @@ mod tests {
 
     #[test]
     fn subjects_and_role_table_errors() {
-        let mut only_svc = Requirement::default();
-        only_svc.subjects = vec!["svc-a".into()];
+        let only_svc = Requirement { subjects: vec!["svc-a".into()], ..Requirement::default() };
         assert!(authorize(&caller("svc-a", &[], &[]), &only_svc, &roles(), |_| None).is_ok());
         assert_eq!(
             authorize(&caller("svc-b", &[], &[]), &only_svc, &roles(), |_| None).unwrap_err().reason,
