@@ -294,9 +294,13 @@ mod tests {
         let r = roles();
         let owner = req(&[], &[], &[], Some("id"));
         let check = |subject: &str, path: &str| {
-            authorize(&caller(subject, &[], &[]), &owner, &r, |name| pattern.param(path, name)).map_err(|d| d.reason)
+            let param =
+                |name: &str| pattern.matches(&path.to_ascii_lowercase()).then(|| pattern.param(path, name)).flatten();
+            authorize(&caller(subject, &[], &[]), &owner, &r, param).map_err(|d| d.reason)
         };
         assert_eq!(check("alice", "/users/alice/orders"), Ok(()));
+        assert_eq!(check("Alice", "/USERS/Alice/orders"), Ok(()), "the value keeps its case");
+        assert_eq!(check("alice", "/users/Alice/orders"), Err(Reason::AuthzOwner), "subjects are case-sensitive");
         assert_eq!(check("alice", "/users/bob/orders"), Err(Reason::AuthzOwner));
         assert_eq!(check("alice", "/users/alicex/orders"), Err(Reason::AuthzOwner));
         assert_eq!(check("alice", "/other/alice"), Err(Reason::AuthzOwner));

@@ -142,12 +142,11 @@ impl PathPattern {
     }
 
     /// The value of the `{name}` segment in `path`, if the pattern has that
-    /// parameter and matches.
+    /// parameter. `path` must be one this pattern matched (possibly in its
+    /// case-folded form): the value is taken from `path` as given, so
+    /// parameters keep their case when matching is case-insensitive.
     #[must_use]
     pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
-        if !self.matches(path) {
-            return None;
-        }
         let index = self.segments.iter().position(|s| matches!(s, Segment::Param(n) if n == name))?;
         path.strip_prefix('/')?.split('/').nth(index)
     }

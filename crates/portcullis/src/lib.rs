@@ -16,6 +16,7 @@ pub mod events;
 pub mod http_client;
 pub mod logging;
 pub mod oidc;
+pub mod policy_cli;
 pub mod proxy;
 pub mod server;
 pub mod shared;

@@ -28,10 +28,57 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Evaluate the routing and authorization policy without traffic.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage API keys for machine clients (kept in the `[state] store`).
     Apikey {
         #[command(subcommand)]
         command: ApiKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Run a table of cases (CASES.toml: [[case]] method, path, identity, expect);
+    /// exit 1 when any fails.
+    Test {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The cases.
+        cases: PathBuf,
+    },
+    /// Show how one request is decided, step by step.
+    Explain {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The request method.
+        method: String,
+        /// The request path (as sent, before normalization).
+        path: String,
+        /// The request's host.
+        #[arg(long)]
+        host: Option<String>,
+        /// The caller's roles (comma-separated); omit --roles, --subject and
+        /// --scopes for an anonymous caller.
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        /// The caller's subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// The caller's scopes (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// How the caller authenticated: jwt, session, api_key, mtls.
+        #[arg(long = "auth", default_value = "jwt")]
+        auth: String,
+        /// The client address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
     },
 }
 
@@ -77,6 +124,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => portcullis::app::run(&config),
         Command::Check { config } => portcullis::app::check(&config),
+        Command::Policy { command } => match command {
+            PolicyCommand::Test { config, cases } => portcullis::policy_cli::test(&config, &cases),
+            PolicyCommand::Explain { config, method, path, host, roles, subject, scopes, auth, ip } => {
+                let identity = (roles.is_some() || subject.is_some() || scopes.is_some()).then(|| {
+                    portcullis::policy_cli::Identity {
+                        method: auth,
+                        subject: subject.unwrap_or_else(|| "test-subject".into()),
+                        roles: roles.unwrap_or_default(),
+                        scopes: scopes.unwrap_or_default(),
+                    }
+                });
+                portcullis::policy_cli::explain(&config, &method, &path, host.as_deref(), identity.as_ref(), ip)
+            }
+        },
         Command::Apikey { command } => match command {
             ApiKeyCommand::Create { config, name, roles, expires } => {
                 portcullis::cli_apikey::create(&config, &name, &roles, expires)

@@ -119,6 +119,8 @@ async fn roles_permissions_scopes_owners_and_ips_decide_with_401_before_403() {
         ("GET", "/orders/1", Some(&editor), 200, ""),
         ("DELETE", "/ORDERS/1", Some(&viewer), 403, "authz.permission"),
         ("GET", "/users/alice/settings", Some(&viewer), 200, ""),
+        ("GET", "/USERS/alice/settings", Some(&viewer), 200, ""),
+        ("GET", "/users/ALICE/settings", Some(&viewer), 403, "authz.owner"),
         ("GET", "/users/bob/settings", Some(&viewer), 403, "authz.owner"),
         ("GET", "/users/alice/../bob/settings", Some(&viewer), 403, "authz.owner"),
         ("GET", "/admin/panel", Some(&viewer), 403, "authz.role"),

@@ -270,3 +270,50 @@ async fn quickstart_serves_private_routes_to_a_key_from_the_cli() {
     let (code, _) = curl(&[], "/api/hello");
     assert_eq!(code, "200", "public routes stay public");
 }
+
+/// `portcullis policy test` on the sample policy passes; a wrong expectation
+/// fails with exit code 1 and says what was expected and what happened.
+#[test]
+fn policy_test_passes_the_sample_and_reports_a_failing_case_readably() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let config = format!("{root}/orders-api.toml");
+    let run = |cases: &std::path::Path| {
+        Command::new(binary()).args(["policy", "test", "--config", &config]).arg(cases).output().unwrap()
+    };
+    let ok = run(std::path::Path::new(&format!("{root}/policy/orders-api.cases.toml")));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[[case]]\nname = \"viewers may delete (wrong)\"\nmethod = \"DELETE\"\npath = \"/orders/7\"\nidentity = { subject = \"alice\", roles = [\"viewer\"] }\nexpect = \"allow\"\n\n[[case]]\npath = \"/health\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let failed = run(&wrong);
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  viewers may delete (wrong)"), "{stdout}");
+    assert!(stdout.contains("expected: allow"), "{stdout}");
+    assert!(stdout.contains("got:      deny 403 authz.permission (route \"orders-write\")"), "{stdout}");
+    assert!(stdout.contains("missing permission orders:write"), "{stdout}");
+    assert!(stdout.contains("1 passed, 1 failed, 2 cases"), "{stdout}");
+
+    let explain = Command::new(binary())
+        .args(["policy", "explain", "--config", &config, "GET", "/users/alice/../bob/x", "--subject", "alice"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&explain.stdout);
+    assert_eq!(explain.status.code(), Some(1));
+    assert!(
+        stdout.contains("path /users/alice/../bob/x → /users/bob/x") && stdout.contains("=> deny 403 authz.owner"),
+        "{stdout}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[case]]\npath = \"/x\"\nexpekt = \"allow\"\n").unwrap();
+    let code = run(&bad).status.code();
+    assert_eq!(code, Some(2), "an unusable cases file is a usage error");
+}
