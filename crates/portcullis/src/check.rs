@@ -44,6 +44,7 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     listeners_without_tls(config, &mut out);
     hsts_and_csp(config, &mut out);
     identity_headers_off_host(config, &mut out);
+    admin_paths_public(config, &mut out);
     jwt_without_audience(config, &mut out);
     out
 }
@@ -76,6 +77,59 @@ fn identity_headers_off_host(config: &Config, out: &mut Vec<Finding>) {
             ));
         }
     }
+}
+
+/// Paths where frameworks and tools put administration and diagnostics.
+const ADMIN_PATHS: &[&str] = &[
+    "/admin",
+    "/administrator",
+    "/internal",
+    "/actuator",
+    "/actuator/env",
+    "/metrics",
+    "/debug",
+    "/management",
+    "/manage",
+    "/console",
+    "/graphql",
+    "/swagger",
+    "/swagger-ui",
+    "/api-docs",
+    "/server-status",
+    "/.env",
+    "/.git/config",
+    "/phpmyadmin",
+];
+
+/// Admin-looking paths that a public route would serve (the route that wins
+/// for them, as the gateway routes, is public).
+fn admin_paths_public(config: &Config, out: &mut Vec<Finding>) {
+    let entries: Vec<RouteEntry<usize>> = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RouteEntry { host: r.host.clone(), path: r.path.clone(), methods: r.methods.clone(), value: i })
+        .collect();
+    let table = RouteTable::new(entries);
+    let mut flagged: Vec<(&str, &str)> = Vec::new();
+    for path in ADMIN_PATHS {
+        let key = config.paths.match_key(path);
+        if let portcullis_policy::route::Match::Found(i) = table.find(None, &key, &http::Method::GET)
+            && let Some(route) = config.routes.get(*i)
+            && route.auth == portcullis_layers::AuthMode::Public
+        {
+            flagged.push((path, &route.name));
+        }
+    }
+    if flagged.is_empty() {
+        return;
+    }
+    let list = flagged.iter().map(|(p, r)| format!("{p} (route {r:?})")).collect::<Vec<_>>().join(", ");
+    out.push(warning(
+        "authz.admin_public",
+        format!("administrative paths are served by public routes: {list}"),
+        "add a route for them with auth and require (e.g. match = { path = \"/admin/**\" }, auth = \"jwt\", require = { roles = [\"admin\"] }), or make the catch-all route authenticated",
+    ));
 }
 
 /// A JWT issuer without an audience accepts tokens it minted for any service.

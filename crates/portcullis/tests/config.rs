@@ -23,7 +23,7 @@ name = "api"
 targets = ["http://127.0.0.1:3000"]
 
 [[route]]
-match = { path = "/**" }
+match = { path = "/api/**" }
 upstream = "api"
 auth = "public"
 "#;
@@ -55,7 +55,7 @@ fn minimal_config_gets_secure_defaults() {
         vec![Target::Http { scheme: http::uri::Scheme::HTTP, authority: "127.0.0.1:3000".parse().unwrap() }]
     );
     assert_eq!(c.events.sinks, vec![Sink::Stdout]);
-    assert_eq!(c.routes[0].name, "/**");
+    assert_eq!(c.routes[0].name, "/api/**");
     // Relative paths are relative to the config file.
     assert_eq!(c.server.data_dir, Path::new("/etc/portcullis/data"));
 }
@@ -176,7 +176,7 @@ fn public_cannot_be_mixed_with_other_methods() {
 #[test]
 fn check_reports_shadowed_routes() {
     let toml = format!(
-        "{MINIMAL}\n[[route]]\nname = \"twin\"\nmatch = {{ path = \"/**\" }}\nupstream = \"api\"\nauth = \"public\"\n"
+        "{MINIMAL}\n[[route]]\nname = \"twin\"\nmatch = {{ path = \"/api/**\" }}\nupstream = \"api\"\nauth = \"public\"\n"
     );
     let c = parse(&toml).unwrap();
     let findings = portcullis::check::findings(&c);
@@ -483,4 +483,30 @@ fn check_warns_about_forgeable_identity_headers_and_audience_less_issuers() {
         codes(&format!("{authenticated}\n{}", jwt.replace("audience = \"api\"\n", ""))),
         ["auth.jwt_no_audience"]
     );
+}
+
+#[test]
+fn check_warns_when_admin_looking_paths_are_public() {
+    let codes = |toml: &str| -> Vec<String> {
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .filter(|f| f.code == "authz.admin_public")
+            .map(|f| f.message.clone())
+            .collect()
+    };
+    assert!(codes(MINIMAL).is_empty(), "/api/** serves no admin path");
+    let catch_all = MINIMAL.replace("/api/**", "/**");
+    let found = codes(&catch_all);
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].contains("/admin (route") && found[0].contains("/actuator") && found[0].contains("/.env"),
+        "{found:?}"
+    );
+    // A more specific authenticated route takes /admin away from the catch-all.
+    let protected = format!(
+        "{catch_all}\n[[route]]\nname = \"admin\"\nmatch = {{ path = \"/ADMIN/**\" }}\nupstream = \"api\"\nauth = \"jwt\"\n\n[auth.jwt]\nissuer = \"x\"\naudience = \"a\"\njwks_url = \"https://x/j\"\n"
+    );
+    let found = codes(&protected);
+    assert!(!found[0].contains("/admin (route"), "{found:?}");
+    assert!(found[0].contains("/metrics"), "other admin paths are still public: {found:?}");
 }
