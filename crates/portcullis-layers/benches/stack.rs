@@ -40,6 +40,7 @@ fn config() -> StackConfig {
                 require: None,
                 ips: None,
                 pattern: None,
+                limits: Vec::new(),
             }),
         })
         .collect();
@@ -56,6 +57,7 @@ fn config() -> StackConfig {
         paths: portcullis_policy::normalize::PathPolicy::default(),
         roles: Default::default(),
         ip_rules: None,
+        limit_store: None,
         endpoints: None,
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! reject/context → response headers → CORS → CSP reports → head limits → IP rules → normalize → own endpoints
-//!   → route → body limit → authenticate → authorize → identity → forward → proxy
+//!   → route → body limit → rate limit (ip, route, header) → authenticate → rate limit (subject, key)
+//!   → authorize → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -42,6 +43,7 @@ pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod normalize;
+pub mod rate_limit;
 pub mod reject;
 pub mod route;
 
@@ -201,6 +203,8 @@ pub struct RouteInfo {
     pub ips: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
     /// The route's path pattern, when a rule reads its parameters (`owner`).
     pub pattern: Option<Arc<portcullis_policy::route::PathPattern>>,
+    /// The route's rate limits, in the order configured.
+    pub limits: Vec<Arc<rate_limit::Limit>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -235,6 +239,8 @@ pub struct StackConfig {
     pub roles: Arc<portcullis_policy::rbac::Roles>,
     /// The global IP lists (`[access]`), if any.
     pub ip_rules: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
+    /// Where rate-limit state lives (none: no route has limits).
+    pub limit_store: Option<Arc<dyn rate_limit::LimitStore>>,
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
     /// logout, JWKS), if any are enabled.
     pub endpoints: Option<GatewayService>,
@@ -257,7 +263,9 @@ where
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
         .layer(auth::AuthLayer::new(config.auth.clone()))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)

@@ -52,6 +52,12 @@ pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
     response
 }
 
+/// Something worth an event that did not refuse the request (a limit store
+/// unavailable while its limit fails open). The reject layer emits it with
+/// action `log` and the status actually sent.
+#[derive(Debug, Clone)]
+pub struct Noted(pub Denied);
+
 /// A refusal answered with a redirect rather than an error body (a browser
 /// whose session is no longer valid, sent to login). The reject layer emits
 /// its event and leaves the response as it is.
@@ -169,6 +175,21 @@ where
                     route: route.as_deref(),
                 };
                 let mut event = SecurityEvent::denied(&request, &denied, SystemTime::now());
+                event.status = response.status().as_u16();
+                shared.events.emit(event);
+            }
+            if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
+                let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
+                let request = RequestSummary {
+                    request_id: summary.request_id.to_str().unwrap_or("-"),
+                    client_ip: summary.client_ip,
+                    listener: &summary.listener,
+                    method: summary.method.as_str(),
+                    path: summary.uri.path(),
+                    route: route.as_deref(),
+                };
+                let mut event = SecurityEvent::denied(&request, &noted, SystemTime::now());
+                event.action = portcullis_policy::Action::Log;
                 event.status = response.status().as_u16();
                 shared.events.emit(event);
             }

@@ -39,6 +39,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             require: None,
             ips: None,
             pattern: None,
+            limits: Vec::new(),
         }),
     };
     StackConfig {
@@ -54,6 +55,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         paths: portcullis_policy::normalize::PathPolicy::default(),
         roles: Default::default(),
         ip_rules: None,
+        limit_store: None,
         endpoints: None,
     }
 }

@@ -192,6 +192,10 @@ reasons! {
     IpDenied => ("ip.denied", StatusCode::FORBIDDEN, Client),
     /// The client address is not on the allow list.
     IpNotAllowed => ("ip.not_allowed", StatusCode::FORBIDDEN, Client),
+    /// A rate limit of the route is exceeded (`rule` names it).
+    RateLimitExceeded => ("ratelimit.exceeded", StatusCode::TOO_MANY_REQUESTS, Client),
+    /// The shared limit store is unreachable and the limit fails closed.
+    RateLimitUnavailable => ("ratelimit.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The route requires a client certificate and none was presented.
     MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
     /// Portcullis failed internally; details are only in the gateway's log.

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod limits;
 pub mod normalize;
 pub mod principal;
+pub mod rate_limit;
 pub mod rbac;
 pub mod request_id;
 pub mod route;

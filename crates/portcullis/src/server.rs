@@ -52,6 +52,7 @@ use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
 use crate::shared::{MemoryRevocations, Revocations};
 use crate::tls::CertStore;
+use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
 
 /// One compiled configuration, ready to serve.
 #[derive(Debug)]
@@ -64,7 +65,13 @@ pub struct Gateway {
 impl Gateway {
     /// Builds routes, upstream pools and the layer stack.
     #[must_use]
-    pub fn build(config: Arc<Config>, events: Arc<dyn EventSink>, tasks: TaskTracker, auth: &AuthRuntime) -> Self {
+    pub fn build(
+        config: Arc<Config>,
+        events: Arc<dyn EventSink>,
+        tasks: TaskTracker,
+        auth: &AuthRuntime,
+        limit_store: &Arc<dyn LimitStore>,
+    ) -> Self {
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
@@ -86,6 +93,7 @@ impl Gateway {
                     ips: r.ips.clone().map(Arc::new),
                     // Owner rules read path parameters.
                     pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
+                    limits: r.limits.clone(),
                 }),
             })
             .collect();
@@ -102,6 +110,8 @@ impl Gateway {
             paths: config.paths,
             roles: Arc::new(config.roles.clone()),
             ip_rules: config.access.clone().map(Arc::new),
+            // Only routes with limits touch the store.
+            limit_store: config.routes.iter().any(|r| !r.limits.is_empty()).then(|| limit_store.clone()),
             endpoints: auth.endpoints.clone(),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
@@ -166,6 +176,8 @@ pub struct Server {
     cert_stores: Vec<(String, Arc<CertStore>)>,
     /// Ended sessions; kept across reloads.
     revocations: Arc<dyn Revocations>,
+    /// Rate-limit state; kept across reloads.
+    limit_store: Arc<dyn LimitStore>,
     workers: Vec<Worker>,
     events: Arc<dyn EventSink>,
     shutdown: watch::Sender<bool>,
@@ -221,6 +233,8 @@ impl Server {
         }
         // Revoked sessions outlive reloads: the list is the server's, not the configuration's.
         let revocations: Arc<dyn Revocations> = Arc::new(MemoryRevocations::default());
+        // Limit state outlives reloads too.
+        let limit_store: Arc<dyn LimitStore> = Arc::new(MemoryStore::new(1_000_000));
         let auth = AuthRuntime::start(&config, revocations.clone()).await?;
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
@@ -231,8 +245,13 @@ impl Server {
         let mut workers = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
         for index in 0..count {
-            let current =
-                Arc::new(ArcSwap::from_pointee(Gateway::build(config.clone(), events.clone(), tasks.clone(), &auth)));
+            let current = Arc::new(ArcSwap::from_pointee(Gateway::build(
+                config.clone(),
+                events.clone(),
+                tasks.clone(),
+                &auth,
+                &limit_store,
+            )));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let connections = Arc::new(AtomicUsize::new(0));
             let context = WorkerContext {
@@ -276,6 +295,7 @@ impl Server {
             addrs,
             cert_stores,
             revocations,
+            limit_store,
         })
     }
 
@@ -324,6 +344,7 @@ impl Server {
                 self.events.clone(),
                 self.tasks.clone(),
                 &auth,
+                &self.limit_store,
             )));
         }
         self.config.store(config);

@@ -59,6 +59,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let paths = build_paths(&mut c, &raw.paths);
     let auth = super::auth::build_auth(&mut c, &raw, base, env);
     let roles = super::authz::build_roles(&mut c, &raw);
+    let limits = super::limits::build_limits(&mut c, &raw);
     let access = super::authz::build_access(&mut c, &raw);
     if let Some(mtls) = &raw.auth.mtls
         && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
@@ -66,7 +67,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles);
+    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &limits);
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -744,6 +745,7 @@ fn build_routes(
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
     roles: &portcullis_policy::rbac::Roles,
+    limits: &std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
 ) -> Vec<Route> {
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
@@ -817,6 +819,7 @@ fn build_routes(
         let public = matches!(auth, Some(AuthMode::Public));
         let require = super::authz::route_require(c, r.require.as_ref(), &name, path.as_ref(), public, roles);
         let ips = super::authz::route_ips(c, r);
+        let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
             let route_changes =
@@ -834,6 +837,7 @@ fn build_routes(
                 max_body_bytes,
                 headers,
                 require,
+                limits: route_limits,
                 ips,
             });
         }

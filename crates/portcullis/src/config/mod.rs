@@ -10,6 +10,7 @@ pub mod auth;
 mod authz;
 mod build;
 pub mod error;
+mod limits;
 pub mod oidc;
 pub mod raw;
 pub mod secret;
@@ -252,6 +253,8 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// What an authenticated caller must have.
     pub require: Option<portcullis_policy::rbac::Requirement>,
+    /// Rate limits, in the order listed.
+    pub limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     /// The route's IP lists.
     pub ips: Option<portcullis_policy::ip_rules::IpRules>,
     /// The route's header policy (global with the route's changes), if it

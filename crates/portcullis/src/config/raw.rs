@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub roles: std::collections::BTreeMap<String, Spanned<RawRole>>,
     pub access: Option<Spanned<RawAccess>>,
     #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, Spanned<RawLimit>>,
+    #[serde(default)]
     pub state: RawState,
     #[serde(default)]
     pub auth: RawAuth,
@@ -45,6 +47,21 @@ pub struct RawRole {
     pub permissions: Vec<String>,
     #[serde(default)]
     pub inherits: Vec<String>,
+}
+
+/// `[limits.NAME]`: a named rate limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// `ip`, `subject`, `api_key`, `route` or `header:NAME`.
+    pub key: Spanned<String>,
+    /// `"50/s"`, `"2000/hour"`, `"100/10s"`.
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
+    pub exempt_ips: Option<Vec<Spanned<String>>>,
+    pub exempt_roles: Option<Vec<String>>,
+    /// `open` or `closed` when the shared store is unreachable.
+    pub on_store_failure: Option<Spanned<String>>,
 }
 
 /// `[access]`: global IP lists.
@@ -383,6 +400,7 @@ pub struct RawRoute {
     pub max_body_bytes: Option<Spanned<Size>>,
     pub headers: Option<RawHeaderChanges>,
     pub require: Option<Spanned<RawRequire>>,
+    pub limits: Option<Spanned<Vec<String>>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,
 }

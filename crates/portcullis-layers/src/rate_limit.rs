@@ -1,0 +1,353 @@
+//! Rate limiting on live requests: named GCRA quotas (rules in
+//! `portcullis_policy::rate_limit`) keyed by client IP, subject, API key,
+//! route or a request header, several per route.
+//!
+//! Decision rules:
+//! - Every limit the route names is checked; the first one exceeded refuses
+//!   the request with 429 `ratelimit.exceeded` (`rule` = the limit's name),
+//!   `Retry-After`, and the IETF `RateLimit-Policy` / `RateLimit` headers.
+//!   Admitted requests get the headers of the tightest limit too.
+//! - Limits keyed by IP, route or header run before authentication (so a
+//!   flood costs no signature checks); limits keyed by subject or API key run
+//!   after it, and skip unauthenticated requests (IP limits cover those).
+//! - IPv6 clients are grouped by /64 (one host usually owns a whole /64).
+//! - Exempt client networks and roles skip the limit.
+//! - A store that cannot answer (Redis down) fails open or closed per limit,
+//!   with a `ratelimit.unavailable` event either way.
+//!
+//! Deployment caveat: behind a proxy, list it in `trusted_proxies`, or every
+//! client shares the proxy's address and its IP quota.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use http::{HeaderName, HeaderValue, Request, Response};
+use ipnet::IpNet;
+use portcullis_policy::rate_limit::{Gcra, Outcome, ceil_secs};
+use portcullis_policy::{AuthMethod, Denied, Reason};
+use tower::{Layer, Service};
+
+use crate::auth::Caller;
+use crate::{Body, RequestContext, RouteInfo, deny};
+
+/// The store could not be asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("limit store unavailable: {0}")]
+pub struct StoreUnavailable(pub String);
+
+/// Where GCRA state lives: memory (one instance) or Redis (shared).
+pub trait LimitStore: Send + Sync + fmt::Debug {
+    /// Applies one request to `key`'s state under `quota` and returns the
+    /// outcome. `now` is Unix nanoseconds (a shared store may use its own
+    /// clock instead, so instances agree).
+    fn check<'a>(&'a self, key: &'a str, quota: Gcra, now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>>;
+}
+
+/// What a limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client address (IPv6 by /64).
+    Ip,
+    /// The authenticated subject.
+    Subject,
+    /// The API key (its subject), only for API-key callers.
+    ApiKey,
+    /// The route: one budget shared by all callers.
+    Route,
+    /// A request header's value (absent header: not counted).
+    Header(HeaderName),
+}
+
+impl LimitKey {
+    /// Whether the key is known only after authentication.
+    #[must_use]
+    pub const fn after_auth(&self) -> bool {
+        matches!(self, Self::Subject | Self::ApiKey)
+    }
+}
+
+/// One named limit.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// Its name (`[limits.NAME]`), in events, metrics and store keys.
+    pub name: Arc<str>,
+    /// What it counts by.
+    pub key: LimitKey,
+    /// The quota.
+    pub quota: Gcra,
+    /// The quota as `RateLimit-Policy` shows it: `q` requests per `w` seconds.
+    pub policy_header: HeaderValue,
+    /// Client networks it does not apply to.
+    pub exempt_ips: Vec<IpNet>,
+    /// Roles it does not apply to.
+    pub exempt_roles: Vec<String>,
+    /// Whether requests pass when the store is unavailable.
+    pub fail_open: bool,
+}
+
+/// `RateLimit-Policy`.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+fn ip_key(ip: IpAddr) -> String {
+    match portcullis_policy::forwarded::canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// The store key of `limit` for this request, or `None` when it does not
+/// apply (exempt, or its key is absent).
+fn key_for(limit: &Limit, req: &Request<Body>, route: &RouteInfo) -> Option<String> {
+    let client = req.extensions().get::<RequestContext>().map(|c| c.client.ip);
+    if let Some(ip) = client
+        && limit.exempt_ips.iter().any(|n| n.contains(&portcullis_policy::forwarded::canonical(ip)))
+    {
+        return None;
+    }
+    let caller = req.extensions().get::<Caller>().map(|c| c.0.clone());
+    if let Some(p) = &caller
+        && p.roles.iter().any(|r| limit.exempt_roles.contains(r))
+    {
+        return None;
+    }
+    let value = match &limit.key {
+        LimitKey::Ip => ip_key(client?),
+        LimitKey::Subject => caller?.subject.clone(),
+        LimitKey::ApiKey => caller.filter(|p| p.method == AuthMethod::ApiKey)?.subject.clone(),
+        LimitKey::Route => route.name.to_string(),
+        LimitKey::Header(name) => {
+            let v = req.headers().get(name)?.to_str().ok()?;
+            // Keep store keys bounded whatever the client sends.
+            portcullis_policy::principal::fingerprint(v.as_bytes())
+        }
+    };
+    Some(format!("rl:{}:{value}", limit.name))
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The headers describing `outcome` under `limit`.
+fn headers_for(limit: &Limit, outcome: &Outcome) -> [(HeaderName, HeaderValue); 2] {
+    let (remaining, reset) = match outcome {
+        Outcome::Allowed { remaining, reset_nanos, .. } => (*remaining, *reset_nanos),
+        Outcome::Limited { reset_nanos, .. } => (0, *reset_nanos),
+    };
+    let name = &limit.name;
+    let value = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={}", ceil_secs(reset)))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""));
+    let policy = limit.policy_header.clone();
+    [(RATELIMIT_POLICY, policy), (RATELIMIT, value)]
+}
+
+/// See the module docs. `after_auth` selects which of a route's limits this
+/// instance checks (the stack has one before and one after authentication).
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    store: Option<Arc<dyn LimitStore>>,
+    after_auth: bool,
+}
+
+impl RateLimitLayer {
+    /// Limits with `store` (nothing is limited without one).
+    #[must_use]
+    pub fn new(store: Option<Arc<dyn LimitStore>>, after_auth: bool) -> Self {
+        Self { store, after_auth }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit { inner, store: self.store.clone(), after_auth: self.after_auth }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    store: Option<Arc<dyn LimitStore>>,
+    after_auth: bool,
+}
+
+enum Verdict {
+    Pass(Vec<(HeaderName, HeaderValue)>),
+    Refuse(Denied),
+}
+
+async fn decide(
+    store: &dyn LimitStore,
+    limits: &[Arc<Limit>],
+    keys: Vec<(usize, String)>,
+    now: u64,
+) -> (Verdict, Vec<String>) {
+    let mut tightest: Option<(u32, [(HeaderName, HeaderValue); 2])> = None;
+    let mut unavailable = Vec::new();
+    for (i, key) in keys {
+        let limit = &limits[i];
+        match store.check(&key, limit.quota, now).await {
+            Ok(outcome @ Outcome::Limited { retry_after_nanos, .. }) => {
+                let mut denied = Denied::new(Reason::RateLimitExceeded)
+                    .with_rule(limit.name.to_string())
+                    .with_detail(format!("limit {} exceeded", limit.name));
+                if let Ok(v) = HeaderValue::from_str(&ceil_secs(retry_after_nanos).max(1).to_string()) {
+                    denied = denied.with_header(http::header::RETRY_AFTER, v);
+                }
+                for (name, value) in headers_for(limit, &outcome) {
+                    denied = denied.with_header(name, value);
+                }
+                return (Verdict::Refuse(denied), unavailable);
+            }
+            Ok(outcome @ Outcome::Allowed { remaining, .. }) => {
+                if tightest.as_ref().is_none_or(|(r, _)| remaining < *r) {
+                    tightest = Some((remaining, headers_for(limit, &outcome)));
+                }
+            }
+            Err(e) => {
+                unavailable.push(format!("{}: {e}", limit.name));
+                if !limit.fail_open {
+                    let denied = Denied::new(Reason::RateLimitUnavailable)
+                        .with_rule(limit.name.to_string())
+                        .with_detail(format!("{e}; failing closed"));
+                    return (Verdict::Refuse(denied), unavailable);
+                }
+            }
+        }
+    }
+    (Verdict::Pass(tightest.map(|(_, h)| h.to_vec()).unwrap_or_default()), unavailable)
+}
+
+impl<S> Service<Request<Body>> for RateLimit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = crate::GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (Some(store), Some(route)) = (self.store.clone(), req.extensions().get::<Arc<RouteInfo>>().cloned()) else {
+            return crate::call_boxed(&mut self.inner, req);
+        };
+        let keys: Vec<(usize, String)> = route
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.key.after_auth() == self.after_auth)
+            .filter_map(|(i, l)| key_for(l, &req, &route).map(|k| (i, k)))
+            .collect();
+        if keys.is_empty() {
+            return crate::call_boxed(&mut self.inner, req);
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (verdict, unavailable) = decide(store.as_ref(), &route.limits, keys, unix_nanos()).await;
+            if !unavailable.is_empty() {
+                tracing::warn!(limits = ?unavailable, "rate-limit store unavailable");
+            }
+            match verdict {
+                Verdict::Refuse(denied) => Ok(deny(denied)),
+                Verdict::Pass(headers) => {
+                    let Ok(mut response) = crate::call_boxed(&mut inner, req).await;
+                    for (name, value) in headers {
+                        response.headers_mut().insert(name, value);
+                    }
+                    if !unavailable.is_empty() {
+                        // Failing open is still worth an event.
+                        let noted = Denied::new(Reason::RateLimitUnavailable)
+                            .with_detail(format!("failing open: {}", unavailable.join("; ")));
+                        response.extensions_mut().insert(crate::reject::Noted(noted));
+                    }
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// GCRA state in memory, for one instance: sharded maps of TATs, pruned of
+/// keys whose TAT has passed (their state equals "never seen") when a shard
+/// grows past its share of `capacity`.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Vec<Mutex<HashMap<String, u64>>>,
+    per_shard: usize,
+    clock: fn() -> u64,
+}
+
+const SHARDS: usize = 16;
+
+impl MemoryStore {
+    /// A store for about `capacity` active keys.
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self::with_clock(capacity, unix_nanos)
+    }
+
+    /// With a clock returning Unix nanoseconds (tests).
+    #[must_use]
+    pub fn with_clock(capacity: usize, clock: fn() -> u64) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: (capacity / SHARDS).max(64),
+            clock,
+        }
+    }
+
+    /// Applies one request synchronously (the whole check is a map lookup
+    /// and a few additions).
+    pub fn check_now(&self, key: &str, quota: Gcra, now: u64) -> Outcome {
+        let shard = &self.shards[shard_of(key)];
+        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = quota.apply(map.get(key).copied(), now);
+        if let Outcome::Allowed { tat, .. } = outcome {
+            if map.len() >= self.per_shard && !map.contains_key(key) {
+                map.retain(|_, t| *t > now);
+            }
+            match map.get_mut(key) {
+                Some(slot) => *slot = tat,
+                None => {
+                    map.insert(key.to_owned(), tat);
+                }
+            }
+        }
+        outcome
+    }
+}
+
+fn shard_of(key: &str) -> usize {
+    // FNV-1a: cheap and good enough to spread keys over 16 shards.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(hash % SHARDS as u64).unwrap_or(0)
+}
+
+impl LimitStore for MemoryStore {
+    fn check<'a>(&'a self, key: &'a str, quota: Gcra, _now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>> {
+        let now = (self.clock)();
+        let outcome = self.check_now(key, quota, now);
+        Box::pin(async move { Ok(outcome) })
+    }
+}

@@ -1,0 +1,153 @@
+//! Rate limits through the running gateway (memory store): burst then 429
+//! with Retry-After and RateLimit headers, keys by IP, subject and header,
+//! exemptions, one event naming the limit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::SystemTime;
+
+use common::*;
+use jsonwebtoken::Algorithm;
+use portcullis_policy::jwt::forge::TestKey;
+use serde_json::json;
+
+fn config(up: std::net::SocketAddr, key: &TestKey, extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+
+[limits.per_ip]
+key = "ip"
+rate = "1/min"
+burst = 3
+
+[limits.per_user]
+key = "subject"
+rate = "1/min"
+burst = 2
+
+[limits.per_tenant]
+key = "header:x-tenant"
+rate = "1/min"
+burst = 1
+
+[[route]]
+name = "open"
+match = {{ path = "/open" }}
+upstream = "app"
+auth = "public"
+limits = ["per_ip"]
+
+[[route]]
+name = "api"
+match = {{ path = "/api/**" }}
+upstream = "app"
+auth = "jwt"
+limits = ["per_user"]
+
+[[route]]
+name = "tenant"
+match = {{ path = "/tenant" }}
+upstream = "app"
+auth = "public"
+limits = ["per_tenant"]
+
+[auth.jwt]
+issuer = "https://idp.test/"
+audience = "api"
+keys = [{{ pem = """{pem}""" }}]
+
+{extra}
+"#,
+        pem = key.public_pem.as_deref().unwrap()
+    )
+}
+
+fn token(key: &TestKey, sub: &str) -> String {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    key.token(&json!({"iss": "https://idp.test/", "aud": "api", "sub": sub, "exp": now + 300, "roles": ["user"]}))
+}
+
+#[tokio::test]
+async fn a_burst_passes_then_429_with_retry_after_and_ratelimit_headers() {
+    let key = TestKey::generate(Algorithm::EdDSA, "k");
+    let (up, seen) = named_upstream("app").await;
+    let gw = gateway(&config(up, &key, "")).await;
+    for remaining in ["2", "1", "0"] {
+        let (parts, _) = get(&gw.url("/open")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["ratelimit-policy"], "\"per_ip\";q=3;w=180");
+        let rl = parts.headers["ratelimit"].to_str().unwrap();
+        assert!(rl.starts_with(&format!("\"per_ip\";r={remaining};t=")), "{rl}");
+    }
+    let (parts, body) = get(&gw.url("/open")).await;
+    assert_denied(&parts, &body, 429, "ratelimit.exceeded");
+    let retry: u64 = parts.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((55..=60).contains(&retry), "{retry}");
+    assert!(parts.headers["ratelimit"].to_str().unwrap().contains(";r=0;"));
+    assert_eq!(seen.lock().unwrap().len(), 3, "the refused request never reached the upstream");
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.reason, event.rule.as_deref(), event.status), ("ratelimit.exceeded", Some("per_ip"), 429));
+}
+
+#[tokio::test]
+async fn subjects_have_their_own_budgets_and_headers_key_by_value() {
+    let key = TestKey::generate(Algorithm::EdDSA, "k");
+    let (up, _seen) = named_upstream("app").await;
+    let gw = gateway(&config(up, &key, "")).await;
+    let (alice, bob) = (token(&key, "alice"), token(&key, "bob"));
+    let call = |t: &str| {
+        let url = gw.url("/api/x");
+        let header = format!("Bearer {t}");
+        async move { get_with(&url, &[("authorization", &header)]).await.0.status.as_u16() }
+    };
+    assert_eq!([call(&alice).await, call(&alice).await, call(&alice).await], [200, 200, 429]);
+    assert_eq!(call(&bob).await, 200, "bob's budget is his own");
+    // Unauthenticated requests are refused by authentication, not counted.
+    assert_eq!(get(&gw.url("/api/x")).await.0.status, 401);
+
+    let tenant = |t: &'static str| {
+        let url = gw.url("/tenant");
+        async move { get_with(&url, &[("x-tenant", t)]).await.0.status.as_u16() }
+    };
+    assert_eq!([tenant("a").await, tenant("a").await, tenant("b").await], [200, 429, 200]);
+    assert_eq!(get(&gw.url("/tenant")).await.0.status, 200, "no header: not counted");
+}
+
+#[tokio::test]
+async fn exempt_networks_are_not_limited() {
+    let key = TestKey::generate(Algorithm::EdDSA, "k");
+    let (up, _seen) = named_upstream("app").await;
+    let toml = config(up, &key, "").replace("burst = 3\n", "burst = 3\nexempt_ips = [\"127.0.0.0/8\"]\n");
+    let gw = gateway(&toml).await;
+    for _ in 0..10 {
+        let (parts, _) = get(&gw.url("/open")).await;
+        assert_eq!(parts.status, 200);
+        assert!(!parts.headers.contains_key("ratelimit"));
+    }
+}
+
+#[test]
+fn limit_configuration_mistakes_are_refused() {
+    let key = TestKey::generate(Algorithm::EdDSA, "k");
+    let base = config("127.0.0.1:1".parse().unwrap(), &key, "");
+    let cases = [
+        (base.replace("rate = \"1/min\"\nburst = 3", "rate = \"fast\"\nburst = 3"), "invalid rate"),
+        (base.replace("key = \"ip\"", "key = \"cookie\""), "unknown limit key"),
+        (base.replace("limits = [\"per_ip\"]", "limits = [\"per_ipp\"]"), "unknown limit \"per_ipp\""),
+        (base.replace("burst = 3", "burst = 0"), "burst must be a positive integer"),
+        (base.replace("burst = 3", "burst = 3\non_store_failure = \"maybe\""), "unknown on_store_failure"),
+    ];
+    for (toml, message) in cases {
+        let path = std::path::Path::new("/tmp/p.toml");
+        let err = portcullis::config::parse(path, &toml, |_| None).unwrap_err();
+        assert!(err.0.iter().any(|e| e.message.contains(message)), "{message}: {err}");
+    }
+}
