@@ -41,6 +41,8 @@ fn config() -> StackConfig {
                 ips: None,
                 pattern: None,
                 limits: Vec::new(),
+                in_flight: None,
+                upstream_in_flight: None,
             }),
         })
         .collect();

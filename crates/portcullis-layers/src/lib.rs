@@ -12,7 +12,7 @@
 //! ```text
 //! reject/context → response headers → CORS → CSP reports → head limits → IP rules → normalize → own endpoints
 //!   → route → body limit → rate limit (ip, route, header) → authenticate → rate limit (subject, key)
-//!   → authorize → identity → forward → proxy
+//!   → authorize → concurrency → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -35,6 +35,7 @@ use tower::ServiceBuilder;
 pub mod auth;
 pub mod authorize;
 pub mod body;
+pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
 pub mod endpoints;
@@ -205,6 +206,10 @@ pub struct RouteInfo {
     pub pattern: Option<Arc<portcullis_policy::route::PathPattern>>,
     /// The route's rate limits, in the order configured.
     pub limits: Vec<Arc<rate_limit::Limit>>,
+    /// The route's in-flight limit (shared by every worker), if any.
+    pub in_flight: Option<Arc<concurrency::InFlight>>,
+    /// The upstream's in-flight limit (shared by every route and worker).
+    pub upstream_in_flight: Option<Arc<concurrency::InFlight>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -267,6 +272,7 @@ where
         .layer(auth::AuthLayer::new(config.auth.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)
         .service(proxy);

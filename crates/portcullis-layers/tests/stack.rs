@@ -40,6 +40,8 @@ fn config(events: Arc<Events>) -> StackConfig {
             ips: None,
             pattern: None,
             limits: Vec::new(),
+            in_flight: None,
+            upstream_in_flight: None,
         }),
     };
     StackConfig {

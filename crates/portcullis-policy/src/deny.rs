@@ -196,6 +196,10 @@ reasons! {
     RateLimitExceeded => ("ratelimit.exceeded", StatusCode::TOO_MANY_REQUESTS, Client),
     /// The shared limit store is unreachable and the limit fails closed.
     RateLimitUnavailable => ("ratelimit.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// The route's in-flight limit is reached (`rule` names the route).
+    ConcurrencyRoute => ("concurrency.route", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// The upstream's in-flight limit is reached (`rule` names the upstream).
+    ConcurrencyUpstream => ("concurrency.upstream", StatusCode::SERVICE_UNAVAILABLE, Upstream),
     /// The route requires a client certificate and none was presented.
     MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
     /// Portcullis failed internally; details are only in the gateway's log.

@@ -52,6 +52,7 @@ use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
 use crate::shared::{MemoryRevocations, Revocations};
 use crate::tls::CertStore;
+use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
 
 /// One compiled configuration, ready to serve.
@@ -71,12 +72,14 @@ impl Gateway {
         tasks: TaskTracker,
         auth: &AuthRuntime,
         limit_store: &Arc<dyn LimitStore>,
+        in_flight: &InFlightLimits,
     ) -> Self {
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
             .iter()
-            .map(|r| RouteEntry {
+            .enumerate()
+            .map(|(i, r)| RouteEntry {
                 host: r.host.clone(),
                 path: r.path.clone(),
                 methods: r.methods.clone(),
@@ -94,6 +97,8 @@ impl Gateway {
                     // Owner rules read path parameters.
                     pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
                     limits: r.limits.clone(),
+                    in_flight: in_flight.routes.get(i).cloned().flatten(),
+                    upstream_in_flight: in_flight.upstreams.get(r.upstream).cloned().flatten(),
                 }),
             })
             .collect();
@@ -116,6 +121,30 @@ impl Gateway {
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }
+    }
+}
+
+/// In-flight counters of one configuration, shared by every worker.
+#[derive(Debug, Default)]
+pub struct InFlightLimits {
+    /// By route index.
+    pub routes: Vec<Option<Arc<InFlightLimit>>>,
+    /// By upstream index.
+    pub upstreams: Vec<Option<Arc<InFlightLimit>>>,
+}
+
+impl InFlightLimits {
+    /// The counters `config` asks for.
+    #[must_use]
+    pub fn of(config: &Config) -> Self {
+        Self {
+            routes: config.routes.iter().map(|r| r.max_in_flight.map(|n| Arc::new(InFlightLimit::new(n)))).collect(),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| u.max_in_flight.map(|n| Arc::new(InFlightLimit::new(n))))
+                .collect(),
+        }
     }
 }
 
@@ -236,6 +265,7 @@ impl Server {
         // Limit state outlives reloads too.
         let limit_store: Arc<dyn LimitStore> = Arc::new(MemoryStore::new(1_000_000));
         let auth = AuthRuntime::start(&config, revocations.clone()).await?;
+        let in_flight = InFlightLimits::of(&config);
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
@@ -251,6 +281,7 @@ impl Server {
                 tasks.clone(),
                 &auth,
                 &limit_store,
+                &in_flight,
             )));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let connections = Arc::new(AtomicUsize::new(0));
@@ -337,6 +368,7 @@ impl Server {
             );
         }
         let auth = AuthRuntime::start(&config, self.revocations.clone()).await?;
+        let in_flight = InFlightLimits::of(&config);
         let config = Arc::new(config);
         for worker in &self.workers {
             worker.current.store(Arc::new(Gateway::build(
@@ -345,6 +377,7 @@ impl Server {
                 self.tasks.clone(),
                 &auth,
                 &self.limit_store,
+                &in_flight,
             )));
         }
         self.config.store(config);

@@ -151,3 +151,57 @@ fn limit_configuration_mistakes_are_refused() {
         assert!(err.0.iter().any(|e| e.message.contains(message)), "{message}: {err}");
     }
 }
+
+/// A slow route fills its in-flight slots and gets 503 while another route
+/// of the same upstream stays fast.
+#[tokio::test]
+async fn a_slow_route_is_capped_while_another_stays_fast() {
+    // Slow requests wait for permits; released ones stay released.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream_gate = gate.clone();
+    let up = upstream(move |req| {
+        let gate = upstream_gate.clone();
+        async move {
+            if req.uri().path().starts_with("/slow") {
+                let _permit = gate.acquire().await;
+            }
+            http::Response::new(portcullis_layers::full("ok"))
+        }
+    })
+    .await;
+    let toml = simple_config(up, "").replace(
+        "[[route]]\nmatch = { path = \"/**\" }",
+        "[[route]]\nname = \"slow\"\nmatch = { path = \"/slow/**\" }\nupstream = \"app\"\nauth = \"public\"\nmax_in_flight = 2\n\n[[route]]\nmatch = { path = \"/**\" }",
+    );
+    assert!(toml.contains("max_in_flight"), "{toml}");
+    let gw = gateway(&toml).await;
+    // Three slow requests at once: two take the slots and wait, the third is
+    // refused at once, whichever it is.
+    let mut requests: Vec<_> = (0..3)
+        .map(|_| {
+            let url = gw.url("/slow/x");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let refused = loop {
+        assert!(std::time::Instant::now() < deadline, "no request was refused");
+        if let Some(i) = requests.iter().position(tokio::task::JoinHandle::is_finished) {
+            break requests.remove(i).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let (parts, body) = refused;
+    assert_denied(&parts, &body, 503, "concurrency.route");
+    assert_eq!(parts.headers["retry-after"], "1");
+    assert_eq!(gw.events.last().unwrap().rule.as_deref(), Some("slow"));
+    assert!(requests.iter().all(|r| !r.is_finished()), "the other two wait for the upstream");
+    // The other route is unaffected.
+    assert_eq!(get(&gw.url("/fast")).await.0.status, 200);
+    gate.add_permits(1000);
+    for request in requests {
+        assert_eq!(request.await.unwrap().0.status, 200);
+    }
+    // The slots came back.
+    assert_eq!(get(&gw.url("/slow/again")).await.0.status, 200);
+}

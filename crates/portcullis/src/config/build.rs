@@ -98,6 +98,18 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     })
 }
 
+/// `max_in_flight`: a positive count.
+fn in_flight(c: &mut Collector<'_>, value: Option<&Spanned<i64>>) -> Option<usize> {
+    let value = value?;
+    match usize::try_from(*value.get_ref()) {
+        Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+        _ => {
+            c.error(value.span(), "max_in_flight is out of range").expected("between 1 and 1000000");
+            None
+        }
+    }
+}
+
 /// One of a few words, or the default.
 fn choice<T: Copy>(
     c: &mut Collector<'_>,
@@ -511,7 +523,9 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path
             super::IdentityMode::Headers
         }
     };
+    let max_in_flight = in_flight(c, u.max_in_flight.as_ref());
     let upstream = Upstream {
+        max_in_flight,
         identity,
         tls,
         tls_client,
@@ -820,6 +834,7 @@ fn build_routes(
         let require = super::authz::route_require(c, r.require.as_ref(), &name, path.as_ref(), public, roles);
         let ips = super::authz::route_ips(c, r);
         let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
+        let max_in_flight = in_flight(c, r.max_in_flight.as_ref());
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
             let route_changes =
@@ -838,6 +853,7 @@ fn build_routes(
                 headers,
                 require,
                 limits: route_limits,
+                max_in_flight,
                 ips,
             });
         }

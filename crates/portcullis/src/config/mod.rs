@@ -207,6 +207,8 @@ pub struct Upstream {
     pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// How the caller's identity reaches this upstream.
     pub identity: IdentityMode,
+    /// Most requests in flight to this upstream, all routes together.
+    pub max_in_flight: Option<usize>,
 }
 
 /// `[[upstream]] identity`.
@@ -255,6 +257,8 @@ pub struct Route {
     pub require: Option<portcullis_policy::rbac::Requirement>,
     /// Rate limits, in the order listed.
     pub limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    /// Most requests in flight on this route.
+    pub max_in_flight: Option<usize>,
     /// The route's IP lists.
     pub ips: Option<portcullis_policy::ip_rules::IpRules>,
     /// The route's header policy (global with the route's changes), if it

@@ -373,6 +373,7 @@ pub struct RawUpstream {
     pub pool_max_idle: Option<Spanned<i64>>,
     pub host_header: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub max_in_flight: Option<Spanned<i64>>,
     /// How the caller's identity reaches the upstream: `headers` (default),
     /// `jwt` (a token signed by the gateway) or `none`.
     pub identity: Option<Spanned<String>>,
@@ -401,6 +402,7 @@ pub struct RawRoute {
     pub headers: Option<RawHeaderChanges>,
     pub require: Option<Spanned<RawRequire>>,
     pub limits: Option<Spanned<Vec<String>>>,
+    pub max_in_flight: Option<Spanned<i64>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,
 }

@@ -147,6 +147,7 @@ mod tests {
             tls: None,
             tls_client: None,
             identity: config::IdentityMode::Headers,
+            max_in_flight: None,
         })
     }
 
