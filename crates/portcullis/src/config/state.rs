@@ -98,7 +98,13 @@ fn build_shared(
         }
     };
     let url = secret.expose().trim();
-    let shown = crate::store::redact(url);
+    // A URL from the environment or a file is named by its reference: its
+    // contents might be anything, a bare password included.
+    let shown = match secret.source() {
+        SecretSource::Literal => crate::store::redact(url),
+        SecretSource::Env(name) => format!("${{{name}}}"),
+        SecretSource::File(path) => format!("file:{path}"),
+    };
     if url.starts_with("rediss://") {
         c.error(value.span(), format!("shared state {shown:?}: Redis over TLS is not supported yet"))
             .expected(SHARED_EXPECTED)
