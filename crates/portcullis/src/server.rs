@@ -308,6 +308,13 @@ impl Server {
         })
     }
 
+    /// The session revocation list (shared with other instances when
+    /// `[state] shared` is Redis).
+    #[must_use]
+    pub fn revocations(&self) -> &Arc<dyn Revocations> {
+        &self.revocations
+    }
+
     /// The bound address of each listener, by name.
     #[must_use]
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
