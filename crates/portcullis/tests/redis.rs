@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::redis::Redis;
 use common::*;
-use portcullis::shared::{RedisState, Revocations};
+use portcullis::shared::RedisState;
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
 use portcullis_policy::rate_limit::{Gcra, Outcome};
 
