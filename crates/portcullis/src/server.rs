@@ -47,10 +47,10 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthRuntime;
+use crate::config::state::Shared;
 use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
-use crate::config::state::Shared;
 use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedError};
 use crate::tls::CertStore;
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};

@@ -36,7 +36,8 @@ async fn gcra_scenario(store: &dyn LimitStore) {
         let full = t * (i as u64 + 1);
         assert!(*reset <= full && *reset + SLACK > full, "reset {reset} after {} requests", i + 1);
     }
-    let Outcome::Limited { retry_after_nanos, reset_nanos, .. } = store.check("rl:slow:a", slow, 0).await.unwrap() else {
+    let Outcome::Limited { retry_after_nanos, reset_nanos, .. } = store.check("rl:slow:a", slow, 0).await.unwrap()
+    else {
         panic!("admitted over the burst");
     };
     assert!(retry_after_nanos <= t && retry_after_nanos + SLACK > t, "retry after {retry_after_nanos}");

@@ -105,8 +105,8 @@ impl RedisState {
     /// message never contains the password).
     pub async fn connect(url: &str) -> Result<Self, SharedError> {
         let shown = crate::store::redact(url);
-        let client = redis::Client::open(url)
-            .map_err(|_| SharedError::Unavailable(format!("invalid Redis URL {shown:?}")))?;
+        let client =
+            redis::Client::open(url).map_err(|_| SharedError::Unavailable(format!("invalid Redis URL {shown:?}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
