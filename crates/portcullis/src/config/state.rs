@@ -131,7 +131,7 @@ fn build_store(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> Strin
     let default = || format!("sqlite://{}", data_dir.join("portcullis.db").display());
     let Some(value) = raw.state.store.as_ref() else { return default() };
     let url = value.get_ref().trim();
-    let store = if let Some(path) = url.strip_prefix("sqlite://") {
+    if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() || path.contains('?') || path == ":memory:" {
             c.error(value.span(), format!("invalid SQLite store {:?}: it must name a file", value.get_ref()))
                 .expected(STORE_EXPECTED)
@@ -147,8 +147,7 @@ fn build_store(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> Strin
             .expected(STORE_EXPECTED)
             .help("use sqlite:// for one gateway instance, postgres:// when several share keys");
         default()
-    };
-    store
+    }
 }
 
 pub(super) fn build_api_keys(c: &mut Collector<'_>, raw: &RawConfig) -> Option<ApiKeys> {
