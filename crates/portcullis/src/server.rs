@@ -47,10 +47,11 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthRuntime;
+use crate::config::state::Shared;
 use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
-use crate::shared::{MemoryRevocations, Revocations};
+use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedError};
 use crate::tls::CertStore;
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
@@ -165,6 +166,9 @@ pub enum StartError {
     /// Authentication could not start (JWKS client, signing key, store, OIDC).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
+    /// Shared state (`[state] shared`) could not be set up.
+    #[error("shared state: {0}")]
+    Shared(SharedError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -260,10 +264,15 @@ impl Server {
                 bound.push((Arc::new(spec), redirect_addr, socket));
             }
         }
-        // Revoked sessions outlive reloads: the list is the server's, not the configuration's.
-        let revocations: Arc<dyn Revocations> = Arc::new(MemoryRevocations::default());
-        // Limit state outlives reloads too.
-        let limit_store: Arc<dyn LimitStore> = Arc::new(MemoryStore::new(1_000_000));
+        // Revoked sessions and limit state outlive reloads: they are the
+        // server's, not the configuration's (changing `[state] shared` needs a restart).
+        let (revocations, limit_store): (Arc<dyn Revocations>, Arc<dyn LimitStore>) = match &config.state.shared {
+            Shared::Memory => (Arc::new(MemoryRevocations::default()), Arc::new(MemoryStore::new(1_000_000))),
+            Shared::Redis(url) => {
+                let redis = Arc::new(RedisState::connect(url.expose()).await.map_err(StartError::Shared)?);
+                (redis.clone(), redis)
+            }
+        };
         let auth = AuthRuntime::start(&config, revocations.clone()).await?;
         let in_flight = InFlightLimits::of(&config);
         let config = Arc::new(config);
@@ -330,6 +339,13 @@ impl Server {
         })
     }
 
+    /// The session revocation list (shared with other instances when
+    /// `[state] shared` is Redis).
+    #[must_use]
+    pub fn revocations(&self) -> &Arc<dyn Revocations> {
+        &self.revocations
+    }
+
     /// The bound address of each listener, by name.
     #[must_use]
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
@@ -366,6 +382,9 @@ impl Server {
             tracing::warn!(
                 "[events] sinks and [log] format and level change at the next restart; the rest is reloaded"
             );
+        }
+        if old.state.shared != config.state.shared {
+            tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
         }
         let auth = AuthRuntime::start(&config, self.revocations.clone()).await?;
         let in_flight = InFlightLimits::of(&config);

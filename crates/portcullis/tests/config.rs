@@ -386,11 +386,36 @@ fn session_without_oidc_is_refused() {
 }
 
 #[test]
-fn shared_state_other_than_memory_is_refused_not_ignored() {
-    assert!(parse(&format!("{MINIMAL}\n[state]\nshared = \"memory\"\n")).is_ok());
-    let errs = errors(&format!("{MINIMAL}\n[state]\nshared = \"redis://127.0.0.1:6379\"\n"));
-    assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].message.contains("not available in this version"), "{}", errs[0]);
+fn shared_state_is_memory_or_a_redis_url_never_printed_with_its_password() {
+    use config::state::Shared;
+    let shared = |value: &str| parse(&format!("{MINIMAL}\n[state]\nshared = \"{value}\"\n")).map(|c| c.state.shared);
+    assert_eq!(shared("memory").unwrap(), Shared::Memory);
+    assert_eq!(parse(MINIMAL).unwrap().state.shared, Shared::Memory);
+    for url in ["redis://127.0.0.1:6379", "redis://redis.internal/2", "redis://user@127.0.0.1:6379/0"] {
+        let Shared::Redis(secret) = shared(url).unwrap() else { panic!("{url}") };
+        assert_eq!(secret.expose(), url);
+    }
+    // Secret forms: the environment variable's value is used, and never printed.
+    let env_config = format!("{MINIMAL}\n[state]\nshared = \"${{REDIS_URL}}\"\n");
+    let env = |name: &str| (name == "REDIS_URL").then(|| "redis://:hunter2@10.0.0.5:6379/1".to_owned());
+    let parsed = config::parse(Path::new("/etc/portcullis/test.toml"), &env_config, env).unwrap();
+    let Shared::Redis(secret) = &parsed.state.shared else { panic!("not redis") };
+    assert_eq!(secret.expose(), "redis://:hunter2@10.0.0.5:6379/1");
+    assert!(!format!("{parsed:?}").contains("hunter2"));
+    // Refused, each with one error that names the problem and not the password.
+    for (value, message) in [
+        ("redis://:hunter2@127.0.0.1:6379", "password written in the file"),
+        ("rediss://127.0.0.1:6379", "TLS is not supported yet"),
+        ("mysql://u:hunter2@db", "invalid shared state"),
+        ("redis://u:hunter2@127.0.0.1:notaport", "invalid shared state"),
+        ("${UNSET}", "UNSET is not set"),
+        ("${SET}", "invalid shared state \"${SET}\""),
+    ] {
+        let errs = errors(&format!("{MINIMAL}\n[state]\nshared = \"{value}\"\n"));
+        assert_eq!(errs.len(), 1, "{value}: {errs:?}");
+        assert!(errs[0].message.contains(message), "{value}: {}", errs[0]);
+        assert!(!errs[0].to_string().contains("hunter2"), "{}", errs[0]);
+    }
 }
 
 #[test]

@@ -6,6 +6,11 @@
 //!   else. A relative SQLite path is inside `[server] data_dir` (itself
 //!   relative to the configuration file), so `sqlite://keys.db` and the
 //!   default `portcullis.db` sit next to the generated TLS files.
+//! - `shared` is `memory` (the default: one instance) or `redis://host[:port][/db]`
+//!   (every instance shares rate limits and session revocations). It may be
+//!   given as `${ENV_VAR}` or `file:/path`; a URL written in the file must not
+//!   carry a password (use the secret forms), and no form is ever printed with
+//!   its password. `rediss://` (TLS) is not supported yet and is refused.
 //! - The key header must be a valid header name that is not hop-by-hop
 //!   (proxies would drop it), not `Authorization` (already read for
 //!   `Bearer` keys), not `Cookie`/`Host`/`Proxy-Authorization`, and not an
@@ -21,6 +26,7 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::raw::RawConfig;
+use super::secret::{Secret, SecretSource, resolve};
 
 /// The default `cache_ttl`.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -33,6 +39,18 @@ pub struct State {
     /// The durable store's URL (`sqlite://…` or `postgres://…`): API keys,
     /// accounts, the audit log. A SQLite path here is already resolved.
     pub store: String,
+    /// Where state shared by instances lives.
+    pub shared: Shared,
+}
+
+/// `[state] shared`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Shared {
+    /// This process's memory: limits and revocations are per instance.
+    #[default]
+    Memory,
+    /// A Redis server (`redis://…`, possibly with a password, so a secret).
+    Redis(Secret),
 }
 
 /// `[auth.api_key]`.
@@ -47,20 +65,73 @@ pub struct ApiKeys {
 const STORE_EXPECTED: &str = "\"sqlite://portcullis.db\" (in data_dir), \"sqlite:///var/lib/portcullis/keys.db\" \
                               or \"postgres://portcullis@db.internal:5432/portcullis\"";
 
-pub(super) fn build_state(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> State {
-    if let Some(shared) = &raw.state.shared
-        && shared.get_ref() != "memory"
-    {
-        // Accepting a Redis URL and ignoring it would make every instance
-        // believe limits and revocations are shared when they are not.
-        c.error(shared.span(), format!("shared state {:?} is not available in this version", shared.get_ref()))
-            .expected("\"memory\"")
-            .help("Redis-backed shared state (limits, bans, session revocations) arrives with rate limiting");
+pub(super) fn build_state(
+    c: &mut Collector<'_>,
+    raw: &RawConfig,
+    data_dir: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> State {
+    let shared = raw.state.shared.as_ref().map_or(Shared::Memory, |value| build_shared(c, value, base, env));
+    let store = build_store(c, raw, data_dir);
+    State { store, shared }
+}
+
+const SHARED_EXPECTED: &str = "\"memory\", \"redis://redis.internal:6379/0\" or \"${REDIS_URL}\"";
+
+fn build_shared(
+    c: &mut Collector<'_>,
+    value: &Spanned<String>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Shared {
+    if value.get_ref().trim() == "memory" {
+        return Shared::Memory;
     }
+    let secret = match resolve(value.get_ref().trim(), base, env) {
+        Ok(secret) => secret,
+        Err(e) => {
+            c.error(value.span(), format!("shared state: {e}"))
+                .expected(SHARED_EXPECTED)
+                .help("set the variable or create the file; the URL itself is never printed");
+            return Shared::Memory;
+        }
+    };
+    let url = secret.expose().trim();
+    // A URL from the environment or a file is named by its reference: its
+    // contents might be anything, a bare password included.
+    let shown = match secret.source() {
+        SecretSource::Literal => crate::store::redact(url),
+        SecretSource::Env(name) => format!("${{{name}}}"),
+        SecretSource::File(path) => format!("file:{path}"),
+    };
+    if url.starts_with("rediss://") {
+        c.error(value.span(), format!("shared state {shown:?}: Redis over TLS is not supported yet"))
+            .expected(SHARED_EXPECTED)
+            .help("reach Redis over a private network or a local TLS tunnel with redis://");
+        return Shared::Memory;
+    }
+    if !url.starts_with("redis://") || ::redis::Client::open(url).is_err() {
+        c.error(value.span(), format!("invalid shared state {shown:?}"))
+            .expected(SHARED_EXPECTED)
+            .help("\"memory\" keeps limits and revocations per instance; a redis:// URL shares them");
+        return Shared::Memory;
+    }
+    if *secret.source() == SecretSource::Literal && crate::store::password(url).is_some() {
+        // A password written in the configuration file ends up in backups and diffs.
+        c.error(value.span(), format!("shared state {shown:?} has a password written in the file"))
+            .expected(SHARED_EXPECTED)
+            .help("put the whole URL in an environment variable or a file: shared = \"${REDIS_URL}\"");
+        return Shared::Memory;
+    }
+    Shared::Redis(secret)
+}
+
+fn build_store(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Path) -> String {
     let default = || format!("sqlite://{}", data_dir.join("portcullis.db").display());
-    let Some(value) = raw.state.store.as_ref() else { return State { store: default() } };
+    let Some(value) = raw.state.store.as_ref() else { return default() };
     let url = value.get_ref().trim();
-    let store = if let Some(path) = url.strip_prefix("sqlite://") {
+    if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() || path.contains('?') || path == ":memory:" {
             c.error(value.span(), format!("invalid SQLite store {:?}: it must name a file", value.get_ref()))
                 .expected(STORE_EXPECTED)
@@ -76,8 +147,7 @@ pub(super) fn build_state(c: &mut Collector<'_>, raw: &RawConfig, data_dir: &Pat
             .expected(STORE_EXPECTED)
             .help("use sqlite:// for one gateway instance, postgres:// when several share keys");
         default()
-    };
-    State { store }
+    }
 }
 
 pub(super) fn build_api_keys(c: &mut Collector<'_>, raw: &RawConfig) -> Option<ApiKeys> {

@@ -213,7 +213,7 @@ fn authority(url: &str) -> Option<(usize, &str)> {
 }
 
 /// The URL's password, as written (percent-encoded or not).
-fn password(url: &str) -> Option<String> {
+pub(crate) fn password(url: &str) -> Option<String> {
     let (_, authority) = authority(url)?;
     let (userinfo, _) = authority.rsplit_once('@')?;
     userinfo.split_once(':').map(|(_, password)| password.to_owned())

@@ -285,3 +285,4 @@ pub fn full_body(data: impl Into<Bytes>) -> Body {
 pub mod express;
 pub mod oidc_provider;
 pub mod postgres;
+pub mod redis;

@@ -1,5 +1,5 @@
-//! State shared by every instance of the gateway: today the session
-//! revocation list.
+//! State shared by every instance of the gateway: the session revocation
+//! list here, and with [`RedisState`] the rate-limit store too.
 //!
 //! Defends against a logged-out (or administratively ended) session cookie
 //! being replayed: the cookie itself stays valid until it expires, so its
@@ -15,10 +15,9 @@
 //! - A lookup that fails is a failure for the caller to fail closed on.
 //!
 //! Deployment caveat: [`MemoryRevocations`] is per process. With several
-//! instances, a session revoked on one is still accepted by the others. The
-//! Redis backend of the rate-limiting issue (`[state] shared = "redis://…"`)
-//! will implement [`Revocations`] for every instance; until it lands, run one
-//! instance when logout must be immediate everywhere.
+//! instances, a session revoked on one is still accepted by the others:
+//! configure `[state] shared = "redis://…"` ([`RedisState`]) so every
+//! instance sees every revocation.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -26,6 +25,10 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
+
+mod redis_state;
+
+pub use redis_state::{COMMAND_TIMEOUT, RedisState};
 
 /// Why shared state could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,185 @@
+//! Shared state in a real Redis: the GCRA script agrees with the memory
+//! store, two gateway instances share one budget and one revocation list,
+//! and a Redis outage fails open or closed per limit, then heals by itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::redis::Redis;
+use common::*;
+use portcullis::shared::RedisState;
+use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
+use portcullis_policy::rate_limit::{Gcra, Outcome};
+
+const S: u64 = 1_000_000_000;
+/// Slack for the time that passes between calls (the clock is real).
+const SLACK: u64 = S;
+
+/// The same scenario for every store: burst, refusal with exact-ish
+/// retry/reset values, then recovery after one emission interval.
+async fn gcra_scenario(store: &dyn LimitStore) {
+    // One per minute, burst 3: the values barely move while the test runs.
+    let slow = Gcra::new(1, Duration::from_secs(60), 3).unwrap();
+    let t = slow.emission_nanos;
+    let mut resets = Vec::new();
+    for expected in [2, 1, 0] {
+        let Outcome::Allowed { remaining, reset_nanos, .. } = store.check("rl:slow:a", slow, 0).await.unwrap() else {
+            panic!("refused within the burst");
+        };
+        assert_eq!(remaining, expected);
+        resets.push(reset_nanos);
+    }
+    assert_eq!(resets[0], t, "first request: the quota is full again after one interval");
+    for (i, reset) in resets.iter().enumerate() {
+        let full = t * (i as u64 + 1);
+        assert!(*reset <= full && *reset + SLACK > full, "reset {reset} after {} requests", i + 1);
+    }
+    let Outcome::Limited { retry_after_nanos, reset_nanos, .. } = store.check("rl:slow:a", slow, 0).await.unwrap()
+    else {
+        panic!("admitted over the burst");
+    };
+    assert!(retry_after_nanos <= t && retry_after_nanos + SLACK > t, "retry after {retry_after_nanos}");
+    assert!(reset_nanos <= 3 * t && reset_nanos + SLACK > 3 * t, "reset {reset_nanos}");
+    // Another key is untouched.
+    assert!(store.check("rl:slow:b", slow, 0).await.unwrap().allowed());
+
+    // Ten per second, burst 2: the refusal lifts after at most 100 ms.
+    let fast = Gcra::new(10, Duration::from_secs(1), 2).unwrap();
+    assert!(store.check("rl:fast", fast, 0).await.unwrap().allowed());
+    assert!(store.check("rl:fast", fast, 0).await.unwrap().allowed());
+    let Outcome::Limited { retry_after_nanos, .. } = store.check("rl:fast", fast, 0).await.unwrap() else {
+        panic!("admitted over the burst");
+    };
+    assert!(retry_after_nanos <= fast.emission_nanos);
+    let refused_at = Instant::now();
+    let deadline = refused_at + Duration::from_secs(2);
+    while !store.check("rl:fast", fast, 0).await.unwrap().allowed() {
+        assert!(Instant::now() < deadline, "the quota did not recover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Recovery took about one interval, not less.
+    assert!(refused_at.elapsed() + Duration::from_millis(5) >= Duration::from_nanos(retry_after_nanos));
+}
+
+#[tokio::test]
+async fn the_redis_script_and_the_memory_store_agree() {
+    gcra_scenario(&MemoryStore::new(1_000)).await;
+    let redis = Redis::start();
+    let state = RedisState::connect(&redis.url).await.unwrap();
+    gcra_scenario(&state).await;
+    // Idle keys expire: the TAT is at most burst·T ahead.
+    let client = ::redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = ::redis::cmd("PTTL").arg("rl:slow:a").query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl <= 180_000, "ttl {ttl}");
+}
+
+fn shared_config(up: std::net::SocketAddr, url: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[state]
+shared = "{url}"
+
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+
+[limits.per_ip]
+key = "ip"
+rate = "1/min"
+burst = 5
+on_store_failure = "open"
+
+[limits.strict]
+key = "ip"
+rate = "1/min"
+burst = 2
+on_store_failure = "closed"
+
+[[route]]
+name = "open"
+match = {{ path = "/open" }}
+upstream = "app"
+auth = "public"
+limits = ["per_ip"]
+
+[[route]]
+name = "closed"
+match = {{ path = "/closed" }}
+upstream = "app"
+auth = "public"
+limits = ["strict"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn two_instances_share_one_budget_and_one_revocation_list() {
+    let redis = Redis::start();
+    let (up, _) = named_upstream("app").await;
+    let config = shared_config(up, &redis.url);
+    let a = gateway(&config).await;
+    let b = gateway(&config).await;
+    // Twelve concurrent requests, six to each instance: exactly the burst passes.
+    let requests = (0..12).map(|i| {
+        let url = if i % 2 == 0 { a.url("/open") } else { b.url("/open") };
+        async move { get(&url).await.0.status.as_u16() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 7, "{statuses:?}");
+
+    let until = SystemTime::now() + Duration::from_secs(60);
+    assert!(!b.server.revocations().is_revoked("session-1").await.unwrap());
+    a.server.revocations().revoke("session-1", until).await.unwrap();
+    assert!(b.server.revocations().is_revoked("session-1").await.unwrap());
+    // An earlier revocation of the same session does not shorten it.
+    a.server.revocations().revoke("session-1", SystemTime::now() + Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(b.server.revocations().is_revoked("session-1").await.unwrap());
+    assert!(!a.server.revocations().is_revoked("session-2").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_redis_outage_fails_open_or_closed_per_limit_then_heals() {
+    let mut redis = Redis::start();
+    let (up, _) = named_upstream("app").await;
+    let gw = gateway(&shared_config(up, &redis.url)).await;
+    assert_eq!(get(&gw.url("/closed")).await.0.status, 200);
+
+    redis.stop();
+    let started = Instant::now();
+    let (parts, _) = get(&gw.url("/open")).await;
+    assert_eq!(parts.status, 200, "fail-open limit");
+    let event = gw.events.last().expect("an event for failing open");
+    assert_eq!(event.reason, "ratelimit.unavailable");
+    assert_eq!(event.action, portcullis_policy::Action::Log);
+    let (parts, body) = get(&gw.url("/closed")).await;
+    assert_denied(&parts, &body, 503, "ratelimit.unavailable");
+    assert_eq!(gw.events.last().unwrap().action, portcullis_policy::Action::Deny);
+    // Both answered quickly although Redis is gone.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    redis.restart();
+    // The connection comes back by itself; the restarted Redis is empty, so
+    // the strict limit's burst of two is whole again, then enforced.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&gw.url("/closed")).await.0.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "enforcement did not resume after Redis restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&gw.url("/closed")).await.0.status, 200);
+    let (parts, body) = get(&gw.url("/closed")).await;
+    assert_denied(&parts, &body, 429, "ratelimit.exceeded");
+}
