@@ -45,6 +45,7 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     hsts_and_csp(config, &mut out);
     identity_headers_off_host(config, &mut out);
     admin_paths_public(config, &mut out);
+    rate_limit_gaps(config, &mut out);
     jwt_without_audience(config, &mut out);
     out
 }
@@ -130,6 +131,41 @@ fn admin_paths_public(config: &Config, out: &mut Vec<Finding>) {
         format!("administrative paths are served by public routes: {list}"),
         "add a route for them with auth and require (e.g. match = { path = \"/admin/**\" }, auth = \"jwt\", require = { roles = [\"admin\"] }), or make the catch-all route authenticated",
     ));
+}
+
+/// Path segments that name a login endpoint (NestJS/Passport, Express,
+/// Rails/Devise, OAuth token endpoints).
+const LOGIN_SEGMENTS: &[&str] = &["login", "signin", "sign-in", "sign_in", "token", "session", "sessions"];
+
+/// Login routes without a rate limit, and public listeners without any
+/// per-IP limit.
+fn rate_limit_gaps(config: &Config, out: &mut Vec<Finding>) {
+    // A route written for a login endpoint names it literally; catch-alls
+    // (`/api/**`) are judged by the per-IP check below instead.
+    let unlimited: Vec<String> = config
+        .routes
+        .iter()
+        .filter(|r| r.limits.is_empty() && r.methods.as_ref().is_none_or(|m| m.contains(&http::Method::POST)))
+        .filter(|r| r.path.as_str().split('/').any(|seg| LOGIN_SEGMENTS.contains(&seg.to_ascii_lowercase().as_str())))
+        .map(|r| format!("{:?} ({})", r.name, r.path.as_str()))
+        .collect();
+    if !unlimited.is_empty() {
+        out.push(warning(
+            "ratelimit.login_unlimited",
+            format!("login routes have no rate limit: {}", unlimited.join(", ")),
+            "give login routes their own tight per-IP limit (e.g. [limits.login] key = \"ip\", rate = \"5/min\", burst = 10) so passwords cannot be guessed at line rate",
+        ));
+    }
+    let public_listener = config.listeners.iter().any(|l| !l.bind.ip().is_loopback());
+    let ip_limited =
+        config.routes.iter().any(|r| r.limits.iter().any(|l| l.key == portcullis_layers::rate_limit::LimitKey::Ip));
+    if public_listener && !ip_limited && !config.routes.is_empty() {
+        out.push(warning(
+            "ratelimit.no_ip_limit",
+            "a listener accepts connections from the network but no route has a per-IP rate limit".into(),
+            "add [limits.per_ip] key = \"ip\" with a rate your clients never reach, and list it on the routes (limits = [\"per_ip\"])",
+        ));
+    }
 }
 
 /// A JWT issuer without an audience accepts tokens it minted for any service.

@@ -197,7 +197,11 @@ fn cors_wildcard_with_credentials_is_refused_at_load() {
 #[test]
 fn check_reports_plaintext_listeners_hsts_off_and_weak_csp() {
     let codes = |toml: &str| -> Vec<&'static str> {
-        portcullis::check::findings(&parse(toml).unwrap()).iter().map(|f| f.code).collect()
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| !c.starts_with("ratelimit."))
+            .collect()
     };
     assert!(codes(MINIMAL).is_empty(), "loopback plain HTTP with default headers is fine");
     assert_eq!(codes(&MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080")), ["tls.plaintext_listener"]);
@@ -534,4 +538,25 @@ fn check_warns_when_admin_looking_paths_are_public() {
     let found = codes(&protected);
     assert!(!found[0].contains("/admin (route"), "{found:?}");
     assert!(found[0].contains("/metrics"), "other admin paths are still public: {found:?}");
+}
+
+#[test]
+fn check_warns_about_unlimited_logins_and_public_listeners_without_ip_limits() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("ratelimit."))
+            .collect()
+    };
+    let login = MINIMAL.replace("/api/**", "/auth/login");
+    assert_eq!(codes(&login), ["ratelimit.login_unlimited"]);
+    let limited = format!(
+        "{}\n[limits.login]\nkey = \"ip\"\nrate = \"5/min\"\n",
+        login.replace("auth = \"public\"", "auth = \"public\"\nlimits = [\"login\"]")
+    );
+    assert!(codes(&limited).is_empty(), "{:?}", codes(&limited));
+    let public = MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080");
+    assert_eq!(codes(&public), ["ratelimit.no_ip_limit"]);
+    assert!(codes(MINIMAL).is_empty(), "loopback listeners are not exposed");
 }
