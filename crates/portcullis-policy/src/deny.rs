@@ -101,6 +101,9 @@ reasons! {
     ConnMalformed => ("conn.malformed", StatusCode::BAD_REQUEST, Client),
     /// A request head larger than the parser's buffer (far above the limits).
     ConnHeadTooLarge => ("conn.head_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Client),
+    /// The client address already holds `max_connections_per_ip` open
+    /// connections; the new one was closed at once.
+    ConnPerIp => ("conn.per_ip", StatusCode::TOO_MANY_REQUESTS, Client),
     /// The TLS handshake failed or did not finish in time (old protocol
     /// version, no shared cipher suite, not TLS at all, a scanner).
     TlsHandshake => ("tls.handshake", StatusCode::BAD_REQUEST, Client),

@@ -21,7 +21,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -310,6 +310,13 @@ impl Server {
             handles.push(WorkerHandle { tx, connections });
         }
         let handles: Arc<[WorkerHandle]> = handles.into();
+        // Per-IP connection limits hold for the process's lifetime (changing
+        // them needs a restart, like the listeners).
+        let per_ip = Arc::new(PerIp {
+            max: config.server.max_connections_per_ip,
+            trusted: config.server.trusted_proxies.clone(),
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
         let mut addrs = Vec::new();
         for (spec, addr, socket) in bound {
             let scheme = match spec.kind {
@@ -318,7 +325,14 @@ impl Server {
             };
             tracing::info!(listener = %spec.name, %addr, scheme, workers = count, "listening");
             addrs.push((spec.name.to_string(), addr));
-            let accept = Acceptor { spec, shutdown: shutdown.subscribe(), workers: handles.clone(), next: 0 };
+            let accept = Acceptor {
+                spec,
+                shutdown: shutdown.subscribe(),
+                workers: handles.clone(),
+                next: 0,
+                per_ip: per_ip.clone(),
+                events: events.clone(),
+            };
             acceptors.spawn(accept.run(socket));
         }
         if !cert_stores.is_empty() {
@@ -458,7 +472,61 @@ impl Drop for Server {
 }
 
 /// A connection handed from an acceptor to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr, Arc<ListenerSpec>);
+type Handoff = (std::net::TcpStream, SocketAddr, Arc<ListenerSpec>, Option<IpSlot>);
+
+/// Open connections per client address, shared by every listener: one client
+/// cannot hold all the sockets and workers (slow-read or connection floods).
+/// Trusted proxies are exempt — they carry many clients.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    trusted: portcullis_policy::forwarded::TrustedProxies,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection's share of its address's count; released on drop.
+#[derive(Debug)]
+struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl PerIp {
+    /// IPv4 as is, IPv6 by /64 (one host usually owns the whole /64).
+    fn group(ip: IpAddr) -> IpAddr {
+        match canonical(ip) {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// A slot for `ip`: `Ok(None)` when unlimited, `Err(open)` when full.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, usize> {
+        if self.max == 0 || self.trusted.contains(ip) {
+            return Ok(None);
+        }
+        let key = Self::group(ip);
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(Some(IpSlot(self.clone(), key)))
+    }
+}
 
 /// What a listening socket serves.
 struct ListenerSpec {
@@ -517,7 +585,7 @@ impl WorkerContext {
                 tokio::select! {
                     _ = self.exit.wait_for(|exit| *exit) => break,
                     handoff = rx.recv(), if accepting => {
-                        let Some((stream, peer, spec)) = handoff else {
+                        let Some((stream, peer, spec, ip_slot)) = handoff else {
                             accepting = false;
                             continue;
                         };
@@ -538,6 +606,7 @@ impl WorkerContext {
                             events: self.events.clone(),
                             client_cert: None,
                             _open: OpenConnection(self.connections.clone()),
+                            _ip_slot: ip_slot,
                         };
                         match &spec.kind {
                             ListenerKind::Plain => {
@@ -572,6 +641,8 @@ struct Acceptor {
     shutdown: watch::Receiver<bool>,
     workers: Arc<[WorkerHandle]>,
     next: usize,
+    per_ip: Arc<PerIp>,
+    events: Arc<dyn EventSink>,
 }
 
 impl Acceptor {
@@ -595,6 +666,26 @@ impl Acceptor {
     /// Gives the connection to the worker with the fewest open connections,
     /// starting the search round robin so ties spread evenly.
     fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let ip_slot = match self.per_ip.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(open) => {
+                // Closed at once: the client already holds its share.
+                drop(stream);
+                let request_id = uuid::Uuid::new_v4().to_string();
+                let summary = RequestSummary {
+                    request_id: &request_id,
+                    client_ip: canonical(peer.ip()),
+                    listener: &self.spec.name,
+                    method: "-",
+                    path: "-",
+                    route: None,
+                };
+                let denied = Denied::new(Reason::ConnPerIp)
+                    .with_detail(format!("{open} connections open from this address (limit {})", self.per_ip.max));
+                self.events.emit(SecurityEvent::denied(&summary, &denied, std::time::SystemTime::now()));
+                return;
+            }
+        };
         let n = self.workers.len();
         if n == 0 {
             return;
@@ -614,7 +705,7 @@ impl Acceptor {
             }
         };
         worker.connections.fetch_add(1, Ordering::Relaxed);
-        if worker.tx.send((stream, peer, self.spec.clone())).is_err() {
+        if worker.tx.send((stream, peer, self.spec.clone(), ip_slot)).is_err() {
             worker.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -628,6 +719,7 @@ struct Connection {
     events: Arc<dyn EventSink>,
     client_cert: Option<Arc<portcullis_layers::ClientCert>>,
     _open: OpenConnection,
+    _ip_slot: Option<IpSlot>,
 }
 
 impl Connection {

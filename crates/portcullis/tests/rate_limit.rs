@@ -205,3 +205,46 @@ async fn a_slow_route_is_capped_while_another_stays_fast() {
     // The slots came back.
     assert_eq!(get(&gw.url("/slow/again")).await.0.status, 200);
 }
+
+/// One address cannot hold more than `max_connections_per_ip` connections;
+/// closing one frees its slot.
+#[tokio::test]
+async fn connections_per_ip_are_capped_at_accept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _seen) = named_upstream("app").await;
+    let gw =
+        gateway(&simple_config(up, "").replace("[[listener]]", "[server]\nmax_connections_per_ip = 2\n\n[[listener]]"))
+            .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        // A complete keep-alive request: the connection stays open after it.
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let _ = third.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), third.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "the third connection is closed without an answer");
+    eventually("conn.per_ip event", std::time::Duration::from_secs(5), || gw.events.reasons().contains(&"conn.per_ip"))
+        .await;
+    drop(held.pop());
+    // The freed slot is taken by a new connection (once the gateway has seen
+    // the close).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let _ = s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -305,6 +305,13 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
         limits,
         h2c: raw.h2c.unwrap_or(true),
         workers,
+        max_connections_per_ip: match &raw.max_connections_per_ip {
+            None => 256,
+            Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
+                c.error(n.span(), "max_connections_per_ip is negative").expected("0 (no limit) or a positive count");
+                256
+            }),
+        },
     }
 }
 

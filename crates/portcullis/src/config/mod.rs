@@ -88,6 +88,9 @@ pub struct Server {
     pub h2c: bool,
     /// Worker threads, each with its own runtime (default: one per core).
     pub workers: usize,
+    /// Open connections allowed from one client address (IPv6: one /64);
+    /// trusted proxies are exempt. 0 means no limit.
+    pub max_connections_per_ip: usize,
 }
 
 /// `[[listener]]`.

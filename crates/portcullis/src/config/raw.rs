@@ -313,6 +313,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<Spanned<Size>>,
     pub h2c: Option<bool>,
     pub workers: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
 }
 
 /// A size: a number of bytes or a string with a unit (`"16KiB"`, `"10MB"`).
