@@ -46,6 +46,29 @@ pub trait LimitStore: Send + Sync + fmt::Debug {
     /// outcome. `now` is Unix nanoseconds (a shared store may use its own
     /// clock instead, so instances agree).
     fn check<'a>(&'a self, key: &'a str, quota: Gcra, now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>>;
+
+    /// Checks several limits of one request in order, stopping at the first
+    /// limited one (earlier admitted ones keep their update, later ones are
+    /// untouched); returns the outcomes of the limits checked. A shared store
+    /// overrides this to use one round trip.
+    fn check_all<'a>(
+        &'a self,
+        items: &'a [(String, Gcra)],
+        now: u64,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreUnavailable>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (key, quota) in items {
+                let outcome = self.check(key, *quota, now).await?;
+                let stop = !outcome.allowed();
+                out.push(outcome);
+                if stop {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// What a limit counts by.
@@ -193,40 +216,48 @@ async fn decide(
     keys: Vec<(usize, String)>,
     now: u64,
 ) -> (Verdict, Vec<String>) {
+    let items: Vec<(String, Gcra)> = keys.iter().map(|(i, key)| (key.clone(), limits[*i].quota)).collect();
+    let outcomes = match store.check_all(&items, now).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let checked: Vec<&Arc<Limit>> = keys.iter().map(|(i, _)| &limits[*i]).collect();
+            let unavailable =
+                vec![format!("{}: {e}", checked.iter().map(|l| l.name.as_ref()).collect::<Vec<_>>().join(", "))];
+            // One failed round trip covers every limit of the request: any
+            // limit failing closed refuses it.
+            if let Some(closed) = checked.iter().find(|l| !l.fail_open) {
+                let denied = Denied::new(Reason::RateLimitUnavailable)
+                    .with_rule(closed.name.to_string())
+                    .with_detail(format!("{e}; failing closed"));
+                return (Verdict::Refuse(denied), unavailable);
+            }
+            return (Verdict::Pass(Vec::new()), unavailable);
+        }
+    };
     let mut tightest: Option<(u32, [(HeaderName, HeaderValue); 2])> = None;
-    let mut unavailable = Vec::new();
-    for (i, key) in keys {
-        let limit = &limits[i];
-        match store.check(&key, limit.quota, now).await {
-            Ok(outcome @ Outcome::Limited { retry_after_nanos, .. }) => {
+    for ((i, _), outcome) in keys.iter().zip(&outcomes) {
+        let limit = &limits[*i];
+        match *outcome {
+            Outcome::Limited { retry_after_nanos, .. } => {
                 let mut denied = Denied::new(Reason::RateLimitExceeded)
                     .with_rule(limit.name.to_string())
                     .with_detail(format!("limit {} exceeded", limit.name));
                 if let Ok(v) = HeaderValue::from_str(&ceil_secs(retry_after_nanos).max(1).to_string()) {
                     denied = denied.with_header(http::header::RETRY_AFTER, v);
                 }
-                for (name, value) in headers_for(limit, &outcome) {
+                for (name, value) in headers_for(limit, outcome) {
                     denied = denied.with_header(name, value);
                 }
-                return (Verdict::Refuse(denied), unavailable);
+                return (Verdict::Refuse(denied), Vec::new());
             }
-            Ok(outcome @ Outcome::Allowed { remaining, .. }) => {
+            Outcome::Allowed { remaining, .. } => {
                 if tightest.as_ref().is_none_or(|(r, _)| remaining < *r) {
-                    tightest = Some((remaining, headers_for(limit, &outcome)));
-                }
-            }
-            Err(e) => {
-                unavailable.push(format!("{}: {e}", limit.name));
-                if !limit.fail_open {
-                    let denied = Denied::new(Reason::RateLimitUnavailable)
-                        .with_rule(limit.name.to_string())
-                        .with_detail(format!("{e}; failing closed"));
-                    return (Verdict::Refuse(denied), unavailable);
+                    tightest = Some((remaining, headers_for(limit, outcome)));
                 }
             }
         }
     }
-    (Verdict::Pass(tightest.map(|(_, h)| h.to_vec()).unwrap_or_default()), unavailable)
+    (Verdict::Pass(tightest.map(|(_, h)| h.to_vec()).unwrap_or_default()), Vec::new())
 }
 
 impl<S> Service<Request<Body>> for RateLimit<S>

@@ -76,6 +76,38 @@ async fn the_redis_script_and_the_memory_store_agree() {
     assert!(ttl > 0 && ttl <= 180_000, "ttl {ttl}");
 }
 
+/// Several limits of a request: checked in order, stopping at the first
+/// limited one — in one Redis round trip, with the memory store's semantics.
+async fn batch_scenario(store: &dyn LimitStore, prefix: &str) {
+    let loose = Gcra::new(100, Duration::from_secs(60), 100).unwrap();
+    let tight = Gcra::new(1, Duration::from_secs(60), 1).unwrap();
+    let items = vec![
+        (format!("{prefix}:loose"), loose),
+        (format!("{prefix}:tight"), tight),
+        (format!("{prefix}:never"), tight),
+    ];
+    let first = store.check_all(&items, 0).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(Outcome::allowed));
+    let second = store.check_all(&items, 0).await.unwrap();
+    assert_eq!(second.len(), 2, "stops at the tight limit");
+    assert!(second[0].allowed() && !second[1].allowed());
+    // The loose limit counted both requests; the one after the refusal none.
+    let Outcome::Allowed { remaining, .. } = store.check(&format!("{prefix}:loose"), loose, 0).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(remaining, 97);
+}
+
+#[tokio::test]
+async fn batched_checks_agree_between_memory_and_redis() {
+    let memory = MemoryStore::new(1_000);
+    batch_scenario(&memory, "m").await;
+    let redis = Redis::start();
+    let state = RedisState::connect(&redis.url).await.unwrap();
+    batch_scenario(&state, "r").await;
+}
+
 fn shared_config(up: std::net::SocketAddr, url: &str) -> String {
     format!(
         r#"

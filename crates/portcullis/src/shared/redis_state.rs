@@ -78,11 +78,52 @@ redis.call('SET', KEYS[1], at(new_d), 'PX', math.max(1, math.ceil(new_d / 100000
 return {1, math.floor((w - new_d) / t), new_d, 0, at(new_d)}
 ";
 
+/// Several limits of one request in one round trip, with the same semantics
+/// as checking them one after the other: each key in order is applied like
+/// `GCRA_SCRIPT`; the first one limited ends the script (earlier admitted
+/// ones keep their update, later ones are not touched).
+/// KEYS[i]: the limit keys. ARGV[2i-1]: T (ns). ARGV[2i]: burst·T (ns).
+/// Returns the flattened 5-tuples of the keys processed.
+const GCRA_MANY_SCRIPT: &str = r"
+local clock = redis.call('TIME')
+local now_s = tonumber(clock[1])
+local now_ns = tonumber(clock[2]) * 1000
+local function at(rel)
+  local ns = now_ns + rel
+  local carry = math.floor(ns / 1000000000)
+  return string.format('%d:%09d', now_s + carry, ns - carry * 1000000000)
+end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local t = tonumber(ARGV[2 * i - 1])
+  local w = tonumber(ARGV[2 * i])
+  local d = 0
+  local stored = redis.call('GET', key)
+  if stored then
+    local s, ns = string.match(stored, '^(%d+):(%d+)$')
+    if s then
+      d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
+      if d < 0 then d = 0 end
+    end
+  end
+  local new_d = d + t
+  local allow_in = new_d - w
+  if allow_in > 0 then
+    for _, v in ipairs({0, 0, d, allow_in, at(d)}) do table.insert(out, v) end
+    return out
+  end
+  redis.call('SET', key, at(new_d), 'PX', math.max(1, math.ceil(new_d / 1000000)))
+  for _, v in ipairs({1, math.floor((w - new_d) / t), new_d, 0, at(new_d)}) do table.insert(out, v) end
+end
+return out
+";
+
 /// Limits and revocations in Redis. See the module docs.
 #[derive(Clone)]
 pub struct RedisState {
     conn: ConnectionManager,
     gcra: redis::Script,
+    gcra_many: redis::Script,
     /// The URL with its password hidden, for logs.
     shown: String,
 }
@@ -116,7 +157,12 @@ impl RedisState {
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| SharedError::Unavailable(format!("Redis {shown}: {e}")))?;
-        let state = Self { conn, gcra: redis::Script::new(GCRA_SCRIPT), shown };
+        let state = Self {
+            conn,
+            gcra: redis::Script::new(GCRA_SCRIPT),
+            gcra_many: redis::Script::new(GCRA_MANY_SCRIPT),
+            shown,
+        };
         match state.run::<String>(&redis::cmd("PING")).await {
             Ok(_) => tracing::info!(url = %state.shown, "shared state in Redis"),
             Err(e) => tracing::warn!(
@@ -161,6 +207,41 @@ impl RedisState {
     }
 }
 
+impl RedisState {
+    async fn gcra_many(&self, items: &[(String, Gcra)]) -> Result<Vec<Outcome>, StoreUnavailable> {
+        let mut invocation = self.gcra_many.prepare_invoke();
+        for (key, quota) in items {
+            let window = quota.window_nanos();
+            if window >= MAX_EXACT_NANOS {
+                return Err(StoreUnavailable(format!("a window of {window} ns is too long for the Redis store")));
+            }
+            invocation.key(key).arg(quota.emission_nanos).arg(window);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<redis::Value> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => return Err(StoreUnavailable(format!("Redis {}: {e}", self.shown))),
+                Err(_) => {
+                    return Err(StoreUnavailable(format!(
+                        "Redis {} did not answer within {COMMAND_TIMEOUT:?}",
+                        self.shown
+                    )));
+                }
+            };
+        let malformed = || StoreUnavailable(format!("Redis {}: malformed GCRA reply", self.shown));
+        reply
+            .chunks(5)
+            .map(|chunk| {
+                let tuple: (u8, u32, u64, u64, String) =
+                    redis::FromRedisValue::from_redis_value(redis::Value::Array(chunk.to_vec()))
+                        .map_err(|_| malformed())?;
+                decode(tuple).ok_or_else(malformed)
+            })
+            .collect()
+    }
+}
+
 /// The script's reply as an [`Outcome`].
 fn decode((allowed, remaining, reset_nanos, retry_after_nanos, tat): (u8, u32, u64, u64, String)) -> Option<Outcome> {
     let (secs, nanos) = tat.split_once(':')?;
@@ -176,6 +257,15 @@ impl LimitStore for RedisState {
     /// `now` is ignored: Redis's clock decides, so instances agree.
     fn check<'a>(&'a self, key: &'a str, quota: Gcra, _now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>> {
         Box::pin(self.gcra(key, quota))
+    }
+
+    /// One round trip for all of a request's limits.
+    fn check_all<'a>(
+        &'a self,
+        items: &'a [(String, Gcra)],
+        _now: u64,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreUnavailable>> {
+        Box::pin(self.gcra_many(items))
     }
 }
 
