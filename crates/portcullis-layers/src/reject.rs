@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::{TrustedProxies, resolve_client};
 use portcullis_policy::request_id::{X_REQUEST_ID, is_acceptable};
-use portcullis_policy::{Denied, SecurityEvent, hop};
+use portcullis_policy::{Action, Denied, SecurityEvent, hop};
 use tower::{Layer, Service};
 
 use crate::body::Observed;
@@ -162,54 +162,41 @@ where
         let future = call_boxed(&mut inner, req);
         Box::pin(async move {
             let Ok(mut response) = future.await;
+            let status = response.status().as_u16();
+            // A browser sent elsewhere (to login) instead of an error page: a
+            // refusal, with the status really sent.
             if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
-                // A browser sent elsewhere (to login) instead of an error page:
-                // the event records the refusal with the status really sent.
-                let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
-                let request = RequestSummary {
-                    request_id: summary.request_id.to_str().unwrap_or("-"),
-                    client_ip: summary.client_ip,
-                    listener: &summary.listener,
-                    method: summary.method.as_str(),
-                    path: summary.uri.path(),
-                    route: route.as_deref(),
-                };
-                let mut event = SecurityEvent::denied(&request, &denied, SystemTime::now());
-                event.status = response.status().as_u16();
-                shared.events.emit(event);
+                emit(&shared, &summary, &response, &denied, status, Action::Deny);
             }
+            // Noticed but let through (a limit store failing open).
             if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
-                let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
-                let request = RequestSummary {
-                    request_id: summary.request_id.to_str().unwrap_or("-"),
-                    client_ip: summary.client_ip,
-                    listener: &summary.listener,
-                    method: summary.method.as_str(),
-                    path: summary.uri.path(),
-                    route: route.as_deref(),
-                };
-                let mut event = SecurityEvent::denied(&request, &noted, SystemTime::now());
-                event.action = portcullis_policy::Action::Log;
-                event.status = response.status().as_u16();
-                shared.events.emit(event);
+                emit(&shared, &summary, &response, &noted, status, Action::Log);
             }
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {
-                let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
-                let request = RequestSummary {
-                    request_id: summary.request_id.to_str().unwrap_or("-"),
-                    client_ip: summary.client_ip,
-                    listener: &summary.listener,
-                    method: summary.method.as_str(),
-                    path: summary.uri.path(),
-                    route: route.as_deref(),
-                };
-                shared.events.emit(SecurityEvent::denied(&request, &denied, SystemTime::now()));
+                emit(&shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
                 response = render(&denied, &summary, response);
             }
             response.headers_mut().insert(X_REQUEST_ID, header_value);
             Ok(if shared.access_log { with_access_log(response, summary) } else { response })
         })
     }
+}
+
+/// Emits the security event for `denied` about the request of `summary`.
+fn emit(shared: &Shared, summary: &Summary, response: &Response<Body>, denied: &Denied, status: u16, action: Action) {
+    let route = response.extensions().get::<Arc<RouteInfo>>().map(|r| r.name.clone());
+    let request = RequestSummary {
+        request_id: summary.request_id.to_str().unwrap_or("-"),
+        client_ip: summary.client_ip,
+        listener: &summary.listener,
+        method: summary.method.as_str(),
+        path: summary.uri.path(),
+        route: route.as_deref(),
+    };
+    let mut event = SecurityEvent::denied(&request, denied, SystemTime::now());
+    event.status = status;
+    event.action = action;
+    shared.events.emit(event);
 }
 
 /// Replaces a denial's placeholder response with the JSON error answer,

@@ -105,13 +105,7 @@ const ADMIN_PATHS: &[&str] = &[
 /// Admin-looking paths that a public route would serve (the route that wins
 /// for them, as the gateway routes, is public).
 fn admin_paths_public(config: &Config, out: &mut Vec<Finding>) {
-    let entries: Vec<RouteEntry<usize>> = config
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RouteEntry { host: r.host.clone(), path: r.path.clone(), methods: r.methods.clone(), value: i })
-        .collect();
-    let table = RouteTable::new(entries);
+    let table = config.route_index();
     let mut flagged: Vec<(&str, &str)> = Vec::new();
     for path in ADMIN_PATHS {
         let key = config.paths.match_key(path);

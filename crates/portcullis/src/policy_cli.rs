@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use http::Method;
 use portcullis_layers::AuthMode;
-use portcullis_policy::route::{Match, RouteEntry, RouteTable};
+use portcullis_policy::route::Match;
 use portcullis_policy::{AuthMethod, Principal, Reason, normalize, rbac};
 use serde::Deserialize;
 
@@ -101,13 +101,7 @@ pub fn evaluate(
         format!("path {raw_path} → {path}")
     });
     d.path.clone_from(&path);
-    let entries: Vec<RouteEntry<usize>> = config
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RouteEntry { host: r.host.clone(), path: r.path.clone(), methods: r.methods.clone(), value: i })
-        .collect();
-    let table = RouteTable::new(entries);
+    let table = config.route_index();
     let key = config.paths.match_key(&path);
     let route = match table.find(host, &key, method) {
         Match::Found(i) => &config.routes[*i],

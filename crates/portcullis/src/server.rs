@@ -671,18 +671,8 @@ impl Acceptor {
             Err(open) => {
                 // Closed at once: the client already holds its share.
                 drop(stream);
-                let request_id = uuid::Uuid::new_v4().to_string();
-                let summary = RequestSummary {
-                    request_id: &request_id,
-                    client_ip: canonical(peer.ip()),
-                    listener: &self.spec.name,
-                    method: "-",
-                    path: "-",
-                    route: None,
-                };
-                let denied = Denied::new(Reason::ConnPerIp)
-                    .with_detail(format!("{open} connections open from this address (limit {})", self.per_ip.max));
-                self.events.emit(SecurityEvent::denied(&summary, &denied, std::time::SystemTime::now()));
+                let detail = format!("{open} connections open from this address (limit {})", self.per_ip.max);
+                emit_connection_event(self.events.as_ref(), peer, &self.spec.name, Reason::ConnPerIp, detail);
                 return;
             }
         };
@@ -861,18 +851,23 @@ impl Connection {
 
     /// One security event about the connection (no request was formed).
     fn emit_connection_event(&self, reason: Reason, detail: String) {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let summary = RequestSummary {
-            request_id: &request_id,
-            client_ip: canonical(self.peer.ip()),
-            listener: &self.listener,
-            method: "-",
-            path: "-",
-            route: None,
-        };
-        let denied = Denied::new(reason).with_detail(detail);
-        self.events.emit(SecurityEvent::denied(&summary, &denied, std::time::SystemTime::now()));
+        emit_connection_event(self.events.as_ref(), self.peer, &self.listener, reason, detail);
     }
+}
+
+/// The event of a refusal made before any request exists (`conn.*`, `tls.*`).
+fn emit_connection_event(events: &dyn EventSink, peer: SocketAddr, listener: &str, reason: Reason, detail: String) {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let summary = RequestSummary {
+        request_id: &request_id,
+        client_ip: canonical(peer.ip()),
+        listener,
+        method: "-",
+        path: "-",
+        route: None,
+    };
+    let denied = Denied::new(reason).with_detail(detail);
+    events.emit(SecurityEvent::denied(&summary, &denied, std::time::SystemTime::now()));
 }
 
 /// Reloads certificates whose files changed, checking every two seconds.

@@ -1,7 +1,6 @@
 //! `[roles]`, `[access]` and the routes' `require`, `allow_ips`, `deny_ips`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use portcullis_policy::ip_rules::IpRules;
@@ -42,18 +41,7 @@ pub(super) fn build_roles(c: &mut Collector<'_>, raw: &RawConfig) -> Roles {
 }
 
 fn nets(c: &mut Collector<'_>, list: Option<&Vec<Spanned<String>>>) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    for entry in list.into_iter().flatten() {
-        let text = entry.get_ref().trim();
-        match text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from)) {
-            Some(net) => out.push(net.trunc()),
-            None => {
-                c.error(entry.span(), format!("invalid address {text:?}"))
-                    .expected("an IP address or CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"");
-            }
-        }
-    }
-    out
+    super::build::ip_nets(c, list, "address")
 }
 
 fn ip_rules(

@@ -98,6 +98,23 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     })
 }
 
+/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`), each
+/// reported with its position when it does not parse.
+pub(super) fn ip_nets(c: &mut Collector<'_>, list: Option<&Vec<Spanned<String>>>, what: &str) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for entry in list.into_iter().flatten() {
+        let text = entry.get_ref().trim();
+        match text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from)) {
+            Some(net) => out.push(net.trunc()),
+            None => {
+                c.error(entry.span(), format!("invalid {what} {text:?}"))
+                    .expected("an IP address or CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"");
+            }
+        }
+    }
+    out
+}
+
 /// `max_in_flight`: a positive count.
 fn in_flight(c: &mut Collector<'_>, value: Option<&Spanned<i64>>) -> Option<usize> {
     let value = value?;
@@ -111,7 +128,7 @@ fn in_flight(c: &mut Collector<'_>, value: Option<&Spanned<i64>>) -> Option<usiz
 }
 
 /// One of a few words, or the default.
-fn choice<T: Copy>(
+pub(super) fn choice<T: Copy>(
     c: &mut Collector<'_>,
     value: Option<&Spanned<String>>,
     default: T,
@@ -189,18 +206,14 @@ pub(super) fn duration(
     default: Duration,
     what: &str,
 ) -> Duration {
-    let Some(value) = value else { return default };
-    match humantime::parse_duration(value.get_ref()) {
-        Ok(d) if !d.is_zero() => d,
-        Ok(_) => {
-            c.error(value.span(), format!("{what} must be greater than zero")).expected(DURATION_EXAMPLE);
-            default
-        }
-        Err(e) => {
-            c.error(value.span(), format!("invalid {what} {:?}: {e}", value.get_ref())).expected(DURATION_EXAMPLE);
-            default
-        }
+    let d = duration_or_zero(c, value, default, what);
+    if let Some(value) = value
+        && d.is_zero()
+    {
+        c.error(value.span(), format!("{what} must be greater than zero")).expected(DURATION_EXAMPLE);
+        return default;
     }
+    d
 }
 
 pub(super) fn size(
@@ -236,18 +249,7 @@ fn to_usize(n: u64) -> usize {
 
 fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
     let defaults = RequestLimits::default();
-    let mut nets = Vec::new();
-    for entry in raw.trusted_proxies.iter().flatten() {
-        let text = entry.get_ref().trim();
-        let net = text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
-        match net {
-            Some(net) => nets.push(net.trunc()),
-            None => {
-                c.error(entry.span(), format!("invalid trusted proxy {text:?}"))
-                    .expected("an IP address or CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"");
-            }
-        }
-    }
+    let nets = ip_nets(c, raw.trusted_proxies.as_ref(), "trusted proxy");
     let max_header_count = match &raw.max_header_count {
         None => defaults.max_header_count,
         Some(n) => match usize::try_from(*n.get_ref()) {
@@ -519,17 +521,17 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path
     } else {
         None
     };
-    let identity = match u.identity.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
-        None | Some(("headers", _)) => super::IdentityMode::Headers,
-        Some(("jwt", _)) => super::IdentityMode::Jwt,
-        Some(("none", _)) => super::IdentityMode::None,
-        Some((other, span)) => {
-            c.error(span, format!("unknown identity {other:?}"))
-                .expected("\"headers\", \"jwt\" or \"none\"")
-                .help("how the caller's identity reaches the upstream; see docs/configuration.md");
-            super::IdentityMode::Headers
-        }
-    };
+    let identity = choice(
+        c,
+        u.identity.as_ref(),
+        super::IdentityMode::Headers,
+        "identity",
+        &[
+            ("headers", super::IdentityMode::Headers),
+            ("jwt", super::IdentityMode::Jwt),
+            ("none", super::IdentityMode::None),
+        ],
+    );
     let max_in_flight = in_flight(c, u.max_in_flight.as_ref());
     let upstream = Upstream {
         max_in_flight,

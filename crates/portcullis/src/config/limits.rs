@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use ipnet::IpNet;
 use portcullis_layers::rate_limit::{Limit, LimitKey};
 use portcullis_policy::rate_limit::{Gcra, ceil_secs};
 use toml::Spanned;
@@ -70,24 +69,14 @@ fn build_limit(c: &mut Collector<'_>, name: &str, raw: &Spanned<RawLimit>) -> Op
             return None;
         }
     };
-    let fail_open = match l.on_store_failure.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
-        None | Some(("open", _)) => true,
-        Some(("closed", _)) => false,
-        Some((other, span)) => {
-            c.error(span, format!("unknown on_store_failure {other:?}")).expected("\"open\" or \"closed\"");
-            true
-        }
-    };
-    let mut exempt_ips = Vec::new();
-    for entry in l.exempt_ips.iter().flatten() {
-        match entry.get_ref().parse::<IpNet>().or_else(|_| entry.get_ref().parse::<std::net::IpAddr>().map(IpNet::from))
-        {
-            Ok(net) => exempt_ips.push(net.trunc()),
-            Err(_) => {
-                c.error(entry.span(), format!("invalid address {:?}", entry.get_ref())).expected("an IP or CIDR");
-            }
-        }
-    }
+    let fail_open = super::build::choice(
+        c,
+        l.on_store_failure.as_ref(),
+        true,
+        "on_store_failure",
+        &[("open", true), ("closed", false)],
+    );
+    let exempt_ips = super::build::ip_nets(c, l.exempt_ips.as_ref(), "address");
     let window = ceil_secs(quota.window_nanos()).max(1);
     let policy_header = HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}")).ok()?;
     Some(Arc::new(Limit {

@@ -65,6 +65,27 @@ pub struct Config {
     pub auth: auth::Auth,
 }
 
+impl Config {
+    /// The routes as the gateway matches them, each entry's value its index
+    /// in [`Config::routes`] (for `check` and `policy`, which evaluate
+    /// without running the gateway).
+    #[must_use]
+    pub fn route_index(&self) -> portcullis_policy::route::RouteTable<usize> {
+        let entries = self
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| portcullis_policy::route::RouteEntry {
+                host: r.host.clone(),
+                path: r.path.clone(),
+                methods: r.methods.clone(),
+                value: i,
+            })
+            .collect();
+        portcullis_policy::route::RouteTable::new(entries)
+    }
+}
+
 /// The path of the gateway's CSP report endpoint.
 pub const CSP_REPORT_PATH: &str = "/.portcullis/csp-report";
 

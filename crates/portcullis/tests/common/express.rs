@@ -3,10 +3,9 @@
 //! every call; [`Express::admin_calls`] reads them from `GET /__calls`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,61 +27,14 @@ pub struct Call {
     pub original_url: String,
 }
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/express-app")
-}
-
 impl Express {
     /// Starts the app. Panics with instructions when Node.js or the npm
     /// dependencies are missing: `scripts/test` installs both.
     pub fn start() -> Self {
-        let dir = dir();
-        let node = Command::new("node").arg("--version").output();
-        assert!(
-            node.is_ok_and(|o| o.status.success()),
-            "Node.js (`node`) is not installed; the Express bypass tests need it. Run scripts/test, which installs the test prerequisites."
-        );
-        assert!(
-            dir.join("node_modules/express").is_dir(),
-            "{}/node_modules is missing; run scripts/test (it runs `npm ci` there), or `npm ci` in that directory",
-            dir.display()
-        );
-        let mut child = Command::new("node")
-            .arg("server.js")
-            .arg("0")
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start node");
-        let stdin = child.stdin.take().unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(url) = v["url"].as_str()
-                {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let Ok(url) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the Express app did not start: {:?}", stderr.lock().unwrap());
-        };
+        let started = super::node::start("express-app", "server.js", "express", "url", true, |_| {});
+        let url = started.announced;
         let addr = url.strip_prefix("http://").and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("bad url {url}"));
-        Self { child, _stdin: stdin, addr, stderr }
+        Self { child: started.child, _stdin: started.stdin.unwrap(), addr, stderr: started.stderr }
     }
 
     /// Every call the `/admin` handler has recorded, oldest first (read
