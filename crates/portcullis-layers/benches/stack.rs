@@ -61,6 +61,8 @@ fn config() -> StackConfig {
         ip_rules: None,
         limit_store: None,
         endpoints: None,
+        bans: None,
+        banner: None,
     }
 }
 

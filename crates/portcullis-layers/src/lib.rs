@@ -34,6 +34,7 @@ use tower::ServiceBuilder;
 
 pub mod auth;
 pub mod authorize;
+pub mod ban;
 pub mod body;
 pub mod concurrency;
 pub mod cors;
@@ -249,6 +250,11 @@ pub struct StackConfig {
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
     /// logout, JWKS), if any are enabled.
     pub endpoints: Option<GatewayService>,
+    /// The ban list consulted per request (clients behind trusted proxies,
+    /// connections older than their ban), if bans are enabled.
+    pub bans: Option<Arc<dyn ban::BanStore>>,
+    /// The `[[ban]]` rules counting refusals, if any.
+    pub banner: Option<Arc<ban::Banner>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -258,7 +264,10 @@ where
     S::Future: Send + 'static,
 {
     let service = ServiceBuilder::new()
-        .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
+        .layer(
+            reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log)
+                .with_bans(config.bans.clone(), config.banner.clone()),
+        )
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))

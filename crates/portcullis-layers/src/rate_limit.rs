@@ -118,13 +118,15 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 /// `RateLimit`.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-fn ip_key(ip: IpAddr) -> String {
-    match portcullis_policy::forwarded::canonical(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
+/// The store key part for a client: its [`client_group`], IPv6 written
+/// with its `/64`.
+///
+/// [`client_group`]: portcullis_policy::forwarded::client_group
+#[must_use]
+pub fn ip_key(ip: IpAddr) -> String {
+    match portcullis_policy::forwarded::client_group(ip) {
+        v6 @ IpAddr::V6(_) => format!("{v6}/64"),
+        v4 @ IpAddr::V4(_) => v4.to_string(),
     }
 }
 

@@ -59,6 +59,8 @@ fn config(events: Arc<Events>) -> StackConfig {
         ip_rules: None,
         limit_store: None,
         endpoints: None,
+        bans: None,
+        banner: None,
     }
 }
 

@@ -104,6 +104,12 @@ reasons! {
     /// The client address already holds `max_connections_per_ip` open
     /// connections; the new one was closed at once.
     ConnPerIp => ("conn.per_ip", StatusCode::TOO_MANY_REQUESTS, Client),
+    /// The client's address is banned (`[[ban]]` or `portcullis ban add`):
+    /// refused at accept, or per request when it came through a trusted proxy.
+    BanActive => ("ban.active", StatusCode::FORBIDDEN, Client),
+    /// This request's refusal made its client reach a `[[ban]]` rule's count:
+    /// the event (action `ban`) records the new ban.
+    BanIssued => ("ban.issued", StatusCode::FORBIDDEN, Client),
     /// The TLS handshake failed or did not finish in time (old protocol
     /// version, no shared cipher suite, not TLS at all, a scanner).
     TlsHandshake => ("tls.handshake", StatusCode::BAD_REQUEST, Client),

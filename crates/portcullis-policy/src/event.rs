@@ -24,6 +24,8 @@ pub enum Action {
     Log,
     /// Let through after a decision worth recording.
     Allow,
+    /// The client was banned (`ban.issued`).
+    Ban,
 }
 
 /// The version of the event schema; bumped only for incompatible changes.

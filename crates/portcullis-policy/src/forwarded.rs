@@ -69,6 +69,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The unit one client is counted by (limits, connection caps, bans): an
+/// IPv4 address as is, an IPv6 address by its /64 (one host usually owns a
+/// whole /64, so counting single addresses would be trivially evaded).
+#[must_use]
+pub fn client_group(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
 /// Who the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr {

@@ -6,6 +6,7 @@
 //! benchmark; the `portcullis-layers` crate enforces these decisions on live
 //! requests.
 
+pub mod ban;
 pub mod cors;
 pub mod deny;
 pub mod event;

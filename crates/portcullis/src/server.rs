@@ -51,8 +51,9 @@ use crate::config::state::Shared;
 use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
 use crate::proxy::upstream::UpstreamState;
-use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedError};
+use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedBans, SharedError};
 use crate::tls::CertStore;
+use portcullis_layers::ban::{BanStore, Banner, LocalBans, unix_millis};
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
 
@@ -72,9 +73,10 @@ impl Gateway {
         events: Arc<dyn EventSink>,
         tasks: TaskTracker,
         auth: &AuthRuntime,
-        limit_store: &Arc<dyn LimitStore>,
+        state: &SharedStores,
         in_flight: &InFlightLimits,
     ) -> Self {
+        let limit_store = &state.limits;
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
@@ -119,10 +121,31 @@ impl Gateway {
             // Only routes with limits touch the store.
             limit_store: config.routes.iter().any(|r| !r.limits.is_empty()).then(|| limit_store.clone()),
             endpoints: auth.endpoints.clone(),
+            bans: Some(state.bans.clone()),
+            banner: (!config.bans.is_empty()).then(|| {
+                Arc::new(Banner::new(
+                    config.bans.clone(),
+                    state.limits.clone(),
+                    state.bans.clone(),
+                    config.server.trusted_proxies.clone(),
+                ))
+            }),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }
     }
+}
+
+/// State that outlives reloads and, with Redis, is shared by every instance:
+/// session revocations, rate-limit counters and the ban list.
+#[derive(Debug, Clone)]
+pub struct SharedStores {
+    /// Ended sessions.
+    pub revocations: Arc<dyn Revocations>,
+    /// Rate-limit (and ban-counting) state.
+    pub limits: Arc<dyn LimitStore>,
+    /// The ban list.
+    pub bans: Arc<dyn BanStore>,
 }
 
 /// In-flight counters of one configuration, shared by every worker.
@@ -207,10 +230,8 @@ pub enum ReloadError {
 pub struct Server {
     config: ArcSwap<Config>,
     cert_stores: Vec<(String, Arc<CertStore>)>,
-    /// Ended sessions; kept across reloads.
-    revocations: Arc<dyn Revocations>,
-    /// Rate-limit state; kept across reloads.
-    limit_store: Arc<dyn LimitStore>,
+    /// Revocations, limits and bans; kept across reloads.
+    state: SharedStores,
     workers: Vec<Worker>,
     events: Arc<dyn EventSink>,
     shutdown: watch::Sender<bool>,
@@ -266,14 +287,26 @@ impl Server {
         }
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
-        let (revocations, limit_store): (Arc<dyn Revocations>, Arc<dyn LimitStore>) = match &config.state.shared {
-            Shared::Memory => (Arc::new(MemoryRevocations::default()), Arc::new(MemoryStore::new(1_000_000))),
+        let (state, shared_bans) = match &config.state.shared {
+            Shared::Memory => {
+                let state = SharedStores {
+                    revocations: Arc::new(MemoryRevocations::default()),
+                    limits: Arc::new(MemoryStore::new(1_000_000)),
+                    bans: Arc::new(LocalBans::default()),
+                };
+                (state, None)
+            }
             Shared::Redis(url) => {
                 let redis = Arc::new(RedisState::connect(url.expose()).await.map_err(StartError::Shared)?);
-                (redis.clone(), redis)
+                let bans = Arc::new(SharedBans::new(redis.clone()));
+                // Bans made before this instance started apply from its first connection.
+                if let Err(e) = bans.sync().await {
+                    tracing::warn!(error = %e, "cannot read the shared ban list yet");
+                }
+                (SharedStores { revocations: redis.clone(), limits: redis, bans: bans.clone() }, Some(bans))
             }
         };
-        let auth = AuthRuntime::start(&config, revocations.clone()).await?;
+        let auth = AuthRuntime::start(&config, state.revocations.clone()).await?;
         let in_flight = InFlightLimits::of(&config);
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
@@ -289,7 +322,7 @@ impl Server {
                 events.clone(),
                 tasks.clone(),
                 &auth,
-                &limit_store,
+                &state,
                 &in_flight,
             )));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -331,12 +364,16 @@ impl Server {
                 workers: handles.clone(),
                 next: 0,
                 per_ip: per_ip.clone(),
+                bans: state.bans.clone(),
                 events: events.clone(),
             };
             acceptors.spawn(accept.run(socket));
         }
         if !cert_stores.is_empty() {
             acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
+        }
+        if let Some(bans) = shared_bans {
+            acceptors.spawn(bans.run_sync(shutdown.subscribe()));
         }
         Ok(Self {
             config: ArcSwap::new(config),
@@ -348,8 +385,7 @@ impl Server {
             acceptors,
             addrs,
             cert_stores,
-            revocations,
-            limit_store,
+            state,
         })
     }
 
@@ -357,7 +393,14 @@ impl Server {
     /// `[state] shared` is Redis).
     #[must_use]
     pub fn revocations(&self) -> &Arc<dyn Revocations> {
-        &self.revocations
+        &self.state.revocations
+    }
+
+    /// The ban list (shared with other instances when `[state] shared` is
+    /// Redis).
+    #[must_use]
+    pub fn bans(&self) -> &Arc<dyn BanStore> {
+        &self.state.bans
     }
 
     /// The bound address of each listener, by name.
@@ -400,7 +443,7 @@ impl Server {
         if old.state.shared != config.state.shared {
             tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
         }
-        let auth = AuthRuntime::start(&config, self.revocations.clone()).await?;
+        let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
         let in_flight = InFlightLimits::of(&config);
         let config = Arc::new(config);
         for worker in &self.workers {
@@ -409,7 +452,7 @@ impl Server {
                 self.events.clone(),
                 self.tasks.clone(),
                 &auth,
-                &self.limit_store,
+                &self.state,
                 &in_flight,
             )));
         }
@@ -501,23 +544,12 @@ impl Drop for IpSlot {
 }
 
 impl PerIp {
-    /// IPv4 as is, IPv6 by /64 (one host usually owns the whole /64).
-    fn group(ip: IpAddr) -> IpAddr {
-        match canonical(ip) {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        }
-    }
-
     /// A slot for `ip`: `Ok(None)` when unlimited, `Err(open)` when full.
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, usize> {
         if self.max == 0 || self.trusted.contains(ip) {
             return Ok(None);
         }
-        let key = Self::group(ip);
+        let key = portcullis_policy::forwarded::client_group(ip);
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
@@ -642,6 +674,7 @@ struct Acceptor {
     workers: Arc<[WorkerHandle]>,
     next: usize,
     per_ip: Arc<PerIp>,
+    bans: Arc<dyn BanStore>,
     events: Arc<dyn EventSink>,
 }
 
@@ -666,6 +699,19 @@ impl Acceptor {
     /// Gives the connection to the worker with the fewest open connections,
     /// starting the search round robin so ties spread evenly.
     fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // A banned client gets no TLS handshake and no worker. Clients behind
+        // trusted proxies are checked per request instead.
+        if !self.per_ip.trusted.contains(peer.ip())
+            && let Some(hit) = self.bans.banned(peer.ip(), unix_millis())
+        {
+            drop(stream);
+            if hit.log {
+                let until = std::time::UNIX_EPOCH + Duration::from_millis(hit.until_ms);
+                let detail = format!("banned until {}; connection closed", humantime::format_rfc3339_seconds(until));
+                emit_connection_event(self.events.as_ref(), peer, &self.spec.name, Reason::BanActive, detail);
+            }
+            return;
+        }
         let ip_slot = match self.per_ip.acquire(peer.ip()) {
             Ok(slot) => slot,
             Err(open) => {

@@ -61,6 +61,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let roles = super::authz::build_roles(&mut c, &raw);
     let limits = super::limits::build_limits(&mut c, &raw);
     let access = super::authz::build_access(&mut c, &raw);
+    let bans = super::limits::build_bans(&mut c, &raw);
     if let Some(mtls) = &raw.auth.mtls
         && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
     {
@@ -95,6 +96,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         access,
         state,
         auth,
+        bans,
     })
 }
 

@@ -63,6 +63,8 @@ pub struct Config {
     pub state: state::State,
     /// `[auth]`.
     pub auth: auth::Auth,
+    /// `[[ban]]` rules.
+    pub bans: Vec<portcullis_policy::ban::BanRule>,
 }
 
 impl Config {

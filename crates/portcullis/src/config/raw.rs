@@ -35,6 +35,9 @@ pub struct RawConfig {
     pub limits: std::collections::BTreeMap<String, Spanned<RawLimit>>,
     #[serde(default)]
     pub state: RawState,
+    #[serde(default, rename = "ban")]
+    pub bans: Vec<Spanned<RawBan>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub auth: RawAuth,
 }
@@ -62,6 +65,29 @@ pub struct RawLimit {
     pub exempt_roles: Option<Vec<String>>,
     /// `open` or `closed` when the shared store is unreachable.
     pub on_store_failure: Option<Spanned<String>>,
+}
+
+/// `[[ban]]`: ban clients whose refusals reach a count within a time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBan {
+    /// Defaults to `ban-N` (N = position, from 1).
+    pub name: Option<Spanned<String>>,
+    /// Reason codes, `defence.*` or groups (`auth.failed`, `forbidden`, …).
+    pub on: Spanned<Vec<String>>,
+    pub count: Spanned<i64>,
+    pub within: Spanned<String>,
+    pub duration: Spanned<String>,
+    pub exempt_ips: Option<Vec<Spanned<String>>>,
+}
+
+/// `[admin]`: the admin API's own listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Spanned<String>,
+    /// Bearer token: `${ENV}` or `file:/path`.
+    pub token: Spanned<String>,
 }
 
 /// `[access]`: global IP lists.

@@ -26,8 +26,10 @@ use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 
+mod redis_bans;
 mod redis_state;
 
+pub use redis_bans::{SYNC_INTERVAL, SharedBans};
 pub use redis_state::{COMMAND_TIMEOUT, RedisState};
 
 /// Why shared state could not be read or written.

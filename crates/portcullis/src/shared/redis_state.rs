@@ -175,9 +175,32 @@ impl RedisState {
     }
 
     /// Runs one command under [`COMMAND_TIMEOUT`].
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
+            Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),
+        }
+    }
+
+    /// Runs a transaction under [`COMMAND_TIMEOUT`].
+    pub(super) async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
+            Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),
+        }
+    }
+
+    /// Runs a Lua script under [`COMMAND_TIMEOUT`].
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
             Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),

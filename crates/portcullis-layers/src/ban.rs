@@ -1,0 +1,313 @@
+//! Automatic and manual bans on live traffic (rules in
+//! `portcullis_policy::ban`): the ban list every accept and request consults,
+//! and the [`Banner`] that turns counted refusals into bans.
+//!
+//! Decision rules:
+//! - The listener refuses a banned client's connections at accept, before
+//!   TLS; a banned client behind a trusted proxy (or one whose keep-alive
+//!   connection predates the ban) is refused per request with 403
+//!   `ban.active`, `Retry-After` and `Connection: close`.
+//! - Looking a client up never waits on IO: each instance consults its own
+//!   copy of the list (a shared store keeps the copies in step in the
+//!   background).
+//! - A banned client floods no one's logs: at most one `ban.active` event per
+//!   address every [`EVENT_INTERVAL_MS`] (the access log still has every
+//!   request).
+//! - Counting a refusal toward a rule uses the rate-limit store; when that
+//!   store is unavailable the refusal is not counted (a Redis outage must not
+//!   ban anyone, nor stop the gateway) and a warning is logged.
+//!
+//! Deployment caveat: trusted proxies are never banned — their clients are.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use portcullis_policy::Reason;
+use portcullis_policy::ban::BanRule;
+use portcullis_policy::forwarded::{TrustedProxies, client_group};
+
+use crate::rate_limit::{LimitStore, StoreUnavailable, ip_key};
+
+/// At most one `ban.active` event per banned address per this many
+/// milliseconds.
+pub const EVENT_INTERVAL_MS: u64 = 10_000;
+
+/// One ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    /// The banned address group (IPv4 address or IPv6 /64).
+    pub target: IpAddr,
+    /// The rule that banned it (`manual` for `portcullis ban add`).
+    pub rule: String,
+    /// When it started, Unix milliseconds.
+    pub since_ms: u64,
+    /// When it ends, Unix milliseconds.
+    pub until_ms: u64,
+}
+
+impl Ban {
+    /// A ban of `ip`'s group by `rule`, from `now_ms` for `duration`.
+    #[must_use]
+    pub fn new(ip: IpAddr, rule: impl Into<String>, now_ms: u64, duration: Duration) -> Self {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Self { target: client_group(ip), rule: rule.into(), since_ms: now_ms, until_ms: now_ms.saturating_add(millis) }
+    }
+
+    /// The target as written in lists and store keys (`10.0.0.1`,
+    /// `2001:db8:1:2::/64`).
+    #[must_use]
+    pub fn target_text(&self) -> String {
+        ip_key(self.target)
+    }
+}
+
+/// A lookup that found a ban in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanHit {
+    /// When the ban ends, Unix milliseconds.
+    pub until_ms: u64,
+    /// Whether this refusal should be an event (rate-limited per address).
+    pub log: bool,
+}
+
+/// The ban list: a local view for lookups, plus changes that reach every
+/// instance sharing the store.
+pub trait BanStore: Send + Sync + fmt::Debug {
+    /// The ban in force on `ip`'s group at `now_ms`, from this instance's
+    /// view. Never does IO: it runs at every accept and request.
+    fn banned(&self, ip: IpAddr, now_ms: u64) -> Option<BanHit>;
+    /// Adds (or extends) a ban.
+    fn add(&self, ban: Ban) -> BoxFuture<'_, Result<(), StoreUnavailable>>;
+    /// Lifts the ban on `ip`'s group; `Ok(false)` when there was none.
+    fn lift(&self, ip: IpAddr) -> BoxFuture<'_, Result<bool, StoreUnavailable>>;
+    /// The bans in force, soonest-ending last.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Ban>, StoreUnavailable>>;
+}
+
+/// Unix milliseconds now.
+#[must_use]
+pub fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug)]
+struct Entry {
+    rule: String,
+    since_ms: u64,
+    until_ms: u64,
+    last_event_ms: AtomicU64,
+}
+
+/// Bans in this process's memory: the whole list with `[state] shared =
+/// "memory"`, and each instance's view of the shared list with Redis.
+#[derive(Debug, Default)]
+pub struct LocalBans {
+    entries: RwLock<HashMap<IpAddr, Entry>>,
+    /// Entries in the map, read without the lock: the usual case, nobody
+    /// banned, costs one atomic load.
+    len: AtomicUsize,
+    /// Size after the last prune of expired entries; the next prune waits
+    /// until the map has doubled, so inserts stay amortised O(1).
+    pruned_at: AtomicUsize,
+}
+
+impl LocalBans {
+    /// Adds `ban`, keeping the later end if the group is already banned.
+    pub fn insert(&self, ban: &Ban, now_ms: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= 2 * self.pruned_at.load(Ordering::Relaxed).max(512) {
+            entries.retain(|_, e| e.until_ms > now_ms);
+            self.pruned_at.store(entries.len(), Ordering::Relaxed);
+        }
+        let entry = entries.entry(ban.target).or_insert_with(|| Entry {
+            rule: ban.rule.clone(),
+            since_ms: ban.since_ms,
+            until_ms: 0,
+            last_event_ms: AtomicU64::new(0),
+        });
+        if ban.until_ms > entry.until_ms {
+            entry.until_ms = ban.until_ms;
+            entry.rule.clone_from(&ban.rule);
+            entry.since_ms = ban.since_ms;
+        }
+        self.len.store(entries.len(), Ordering::Relaxed);
+    }
+
+    /// Removes the ban on `ip`'s group.
+    pub fn remove(&self, ip: IpAddr) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let removed = entries.remove(&client_group(ip)).is_some();
+        self.len.store(entries.len(), Ordering::Relaxed);
+        removed
+    }
+
+    /// Replaces the whole view with `bans` (a shared store's current list),
+    /// keeping each surviving entry's event throttle.
+    pub fn replace(&self, bans: &[Ban]) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = HashMap::with_capacity(bans.len());
+        for ban in bans {
+            let last = entries.get(&ban.target).map_or(0, |e| e.last_event_ms.load(Ordering::Relaxed));
+            next.insert(
+                ban.target,
+                Entry {
+                    rule: ban.rule.clone(),
+                    since_ms: ban.since_ms,
+                    until_ms: ban.until_ms,
+                    last_event_ms: AtomicU64::new(last),
+                },
+            );
+        }
+        *entries = next;
+        self.len.store(entries.len(), Ordering::Relaxed);
+        self.pruned_at.store(entries.len(), Ordering::Relaxed);
+    }
+
+    /// The bans in force at `now_ms`, soonest-ending last.
+    #[must_use]
+    pub fn snapshot(&self, now_ms: u64) -> Vec<Ban> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Ban> = entries
+            .iter()
+            .filter(|(_, e)| e.until_ms > now_ms)
+            .map(|(ip, e)| Ban { target: *ip, rule: e.rule.clone(), since_ms: e.since_ms, until_ms: e.until_ms })
+            .collect();
+        out.sort_by(|a, b| b.until_ms.cmp(&a.until_ms).then(a.target.cmp(&b.target)));
+        out
+    }
+
+    /// The lookup behind [`BanStore::banned`].
+    #[must_use]
+    pub fn lookup(&self, ip: IpAddr, now_ms: u64) -> Option<BanHit> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get(&client_group(ip)).filter(|e| e.until_ms > now_ms)?;
+        let last = entry.last_event_ms.load(Ordering::Relaxed);
+        let log = now_ms.saturating_sub(last) >= EVENT_INTERVAL_MS
+            && entry.last_event_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        Some(BanHit { until_ms: entry.until_ms, log })
+    }
+}
+
+impl BanStore for LocalBans {
+    fn banned(&self, ip: IpAddr, now_ms: u64) -> Option<BanHit> {
+        self.lookup(ip, now_ms)
+    }
+
+    fn add(&self, ban: Ban) -> BoxFuture<'_, Result<(), StoreUnavailable>> {
+        self.insert(&ban, unix_millis());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn lift(&self, ip: IpAddr) -> BoxFuture<'_, Result<bool, StoreUnavailable>> {
+        let removed = self.remove(ip);
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Ban>, StoreUnavailable>> {
+        let bans = self.snapshot(unix_millis());
+        Box::pin(async move { Ok(bans) })
+    }
+}
+
+/// Turns refusals into bans under the configured rules. See the module docs.
+#[derive(Debug)]
+pub struct Banner {
+    rules: Vec<BanRule>,
+    limits: Arc<dyn LimitStore>,
+    bans: Arc<dyn BanStore>,
+    trusted: TrustedProxies,
+}
+
+impl Banner {
+    /// A banner applying `rules`, counting in `limits`, banning into `bans`.
+    #[must_use]
+    pub fn new(
+        rules: Vec<BanRule>,
+        limits: Arc<dyn LimitStore>,
+        bans: Arc<dyn BanStore>,
+        trusted: TrustedProxies,
+    ) -> Self {
+        Self { rules, limits, bans, trusted }
+    }
+
+    /// Whether any rule counts `reason` (a cheap test before [`Self::observe`]).
+    #[must_use]
+    pub fn counts(&self, reason: Reason) -> bool {
+        self.rules.iter().any(|r| r.counts(reason))
+    }
+
+    /// Counts a refusal for `reason` against `client`; returns the ban it
+    /// triggered, with its rule.
+    pub async fn observe(&self, client: IpAddr, reason: Reason) -> Option<(Ban, &BanRule)> {
+        if self.trusted.contains(client) {
+            return None;
+        }
+        for rule in self.rules.iter().filter(|r| r.counts(reason) && !r.exempts(client)) {
+            let reached = match rule.quota {
+                None => true,
+                Some(quota) => {
+                    let key = format!("ban:{}:{}", rule.name, ip_key(client));
+                    let now = unix_millis().saturating_mul(1_000_000);
+                    match self.limits.check(&key, quota, now).await {
+                        Ok(outcome) => !outcome.allowed(),
+                        Err(e) => {
+                            tracing::warn!(rule = %rule.name, error = %e, "ban counting unavailable; refusal not counted");
+                            false
+                        }
+                    }
+                }
+            };
+            if reached {
+                let ban = Ban::new(client, rule.name.clone(), unix_millis(), rule.duration);
+                if let Err(e) = self.bans.add(ban.clone()).await {
+                    // The local view has it already; other instances will not.
+                    tracing::warn!(rule = %rule.name, error = %e, "ban not shared");
+                }
+                return Some((ban, rule));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_bans_cover_the_group_expire_and_throttle_events() {
+        let bans = LocalBans::default();
+        let now = 1_000_000;
+        assert_eq!(bans.lookup("10.0.0.1".parse().unwrap(), now), None);
+        bans.insert(&Ban::new("2001:db8:1:2::7".parse().unwrap(), "r", now, Duration::from_secs(60)), now);
+        let hit = bans.lookup("2001:db8:1:2:ffff::1".parse().unwrap(), now + 1).unwrap();
+        assert_eq!(hit, BanHit { until_ms: now + 60_000, log: true });
+        assert!(!bans.lookup("2001:db8:1:2::1".parse().unwrap(), now + 2).unwrap().log, "throttled");
+        assert!(bans.lookup("2001:db8:1:2::1".parse().unwrap(), now + 2 + EVENT_INTERVAL_MS).unwrap().log);
+        assert_eq!(bans.lookup("2001:db8:1:3::1".parse().unwrap(), now), None, "another /64");
+        assert_eq!(bans.lookup("2001:db8:1:2::1".parse().unwrap(), now + 60_000), None, "expired");
+        // A shorter ban does not cut a longer one short.
+        bans.insert(&Ban::new("2001:db8:1:2::7".parse().unwrap(), "r2", now, Duration::from_secs(1)), now);
+        assert_eq!(bans.snapshot(now)[0].until_ms, now + 60_000);
+        assert!(bans.remove("2001:db8:1:2::99".parse().unwrap()));
+        assert!(bans.snapshot(now).is_empty());
+    }
+
+    #[test]
+    fn expired_entries_are_pruned_as_the_list_grows() {
+        let bans = LocalBans::default();
+        for i in 0..5_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            bans.insert(&Ban::new(ip, "r", u64::from(i), Duration::from_millis(1)), u64::from(i) + 10);
+        }
+        assert!(bans.len.load(Ordering::Relaxed) < 1_100, "{}", bans.len.load(Ordering::Relaxed));
+    }
+}
