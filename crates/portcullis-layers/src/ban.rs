@@ -13,9 +13,10 @@
 //! - A banned client floods no one's logs: at most one `ban.active` event per
 //!   address every [`EVENT_INTERVAL_MS`] (the access log still has every
 //!   request).
-//! - Counting a refusal toward a rule uses the rate-limit store; when that
-//!   store is unavailable the refusal is not counted (a Redis outage must not
-//!   ban anyone, nor stop the gateway) and a warning is logged.
+//! - Counting a refusal toward a rule uses the rate-limit store (shared by
+//!   the fleet with Redis); while that store is unavailable each instance
+//!   counts in its own memory instead, so an outage neither stops bans nor
+//!   stops the gateway.
 //!
 //! Deployment caveat: trusted proxies are never banned — their clients are.
 
@@ -31,7 +32,7 @@ use portcullis_policy::Reason;
 use portcullis_policy::ban::BanRule;
 use portcullis_policy::forwarded::{TrustedProxies, client_group};
 
-use crate::rate_limit::{LimitStore, StoreUnavailable, ip_key};
+use crate::rate_limit::{LimitStore, MemoryStore, StoreUnavailable, ip_key};
 
 /// At most one `ban.active` event per banned address per this many
 /// milliseconds.
@@ -222,6 +223,8 @@ impl BanStore for LocalBans {
 pub struct Banner {
     rules: Vec<BanRule>,
     limits: Arc<dyn LimitStore>,
+    /// Counts while `limits` is unavailable.
+    fallback: MemoryStore,
     bans: Arc<dyn BanStore>,
     trusted: TrustedProxies,
 }
@@ -235,7 +238,7 @@ impl Banner {
         bans: Arc<dyn BanStore>,
         trusted: TrustedProxies,
     ) -> Self {
-        Self { rules, limits, bans, trusted }
+        Self { rules, limits, fallback: MemoryStore::new(10_000), bans, trusted }
     }
 
     /// Whether any rule counts `reason` (a cheap test before [`Self::observe`]).
@@ -256,13 +259,14 @@ impl Banner {
                 Some(quota) => {
                     let key = format!("ban:{}:{}", rule.name, ip_key(client));
                     let now = unix_millis().saturating_mul(1_000_000);
-                    match self.limits.check(&key, quota, now).await {
-                        Ok(outcome) => !outcome.allowed(),
+                    let outcome = match self.limits.check(&key, quota, now).await {
+                        Ok(outcome) => outcome,
                         Err(e) => {
-                            tracing::warn!(rule = %rule.name, error = %e, "ban counting unavailable; refusal not counted");
-                            false
+                            tracing::warn!(rule = %rule.name, error = %e, "counting refusals in this instance only");
+                            self.fallback.check_now(&key, quota, now)
                         }
-                    }
+                    };
+                    !outcome.allowed()
                 }
             };
             if reached {

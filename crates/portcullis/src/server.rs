@@ -74,7 +74,7 @@ impl Gateway {
         tasks: TaskTracker,
         auth: &AuthRuntime,
         state: &SharedStores,
-        in_flight: &InFlightLimits,
+        per_config: &ConfigShared,
     ) -> Self {
         let limit_store = &state.limits;
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
@@ -100,8 +100,8 @@ impl Gateway {
                     // Owner rules read path parameters.
                     pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
                     limits: r.limits.clone(),
-                    in_flight: in_flight.routes.get(i).cloned().flatten(),
-                    upstream_in_flight: in_flight.upstreams.get(r.upstream).cloned().flatten(),
+                    in_flight: per_config.routes.get(i).cloned().flatten(),
+                    upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
                 }),
             })
             .collect();
@@ -122,14 +122,7 @@ impl Gateway {
             limit_store: config.routes.iter().any(|r| !r.limits.is_empty()).then(|| limit_store.clone()),
             endpoints: auth.endpoints.clone(),
             bans: Some(state.bans.clone()),
-            banner: (!config.bans.is_empty()).then(|| {
-                Arc::new(Banner::new(
-                    config.bans.clone(),
-                    state.limits.clone(),
-                    state.bans.clone(),
-                    config.server.trusted_proxies.clone(),
-                ))
-            }),
+            banner: per_config.banner.clone(),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }
@@ -148,20 +141,31 @@ pub struct SharedStores {
     pub bans: Arc<dyn BanStore>,
 }
 
-/// In-flight counters of one configuration, shared by every worker.
+/// What one configuration's workers share: in-flight counters, and the
+/// ban rules (whose fallback counts must see every worker's refusals).
 #[derive(Debug, Default)]
-pub struct InFlightLimits {
-    /// By route index.
+pub struct ConfigShared {
+    /// In-flight counters by route index.
     pub routes: Vec<Option<Arc<InFlightLimit>>>,
-    /// By upstream index.
+    /// In-flight counters by upstream index.
     pub upstreams: Vec<Option<Arc<InFlightLimit>>>,
+    /// The `[[ban]]` rules, if any.
+    pub banner: Option<Arc<Banner>>,
 }
 
-impl InFlightLimits {
-    /// The counters `config` asks for.
+impl ConfigShared {
+    /// The counters and rules `config` asks for, over `stores`.
     #[must_use]
-    pub fn of(config: &Config) -> Self {
+    pub fn of(config: &Config, stores: &SharedStores) -> Self {
         Self {
+            banner: (!config.bans.is_empty()).then(|| {
+                Arc::new(Banner::new(
+                    config.bans.clone(),
+                    stores.limits.clone(),
+                    stores.bans.clone(),
+                    config.server.trusted_proxies.clone(),
+                ))
+            }),
             routes: config.routes.iter().map(|r| r.max_in_flight.map(|n| Arc::new(InFlightLimit::new(n)))).collect(),
             upstreams: config
                 .upstreams
@@ -307,7 +311,7 @@ impl Server {
             }
         };
         let auth = AuthRuntime::start(&config, state.revocations.clone()).await?;
-        let in_flight = InFlightLimits::of(&config);
+        let per_config = ConfigShared::of(&config, &state);
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
@@ -323,7 +327,7 @@ impl Server {
                 tasks.clone(),
                 &auth,
                 &state,
-                &in_flight,
+                &per_config,
             )));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let connections = Arc::new(AtomicUsize::new(0));
@@ -444,7 +448,7 @@ impl Server {
             tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
         }
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
-        let in_flight = InFlightLimits::of(&config);
+        let per_config = ConfigShared::of(&config, &self.state);
         let config = Arc::new(config);
         for worker in &self.workers {
             worker.current.store(Arc::new(Gateway::build(
@@ -453,7 +457,7 @@ impl Server {
                 self.tasks.clone(),
                 &auth,
                 &self.state,
-                &in_flight,
+                &per_config,
             )));
         }
         self.config.store(config);

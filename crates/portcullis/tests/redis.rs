@@ -215,3 +215,65 @@ async fn a_redis_outage_fails_open_or_closed_per_limit_then_heals() {
     let (parts, body) = get(&gw.url("/closed")).await;
     assert_denied(&parts, &body, 429, "ratelimit.exceeded");
 }
+
+#[tokio::test]
+async fn a_ban_made_by_one_instance_is_enforced_and_lifted_by_the_other() {
+    let mut redis = Redis::start();
+    let (up, _) = named_upstream("app").await;
+    let config = format!(
+        "{}\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[[ban]]\nname = \"scanners\"\non = [\"route.none\", \"malformed\"]\ncount = 4\nwithin = \"1m\"\nduration = \"10m\"\n\n[[route]]\nname = \"free\"\nmatch = {{ path = \"/free\" }}\nupstream = \"app\"\nauth = \"public\"\n",
+        shared_config(up, &redis.url)
+    );
+    let a = gateway(&config).await;
+    let b = gateway(&config).await;
+    let from = ("x-forwarded-for", "203.0.113.50");
+    // Refusals on both instances count together: 2 + 2 reach the count of 4.
+    for gw in [&a, &b, &a] {
+        assert_eq!(get_with(&gw.url("/nope"), &[from]).await.0.status, 404);
+    }
+    assert!(b.server.bans().list().await.unwrap().is_empty(), "three refusals do not ban");
+    assert_eq!(get_with(&b.url("/nope"), &[from]).await.0.status, 404);
+    assert!(b.events.reasons().contains(&"ban.issued"));
+    // `a` sees the ban made by `b` after its next sync.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (parts, body) = get_with(&a.url("/free"), &[from]).await;
+        if parts.status == 403 {
+            assert_denied(&parts, &body, 403, "ban.active");
+            break;
+        }
+        assert!(Instant::now() < deadline, "instance a never enforced b's ban");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = a.server.bans().list().await.unwrap();
+    assert_eq!((listed[0].target_text().as_str(), listed[0].rule.as_str()), ("203.0.113.50", "scanners"));
+
+    // Lifted on `a`, it is lifted on `b` too.
+    assert!(a.server.bans().lift("203.0.113.50".parse().unwrap()).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_with(&b.url("/free"), &[from]).await.0.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "instance b kept a lifted ban: {:?} {:?}",
+            b.events.reasons(),
+            b.server.bans().list().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // With Redis down, a new ban still holds where it was made, and reaches
+    // the other instance once Redis is back.
+    redis.stop();
+    let other = ("x-forwarded-for", "203.0.113.51");
+    for _ in 0..4 {
+        assert_eq!(get_with(&a.url("/a%zz"), &[other]).await.0.status, 400);
+    }
+    assert_eq!(get_with(&a.url("/free"), &[other]).await.0.status, 403, "enforced locally without Redis");
+    assert!(a.server.bans().list().await.is_err(), "the shared list cannot be read without Redis");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_with(&b.url("/free"), &[other]).await.0.status != 403 {
+        assert!(Instant::now() < deadline, "a ban made during the outage never reached the other instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
