@@ -21,7 +21,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -111,6 +111,26 @@ pub struct Limit {
     pub exempt_roles: Vec<String>,
     /// Whether requests pass when the store is unavailable.
     pub fail_open: bool,
+    /// Its `portcullis_ratelimit_checks_total` counters.
+    pub metrics: LimitMetrics,
+}
+
+/// A limit's counters, registered on first use (after the process's metrics
+/// recorder is installed) so the hot path only increments.
+#[derive(Debug, Default, Clone)]
+pub struct LimitMetrics {
+    allowed: OnceLock<metrics::Counter>,
+    limited: OnceLock<metrics::Counter>,
+}
+
+impl LimitMetrics {
+    fn record(&self, limit: &Arc<str>, allowed: bool) {
+        let (slot, result) = if allowed { (&self.allowed, "allowed") } else { (&self.limited, "limited") };
+        slot.get_or_init(
+            || metrics::counter!("portcullis_ratelimit_checks_total", "limit" => limit.to_string(), "result" => result),
+        )
+        .increment(1);
+    }
 }
 
 /// `RateLimit-Policy`.
@@ -239,6 +259,7 @@ async fn decide(
     let mut tightest: Option<(u32, [(HeaderName, HeaderValue); 2])> = None;
     for ((i, _), outcome) in keys.iter().zip(&outcomes) {
         let limit = &limits[*i];
+        limit.metrics.record(&limit.name, outcome.allowed());
         match *outcome {
             Outcome::Limited { retry_after_nanos, .. } => {
                 let mut denied = Denied::new(Reason::RateLimitExceeded)

@@ -110,6 +110,8 @@ reasons! {
     /// This request's refusal made its client reach a `[[ban]]` rule's count:
     /// the event (action `ban`) records the new ban.
     BanIssued => ("ban.issued", StatusCode::FORBIDDEN, Client),
+    /// A request to the admin listener without the right bearer token.
+    AdminUnauthorized => ("admin.unauthorized", StatusCode::UNAUTHORIZED, Client),
     /// The TLS handshake failed or did not finish in time (old protocol
     /// version, no shared cipher suite, not TLS at all, a scanner).
     TlsHandshake => ("tls.handshake", StatusCode::BAD_REQUEST, Client),

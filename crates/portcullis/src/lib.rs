@@ -6,15 +6,18 @@
 //! `portcullis-policy`; the tower layers that enforce them in
 //! `portcullis-layers`. `main.rs` only parses the command line.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod check;
 pub mod cli_apikey;
+pub mod cli_ban;
 pub mod config;
 pub mod demo;
 pub mod events;
 pub mod http_client;
 pub mod logging;
+pub mod metrics;
 pub mod oidc;
 pub mod policy_cli;
 pub mod proxy;

@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// List, add and lift client bans of a running deployment.
+    Ban {
+        #[command(subcommand)]
+        command: BanCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +84,38 @@ enum PolicyCommand {
         /// The client address.
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BanCommand {
+    /// List the bans in force.
+    List {
+        /// The configuration file (its `[state] shared` Redis, else its `[admin]` API).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address (or an IPv6 /64) by hand.
+    Add {
+        /// The configuration file (its `[state] shared` Redis, else its `[admin]` API).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long, such as 30m or 24h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The address, or an IPv6 /64 such as 2001:db8:1:2::/64.
+        target: String,
+    },
+    /// Lift the ban on an address (or an IPv6 /64).
+    Lift {
+        /// The configuration file (its `[state] shared` Redis, else its `[admin]` API).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The address, or an IPv6 /64.
+        target: String,
     },
 }
 
@@ -137,6 +174,11 @@ fn main() -> ExitCode {
                 });
                 portcullis::policy_cli::explain(&config, &method, &path, host.as_deref(), identity.as_ref(), ip)
             }
+        },
+        Command::Ban { command } => match command {
+            BanCommand::List { config, json } => portcullis::cli_ban::list(&config, json),
+            BanCommand::Add { config, duration, target } => portcullis::cli_ban::add(&config, &target, duration),
+            BanCommand::Lift { config, target } => portcullis::cli_ban::lift(&config, &target),
         },
         Command::Apikey { command } => match command {
             ApiKeyCommand::Create { config, name, roles, expires } => {

@@ -289,6 +289,16 @@ impl Server {
                 bound.push((Arc::new(spec), redirect_addr, socket));
             }
         }
+        let admin_socket = match &config.admin {
+            Some(admin) => Some(TcpListener::bind(admin.bind).await.map_err(|e| StartError::Bind {
+                name: "admin".into(),
+                addr: admin.bind,
+                source: e,
+            })?),
+            None => None,
+        };
+        let metrics = crate::metrics::install();
+        let events: Arc<dyn EventSink> = Arc::new(crate::metrics::Metered(events));
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
         let (state, shared_bans) = match &config.state.shared {
@@ -375,6 +385,27 @@ impl Server {
         }
         if !cert_stores.is_empty() {
             acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
+        }
+        if let (Some(socket), Some(admin)) = (admin_socket, &config.admin) {
+            let addr = socket.local_addr().unwrap_or(admin.bind);
+            tracing::info!(%addr, "admin API listening");
+            addrs.push(("admin".to_owned(), addr));
+            let router = crate::admin::router(crate::admin::AdminState {
+                bans: state.bans.clone(),
+                metrics,
+                token: admin.token.clone(),
+                events: events.clone(),
+            });
+            let mut stop = shutdown.subscribe();
+            acceptors.spawn(async move {
+                let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                let served = axum::serve(socket, app).with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                });
+                if let Err(e) = served.await {
+                    tracing::warn!(error = %e, "admin API stopped");
+                }
+            });
         }
         if let Some(bans) = shared_bans {
             acceptors.spawn(bans.run_sync(shutdown.subscribe()));

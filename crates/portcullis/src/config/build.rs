@@ -77,6 +77,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
+    let admin = super::state::build_admin(&mut c, &raw, base, env);
 
     c.finish()?;
     let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
@@ -97,6 +98,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         state,
         auth,
         bans,
+        admin,
     })
 }
 

@@ -88,6 +88,7 @@ fn build_limit(c: &mut Collector<'_>, name: &str, raw: &Spanned<RawLimit>) -> Op
         exempt_ips,
         exempt_roles: l.exempt_roles.clone().unwrap_or_default(),
         fail_open,
+        metrics: portcullis_layers::rate_limit::LimitMetrics::default(),
     }))
 }
 

@@ -65,6 +65,8 @@ pub struct Config {
     pub auth: auth::Auth,
     /// `[[ban]]` rules.
     pub bans: Vec<portcullis_policy::ban::BanRule>,
+    /// `[admin]`, if configured.
+    pub admin: Option<state::Admin>,
 }
 
 impl Config {
