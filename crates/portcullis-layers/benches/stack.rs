@@ -63,6 +63,7 @@ fn config() -> StackConfig {
         endpoints: None,
         bans: None,
         banner: None,
+        own_endpoints_route: None,
     }
 }
 

@@ -10,9 +10,9 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → CSP reports → head limits → IP rules → normalize → own endpoints
-//!   → route → body limit → rate limit (ip, route, header) → authenticate → rate limit (subject, key)
-//!   → authorize → concurrency → identity → forward → proxy
+//! reject/context → response headers → CORS → head limits → IP rules → normalize
+//!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
+//!   → rate limit (ip, route, header) → authenticate → rate limit (subject, key) → authorize → concurrency → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -255,6 +255,9 @@ pub struct StackConfig {
     pub bans: Option<Arc<dyn ban::BanStore>>,
     /// The `[[ban]]` rules counting refusals, if any.
     pub banner: Option<Arc<ban::Banner>>,
+    /// The route (with `[server] endpoint_limits`) that requests to the
+    /// gateway's own endpoints are limited by, if any.
+    pub own_endpoints_route: Option<Arc<RouteInfo>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -270,10 +273,12 @@ where
         )
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(cors::CorsLayer::new(config.cors.clone()))
-        .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
         .layer(authorize::IpRulesLayer::new(config.ip_rules.clone()))
         .layer(normalize::NormalizeLayer::new(config.paths))
+        .layer(rate_limit::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
+        .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))

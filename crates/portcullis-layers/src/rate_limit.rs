@@ -337,6 +337,59 @@ where
     }
 }
 
+/// Gives requests to the gateway's own endpoints (`/.portcullis/*`: login,
+/// callback, CSP reports) a route of their own, so the rate-limit layer
+/// after it applies that route's limits (`[server] endpoint_limits`) before
+/// any of them runs.
+#[derive(Debug, Clone)]
+pub struct OwnEndpointsRouteLayer {
+    route: Option<Arc<RouteInfo>>,
+}
+
+impl OwnEndpointsRouteLayer {
+    /// Marks own-endpoint requests with `route` (none: no limits).
+    #[must_use]
+    pub const fn new(route: Option<Arc<RouteInfo>>) -> Self {
+        Self { route }
+    }
+}
+
+impl<S> Layer<S> for OwnEndpointsRouteLayer {
+    type Service = OwnEndpointsRoute<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OwnEndpointsRoute { inner, route: self.route.clone() }
+    }
+}
+
+/// See [`OwnEndpointsRouteLayer`].
+#[derive(Debug, Clone)]
+pub struct OwnEndpointsRoute<S> {
+    inner: S,
+    route: Option<Arc<RouteInfo>>,
+}
+
+impl<S> Service<Request<Body>> for OwnEndpointsRoute<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if let Some(route) = &self.route
+            && req.uri().path().starts_with(crate::endpoints::PREFIX)
+        {
+            req.extensions_mut().insert(route.clone());
+        }
+        self.inner.call(req)
+    }
+}
+
 /// GCRA state in memory, for one instance: sharded maps of TATs, pruned of
 /// keys whose TAT has passed (their state equals "never seen") when a shard
 /// grows past its share of `capacity`.

@@ -61,6 +61,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         endpoints: None,
         bans: None,
         banner: None,
+        own_endpoints_route: None,
     }
 }
 

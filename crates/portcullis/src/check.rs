@@ -47,7 +47,20 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     admin_paths_public(config, &mut out);
     rate_limit_gaps(config, &mut out);
     jwt_without_audience(config, &mut out);
+    admin_exposed(config, &mut out);
     out
+}
+
+/// The admin API controls bans and exposes metrics: it belongs on loopback
+/// or a management network behind its own firewall.
+fn admin_exposed(config: &Config, out: &mut Vec<Finding>) {
+    if let Some(admin) = config.admin.as_ref().filter(|a| !a.bind.ip().is_loopback()) {
+        out.push(warning(
+            "admin.remote",
+            format!("the admin API listens on {}, not on loopback", admin.bind),
+            "bind [admin] to 127.0.0.1 (reach it over SSH or a sidecar), or make sure only a management network can reach that address",
+        ));
+    }
 }
 
 /// `identity = "headers"` is only as trustworthy as the upstream's isolation:

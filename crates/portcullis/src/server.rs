@@ -119,15 +119,36 @@ impl Gateway {
             roles: Arc::new(config.roles.clone()),
             ip_rules: config.access.clone().map(Arc::new),
             // Only routes with limits touch the store.
-            limit_store: config.routes.iter().any(|r| !r.limits.is_empty()).then(|| limit_store.clone()),
+            limit_store: (config.routes.iter().any(|r| !r.limits.is_empty()) || !config.endpoint_limits.is_empty())
+                .then(|| limit_store.clone()),
             endpoints: auth.endpoints.clone(),
             bans: Some(state.bans.clone()),
             banner: per_config.banner.clone(),
+            own_endpoints_route: (!config.endpoint_limits.is_empty()).then(|| {
+                Arc::new(RouteInfo {
+                    name: Arc::from(OWN_ENDPOINTS_ROUTE),
+                    upstream: usize::MAX,
+                    upstream_name: Arc::from(""),
+                    max_body_bytes: None,
+                    auth: portcullis_layers::AuthMode::Public,
+                    headers: None,
+                    identity: portcullis_layers::identity::UpstreamIdentity::None,
+                    require: None,
+                    ips: None,
+                    pattern: None,
+                    limits: config.endpoint_limits.clone(),
+                    in_flight: None,
+                    upstream_in_flight: None,
+                })
+            }),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }
     }
 }
+
+/// The route name requests to `/.portcullis/*` are limited under.
+pub const OWN_ENDPOINTS_ROUTE: &str = ".portcullis";
 
 /// State that outlives reloads and, with Redis, is shared by every instance:
 /// session revocations, rate-limit counters and the ban list.

@@ -560,3 +560,22 @@ fn check_warns_about_unlimited_logins_and_public_listeners_without_ip_limits() {
     assert_eq!(codes(&public), ["ratelimit.no_ip_limit"]);
     assert!(codes(MINIMAL).is_empty(), "loopback listeners are not exposed");
 }
+
+#[test]
+fn check_warns_about_an_admin_api_off_loopback() {
+    let admin = |bind: &str| {
+        let toml = format!(
+            "{MINIMAL}
+[admin]
+bind = \"{bind}\"\ntoken = \"{}\"\n",
+            "t".repeat(40)
+        );
+        portcullis::check::findings(&parse(&toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("admin."))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(admin("0.0.0.0:9901"), ["admin.remote"]);
+    assert!(admin("127.0.0.1:9901").is_empty());
+}

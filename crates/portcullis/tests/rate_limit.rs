@@ -248,3 +248,41 @@ async fn connections_per_ip_are_capped_at_accept() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn the_gateways_own_endpoints_have_a_per_ip_limit_by_default() {
+    let (up, _) = named_upstream("app").await;
+    let gw = gateway(&simple_config(up, "[headers]\ncsp_report = true\n")).await;
+    let report = || {
+        let body = r#"{"csp-report":{"document-uri":"https://a.test/","violated-directive":"script-src","blocked-uri":"https://x.test/a.js"}}"#;
+        http::Request::post(gw.url("/.portcullis/csp-report"))
+            .header("content-type", "application/csp-report")
+            .body(full_body(body))
+            .unwrap()
+    };
+    // A burst of 30, then refusals naming the built-in limit.
+    for i in 0..30 {
+        assert_eq!(send(report()).await.0.status, 204, "report {i}");
+    }
+    let (parts, body) = send(report()).await;
+    assert_denied(&parts, &body, 429, "ratelimit.exceeded");
+    assert_eq!(gw.events.last().unwrap().rule.as_deref(), Some("portcullis.endpoints"));
+    // Proxied routes are not affected.
+    assert_eq!(get(&gw.url("/x")).await.0.status, 200);
+
+    let (up, _) = named_upstream("app").await;
+    let tight = simple_config(
+        up,
+        "[server]\nendpoint_limits = [\"one\"]\n\n[limits.one]\nkey = \"ip\"\nrate = \"1/min\"\nburst = 1\n",
+    );
+    let gw = gateway(&tight).await;
+    assert_eq!(get(&gw.url("/.portcullis/nothing")).await.0.status, 404);
+    let (parts, body) = get(&gw.url("/.portcullis/nothing")).await;
+    assert_denied(&parts, &body, 429, "ratelimit.exceeded");
+
+    let (up, _) = named_upstream("app").await;
+    let gw = gateway(&simple_config(up, "[server]\nendpoint_limits = []\n")).await;
+    for _ in 0..40 {
+        assert_eq!(get(&gw.url("/.portcullis/nothing")).await.0.status, 404);
+    }
+}

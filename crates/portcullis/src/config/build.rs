@@ -62,6 +62,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let limits = super::limits::build_limits(&mut c, &raw);
     let access = super::authz::build_access(&mut c, &raw);
     let bans = super::limits::build_bans(&mut c, &raw);
+    let endpoint_limits = super::limits::endpoint_limits(&mut c, &raw, &limits);
     if let Some(mtls) = &raw.auth.mtls
         && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
     {
@@ -99,6 +100,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         auth,
         bans,
         admin,
+        endpoint_limits,
     })
 }
 

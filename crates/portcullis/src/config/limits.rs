@@ -172,3 +172,34 @@ pub(super) fn build_bans(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<BanRule>
     }
     out
 }
+
+/// The built-in limit on the gateway's own endpoints: generous for people
+/// (a login is a handful of requests), tight for a flood of forged callbacks
+/// or CSP reports.
+pub const ENDPOINT_LIMIT: &str = "portcullis.endpoints";
+
+/// `[server] endpoint_limits`, or the built-in per-IP limit when absent.
+pub(super) fn endpoint_limits(
+    c: &mut Collector<'_>,
+    raw: &RawConfig,
+    limits: &BTreeMap<String, Arc<Limit>>,
+) -> Vec<Arc<Limit>> {
+    if raw.server.endpoint_limits.is_some() {
+        return route_limits(c, raw.server.endpoint_limits.as_ref(), limits);
+    }
+    let quota = Gcra::new(10, Duration::from_secs(1), 30);
+    let policy_header = HeaderValue::from_str(&format!("\"{ENDPOINT_LIMIT}\";q=30;w=3"));
+    match (quota, policy_header) {
+        (Ok(quota), Ok(policy_header)) => vec![Arc::new(Limit {
+            name: Arc::from(ENDPOINT_LIMIT),
+            key: LimitKey::Ip,
+            quota,
+            policy_header,
+            exempt_ips: Vec::new(),
+            exempt_roles: Vec::new(),
+            fail_open: true,
+            metrics: portcullis_layers::rate_limit::LimitMetrics::default(),
+        })],
+        _ => Vec::new(),
+    }
+}

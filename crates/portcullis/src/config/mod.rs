@@ -67,6 +67,8 @@ pub struct Config {
     pub bans: Vec<portcullis_policy::ban::BanRule>,
     /// `[admin]`, if configured.
     pub admin: Option<state::Admin>,
+    /// Limits on `/.portcullis/*` (`[server] endpoint_limits`).
+    pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
 }
 
 impl Config {

@@ -340,6 +340,8 @@ pub struct RawServer {
     pub h2c: Option<bool>,
     pub workers: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
+    /// Limits for `/.portcullis/*` (default: a built-in per-IP limit).
+    pub endpoint_limits: Option<Spanned<Vec<String>>>,
 }
 
 /// A size: a number of bytes or a string with a unit (`"16KiB"`, `"10MB"`).
