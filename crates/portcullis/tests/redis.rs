@@ -277,3 +277,43 @@ async fn a_ban_made_by_one_instance_is_enforced_and_lifted_by_the_other() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_ban_command_works_on_the_shared_list_in_redis() {
+    let redis = Redis::start();
+    let (up, _) = named_upstream("app").await;
+    let config = format!(
+        "{}\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[[route]]\nname = \"free\"\nmatch = {{ path = \"/free\" }}\nupstream = \"app\"\nauth = \"public\"\n",
+        shared_config(up, &redis.url)
+    );
+    let gw = gateway(&config).await;
+    let path = gw.dir.path().join("portcullis.toml");
+    let ban = |args: &[&str]| {
+        let out =
+            std::process::Command::new(binary()).arg("ban").args(args).arg("--config").arg(&path).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = ban(&["add", "--for", "30m", "198.51.100.23"]);
+    assert_eq!(code, Some(0), "{err}");
+    let from = [("x-forwarded-for", "198.51.100.23")];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_with(&gw.url("/free"), &from).await.0.status != 403 {
+        assert!(Instant::now() < deadline, "the running gateway never saw the ban added in Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, _) = ban(&["list", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((listed[0]["target"].as_str(), listed[0]["rule"].as_str()), (Some("198.51.100.23"), Some("manual")));
+    let (code, _, err) = ban(&["lift", "198.51.100.23"]);
+    assert_eq!(code, Some(0), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_with(&gw.url("/free"), &from).await.0.status != 200 {
+        assert!(Instant::now() < deadline, "the running gateway kept a ban lifted in Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
