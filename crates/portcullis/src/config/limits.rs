@@ -120,21 +120,6 @@ pub(super) fn route_limits(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("50/s"), Some((50, Duration::from_secs(1))));
-        assert_eq!(parse_rate("2000/hour"), Some((2000, Duration::from_secs(3600))));
-        assert_eq!(parse_rate("5 / min"), Some((5, Duration::from_secs(60))));
-        assert_eq!(parse_rate("100/10s"), Some((100, Duration::from_secs(10))));
-        assert_eq!(parse_rate("fast"), None);
-        assert_eq!(parse_rate("-1/s"), None);
-    }
-}
-
 /// `[[ban]]` rules.
 pub(super) fn build_bans(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<BanRule> {
     let mut out: Vec<BanRule> = Vec::new();
@@ -201,5 +186,20 @@ pub(super) fn endpoint_limits(
             metrics: portcullis_layers::rate_limit::LimitMetrics::default(),
         })],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50/s"), Some((50, Duration::from_secs(1))));
+        assert_eq!(parse_rate("2000/hour"), Some((2000, Duration::from_secs(3600))));
+        assert_eq!(parse_rate("5 / min"), Some((5, Duration::from_secs(60))));
+        assert_eq!(parse_rate("100/10s"), Some((100, Duration::from_secs(10))));
+        assert_eq!(parse_rate("fast"), None);
+        assert_eq!(parse_rate("-1/s"), None);
     }
 }
