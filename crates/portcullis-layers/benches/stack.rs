@@ -41,6 +41,7 @@ fn config() -> StackConfig {
                 ips: None,
                 pattern: None,
                 limits: Vec::new(),
+                login: None,
                 in_flight: None,
                 upstream_in_flight: None,
             }),
@@ -60,6 +61,7 @@ fn config() -> StackConfig {
         roles: Default::default(),
         ip_rules: None,
         limit_store: None,
+        login_store: None,
         endpoints: None,
     }
 }

@@ -58,6 +58,22 @@ pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
 #[derive(Debug, Clone)]
 pub struct Noted(pub Denied);
 
+/// More notes on one response, after the first ([`Noted`]).
+#[derive(Debug, Clone, Default)]
+pub struct MoreNoted(pub Vec<Denied>);
+
+/// Adds a note to `response` without replacing one an inner layer made.
+pub fn note(response: &mut Response<Body>, denied: Denied) {
+    let extensions = response.extensions_mut();
+    if extensions.get::<Noted>().is_none() {
+        extensions.insert(Noted(denied));
+    } else if let Some(more) = extensions.get_mut::<MoreNoted>() {
+        more.0.push(denied);
+    } else {
+        extensions.insert(MoreNoted(vec![denied]));
+    }
+}
+
 /// A refusal answered with a redirect rather than an error body (a browser
 /// whose session is no longer valid, sent to login). The reject layer emits
 /// its event and leaves the response as it is.
@@ -171,6 +187,11 @@ where
             // Noticed but let through (a limit store failing open).
             if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
                 emit(&shared, &summary, &response, &noted, status, Action::Log);
+            }
+            if let Some(MoreNoted(notes)) = response.extensions_mut().remove::<MoreNoted>() {
+                for noted in &notes {
+                    emit(&shared, &summary, &response, noted, status, Action::Log);
+                }
             }
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {
                 emit(&shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);

@@ -40,6 +40,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             ips: None,
             pattern: None,
             limits: Vec::new(),
+            login: None,
             in_flight: None,
             upstream_in_flight: None,
         }),
@@ -58,6 +59,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         roles: Default::default(),
         ip_rules: None,
         limit_store: None,
+        login_store: None,
         endpoints: None,
     }
 }

@@ -54,7 +54,11 @@ use crate::proxy::upstream::UpstreamState;
 use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedError};
 use crate::tls::CertStore;
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
+use portcullis_layers::login::{LoginStore, MemoryLoginStore};
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
+
+/// Keys the in-memory login store holds (about 100 bytes each).
+const MEMORY_LOGIN_KEYS: usize = 200_000;
 
 /// One compiled configuration, ready to serve.
 #[derive(Debug)]
@@ -73,6 +77,7 @@ impl Gateway {
         tasks: TaskTracker,
         auth: &AuthRuntime,
         limit_store: &Arc<dyn LimitStore>,
+        login_store: &Arc<dyn LoginStore>,
         in_flight: &InFlightLimits,
     ) -> Self {
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
@@ -98,6 +103,7 @@ impl Gateway {
                     // Owner rules read path parameters.
                     pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
                     limits: r.limits.clone(),
+                    login: r.login.clone(),
                     in_flight: in_flight.routes.get(i).cloned().flatten(),
                     upstream_in_flight: in_flight.upstreams.get(r.upstream).cloned().flatten(),
                 }),
@@ -118,6 +124,7 @@ impl Gateway {
             ip_rules: config.access.clone().map(Arc::new),
             // Only routes with limits touch the store.
             limit_store: config.routes.iter().any(|r| !r.limits.is_empty()).then(|| limit_store.clone()),
+            login_store: config.routes.iter().any(|r| r.login.is_some()).then(|| login_store.clone()),
             endpoints: auth.endpoints.clone(),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
@@ -211,6 +218,8 @@ pub struct Server {
     revocations: Arc<dyn Revocations>,
     /// Rate-limit state; kept across reloads.
     limit_store: Arc<dyn LimitStore>,
+    /// Login-failure state; kept across reloads.
+    login_store: Arc<dyn LoginStore>,
     workers: Vec<Worker>,
     events: Arc<dyn EventSink>,
     shutdown: watch::Sender<bool>,
@@ -266,13 +275,18 @@ impl Server {
         }
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
-        let (revocations, limit_store): (Arc<dyn Revocations>, Arc<dyn LimitStore>) = match &config.state.shared {
-            Shared::Memory => (Arc::new(MemoryRevocations::default()), Arc::new(MemoryStore::new(1_000_000))),
-            Shared::Redis(url) => {
-                let redis = Arc::new(RedisState::connect(url.expose()).await.map_err(StartError::Shared)?);
-                (redis.clone(), redis)
-            }
-        };
+        let (revocations, limit_store, login_store): (Arc<dyn Revocations>, Arc<dyn LimitStore>, Arc<dyn LoginStore>) =
+            match &config.state.shared {
+                Shared::Memory => (
+                    Arc::new(MemoryRevocations::default()),
+                    Arc::new(MemoryStore::new(1_000_000)),
+                    Arc::new(MemoryLoginStore::new(MEMORY_LOGIN_KEYS)),
+                ),
+                Shared::Redis(url) => {
+                    let redis = Arc::new(RedisState::connect(url.expose()).await.map_err(StartError::Shared)?);
+                    (redis.clone(), redis.clone(), redis)
+                }
+            };
         let auth = AuthRuntime::start(&config, revocations.clone()).await?;
         let in_flight = InFlightLimits::of(&config);
         let config = Arc::new(config);
@@ -290,6 +304,7 @@ impl Server {
                 tasks.clone(),
                 &auth,
                 &limit_store,
+                &login_store,
                 &in_flight,
             )));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -350,6 +365,7 @@ impl Server {
             cert_stores,
             revocations,
             limit_store,
+            login_store,
         })
     }
 
@@ -410,6 +426,7 @@ impl Server {
                 self.tasks.clone(),
                 &auth,
                 &self.limit_store,
+                &self.login_store,
                 &in_flight,
             )));
         }

@@ -11,6 +11,7 @@ mod authz;
 mod build;
 pub mod error;
 mod limits;
+pub mod login;
 pub mod oidc;
 pub mod raw;
 pub mod secret;
@@ -63,6 +64,8 @@ pub struct Config {
     pub state: state::State,
     /// `[auth]`.
     pub auth: auth::Auth,
+    /// `[login.NAME]`, by name.
+    pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
 }
 
 impl Config {
@@ -281,6 +284,8 @@ pub struct Route {
     pub require: Option<portcullis_policy::rbac::Requirement>,
     /// Rate limits, in the order listed.
     pub limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    /// Login protection (`login = NAME`), if this is a login route.
+    pub login: Option<std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     /// Most requests in flight on this route.
     pub max_in_flight: Option<usize>,
     /// The route's IP lists.
