@@ -594,6 +594,34 @@ mod tests {
         assert!(store.check_now("late0", r, later).failures == 1);
     }
 
+    #[test]
+    fn upstream_answers_are_classified() {
+        let settings = LoginSettings {
+            name: Arc::from("api"),
+            account: AccountSource::Json(vec!["username".into()]),
+            account_backoff: rules(5),
+            ip_backoff: rules(20),
+            failure_status: vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
+            fail_open: false,
+            max_body: 1024,
+        };
+        let guard = LoginGuard::new(Arc::new(settings), Arc::new(MemoryLoginStore::new(100)));
+        let cases = [
+            (200, Attempt::Succeeded),
+            (204, Attempt::Succeeded),
+            (302, Attempt::Succeeded),
+            (401, Attempt::Failed),
+            (403, Attempt::Failed),
+            (400, Attempt::Other),
+            (429, Attempt::Other),
+            (500, Attempt::Other),
+            (502, Attempt::Other),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(guard.classify(StatusCode::from_u16(status).unwrap()), expected, "{status}");
+        }
+    }
+
     #[tokio::test]
     async fn replayed_bodies_are_byte_identical_and_bounded_reads_stop_early() {
         let expected: Vec<u8> = (0..10u8).flat_map(|i| vec![b'a' + i; 1000]).collect();

@@ -352,7 +352,8 @@ mod tests {
         let header = AccountSource::parse("header:x-login").unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-login", "carol".parse().unwrap());
-        let cases: &[(&AccountSource, Option<&[u8]>, Option<&str>)] = &[
+        type Case<'a> = (&'a AccountSource, Option<&'a [u8]>, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
             (&json, Some(br#"{"username":"alice","password":"x"}"#), Some("alice")),
             (&json, Some(br#"{"username":42}"#), Some("42")),
             (&json, Some(br#"{"username":["a"]}"#), None),

@@ -619,8 +619,13 @@ fn login_mistakes_are_refused_with_their_position() {
     let limit = "[limits.per_account]\nkey = \"account\"\nrate = \"5/min\"\n";
     let errs = errors(&format!("{}\n{limit}", login_route("limits = [\"per_account\"]")));
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].message.contains("counts by account, but route \"login\" is not a login route"), "{}", errs[0].message);
-    let ok = parse(&format!("{}\n{limit}\n{LOGIN}", login_route("limits = [\"per_account\"]\nlogin = \"api\""))).unwrap();
+    assert!(
+        errs[0].message.contains("counts by account, but route \"login\" is not a login route"),
+        "{}",
+        errs[0].message
+    );
+    let ok =
+        parse(&format!("{}\n{limit}\n{LOGIN}", login_route("limits = [\"per_account\"]\nlogin = \"api\""))).unwrap();
     assert_eq!(ok.routes[1].limits[0].key, portcullis_layers::rate_limit::LimitKey::Account);
 }
 

@@ -68,7 +68,8 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &limits, &logins);
+    let mut routes =
+        build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &Named { limits: &limits, logins: &logins });
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -763,6 +764,12 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
     merged
 }
 
+/// The named sections routes refer to.
+struct Named<'a> {
+    limits: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+}
+
 fn build_routes(
     c: &mut Collector<'_>,
     raw: &RawConfig,
@@ -770,9 +777,9 @@ fn build_routes(
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
     roles: &portcullis_policy::rbac::Roles,
-    limits: &std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
-    logins: &std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    named: &Named<'_>,
 ) -> Vec<Route> {
+    let Named { limits, logins } = *named;
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
