@@ -12,7 +12,8 @@
 //! ```text
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
-//!   → rate limit (ip, route, header) → authenticate → rate limit (subject, key) → authorize → concurrency → identity → forward → proxy
+//!   → rate limit (ip, route, header) → authenticate → login protection
+//!   → rate limit (subject, key, account) → authorize → concurrency → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -44,6 +45,7 @@ pub mod forward;
 pub mod headers;
 pub mod identity;
 pub mod limits;
+pub mod login;
 pub mod normalize;
 pub mod rate_limit;
 pub mod reject;
@@ -207,6 +209,8 @@ pub struct RouteInfo {
     pub pattern: Option<Arc<portcullis_policy::route::PathPattern>>,
     /// The route's rate limits, in the order configured.
     pub limits: Vec<Arc<rate_limit::Limit>>,
+    /// The route's login protection, if it is a login route.
+    pub login: Option<Arc<login::LoginSettings>>,
     /// The route's in-flight limit (shared by every worker), if any.
     pub in_flight: Option<Arc<concurrency::InFlight>>,
     /// The upstream's in-flight limit (shared by every route and worker).
@@ -247,6 +251,8 @@ pub struct StackConfig {
     pub ip_rules: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
     /// Where rate-limit state lives (none: no route has limits).
     pub limit_store: Option<Arc<dyn rate_limit::LimitStore>>,
+    /// Where login-failure state lives (none: no route is a login route).
+    pub login_store: Option<Arc<dyn login::LoginStore>>,
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
     /// logout, JWKS), if any are enabled.
     pub endpoints: Option<GatewayService>,
@@ -284,6 +290,7 @@ where
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
         .layer(auth::AuthLayer::new(config.auth.clone()))
+        .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
         .layer(concurrency::ConcurrencyLayer)

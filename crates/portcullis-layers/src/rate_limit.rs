@@ -1,6 +1,6 @@
 //! Rate limiting on live requests: named GCRA quotas (rules in
 //! `portcullis_policy::rate_limit`) keyed by client IP, subject, API key,
-//! route or a request header, several per route.
+//! route, a request header or a login's account name, several per route.
 //!
 //! Decision rules:
 //! - Every limit the route names is checked; the first one exceeded refuses
@@ -10,6 +10,8 @@
 //! - Limits keyed by IP, route or header run before authentication (so a
 //!   flood costs no signature checks); limits keyed by subject or API key run
 //!   after it, and skip unauthenticated requests (IP limits cover those).
+//!   Limits keyed by account run after the login layer has read the account
+//!   name (login routes only), and skip requests without one.
 //! - IPv6 clients are grouped by /64 (one host usually owns a whole /64).
 //! - Exempt client networks and roles skip the limit.
 //! - A store that cannot answer (Redis down) fails open or closed per limit,
@@ -84,13 +86,16 @@ pub enum LimitKey {
     Route,
     /// A request header's value (absent header: not counted).
     Header(HeaderName),
+    /// The account name a login route's request submitted (read by the
+    /// login layer; absent: not counted).
+    Account,
 }
 
 impl LimitKey {
     /// Whether the key is known only after authentication.
     #[must_use]
     pub const fn after_auth(&self) -> bool {
-        matches!(self, Self::Subject | Self::ApiKey)
+        matches!(self, Self::Subject | Self::ApiKey | Self::Account)
     }
 }
 
@@ -175,11 +180,13 @@ fn key_for(limit: &Limit, req: &Request<Body>, route: &RouteInfo) -> Option<Stri
             // Keep store keys bounded whatever the client sends.
             portcullis_policy::principal::fingerprint(v.as_bytes())
         }
+        // Already a fingerprint of the normalized name.
+        LimitKey::Account => req.extensions().get::<crate::login::LoginAccount>()?.0.clone(),
     };
     Some(format!("rl:{}:{value}", limit.name))
 }
 
-fn unix_nanos() -> u64 {
+pub(crate) fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
@@ -328,7 +335,7 @@ where
                         // Failing open is still worth an event.
                         let noted = Denied::new(Reason::RateLimitUnavailable)
                             .with_detail(format!("failing open: {}", unavailable.join("; ")));
-                        response.extensions_mut().insert(crate::reject::Noted(noted));
+                        crate::reject::note(&mut response, noted);
                     }
                     Ok(response)
                 }
@@ -445,7 +452,7 @@ impl MemoryStore {
     }
 }
 
-fn shard_of(key: &str) -> usize {
+pub(crate) fn shard_of(key: &str) -> usize {
     // FNV-1a: cheap and good enough to spread keys over 16 shards.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {

@@ -59,6 +59,22 @@ pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
 #[derive(Debug, Clone)]
 pub struct Noted(pub Denied);
 
+/// More notes on one response, after the first ([`Noted`]).
+#[derive(Debug, Clone, Default)]
+pub struct MoreNoted(pub Vec<Denied>);
+
+/// Adds a note to `response` without replacing one an inner layer made.
+pub fn note(response: &mut Response<Body>, denied: Denied) {
+    let extensions = response.extensions_mut();
+    if extensions.get::<Noted>().is_none() {
+        extensions.insert(Noted(denied));
+    } else if let Some(more) = extensions.get_mut::<MoreNoted>() {
+        more.0.push(denied);
+    } else {
+        extensions.insert(MoreNoted(vec![denied]));
+    }
+}
+
 /// A refusal answered with a redirect rather than an error body (a browser
 /// whose session is no longer valid, sent to login). The reject layer emits
 /// its event and leaves the response as it is.
@@ -181,40 +197,51 @@ where
         Box::pin(async move {
             let Ok(mut response) = future.await;
             let status = response.status().as_u16();
-            let mut counted = None;
+            let mut counted: Vec<Reason> = Vec::new();
             // A browser sent elsewhere (to login) instead of an error page: a
             // refusal, with the status really sent.
             if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
                 emit(&shared, &summary, &response, &denied, status, Action::Deny);
-                counted = Some(denied.reason);
+                counted.push(denied.reason);
             }
             // Noticed but let through (a limit store failing open, a failed
             // login at the upstream).
             if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
                 emit(&shared, &summary, &response, &noted, status, Action::Log);
-                counted = counted.or(Some(noted.reason));
+                counted.push(noted.reason);
+            }
+            if let Some(MoreNoted(notes)) = response.extensions_mut().remove::<MoreNoted>() {
+                for noted in &notes {
+                    emit(&shared, &summary, &response, noted, status, Action::Log);
+                    counted.push(noted.reason);
+                }
             }
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {
                 emit(&shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
-                counted = Some(denied.reason);
+                counted.push(denied.reason);
                 response = render(&denied, &summary, response);
             }
-            if let (Some(reason), Some(banner)) = (counted, &shared.banner)
-                && reason.attribution() == Attribution::Client
-                && banner.counts(reason)
-                && let Some((ban, rule)) = banner.observe(summary.client_ip, reason).await
-            {
-                let detail = format!(
-                    "{} banned for {} after {} refusals within {}",
-                    ban.target_text(),
-                    humantime::format_duration(rule.duration),
-                    rule.count,
-                    humantime::format_duration(rule.within)
-                );
-                let issued = Denied::new(Reason::BanIssued).with_rule(rule.name.clone()).with_detail(detail);
-                emit(&shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
-                // Its next request will be refused anyway; make it reconnect.
-                response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            // Each client-caused refusal of this request counts toward the
+            // ban rules; the first ban issued ends the counting.
+            if let Some(banner) = &shared.banner {
+                for reason in counted {
+                    if reason.attribution() != Attribution::Client || !banner.counts(reason) {
+                        continue;
+                    }
+                    let Some((ban, rule)) = banner.observe(summary.client_ip, reason).await else { continue };
+                    let detail = format!(
+                        "{} banned for {} after {} refusals within {}",
+                        ban.target_text(),
+                        humantime::format_duration(rule.duration),
+                        rule.count,
+                        humantime::format_duration(rule.within)
+                    );
+                    let issued = Denied::new(Reason::BanIssued).with_rule(rule.name.clone()).with_detail(detail);
+                    emit(&shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
+                    // Its next request will be refused anyway; make it reconnect.
+                    response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    break;
+                }
             }
             response.headers_mut().insert(X_REQUEST_ID, header_value);
             Ok(if shared.access_log { with_access_log(response, summary) } else { response })

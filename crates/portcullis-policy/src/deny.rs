@@ -207,6 +207,15 @@ reasons! {
     RateLimitExceeded => ("ratelimit.exceeded", StatusCode::TOO_MANY_REQUESTS, Client),
     /// The shared limit store is unreachable and the limit fails closed.
     RateLimitUnavailable => ("ratelimit.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// A login attempt during the backoff after repeated failures for its
+    /// account name or client address (`rule` names the `[login.NAME]`).
+    LoginBackoff => ("login.backoff", StatusCode::TOO_MANY_REQUESTS, Client),
+    /// The login-protection store is unreachable and the protection fails
+    /// closed (also logged, action `log`, when it fails open).
+    LoginUnavailable => ("login.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// The upstream refused a login (a counted failure; logged, not a refusal
+    /// by the gateway).
+    LoginFailed => ("login.failed", StatusCode::UNAUTHORIZED, Client),
     /// The route's in-flight limit is reached (`rule` names the route).
     ConcurrencyRoute => ("concurrency.route", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The upstream's in-flight limit is reached (`rule` names the upstream).

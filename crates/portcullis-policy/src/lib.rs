@@ -16,6 +16,7 @@ pub mod hop;
 pub mod ip_rules;
 pub mod jwt;
 pub mod limits;
+pub mod login;
 pub mod normalize;
 pub mod principal;
 pub mod rate_limit;

@@ -152,7 +152,11 @@ fn rate_limit_gaps(config: &Config, out: &mut Vec<Finding>) {
     let unlimited: Vec<String> = config
         .routes
         .iter()
-        .filter(|r| r.limits.is_empty() && r.methods.as_ref().is_none_or(|m| m.contains(&http::Method::POST)))
+        .filter(|r| {
+            r.limits.is_empty()
+                && r.login.is_none()
+                && r.methods.as_ref().is_none_or(|m| m.contains(&http::Method::POST))
+        })
         .filter(|r| r.path.as_str().split('/').any(|seg| LOGIN_SEGMENTS.contains(&seg.to_ascii_lowercase().as_str())))
         .map(|r| format!("{:?} ({})", r.name, r.path.as_str()))
         .collect();
@@ -160,8 +164,21 @@ fn rate_limit_gaps(config: &Config, out: &mut Vec<Finding>) {
         out.push(warning(
             "ratelimit.login_unlimited",
             format!("login routes have no rate limit: {}", unlimited.join(", ")),
-            "give login routes their own tight per-IP limit (e.g. [limits.login] key = \"ip\", rate = \"5/min\", burst = 10) so passwords cannot be guessed at line rate",
+            "protect login routes with login = \"NAME\" and a [login.NAME] section (backoff per account and per IP), or at least a tight per-IP limit (e.g. [limits.login] key = \"ip\", rate = \"5/min\", burst = 10), so passwords cannot be guessed at line rate",
         ));
+    }
+    if matches!(config.state.shared, crate::config::state::Shared::Redis(_)) {
+        let open: Vec<&str> = config.logins.values().filter(|l| l.fail_open).map(|l| l.name.as_ref()).collect();
+        if !open.is_empty() {
+            out.push(warning(
+                "ratelimit.login_fail_open",
+                format!(
+                    "Redis configured fail-open on login protection: while Redis is unreachable, [login.{}] lets every attempt through uncounted",
+                    open.join("], [login.")
+                ),
+                "remove on_store_failure = \"open\" (the default is \"closed\"): a login refused with 503 during an outage is better than unlimited password guessing",
+            ));
+        }
     }
     let public_listener = config.listeners.iter().any(|l| !l.bind.ip().is_loopback());
     let ip_limited =

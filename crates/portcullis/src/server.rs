@@ -55,7 +55,11 @@ use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedBans, Shar
 use crate::tls::CertStore;
 use portcullis_layers::ban::{BanStore, Banner, LocalBans, unix_millis};
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
+use portcullis_layers::login::{LoginStore, MemoryLoginStore};
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
+
+/// Keys the in-memory login store holds (about 100 bytes each).
+const MEMORY_LOGIN_KEYS: usize = 200_000;
 
 /// One compiled configuration, ready to serve.
 #[derive(Debug)]
@@ -100,6 +104,7 @@ impl Gateway {
                     // Owner rules read path parameters.
                     pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
                     limits: r.limits.clone(),
+                    login: r.login.clone(),
                     in_flight: per_config.routes.get(i).cloned().flatten(),
                     upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
                 }),
@@ -121,6 +126,7 @@ impl Gateway {
             // Only routes with limits touch the store.
             limit_store: (config.routes.iter().any(|r| !r.limits.is_empty()) || !config.endpoint_limits.is_empty())
                 .then(|| limit_store.clone()),
+            login_store: config.routes.iter().any(|r| r.login.is_some()).then(|| state.logins.clone()),
             endpoints: auth.endpoints.clone(),
             bans: Some(state.bans.clone()),
             banner: per_config.banner.clone(),
@@ -137,6 +143,7 @@ impl Gateway {
                     ips: None,
                     pattern: None,
                     limits: config.endpoint_limits.clone(),
+                    login: None,
                     in_flight: None,
                     upstream_in_flight: None,
                 })
@@ -160,6 +167,8 @@ pub struct SharedStores {
     pub limits: Arc<dyn LimitStore>,
     /// The ban list.
     pub bans: Arc<dyn BanStore>,
+    /// Login-failure state.
+    pub logins: Arc<dyn LoginStore>,
 }
 
 /// What one configuration's workers share: in-flight counters, and the
@@ -328,6 +337,7 @@ impl Server {
                     revocations: Arc::new(MemoryRevocations::default()),
                     limits: Arc::new(MemoryStore::new(1_000_000)),
                     bans: Arc::new(LocalBans::default()),
+                    logins: Arc::new(MemoryLoginStore::new(MEMORY_LOGIN_KEYS)),
                 };
                 (state, None)
             }
@@ -338,7 +348,13 @@ impl Server {
                 if let Err(e) = bans.sync().await {
                     tracing::warn!(error = %e, "cannot read the shared ban list yet");
                 }
-                (SharedStores { revocations: redis.clone(), limits: redis, bans: bans.clone() }, Some(bans))
+                let state = SharedStores {
+                    revocations: redis.clone(),
+                    limits: redis.clone(),
+                    bans: bans.clone(),
+                    logins: redis,
+                };
+                (state, Some(bans))
             }
         };
         let auth = AuthRuntime::start(&config, state.revocations.clone()).await?;

@@ -579,3 +579,92 @@ bind = \"{bind}\"\ntoken = \"{}\"\n",
     assert_eq!(admin("0.0.0.0:9901"), ["admin.remote"]);
     assert!(admin("127.0.0.1:9901").is_empty());
 }
+
+const LOGIN: &str = r#"
+[login.api]
+account = "json:username"
+"#;
+
+fn login_route(extra: &str) -> String {
+    format!(
+        "{MINIMAL}\n[[route]]\nname = \"login\"\nmatch = {{ path = \"/auth/login\", methods = [\"POST\"] }}\nupstream = \"api\"\nauth = \"public\"\n{extra}\n"
+    )
+}
+
+#[test]
+fn login_sections_get_secure_defaults_and_routes_refer_to_them() {
+    let c = parse(&format!("{}\n{LOGIN}", login_route("login = \"api\""))).unwrap();
+    let login = c.routes[1].login.as_ref().unwrap();
+    assert_eq!(login.name.as_ref(), "api");
+    assert_eq!(login.account, portcullis_policy::login::AccountSource::Json(vec!["username".into()]));
+    assert_eq!((login.account_backoff.free, login.ip_backoff.free), (5, 20));
+    assert_eq!(login.account_backoff.window_nanos, 15 * 60 * 1_000_000_000);
+    assert_eq!(login.account_backoff.backoff_nanos, 1_000_000_000);
+    assert_eq!(login.account_backoff.max_backoff_nanos, 15 * 60 * 1_000_000_000);
+    assert_eq!(login.failure_status, [http::StatusCode::UNAUTHORIZED, http::StatusCode::FORBIDDEN]);
+    assert!(!login.fail_open, "fails closed by default");
+    assert_eq!(login.max_body, 16 * 1024);
+    assert!(c.routes[0].login.is_none());
+}
+
+#[test]
+fn login_mistakes_are_refused_with_their_position() {
+    // An unknown login name on a route.
+    let errs = errors(&format!("{}\n{LOGIN}", login_route("login = \"apj\"")));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("unknown login \"apj\""), "{}", errs[0].message);
+    assert_eq!(errs[0].expected.as_deref(), Some("one of: api"));
+    assert_eq!(errs[0].line, 19, "points at the route's login");
+    // A bad account source and bad values.
+    let bad = "[login.api]\naccount = \"xml:user\"\naccount_failures = 0\nbackoff = \"10m\"\nmax_backoff = \"1m\"\nfailure_status = [200]\non_store_failure = \"maybe\"\nmax_body = \"2MiB\"\n";
+    let errs = errors(&format!("{}\n{bad}", login_route("login = \"api\"")));
+    let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+    for needle in [
+        "unknown account source \"xml:user\"",
+        "account_failures is out of range",
+        "max_backoff is shorter than backoff",
+        "failure_status 200 is not a 4xx or 5xx status",
+        "unknown on_store_failure \"maybe\"",
+        "max_body 2097152 is out of range",
+    ] {
+        assert!(messages.iter().any(|m| m.contains(needle)), "{needle}: {messages:?}");
+    }
+    let source = errs.iter().find(|e| e.message.contains("xml:user")).unwrap();
+    assert!(source.expected.as_deref().unwrap().contains("json:username"));
+    // A mistyped key.
+    let errs = errors(&format!("{}\n{LOGIN}acount_failures = 3\n", login_route("login = \"api\"")));
+    assert!(errs[0].message.contains("unknown field `acount_failures`"), "{}", errs[0].message);
+    // A rate limit keyed by account on a route that is not a login route.
+    let limit = "[limits.per_account]\nkey = \"account\"\nrate = \"5/min\"\n";
+    let errs = errors(&format!("{}\n{limit}", login_route("limits = [\"per_account\"]")));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].message.contains("counts by account, but route \"login\" is not a login route"),
+        "{}",
+        errs[0].message
+    );
+    let ok =
+        parse(&format!("{}\n{limit}\n{LOGIN}", login_route("limits = [\"per_account\"]\nlogin = \"api\""))).unwrap();
+    assert_eq!(ok.routes[1].limits[0].key, portcullis_layers::rate_limit::LimitKey::Account);
+}
+
+#[test]
+fn check_counts_login_protection_and_flags_it_failing_open_on_redis() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("ratelimit."))
+            .collect()
+    };
+    assert_eq!(codes(&login_route("")), ["ratelimit.login_unlimited"]);
+    let protected = format!("{}\n{LOGIN}", login_route("login = \"api\""));
+    assert!(codes(&protected).is_empty(), "a login route is protected");
+    let open = format!("{protected}on_store_failure = \"open\"\n");
+    assert!(codes(&open).is_empty(), "fail-open is harmless with the memory store");
+    let redis = format!("{open}\n[state]\nshared = \"redis://127.0.0.1:6379\"\n");
+    assert_eq!(codes(&redis), ["ratelimit.login_fail_open"]);
+    let finding = portcullis::check::findings(&parse(&redis).unwrap()).pop().unwrap();
+    assert!(finding.message.starts_with("Redis configured fail-open on login protection"), "{}", finding.message);
+    assert!(codes(&redis.replace("on_store_failure = \"open\"\n", "")).is_empty(), "closed is the default");
+}

@@ -60,6 +60,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let auth = super::auth::build_auth(&mut c, &raw, base, env);
     let roles = super::authz::build_roles(&mut c, &raw);
     let limits = super::limits::build_limits(&mut c, &raw);
+    let logins = super::login::build_logins(&mut c, &raw);
     let access = super::authz::build_access(&mut c, &raw);
     let bans = super::limits::build_bans(&mut c, &raw);
     let endpoint_limits = super::limits::endpoint_limits(&mut c, &raw, &limits);
@@ -69,7 +70,8 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &limits);
+    let mut routes =
+        build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &Named { limits: &limits, logins: &logins });
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -101,6 +103,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         bans,
         admin,
         endpoint_limits,
+        logins,
     })
 }
 
@@ -767,6 +770,12 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
     merged
 }
 
+/// The named sections routes refer to.
+struct Named<'a> {
+    limits: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+}
+
 fn build_routes(
     c: &mut Collector<'_>,
     raw: &RawConfig,
@@ -774,8 +783,9 @@ fn build_routes(
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
     roles: &portcullis_policy::rbac::Roles,
-    limits: &std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    named: &Named<'_>,
 ) -> Vec<Route> {
+    let Named { limits, logins } = *named;
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -849,6 +859,18 @@ fn build_routes(
         let require = super::authz::route_require(c, r.require.as_ref(), &name, path.as_ref(), public, roles);
         let ips = super::authz::route_ips(c, r);
         let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
+        let login = super::login::route_login(c, r.login.as_ref(), logins);
+        if r.login.is_none()
+            && let Some(names) = &r.limits
+            && let Some(by_account) =
+                route_limits.iter().find(|l| l.key == portcullis_layers::rate_limit::LimitKey::Account)
+        {
+            c.error(
+                names.span(),
+                format!("limit {:?} counts by account, but route {name:?} is not a login route", by_account.name),
+            )
+            .help("add login = \"NAME\" (a [login.NAME] section says where the account name is), or use a limit keyed by ip");
+        }
         let max_in_flight = in_flight(c, r.max_in_flight.as_ref());
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
@@ -868,6 +890,7 @@ fn build_routes(
                 headers,
                 require,
                 limits: route_limits,
+                login,
                 max_in_flight,
                 ips,
             });

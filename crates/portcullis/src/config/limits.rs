@@ -40,11 +40,12 @@ fn build_limit(c: &mut Collector<'_>, name: &str, raw: &Spanned<RawLimit>) -> Op
         "subject" => LimitKey::Subject,
         "api_key" => LimitKey::ApiKey,
         "route" => LimitKey::Route,
+        "account" => LimitKey::Account,
         other => match other.strip_prefix("header:").map(|h| HeaderName::from_bytes(h.trim().as_bytes())) {
             Some(Ok(header)) => LimitKey::Header(header),
             _ => {
                 c.error(l.key.span(), format!("unknown limit key {other:?}"))
-                    .expected("\"ip\", \"subject\", \"api_key\", \"route\" or \"header:X-Name\"");
+                    .expected("\"ip\", \"subject\", \"api_key\", \"route\", \"account\" or \"header:X-Name\"");
                 return None;
             }
         },

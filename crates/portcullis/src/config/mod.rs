@@ -11,6 +11,7 @@ mod authz;
 mod build;
 pub mod error;
 mod limits;
+pub mod login;
 pub mod oidc;
 pub mod raw;
 pub mod secret;
@@ -69,6 +70,8 @@ pub struct Config {
     pub admin: Option<state::Admin>,
     /// Limits on `/.portcullis/*` (`[server] endpoint_limits`).
     pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    /// `[login.NAME]`, by name.
+    pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
 }
 
 impl Config {
@@ -287,6 +290,8 @@ pub struct Route {
     pub require: Option<portcullis_policy::rbac::Requirement>,
     /// Rate limits, in the order listed.
     pub limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
+    /// Login protection (`login = NAME`), if this is a login route.
+    pub login: Option<std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     /// Most requests in flight on this route.
     pub max_in_flight: Option<usize>,
     /// The route's IP lists.

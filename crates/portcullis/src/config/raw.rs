@@ -34,6 +34,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: std::collections::BTreeMap<String, Spanned<RawLimit>>,
     #[serde(default)]
+    pub login: std::collections::BTreeMap<String, Spanned<RawLogin>>,
+    #[serde(default)]
     pub state: RawState,
     #[serde(default, rename = "ban")]
     pub bans: Vec<Spanned<RawBan>>,
@@ -88,6 +90,23 @@ pub struct RawAdmin {
     pub bind: Spanned<String>,
     /// Bearer token: `${ENV}` or `file:/path`.
     pub token: Spanned<String>,
+}
+
+/// `[login.NAME]`: login brute-force protection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    /// `json:<field or dotted.path>`, `form:<field>` or `header:<Name>`.
+    pub account: Spanned<String>,
+    pub account_failures: Option<Spanned<i64>>,
+    pub ip_failures: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub backoff: Option<Spanned<String>>,
+    pub max_backoff: Option<Spanned<String>>,
+    pub failure_status: Option<Spanned<Vec<i64>>>,
+    /// `closed` (default) or `open` when the shared store is unreachable.
+    pub on_store_failure: Option<Spanned<String>>,
+    pub max_body: Option<Spanned<Size>>,
 }
 
 /// `[access]`: global IP lists.
@@ -431,6 +450,8 @@ pub struct RawRoute {
     pub headers: Option<RawHeaderChanges>,
     pub require: Option<Spanned<RawRequire>>,
     pub limits: Option<Spanned<Vec<String>>>,
+    /// A `[login.NAME]`: this route is a login endpoint.
+    pub login: Option<Spanned<String>>,
     pub max_in_flight: Option<Spanned<i64>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,

@@ -1,5 +1,6 @@
 //! State shared by every instance of the gateway: the session revocation
-//! list here, and with [`RedisState`] the rate-limit store too.
+//! list here, and with [`RedisState`] the rate-limit and login-protection
+//! stores too.
 //!
 //! Defends against a logged-out (or administratively ended) session cookie
 //! being replayed: the cookie itself stays valid until it expires, so its
@@ -27,6 +28,7 @@ use std::time::SystemTime;
 use futures_util::future::BoxFuture;
 
 mod redis_bans;
+mod redis_login;
 mod redis_state;
 
 pub use redis_bans::{SYNC_INTERVAL, SharedBans};

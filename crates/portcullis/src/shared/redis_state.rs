@@ -1,5 +1,6 @@
 //! Shared state in Redis (`[state] shared = "redis://…"`): the rate-limit
-//! store and the session revocation list, seen alike by every instance.
+//! store and the session revocation list, seen alike by every instance (the
+//! login-protection store is in `redis_login.rs`).
 //!
 //! Decision rules:
 //! - A limit check is one round trip: an atomic Lua script (EVALSHA, loaded
@@ -121,11 +122,11 @@ return out
 /// Limits and revocations in Redis. See the module docs.
 #[derive(Clone)]
 pub struct RedisState {
-    conn: ConnectionManager,
+    pub(super) conn: ConnectionManager,
     gcra: redis::Script,
     gcra_many: redis::Script,
     /// The URL with its password hidden, for logs.
-    shown: String,
+    pub(super) shown: String,
 }
 
 impl fmt::Debug for RedisState {
