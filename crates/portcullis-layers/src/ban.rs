@@ -258,7 +258,7 @@ impl Banner {
                 None => true,
                 Some(quota) => {
                     let key = format!("ban:{}:{}", rule.name, ip_key(client));
-                    let now = unix_millis().saturating_mul(1_000_000);
+                    let now = crate::rate_limit::unix_nanos();
                     let outcome = match self.limits.check(&key, quota, now).await {
                         Ok(outcome) => outcome,
                         Err(e) => {

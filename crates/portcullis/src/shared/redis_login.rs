@@ -28,7 +28,6 @@ use portcullis_layers::rate_limit::StoreUnavailable;
 use portcullis_policy::login::{Backoff, Standing};
 
 use super::RedisState;
-use super::redis_state::COMMAND_TIMEOUT;
 
 /// [`Backoff::standing`] for each key. KEYS[i]: a login key. ARGV[i]: its
 /// window (µs). Returns {failures, wait µs} per key, flattened.
@@ -120,17 +119,7 @@ impl RedisState {
                 invocation.arg(arg);
             }
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return Err(StoreUnavailable(format!("Redis {}: {e}", self.shown))),
-            Err(_) => {
-                return Err(StoreUnavailable(format!(
-                    "Redis {} did not answer within {COMMAND_TIMEOUT:?}",
-                    self.shown
-                )));
-            }
-        };
+        let reply: Vec<i64> = self.invoke(&invocation).await.map_err(StoreUnavailable)?;
         if reply.len() != keys.len() * 2 {
             return Err(StoreUnavailable(format!("Redis {}: malformed login reply", self.shown)));
         }

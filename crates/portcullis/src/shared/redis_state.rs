@@ -175,24 +175,26 @@ impl RedisState {
         Ok(state)
     }
 
-    /// Runs one command under [`COMMAND_TIMEOUT`].
-    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await {
+    /// Awaits one Redis reply under [`COMMAND_TIMEOUT`], with errors that
+    /// name the server but never its password.
+    async fn timed<T>(&self, reply: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, reply).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
             Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),
         }
     }
 
+    /// Runs one command under [`COMMAND_TIMEOUT`].
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        let mut conn = self.conn.clone();
+        self.timed(cmd.query_async(&mut conn)).await
+    }
+
     /// Runs a transaction under [`COMMAND_TIMEOUT`].
     pub(super) async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
-            Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),
-        }
+        self.timed(pipe.query_async(&mut conn)).await
     }
 
     /// Runs a Lua script under [`COMMAND_TIMEOUT`].
@@ -201,11 +203,7 @@ impl RedisState {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, String> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
-            Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),
-        }
+        self.timed(invocation.invoke_async(&mut conn)).await
     }
 
     async fn gcra(&self, key: &str, quota: Gcra) -> Result<Outcome, StoreUnavailable> {
@@ -213,20 +211,9 @@ impl RedisState {
         if window >= MAX_EXACT_NANOS {
             return Err(StoreUnavailable(format!("a window of {window} ns is too long for the Redis store")));
         }
-        let mut conn = self.conn.clone();
         let mut invocation = self.gcra.key(key);
         invocation.arg(quota.emission_nanos).arg(window);
-        let reply: (u8, u32, u64, u64, String) =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => return Err(StoreUnavailable(format!("Redis {}: {e}", self.shown))),
-                Err(_) => {
-                    return Err(StoreUnavailable(format!(
-                        "Redis {} did not answer within {COMMAND_TIMEOUT:?}",
-                        self.shown
-                    )));
-                }
-            };
+        let reply: (u8, u32, u64, u64, String) = self.invoke(&invocation).await.map_err(StoreUnavailable)?;
         decode(reply).ok_or_else(|| StoreUnavailable(format!("Redis {}: malformed GCRA reply", self.shown)))
     }
 }
@@ -241,18 +228,7 @@ impl RedisState {
             }
             invocation.key(key).arg(quota.emission_nanos).arg(window);
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => return Err(StoreUnavailable(format!("Redis {}: {e}", self.shown))),
-                Err(_) => {
-                    return Err(StoreUnavailable(format!(
-                        "Redis {} did not answer within {COMMAND_TIMEOUT:?}",
-                        self.shown
-                    )));
-                }
-            };
+        let reply: Vec<redis::Value> = self.invoke(&invocation).await.map_err(StoreUnavailable)?;
         let malformed = || StoreUnavailable(format!("Redis {}: malformed GCRA reply", self.shown));
         reply
             .chunks(5)
@@ -321,15 +297,7 @@ impl Revocations for RedisState {
                 .arg(millis)
                 .arg("GT")
                 .ignore();
-            let mut conn = self.conn.clone();
-            match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SharedError::Unavailable(format!("Redis {}: {e}", self.shown))),
-                Err(_) => Err(SharedError::Unavailable(format!(
-                    "Redis {} did not answer within {COMMAND_TIMEOUT:?}",
-                    self.shown
-                ))),
-            }
+            self.run_pipe::<()>(&pipe).await.map_err(SharedError::Unavailable)
         })
     }
 
