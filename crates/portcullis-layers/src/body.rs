@@ -4,16 +4,18 @@
 //! and fails the stream the moment the limit is crossed, so a client cannot
 //! make the gateway hold more than one frame of its body.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
-use crate::BoxError;
+use crate::{Body, BoxError};
 
 /// The error a [`Limited`] body fails with; the proxy finds it in an upstream
 /// error's source chain and answers 413.
@@ -195,6 +197,108 @@ pub fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The first bytes of a body, read ahead, and what is left of it.
+pub struct Prefix {
+    /// The data read, in one piece.
+    pub bytes: Bytes,
+    /// The frames read, to replay as they came.
+    frames: VecDeque<Frame<Bytes>>,
+    /// The error that ended the read, replayed after the frames.
+    error: Option<BoxError>,
+    /// The unread rest (`None` once the body ended).
+    rest: Option<Body>,
+}
+
+impl std::fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefix").field("bytes", &self.bytes.len()).field("complete", &self.complete()).finish()
+    }
+}
+
+impl Prefix {
+    /// Reads `body` until more than `max` bytes arrived (the frame crossing
+    /// `max` is kept whole), it ends, or it fails.
+    pub async fn read(mut body: Body, max: u64) -> Self {
+        let mut data = BytesMut::new();
+        let mut frames = VecDeque::new();
+        let mut error = None;
+        let mut ended = false;
+        while u64::try_from(data.len()).unwrap_or(u64::MAX) <= max {
+            match body.frame().await {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        data.extend_from_slice(chunk);
+                    }
+                    frames.push_back(frame);
+                }
+                Some(Err(e)) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let rest = (!ended && error.is_none()).then_some(body);
+        Self { bytes: data.freeze(), frames, error, rest }
+    }
+
+    /// Whether the whole body was read (within the limit, without error).
+    #[must_use]
+    pub fn complete(&self) -> bool {
+        self.rest.is_none() && self.error.is_none()
+    }
+
+    /// The whole body again: the frames read, then the unread rest.
+    #[must_use]
+    pub fn into_body(self) -> Body {
+        Replay { frames: self.frames, error: self.error, rest: self.rest }.boxed_unsync()
+    }
+}
+
+/// Replays frames read ahead, then the rest of the body.
+struct Replay {
+    frames: VecDeque<Frame<Bytes>>,
+    error: Option<BoxError>,
+    rest: Option<Body>,
+}
+
+impl HttpBody for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.error.is_none() && self.rest.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 =
+            self.frames.iter().filter_map(Frame::data_ref).map(|d| u64::try_from(d.len()).unwrap_or(u64::MAX)).sum();
+        let rest = self.rest.as_ref().map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(buffered));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(buffered));
+        }
+        hint
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
@@ -235,5 +339,23 @@ mod tests {
         let body = Observed::new(chunks(&["ab"]), move |n, done| s.lock().unwrap().push((n, done)));
         drop(body);
         assert_eq!(seen.lock().unwrap()[1], (0, false));
+    }
+
+    #[tokio::test]
+    async fn replayed_bodies_are_byte_identical_and_bounded_reads_stop_early() {
+        let expected: Vec<u8> = (0..10u8).flat_map(|i| vec![b'a' + i; 1000]).collect();
+        let body = || {
+            let frames = (0..10u8).map(|i| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'a' + i; 1000]))));
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+        };
+        let prefix = Prefix::read(body(), 2500).await;
+        assert!(!prefix.complete());
+        assert_eq!(prefix.bytes.len(), 3000, "stops after the frame crossing the limit");
+        let replayed = prefix.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(replayed.as_ref(), expected.as_slice());
+        let whole = Prefix::read(body(), 100_000).await;
+        assert!(whole.complete());
+        assert_eq!(whole.bytes.as_ref(), expected.as_slice());
+        assert_eq!(whole.into_body().collect().await.unwrap().to_bytes().as_ref(), expected.as_slice());
     }
 }
