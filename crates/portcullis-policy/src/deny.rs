@@ -222,6 +222,36 @@ reasons! {
     ConcurrencyUpstream => ("concurrency.upstream", StatusCode::SERVICE_UNAVAILABLE, Upstream),
     /// The route requires a client certificate and none was presented.
     MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
+    /// The WAF found SQL injection (CRS 942xxx).
+    WafSqli => ("waf.sqli", StatusCode::FORBIDDEN, Client),
+    /// The WAF found cross-site scripting (CRS 941xxx).
+    WafXss => ("waf.xss", StatusCode::FORBIDDEN, Client),
+    /// The WAF found local file inclusion or path traversal (CRS 930xxx).
+    WafLfi => ("waf.lfi", StatusCode::FORBIDDEN, Client),
+    /// The WAF found remote file inclusion (CRS 931xxx).
+    WafRfi => ("waf.rfi", StatusCode::FORBIDDEN, Client),
+    /// The WAF found remote command execution (CRS 932xxx).
+    WafRce => ("waf.rce", StatusCode::FORBIDDEN, Client),
+    /// The WAF found PHP injection (CRS 933xxx).
+    WafPhp => ("waf.php", StatusCode::FORBIDDEN, Client),
+    /// The WAF found generic code injection (Node.js, SSRF, …; CRS 934xxx).
+    WafGeneric => ("waf.generic", StatusCode::FORBIDDEN, Client),
+    /// The WAF found session fixation (CRS 943xxx).
+    WafSessionFixation => ("waf.session_fixation", StatusCode::FORBIDDEN, Client),
+    /// The WAF found Java injection (CRS 944xxx).
+    WafJava => ("waf.java", StatusCode::FORBIDDEN, Client),
+    /// The WAF found protocol violations (CRS 920xxx–922xxx).
+    WafProtocol => ("waf.protocol", StatusCode::FORBIDDEN, Client),
+    /// The WAF found a security scanner (CRS 913xxx).
+    WafScanner => ("waf.scanner", StatusCode::FORBIDDEN, Client),
+    /// The WAF refused the method (CRS 911xxx).
+    WafMethod => ("waf.method", StatusCode::FORBIDDEN, Client),
+    /// The WAF's anomaly score crossed the threshold with no attack class.
+    WafAnomaly => ("waf.anomaly", StatusCode::FORBIDDEN, Client),
+    /// The body is larger than the WAF inspects, and such bodies are refused.
+    WafBodyTooLarge => ("waf.body_too_large", StatusCode::PAYLOAD_TOO_LARGE, Client),
+    /// The WAF's inspection queue is full (or its engine failed) and it fails closed.
+    WafOverloaded => ("waf.overloaded", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// Portcullis failed internally; details are only in the gateway's log.
     GatewayInternal => ("gateway.internal", StatusCode::INTERNAL_SERVER_ERROR, Gateway),
 }
@@ -254,13 +284,22 @@ pub struct Denied {
     /// Headers the client needs with this answer (`Allow`, `Retry-After`,
     /// `WWW-Authenticate`, …).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What the WAF matched, for the event (never sent to the client).
+    pub waf: Option<Box<crate::waf::WafReport>>,
 }
 
 impl Denied {
     /// A denial with no detail.
     #[must_use]
     pub const fn new(reason: Reason) -> Self {
-        Self { reason, detail: None, rule: None, headers: Vec::new() }
+        Self { reason, detail: None, rule: None, headers: Vec::new(), waf: None }
+    }
+
+    /// Attaches what the WAF matched, for the event.
+    #[must_use]
+    pub fn with_waf(mut self, report: crate::waf::WafReport) -> Self {
+        self.waf = Some(Box::new(report));
+        self
     }
 
     /// Adds internal detail for the event.

@@ -64,6 +64,9 @@ pub struct SecurityEvent {
     /// The configured rule that decided, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// What the WAF matched (WAF decisions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waf: Option<crate::waf::WafReport>,
     /// Secret-free internal detail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -98,6 +101,7 @@ impl SecurityEvent {
             attribution: denied.reason.attribution(),
             status: denied.status().as_u16(),
             rule: denied.rule.clone(),
+            waf: denied.waf.as_deref().cloned(),
             detail: denied.detail.as_deref().map(str::to_owned),
             ..Self::about(request, time)
         }
@@ -120,6 +124,7 @@ impl SecurityEvent {
             attribution: Attribution::Client,
             status: 0,
             rule: None,
+            waf: None,
             detail: None,
         }
     }

@@ -24,6 +24,7 @@ pub mod rbac;
 pub mod request_id;
 pub mod route;
 pub mod session;
+pub mod waf;
 
 pub use deny::{Attribution, Denied, Reason};
 pub use event::{Action, SecurityEvent};
