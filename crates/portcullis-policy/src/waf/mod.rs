@@ -34,6 +34,8 @@ use crate::{Denied, Reason};
 
 pub mod canary;
 pub mod crs;
+#[cfg(feature = "libmodsecurity")]
+pub mod libmodsec;
 pub mod zentinel;
 
 /// One request as the WAF sees it.
@@ -264,6 +266,9 @@ pub fn load(kind: EngineKind, rules: &std::path::Path, profile: &Profile) -> Res
     let set = crs::RuleSet::assemble(rules, profile)?;
     let engine: Arc<dyn Engine> = match kind {
         EngineKind::Zentinel => Arc::new(zentinel::Zentinel::load(&set, profile)?),
+        #[cfg(feature = "libmodsecurity")]
+        EngineKind::Libmodsecurity => Arc::new(libmodsec::Libmodsecurity::load(&set, profile)?),
+        #[cfg(not(feature = "libmodsecurity"))]
         EngineKind::Libmodsecurity => return Err(LoadError::Unavailable(kind.as_str())),
     };
     canary::check(engine.as_ref())?;
