@@ -95,6 +95,12 @@ fn numeric_version(version: &str) -> Option<u32> {
     Some(if major >= 4 { major * 1000 } else { major * 100 } + minor * 10 + patch)
 }
 
+/// The methods CRS lets through (its rule 911100 scores any other method as
+/// critical, which alone reaches the default threshold). CRS's default, `GET
+/// HEAD POST OPTIONS`, refuses every REST update; the gateway's routes are
+/// what restricts methods per path.
+pub const ALLOWED_METHODS: &str = "GET HEAD POST OPTIONS PUT PATCH DELETE";
+
 /// The setup Portcullis writes in place of `crs-setup.conf`.
 fn setup(profile: &Profile, version: Option<&str>) -> String {
     let setup_version = version.and_then(numeric_version).unwrap_or(4000);
@@ -105,6 +111,7 @@ fn setup(profile: &Profile, version: Option<&str>) -> String {
          SecDefaultAction \"phase:2,log,auditlog,pass\"\n\
          SecAction \"id:900000,phase:1,pass,t:none,nolog,setvar:tx.blocking_paranoia_level={paranoia}\"\n\
          SecAction \"id:900110,phase:1,pass,t:none,nolog,setvar:tx.inbound_anomaly_score_threshold={threshold},setvar:tx.outbound_anomaly_score_threshold=4\"\n\
+         SecAction \"id:900200,phase:1,pass,t:none,nolog,setvar:'tx.allowed_methods={ALLOWED_METHODS}'\"\n\
          SecAction \"id:900990,phase:1,pass,t:none,nolog,setvar:tx.crs_setup_version={setup_version}\"\n",
         paranoia = profile.paranoia,
         threshold = profile.inbound_threshold,
@@ -195,6 +202,7 @@ mod tests {
         assert!(set.text.contains("setvar:tx.crs_setup_version=4280"));
         assert!(set.text.contains("blocking_paranoia_level=2"));
         assert!(set.text.contains("inbound_anomaly_score_threshold=7"));
+        assert!(set.text.contains("tx.allowed_methods=GET HEAD POST OPTIONS PUT PATCH DELETE'"));
         let names: Vec<String> =
             set.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names.first().map(String::as_str), Some("REQUEST-901-INITIALIZATION.conf"));
