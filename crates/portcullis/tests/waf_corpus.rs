@@ -41,9 +41,20 @@ fn the_crs_corpus_is_blocked_and_clean_traffic_is_not() {
     let loaded = started.elapsed();
 
     let replay = Instant::now();
+    // The engine is shared by threads as in the gateway; one chunk per core.
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let chunk = corpus.tests.len().div_ceil(threads);
+    let outcomes: Vec<ftw::Outcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = corpus
+            .tests
+            .chunks(chunk)
+            .map(|tests| scope.spawn(|| tests.iter().map(|t| ftw::inspect(engine.as_ref(), t)).collect::<Vec<_>>()))
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
     let mut tally = ftw::Tally::default();
-    for test in &corpus.tests {
-        tally.record(test, ftw::inspect(engine.as_ref(), test));
+    for (test, outcome) in corpus.tests.iter().zip(outcomes) {
+        tally.record(test, outcome);
     }
     let replay = replay.elapsed();
 
@@ -61,7 +72,7 @@ fn the_crs_corpus_is_blocked_and_clean_traffic_is_not() {
 
     println!("zentinel, CRS v4 PL1, threshold 5, in process: {}", tally.summary());
     println!(
-        "replayed {} tests ({} requests) in {:.1}s ({:.0} req/s, this build's profile); rule set loaded in {:.1}s",
+        "replayed {} tests ({} requests) on {threads} threads in {:.1}s ({:.0} req/s, this build's profile); rule set loaded in {:.1}s",
         corpus.tests.len(),
         tally.requests,
         replay.as_secs_f64(),
@@ -145,12 +156,8 @@ fn clean_rest_workload() -> Vec<WafRequest> {
     for i in 0..320usize {
         let id = 1000 + i * 7;
         let name = NAMES[i % NAMES.len()];
-        let email = format!(
-            "{}.{}@example.com",
-            name.split(' ').next().unwrap_or("user").to_lowercase(),
-            i % 97
-        )
-        .replace('\'', "");
+        let email = format!("{}.{}@example.com", name.split(' ').next().unwrap_or("user").to_lowercase(), i % 97)
+            .replace('\'', "");
         let body = serde_json::json!({
             "customer": { "name": name, "email": email, "phone": format!("+44 20 7946 {:04}", i * 13 % 10_000) },
             "shipping": {
@@ -172,19 +179,24 @@ fn clean_rest_workload() -> Vec<WafRequest> {
         let agent = AGENTS[i % AGENTS.len()];
         let (method, uri, body) = match i % 8 {
             0 => ("GET", format!("/api/orders/{id}"), String::new()),
-            1 => ("GET", format!("/api/orders?page={}&per_page=20&sort=-created_at&status=shipped", i % 9 + 1), String::new()),
+            1 => (
+                "GET",
+                format!("/api/orders?page={}&per_page=20&sort=-created_at&status=shipped", i % 9 + 1),
+                String::new(),
+            ),
             2 => ("POST", "/api/orders".to_owned(), body),
             3 => ("PUT", format!("/api/orders/{id}"), body),
             4 => ("DELETE", format!("/api/orders/{id}"), String::new()),
             5 => (
                 "GET",
-                format!(
-                    "/api/orders?customer_email={}&from=2026-01-01&to=2026-03-31",
-                    email.replace('@', "%40")
-                ),
+                format!("/api/orders?customer_email={}&from=2026-01-01&to=2026-03-31", email.replace('@', "%40")),
                 String::new(),
             ),
-            6 => ("PATCH", format!("/api/orders/{id}"), serde_json::json!({ "status": "cancelled", "reason": NOTES[i % NOTES.len()] }).to_string()),
+            6 => (
+                "PATCH",
+                format!("/api/orders/{id}"),
+                serde_json::json!({ "status": "cancelled", "reason": NOTES[i % NOTES.len()] }).to_string(),
+            ),
             _ => ("GET", format!("/api/orders/{id}/items?fields=sku,name,quantity"), String::new()),
         };
         let mut headers = vec![
@@ -193,12 +205,16 @@ fn clean_rest_workload() -> Vec<WafRequest> {
             ("Accept".to_owned(), "application/json".to_owned()),
             ("Accept-Language".to_owned(), "en-GB,en;q=0.9,fr;q=0.8".to_owned()),
             ("Accept-Encoding".to_owned(), "gzip, deflate, br".to_owned()),
-            ("Authorization".to_owned(), format!("Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLXtpfSJ9.c2lnbmF0dXJl{i}")),
+            (
+                "Authorization".to_owned(),
+                format!("Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLXtpfSJ9.c2lnbmF0dXJl{i}"),
+            ),
             ("X-Request-Id".to_owned(), format!("7f3c9a2e-{i:04x}-4b1d-9e7a-2c5d8f0b1a6e")),
         ];
         if i % 3 == 0 {
             headers.push(("Referer".to_owned(), "https://shop.example.com/account/orders".to_owned()));
-            headers.push(("Cookie".to_owned(), format!("theme=dark; locale=en-GB; _ga=GA1.2.{}.1711000000", 100_000 + i)));
+            headers
+                .push(("Cookie".to_owned(), format!("theme=dark; locale=en-GB; _ga=GA1.2.{}.1711000000", 100_000 + i)));
         }
         if !body.is_empty() {
             headers.push(("Content-Type".to_owned(), "application/json".to_owned()));

@@ -84,7 +84,8 @@ impl Corpus {
         }
         files.sort();
         for file in &files {
-            let response = file.parent().and_then(|d| d.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("RESPONSE-"));
+            let response =
+                file.parent().and_then(|d| d.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("RESPONSE-"));
             let text = std::fs::read_to_string(file).unwrap();
             let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             let Some(doc) = docs.first() else { continue };
@@ -191,8 +192,10 @@ pub fn wire(input: &Yaml) -> Vec<u8> {
     if autocomplete {
         add(&mut headers, "Connection", "close".into());
         // go-ftw's `^POST|PUT|PATCH|DELETE$`, quirks included.
-        let body_method =
-            method.starts_with("POST") || method.contains("PUT") || method.contains("PATCH") || method.ends_with("DELETE");
+        let body_method = method.starts_with("POST")
+            || method.contains("PUT")
+            || method.contains("PATCH")
+            || method.ends_with("DELETE");
         if !data.is_empty() || body_method {
             add(&mut headers, "Content-Length", data.len().to_string());
         }
