@@ -1,0 +1,220 @@
+//! The replay tool of `bench/waf-corpus`: the OWASP CRS regression corpus
+//! (go-ftw YAML) through WAF engines in process and through HTTP targets
+//! (the gateway, nginx + libmodsecurity), with the same classification as
+//! the CI test `tests/waf_corpus.rs` (both use `tests/support/ftw.rs`).
+//!
+//! ```text
+//! waf_corpus --crs DIR [--engine zentinel|libmodsecurity]... [--target NAME=HOST:PORT]...
+//!            [--paranoia 1] [--threshold 5] [--connections 8] [--json FILE]
+//! waf_corpus --crs DIR --print-rules     # the assembled CRS rule text (for nginx)
+//! ```
+//!
+//! In process, each engine replays the corpus on one thread (requests/s is
+//! one core's). Over HTTP, `--connections` workers replay it concurrently,
+//! one connection per request as go-ftw does, and a stage counts as blocked
+//! when the target answers 4xx (the upstream behind it answers 200 to
+//! everything); no answer within 5 s or a 5xx is an error, not a block.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/support/ftw.rs"]
+mod ftw;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use portcullis_policy::waf::{self, EngineKind, Profile};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// CRS release directory: rules/ and regression/.
+    #[arg(long)]
+    crs: PathBuf,
+    /// Engines to run in process.
+    #[arg(long = "engine")]
+    engines: Vec<String>,
+    /// HTTP targets, NAME=HOST:PORT.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    paranoia: u8,
+    #[arg(long, default_value_t = 5)]
+    threshold: u32,
+    /// Concurrent connections per HTTP target.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print the assembled rule text (Portcullis's CRS setup + Includes) and exit.
+    #[arg(long)]
+    print_rules: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let profile = Profile { paranoia: args.paranoia, inbound_threshold: args.threshold, ..Profile::default() };
+    if args.print_rules {
+        let set = waf::crs::RuleSet::assemble(&args.crs, &profile).expect("CRS assembles");
+        print!("{}", set.text);
+        return;
+    }
+    let corpus = ftw::Corpus::load(&args.crs.join("regression"), &args.crs.join("rules"));
+    let requests: usize = corpus.tests.iter().map(|t| t.stages.len()).sum();
+    eprintln!("corpus: {} tests, {requests} requests", corpus.tests.len());
+    for (reason, count) in &corpus.skipped {
+        eprintln!("skipped {count} tests: {reason}");
+    }
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    for name in &args.engines {
+        let kind = match name.as_str() {
+            "zentinel" => EngineKind::Zentinel,
+            "libmodsecurity" => EngineKind::Libmodsecurity,
+            other => panic!("unknown engine {other}"),
+        };
+        let loaded = Instant::now();
+        let engine = waf::load(kind, &args.crs, &profile).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let loaded = loaded.elapsed();
+        let started = Instant::now();
+        let mut tally = ftw::Tally::default();
+        for test in &corpus.tests {
+            tally.record(test, ftw::inspect(engine.as_ref(), test));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let label = format!("{name} (in process, 1 thread)");
+        results.push(report(&label, &tally, secs, BTreeMap::new(), Some(loaded.as_secs_f64())));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for target in &args.targets {
+        let (name, addr) = target.split_once('=').expect("--target NAME=HOST:PORT");
+        let (tally, secs, statuses) = runtime.block_on(replay(&corpus, addr, args.connections));
+        let label = format!("{name} (HTTP, {} connections)", args.connections);
+        results.push(report(&label, &tally, secs, statuses, None));
+    }
+    let skipped: BTreeMap<&str, usize> = corpus.skipped.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+    let json = serde_json::json!({
+        "crs": args.crs.display().to_string(),
+        "paranoia": args.paranoia,
+        "inbound_threshold": args.threshold,
+        "tests": corpus.tests.len(),
+        "requests": requests,
+        "skipped": skipped,
+        "results": results,
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+}
+
+fn report(
+    label: &str,
+    tally: &ftw::Tally,
+    secs: f64,
+    statuses: BTreeMap<String, usize>,
+    load_secs: Option<f64>,
+) -> serde_json::Value {
+    let rate = tally.requests as f64 / secs;
+    println!("{label}: {}", tally.summary());
+    println!("{label}: {} requests in {secs:.1}s = {rate:.0} req/s; statuses {statuses:?}", tally.requests);
+    serde_json::json!({
+        "target": label,
+        "attack_tests": tally.attacks,
+        "attack_blocked": tally.attacks_blocked,
+        "attack_blocked_pct": round1(tally.attacks_pct()),
+        "pl1_attack_tests": tally.pl1_attacks,
+        "pl1_attack_blocked": tally.pl1_blocked,
+        "pl1_attack_blocked_pct": round1(tally.pl1_pct()),
+        "benign_tests": tally.benign,
+        "benign_blocked": tally.benign_blocked,
+        "benign_blocked_pct": round1(tally.benign_pct()),
+        "malformed": tally.malformed,
+        "errors": tally.errors,
+        "requests": tally.requests,
+        "seconds": round1(secs),
+        "requests_per_second": rate.round(),
+        "load_seconds": load_secs.map(round1),
+        "statuses": statuses,
+        "pl1_attacks_passed": tally.missed,
+        "benign_blocked_tests": tally.false_positives,
+    })
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Replays the corpus against `addr` with `connections` workers.
+async fn replay(corpus: &ftw::Corpus, addr: &str, connections: usize) -> (ftw::Tally, f64, BTreeMap<String, usize>) {
+    let tests = Arc::new(corpus.tests.clone());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (tests, next, addr) = (Arc::clone(&tests), Arc::clone(&next), addr.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(test) = tests.get(i) else { break };
+                let mut outcome = ftw::Outcome::Passed;
+                let mut codes = Vec::new();
+                for stage in &test.stages {
+                    let status = send(&addr, stage).await;
+                    codes.push(status.map_or_else(|| "none".to_owned(), |s| s.to_string()));
+                    match status {
+                        Some(400..=499) => outcome = ftw::Outcome::Blocked,
+                        Some(100..=399) => {}
+                        _ => {
+                            outcome = ftw::Outcome::Error;
+                            break;
+                        }
+                    }
+                }
+                done.push((i, outcome, codes));
+            }
+            done
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for worker in workers {
+        outcomes.extend(worker.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    outcomes.sort_by_key(|(i, _, _)| *i);
+    let mut tally = ftw::Tally::default();
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, outcome, codes) in outcomes {
+        tally.record(&tests[i], outcome);
+        for code in codes {
+            *statuses.entry(code).or_default() += 1;
+        }
+    }
+    (tally, secs, statuses)
+}
+
+/// Sends one raw request on a new connection; the response's status code.
+async fn send(addr: &str, raw: &[u8]) -> Option<u16> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        // A target may answer (and close) before it has read the whole request.
+        let _ = stream.write_all(raw).await;
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                let line = std::str::from_utf8(&buf[..end]).ok()?;
+                return line.split(' ').nth(1)?.parse().ok();
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
