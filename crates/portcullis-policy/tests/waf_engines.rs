@@ -164,7 +164,8 @@ mod libmodsecurity {
         for cut in 195..=201 {
             let mut request = sqli();
             let long = format!("{}%C3%A9%E2%82%AC", "a".repeat(cut));
-            request.uri = format!("/{long}?{long}=1%27%20union%20select%20password%20from%20users--&q={long}%27%20or%201=1--");
+            request.uri =
+                format!("/{long}?{long}=1%27%20union%20select%20password%20from%20users--&q={long}%27%20or%201=1--");
             request.body = Bytes::from(format!("{}é€=' union select 1-- {}é€", "b".repeat(cut), "c".repeat(cut)));
             let verdict = engine.inspect(&request).unwrap();
             assert!(verdict.intervened, "{verdict:?}");

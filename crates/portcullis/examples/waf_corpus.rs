@@ -86,14 +86,14 @@ fn main() {
         }
         let secs = started.elapsed().as_secs_f64();
         let label = format!("{name} (in process, 1 thread)");
-        results.push(report(&label, &tally, secs, BTreeMap::new(), Some(loaded.as_secs_f64())));
+        results.push(report(&label, &tally, secs, &BTreeMap::new(), Some(loaded.as_secs_f64())));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     for target in &args.targets {
         let (name, addr) = target.split_once('=').expect("--target NAME=HOST:PORT");
         let (tally, secs, statuses) = runtime.block_on(replay(&corpus, addr, args.connections));
         let label = format!("{name} (HTTP, {} connections)", args.connections);
-        results.push(report(&label, &tally, secs, statuses, None));
+        results.push(report(&label, &tally, secs, &statuses, None));
     }
     let skipped: BTreeMap<&str, usize> = corpus.skipped.iter().map(|(r, n)| (r.as_str(), *n)).collect();
     let json = serde_json::json!({
@@ -114,7 +114,7 @@ fn report(
     label: &str,
     tally: &ftw::Tally,
     secs: f64,
-    statuses: BTreeMap<String, usize>,
+    statuses: &BTreeMap<String, usize>,
     load_secs: Option<f64>,
 ) -> serde_json::Value {
     let rate = tally.requests as f64 / secs;
