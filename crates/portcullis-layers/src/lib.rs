@@ -13,7 +13,7 @@
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
-//!   → rate limit (subject, key, account) → authorize → concurrency → identity → forward → proxy
+//!   → rate limit (subject, key, account) → authorize → WAF → concurrency → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -50,6 +50,7 @@ pub mod normalize;
 pub mod rate_limit;
 pub mod reject;
 pub mod route;
+pub mod waf;
 
 pub use reject::{EventSink, deny};
 
@@ -215,6 +216,8 @@ pub struct RouteInfo {
     pub in_flight: Option<Arc<concurrency::InFlight>>,
     /// The upstream's in-flight limit (shared by every route and worker).
     pub upstream_in_flight: Option<Arc<concurrency::InFlight>>,
+    /// The route's WAF, if it has one.
+    pub waf: Option<Arc<waf::WafRoute>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -293,6 +296,7 @@ where
         .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(waf::WafLayer)
         .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)

@@ -70,8 +70,17 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes =
-        build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &Named { limits: &limits, logins: &logins });
+    let mut waf = super::waf::build_waf(&mut c, &raw, base);
+    let mut routes = build_routes(
+        &mut c,
+        &raw,
+        &upstreams,
+        &headers,
+        &auth,
+        &roles,
+        &mut Named { limits: &limits, logins: &logins, waf: waf.as_mut() },
+    );
+    let waf = waf.map(super::waf::WafBase::finish);
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -104,6 +113,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         admin,
         endpoint_limits,
         logins,
+        waf,
     })
 }
 
@@ -774,6 +784,7 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
 struct Named<'a> {
     limits: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    waf: Option<&'a mut super::waf::WafBase>,
 }
 
 fn build_routes(
@@ -783,9 +794,9 @@ fn build_routes(
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
     roles: &portcullis_policy::rbac::Roles,
-    named: &Named<'_>,
+    named: &mut Named<'_>,
 ) -> Vec<Route> {
-    let Named { limits, logins } = *named;
+    let (limits, logins) = (named.limits, named.logins);
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -871,6 +882,7 @@ fn build_routes(
             )
             .help("add login = \"NAME\" (a [login.NAME] section says where the account name is), or use a limit keyed by ip");
         }
+        let waf = super::waf::route_waf(c, r, &name, named.waf.as_deref_mut());
         let max_in_flight = in_flight(c, r.max_in_flight.as_ref());
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
@@ -893,6 +905,7 @@ fn build_routes(
                 login,
                 max_in_flight,
                 ips,
+                waf,
             });
         }
     }

@@ -16,6 +16,7 @@ pub mod oidc;
 pub mod raw;
 pub mod secret;
 pub mod state;
+pub mod waf;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ pub struct Config {
     pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     /// `[login.NAME]`, by name.
     pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    /// `[waf]`, if configured.
+    pub waf: Option<waf::Waf>,
 }
 
 impl Config {
@@ -299,6 +302,8 @@ pub struct Route {
     /// The route's header policy (global with the route's changes), if it
     /// changes anything.
     pub headers: Option<HeaderPolicy>,
+    /// The route's WAF, if any.
+    pub waf: Option<waf::RouteWaf>,
 }
 
 /// Log output format.

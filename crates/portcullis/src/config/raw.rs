@@ -42,6 +42,60 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub auth: RawAuth,
+    pub waf: Option<Spanned<RawWaf>>,
+}
+
+/// `[waf]`: the web application firewall.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWaf {
+    /// `block` (default), `detect` or `off`: the routes' default.
+    pub mode: Option<Spanned<String>>,
+    /// `zentinel` (default) or `libmodsecurity`.
+    pub engine: Option<Spanned<String>>,
+    /// The OWASP CRS v4 directory.
+    pub rules: Option<Spanned<String>>,
+    pub paranoia: Option<Spanned<i64>>,
+    pub inbound_threshold: Option<Spanned<i64>>,
+    pub body_limit: Option<Spanned<Size>>,
+    /// `refuse` (default) or `pass` for bodies over `body_limit`.
+    pub over_limit: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    /// `closed` (default) or `open` when every worker is busy.
+    pub on_overload: Option<Spanned<String>>,
+    /// Rule ids (or ranges) the engine may load only partly.
+    pub allow_load_errors: Option<Vec<Spanned<String>>>,
+    #[serde(default, rename = "exclusion")]
+    pub exclusions: Vec<Spanned<RawWafExclusion>>,
+}
+
+/// `[[waf.exclusion]]`: rules removed, or targets they stop inspecting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWafExclusion {
+    pub rules: Vec<Spanned<String>>,
+    pub targets: Option<Vec<Spanned<String>>>,
+    /// Route names it applies to (default: every route).
+    pub routes: Option<Vec<Spanned<String>>>,
+}
+
+/// A route's `waf`: a mode word or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRouteWaf {
+    Mode(String),
+    Table(RawRouteWafTable),
+}
+
+/// `waf = { mode, paranoia, inbound_threshold }` on a route. Plain values:
+/// an untagged enum cannot carry spans; errors point at the route's `waf`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteWafTable {
+    pub mode: Option<String>,
+    pub paranoia: Option<i64>,
+    pub inbound_threshold: Option<i64>,
 }
 
 /// `[roles] name = { permissions, inherits }`.
@@ -455,6 +509,8 @@ pub struct RawRoute {
     pub max_in_flight: Option<Spanned<i64>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,
+    /// `"block"`, `"detect"`, `"off"` or `{ mode, paranoia, inbound_threshold }`.
+    pub waf: Option<Spanned<RawRouteWaf>>,
 }
 
 /// `match = { host, path, methods }`.
