@@ -3,7 +3,10 @@
 //! `portcullis_policy::waf`) before the upstream is called.
 //!
 //! Decision rules:
-//! - Routes without a WAF cost one extension lookup.
+//! - Routes without a WAF cost one extension lookup. A request identical to
+//!   one already inspected (same line, headers, body and client) reuses its
+//!   verdict ([`VerdictCache`]) without waiting for a worker; its decision
+//!   and event are made afresh.
 //! - The body is read ahead up to `body_limit` and replayed byte for byte. A
 //!   larger body is refused with 413 `waf.body_too_large`, or, with
 //!   `over_limit = "pass"`, inspected up to the limit and forwarded whole.
@@ -30,7 +33,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version};
 use http_body::Body as HttpBody;
-use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, WafRequest, decide};
+use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, VerdictCache, WafRequest, decide};
 use portcullis_policy::{Denied, Reason};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
@@ -51,6 +54,8 @@ pub struct WafRoute {
     pub engine: Arc<dyn Engine>,
     /// Block or only log.
     pub mode: Mode,
+    /// Verdicts of identical requests already inspected by this engine.
+    pub cache: Option<Arc<VerdictCache>>,
     /// Settings shared by every route of one configuration.
     pub settings: Arc<WafSettings>,
 }
@@ -176,7 +181,17 @@ where
             };
             let request = waf_request(&parts, inspected);
             let req = Request::from_parts(parts, body);
-            let decision = match settings.pool.inspect(waf.engine.clone(), request).await {
+            let key = waf.cache.as_ref().map(|cache| cache.key(&request));
+            let cached = waf.cache.as_ref().zip(key.as_ref()).and_then(|(cache, key)| cache.get(key));
+            let verdict = match cached {
+                Some(verdict) => Ok(verdict),
+                None => settings.pool.inspect(waf.engine.clone(), request).await.inspect(|verdict| {
+                    if let (Some(cache), Some(key)) = (&waf.cache, key) {
+                        cache.insert(key, verdict.clone());
+                    }
+                }),
+            };
+            let decision = match verdict {
                 Ok(verdict) => decide(waf.engine.name(), verdict, waf.mode),
                 Err(unavailable) => {
                     let detail = match unavailable {

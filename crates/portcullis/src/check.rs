@@ -67,8 +67,12 @@ fn waf_gaps(config: &Config, out: &mut Vec<Finding>) {
         }
         return;
     };
-    let detect: Vec<&str> =
-        config.routes.iter().filter(|r| r.waf.is_some_and(|w| w.mode == Mode::Detect)).map(|r| r.name.as_str()).collect();
+    let detect: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| r.waf.is_some_and(|w| w.mode == Mode::Detect))
+        .map(|r| r.name.as_str())
+        .collect();
     if !detect.is_empty() {
         out.push(warning(
             "waf.detect_only",

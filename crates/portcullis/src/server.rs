@@ -58,6 +58,7 @@ use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::login::{LoginStore, MemoryLoginStore};
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
 use portcullis_layers::waf::{WafPool, WafRoute, WafSettings};
+use portcullis_policy::waf::VerdictCache;
 
 /// Keys the in-memory login store holds (about 100 bytes each).
 const MEMORY_LOGIN_KEYS: usize = 200_000;
@@ -256,13 +257,16 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         fail_open: waf.fail_open,
         pool: WafPool::new(waf.workers, waf.queue),
     });
+    let caches: Vec<Option<Arc<VerdictCache>>> =
+        engines.iter().map(|_| (waf.cache > 0).then(|| Arc::new(VerdictCache::new(waf.cache)))).collect();
     Ok(config
         .routes
         .iter()
         .map(|r| {
             let route = r.waf?;
             let engine = engines.get(route.profile)?.clone();
-            Some(Arc::new(WafRoute { engine, mode: route.mode, settings: settings.clone() }))
+            let cache = caches.get(route.profile).cloned().flatten();
+            Some(Arc::new(WafRoute { engine, mode: route.mode, cache, settings: settings.clone() }))
         })
         .collect())
 }

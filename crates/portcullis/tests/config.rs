@@ -672,7 +672,11 @@ fn check_counts_login_protection_and_flags_it_failing_open_on_redis() {
 #[test]
 fn check_reports_waf_gaps() {
     let codes = |toml: &str| -> Vec<&'static str> {
-        portcullis::check::findings(&parse(toml).unwrap()).iter().map(|f| f.code).filter(|c| c.starts_with("waf.")).collect()
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("waf."))
+            .collect()
     };
     let exposed = MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080");
     assert!(codes(MINIMAL).is_empty(), "a loopback-only gateway is not told to add a WAF");

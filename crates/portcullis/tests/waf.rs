@@ -99,10 +99,16 @@ async fn attacks_are_refused_by_class_and_plain_requests_pass_intact() {
     let order = r#"{"item":"widget","quantity":3,"note":"Leave it with the neighbour, thanks!"}"#;
     let (parts, _) = post(&gw.url("/api/orders"), "application/json", order).await;
     assert_eq!(parts.status, 200);
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 2);
-    assert_eq!(seen[1].1.as_ref(), order.as_bytes(), "the inspected body is forwarded byte for byte");
     assert_eq!(gw.events.reasons().len(), 4, "one event per refusal and none for plain requests");
+
+    // Identical requests reuse the verdict, not the decision: refused again, with an event.
+    let (parts, body) = get(&gw.url("/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--")).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+    assert_eq!(gw.events.reasons().len(), 5);
+    assert_eq!(get(&gw.url("/api/orders?page=2&sort=created")).await.0.status, 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].1.as_ref(), order.as_bytes(), "the inspected body is forwarded byte for byte");
 }
 
 #[tokio::test]

@@ -64,6 +64,8 @@ pub struct RawWaf {
     pub queue: Option<Spanned<i64>>,
     /// `closed` (default) or `open` when every worker is busy.
     pub on_overload: Option<Spanned<String>>,
+    /// Verdicts of identical requests remembered per rule set (0: off).
+    pub cache: Option<Spanned<i64>>,
     /// Rule ids (or ranges) the engine may load only partly.
     pub allow_load_errors: Option<Vec<Spanned<String>>>,
     #[serde(default, rename = "exclusion")]

@@ -26,6 +26,8 @@ use super::raw::{RawConfig, RawRoute, RawRouteWaf};
 
 /// Body bytes inspected by default.
 pub const DEFAULT_BODY_LIMIT: u64 = 128 * 1024;
+/// Verdicts remembered per rule set, by default (about 150 bytes each).
+pub const DEFAULT_CACHE: usize = 10_000;
 /// Requests waiting for an inspection worker, by default.
 pub const DEFAULT_QUEUE: usize = 1024;
 
@@ -48,6 +50,8 @@ pub struct Waf {
     pub queue: usize,
     /// Pass uninspected when the pool is full (else 503).
     pub fail_open: bool,
+    /// Verdicts remembered per rule set (0: none).
+    pub cache: usize,
 }
 
 /// A route's WAF.
@@ -193,6 +197,11 @@ pub(super) fn build_waf(c: &mut Collector<'_>, raw: &RawConfig, base: &std::path
         ),
         queue: count(c, w.queue.as_ref(), DEFAULT_QUEUE, 1_000_000, "queue"),
         fail_open: choice(c, w.on_overload.as_ref(), false, "on_overload", &[("closed", false), ("open", true)]),
+        cache: match &w.cache {
+            None => DEFAULT_CACHE,
+            Some(v) if *v.get_ref() == 0 => 0,
+            Some(v) => count(c, Some(v), DEFAULT_CACHE, 10_000_000, "cache"),
+        },
     };
     Some(WafBase { mode, profile, exclusions, waf })
 }
