@@ -292,3 +292,21 @@ fn waf_config_errors_name_the_key() {
         portcullis::config::parse(&dir.path().join("p.toml"), &route_without_waf, |_| None).unwrap_err().to_string();
     assert!(err.contains("there is no [waf] section"), "{err}");
 }
+
+#[tokio::test]
+async fn reloads_load_new_rule_sets_and_refuse_broken_ones() {
+    let (up, _) = recording_upstream().await;
+    let gw = gateway(&config(up, "mode = \"detect\"", "")).await;
+    let attack = gw.url("/?q=%3Cscript%3Ealert(1)%3C/script%3E");
+    assert_eq!(get(&attack).await.0.status, 200, "detect mode");
+
+    let broken = crs_with("SecRule ARGS \"@rx (unclosed\" \"id:948003,phase:2,deny\"\n");
+    let (bad, _dir) = common::config(&config(up, "", "").replace(CRS, broken.path().to_str().unwrap()));
+    let err = gw.server.reload(bad).await.unwrap_err().to_string();
+    assert!(err.contains("waf") && err.contains("948003"), "{err}");
+    assert_eq!(get(&attack).await.0.status, 200, "the old rule set keeps serving");
+
+    let (block, _dir) = common::config(&config(up, "", ""));
+    gw.server.reload(block).await.unwrap();
+    assert_eq!(get(&attack).await.0.status, 403, "the reloaded WAF blocks");
+}
