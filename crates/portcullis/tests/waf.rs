@@ -92,6 +92,19 @@ async fn attacks_are_refused_by_class_and_plain_requests_pass_intact() {
         post(&gw.url("/api/ping"), "application/x-www-form-urlencoded", "host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd")
             .await;
     assert_eq!(parts.status, 403, "{}", String::from_utf8_lossy(&body));
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"bio\"\r\n\r\n<script>alert(document.cookie)</script>\r\n--XyZ--\r\n";
+    let (parts, body) = post(&gw.url("/api/profile"), "multipart/form-data; boundary=XyZ", multipart).await;
+    assert_denied(&parts, &body, 403, "waf.xss");
+    let (parts, body) =
+        get_with(&gw.url("/api/cart"), &[("cookie", "cart=1' UNION SELECT card_number FROM payments--")]).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+    let cookie_event = gw.events.last().unwrap();
+    let report = cookie_event.waf.as_ref().unwrap();
+    let cookies: Vec<_> = report.matches.iter().filter(|m| m.location.starts_with("REQUEST_COOKIES")).collect();
+    assert!(
+        !cookies.is_empty() && cookies.iter().all(|m| m.snippet == "[withheld]"),
+        "cookie values stay out of events: {report:?}"
+    );
     assert!(seen.lock().unwrap().is_empty(), "no attack reached the upstream");
 
     let (parts, _) = get(&gw.url("/api/orders?page=2&sort=created")).await;
@@ -99,12 +112,12 @@ async fn attacks_are_refused_by_class_and_plain_requests_pass_intact() {
     let order = r#"{"item":"widget","quantity":3,"note":"Leave it with the neighbour, thanks!"}"#;
     let (parts, _) = post(&gw.url("/api/orders"), "application/json", order).await;
     assert_eq!(parts.status, 200);
-    assert_eq!(gw.events.reasons().len(), 4, "one event per refusal and none for plain requests");
+    assert_eq!(gw.events.reasons().len(), 6, "one event per refusal and none for plain requests");
 
     // Identical requests reuse the verdict, not the decision: refused again, with an event.
     let (parts, body) = get(&gw.url("/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--")).await;
     assert_denied(&parts, &body, 403, "waf.sqli");
-    assert_eq!(gw.events.reasons().len(), 5);
+    assert_eq!(gw.events.reasons().len(), 7);
     assert_eq!(get(&gw.url("/api/orders?page=2&sort=created")).await.0.status, 200);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3);
