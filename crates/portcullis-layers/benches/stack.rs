@@ -44,6 +44,7 @@ fn config() -> StackConfig {
                 login: None,
                 in_flight: None,
                 upstream_in_flight: None,
+                csrf: false,
             }),
         })
         .collect();
@@ -66,6 +67,7 @@ fn config() -> StackConfig {
         bans: None,
         banner: None,
         own_endpoints_route: None,
+        csrf: None,
     }
 }
 

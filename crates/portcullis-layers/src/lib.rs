@@ -13,7 +13,8 @@
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
-//!   → rate limit (subject, key, account) → authorize → concurrency → identity → forward → proxy
+//!   → rate limit (subject, key, account) → authorize → CSRF → concurrency → identity → forward
+//!   → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -40,6 +41,7 @@ pub mod body;
 pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
+pub mod csrf;
 pub mod endpoints;
 pub mod forward;
 pub mod headers;
@@ -215,6 +217,8 @@ pub struct RouteInfo {
     pub in_flight: Option<Arc<concurrency::InFlight>>,
     /// The upstream's in-flight limit (shared by every route and worker).
     pub upstream_in_flight: Option<Arc<concurrency::InFlight>>,
+    /// Whether unsafe requests need the CSRF checks (`[csrf]`, route `csrf`).
+    pub csrf: bool,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -264,6 +268,8 @@ pub struct StackConfig {
     /// The route (with `[server] endpoint_limits`) that requests to the
     /// gateway's own endpoints are limited by, if any.
     pub own_endpoints_route: Option<Arc<RouteInfo>>,
+    /// The CSRF policy (`[csrf]`), if any route is protected.
+    pub csrf: Option<Arc<portcullis_policy::csrf::CsrfPolicy>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -293,6 +299,7 @@ where
         .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(csrf::CsrfLayer::new(config.csrf.clone()))
         .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)

@@ -43,6 +43,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             login: None,
             in_flight: None,
             upstream_in_flight: None,
+            csrf: false,
         }),
     };
     StackConfig {
@@ -64,6 +65,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         bans: None,
         banner: None,
         own_endpoints_route: None,
+        csrf: None,
     }
 }
 

@@ -107,6 +107,7 @@ impl Gateway {
                     login: r.login.clone(),
                     in_flight: per_config.routes.get(i).cloned().flatten(),
                     upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
+                    csrf: r.csrf,
                 }),
             })
             .collect();
@@ -146,8 +147,10 @@ impl Gateway {
                     login: None,
                     in_flight: None,
                     upstream_in_flight: None,
+                    csrf: false,
                 })
             }),
+            csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }

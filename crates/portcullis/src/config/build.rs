@@ -81,6 +81,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
     let admin = super::state::build_admin(&mut c, &raw, base, env);
+    let csrf = super::csrf::build_csrf(&mut c, &raw, base, env, &auth, &mut routes);
 
     c.finish()?;
     let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
@@ -104,6 +105,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         admin,
         endpoint_limits,
         logins,
+        csrf,
     })
 }
 
@@ -893,6 +895,7 @@ fn build_routes(
                 login,
                 max_in_flight,
                 ips,
+                csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
             });
         }
     }

@@ -9,6 +9,7 @@
 pub mod auth;
 mod authz;
 mod build;
+pub mod csrf;
 pub mod error;
 mod limits;
 pub mod login;
@@ -72,6 +73,8 @@ pub struct Config {
     pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     /// `[login.NAME]`, by name.
     pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    /// `[csrf]`, when a route is protected.
+    pub csrf: Option<csrf::Csrf>,
 }
 
 impl Config {
@@ -299,6 +302,8 @@ pub struct Route {
     /// The route's header policy (global with the route's changes), if it
     /// changes anything.
     pub headers: Option<HeaderPolicy>,
+    /// Whether unsafe requests need the CSRF checks.
+    pub csrf: bool,
 }
 
 /// Log output format.

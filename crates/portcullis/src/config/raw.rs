@@ -42,6 +42,7 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub auth: RawAuth,
+    pub csrf: Option<Spanned<super::csrf::RawCsrf>>,
 }
 
 /// `[roles] name = { permissions, inherits }`.
@@ -455,6 +456,8 @@ pub struct RawRoute {
     pub max_in_flight: Option<Spanned<i64>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,
+    /// CSRF checks: default on when `auth` accepts `session`.
+    pub csrf: Option<Spanned<bool>>,
 }
 
 /// `match = { host, path, methods }`.
