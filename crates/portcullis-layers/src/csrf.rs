@@ -14,6 +14,8 @@
 //! - A `GET` or `HEAD` without a token cookie valid for its session gets one
 //!   (`Set-Cookie` on the answer), so a page served through the gateway has
 //!   a token before its first form post.
+//! - The token cookie and header are removed from requests on protected
+//!   routes before they go upstream: the token is the gateway's business.
 //! - [`token_endpoint`] answers `GET /.portcullis/csrf` with
 //!   `{"token": "…"}` and the cookie, for single-page applications.
 //!
@@ -85,6 +87,8 @@ fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<
 
 /// What the layer does with a request.
 enum Decision {
+    /// Not a protected route: untouched.
+    Unprotected,
     Pass,
     /// Pass, and set this token cookie on the answer.
     Issue(HeaderValue),
@@ -92,9 +96,11 @@ enum Decision {
 }
 
 fn decide(policy: &CsrfPolicy, req: &Request<Body>) -> Decision {
-    let Some(route) = req.extensions().get::<Arc<RouteInfo>>().filter(|r| r.csrf) else { return Decision::Pass };
+    let Some(route) = req.extensions().get::<Arc<RouteInfo>>().filter(|r| r.csrf) else {
+        return Decision::Unprotected;
+    };
     if policy.mode == Mode::Off {
-        return Decision::Pass;
+        return Decision::Unprotected;
     }
     let caller = req.extensions().get::<Caller>().map(|c| &c.0);
     if caller.is_some_and(|p| policy.exempts(p.method)) {
@@ -141,10 +147,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let Some(policy) = &self.policy else { return crate::call_boxed(&mut self.inner, req) };
-        match decide(policy, &req) {
-            Decision::Pass => crate::call_boxed(&mut self.inner, req),
+        let decision = decide(policy, &req);
+        if !matches!(decision, Decision::Unprotected) {
+            // The token is the gateway's business, like the session cookie.
+            let scheme = effective_scheme(req.extensions(), req.headers());
+            let headers = req.headers_mut();
+            headers.remove(&policy.header);
+            let name = policy.cookie_name(scheme);
+            if portcullis_policy::csrf::cookie_values(headers, name).next().is_some() {
+                crate::auth::remove_cookie(headers, name);
+            }
+        }
+        match decision {
+            Decision::Unprotected | Decision::Pass => crate::call_boxed(&mut self.inner, req),
             Decision::Deny(denied) => Box::pin(async move { Ok(deny(denied)) }),
             Decision::Issue(cookie) => {
                 let future = crate::call_boxed(&mut self.inner, req);
@@ -248,9 +265,24 @@ mod tests {
     /// Runs a request through the layer over an inner service that answers
     /// 200; returns the answer's denial code ("" if none) and its cookies.
     async fn run(req: Request<Body>) -> (&'static str, Vec<String>) {
-        let inner = tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(crate::empty())) });
+        run_seen(req).await.0
+    }
+
+    /// [`run`], and the headers the inner service saw, if it was called.
+    async fn run_seen(req: Request<Body>) -> ((&'static str, Vec<String>), Option<http::HeaderMap>) {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let record = seen.clone();
+        let inner = tower::service_fn(move |req: Request<Body>| {
+            *record.lock().unwrap() = Some(req.headers().clone());
+            async { Ok::<_, Infallible>(Response::new(crate::empty())) }
+        });
         let response = CsrfLayer::new(Some(policy())).layer(inner).oneshot(req).await.unwrap();
-        let code = crate::denial_of(&response).map_or("", |d| d.reason.code());
+        let seen = seen.lock().unwrap().take();
+        (code_and_cookies(&response), seen)
+    }
+
+    fn code_and_cookies(response: &Response<Body>) -> (&'static str, Vec<String>) {
+        let code = crate::denial_of(response).map_or("", |d| d.reason.code());
         let cookies = response.headers().get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
         (code, cookies)
     }
@@ -292,8 +324,16 @@ mod tests {
         }
         let token = policy().key.issue(Some("s1")).unwrap();
         let cookie = format!("{COOKIE_HTTP}={token}");
+        let cookie = format!("theme=dark; {cookie}");
         let good = [("origin", "http://app.test"), ("cookie", cookie.as_str()), (DEFAULT_HEADER, token.as_str())];
-        assert_eq!(run(request(Method::POST, route(true), session(), &good)).await.0, "");
+        let ((code, _), seen) = run_seen(request(Method::POST, route(true), session(), &good)).await;
+        assert_eq!(code, "");
+        let seen = seen.expect("passed to the inner service");
+        assert!(!seen.contains_key(DEFAULT_HEADER), "the token stays at the gateway");
+        assert_eq!(seen["cookie"], "theme=dark", "only the token cookie is removed");
+        // Unprotected routes are left alone.
+        let ((_, _), seen) = run_seen(request(Method::POST, route(false), session(), &good)).await;
+        assert!(seen.unwrap().contains_key(DEFAULT_HEADER));
     }
 
     #[tokio::test]

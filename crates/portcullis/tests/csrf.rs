@@ -62,7 +62,11 @@ async fn counting_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let addr = upstream(move |req: Request<Incoming>| {
         let record = record.clone();
         async move {
-            record.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+            // The token stays at the gateway: mark any request carrying it.
+            let cookie = req.headers().get("cookie").map(|c| c.to_str().unwrap().to_owned()).unwrap_or_default();
+            let leak = req.headers().contains_key("x-csrf-token") || cookie.contains("portcullis-csrf");
+            let mark = if leak { " TOKEN-LEAKED" } else { "" };
+            record.lock().unwrap().push(format!("{} {}{mark}", req.method(), req.uri().path()));
             Response::new(portcullis_layers::full("upstream"))
         }
     })
@@ -305,6 +309,8 @@ async fn a_safe_get_issues_the_token_and_a_same_origin_post_with_it_passes() {
         assert_eq!(setup.upstream_calls(), before + 1);
     }
     assert!(setup.gw.events.0.lock().unwrap().is_empty(), "{:?}", setup.gw.events.reasons());
+    let seen = setup.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|r| !r.contains("TOKEN-LEAKED")), "{seen:?}");
 }
 
 #[tokio::test]

@@ -398,6 +398,21 @@ exempt = []
     }
 
     #[test]
+    fn check_flags_generated_keys_and_session_routes_without_csrf() {
+        let codes = |config: &super::super::Config| -> Vec<&'static str> {
+            crate::check::findings(config).iter().map(|f| f.code).filter(|c| c.starts_with("csrf.")).collect()
+        };
+        assert_eq!(codes(&parse("").unwrap()), ["csrf.key_generated"]);
+        assert!(codes(&parse("[csrf]\nsecret = \"${LONG}\"\n").unwrap()).is_empty());
+        assert_eq!(codes(&parse("[csrf]\nmode = \"off\"\n").unwrap()), ["csrf.off"]);
+        let toml = BASE.replace("auth = [\"session\", \"jwt\"]", "auth = [\"session\", \"jwt\"]\ncsrf = false");
+        let config = super::super::parse(Path::new("/t.toml"), &toml, env).unwrap();
+        let findings = crate::check::findings(&config);
+        let off = findings.iter().find(|f| f.code == "csrf.off").unwrap();
+        assert!(off.message.contains("browser"), "{off}");
+    }
+
+    #[test]
     fn bad_values_are_refused_naming_the_key_and_line() {
         let errors = messages(
             r#"
