@@ -45,6 +45,7 @@ fn config() -> StackConfig {
                 in_flight: None,
                 upstream_in_flight: None,
                 waf: None,
+                csrf: false,
             }),
         })
         .collect();
@@ -67,6 +68,7 @@ fn config() -> StackConfig {
         bans: None,
         banner: None,
         own_endpoints_route: None,
+        csrf: None,
     }
 }
 

@@ -13,7 +13,8 @@
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
-//!   → rate limit (subject, key, account) → authorize → WAF → concurrency → identity → forward → proxy
+//!   → rate limit (subject, key, account) → authorize → CSRF → WAF → concurrency → identity → forward
+//!   → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
@@ -40,6 +41,7 @@ pub mod body;
 pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
+pub mod csrf;
 pub mod endpoints;
 pub mod forward;
 pub mod headers;
@@ -218,6 +220,8 @@ pub struct RouteInfo {
     pub upstream_in_flight: Option<Arc<concurrency::InFlight>>,
     /// The route's WAF, if it has one.
     pub waf: Option<Arc<waf::WafRoute>>,
+    /// Whether unsafe requests need the CSRF checks (`[csrf]`, route `csrf`).
+    pub csrf: bool,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -267,6 +271,8 @@ pub struct StackConfig {
     /// The route (with `[server] endpoint_limits`) that requests to the
     /// gateway's own endpoints are limited by, if any.
     pub own_endpoints_route: Option<Arc<RouteInfo>>,
+    /// The CSRF policy (`[csrf]`), if any route is protected.
+    pub csrf: Option<Arc<portcullis_policy::csrf::CsrfPolicy>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -296,6 +302,7 @@ where
         .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(csrf::CsrfLayer::new(config.csrf.clone()))
         .layer(waf::WafLayer)
         .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)

@@ -44,6 +44,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             in_flight: None,
             upstream_in_flight: None,
             waf: None,
+            csrf: false,
         }),
     };
     StackConfig {
@@ -65,6 +66,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         bans: None,
         banner: None,
         own_endpoints_route: None,
+        csrf: None,
     }
 }
 

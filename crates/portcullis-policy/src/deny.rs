@@ -220,6 +220,15 @@ reasons! {
     ConcurrencyRoute => ("concurrency.route", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The upstream's in-flight limit is reached (`rule` names the upstream).
     ConcurrencyUpstream => ("concurrency.upstream", StatusCode::SERVICE_UNAVAILABLE, Upstream),
+    /// An unsafe request on a CSRF-protected route that is not same-origin:
+    /// `Sec-Fetch-Site: cross-site` (or `same-site`), an `Origin` that is
+    /// neither the site's nor trusted, `Origin: null`, or no origin at all.
+    CsrfOrigin => ("csrf.origin", StatusCode::FORBIDDEN, Client),
+    /// An unsafe request without the CSRF token header or cookie.
+    CsrfTokenMissing => ("csrf.token_missing", StatusCode::FORBIDDEN, Client),
+    /// The CSRF token header does not match the cookie, or the token is not
+    /// the gateway's for this session (forged, tampered, another session's).
+    CsrfTokenInvalid => ("csrf.token_invalid", StatusCode::FORBIDDEN, Client),
     /// The route requires a client certificate and none was presented.
     MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
     /// The WAF found SQL injection (CRS 942xxx).

@@ -8,6 +8,7 @@
 
 pub mod ban;
 pub mod cors;
+pub mod csrf;
 pub mod deny;
 pub mod event;
 pub mod forwarded;

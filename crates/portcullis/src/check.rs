@@ -48,6 +48,7 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     rate_limit_gaps(config, &mut out);
     jwt_without_audience(config, &mut out);
     admin_exposed(config, &mut out);
+    csrf_gaps(config, &mut out);
     waf_gaps(config, &mut out);
     out
 }
@@ -340,5 +341,30 @@ fn shadowed_routes(config: &Config, out: &mut Vec<Finding>) {
             ),
             help: "remove one of the routes, or make them differ by host, path or methods".to_owned(),
         });
+    }
+}
+
+/// Session routes without CSRF checks accept forged browser requests; a
+/// generated token key does not survive a restart or reach other instances.
+fn csrf_gaps(config: &Config, out: &mut Vec<Finding>) {
+    let unprotected: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| !r.csrf && matches!(r.auth, portcullis_layers::AuthMode::Required(m) if m.contains(portcullis_policy::AuthMethod::Session)))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !unprotected.is_empty() {
+        out.push(warning(
+            "csrf.off",
+            format!("route(s) {} accept browser sessions without CSRF checks", unprotected.join(", ")),
+            "remove csrf = false from the route(s), or set [csrf] mode = \"origin+token\" (the default)",
+        ));
+    }
+    if config.csrf.as_ref().is_some_and(|c| c.key_source == crate::config::csrf::KeySource::Generated) {
+        out.push(warning(
+            "csrf.key_generated",
+            "the CSRF token key is generated per process: tokens break at every restart and between instances".to_owned(),
+            "set [csrf] secret = \"${CSRF_SECRET}\" (or [auth.session] cookie_secret) to 32+ random bytes shared by every instance",
+        ));
     }
 }

@@ -110,6 +110,7 @@ impl Gateway {
                     in_flight: per_config.routes.get(i).cloned().flatten(),
                     upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
                     waf: per_config.waf_routes.get(i).cloned().flatten(),
+                    csrf: r.csrf,
                 }),
             })
             .collect();
@@ -150,8 +151,10 @@ impl Gateway {
                     in_flight: None,
                     upstream_in_flight: None,
                     waf: None,
+                    csrf: false,
                 })
             }),
+            csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }

@@ -90,6 +90,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
     let admin = super::state::build_admin(&mut c, &raw, base, env);
+    let csrf = super::csrf::build_csrf(&mut c, &raw, base, env, &auth, &mut routes);
 
     c.finish()?;
     let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
@@ -114,6 +115,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         endpoint_limits,
         logins,
         waf,
+        csrf,
     })
 }
 
@@ -906,6 +908,7 @@ fn build_routes(
                 max_in_flight,
                 ips,
                 waf,
+                csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
             });
         }
     }

@@ -9,6 +9,7 @@
 pub mod auth;
 mod authz;
 mod build;
+pub mod csrf;
 pub mod error;
 mod limits;
 pub mod login;
@@ -75,6 +76,8 @@ pub struct Config {
     pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     /// `[waf]`, if configured.
     pub waf: Option<waf::Waf>,
+    /// `[csrf]`, when a route is protected.
+    pub csrf: Option<csrf::Csrf>,
 }
 
 impl Config {
@@ -304,6 +307,8 @@ pub struct Route {
     pub headers: Option<HeaderPolicy>,
     /// The route's WAF, if any.
     pub waf: Option<waf::RouteWaf>,
+    /// Whether unsafe requests need the CSRF checks.
+    pub csrf: bool,
 }
 
 /// Log output format.

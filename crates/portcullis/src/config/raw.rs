@@ -42,6 +42,7 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub auth: RawAuth,
+    pub csrf: Option<Spanned<super::csrf::RawCsrf>>,
     pub waf: Option<Spanned<RawWaf>>,
 }
 
@@ -513,6 +514,8 @@ pub struct RawRoute {
     pub deny_ips: Option<Vec<Spanned<String>>>,
     /// `"block"`, `"detect"`, `"off"` or `{ mode, paranoia, inbound_threshold }`.
     pub waf: Option<Spanned<RawRouteWaf>>,
+    /// CSRF checks: default on when `auth` accepts `session`.
+    pub csrf: Option<Spanned<bool>>,
 }
 
 /// `match = { host, path, methods }`.
