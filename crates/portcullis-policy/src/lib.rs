@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod limits;
 pub mod login;
 pub mod normalize;
+pub mod openapi;
 pub mod principal;
 pub mod rate_limit;
 pub mod rbac;
@@ -25,6 +26,6 @@ pub mod request_id;
 pub mod route;
 pub mod session;
 
-pub use deny::{Attribution, Denied, Reason};
+pub use deny::{Attribution, ClientDetail, Denied, Reason};
 pub use event::{Action, SecurityEvent};
 pub use principal::{AuthMethod, Methods, Principal};
