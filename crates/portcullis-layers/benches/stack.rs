@@ -44,6 +44,7 @@ fn config() -> StackConfig {
                 login: None,
                 in_flight: None,
                 upstream_in_flight: None,
+                openapi: None,
             }),
         })
         .collect();

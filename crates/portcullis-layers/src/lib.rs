@@ -13,11 +13,12 @@
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
-//!   → rate limit (subject, key, account) → authorize → concurrency → identity → forward → proxy
+//!   → rate limit (subject, key, account) → authorize → OpenAPI validation → concurrency
+//!   → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
-//! authorization, CSRF and WAF after it).
+//! authorization, CSRF and WAF after it, before OpenAPI validation).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ pub mod identity;
 pub mod limits;
 pub mod login;
 pub mod normalize;
+pub mod openapi;
 pub mod rate_limit;
 pub mod reject;
 pub mod route;
@@ -215,6 +217,8 @@ pub struct RouteInfo {
     pub in_flight: Option<Arc<concurrency::InFlight>>,
     /// The upstream's in-flight limit (shared by every route and worker).
     pub upstream_in_flight: Option<Arc<concurrency::InFlight>>,
+    /// The OpenAPI document requests are validated against (`openapi = NAME`).
+    pub openapi: Option<Arc<portcullis_policy::openapi::OpenApi>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -293,6 +297,7 @@ where
         .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(openapi::OpenApiLayer)
         .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)

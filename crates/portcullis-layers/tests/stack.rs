@@ -43,6 +43,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             login: None,
             in_flight: None,
             upstream_in_flight: None,
+            openapi: None,
         }),
     };
     StackConfig {

@@ -107,6 +107,8 @@ impl Gateway {
                     login: r.login.clone(),
                     in_flight: per_config.routes.get(i).cloned().flatten(),
                     upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
+                    // Server::start and reload fetch URL documents before building.
+                    openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
                 }),
             })
             .collect();
@@ -146,6 +148,7 @@ impl Gateway {
                     login: None,
                     in_flight: None,
                     upstream_in_flight: None,
+                    openapi: None,
                 })
             }),
         };
@@ -226,6 +229,9 @@ pub enum StartError {
     /// Shared state (`[state] shared`) could not be set up.
     #[error("shared state: {0}")]
     Shared(SharedError),
+    /// An `[openapi.NAME]` document could not be fetched or compiled.
+    #[error("{0}")]
+    OpenApi(#[from] crate::config::openapi::FetchError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -250,6 +256,9 @@ pub enum ReloadError {
     /// Authentication for the new configuration could not start.
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
+    /// An `[openapi.NAME]` document could not be fetched or compiled.
+    #[error("{0}")]
+    OpenApi(#[from] crate::config::openapi::FetchError),
 }
 
 /// A running gateway.
@@ -287,7 +296,8 @@ impl Server {
     /// # Errors
     /// [`StartError::Bind`] for the first listener that cannot bind, or
     /// [`StartError::Worker`] when a worker thread cannot start.
-    pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+    pub async fn start(mut config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let mut bound: Vec<(Arc<ListenerSpec>, SocketAddr, TcpListener)> = Vec::new();
         let mut cert_stores = Vec::new();
         for listener in &config.listeners {
@@ -498,7 +508,7 @@ impl Server {
     /// # Errors
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
-    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+    pub async fn reload(&self, mut config: Config) -> Result<(), ReloadError> {
         let old = self.config();
         let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
@@ -515,6 +525,7 @@ impl Server {
         if old.state.shared != config.state.shared {
             tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
         }
+        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
         let per_config = ConfigShared::of(&config, &self.state);
         let config = Arc::new(config);

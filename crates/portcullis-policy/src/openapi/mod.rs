@@ -449,14 +449,32 @@ impl Matched<'_> {
     }
 
     fn schema(&self, validator: &jsonschema::Validator, value: &Value, field: &str) -> Result<(), Denied> {
-        match validator.validate(value) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let (field, message) = describe(field, error.instance_path().as_str(), error.kind());
-                Err(self.api.invalid(&field, &message, error.kind().keyword()))
-            }
+        let Err(error) = validator.validate(value) else { return Ok(()) };
+        let error = narrowed(&error);
+        let (field, message) = describe(field, error.instance_path().as_str(), error.kind());
+        Err(self.api.invalid(&field, &message, error.kind().keyword()))
+    }
+}
+
+/// The error to report for an `anyOf`/`oneOf` failure: when all branches
+/// but one fail only on their type at the same place (`nullable` becomes
+/// `anyOf: [{type: null}, …]`), the remaining branch's first error says
+/// more than "matches none".
+fn narrowed<'e>(error: &'e jsonschema::ValidationError<'e>) -> &'e jsonschema::ValidationError<'e> {
+    use jsonschema::error::ValidationErrorKind as K;
+    let mut current = error;
+    for _ in 0..8 {
+        let (K::AnyOf { context } | K::OneOfNotValid { context }) = current.kind() else { break };
+        let here = current.instance_path();
+        let mut left = context.iter().filter(|branch| {
+            !(branch.len() == 1 && matches!(branch[0].kind(), K::Type { .. }) && branch[0].instance_path() == here)
+        });
+        match (left.next().and_then(|b| b.first()), left.next()) {
+            (Some(only), None) => current = only,
+            _ => break,
         }
     }
+    current
 }
 
 /// The field (`body` + the JSON pointer as `.key` / `[i]`) and a short

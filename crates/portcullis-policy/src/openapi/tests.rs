@@ -48,6 +48,7 @@ fn document() -> Value {
                         "note": {"type": "string", "nullable": true},
                         "kind": {"type": "string", "enum": ["a", "b"], "nullable": true},
                         "address": {"$ref": "#/components/schemas/Address"},
+                        "billing": {"nullable": true, "allOf": [{"$ref": "#/components/schemas/Item"}]},
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
                     }
                 },

@@ -70,8 +70,14 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes =
-        build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &Named { limits: &limits, logins: &logins });
+    let openapi = super::openapi::build_openapi(
+        &mut c,
+        &raw,
+        base,
+        paths.case == portcullis_policy::normalize::Case::Insensitive,
+    );
+    let named = Named { limits: &limits, logins: &logins, openapi: &openapi };
+    let mut routes = build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &named);
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -104,6 +110,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         admin,
         endpoint_limits,
         logins,
+        openapi,
     })
 }
 
@@ -774,6 +781,7 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
 struct Named<'a> {
     limits: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    openapi: &'a std::collections::BTreeMap<String, super::openapi::OpenApiDoc>,
 }
 
 fn build_routes(
@@ -785,7 +793,7 @@ fn build_routes(
     roles: &portcullis_policy::rbac::Roles,
     named: &Named<'_>,
 ) -> Vec<Route> {
-    let Named { limits, logins } = *named;
+    let Named { limits, logins, openapi } = *named;
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -860,6 +868,7 @@ fn build_routes(
         let ips = super::authz::route_ips(c, r);
         let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
         let login = super::login::route_login(c, r.login.as_ref(), logins);
+        let openapi = super::openapi::route_openapi(c, r.openapi.as_ref(), openapi);
         if r.login.is_none()
             && let Some(names) = &r.limits
             && let Some(by_account) =
@@ -893,6 +902,7 @@ fn build_routes(
                 login,
                 max_in_flight,
                 ips,
+                openapi,
             });
         }
     }

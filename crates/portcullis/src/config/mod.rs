@@ -13,6 +13,7 @@ pub mod error;
 mod limits;
 pub mod login;
 pub mod oidc;
+pub mod openapi;
 pub mod raw;
 pub mod secret;
 pub mod state;
@@ -72,6 +73,8 @@ pub struct Config {
     pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     /// `[login.NAME]`, by name.
     pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    /// `[openapi.NAME]`, by name.
+    pub openapi: std::collections::BTreeMap<String, openapi::OpenApiDoc>,
 }
 
 impl Config {
@@ -294,6 +297,8 @@ pub struct Route {
     pub login: Option<std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     /// Most requests in flight on this route.
     pub max_in_flight: Option<usize>,
+    /// The `[openapi.NAME]` requests are validated against, by name.
+    pub openapi: Option<String>,
     /// The route's IP lists.
     pub ips: Option<portcullis_policy::ip_rules::IpRules>,
     /// The route's header policy (global with the route's changes), if it
