@@ -46,6 +46,7 @@ fn config() -> StackConfig {
                 upstream_in_flight: None,
                 waf: None,
                 csrf: false,
+                openapi: None,
             }),
         })
         .collect();

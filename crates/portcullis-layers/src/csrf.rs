@@ -254,6 +254,7 @@ mod tests {
             upstream_in_flight: None,
             csrf,
             waf: None,
+            openapi: None,
         })
     }
 

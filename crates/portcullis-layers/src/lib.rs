@@ -13,12 +13,12 @@
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
-//!   → rate limit (subject, key, account) → authorize → CSRF → WAF → concurrency → identity → forward
-//!   → proxy
+//!   → rate limit (subject, key, account) → authorize → CSRF → WAF → OpenAPI validation
+//!   → concurrency → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
-//! authorization, CSRF and WAF after it).
+//! authorization, CSRF and WAF after it, before OpenAPI validation).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +49,7 @@ pub mod identity;
 pub mod limits;
 pub mod login;
 pub mod normalize;
+pub mod openapi;
 pub mod rate_limit;
 pub mod reject;
 pub mod route;
@@ -222,6 +223,8 @@ pub struct RouteInfo {
     pub waf: Option<Arc<waf::WafRoute>>,
     /// Whether unsafe requests need the CSRF checks (`[csrf]`, route `csrf`).
     pub csrf: bool,
+    /// The OpenAPI document requests are validated against (`openapi = NAME`).
+    pub openapi: Option<Arc<portcullis_policy::openapi::OpenApi>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -304,6 +307,7 @@ where
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
         .layer(csrf::CsrfLayer::new(config.csrf.clone()))
         .layer(waf::WafLayer)
+        .layer(openapi::OpenApiLayer)
         .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)

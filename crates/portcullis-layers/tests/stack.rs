@@ -45,6 +45,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             upstream_in_flight: None,
             waf: None,
             csrf: false,
+            openapi: None,
         }),
     };
     StackConfig {

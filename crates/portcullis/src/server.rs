@@ -111,6 +111,8 @@ impl Gateway {
                     upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
                     waf: per_config.waf_routes.get(i).cloned().flatten(),
                     csrf: r.csrf,
+                    // Server::start and reload fetch URL documents before building.
+                    openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
                 }),
             })
             .collect();
@@ -152,6 +154,7 @@ impl Gateway {
                     upstream_in_flight: None,
                     waf: None,
                     csrf: false,
+                    openapi: None,
                 })
             }),
             csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
@@ -297,6 +300,9 @@ pub enum StartError {
     /// Shared state (`[state] shared`) could not be set up.
     #[error("shared state: {0}")]
     Shared(SharedError),
+    /// An `[openapi.NAME]` document could not be fetched or compiled.
+    #[error("{0}")]
+    OpenApi(#[from] crate::config::openapi::FetchError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -324,6 +330,9 @@ pub enum ReloadError {
     /// A WAF rule set of the new configuration does not load or fails its canary.
     #[error("waf: {0}")]
     Waf(String),
+    /// An `[openapi.NAME]` document could not be fetched or compiled.
+    #[error("{0}")]
+    OpenApi(#[from] crate::config::openapi::FetchError),
 }
 
 /// A running gateway.
@@ -361,7 +370,8 @@ impl Server {
     /// # Errors
     /// [`StartError::Bind`] for the first listener that cannot bind, or
     /// [`StartError::Worker`] when a worker thread cannot start.
-    pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+    pub async fn start(mut config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let mut bound: Vec<(Arc<ListenerSpec>, SocketAddr, TcpListener)> = Vec::new();
         let mut cert_stores = Vec::new();
         for listener in &config.listeners {
@@ -572,7 +582,7 @@ impl Server {
     /// # Errors
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
-    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+    pub async fn reload(&self, mut config: Config) -> Result<(), ReloadError> {
         let old = self.config();
         let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
@@ -589,6 +599,7 @@ impl Server {
         if old.state.shared != config.state.shared {
             tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
         }
+        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
         let per_config = ConfigShared::load(&config, &self.state).await.map_err(|e| match e {
             StartError::Waf(e) => ReloadError::Waf(e),

@@ -70,6 +70,12 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
+    let openapi = super::openapi::build_openapi(
+        &mut c,
+        &raw,
+        base,
+        paths.case == portcullis_policy::normalize::Case::Insensitive,
+    );
     let mut waf = super::waf::build_waf(&mut c, &raw, base);
     let mut routes = build_routes(
         &mut c,
@@ -78,7 +84,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         &headers,
         &auth,
         &roles,
-        &mut Named { limits: &limits, logins: &logins, waf: waf.as_mut() },
+        &mut Named { limits: &limits, logins: &logins, openapi: &openapi, waf: waf.as_mut() },
     );
     let waf = waf.map(super::waf::WafBase::finish);
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
@@ -116,6 +122,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         logins,
         waf,
         csrf,
+        openapi,
     })
 }
 
@@ -787,6 +794,7 @@ struct Named<'a> {
     limits: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     waf: Option<&'a mut super::waf::WafBase>,
+    openapi: &'a std::collections::BTreeMap<String, super::openapi::OpenApiDoc>,
 }
 
 fn build_routes(
@@ -798,7 +806,7 @@ fn build_routes(
     roles: &portcullis_policy::rbac::Roles,
     named: &mut Named<'_>,
 ) -> Vec<Route> {
-    let (limits, logins) = (named.limits, named.logins);
+    let (limits, logins, openapi) = (named.limits, named.logins, named.openapi);
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -873,6 +881,7 @@ fn build_routes(
         let ips = super::authz::route_ips(c, r);
         let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
         let login = super::login::route_login(c, r.login.as_ref(), logins);
+        let openapi = super::openapi::route_openapi(c, r.openapi.as_ref(), openapi);
         if r.login.is_none()
             && let Some(names) = &r.limits
             && let Some(by_account) =
@@ -909,6 +918,7 @@ fn build_routes(
                 ips,
                 waf,
                 csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
+                openapi,
             });
         }
     }

@@ -14,6 +14,7 @@ pub mod error;
 mod limits;
 pub mod login;
 pub mod oidc;
+pub mod openapi;
 pub mod raw;
 pub mod secret;
 pub mod state;
@@ -78,6 +79,8 @@ pub struct Config {
     pub waf: Option<waf::Waf>,
     /// `[csrf]`, when a route is protected.
     pub csrf: Option<csrf::Csrf>,
+    /// `[openapi.NAME]`, by name.
+    pub openapi: std::collections::BTreeMap<String, openapi::OpenApiDoc>,
 }
 
 impl Config {
@@ -300,6 +303,8 @@ pub struct Route {
     pub login: Option<std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     /// Most requests in flight on this route.
     pub max_in_flight: Option<usize>,
+    /// The `[openapi.NAME]` requests are validated against, by name.
+    pub openapi: Option<String>,
     /// The route's IP lists.
     pub ips: Option<portcullis_policy::ip_rules::IpRules>,
     /// The route's header policy (global with the route's changes), if it

@@ -36,6 +36,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub login: std::collections::BTreeMap<String, Spanned<RawLogin>>,
     #[serde(default)]
+    pub openapi: std::collections::BTreeMap<String, Spanned<RawOpenApi>>,
+    #[serde(default)]
     pub state: RawState,
     #[serde(default, rename = "ban")]
     pub bans: Vec<Spanned<RawBan>>,
@@ -164,6 +166,23 @@ pub struct RawLogin {
     /// `closed` (default) or `open` when the shared store is unreachable.
     pub on_store_failure: Option<Spanned<String>>,
     pub max_body: Option<Spanned<Size>>,
+}
+
+/// `[openapi.NAME]`: an OpenAPI document routes validate requests against.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenApi {
+    /// A JSON file (relative to the configuration file) or an http(s) URL.
+    pub source: Spanned<String>,
+    pub deny_unknown: Option<bool>,
+    /// Any of `path`, `query`, `headers`, `body` (default: all).
+    pub validate: Option<Spanned<Vec<String>>>,
+    pub max_body: Option<Spanned<Size>>,
+    pub max_depth: Option<Spanned<i64>>,
+    pub max_keys: Option<Spanned<i64>>,
+    pub max_string: Option<Spanned<Size>>,
+    /// The prefix of the document's paths (default: its first `servers` URL's path).
+    pub base_path: Option<Spanned<String>>,
 }
 
 /// `[access]`: global IP lists.
@@ -509,6 +528,8 @@ pub struct RawRoute {
     pub limits: Option<Spanned<Vec<String>>>,
     /// A `[login.NAME]`: this route is a login endpoint.
     pub login: Option<Spanned<String>>,
+    /// An `[openapi.NAME]`: requests are validated against that document.
+    pub openapi: Option<Spanned<String>>,
     pub max_in_flight: Option<Spanned<i64>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,
