@@ -44,6 +44,9 @@ fn config() -> StackConfig {
                 login: None,
                 in_flight: None,
                 upstream_in_flight: None,
+                waf: None,
+                csrf: false,
+                openapi: None,
             }),
         })
         .collect();
@@ -66,6 +69,7 @@ fn config() -> StackConfig {
         bans: None,
         banner: None,
         own_endpoints_route: None,
+        csrf: None,
     }
 }
 

@@ -340,7 +340,7 @@ impl Authenticators {
 }
 
 /// Rewrites the `Cookie` headers without the cookie `name`.
-fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+pub(crate) fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
     let kept: Vec<String> = headers
         .get_all(http::header::COOKIE)
         .iter()

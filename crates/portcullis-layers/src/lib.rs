@@ -13,11 +13,12 @@
 //! reject/context → response headers → CORS → head limits → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
-//!   → rate limit (subject, key, account) → authorize → concurrency → identity → forward → proxy
+//!   → rate limit (subject, key, account) → authorize → CSRF → WAF → OpenAPI validation
+//!   → concurrency → identity → forward → proxy
 //! ```
 //!
 //! Later defences slot in around `authenticate` (rate limit before it;
-//! authorization, CSRF and WAF after it).
+//! authorization, CSRF and WAF after it, before OpenAPI validation).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub mod body;
 pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
+pub mod csrf;
 pub mod endpoints;
 pub mod forward;
 pub mod headers;
@@ -47,9 +49,11 @@ pub mod identity;
 pub mod limits;
 pub mod login;
 pub mod normalize;
+pub mod openapi;
 pub mod rate_limit;
 pub mod reject;
 pub mod route;
+pub mod waf;
 
 pub use reject::{EventSink, deny};
 
@@ -215,6 +219,12 @@ pub struct RouteInfo {
     pub in_flight: Option<Arc<concurrency::InFlight>>,
     /// The upstream's in-flight limit (shared by every route and worker).
     pub upstream_in_flight: Option<Arc<concurrency::InFlight>>,
+    /// The route's WAF, if it has one.
+    pub waf: Option<Arc<waf::WafRoute>>,
+    /// Whether unsafe requests need the CSRF checks (`[csrf]`, route `csrf`).
+    pub csrf: bool,
+    /// The OpenAPI document requests are validated against (`openapi = NAME`).
+    pub openapi: Option<Arc<portcullis_policy::openapi::OpenApi>>,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -264,6 +274,8 @@ pub struct StackConfig {
     /// The route (with `[server] endpoint_limits`) that requests to the
     /// gateway's own endpoints are limited by, if any.
     pub own_endpoints_route: Option<Arc<RouteInfo>>,
+    /// The CSRF policy (`[csrf]`), if any route is protected.
+    pub csrf: Option<Arc<portcullis_policy::csrf::CsrfPolicy>>,
 }
 
 /// Composes the defences around `proxy` in the documented order.
@@ -293,6 +305,9 @@ where
         .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(csrf::CsrfLayer::new(config.csrf.clone()))
+        .layer(waf::WafLayer)
+        .layer(openapi::OpenApiLayer)
         .layer(concurrency::ConcurrencyLayer)
         .layer(identity::IdentityLayer)
         .layer(forward::ForwardLayer)

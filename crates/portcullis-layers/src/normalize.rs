@@ -84,7 +84,10 @@ where
         };
         if let Some(path) = rewritten {
             match with_path(req.uri(), &path) {
-                Some(uri) => *req.uri_mut() = uri,
+                Some(uri) => {
+                    let original = std::mem::replace(req.uri_mut(), uri);
+                    req.extensions_mut().insert(crate::waf::OriginalUri(original));
+                }
                 None => {
                     let denied = Denied::new(Reason::PathEncoding).with_detail("normalized path is not a valid URI");
                     return Box::pin(async move { Ok(deny(denied)) });

@@ -43,6 +43,9 @@ fn config(events: Arc<Events>) -> StackConfig {
             login: None,
             in_flight: None,
             upstream_in_flight: None,
+            waf: None,
+            csrf: false,
+            openapi: None,
         }),
     };
     StackConfig {
@@ -64,6 +67,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         bans: None,
         banner: None,
         own_endpoints_route: None,
+        csrf: None,
     }
 }
 

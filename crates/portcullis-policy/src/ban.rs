@@ -12,7 +12,9 @@
 //!   429), `malformed` (every 400) and `waf.blocked` (the WAF's refusals).
 //! - Only refusals the client caused count: an upstream or gateway failure
 //!   (502, 503) never bans anyone, and neither does a refusal made because
-//!   a ban is already in place.
+//!   a ban is already in place, nor a CSRF refusal: a forged request comes
+//!   from the victim's browser and address, so counting it would let any
+//!   web page get its visitors banned.
 //! - "`count` refusals `within` T" is a GCRA quota of `count` per T with a
 //!   burst of `count − 1`: the `count`-th refusal in quick succession bans,
 //!   and so does a steady stream faster than `count` per T. The same quota
@@ -157,7 +159,7 @@ impl BanRule {
     #[must_use]
     pub fn counts(&self, reason: Reason) -> bool {
         reason.attribution() == Attribution::Client
-            && reason.defence() != "ban"
+            && !matches!(reason.defence(), "ban" | "csrf")
             && self.on.iter().any(|m| m.matches(reason))
     }
 }
@@ -192,6 +194,11 @@ mod tests {
             (&["jwt.*"], Reason::JwtKeysUnavailable, false),
             // Being refused for a ban does not extend it.
             (&["forbidden"], Reason::BanActive, false),
+            // Forged requests come from their victims.
+            (&["forbidden"], Reason::CsrfOrigin, false),
+            (&["csrf.*"], Reason::CsrfTokenInvalid, false),
+            (&["waf.blocked"], Reason::WafSqli, true),
+            (&["forbidden"], Reason::WafXss, true),
         ];
         for (on, reason, expected) in cases {
             assert_eq!(rule(on, 5).counts(*reason), *expected, "{on:?} / {reason}");

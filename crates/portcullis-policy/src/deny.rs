@@ -220,6 +220,15 @@ reasons! {
     ConcurrencyRoute => ("concurrency.route", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The upstream's in-flight limit is reached (`rule` names the upstream).
     ConcurrencyUpstream => ("concurrency.upstream", StatusCode::SERVICE_UNAVAILABLE, Upstream),
+    /// An unsafe request on a CSRF-protected route that is not same-origin:
+    /// `Sec-Fetch-Site: cross-site` (or `same-site`), an `Origin` that is
+    /// neither the site's nor trusted, `Origin: null`, or no origin at all.
+    CsrfOrigin => ("csrf.origin", StatusCode::FORBIDDEN, Client),
+    /// An unsafe request without the CSRF token header or cookie.
+    CsrfTokenMissing => ("csrf.token_missing", StatusCode::FORBIDDEN, Client),
+    /// The CSRF token header does not match the cookie, or the token is not
+    /// the gateway's for this session (forged, tampered, another session's).
+    CsrfTokenInvalid => ("csrf.token_invalid", StatusCode::FORBIDDEN, Client),
     /// The route requires a client certificate and none was presented.
     MtlsMissing => ("mtls.missing", StatusCode::UNAUTHORIZED, Client),
     /// The WAF found SQL injection (CRS 942xxx).
@@ -252,6 +261,24 @@ reasons! {
     WafBodyTooLarge => ("waf.body_too_large", StatusCode::PAYLOAD_TOO_LARGE, Client),
     /// The WAF's inspection queue is full (or its engine failed) and it fails closed.
     WafOverloaded => ("waf.overloaded", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// The path is not in the route's OpenAPI document (`deny_unknown`).
+    OpenapiUnknownPath => ("openapi.unknown_path", StatusCode::NOT_FOUND, Client),
+    /// The path is in the OpenAPI document but not with this method
+    /// (`deny_unknown`); answered with `Allow`.
+    OpenapiMethod => ("openapi.method", StatusCode::METHOD_NOT_ALLOWED, Client),
+    /// A parameter or the JSON body does not match the OpenAPI document; the
+    /// answer names the field and says why.
+    OpenapiInvalid => ("openapi.invalid", StatusCode::BAD_REQUEST, Client),
+    /// The JSON body is nested too deeply, has too many keys or too long a
+    /// string (`max_depth`, `max_keys`, `max_string`).
+    OpenapiJsonLimits => ("openapi.json_limits", StatusCode::BAD_REQUEST, Client),
+    /// The body says it is JSON but does not parse.
+    OpenapiMalformedJson => ("openapi.malformed_json", StatusCode::BAD_REQUEST, Client),
+    /// The body is larger than the OpenAPI document's `max_body`, so it
+    /// cannot be validated.
+    OpenapiBodyTooLarge => ("openapi.body_too_large", StatusCode::PAYLOAD_TOO_LARGE, Client),
+    /// The body's `Content-Type` is not one the operation accepts.
+    OpenapiContentType => ("openapi.content_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, Client),
     /// Portcullis failed internally; details are only in the gateway's log.
     GatewayInternal => ("gateway.internal", StatusCode::INTERNAL_SERVER_ERROR, Gateway),
 }
@@ -271,6 +298,47 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// What a client may be told about its refusal beyond the reason code: the
+/// request field at fault (`body.quantity`, `query.limit`) and why, in a
+/// short message (`expected integer`).
+///
+/// Safe to show the client: it is built by the defence from the rules it
+/// enforces (schema keywords, limits), never from secrets or upstream
+/// internals. A field name may carry a client-supplied property name, so
+/// [`ClientDetail::new`] keeps printable ASCII only and truncates both parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientDetail {
+    /// The field at fault.
+    pub field: String,
+    /// Why, in a few words.
+    pub message: String,
+}
+
+impl ClientDetail {
+    /// Longest field name sent, in bytes.
+    pub const MAX_FIELD: usize = 128;
+    /// Longest message sent, in bytes.
+    pub const MAX_MESSAGE: usize = 160;
+
+    /// A detail with both parts cleaned: characters outside printable ASCII
+    /// become `?`, and each part is cut (with `…`) at its maximum.
+    #[must_use]
+    pub fn new(field: &str, message: &str) -> Self {
+        Self { field: clean(field, Self::MAX_FIELD), message: clean(message, Self::MAX_MESSAGE) }
+    }
+}
+
+/// Printable ASCII only, at most `max` bytes (`...` marks a cut).
+fn clean(text: &str, max: usize) -> String {
+    let mut out: String =
+        text.chars().take(max + 1).map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect();
+    if out.len() > max {
+        out.truncate(max.saturating_sub(3));
+        out.push_str("...");
+    }
+    out
+}
+
 /// A refusal, produced by a defence and rendered by the reject layer.
 #[derive(Debug, Clone)]
 pub struct Denied {
@@ -286,13 +354,17 @@ pub struct Denied {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// What the WAF matched, for the event (never sent to the client).
     pub waf: Option<Box<crate::waf::WafReport>>,
+    /// What the client is told beyond the reason code (field and message),
+    /// if anything; unlike `detail`, this reaches the client. Boxed: most
+    /// denials have none, and `Denied` travels in every `Result`.
+    pub client: Option<Box<ClientDetail>>,
 }
 
 impl Denied {
     /// A denial with no detail.
     #[must_use]
     pub const fn new(reason: Reason) -> Self {
-        Self { reason, detail: None, rule: None, headers: Vec::new(), waf: None }
+        Self { reason, detail: None, rule: None, headers: Vec::new(), waf: None, client: None }
     }
 
     /// Attaches what the WAF matched, for the event.
@@ -323,16 +395,33 @@ impl Denied {
         self
     }
 
+    /// Tells the client which field is at fault and why (see [`ClientDetail`]).
+    #[must_use]
+    pub fn with_client(mut self, field: &str, message: &str) -> Self {
+        self.client = Some(Box::new(ClientDetail::new(field, message)));
+        self
+    }
+
     /// The status the client receives.
     #[must_use]
     pub const fn status(&self) -> StatusCode {
         self.reason.status()
     }
 
-    /// The JSON error body: the reason code and the request id, nothing else.
+    /// The JSON error body: the reason code and the request id, plus the
+    /// [`ClientDetail`] (`field`, `message`) when the defence set one; nothing else.
     #[must_use]
     pub fn body(&self, request_id: &str) -> String {
-        serde_json::json!({ "error": self.reason.code(), "request_id": request_id }).to_string()
+        match &self.client {
+            None => serde_json::json!({ "error": self.reason.code(), "request_id": request_id }).to_string(),
+            Some(c) => serde_json::json!({
+                "error": self.reason.code(),
+                "request_id": request_id,
+                "field": c.field,
+                "message": c.message,
+            })
+            .to_string(),
+        }
     }
 }
 
@@ -388,5 +477,20 @@ mod tests {
         assert_eq!(body, serde_json::json!({"error": "upstream.timeout", "request_id": "abc"}));
         assert_eq!(denied.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(Reason::LimitBody.defence(), "limit");
+    }
+
+    #[test]
+    fn client_detail_is_added_cleaned_and_truncated() {
+        let denied = Denied::new(Reason::OpenapiInvalid).with_client("body.quantity", "expected integer");
+        let body: serde_json::Value = serde_json::from_str(&denied.body("abc")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "openapi.invalid", "request_id": "abc", "field": "body.quantity", "message": "expected integer"})
+        );
+        let long = "x".repeat(1000);
+        let detail = ClientDetail::new(&format!("body.{long}\u{7}\n<é>"), &long);
+        assert!(detail.field.len() <= ClientDetail::MAX_FIELD && detail.field.ends_with("..."), "{}", detail.field);
+        assert!(detail.message.len() <= ClientDetail::MAX_MESSAGE);
+        assert_eq!(ClientDetail::new("body.a\u{7}\n<é>", "ok").field, "body.a??<?>");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod ban;
 pub mod cors;
+pub mod csrf;
 pub mod deny;
 pub mod event;
 pub mod forwarded;
@@ -18,6 +19,7 @@ pub mod jwt;
 pub mod limits;
 pub mod login;
 pub mod normalize;
+pub mod openapi;
 pub mod principal;
 pub mod rate_limit;
 pub mod rbac;
@@ -26,6 +28,6 @@ pub mod route;
 pub mod session;
 pub mod waf;
 
-pub use deny::{Attribution, Denied, Reason};
+pub use deny::{Attribution, ClientDetail, Denied, Reason};
 pub use event::{Action, SecurityEvent};
 pub use principal::{AuthMethod, Methods, Principal};

@@ -34,6 +34,17 @@ pub fn check(path: &Path) -> ExitCode {
                     unusable = true;
                 }
             }
+            // WAF rule sets must load and pass their canary too.
+            if let Some(waf) = &config.waf
+                && config.routes.iter().any(|r| r.waf.is_some())
+            {
+                for profile in &waf.profiles {
+                    if let Err(e) = portcullis_policy::waf::load(waf.engine, &waf.rules, profile) {
+                        eprintln!("error: waf: {e}");
+                        unusable = true;
+                    }
+                }
+            }
             if unusable {
                 return ExitCode::from(EXIT_CONFIG);
             }

@@ -48,7 +48,53 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     rate_limit_gaps(config, &mut out);
     jwt_without_audience(config, &mut out);
     admin_exposed(config, &mut out);
+    csrf_gaps(config, &mut out);
+    waf_gaps(config, &mut out);
     out
+}
+
+/// Defence 3: public-facing routes without a blocking WAF, and WAF settings
+/// that let requests through uninspected.
+fn waf_gaps(config: &Config, out: &mut Vec<Finding>) {
+    use portcullis_policy::waf::Mode;
+    let exposed = config.listeners.iter().any(|l| !l.bind.ip().is_loopback());
+    let Some(waf) = &config.waf else {
+        if exposed {
+            out.push(warning(
+                "waf.off",
+                "no [waf] section: SQL injection, XSS and other injection attacks reach the upstream uninspected".into(),
+                "add [waf] with `rules` pointing at an OWASP CRS v4 directory (docs/waf.md); start with mode = \"detect\" to see what it would block",
+            ));
+        }
+        return;
+    };
+    let detect: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| r.waf.is_some_and(|w| w.mode == Mode::Detect))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !detect.is_empty() {
+        out.push(warning(
+            "waf.detect_only",
+            format!("the WAF only logs on route(s) {}", detect.join(", ")),
+            "once the events show no false positives (or exclusions cover them), switch to mode = \"block\"",
+        ));
+    }
+    if waf.fail_open {
+        out.push(warning(
+            "waf.fail_open",
+            "[waf] on_overload = \"open\": under load, requests pass uninspected".into(),
+            "keep the default \"closed\" and size `workers` for the load; an attacker can create the overload",
+        ));
+    }
+    if !waf.refuse_over_limit {
+        out.push(warning(
+            "waf.partial_bodies",
+            format!("[waf] over_limit = \"pass\": bodies over {} bytes are inspected only in part", waf.body_limit),
+            "keep over_limit = \"refuse\" and raise body_limit (or the route's max_body_bytes) to what uploads really need",
+        ));
+    }
 }
 
 /// The admin API controls bans and exposes metrics: it belongs on loopback
@@ -295,5 +341,30 @@ fn shadowed_routes(config: &Config, out: &mut Vec<Finding>) {
             ),
             help: "remove one of the routes, or make them differ by host, path or methods".to_owned(),
         });
+    }
+}
+
+/// Session routes without CSRF checks accept forged browser requests; a
+/// generated token key does not survive a restart or reach other instances.
+fn csrf_gaps(config: &Config, out: &mut Vec<Finding>) {
+    let unprotected: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| !r.csrf && matches!(r.auth, portcullis_layers::AuthMode::Required(m) if m.contains(portcullis_policy::AuthMethod::Session)))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !unprotected.is_empty() {
+        out.push(warning(
+            "csrf.off",
+            format!("route(s) {} accept browser sessions without CSRF checks", unprotected.join(", ")),
+            "remove csrf = false from the route(s), or set [csrf] mode = \"origin+token\" (the default)",
+        ));
+    }
+    if config.csrf.as_ref().is_some_and(|c| c.key_source == crate::config::csrf::KeySource::Generated) {
+        out.push(warning(
+            "csrf.key_generated",
+            "the CSRF token key is generated per process: tokens break at every restart and between instances".to_owned(),
+            "set [csrf] secret = \"${CSRF_SECRET}\" (or [auth.session] cookie_secret) to 32+ random bytes shared by every instance",
+        ));
     }
 }

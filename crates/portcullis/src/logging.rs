@@ -22,6 +22,12 @@ pub fn init(config: &Log) -> Result<WorkerGuard, String> {
     if !config.access {
         directives.push_str(",access=off");
     }
+    // The WAF engine warns per request about rule features it ignores; the
+    // gateway checks those once, at load (waf::zentinel), so only its errors
+    // are worth a line.
+    if !directives.contains("zentinel_modsec") {
+        directives.push_str(",zentinel_modsec=error");
+    }
     let filter = EnvFilter::builder().parse(&directives).map_err(|e| e.to_string())?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match config.format {

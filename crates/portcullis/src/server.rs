@@ -57,6 +57,8 @@ use portcullis_layers::ban::{BanStore, Banner, LocalBans, unix_millis};
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::login::{LoginStore, MemoryLoginStore};
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
+use portcullis_layers::waf::{WafPool, WafRoute, WafSettings};
+use portcullis_policy::waf::VerdictCache;
 
 /// Keys the in-memory login store holds (about 100 bytes each).
 const MEMORY_LOGIN_KEYS: usize = 200_000;
@@ -107,6 +109,10 @@ impl Gateway {
                     login: r.login.clone(),
                     in_flight: per_config.routes.get(i).cloned().flatten(),
                     upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
+                    waf: per_config.waf_routes.get(i).cloned().flatten(),
+                    csrf: r.csrf,
+                    // Server::start and reload fetch URL documents before building.
+                    openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
                 }),
             })
             .collect();
@@ -146,8 +152,12 @@ impl Gateway {
                     login: None,
                     in_flight: None,
                     upstream_in_flight: None,
+                    waf: None,
+                    csrf: false,
+                    openapi: None,
                 })
             }),
+            csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
         Self { config, service }
@@ -181,13 +191,25 @@ pub struct ConfigShared {
     pub upstreams: Vec<Option<Arc<InFlightLimit>>>,
     /// The `[[ban]]` rules, if any.
     pub banner: Option<Arc<Banner>>,
+    /// The WAF by route index, its engines loaded and canary-checked.
+    pub waf_routes: Vec<Option<Arc<WafRoute>>>,
 }
 
 impl ConfigShared {
-    /// The counters and rules `config` asks for, over `stores`.
+    /// The counters, rules and WAF engines `config` asks for, over `stores`.
+    ///
+    /// # Errors
+    /// A WAF rule set does not load or fails its canary.
+    pub async fn load(config: &Config, stores: &SharedStores) -> Result<Self, StartError> {
+        let waf_routes = load_waf(config).await?;
+        Ok(Self { waf_routes, ..Self::of(config, stores) })
+    }
+
+    /// The counters and rules `config` asks for, over `stores` (no WAF).
     #[must_use]
     pub fn of(config: &Config, stores: &SharedStores) -> Self {
         Self {
+            waf_routes: Vec::new(),
             banner: (!config.bans.is_empty()).then(|| {
                 Arc::new(Banner::new(
                     config.bans.clone(),
@@ -204,6 +226,55 @@ impl ConfigShared {
                 .collect(),
         }
     }
+}
+
+/// Loads one engine per WAF profile the routes use, on a blocking thread
+/// (CRS compiles in a fraction of a second, more in debug builds).
+async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartError> {
+    let none = || vec![None; config.routes.len()];
+    let Some(waf) = config.waf.clone() else { return Ok(none()) };
+    if config.routes.iter().all(|r| r.waf.is_none()) {
+        return Ok(none());
+    }
+    let started = std::time::Instant::now();
+    let load = {
+        let waf = waf.clone();
+        move || {
+            waf.profiles
+                .iter()
+                .map(|profile| portcullis_policy::waf::load(waf.engine, &waf.rules, profile))
+                .collect::<Result<Vec<_>, _>>()
+        }
+    };
+    let engines = tokio::task::spawn_blocking(load)
+        .await
+        .map_err(|e| StartError::Waf(format!("loading the rules failed: {e}")))?
+        .map_err(|e| StartError::Waf(e.to_string()))?;
+    tracing::info!(
+        engine = waf.engine.as_str(),
+        rules = %waf.rules.display(),
+        profiles = engines.len(),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "WAF rule sets loaded and canary-checked"
+    );
+    let settings = Arc::new(WafSettings {
+        body_limit: waf.body_limit,
+        refuse_over_limit: waf.refuse_over_limit,
+        fail_open: waf.fail_open,
+        pool: WafPool::new(waf.workers, waf.queue),
+    });
+    let caches: Vec<Option<Arc<VerdictCache>>> =
+        engines.iter().map(|_| (waf.cache > 0).then(|| Arc::new(VerdictCache::new(waf.cache)))).collect();
+    Ok(config
+        .routes
+        .iter()
+        .map(|r| {
+            let route = r.waf?;
+            let engine = engines.get(route.profile)?.clone();
+            let cache = caches.get(route.profile).cloned().flatten();
+            Some(Arc::new(WafRoute { engine, mode: route.mode, cache, settings: settings.clone() }))
+        })
+        .collect())
 }
 
 /// Why the server could not start.
@@ -223,9 +294,15 @@ pub enum StartError {
     /// Authentication could not start (JWKS client, signing key, store, OIDC).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
+    /// A WAF rule set does not load or fails its canary.
+    #[error("waf: {0}")]
+    Waf(String),
     /// Shared state (`[state] shared`) could not be set up.
     #[error("shared state: {0}")]
     Shared(SharedError),
+    /// An `[openapi.NAME]` document could not be fetched or compiled.
+    #[error("{0}")]
+    OpenApi(#[from] crate::config::openapi::FetchError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -250,6 +327,12 @@ pub enum ReloadError {
     /// Authentication for the new configuration could not start.
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
+    /// A WAF rule set of the new configuration does not load or fails its canary.
+    #[error("waf: {0}")]
+    Waf(String),
+    /// An `[openapi.NAME]` document could not be fetched or compiled.
+    #[error("{0}")]
+    OpenApi(#[from] crate::config::openapi::FetchError),
 }
 
 /// A running gateway.
@@ -287,7 +370,8 @@ impl Server {
     /// # Errors
     /// [`StartError::Bind`] for the first listener that cannot bind, or
     /// [`StartError::Worker`] when a worker thread cannot start.
-    pub async fn start(config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+    pub async fn start(mut config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let mut bound: Vec<(Arc<ListenerSpec>, SocketAddr, TcpListener)> = Vec::new();
         let mut cert_stores = Vec::new();
         for listener in &config.listeners {
@@ -358,7 +442,7 @@ impl Server {
             }
         };
         let auth = AuthRuntime::start(&config, state.revocations.clone()).await?;
-        let per_config = ConfigShared::of(&config, &state);
+        let per_config = ConfigShared::load(&config, &state).await?;
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
@@ -498,7 +582,7 @@ impl Server {
     /// # Errors
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
-    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+    pub async fn reload(&self, mut config: Config) -> Result<(), ReloadError> {
         let old = self.config();
         let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
@@ -515,8 +599,12 @@ impl Server {
         if old.state.shared != config.state.shared {
             tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
         }
+        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
-        let per_config = ConfigShared::of(&config, &self.state);
+        let per_config = ConfigShared::load(&config, &self.state).await.map_err(|e| match e {
+            StartError::Waf(e) => ReloadError::Waf(e),
+            other => ReloadError::Waf(other.to_string()),
+        })?;
         let config = Arc::new(config);
         for worker in &self.workers {
             worker.current.store(Arc::new(Gateway::build(

@@ -200,7 +200,7 @@ fn check_reports_plaintext_listeners_hsts_off_and_weak_csp() {
         portcullis::check::findings(&parse(toml).unwrap())
             .iter()
             .map(|f| f.code)
-            .filter(|c| !c.starts_with("ratelimit."))
+            .filter(|c| !c.starts_with("ratelimit.") && !c.starts_with("waf."))
             .collect()
     };
     assert!(codes(MINIMAL).is_empty(), "loopback plain HTTP with default headers is fine");
@@ -667,4 +667,25 @@ fn check_counts_login_protection_and_flags_it_failing_open_on_redis() {
     let finding = portcullis::check::findings(&parse(&redis).unwrap()).pop().unwrap();
     assert!(finding.message.starts_with("Redis configured fail-open on login protection"), "{}", finding.message);
     assert!(codes(&redis.replace("on_store_failure = \"open\"\n", "")).is_empty(), "closed is the default");
+}
+
+#[test]
+fn check_reports_waf_gaps() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("waf."))
+            .collect()
+    };
+    let exposed = MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080");
+    assert!(codes(MINIMAL).is_empty(), "a loopback-only gateway is not told to add a WAF");
+    assert_eq!(codes(&exposed), ["waf.off"]);
+    let waf = format!("{exposed}\n[waf]\nrules = \"/opt/crs\"\n");
+    assert!(codes(&waf).is_empty());
+    assert_eq!(codes(&waf.replace("[waf]", "[waf]\nmode = \"detect\"")), ["waf.detect_only"]);
+    assert_eq!(
+        codes(&waf.replace("[waf]", "[waf]\non_overload = \"open\"\nover_limit = \"pass\"")),
+        ["waf.fail_open", "waf.partial_bodies"]
+    );
 }

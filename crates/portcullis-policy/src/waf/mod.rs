@@ -275,6 +275,74 @@ pub fn load(kind: EngineKind, rules: &std::path::Path, profile: &Profile) -> Res
     Ok(engine)
 }
 
+/// Verdicts of requests already inspected, keyed by a digest of everything
+/// the engine saw (method, target, version, every header in order, the
+/// inspected body and the client address).
+///
+/// The engine's verdict is a function of exactly those inputs (CRS v4 keeps
+/// no state between requests), so an identical request — a health check, a
+/// poller, a retried call — gets the same verdict without running several
+/// hundred rules again. Anything that differs, down to one header byte, is a
+/// new key. Keys are SHA-256 over a per-process random salt, so nobody can
+/// aim a request at another one's entry.
+pub struct VerdictCache {
+    entries: quick_cache::sync::Cache<[u8; 32], Verdict>,
+    salt: [u8; 16],
+}
+
+impl fmt::Debug for VerdictCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerdictCache").field("entries", &self.entries.len()).finish_non_exhaustive()
+    }
+}
+
+impl VerdictCache {
+    /// A cache of at most `capacity` verdicts.
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        let mut salt = [0_u8; 16];
+        // Without randomness the salt stays zero: keys remain SHA-256 over
+        // the whole input, only predictable.
+        let _ = aws_lc_rs::rand::fill(&mut salt);
+        Self { entries: quick_cache::sync::Cache::new(capacity.max(1)), salt }
+    }
+
+    /// The key of `request`.
+    #[must_use]
+    pub fn key(&self, request: &WafRequest) -> [u8; 32] {
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            digest.update(&(bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        field(&self.salt);
+        field(request.method.as_bytes());
+        field(request.uri.as_bytes());
+        field(request.version.as_bytes());
+        field(request.client_ip.to_string().as_bytes());
+        for (name, value) in &request.headers {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+        field(b"body");
+        field(&request.body);
+        let mut key = [0_u8; 32];
+        key.copy_from_slice(digest.finish().as_ref());
+        key
+    }
+
+    /// The verdict for `key`, if cached.
+    #[must_use]
+    pub fn get(&self, key: &[u8; 32]) -> Option<Verdict> {
+        self.entries.get(key)
+    }
+
+    /// Remembers a verdict.
+    pub fn insert(&self, key: [u8; 32], verdict: Verdict) {
+        self.entries.insert(key, verdict);
+    }
+}
+
 /// What the WAF does with a detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -463,6 +531,38 @@ mod tests {
         ] {
             assert_eq!(snippet(location, "hunter2' OR 1=1"), "[withheld]", "{location}");
         }
+    }
+
+    #[test]
+    fn cache_keys_change_with_every_input() {
+        let cache = VerdictCache::new(10);
+        let base = WafRequest {
+            method: "GET".into(),
+            uri: "/a?x=1".into(),
+            version: "HTTP/1.1",
+            headers: vec![("Host".into(), "h".into()), ("Accept".into(), "*/*".into())],
+            body: Bytes::new(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            client_port: 1,
+        };
+        let key = cache.key(&base);
+        assert_eq!(key, cache.key(&WafRequest { client_port: 2, ..base.clone() }), "the port is not an input");
+        let variants = [
+            WafRequest { method: "POST".into(), ..base.clone() },
+            WafRequest { uri: "/a?x=2".into(), ..base.clone() },
+            WafRequest { version: "HTTP/2.0", ..base.clone() },
+            WafRequest { headers: vec![("Host".into(), "h".into())], ..base.clone() },
+            WafRequest { headers: vec![("Accept".into(), "*/*".into()), ("Host".into(), "h".into())], ..base.clone() },
+            WafRequest { headers: vec![("Host".into(), "hA".into()), ("ccept".into(), "*/*".into())], ..base.clone() },
+            WafRequest { body: Bytes::from_static(b"x"), ..base.clone() },
+            WafRequest { client_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(), ..base.clone() },
+        ];
+        for variant in variants {
+            assert_ne!(cache.key(&variant), key, "{variant:?}");
+        }
+        assert_ne!(VerdictCache::new(1).key(&base), key, "salted per cache");
+        cache.insert(key, Verdict { intervened: true, score: Some(5), matches: vec![] });
+        assert!(cache.get(&key).unwrap().intervened);
     }
 
     #[test]

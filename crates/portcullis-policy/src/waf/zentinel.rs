@@ -9,15 +9,17 @@
 //!   by the short list of [`KNOWN_GAPS`] this version has with stock CRS v4,
 //!   each of which only ever suppresses false positives or logging.
 //! - Requests run through phase 1 and, unless phase 1 intervened, phase 2.
-//!   The matches reported are the attack rules' (ids 911000–944999) on
-//!   request data, not CRS's bookkeeping on `TX`.
+//!   The matches reported are the attack rules' (ids 911000–944999) that
+//!   add to the anomaly score, with every link of their chain matched.
 //!
 //! Deployment caveat: measured against the CRS regression tests this engine
 //! detects fewer attacks than libmodsecurity (chained rules on
 //! `MATCHED_VARS` or captures miss); docs/waf.md has the figures.
 
+use std::collections::HashMap;
+
 use zentinel_modsec::engine::control::unsupported_controls;
-use zentinel_modsec::parser::{Action, Directive, MetadataAction, Parser};
+use zentinel_modsec::parser::{Action, DataAction, Directive, FlowAction, MetadataAction, Parser};
 use zentinel_modsec::variables::Collection as _;
 use zentinel_modsec::{CompiledRuleset, ModSecurity};
 
@@ -49,6 +51,9 @@ pub const KNOWN_GAPS: &[(u32, &str)] = &[
 /// A CRS rule set compiled by `zentinel-modsec`.
 pub struct Zentinel {
     modsec: ModSecurity,
+    /// The rules that add to an anomaly score, by id: how many rules their
+    /// chain has (1 when unchained).
+    scoring: HashMap<u32, usize>,
 }
 
 impl std::fmt::Debug for Zentinel {
@@ -75,8 +80,9 @@ impl Zentinel {
         if !problems.is_empty() {
             return Err(LoadError::Rules(problems));
         }
+        let scoring = scoring_rules(&directives);
         let ruleset = CompiledRuleset::compile(directives).map_err(|e| LoadError::Engine(e.to_string()))?;
-        Ok(Self { modsec: ModSecurity::new(ruleset) })
+        Ok(Self { modsec: ModSecurity::new(ruleset), scoring })
     }
 
     /// How many rules are loaded.
@@ -84,6 +90,42 @@ impl Zentinel {
     pub fn rule_count(&self) -> usize {
         self.modsec.rule_count()
     }
+}
+
+/// The rules whose chain adds to an anomaly score, with their chain lengths.
+///
+/// The engine records a chain's first rule as matched even when a later
+/// link fails, and marks every `pass` bookkeeping rule matched too; events
+/// must name only the rules that scored.
+fn scoring_rules(directives: &[Directive]) -> HashMap<u32, usize> {
+    let mut out = HashMap::new();
+    let mut current: Option<(Option<u32>, usize, bool)> = None;
+    for directive in directives {
+        let Directive::SecRule(rule) = directive else { continue };
+        let id = rule.actions.iter().find_map(|a| match a {
+            Action::Metadata(MetadataAction::Id(id)) => u32::try_from(*id).ok(),
+            _ => None,
+        });
+        let scores = rule.actions.iter().any(|a| match a {
+            Action::Data(DataAction::SetVar(var)) => {
+                let key = var.key.to_ascii_lowercase();
+                var.collection.eq_ignore_ascii_case("tx")
+                    && (key.starts_with("inbound_anomaly_score") || key.starts_with("anomaly_score"))
+            }
+            _ => false,
+        });
+        let chains = rule.actions.iter().any(|a| matches!(a, Action::Flow(FlowAction::Chain)));
+        let (head, links, scored) = match current.take() {
+            Some((head, links, scored)) => (head, links + 1, scored || scores),
+            None => (id, 1, scores),
+        };
+        if chains {
+            current = Some((head, links, scored));
+        } else if let (Some(head), true) = (head, scored) {
+            out.insert(head, links);
+        }
+    }
+    out
 }
 
 /// Every rule the engine would load only partly.
@@ -125,7 +167,7 @@ fn check(directives: &[Directive]) -> Vec<RuleLoadError> {
         for (name, value, reason) in unsupported_controls(actions) {
             problem(format!("ctl:{name}={value} is ignored ({reason})"));
         }
-        let chains = actions.iter().any(|a| matches!(a, Action::Flow(zentinel_modsec::parser::FlowAction::Chain)));
+        let chains = actions.iter().any(|a| matches!(a, Action::Flow(FlowAction::Chain)));
         chain_id = if chains { id } else { None };
     }
     problems
@@ -154,17 +196,22 @@ impl Engine for Zentinel {
         let score = ["blocking_inbound_anomaly_score", "inbound_anomaly_score", "anomaly_score"]
             .iter()
             .find_map(|key| tx.tx().get(key).and_then(|v| v.first().and_then(|s| s.parse::<i32>().ok())));
+        // A chain completed when its first rule's entry is followed by one
+        // entry (without id) per further link.
+        let data = tx.matched_data();
         let mut matches: Vec<RuleMatch> = Vec::new();
-        for data in tx.matched_data() {
-            let Some(id) = data.rule_id.as_deref().and_then(|id| id.parse::<u32>().ok()) else { continue };
-            if category(id).is_none() || data.variable.starts_with("TX") {
+        for (i, entry) in data.iter().enumerate() {
+            let Some(id) = entry.rule_id.as_deref().and_then(|id| id.parse::<u32>().ok()) else { continue };
+            let Some(&links) = self.scoring.get(&id) else { continue };
+            let followers = data[i + 1..].iter().take_while(|d| d.rule_id.is_none()).count();
+            if followers + 1 < links || category(id).is_none() {
                 continue;
             }
-            if matches.iter().any(|m| m.id == id && m.location == data.variable) {
+            if matches.iter().any(|m| m.id == id && m.location == entry.variable) {
                 continue;
             }
-            let value = data.matched_portion.as_deref().unwrap_or(&data.value);
-            matches.push(RuleMatch { id, location: data.variable.clone(), snippet: snippet(&data.variable, value) });
+            let value = entry.matched_portion.as_deref().unwrap_or(&entry.value);
+            matches.push(RuleMatch { id, location: entry.variable.clone(), snippet: snippet(&entry.variable, value) });
         }
         Ok(Verdict { intervened: tx.intervention().is_some(), score, matches })
     }
@@ -185,5 +232,33 @@ mod tests {
     fn stock_crs_v4_loads_and_passes_the_canary() {
         let engine = waf::load(EngineKind::Zentinel, crs(), &Profile::default()).unwrap();
         assert_eq!(engine.name(), "zentinel");
+    }
+
+    fn request(uri: &str, headers: &[(&str, &str)], body: &'static str) -> crate::waf::WafRequest {
+        let mut all = vec![("Host".to_owned(), "example.com".to_owned()), ("Accept".to_owned(), "*/*".to_owned())];
+        all.extend(headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())));
+        crate::waf::WafRequest {
+            method: if body.is_empty() { "GET".into() } else { "POST".into() },
+            uri: uri.into(),
+            version: "HTTP/1.1",
+            headers: all,
+            body: bytes::Bytes::from_static(body.as_bytes()),
+            client_ip: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+            client_port: 1234,
+        }
+    }
+
+    #[test]
+    fn only_rules_that_scored_are_reported() {
+        let engine = waf::load(EngineKind::Zentinel, crs(), &Profile::default()).unwrap();
+        let clean = engine.inspect(&request("/api/orders?page=2", &[], "")).unwrap();
+        assert_eq!(clean, Verdict { intervened: false, score: Some(0), matches: vec![] });
+        let sqli = engine.inspect(&request("/p?id=1%27%20UNION%20SELECT%20a%20FROM%20b--", &[], "")).unwrap();
+        assert!(sqli.intervened);
+        assert!(sqli.matches.iter().all(|m| m.id / 1000 == 942), "{sqli:?}");
+        assert!(!sqli.matches.is_empty());
+        // A chain (920170: GET with a body) reports only when every link matched.
+        let get_with_body = engine.inspect(&request("/x", &[("Content-Length", "5")], "")).unwrap();
+        assert!(get_with_body.matches.iter().any(|m| m.id == 920_170), "{get_with_body:?}");
     }
 }

@@ -104,6 +104,19 @@ impl AuthRuntime {
             );
             any_endpoint = true;
         }
+        if let Some(csrf) = config.csrf.as_ref().filter(|c| c.policy.mode == portcullis_policy::csrf::Mode::OriginToken)
+        {
+            let (policy, sessions) = (csrf.policy.clone(), authenticators.session.clone());
+            router = router.route(
+                portcullis_layers::csrf::TOKEN_PATH,
+                axum::routing::get(move |req: Request<axum::body::Body>| {
+                    let (parts, _) = req.into_parts();
+                    let answer = portcullis_layers::csrf::token_endpoint(policy.clone(), sessions.clone(), parts);
+                    async move { answer.await.map(axum::body::Body::new) }
+                }),
+            );
+            any_endpoint = true;
+        }
         let endpoints = any_endpoint.then(|| {
             let router = router.fallback(|| async {
                 let denied = portcullis_layers::deny(portcullis_policy::Reason::RouteNone);

@@ -70,8 +70,23 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         c.error(mtls.span(), "[auth.mtls] is configured but no listener asks for client certificates")
             .help("add client_ca (and client_auth = \"optional\" or \"required\") to a listener's tls table");
     }
-    let mut routes =
-        build_routes(&mut c, &raw, &upstreams, &headers, &auth, &roles, &Named { limits: &limits, logins: &logins });
+    let openapi = super::openapi::build_openapi(
+        &mut c,
+        &raw,
+        base,
+        paths.case == portcullis_policy::normalize::Case::Insensitive,
+    );
+    let mut waf = super::waf::build_waf(&mut c, &raw, base);
+    let mut routes = build_routes(
+        &mut c,
+        &raw,
+        &upstreams,
+        &headers,
+        &auth,
+        &roles,
+        &mut Named { limits: &limits, logins: &logins, openapi: &openapi, waf: waf.as_mut() },
+    );
+    let waf = waf.map(super::waf::WafBase::finish);
     if paths.case == portcullis_policy::normalize::Case::Insensitive {
         for route in &mut routes {
             route.path = route.path.folded();
@@ -81,6 +96,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
     let admin = super::state::build_admin(&mut c, &raw, base, env);
+    let csrf = super::csrf::build_csrf(&mut c, &raw, base, env, &auth, &mut routes);
 
     c.finish()?;
     let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
@@ -104,6 +120,9 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         admin,
         endpoint_limits,
         logins,
+        waf,
+        csrf,
+        openapi,
     })
 }
 
@@ -774,6 +793,8 @@ fn build_headers(c: &mut Collector<'_>, raw: &RawHeaders) -> HeaderPolicy {
 struct Named<'a> {
     limits: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    waf: Option<&'a mut super::waf::WafBase>,
+    openapi: &'a std::collections::BTreeMap<String, super::openapi::OpenApiDoc>,
 }
 
 fn build_routes(
@@ -783,9 +804,9 @@ fn build_routes(
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
     roles: &portcullis_policy::rbac::Roles,
-    named: &Named<'_>,
+    named: &mut Named<'_>,
 ) -> Vec<Route> {
-    let Named { limits, logins } = *named;
+    let (limits, logins, openapi) = (named.limits, named.logins, named.openapi);
     if raw.routes.is_empty() {
         c.file_error("no [[route]] is configured")
             .help("every request must match a route; add one, e.g.\n    [[route]]\n    match = { path = \"/**\" }\n    upstream = \"api\"\n    auth = \"public\"");
@@ -860,6 +881,7 @@ fn build_routes(
         let ips = super::authz::route_ips(c, r);
         let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
         let login = super::login::route_login(c, r.login.as_ref(), logins);
+        let openapi = super::openapi::route_openapi(c, r.openapi.as_ref(), openapi);
         if r.login.is_none()
             && let Some(names) = &r.limits
             && let Some(by_account) =
@@ -871,6 +893,7 @@ fn build_routes(
             )
             .help("add login = \"NAME\" (a [login.NAME] section says where the account name is), or use a limit keyed by ip");
         }
+        let waf = super::waf::route_waf(c, r, &name, named.waf.as_deref_mut());
         let max_in_flight = in_flight(c, r.max_in_flight.as_ref());
         let max_body_bytes = r.max_body_bytes.as_ref().map(|s| size(c, Some(s), 0, 0, u64::MAX, "max_body_bytes"));
         let headers = r.headers.as_ref().map(|changes| {
@@ -893,6 +916,9 @@ fn build_routes(
                 login,
                 max_in_flight,
                 ips,
+                waf,
+                csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
+                openapi,
             });
         }
     }

@@ -9,13 +9,16 @@
 pub mod auth;
 mod authz;
 mod build;
+pub mod csrf;
 pub mod error;
 mod limits;
 pub mod login;
 pub mod oidc;
+pub mod openapi;
 pub mod raw;
 pub mod secret;
 pub mod state;
+pub mod waf;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +75,12 @@ pub struct Config {
     pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     /// `[login.NAME]`, by name.
     pub logins: std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    /// `[waf]`, if configured.
+    pub waf: Option<waf::Waf>,
+    /// `[csrf]`, when a route is protected.
+    pub csrf: Option<csrf::Csrf>,
+    /// `[openapi.NAME]`, by name.
+    pub openapi: std::collections::BTreeMap<String, openapi::OpenApiDoc>,
 }
 
 impl Config {
@@ -294,11 +303,17 @@ pub struct Route {
     pub login: Option<std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     /// Most requests in flight on this route.
     pub max_in_flight: Option<usize>,
+    /// The `[openapi.NAME]` requests are validated against, by name.
+    pub openapi: Option<String>,
     /// The route's IP lists.
     pub ips: Option<portcullis_policy::ip_rules::IpRules>,
     /// The route's header policy (global with the route's changes), if it
     /// changes anything.
     pub headers: Option<HeaderPolicy>,
+    /// The route's WAF, if any.
+    pub waf: Option<waf::RouteWaf>,
+    /// Whether unsafe requests need the CSRF checks.
+    pub csrf: bool,
 }
 
 /// Log output format.

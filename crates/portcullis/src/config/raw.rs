@@ -36,12 +36,71 @@ pub struct RawConfig {
     #[serde(default)]
     pub login: std::collections::BTreeMap<String, Spanned<RawLogin>>,
     #[serde(default)]
+    pub openapi: std::collections::BTreeMap<String, Spanned<RawOpenApi>>,
+    #[serde(default)]
     pub state: RawState,
     #[serde(default, rename = "ban")]
     pub bans: Vec<Spanned<RawBan>>,
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub auth: RawAuth,
+    pub csrf: Option<Spanned<super::csrf::RawCsrf>>,
+    pub waf: Option<Spanned<RawWaf>>,
+}
+
+/// `[waf]`: the web application firewall.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWaf {
+    /// `block` (default), `detect` or `off`: the routes' default.
+    pub mode: Option<Spanned<String>>,
+    /// `zentinel` (default) or `libmodsecurity`.
+    pub engine: Option<Spanned<String>>,
+    /// The OWASP CRS v4 directory.
+    pub rules: Option<Spanned<String>>,
+    pub paranoia: Option<Spanned<i64>>,
+    pub inbound_threshold: Option<Spanned<i64>>,
+    pub body_limit: Option<Spanned<Size>>,
+    /// `refuse` (default) or `pass` for bodies over `body_limit`.
+    pub over_limit: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    /// `closed` (default) or `open` when every worker is busy.
+    pub on_overload: Option<Spanned<String>>,
+    /// Verdicts of identical requests remembered per rule set (0: off).
+    pub cache: Option<Spanned<i64>>,
+    /// Rule ids (or ranges) the engine may load only partly.
+    pub allow_load_errors: Option<Vec<Spanned<String>>>,
+    #[serde(default, rename = "exclusion")]
+    pub exclusions: Vec<Spanned<RawWafExclusion>>,
+}
+
+/// `[[waf.exclusion]]`: rules removed, or targets they stop inspecting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWafExclusion {
+    pub rules: Vec<Spanned<String>>,
+    pub targets: Option<Vec<Spanned<String>>>,
+    /// Route names it applies to (default: every route).
+    pub routes: Option<Vec<Spanned<String>>>,
+}
+
+/// A route's `waf`: a mode word or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRouteWaf {
+    Mode(String),
+    Table(RawRouteWafTable),
+}
+
+/// `waf = { mode, paranoia, inbound_threshold }` on a route. Plain values:
+/// an untagged enum cannot carry spans; errors point at the route's `waf`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteWafTable {
+    pub mode: Option<String>,
+    pub paranoia: Option<i64>,
+    pub inbound_threshold: Option<i64>,
 }
 
 /// `[roles] name = { permissions, inherits }`.
@@ -107,6 +166,23 @@ pub struct RawLogin {
     /// `closed` (default) or `open` when the shared store is unreachable.
     pub on_store_failure: Option<Spanned<String>>,
     pub max_body: Option<Spanned<Size>>,
+}
+
+/// `[openapi.NAME]`: an OpenAPI document routes validate requests against.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenApi {
+    /// A JSON file (relative to the configuration file) or an http(s) URL.
+    pub source: Spanned<String>,
+    pub deny_unknown: Option<bool>,
+    /// Any of `path`, `query`, `headers`, `body` (default: all).
+    pub validate: Option<Spanned<Vec<String>>>,
+    pub max_body: Option<Spanned<Size>>,
+    pub max_depth: Option<Spanned<i64>>,
+    pub max_keys: Option<Spanned<i64>>,
+    pub max_string: Option<Spanned<Size>>,
+    /// The prefix of the document's paths (default: its first `servers` URL's path).
+    pub base_path: Option<Spanned<String>>,
 }
 
 /// `[access]`: global IP lists.
@@ -452,9 +528,15 @@ pub struct RawRoute {
     pub limits: Option<Spanned<Vec<String>>>,
     /// A `[login.NAME]`: this route is a login endpoint.
     pub login: Option<Spanned<String>>,
+    /// An `[openapi.NAME]`: requests are validated against that document.
+    pub openapi: Option<Spanned<String>>,
     pub max_in_flight: Option<Spanned<i64>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub deny_ips: Option<Vec<Spanned<String>>>,
+    /// `"block"`, `"detect"`, `"off"` or `{ mode, paranoia, inbound_threshold }`.
+    pub waf: Option<Spanned<RawRouteWaf>>,
+    /// CSRF checks: default on when `auth` accepts `session`.
+    pub csrf: Option<Spanned<bool>>,
 }
 
 /// `match = { host, path, methods }`.

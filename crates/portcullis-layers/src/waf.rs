@@ -1,0 +1,325 @@
+//! The WAF on live requests: routes with a WAF have their request line,
+//! headers and body inspected by the route's engine (rules and decisions in
+//! `portcullis_policy::waf`) before the upstream is called.
+//!
+//! Decision rules:
+//! - Routes without a WAF cost one extension lookup. A request identical to
+//!   one already inspected (same line, headers, body and client) reuses its
+//!   verdict ([`VerdictCache`]) without waiting for a worker; its decision
+//!   and event are made afresh.
+//! - The body is read ahead up to `body_limit` and replayed byte for byte. A
+//!   larger body is refused with 413 `waf.body_too_large`, or, with
+//!   `over_limit = "pass"`, inspected up to the limit and forwarded whole.
+//! - Inspection runs on the blocking thread pool, at most `workers` at once,
+//!   so rule evaluation never stalls the async runtime. Up to `queue`
+//!   requests wait for a worker; beyond that (or if the engine fails) the
+//!   request is refused with 503 `waf.overloaded` (fail closed, the default)
+//!   or passes uninspected with a `waf.overloaded` event (fail open).
+//! - A rule-set intervention is a 403 with a `waf.*` reason in block mode,
+//!   and an event with action `log` (the request passes) in detect mode.
+//! - The engine sees the request target as the client sent it, before path
+//!   normalization: CRS has its own decoding and looks for the traversal
+//!   sequences normalization removes.
+//!
+//! Deployment caveat: the WAF reads bodies before the upstream does, so a
+//! route's latency includes the whole upload; keep `body_limit` near what
+//! the route really takes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Version};
+use http_body::Body as HttpBody;
+use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, VerdictCache, WafRequest, decide};
+use portcullis_policy::{Denied, Reason};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use crate::body::Prefix;
+use crate::reject::note;
+use crate::{Body, ConnInfo, RequestContext, RouteInfo, deny};
+
+/// The request target before path normalization, kept by the normalize
+/// layer when it rewrites the path.
+#[derive(Debug, Clone)]
+pub struct OriginalUri(pub http::Uri);
+
+/// What a route's WAF does.
+#[derive(Debug)]
+pub struct WafRoute {
+    /// The engine loaded with the route's rule-set profile.
+    pub engine: Arc<dyn Engine>,
+    /// Block or only log.
+    pub mode: Mode,
+    /// Verdicts of identical requests already inspected by this engine.
+    pub cache: Option<Arc<VerdictCache>>,
+    /// Settings shared by every route of one configuration.
+    pub settings: Arc<WafSettings>,
+}
+
+/// How much is inspected and what happens under load.
+#[derive(Debug)]
+pub struct WafSettings {
+    /// Body bytes inspected.
+    pub body_limit: u64,
+    /// Refuse bodies beyond `body_limit` (else inspect the first part).
+    pub refuse_over_limit: bool,
+    /// Let requests through uninspected when the pool is full.
+    pub fail_open: bool,
+    /// The inspection workers.
+    pub pool: WafPool,
+}
+
+/// A bounded set of inspection workers with a bounded queue.
+#[derive(Debug)]
+pub struct WafPool {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    queue: usize,
+}
+
+/// The pool could not inspect the request.
+#[derive(Debug)]
+enum Unavailable {
+    Full,
+    Failed(String),
+}
+
+impl WafPool {
+    /// `workers` inspections at once, `queue` more waiting.
+    #[must_use]
+    pub fn new(workers: usize, queue: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(workers.max(1))), waiting: AtomicUsize::new(0), queue }
+    }
+
+    async fn inspect(&self, engine: Arc<dyn Engine>, request: WafRequest) -> Result<Verdict, Unavailable> {
+        let permit = if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            permit
+        } else {
+            if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(Unavailable::Full);
+            }
+            let _waiting = Waiting(&self.waiting);
+            self.permits.clone().acquire_owned().await.map_err(|_| Unavailable::Full)?
+        };
+        let run = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            engine.inspect(&request)
+        });
+        match run.await {
+            Ok(Ok(verdict)) => Ok(verdict),
+            Ok(Err(e)) => Err(Unavailable::Failed(e.to_string())),
+            Err(e) => Err(Unavailable::Failed(format!("inspection task failed: {e}"))),
+        }
+    }
+}
+
+/// Leaves the queue when dropped (also when the client goes away).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Adds the WAF.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WafLayer;
+
+impl<S> Layer<S> for WafLayer {
+    type Service = WafService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WafService { inner }
+    }
+}
+
+/// The WAF service.
+#[derive(Debug, Clone)]
+pub struct WafService<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for WafService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = crate::GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(waf) = req.extensions().get::<Arc<RouteInfo>>().and_then(|r| r.waf.clone()) else {
+            return crate::call_boxed(&mut self.inner, req);
+        };
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let settings = &waf.settings;
+            let (inspected, body) = if body.is_end_stream() {
+                (Bytes::new(), body)
+            } else {
+                let prefix = Prefix::read(body, settings.body_limit).await;
+                let limit = usize::try_from(settings.body_limit).unwrap_or(usize::MAX);
+                if prefix.bytes.len() > limit && settings.refuse_over_limit {
+                    let denied = Denied::new(Reason::WafBodyTooLarge)
+                        .with_detail(format!("body over the WAF's inspection limit of {limit} bytes"));
+                    return Ok(deny(denied));
+                }
+                (prefix.bytes.slice(..prefix.bytes.len().min(limit)), prefix.into_body())
+            };
+            let request = waf_request(&parts, inspected);
+            let req = Request::from_parts(parts, body);
+            let key = waf.cache.as_ref().map(|cache| cache.key(&request));
+            let cached = waf.cache.as_ref().zip(key.as_ref()).and_then(|(cache, key)| cache.get(key));
+            let verdict = match cached {
+                Some(verdict) => Ok(verdict),
+                None => settings.pool.inspect(waf.engine.clone(), request).await.inspect(|verdict| {
+                    if let (Some(cache), Some(key)) = (&waf.cache, key) {
+                        cache.insert(key, verdict.clone());
+                    }
+                }),
+            };
+            let decision = match verdict {
+                Ok(verdict) => decide(waf.engine.name(), verdict, waf.mode),
+                Err(unavailable) => {
+                    let detail = match unavailable {
+                        Unavailable::Full => "every inspection worker is busy and the queue is full".to_owned(),
+                        Unavailable::Failed(e) => e,
+                    };
+                    let denied = Denied::new(Reason::WafOverloaded)
+                        .with_detail(detail)
+                        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    if settings.fail_open { Decision::Log(denied) } else { Decision::Block(denied) }
+                }
+            };
+            match decision {
+                Decision::Pass => crate::call_boxed(&mut inner, req).await,
+                Decision::Block(denied) => Ok(deny(denied)),
+                Decision::Log(denied) => {
+                    let mut response = crate::call_boxed(&mut inner, req).await?;
+                    note(&mut response, denied);
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// The request as the engine sees it.
+fn waf_request(parts: &http::request::Parts, body: Bytes) -> WafRequest {
+    let uri = parts.extensions.get::<OriginalUri>().map_or(&parts.uri, |o| &o.0);
+    let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len() + 1);
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Some(authority) = uri.authority()
+    {
+        headers.push(("Host".to_owned(), authority.as_str().to_owned()));
+    }
+    for (name, value) in &parts.headers {
+        headers.push((name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+    }
+    let client_ip = parts.extensions.get::<RequestContext>().map_or_else(
+        || parts.extensions.get::<ConnInfo>().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.peer.ip()),
+        |c| c.client.ip,
+    );
+    let client_port = parts.extensions.get::<ConnInfo>().map_or(0, |c| c.peer.port());
+    WafRequest {
+        method: parts.method.as_str().to_owned(),
+        uri: target,
+        version: match parts.version {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        },
+        headers,
+        body,
+        client_ip,
+        client_port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use portcullis_policy::waf::{EngineError, RuleMatch};
+
+    use super::*;
+
+    /// Blocks requests whose target contains "attack"; holds every inspection
+    /// until released, to fill the pool.
+    #[derive(Debug)]
+    struct Toy {
+        hold: AtomicBool,
+    }
+
+    impl Engine for Toy {
+        fn name(&self) -> &'static str {
+            "toy"
+        }
+        fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError> {
+            while self.hold.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            let attack = request.uri.contains("attack") || request.body.as_ref().windows(6).any(|w| w == b"attack");
+            Ok(Verdict {
+                intervened: attack,
+                score: Some(if attack { 5 } else { 0 }),
+                matches: if attack {
+                    vec![RuleMatch { id: 942_100, location: "ARGS:q".into(), snippet: "attack".into() }]
+                } else {
+                    vec![]
+                },
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_fails_closed_and_recovers() {
+        let toy = Arc::new(Toy { hold: AtomicBool::new(true) });
+        let pool = Arc::new(WafPool::new(1, 1));
+        let request = || WafRequest {
+            method: "GET".into(),
+            uri: "/".into(),
+            version: "HTTP/1.1",
+            headers: vec![],
+            body: Bytes::new(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            client_port: 1,
+        };
+        let running = tokio::spawn({
+            let (pool, toy) = (pool.clone(), toy.clone());
+            async move { pool.inspect(toy, request()).await }
+        });
+        while pool.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let queued = tokio::spawn({
+            let (pool, toy) = (pool.clone(), toy.clone());
+            async move { pool.inspect(toy, request()).await }
+        });
+        while pool.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(pool.inspect(toy.clone(), request()).await, Err(Unavailable::Full)));
+        toy.hold.store(false, Ordering::Release);
+        assert!(running.await.unwrap().is_ok());
+        assert!(queued.await.unwrap().is_ok());
+        assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
+        assert!(pool.inspect(toy, request()).await.is_ok());
+    }
+}

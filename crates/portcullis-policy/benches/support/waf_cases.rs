@@ -1,0 +1,62 @@
+//! The cases of benches/waf.rs and benches/waf_mimalloc.rs.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use bytes::Bytes;
+use criterion::Criterion;
+use portcullis_policy::waf::{self, EngineKind, Profile, VerdictCache, WafRequest};
+
+fn request(method: &str, uri: &str, content_type: Option<&str>, body: &'static str) -> WafRequest {
+    let mut headers = vec![
+        ("Host".to_owned(), "api.example.com".to_owned()),
+        ("User-Agent".to_owned(), "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".to_owned()),
+        ("Accept".to_owned(), "application/json".to_owned()),
+        ("Accept-Encoding".to_owned(), "gzip, deflate, br".to_owned()),
+        ("Authorization".to_owned(), "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLTQyIn0.c2lnbmF0dXJl".to_owned()),
+    ];
+    if let Some(content_type) = content_type {
+        headers.push(("Content-Type".to_owned(), content_type.to_owned()));
+        headers.push(("Content-Length".to_owned(), body.len().to_string()));
+    }
+    WafRequest {
+        method: method.to_owned(),
+        uri: uri.to_owned(),
+        version: "HTTP/1.1",
+        headers,
+        body: Bytes::from_static(body.as_bytes()),
+        client_ip: std::net::Ipv4Addr::new(198, 51, 100, 7).into(),
+        client_port: 40_000,
+    }
+}
+
+pub fn bench(c: &mut Criterion) {
+    let crs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let engine = waf::load(EngineKind::Zentinel, &crs, &Profile::default()).unwrap();
+    let cases = [
+        ("clean GET", request("GET", "/api/orders?page=2&sort=created", None, "")),
+        (
+            "clean JSON POST",
+            request(
+                "POST",
+                "/api/orders",
+                Some("application/json"),
+                r#"{"item":"widget","quantity":3,"address":{"street":"12 Rue de la Paix","city":"Paris"},"note":"Leave it with the neighbour"}"#,
+            ),
+        ),
+        (
+            "SQL injection",
+            request("GET", "/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--", None, ""),
+        ),
+    ];
+    let mut group = c.benchmark_group("waf/zentinel");
+    for (name, req) in &cases {
+        assert_eq!(engine.inspect(req).unwrap().intervened, name.starts_with("SQL"), "{name}");
+        group.bench_function(*name, |b| b.iter(|| engine.inspect(black_box(req)).unwrap()));
+    }
+    let cache = VerdictCache::new(1000);
+    let (_, clean) = &cases[0];
+    cache.insert(cache.key(clean), engine.inspect(clean).unwrap());
+    group.bench_function("cache hit (clean GET)", |b| b.iter(|| cache.get(&cache.key(black_box(clean))).unwrap()));
+    group.finish();
+}

@@ -1,0 +1,325 @@
+//! The WAF through the running gateway with the OWASP CRS v4.28 rules in
+//! ../shared/crs: attacks refused by class with rule ids in the event and
+//! nothing in the answer, plain requests and their bodies forwarded intact,
+//! detect mode and per-route switches, exclusions, body limits, bans, and
+//! rule sets that must not start (a broken rule, a canary that fails).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use portcullis_policy::Action;
+
+const CRS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/crs");
+
+/// An upstream recording each request's target and body.
+async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Bytes)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let addr = upstream(move |req: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            let target = req.uri().to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            record.lock().unwrap().push((target, body));
+            http::Response::new(portcullis_layers::full("ok"))
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+fn config(up: std::net::SocketAddr, waf: &str, routes: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+
+{routes}
+
+[[route]]
+name = "api"
+match = {{ path = "/**" }}
+upstream = "app"
+auth = "public"
+
+[waf]
+rules = "{CRS}"
+{waf}
+"#
+    )
+}
+
+async fn post(url: &str, content_type: &str, body: impl Into<Bytes>) -> (http::response::Parts, Bytes) {
+    let req = Request::post(url).header("content-type", content_type).body(full_body(body.into())).unwrap();
+    send(req).await
+}
+
+#[tokio::test]
+async fn attacks_are_refused_by_class_and_plain_requests_pass_intact() {
+    let (up, seen) = recording_upstream().await;
+    let gw = gateway(&config(up, "", "")).await;
+
+    let (parts, body) = get(&gw.url("/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--")).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.reason, event.defence, event.action), ("waf.sqli", "waf", Action::Deny));
+    let report = event.waf.as_ref().expect("the event carries the WAF report");
+    assert_eq!(report.engine, "zentinel");
+    assert!(report.score.unwrap() >= 5, "{report:?}");
+    assert!(report.matches.iter().any(|m| m.id / 1000 == 942 && m.location.starts_with("ARGS")), "{report:?}");
+    assert!(event.rule.as_deref().unwrap().contains("942"), "{event:?}");
+    assert!(report.matches.iter().all(|m| m.snippet.chars().count() <= 65));
+
+    let (parts, body) =
+        post(&gw.url("/api/comments"), "application/json", r#"{"text":"<script>alert(document.cookie)</script>"}"#)
+            .await;
+    assert_denied(&parts, &body, 403, "waf.xss");
+    let (parts, body) = get(&gw.url("/download?file=../../../../etc/passwd")).await;
+    assert_denied(&parts, &body, 403, "waf.lfi");
+    let (parts, body) =
+        post(&gw.url("/api/ping"), "application/x-www-form-urlencoded", "host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd")
+            .await;
+    assert_eq!(parts.status, 403, "{}", String::from_utf8_lossy(&body));
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"bio\"\r\n\r\n<script>alert(document.cookie)</script>\r\n--XyZ--\r\n";
+    let (parts, body) = post(&gw.url("/api/profile"), "multipart/form-data; boundary=XyZ", multipart).await;
+    assert_denied(&parts, &body, 403, "waf.xss");
+    let (parts, body) =
+        get_with(&gw.url("/api/cart"), &[("cookie", "cart=1' UNION SELECT card_number FROM payments--")]).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+    let cookie_event = gw.events.last().unwrap();
+    let report = cookie_event.waf.as_ref().unwrap();
+    let cookies: Vec<_> = report.matches.iter().filter(|m| m.location.starts_with("REQUEST_COOKIES")).collect();
+    assert!(
+        !cookies.is_empty() && cookies.iter().all(|m| m.snippet == "[withheld]"),
+        "cookie values stay out of events: {report:?}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "no attack reached the upstream");
+
+    let (parts, _) = get(&gw.url("/api/orders?page=2&sort=created")).await;
+    assert_eq!(parts.status, 200);
+    let order = r#"{"item":"widget","quantity":3,"note":"Leave it with the neighbour, thanks!"}"#;
+    let (parts, _) = post(&gw.url("/api/orders"), "application/json", order).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(gw.events.reasons().len(), 6, "one event per refusal and none for plain requests");
+
+    // Identical requests reuse the verdict, not the decision: refused again, with an event.
+    let (parts, body) = get(&gw.url("/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--")).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+    assert_eq!(gw.events.reasons().len(), 7);
+    assert_eq!(get(&gw.url("/api/orders?page=2&sort=created")).await.0.status, 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].1.as_ref(), order.as_bytes(), "the inspected body is forwarded byte for byte");
+}
+
+#[tokio::test]
+async fn detect_mode_logs_and_routes_choose_their_mode() {
+    let (up, seen) = recording_upstream().await;
+    let routes = r#"
+[[route]]
+name = "legacy"
+match = { path = "/legacy/**" }
+upstream = "app"
+auth = "public"
+waf = "off"
+
+[[route]]
+name = "watched"
+match = { path = "/watched/**" }
+upstream = "app"
+auth = "public"
+waf = { mode = "detect" }
+"#;
+    let gw = gateway(&config(up, "", routes)).await;
+    let attack = "?q=%3Cscript%3Ealert(1)%3C/script%3E";
+
+    let (parts, _) = get(&gw.url(&format!("/watched/search{attack}"))).await;
+    assert_eq!(parts.status, 200, "detect mode lets the request through");
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.reason, event.action, event.status), ("waf.xss", Action::Log, 200));
+    assert!(event.waf.is_some());
+
+    let before = gw.events.reasons().len();
+    let (parts, _) = get(&gw.url(&format!("/legacy/search{attack}"))).await;
+    assert_eq!(parts.status, 200, "the WAF is off on this route");
+    assert_eq!(gw.events.reasons().len(), before, "and says nothing");
+
+    let (parts, body) = get(&gw.url(&format!("/other{attack}"))).await;
+    assert_denied(&parts, &body, 403, "waf.xss");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn exclusions_stop_inspecting_a_target_on_the_routes_they_name() {
+    let (up, _) = recording_upstream().await;
+    let routes = r#"
+[[route]]
+name = "search"
+match = { path = "/search" }
+upstream = "app"
+auth = "public"
+"#;
+    let waf = r#"
+[[waf.exclusion]]
+rules = ["942000-942999"]
+targets = ["ARGS:q"]
+routes = ["search"]
+"#;
+    let gw = gateway(&config(up, waf, routes)).await;
+    let sqli = "1%27%20UNION%20SELECT%20password%20FROM%20users--";
+    let (parts, _) = get(&gw.url(&format!("/search?q={sqli}"))).await;
+    assert_eq!(parts.status, 200, "q is excluded from the SQL injection rules on /search");
+    let (parts, body) = get(&gw.url(&format!("/search?other={sqli}"))).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+    let (parts, body) = get(&gw.url(&format!("/elsewhere?q={sqli}"))).await;
+    assert_denied(&parts, &body, 403, "waf.sqli");
+}
+
+#[tokio::test]
+async fn bodies_over_the_inspection_limit_are_refused_or_inspected_in_part() {
+    let (up, seen) = recording_upstream().await;
+    let gw = gateway(&config(up, "body_limit = 1024", "")).await;
+    let big = format!(r#"{{"padding":"{}"}}"#, "a".repeat(4096));
+    let (parts, body) = post(&gw.url("/upload"), "application/json", big.clone()).await;
+    assert_denied(&parts, &body, 413, "waf.body_too_large");
+
+    let gw = gateway(&config(up, "body_limit = 1024\nover_limit = \"pass\"", "")).await;
+    let (parts, _) = post(&gw.url("/upload"), "application/json", big.clone()).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(seen.lock().unwrap().last().unwrap().1.as_ref(), big.as_bytes(), "forwarded whole");
+    let head_attack = format!("q=%27%20OR%201%3D1--&pad={}", "a".repeat(4096));
+    let (parts, _) = post(&gw.url("/upload"), "application/x-www-form-urlencoded", head_attack).await;
+    assert_eq!(parts.status, 403, "the first body_limit bytes are still inspected");
+}
+
+#[tokio::test]
+async fn waf_refusals_count_toward_bans() {
+    let (up, _) = recording_upstream().await;
+    let waf = r#"
+[[ban]]
+on = ["waf.blocked"]
+count = 2
+within = "1m"
+duration = "10m"
+"#;
+    let gw = gateway(&config(up, waf, "")).await;
+    let attack = gw.url("/?id=1%27%20OR%20%271%27=%271");
+    assert_eq!(get(&attack).await.0.status, 403);
+    assert_eq!(get(&attack).await.0.status, 403);
+    assert!(gw.events.reasons().contains(&"ban.issued"), "{:?}", gw.events.reasons());
+}
+
+/// A copy of CRS (links to its files) with `extra` as one more rule file.
+fn crs_with(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    for entry in std::fs::read_dir(format!("{CRS}/rules")).unwrap() {
+        let path = entry.unwrap().path();
+        std::os::unix::fs::symlink(std::fs::canonicalize(&path).unwrap(), rules.join(path.file_name().unwrap()))
+            .unwrap();
+    }
+    std::fs::write(rules.join("REQUEST-948-LOCAL.conf"), extra).unwrap();
+    dir
+}
+
+async fn start_error(toml: &str) -> String {
+    let (config, _dir) = common::config(toml);
+    match portcullis::server::Server::start(config, Arc::new(Events::default())).await {
+        Ok(_) => panic!("the gateway started with {toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn rule_sets_that_would_fail_open_do_not_start() {
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+    // A rule the engine cannot compile would silently never fire.
+    let broken = crs_with("SecRule ARGS \"@rx (unclosed\" \"id:948001,phase:2,deny,msg:'local rule'\"\n");
+    let toml = config(up, "", "").replace(CRS, broken.path().to_str().unwrap());
+    let err = start_error(&toml).await;
+    assert!(err.contains("rule 948001") && err.contains("operator does not compile"), "{err}");
+    assert!(err.contains("allow_load_errors"), "the error says how to accept the gap: {err}");
+    // Accepting it by id is explicit.
+    let toml = config(up, "allow_load_errors = [\"948001\"]", "").replace(CRS, broken.path().to_str().unwrap());
+    let gw = common::gateway(&toml).await;
+    drop(gw);
+
+    // A rule set that loads but detects nothing fails the canary.
+    let err = start_error(&config(up, "[[waf.exclusion]]\nrules = [\"930000-944999\"]", "")).await;
+    assert!(err.contains("canary") && err.contains("SQL injection in the query was not detected"), "{err}");
+
+    // One that blocks plain requests too.
+    let blocks_all = crs_with("SecRule REQUEST_METHOD \"@rx .\" \"id:948002,phase:1,deny,status:403\"\n");
+    let toml = config(up, "", "").replace(CRS, blocks_all.path().to_str().unwrap());
+    let err = start_error(&toml).await;
+    assert!(err.contains("a plain GET was blocked"), "{err}");
+
+    // Not a CRS directory at all.
+    let err = start_error(&config(up, "", "").replace(CRS, "/nonexistent/crs")).await;
+    assert!(err.contains("/nonexistent/crs"), "{err}");
+}
+
+#[test]
+fn waf_config_errors_name_the_key() {
+    let cases = [
+        ("paranoia = 5", "paranoia is out of range"),
+        ("inbound_threshold = 0", "inbound_threshold is out of range"),
+        ("mode = \"deny\"", "unknown mode \"deny\""),
+        ("over_limit = \"drop\"", "unknown over_limit"),
+        ("[[waf.exclusion]]\nrules = [\"94x\"]", "not a rule id"),
+        ("[[waf.exclusion]]\nrules = [\"942100\"]\ntargets = [\"ARGS:x\\nSecRuleEngine Off\"]", "exclusion target"),
+        ("[[waf.exclusion]]\nrules = [\"942100\"]\nroutes = [\"nope\"]", "unknown route \"nope\""),
+        (
+            "engine = \"libmodsecurity\"",
+            if cfg!(feature = "libmodsecurity") { "" } else { "not built into this binary" },
+        ),
+    ];
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (waf, expected) in cases {
+        if expected.is_empty() {
+            continue;
+        }
+        let toml = config(up, waf, "");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        let err = portcullis::config::parse(&path, &toml, |_| None).unwrap_err().to_string();
+        assert!(err.contains(expected), "{waf}: {err}");
+    }
+    let route_without_waf = simple_config(up, "").replace("auth = \"public\"", "auth = \"public\"\nwaf = \"detect\"");
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        portcullis::config::parse(&dir.path().join("p.toml"), &route_without_waf, |_| None).unwrap_err().to_string();
+    assert!(err.contains("there is no [waf] section"), "{err}");
+}
+
+#[tokio::test]
+async fn reloads_load_new_rule_sets_and_refuse_broken_ones() {
+    let (up, _) = recording_upstream().await;
+    let gw = gateway(&config(up, "mode = \"detect\"", "")).await;
+    let attack = gw.url("/?q=%3Cscript%3Ealert(1)%3C/script%3E");
+    assert_eq!(get(&attack).await.0.status, 200, "detect mode");
+
+    let broken = crs_with("SecRule ARGS \"@rx (unclosed\" \"id:948003,phase:2,deny\"\n");
+    let (bad, _dir) = common::config(&config(up, "", "").replace(CRS, broken.path().to_str().unwrap()));
+    let err = gw.server.reload(bad).await.unwrap_err().to_string();
+    assert!(err.contains("waf") && err.contains("948003"), "{err}");
+    assert_eq!(get(&attack).await.0.status, 200, "the old rule set keeps serving");
+
+    let (block, _dir) = common::config(&config(up, "", ""));
+    gw.server.reload(block).await.unwrap();
+    assert_eq!(get(&attack).await.0.status, 403, "the reloaded WAF blocks");
+}
