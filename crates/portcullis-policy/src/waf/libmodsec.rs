@@ -1,5 +1,6 @@
 //! The libmodsecurity engine: ModSecurity v3 (C++, Debian `libmodsecurity3`)
-//! through the `modsecurity` crate, behind the cargo feature `libmodsecurity`.
+//! through the workspace's FFI crate `portcullis-modsec`, behind the cargo
+//! feature `libmodsecurity`.
 //!
 //! Decision rules:
 //! - The assembled rule text is loaded with `msc_rules_add`; anything the
@@ -27,19 +28,17 @@
 //!   and is only known when it intervened.
 //!
 //! Thread safety: the library's rule set and engine instance are shared by
-//! every worker (`modsecurity` marks them `Send + Sync`; ModSecurity v3 only
-//! reads them during transactions, and the crate serializes the parser and
-//! clean-up, which are not thread-safe); each request gets its own
-//! transaction on the calling thread. `inspect` blocks for the whole
+//! every worker (ModSecurity v3 only reads them during transactions;
+//! `portcullis-modsec` serializes the parser and clean-up, which are not
+//! thread-safe); each request gets its own transaction on the calling
+//! thread. `inspect` blocks for the whole
 //! evaluation, so the caller runs it off the async runtime.
 //!
 //! Deployment caveat: this engine needs libmodsecurity 3 at run time as well
 //! as at build time (`libmodsecurity3`); a gateway built with the feature
 //! does not start on a machine without it.
 
-use std::sync::{Arc, Mutex};
-
-use modsecurity::{ModSecurity, Rules};
+use portcullis_modsec::{Request, Rules};
 use zentinel_modsec::parser::{Action, Directive, FlowAction, MetadataAction, OperatorName, Parser};
 
 use super::crs::RuleSet;
@@ -59,7 +58,6 @@ const LOCATION_CHARS: usize = 128;
 
 /// A CRS rule set loaded into libmodsecurity.
 pub struct Libmodsecurity {
-    modsec: ModSecurity,
     rules: Rules,
     version: String,
 }
@@ -83,16 +81,14 @@ impl Libmodsecurity {
             Some(at) => format!("{}\n{BODY_SETUP}{}", &set.text[..at], &set.text[at + 1..]),
             None => format!("{BODY_SETUP}{}", set.text),
         };
-        let modsec = ModSecurity::builder().with_log_callbacks().build();
-        let mut rules = Rules::new();
-        rules.add_plain(&text).map_err(|e| LoadError::Engine(load_message(&e)))?;
+        let rules = Rules::load(&text).map_err(|e| LoadError::Engine(e.0))?;
         let allowed = |id: Option<u32>| id.is_some_and(|id| profile.allow_load_errors.iter().any(|r| r.contains(id)));
         let problems: Vec<RuleLoadError> = check_regexes(&set.text)?.into_iter().filter(|p| !allowed(p.id)).collect();
         if !problems.is_empty() {
             return Err(LoadError::Rules(problems));
         }
-        let version = modsec.whoami().to_owned();
-        Ok(Self { modsec, rules, version })
+        let version = rules.version();
+        Ok(Self { rules, version })
     }
 
     /// The library's own name and version (`ModSecurity v3.0.9 (Linux)`).
@@ -136,65 +132,37 @@ fn check_regexes(text: &str) -> Result<Vec<RuleLoadError>, LoadError> {
     Ok(problems)
 }
 
-/// The library's parser message, without the crate's prefix.
-fn load_message(error: &modsecurity::ModSecurityError) -> String {
-    match error {
-        modsecurity::ModSecurityError::RulesAddPlain(text) | modsecurity::ModSecurityError::RulesAddFile(text) => {
-            text.trim().to_owned()
-        }
-        other => other.to_string(),
-    }
-}
-
 impl Engine for Libmodsecurity {
     fn name(&self) -> &'static str {
         "libmodsecurity"
     }
 
     fn inspect(&self, request: &super::WafRequest) -> Result<Verdict, EngineError> {
-        let failed = |e: modsecurity::ModSecurityError| EngineError(e.to_string());
-        // The library calls back on this thread during the process_* calls below.
-        let messages: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = Arc::clone(&messages);
-        let mut tx = self
-            .modsec
-            .transaction_builder()
-            .with_rules(&self.rules)
-            .with_logging(move |message| {
-                if let (Some(message), Ok(mut all)) = (message, sink.lock()) {
-                    all.push(message.to_owned());
-                }
+        let client = request.client_ip.to_string();
+        let headers: Vec<(&[u8], &[u8])> =
+            request.headers.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())).collect();
+        let outcome = self
+            .rules
+            .inspect(&Request {
+                client_ip: &client,
+                client_port: request.client_port,
+                uri: &request.uri,
+                method: &request.method,
+                version: request.version.strip_prefix("HTTP/").unwrap_or(request.version),
+                headers: &headers,
+                body: &request.body,
             })
-            .build()
-            .map_err(failed)?;
-        let version = request.version.strip_prefix("HTTP/").unwrap_or(request.version);
-        tx.process_connection(&request.client_ip.to_string(), i32::from(request.client_port), "127.0.0.1", 80)
-            .map_err(failed)?;
-        tx.process_uri(&request.uri, &request.method, version).map_err(failed)?;
-        for (name, value) in &request.headers {
-            tx.add_request_header(name, value).map_err(failed)?;
-        }
-        tx.process_request_headers().map_err(failed)?;
-        let mut intervention = tx.intervention();
-        if intervention.is_none() {
-            if !request.body.is_empty() {
-                tx.append_request_body(&request.body).map_err(failed)?;
-            }
-            tx.process_request_body().map_err(failed)?;
-            intervention = tx.intervention();
-        }
-        let score = intervention.as_ref().and_then(|i| i.log()).and_then(total_score);
-        drop(tx);
-        let messages = messages.lock().map(|m| m.clone()).unwrap_or_default();
+            .map_err(|e| EngineError(e.0))?;
+        let score = outcome.intervention.as_ref().and_then(|i| i.log.as_deref()).and_then(total_score);
         let mut matches: Vec<RuleMatch> = Vec::new();
-        for message in &messages {
+        for message in &outcome.messages {
             let Some(found) = parse_message(message) else { continue };
             if matches.iter().any(|m| m.id == found.id && m.location == found.location) {
                 continue;
             }
             matches.push(found);
         }
-        Ok(Verdict { intervened: intervention.is_some(), score, matches })
+        Ok(Verdict { intervened: outcome.intervention.is_some(), score, matches })
     }
 }
 
