@@ -21,13 +21,10 @@ mod ftw;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use portcullis_policy::waf::{self, EngineKind, Profile};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -147,74 +144,14 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// Replays the corpus against `addr` with `connections` workers.
+/// Replays the corpus against `addr`; the tally, seconds and status counts.
 async fn replay(corpus: &ftw::Corpus, addr: &str, connections: usize) -> (ftw::Tally, f64, BTreeMap<String, usize>) {
-    let tests = Arc::new(corpus.tests.clone());
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..connections.max(1) {
-        let (tests, next, addr) = (Arc::clone(&tests), Arc::clone(&next), addr.to_owned());
-        workers.push(tokio::spawn(async move {
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(test) = tests.get(i) else { break };
-                let mut outcome = ftw::Outcome::Passed;
-                let mut codes = Vec::new();
-                for stage in &test.stages {
-                    let status = send(&addr, stage).await;
-                    codes.push(status.map_or_else(|| "none".to_owned(), |s| s.to_string()));
-                    match status {
-                        Some(400..=499) => outcome = ftw::Outcome::Blocked,
-                        Some(100..=399) => {}
-                        _ => {
-                            outcome = ftw::Outcome::Error;
-                            break;
-                        }
-                    }
-                }
-                done.push((i, outcome, codes));
-            }
-            done
-        }));
-    }
-    let mut outcomes = Vec::new();
-    for worker in workers {
-        outcomes.extend(worker.await.unwrap());
-    }
+    let (outcomes, statuses) = ftw::replay_http(&corpus.tests, addr, connections).await;
     let secs = started.elapsed().as_secs_f64();
-    outcomes.sort_by_key(|(i, _, _)| *i);
     let mut tally = ftw::Tally::default();
-    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, outcome, codes) in outcomes {
-        tally.record(&tests[i], outcome);
-        for code in codes {
-            *statuses.entry(code).or_default() += 1;
-        }
+    for (test, outcome) in corpus.tests.iter().zip(outcomes) {
+        tally.record(test, outcome);
     }
     (tally, secs, statuses)
-}
-
-/// Sends one raw request on a new connection; the response's status code.
-async fn send(addr: &str, raw: &[u8]) -> Option<u16> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        // A target may answer (and close) before it has read the whole request.
-        let _ = stream.write_all(raw).await;
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 1024];
-        loop {
-            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                let line = std::str::from_utf8(&buf[..end]).ok()?;
-                return line.split(' ').nth(1)?.parse().ok();
-            }
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
 }

@@ -22,14 +22,18 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use portcullis_policy::waf::WafRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Whether a test is an attack (rules must fire) or benign (rules must not).
@@ -504,4 +508,93 @@ pub fn inspect(engine: &dyn portcullis_policy::waf::Engine, test: &Test) -> Outc
         }
     }
     outcome
+}
+
+/// The bytes of a request on the wire (HTTP/1.1 framing as given).
+pub fn raw_of(request: &WafRequest) -> Vec<u8> {
+    let mut head = format!("{} {} {}\r\n", request.method, request.uri, request.version);
+    for (name, value) in &request.headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&request.body);
+    bytes
+}
+
+/// Sends one raw request on a new connection; the answer's status code, or
+/// `None` when there is none within 5 s.
+pub async fn send(addr: &str, raw: &[u8]) -> Option<u16> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        // A target may answer (and close) before it has read the whole request.
+        let _ = stream.write_all(raw).await;
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                let line = std::str::from_utf8(&buf[..end]).ok()?;
+                return line.split(' ').nth(1)?.parse().ok();
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
+
+/// Replays `tests` against `addr` with `connections` concurrent workers, one
+/// connection per request as go-ftw does. A stage answered 4xx is blocked
+/// (the upstream behind the target answers 200 to everything); no answer
+/// or a 5xx is an error. Returns each test's outcome, in order, and how
+/// often each status (or `none`) was answered.
+pub async fn replay_http(tests: &[Test], addr: &str, connections: usize) -> (Vec<Outcome>, BTreeMap<String, usize>) {
+    let tests = Arc::new(tests.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (tests, next, addr) = (Arc::clone(&tests), Arc::clone(&next), addr.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(test) = tests.get(i) else { break };
+                let mut outcome = Outcome::Passed;
+                let mut codes = Vec::new();
+                for stage in &test.stages {
+                    let status = send(&addr, stage).await;
+                    codes.push(status.map_or_else(|| "none".to_owned(), |s| s.to_string()));
+                    match status {
+                        Some(400..=499) => outcome = Outcome::Blocked,
+                        Some(100..=399) => {}
+                        _ => {
+                            outcome = Outcome::Error;
+                            break;
+                        }
+                    }
+                }
+                done.push((i, outcome, codes));
+            }
+            done
+        }));
+    }
+    let mut results = Vec::new();
+    for worker in workers {
+        results.extend(worker.await.unwrap_or_default());
+    }
+    results.sort_by_key(|(i, _, _)| *i);
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let outcomes = results
+        .into_iter()
+        .map(|(_, outcome, codes)| {
+            for code in codes {
+                *statuses.entry(code).or_default() += 1;
+            }
+            outcome
+        })
+        .collect();
+    (outcomes, statuses)
 }
