@@ -77,8 +77,12 @@ async fn streams_200_mb_each_way_with_rss_far_below_the_body_size() {
 
     let peak_kib = gw.peak_rss_kib();
     eprintln!("gateway RSS: idle {idle_kib} KiB, peak {peak_kib} KiB while streaming 2 x {} MiB", TOTAL / MB);
-    // Far below the body size: a buffering proxy would need > 200 MiB.
-    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB while streaming {} MiB", TOTAL / MB);
+    // Far below the body size: a buffering proxy would need > 200 MiB. The
+    // growth is what streaming costs; the idle figure is mostly mimalloc's
+    // per-thread heaps (one per worker and blocking thread).
+    let growth_kib = peak_kib.saturating_sub(idle_kib);
+    assert!(growth_kib < 48 * 1024, "RSS grew {growth_kib} KiB while streaming {} MiB", TOTAL / MB);
+    assert!(peak_kib < 128 * 1024, "peak RSS {peak_kib} KiB while streaming {} MiB", TOTAL / MB);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
