@@ -202,9 +202,9 @@ pub struct Prefix {
     /// The data read, in one piece.
     pub bytes: Bytes,
     /// The frames read, to replay as they came.
-    frames: VecDeque<Frame<Bytes>>,
+    pub(crate) frames: VecDeque<Frame<Bytes>>,
     /// The error that ended the read, replayed after the frames.
-    error: Option<BoxError>,
+    pub(crate) error: Option<BoxError>,
     /// The unread rest (`None` once the body ended).
     rest: Option<Body>,
 }

@@ -19,19 +19,17 @@
 //! document's `style` (Express's `qs` nests `a[b]=1`) can still disagree on
 //! undeclared parameters, which pass.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame};
-use http_body_util::BodyExt;
+use http_body::Body as HttpBody;
 use portcullis_policy::openapi::{OpenApi, RequestParts};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
+use crate::body::Prefix;
 use crate::{Body, BoxError, RouteInfo, deny};
 
 /// See the module docs.
@@ -124,8 +122,7 @@ async fn validate(api: &OpenApi, req: Request<Body>) -> Result<Request<Body>, Bo
     })?;
     matched.check(&request, Some(&read.bytes))?;
     drop(matched);
-    let frames = read.frames.into_iter().map(Ok::<_, BoxError>);
-    Ok(Request::from_parts(parts, http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()))
+    Ok(Request::from_parts(parts, read.into_body()))
 }
 
 enum ReadError {
@@ -133,30 +130,24 @@ enum ReadError {
     Body(BoxError),
 }
 
-/// A whole body: its data in one piece, and its frames to replay.
-struct Read {
-    bytes: Bytes,
-    frames: VecDeque<Frame<Bytes>>,
-}
-
-async fn read_all(mut body: Body, max: u64) -> Result<Read, ReadError> {
-    let mut data = BytesMut::new();
-    let mut frames = VecDeque::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(ReadError::Body)?;
-        if let Some(chunk) = frame.data_ref() {
-            data.extend_from_slice(chunk);
-            if u64::try_from(data.len()).unwrap_or(u64::MAX) > max {
-                return Err(ReadError::TooLarge);
-            }
-        }
-        frames.push_back(frame);
+/// Reads the whole body (at most `max` bytes) ahead, to replay it after.
+async fn read_all(body: Body, max: u64) -> Result<Prefix, ReadError> {
+    let mut read = Prefix::read(body, max).await;
+    if let Some(e) = read.error.take() {
+        return Err(ReadError::Body(e));
     }
-    Ok(Read { bytes: data.freeze(), frames })
+    if u64::try_from(read.bytes.len()).unwrap_or(u64::MAX) > max {
+        return Err(ReadError::TooLarge);
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+
     use super::*;
 
     #[tokio::test]
