@@ -287,3 +287,4 @@ pub mod node;
 pub mod oidc_provider;
 pub mod postgres;
 pub mod redis;
+pub mod strict;
