@@ -6,7 +6,8 @@
 //! - `portcullis_events_total{defence, reason, action, rule}`: one per
 //!   security event, so every refusal, ban and noted decision is countable
 //!   by its stable reason code and the rule (route, limit, ban rule) that
-//!   decided.
+//!   decided; for WAF events the route, not the matched CRS rule ids (the
+//!   request picks those, and labels must stay bounded).
 //! - `portcullis_ratelimit_checks_total{limit, result}`: every check of a
 //!   named limit, `result` = `allowed` or `limited`.
 //!
@@ -54,6 +55,14 @@ fn describe() {
     );
 }
 
+/// The `rule` label of an event: the configured rule that decided. A WAF
+/// event's `rule` lists the CRS rule ids that matched, which the request
+/// chooses (every combination of matching rules would be a series of its
+/// own, without bound), so WAF events are counted under their route.
+fn rule_label(event: &SecurityEvent) -> String {
+    if event.defence == "waf" { event.route.clone() } else { event.rule.clone() }.unwrap_or_default()
+}
+
 /// Counts each event, then passes it on.
 #[derive(Debug)]
 pub struct Metered(pub Arc<dyn EventSink>);
@@ -71,7 +80,7 @@ impl EventSink for Metered {
             "defence" => event.defence,
             "reason" => event.reason,
             "action" => action,
-            "rule" => event.rule.clone().unwrap_or_default(),
+            "rule" => rule_label(&event),
         )
         .increment(1);
         self.0.emit(event);

@@ -98,6 +98,56 @@ async fn metrics_count_limit_checks_and_events_by_name() {
 }
 
 #[tokio::test]
+async fn waf_events_are_counted_by_route_not_by_the_rule_ids_the_request_matched() {
+    let (up, _) = named_upstream("app").await;
+    let crs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/crs");
+    let gw = gateway(&format!(
+        r#"
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+
+[[route]]
+name = "search"
+match = {{ path = "/search" }}
+upstream = "app"
+auth = "public"
+
+[admin]
+bind = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[waf]
+rules = "{crs}"
+"#
+    ))
+    .await;
+    // SQL injections that match different sets of CRS rules: each set was a
+    // label value of its own, so a client could add series without bound.
+    let attacks = ["1%20or%201=1", "1)%20union%20select%201,2,3--", "1%20AND%20SLEEP(5)", "admin'--"];
+    for attack in attacks {
+        let (parts, body) = get(&gw.url(&format!("/search?q={attack}"))).await;
+        assert_denied(&parts, &body, 403, "waf.sqli");
+    }
+    let rules: std::collections::BTreeSet<_> =
+        gw.events.0.lock().unwrap().iter().map(|e| e.rule.clone().unwrap()).collect();
+    assert!(rules.len() > 1, "the attacks should match different rule sets: {rules:?}");
+
+    let (_, body) = admin(&gw, "GET", "/metrics", Some(TOKEN), "").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("portcullis_events_total{defence=\"waf\"")).collect();
+    assert_eq!(
+        series,
+        [r#"portcullis_events_total{defence="waf",reason="waf.sqli",action="deny",rule="search"} 4"#],
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn bans_are_added_listed_and_lifted_over_the_api() {
     let (up, seen) = named_upstream("app").await;
     let gw = gateway(&config(up, 0)).await;
