@@ -647,6 +647,68 @@ async fn upstream_connections_are_reused() {
 }
 
 #[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
+    // A backend that never closes a keep-alive connection itself: only the
+    // gateway's pool_idle_timeout can give its sockets back.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let count = count.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(portcullis_layers::full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let gw = gateway(&format!(
+        r#"
+[server]
+workers = 1
+
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[[upstream]]
+name = "app"
+targets = ["http://{up}"]
+pool_idle_timeout = "200ms"
+
+[[route]]
+match = {{ path = "/**" }}
+upstream = "app"
+auth = "public"
+"#
+    ))
+    .await;
+    // Requests at once take several connections; afterwards all are idle.
+    let url = gw.url("/x");
+    let answers = futures_util::future::join_all((0..4).map(|_| get(&url))).await;
+    assert!(answers.iter().all(|(parts, _)| parts.status == 200));
+    let pooled = open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pooled >= 1, "the pool keeps its connections between requests");
+    eventually("the idle upstream connections to close", Duration::from_secs(10), || {
+        open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    // The pool still works, and lets go again.
+    assert_eq!(get(&gw.url("/x")).await.0.status, 200);
+    eventually("the second idle connection to close", Duration::from_secs(10), || {
+        open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_upstream_closing_idle_connections_causes_no_errors() {
     // Answers one request per connection, keep-alive in words only, then
     // closes the socket shortly after: the pooled connection dies while idle.

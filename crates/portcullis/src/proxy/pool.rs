@@ -3,9 +3,11 @@
 //! Each worker thread has its own pools (see `server.rs`), so a request, its
 //! upstream connection and the connection's driver task all run on one
 //! thread. Connections are reused last-in first-out; a connection idle longer
-//! than `pool_idle_timeout` is discarded rather than reused, so the gateway
-//! gives up an idle connection before a backend with a longer keep-alive
-//! closes it under a request. A request that could not be written on a reused
+//! than `pool_idle_timeout` is closed, so the gateway gives up an idle
+//! connection before a backend with a longer keep-alive closes it under a
+//! request, and holds no backend sockets after the traffic is gone: while a
+//! pool has idle connections, a task of its worker closes each as it
+//! expires (checkout also skips expired ones). A request that could not be written on a reused
 //! connection (it was closed meanwhile) is retried once on a new connection;
 //! nothing was sent, so that is always safe.
 //!
@@ -15,7 +17,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -62,10 +65,13 @@ pub struct Pool {
     /// TLS to the target (https targets): connector and the name to verify,
     /// or why TLS cannot be set up (every connection then fails).
     tls: Option<Result<TlsTarget, &'static str>>,
+    /// Oldest first: connections are pushed and popped at the end.
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Whether a task is closing expired idle connections (changed under `idle`'s lock).
+    reaping: AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -84,7 +90,15 @@ impl Pool {
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> Arc<Self> {
-        Arc::new(Self { authority, tls, idle: Mutex::new(Vec::new()), max_idle, idle_timeout, connect_timeout })
+        Arc::new(Self {
+            authority,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+            reaping: AtomicBool::new(false),
+        })
     }
 
     /// Sends `req` on a pooled or new connection.
@@ -157,14 +171,63 @@ impl Pool {
         }
     }
 
-    fn put(&self, sender: http1::SendRequest<Body>) {
+    fn put(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_idle
-        {
-            idle.push(Idle { sender, since: Instant::now() });
+        let Ok(mut idle) = self.idle.lock() else { return };
+        if idle.len() >= self.max_idle {
+            return;
+        }
+        idle.push(Idle { sender, since: Instant::now() });
+        if !self.reaping.swap(true, Ordering::AcqRel) {
+            drop(idle);
+            self.reap();
+        }
+    }
+
+    /// Closes idle connections as they pass `idle_timeout`, on this worker,
+    /// until the pool has none; then the next [`Pool::put`] starts it again.
+    /// Holds the pool weakly: a pool replaced by a reload ends the task.
+    fn reap(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside the worker (shutting down): nothing to keep alive.
+            self.reaping.store(false, Ordering::Release);
+            return;
+        };
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let mut wait = self.idle_timeout;
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(pool) = pool.upgrade() else { return };
+                match pool.close_expired() {
+                    Some(next) => wait = next,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Drops the idle connections past `idle_timeout` (dropping a sender
+    /// closes its connection) and returns how long until the oldest left
+    /// expires; `None`, and the reaper ends, when none is left.
+    fn close_expired(&self) -> Option<Duration> {
+        let Ok(mut idle) = self.idle.lock() else {
+            self.reaping.store(false, Ordering::Release);
+            return None;
+        };
+        let now = Instant::now();
+        idle.retain(|i| now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed());
+        match idle.first() {
+            // A millisecond late rather than early, so the next wake-up finds it expired.
+            Some(oldest) => {
+                Some(self.idle_timeout.saturating_sub(now.duration_since(oldest.since)) + Duration::from_millis(1))
+            }
+            None => {
+                self.reaping.store(false, Ordering::Release);
+                None
+            }
         }
     }
 
