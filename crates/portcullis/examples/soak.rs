@@ -232,7 +232,7 @@ async fn run(args: RunArgs) -> Result<bool, soak::Error> {
         _ => None,
     };
 
-    let problems = soak::compare_events(&tally, &counted);
+    let problems = soak::compare_events(&tally, &counted, &metrics_after);
     let upstream_ok = upstream_seen == tally.admitted;
     let ok = tally.unexpected == 0 && tally.transport_errors == 0 && problems.is_empty() && upstream_ok;
     let rps = tally.sent() as f64 / elapsed.as_secs_f64();

@@ -54,6 +54,22 @@ fn the_mix_covers_every_kind_by_its_weight() {
     }
 }
 
+#[test]
+fn metrics_labels_holding_commas_and_escapes_are_read_whole() {
+    let metrics = soak::Metrics::parse(concat!(
+        "# TYPE portcullis_events_total counter\n",
+        "portcullis_events_total{defence=\"waf\",reason=\"waf.sqli\",action=\"deny\",rule=\"920350,942100\"} 3\n",
+        "portcullis_events_total{defence=\"waf\",reason=\"waf.sqli\",action=\"deny\",rule=\"a\\\"b\"} 2\n",
+        "portcullis_events_total{defence=\"route\",reason=\"route.none\",action=\"deny\",rule=\"\"} 1\n",
+        "portcullis_ratelimit_checks_total{limit=\"closed\",result=\"limited\"} 9\n",
+    ));
+    assert_eq!(metrics.event_series, 3);
+    assert_eq!(metrics.events[&("waf.sqli".to_owned(), "deny".to_owned())], 5);
+    assert_eq!(metrics.events[&("route.none".to_owned(), "deny".to_owned())], 1);
+    let rules: Vec<&str> = metrics.rules.iter().map(String::as_str).collect();
+    assert_eq!(rules, ["", "920350,942100", "a\"b"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_gets_exactly_the_expected_answers_and_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,6 +106,7 @@ async fn a_short_soak_gets_exactly_the_expected_answers_and_events() {
         println!("  {line}");
     }
     assert_eq!((tally.unexpected, tally.transport_errors), (0, 0), "unexpected answers: {:#?}", tally.samples);
+    assert_eq!(tally.sent(), options.requests);
     for (kind, counts) in soak::MIX.iter().zip(&tally.kinds) {
         assert_eq!(counts.sent, ROUNDS * u64::from(kind.weight), "{}", kind.name);
     }
@@ -97,7 +114,7 @@ async fn a_short_soak_gets_exactly_the_expected_answers_and_events() {
     assert!(tally.connections_opened > fresh, "{} connections for {fresh} fresh requests", tally.connections_opened);
 
     assert_eq!(upstream.seen() - upstream_before, tally.admitted, "the upstream saw exactly the admitted requests");
-    let problems = soak::compare_events(&tally, &counted);
+    let problems = soak::compare_events(&tally, &counted, &metrics_after);
     assert!(problems.is_empty(), "metrics disagree with the client: {problems:#?}");
     let refusals: u64 = tally.reasons.values().sum();
     assert_eq!(refusals + tally.admitted, options.requests);

@@ -25,7 +25,7 @@
 //! and CSRF secret are constants, and the client trusts the gateway to be on
 //! loopback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -457,6 +457,20 @@ impl std::fmt::Debug for Kind {
     }
 }
 
+/// SQL injections CRS refuses, each matching some rules of its own.
+const SQL_INJECTIONS: [&str; 10] = [
+    "1%20or%201=1",
+    "1%20AND%20SLEEP(5)",
+    "x'%20or%20'a'='a",
+    "1)%20union%20select%201,2,3--",
+    "1%20union%20all%20select%20null,version()",
+    "admin'--",
+    "1;%20select%20pg_sleep(5)",
+    "1'%20having%201=1--",
+    "1%20order%20by%201--",
+    "benchmark(1000000,md5(1))",
+];
+
 const ORDER: &str = r#"{"customer":"Ann Example","quantity":3,"lines":[{"sku":"abc-1"},{"sku":"xyz-22"}]}"#;
 
 /// The traffic. Weights add up to [`MIX_WEIGHT`]; a third are refusals.
@@ -464,7 +478,7 @@ pub const MIX: &[Kind] = &[
     // --- let through ---
     Kind {
         name: "public_get",
-        weight: 220,
+        weight: 210,
         status: 200,
         reason: None,
         what: "GET /public/items/{n}?page=2 (rate limit checked, passes)",
@@ -696,6 +710,24 @@ pub const MIX: &[Kind] = &[
         reason: Some("waf.sqli"),
         what: "GET /search?q=1' UNION SELECT password FROM users--",
         build: |_, _| Outgoing::new(Method::GET, "/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--"),
+    },
+    Kind {
+        name: "waf_sqli_varied",
+        weight: 10,
+        status: 403,
+        reason: Some("waf.sqli"),
+        what: "GET /search with 1 to 10 of 10 SQL injections, a different set per request (different CRS rules match)",
+        build: |_, seq| {
+            let pick = mix64(seq) % 1023 + 1;
+            let mut path = String::from("/search?");
+            for (bit, injection) in SQL_INJECTIONS.iter().enumerate() {
+                if pick & (1 << bit) != 0 {
+                    let _ = write!(path, "p{bit}={injection}&");
+                }
+            }
+            path.push_str("page=1");
+            Outgoing::new(Method::GET, path)
+        },
     },
     Kind {
         name: "waf_xss",
@@ -1080,6 +1112,8 @@ pub struct Metrics {
     pub events: BTreeMap<(String, String), u64>,
     /// Number of `portcullis_events_total` series (label sets).
     pub event_series: usize,
+    /// The `rule` label values of those series.
+    pub rules: BTreeSet<String>,
 }
 
 impl Metrics {
@@ -1106,13 +1140,10 @@ impl Metrics {
             let Some(rest) = line.strip_prefix("portcullis_events_total{") else { continue };
             let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
             let Ok(value) = value.trim().parse::<f64>() else { continue };
-            let label = |name: &str| {
-                labels.split(',').find_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    (key == name).then(|| value.trim_matches('"').to_owned())
-                })
-            };
+            let labels = parse_labels(labels);
+            let label = |name: &str| labels.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
             let key = (label("reason").unwrap_or_default(), label("action").unwrap_or_default());
+            metrics.rules.insert(label("rule").unwrap_or_default());
             // Counters are integers; Prometheus text writes them as floats.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let value = value as u64;
@@ -1133,12 +1164,48 @@ impl Metrics {
     }
 }
 
+/// `key="value",key="value"` as Prometheus writes labels (values escape `"`,
+/// `\\` and newlines with a backslash, and may hold commas).
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => {}
+                },
+                '"' => {
+                    end = at + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// What the `rule` label of an event series may be: a name from the
+/// configuration ([`Files::write`]: routes, limits, the OpenAPI document,
+/// `[access]`) or nothing. Never anything the request chose.
+pub const CONFIGURED_RULES: &[&str] =
+    &["", "[access]", "public", "jwt", "keys", "closed", "search", "contact", "orders", "upload", "partner", "per_ip"];
+
 /// Differences between the refusals the client counted and the events the
 /// gateway counted: every refusal is one `deny` event with its reason, and
 /// nothing else happened (no `log` or `ban` events, no refusals the client
-/// did not see). Empty when they match.
+/// did not see); and every series' `rule` label is a configured name, so the
+/// series stay bounded whatever the traffic. Empty when all holds.
 #[must_use]
-pub fn compare_events(tally: &Tally, events: &BTreeMap<(String, String), u64>) -> Vec<String> {
+pub fn compare_events(tally: &Tally, events: &BTreeMap<(String, String), u64>, after: &Metrics) -> Vec<String> {
     let mut problems = Vec::new();
     for (reason, &client) in &tally.reasons {
         let gateway = events.get(&(reason.clone(), "deny".to_owned())).copied().unwrap_or(0);
@@ -1151,6 +1218,14 @@ pub fn compare_events(tally: &Tally, events: &BTreeMap<(String, String), u64>) -
         if action != "deny" || !tally.reasons.contains_key(reason) {
             problems.push(format!("{reason} ({action}): {n} events the client did not see as refusals"));
         }
+    }
+    let foreign: Vec<&String> = after.rules.iter().filter(|r| !CONFIGURED_RULES.contains(&r.as_str())).collect();
+    if !foreign.is_empty() {
+        let shown: Vec<&&String> = foreign.iter().take(5).collect();
+        problems.push(format!(
+            "{} event series carry a rule label that is no configured name (request-chosen labels grow without bound), e.g. {shown:?}",
+            foreign.len()
+        ));
     }
     problems
 }
