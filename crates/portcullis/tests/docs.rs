@@ -69,7 +69,8 @@ fn documented(doc: &str, heading: &str) -> BTreeSet<String> {
 fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
     let doc = read("docs/configuration.md");
     // (heading, the raw tables whose keys it documents).
-    let sections: Vec<(&str, Vec<(&str, BTreeSet<String>)>)> = vec![
+    type Tables = Vec<(&'static str, BTreeSet<String>)>;
+    let sections: Vec<(&str, Tables)> = vec![
         ("## `[server]`", vec![("RawServer", keys::<RawServer>())]),
         ("## `[[listener]]`", vec![("RawListener", keys::<RawListener>())]),
         ("### TLS", vec![("RawTlsFiles", keys::<RawTlsFiles>())]),
