@@ -703,8 +703,7 @@ auth = "public"
     let url = gw.url("/x");
     let answers = futures_util::future::join_all((0..4).map(|_| get(&url))).await;
     assert!(answers.iter().all(|(parts, _)| parts.status == 200));
-    let pooled = open.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(pooled >= 1, "the pool keeps its connections between requests");
+    // (That the pool keeps them between requests is upstream_connections_are_reused.)
     eventually("the idle upstream connections to close", Duration::from_secs(10), || {
         open.load(std::sync::atomic::Ordering::SeqCst) == 0
     })
