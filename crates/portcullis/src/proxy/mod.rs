@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -140,6 +140,11 @@ async fn send(
     let client_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
+    // One Content-Length in plain digits: the client's parser accepted `05`
+    // or the same number twice, which an upstream may read differently.
+    if let Ok(Some(length)) = portcullis_policy::limits::content_length(req.headers()) {
+        req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
     let target_host = || HeaderValue::from_str(authority.as_str()).ok();
     match upstream.config.host_header {
         HostHeader::Preserve => {
