@@ -3,7 +3,9 @@
 //! Finds the most specific route for the request's host, path and method
 //! (rules in `portcullis_policy::route`). No match is `route.none` (404); a
 //! path that matches only with other methods is `route.method` (405, with
-//! `Allow`); an unusable `Host` is `request.malformed` (400). The matched
+//! `Allow`); an unusable `Host` is `request.malformed` (400). CONNECT is
+//! never routed (405 naming the methods the path serves): the gateway opens
+//! no tunnels, and an upstream must not be asked to. The matched
 //! route travels inward in the request's extensions and outward in the
 //! response's, so later layers, events and the access log can name it.
 
@@ -14,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::header::{ALLOW, HOST};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use portcullis_policy::normalize::{Case, PathPolicy};
 use portcullis_policy::route::{Match, RouteTable, host_without_port};
 use portcullis_policy::{Denied, Reason};
@@ -77,6 +79,25 @@ fn request_host(req: &Request<Body>) -> Result<Option<Cow<'_, str>>, Denied> {
     }
 }
 
+/// The refusal of a CONNECT: 405 with the methods the path does serve, or
+/// 404 when no route serves it at all.
+fn connect_refused(routes: &RouteTable<Arc<RouteInfo>>, host: Option<&str>, path: &str) -> Denied {
+    let allowed: Vec<&str> =
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS]
+            .iter()
+            .filter(|m| matches!(routes.find(host, path, m), Match::Found(_)))
+            .map(Method::as_str)
+            .collect();
+    if allowed.is_empty() {
+        return Denied::new(Reason::RouteNone);
+    }
+    let mut denied = Denied::new(Reason::RouteMethod).with_detail("CONNECT: the gateway opens no tunnels");
+    if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+        denied = denied.with_header(ALLOW, value);
+    }
+    denied
+}
+
 impl<S> Service<Request<Body>> for Route<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send,
@@ -99,7 +120,13 @@ where
             Case::Sensitive => Cow::Borrowed(req.uri().path()),
             Case::Insensitive => PathPolicy { case: self.case, ..PathPolicy::default() }.match_key(req.uri().path()),
         };
-        let found = match self.routes.find(host.as_deref(), &path, req.method()) {
+        // CONNECT asks for a tunnel; a route serves HTTP requests only.
+        let method = if req.method() == Method::CONNECT { None } else { Some(req.method()) };
+        let Some(method) = method else {
+            let denied = connect_refused(&self.routes, host.as_deref(), &path);
+            return Box::pin(async move { Ok(deny(denied)) });
+        };
+        let found = match self.routes.find(host.as_deref(), &path, method) {
             Match::Found(route) => route.clone(),
             Match::MethodNotAllowed(allowed) => {
                 let list = allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");

@@ -398,3 +398,47 @@ async fn http1_smuggling_is_refused_or_normalized() {
         check_h1(&gw, &strict, name, &bytes, verdict, after).await;
     }
 }
+
+/// CONNECT asks for a tunnel; no route serves it and no upstream sees it.
+#[tokio::test]
+async fn connect_is_never_forwarded() {
+    let strict = Strict::start().await;
+    let gw = gateway(&simple_config(strict.addr, "")).await;
+    #[rustfmt::skip]
+    let cases: &[(&str, &[u8], Verdict)] = &[
+        ("authority form", b"CONNECT internal.test:22 HTTP/1.1\r\nHost: internal.test:22\r\n\r\n", Refused(404, "route.none")),
+        ("origin form", b"CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", Refused(405, "route.method")),
+        ("origin form with a WebSocket upgrade", b"CONNECT /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", Refused(405, "route.method")),
+    ];
+    for (name, bytes, verdict) in cases {
+        check_h1(&gw, &strict, name, bytes, *verdict, After::Open).await;
+    }
+}
+
+/// Pipelined requests after refused ones: answered in order, and only the
+/// admitted ones reach the upstream.
+#[tokio::test]
+async fn pipelined_requests_after_refused_ones_are_answered_in_order() {
+    let strict = Strict::start().await;
+    let gw = gateway(&config(strict.addr)).await;
+    let mut bytes = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    bytes.extend(with_body("POST /small/a HTTP/1.1", &["Host: x"], SMUGGLED));
+    bytes.extend_from_slice(b"GET /public/b HTTP/1.1\r\nHost: x\r\n\r\n");
+    bytes.extend(with_body("POST /nope HTTP/1.1", &["Host: x"], SMUGGLED));
+    bytes.extend_from_slice(NEXT);
+    let mut client = Raw::connect(gw.addr).await;
+    client.send(&bytes).await;
+    let mut statuses = Vec::new();
+    while let Some(response) = client.response().await {
+        statuses.push((response.status, response.reason()));
+    }
+    let r = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        statuses,
+        [(404, r("route.none")), (413, r("limit.body")), (200, None), (404, r("route.none")), (200, None)]
+    );
+    let seen: Vec<String> = strict.seen().iter().map(|s| format!("{} {}", s.method, s.target)).collect();
+    assert_eq!(seen, ["GET /public/b", "GET /public/next"]);
+    strict.assert_clean("pipelined");
+    assert_eq!(gw.events.reasons(), ["route.none", "limit.body", "route.none"]);
+}
