@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::header::{ALLOW, HOST};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, Version};
 use portcullis_policy::normalize::{Case, PathPolicy};
 use portcullis_policy::route::{Match, RouteTable, host_without_port};
 use portcullis_policy::{Denied, Reason};
@@ -58,8 +58,17 @@ pub struct Route<S> {
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
-/// the `Host` header, lowercase without port. `Err` when present but unusable.
+/// the `Host` header, lowercase without port. `Err` when present but unusable,
+/// or when an HTTP/2 request's `host` names another host than its
+/// `:authority` (RFC 9113 §8.3.1: malformed). An HTTP/1 absolute-form target
+/// wins over `Host` (RFC 9112 §3.2.2), and the proxy sends it as `Host`.
 fn request_host(req: &Request<Body>) -> Result<Option<Cow<'_, str>>, Denied> {
+    if req.version() == Version::HTTP_2
+        && let (Some(authority), Some(host)) = (req.uri().authority(), req.headers().get(HOST))
+        && host.to_str().ok().and_then(host_without_port) != host_without_port(authority.as_str())
+    {
+        return Err(Denied::new(Reason::RequestMalformed).with_detail("host differs from :authority"));
+    }
     let raw = match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
         None => match req.headers().get(HOST) {

@@ -2,11 +2,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "support/h2raw.rs"]
+mod h2raw;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::strict::Strict;
+use common::strict::{Answer, Strict};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -441,4 +443,293 @@ async fn pipelined_requests_after_refused_ones_are_answered_in_order() {
     assert_eq!(seen, ["GET /public/b", "GET /public/next"]);
     strict.assert_clean("pipelined");
     assert_eq!(gw.events.reasons(), ["route.none", "limit.body", "route.none"]);
+}
+
+/// What the gateway must do with one hostile HTTP/2 request.
+#[derive(Debug, Clone, Copy)]
+enum H2Verdict {
+    /// The HTTP/2 layer resets the stream (`RST_STREAM` with this code); the
+    /// connection stays usable. No request exists, so no event.
+    Reset(u32),
+    /// A connection error: GOAWAY with this code, the connection closed, a
+    /// `conn.malformed` event.
+    GoAway(u32),
+    /// Refused by a layer: status, reason, one event.
+    Refused(u16, &'static str),
+    /// Admitted: the upstream gets one HTTP/1.1 request with this method,
+    /// target and body, carrying these headers exactly once.
+    Admitted(&'static str, &'static str, &'static [u8], &'static [(&'static str, &'static str)]),
+}
+
+/// Sends one request as raw frames (all in one write) and checks the verdict
+/// and what the upstream saw; then, unless the connection was closed, a
+/// well-formed request on the same connection must still be answered.
+async fn check_h2(gw: &Gateway, strict: &Strict, name: &str, fields: &[u8], data: &[&[u8]], verdict: H2Verdict) {
+    use h2raw::*;
+    strict.clear();
+    let events_before = gw.events.reasons().len();
+    let mut client = H2::connect(gw.addr).await;
+    let mut frames = frame(HEADERS, END_HEADERS | if data.is_empty() { END_STREAM } else { 0 }, 1, fields);
+    for (i, chunk) in data.iter().enumerate() {
+        frames.extend(frame(DATA, if i + 1 == data.len() { END_STREAM } else { 0 }, 1, chunk));
+    }
+    client.send(&frames).await;
+    let outcome = client.outcome(1).await;
+    let new_events = || gw.events.reasons()[events_before..].to_vec();
+    match verdict {
+        H2Verdict::Reset(code) => {
+            assert_eq!(outcome, Outcome::Reset(code), "{name}");
+            assert!(new_events().is_empty(), "{name}: events {:?}", new_events());
+        }
+        H2Verdict::GoAway(code) => {
+            assert_eq!(outcome, Outcome::GoAway(code), "{name}");
+            assert_eq!(client.until_closed().await.map(|(_, code)| code), Some(code), "{name}: closed");
+            eventually(&format!("{name}: conn.malformed"), PATIENCE, || new_events() == ["conn.malformed"]).await;
+        }
+        H2Verdict::Refused(status, reason) => {
+            assert_eq!(
+                (outcome.status(), outcome.reason().as_deref()),
+                (Some(status), Some(reason)),
+                "{name}: {outcome:?}"
+            );
+            assert_eq!(new_events(), [reason], "{name}");
+        }
+        H2Verdict::Admitted(..) => {
+            assert_eq!(outcome.status(), Some(200), "{name}: {outcome:?}");
+            assert!(new_events().is_empty(), "{name}: events {:?}", new_events());
+        }
+    }
+    let open = !matches!(verdict, H2Verdict::GoAway(_));
+    if open {
+        client.headers(3, &get("public.test", "/public/next", &[]), true).await;
+        assert_eq!(client.outcome(3).await.status(), Some(200), "{name}: the next stream");
+    }
+    let mut seen = strict.seen();
+    if open {
+        let next = seen.pop().unwrap_or_else(|| panic!("{name}: the next request never reached the upstream"));
+        assert_eq!(next.target, "/public/next", "{name}");
+    }
+    match verdict {
+        H2Verdict::Admitted(method, target, body, headers) => {
+            assert_eq!(seen.len(), 1, "{name}: upstream saw {seen:#?}");
+            let got = &seen[0];
+            assert_eq!(
+                (got.method.as_str(), got.target.as_str(), got.body.as_slice()),
+                (method, target, body),
+                "{name}: {got:#?}"
+            );
+            for (header, value) in headers {
+                assert_eq!(got.header(header).as_deref(), Some(*value), "{name}: {header}: {got:#?}");
+            }
+            for connection_specific in ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "trailer"] {
+                assert!(!got.has(connection_specific), "{name}: {connection_specific} forwarded");
+            }
+            strict.assert_clean(name);
+        }
+        _ => {
+            assert!(seen.is_empty(), "{name}: upstream saw {seen:#?}");
+            // A stream reset while its head was already on the way up leaves
+            // at most a truncated request on a connection the gateway aborted.
+            let unexpected = strict.unexpected();
+            assert!(unexpected.iter().all(|u| is_truncation(&u.what)), "{name}: {unexpected:#?}");
+        }
+    }
+}
+
+/// HTTP/2 requests the gateway turns into HTTP/1.1: malformed ones are reset
+/// or close the connection, and what is forwarded is one well-framed
+/// HTTP/1.1 request.
+#[tokio::test]
+async fn http2_downgrade_is_refused_or_normalized() {
+    use H2Verdict::{Admitted, GoAway, Refused, Reset};
+    use h2raw::{PROTOCOL_ERROR, block};
+    type Fields<'a> = &'a [(&'a [u8], &'a [u8])];
+    let strict = Strict::start().await;
+    let gw = gateway(&config(strict.addr)).await;
+    let req = |method: &[u8], authority: &[u8], path: &[u8], extra: Fields<'_>| {
+        let mut fields: Vec<(&[u8], &[u8])> =
+            vec![(b":method", method), (b":scheme", b"http"), (b":authority", authority), (b":path", path)];
+        fields.extend_from_slice(extra);
+        block(&fields)
+    };
+    let post = |extra: Fields<'_>| req(b"POST", b"public.test", b"/public/a", extra);
+    let get = |extra: Fields<'_>| req(b"GET", b"public.test", b"/public/a", extra);
+    let abc: &[&[u8]] = &[b"abc"];
+    let none: &[&[u8]] = &[];
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>, &[&[u8]], H2Verdict)> = vec![
+        ("control: a POST", post(&[]), abc, Admitted("POST", "/public/a", b"abc", &[("host", "public.test")])),
+        // content-length against the DATA frames.
+        ("content-length above the DATA", post(&[(b"content-length", b"10")]), abc, Reset(PROTOCOL_ERROR)),
+        ("content-length below the DATA", post(&[(b"content-length", b"2")]), abc, Reset(PROTOCOL_ERROR)),
+        ("content-length on a GET without DATA", get(&[(b"content-length", b"3")]), none, Reset(PROTOCOL_ERROR)),
+        ("content-length twice, different", post(&[(b"content-length", b"3"), (b"content-length", b"4")]), abc, Reset(PROTOCOL_ERROR)),
+        ("content-length `+3`", post(&[(b"content-length", b"+3")]), abc, Reset(PROTOCOL_ERROR)),
+        ("content-length `03`", post(&[(b"content-length", b"03")]), abc, Admitted("POST", "/public/a", b"abc", &[("content-length", "3")])),
+        ("content-length twice, equal", post(&[(b"content-length", b"3"), (b"content-length", b"3")]), abc, Admitted("POST", "/public/a", b"abc", &[("content-length", "3")])),
+        // Connection-specific fields are malformed in HTTP/2 (RFC 9113 §8.2.2).
+        ("connection", post(&[(b"connection", b"keep-alive")]), abc, Reset(PROTOCOL_ERROR)),
+        ("transfer-encoding", post(&[(b"transfer-encoding", b"chunked")]), abc, Reset(PROTOCOL_ERROR)),
+        ("keep-alive", post(&[(b"keep-alive", b"timeout=5")]), abc, Reset(PROTOCOL_ERROR)),
+        ("upgrade", get(&[(b"upgrade", b"websocket")]), none, Reset(PROTOCOL_ERROR)),
+        ("proxy-connection", post(&[(b"proxy-connection", b"keep-alive")]), abc, Reset(PROTOCOL_ERROR)),
+        ("te: gzip", post(&[(b"te", b"gzip")]), abc, Reset(PROTOCOL_ERROR)),
+        ("te: trailers (allowed, not forwarded)", post(&[(b"te", b"trailers")]), abc, Admitted("POST", "/public/a", b"abc", &[])),
+        // Pseudo-header abuse.
+        ("duplicate :path", get(&[(b":path", b"/admin")]), none, Reset(PROTOCOL_ERROR)),
+        (":path without a leading /", req(b"GET", b"public.test", b"public/a", &[]), none, Reset(PROTOCOL_ERROR)),
+        ("empty :path", req(b"GET", b"public.test", b"", &[]), none, Reset(PROTOCOL_ERROR)),
+        (":path in absolute form", req(b"GET", b"public.test", b"http://admin.test/public/a", &[]), none, Reset(PROTOCOL_ERROR)),
+        (":path with CRLF and a request", req(b"GET", b"public.test", b"/public/a HTTP/1.1\r\nHost: x\r\n\r\nGET /public/smuggled", &[]), none, Reset(PROTOCOL_ERROR)),
+        ("missing :method", block(&[(b":scheme", b"http"), (b":authority", b"public.test"), (b":path", b"/public/a")]), none, Reset(PROTOCOL_ERROR)),
+        ("missing :scheme", block(&[(b":method", b"GET"), (b":authority", b"public.test"), (b":path", b"/public/a")]), none, Reset(PROTOCOL_ERROR)),
+        ("missing :path", block(&[(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"public.test")]), none, Reset(PROTOCOL_ERROR)),
+        ("pseudo-header after a regular one", block(&[(b":method", b"GET"), (b":scheme", b"http"), (b"x-a", b"1"), (b":authority", b"public.test"), (b":path", b"/public/a")]), none, Reset(PROTOCOL_ERROR)),
+        ("unknown pseudo-header", get(&[(b":foo", b"x")]), none, GoAway(PROTOCOL_ERROR)),
+        (":method with CRLF", req(b"GET /public/smuggled HTTP/1.1\r\n", b"public.test", b"/public/a", &[]), none, GoAway(PROTOCOL_ERROR)),
+        // :authority and host: one answer, the same for routing and upstream.
+        (":authority and host disagree", get(&[(b"host", b"admin.test")]), none, Refused(400, "request.malformed")),
+        (":authority and host agree", get(&[(b"host", b"PUBLIC.test:80")]), none, Admitted("GET", "/public/a", b"", &[("host", "public.test")])),
+        (":authority refused", req(b"GET", b"admin.test", b"/public/a", &[]), none, Refused(403, "ip.not_allowed")),
+        ("host without :authority", block(&[(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/public/a"), (b"host", b"public.test")]), none, Admitted("GET", "/public/a", b"", &[("host", "public.test")])),
+        ("host refused, without :authority", block(&[(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/public/a"), (b"host", b"admin.test")]), none, Refused(403, "ip.not_allowed")),
+        // Bytes HTTP/1.1 would read as framing.
+        ("CR LF in a value", post(&[(b"x-a", b"1\r\nx-b: 2")]), abc, GoAway(PROTOCOL_ERROR)),
+        ("LF in a value", post(&[(b"x-a", b"1\nTransfer-Encoding: chunked")]), abc, GoAway(PROTOCOL_ERROR)),
+        ("NUL in a value", post(&[(b"x-a", b"1\x002")]), abc, GoAway(PROTOCOL_ERROR)),
+        ("colon in a name", post(&[(b"x-a:b", b"1")]), abc, GoAway(PROTOCOL_ERROR)),
+        ("space in a name", post(&[(b"transfer-encoding ", b"chunked")]), abc, GoAway(PROTOCOL_ERROR)),
+        ("upper-case name", post(&[(b"Transfer-Encoding", b"chunked")]), abc, GoAway(PROTOCOL_ERROR)),
+        // Fields HTTP/2 splits that HTTP/1.1 keeps on one line.
+        ("cookies in separate fields", get(&[(b"cookie", b"a=1"), (b"cookie", b"b=2")]), none, Admitted("GET", "/public/a", b"", &[("cookie", "a=1; b=2")])),
+        // CONNECT asks for a tunnel.
+        ("CONNECT", block(&[(b":method", b"CONNECT"), (b":authority", b"internal.test:22")]), none, Refused(404, "route.none")),
+    ];
+    for (name, block, data, verdict) in cases {
+        check_h2(&gw, &strict, name, &block, data, verdict).await;
+    }
+}
+
+/// A gateway where `/public/slow/*` never answers (a slow backend: what
+/// makes a reset flood expensive) and everything else does.
+async fn slow_upstream() -> Strict {
+    Strict::with(|seen| if seen.target.starts_with("/public/slow/") { Answer::Stall } else { Answer::Ok }).await
+}
+
+/// A well-behaved client, over HTTP/2 and HTTP/1.1, still gets answers.
+async fn still_served(gw: &Gateway, what: &str) {
+    let mut h2 = h2raw::H2::connect(gw.addr).await;
+    h2.headers(1, &h2raw::get("public.test", "/public/ok", &[]), true).await;
+    assert_eq!(h2.outcome(1).await.status(), Some(200), "{what}: an HTTP/2 client");
+    let (parts, _) = get(&gw.url("/public/ok")).await;
+    assert_eq!(parts.status, 200, "{what}: an HTTP/1.1 client");
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): HEADERS then RST_STREAM, again and
+/// again. Sent in one burst, the streams are reset before the gateway
+/// accepts them; paced (each HEADERS processed before its reset), each
+/// reaches the pipeline. Either way the connection gets GOAWAY after a
+/// bounded number, with a `conn.flood` event, and the upstream sees at most
+/// that many requests.
+#[tokio::test]
+async fn http2_rapid_reset_is_bounded() {
+    use h2raw::*;
+    const ATTEMPTS: u32 = 1000;
+    // The gateway's bounds: 20 resets before acceptance, 100 after.
+    const BOUND: usize = 100;
+    let strict = slow_upstream().await;
+    let gw = gateway(&config(strict.addr)).await;
+
+    let mut burst = Vec::new();
+    for i in 0..ATTEMPTS {
+        let id = 2 * i + 1;
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &get("public.test", &format!("/public/slow/{id}"), &[]),
+        ));
+        burst.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    let mut client = H2::connect(gw.addr).await;
+    client.send(&burst).await;
+    let goaway = client.until_closed().await;
+    let (last, code) = goaway.expect("burst: no GOAWAY");
+    assert_eq!(code, ENHANCE_YOUR_CALM, "burst");
+    assert!(last < 2 * ATTEMPTS, "burst: every stream was processed (last {last})");
+    eventually("burst: conn.flood", PATIENCE, || gw.events.reasons() == ["conn.flood"]).await;
+    assert!(strict.seen().len() <= BOUND, "burst: upstream saw {}", strict.seen().len());
+    still_served(&gw, "after the burst").await;
+    strict.clear();
+
+    let mut client = H2::connect(gw.addr).await;
+    let mut sent = 0;
+    for i in 0..ATTEMPTS {
+        let id = 2 * i + 1;
+        client.headers(id, &get("public.test", &format!("/public/slow/{id}"), &[]), true).await;
+        // The PING's answer proves the HEADERS were processed first.
+        if !client.ping().await {
+            break;
+        }
+        client.rst(id, CANCEL).await;
+        sent += 1;
+    }
+    let goaway = client.until_closed().await;
+    assert!(goaway.is_some(), "paced: no GOAWAY after {sent} resets");
+    assert!(sent <= BOUND + 10, "paced: {sent} streams reset before the connection closed");
+    eventually("paced: conn.flood", PATIENCE, || gw.events.reasons() == ["conn.flood", "conn.flood"]).await;
+    assert!(strict.seen().len() <= BOUND + 10, "paced: upstream saw {}", strict.seen().len());
+    still_served(&gw, "after the paced resets").await;
+    strict.assert_clean("rapid reset");
+}
+
+/// Streams a client cancels now and then (a browser leaving a page) do not
+/// close its connection: the bound needs resets to be most of its streams.
+#[tokio::test]
+async fn http2_occasional_resets_are_not_a_flood() {
+    use h2raw::*;
+    let strict = slow_upstream().await;
+    let gw = gateway(&config(strict.addr)).await;
+    let mut client = H2::connect(gw.addr).await;
+    // 150 answered streams, 120 reset ones: past the count, under half.
+    let mut id = 1;
+    for i in 0..270u32 {
+        if i % 9 < 4 {
+            client.headers(id, &get("public.test", &format!("/public/slow/{id}"), &[]), true).await;
+            assert!(client.ping().await, "closed after {i} streams");
+            client.rst(id, CANCEL).await;
+        } else {
+            client.headers(id, &get("public.test", "/public/ok", &[]), true).await;
+            assert_eq!(client.outcome(id).await.status(), Some(200), "stream {id}");
+        }
+        id += 2;
+    }
+    assert!(client.ping().await && client.goaway.is_none(), "the connection was closed: {:?}", client.goaway);
+    assert!(gw.events.reasons().is_empty(), "{:?}", gw.events.reasons());
+}
+
+/// CONTINUATION floods: a header block that never ends, in frames with or
+/// without fields. The connection gets GOAWAY after a few frames, with a
+/// `conn.flood` event; nothing reaches the upstream.
+#[tokio::test]
+async fn http2_continuation_flood_is_bounded() {
+    use h2raw::*;
+    let strict = slow_upstream().await;
+    let gw = gateway(&config(strict.addr)).await;
+    let filler = block(&[(b"x-filler", &[b'a'; 100])]);
+    for (i, payload) in [Vec::new(), filler].into_iter().enumerate() {
+        let mut client = H2::connect(gw.addr).await;
+        let mut flood = frame(HEADERS, 0, 1, &get("public.test", "/public/a", &[]));
+        for _ in 0..10_000 {
+            flood.extend(frame(CONTINUATION, 0, 1, &payload));
+        }
+        client.send(&flood).await;
+        let goaway = client.until_closed().await;
+        assert_eq!(goaway, Some((0, ENHANCE_YOUR_CALM)), "flood {i}");
+        eventually("conn.flood", PATIENCE, || gw.events.reasons().len() == i + 1).await;
+        assert!(gw.events.reasons().iter().all(|r| *r == "conn.flood"), "{:?}", gw.events.reasons());
+    }
+    assert!(strict.seen().is_empty(), "upstream saw {:?}", strict.seen());
+    still_served(&gw, "after the floods").await;
+    strict.assert_clean("continuation flood");
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -144,6 +144,14 @@ async fn send(
     // or the same number twice, which an upstream may read differently.
     if let Ok(Some(length)) = portcullis_policy::limits::content_length(req.headers()) {
         req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    // HTTP/2 clients send each cookie as its own field; HTTP/1.1 has one
+    // `Cookie` line (RFC 9113 §8.2.3), and a backend may read only one.
+    let cookies: Vec<&[u8]> = req.headers().get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if cookies.len() > 1
+        && let Ok(joined) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    {
+        req.headers_mut().insert(COOKIE, joined);
     }
     let target_host = || HeaderValue::from_str(authority.as_str()).ok();
     match upstream.config.host_header {
