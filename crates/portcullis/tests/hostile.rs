@@ -733,3 +733,64 @@ async fn http2_continuation_flood_is_bounded() {
     still_served(&gw, "after the floods").await;
     strict.assert_clean("continuation flood");
 }
+
+/// Malformed requests, one after the other on one connection: each stream is
+/// reset, and after a bounded number the connection gets GOAWAY.
+#[tokio::test]
+async fn http2_malformed_request_flood_is_bounded() {
+    use h2raw::*;
+    let strict = slow_upstream().await;
+    let gw = gateway(&config(strict.addr)).await;
+    let malformed = get("public.test", "/public/a", &[(b"connection", b"close")]);
+    let mut client = H2::connect(gw.addr).await;
+    // Ten at a time, each batch processed (PING) before the next.
+    let mut sent = 0;
+    for batch in 0..50u32 {
+        let mut frames = Vec::new();
+        for i in 0..10 {
+            frames.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * (batch * 10 + i) + 1, &malformed));
+        }
+        client.send(&frames).await;
+        sent += 10;
+        if !client.ping().await {
+            break;
+        }
+    }
+    let goaway = client.until_closed().await;
+    assert_eq!(goaway.map(|(_, code)| code), Some(ENHANCE_YOUR_CALM), "after {sent} malformed streams");
+    assert!(sent <= 110, "{sent} malformed streams before GOAWAY");
+    let resets = client.frames.iter().filter(|f| f.kind == RST_STREAM).count();
+    assert!((90..=100).contains(&resets), "{resets} streams reset");
+    eventually("conn.flood", PATIENCE, || gw.events.reasons() == ["conn.flood"]).await;
+    assert!(strict.seen().is_empty());
+    still_served(&gw, "after the flood").await;
+}
+
+/// At most 100 streams at once per connection: more are refused, and the
+/// upstream never sees them.
+#[tokio::test]
+async fn http2_concurrent_streams_are_capped() {
+    use h2raw::*;
+    let strict = slow_upstream().await;
+    let gw = gateway(&config(strict.addr)).await;
+    let mut client = H2::connect(gw.addr).await;
+    // The server's SETTINGS announce the cap; wait for them to be acknowledged.
+    assert!(client.ping().await);
+    let mut streams = Vec::new();
+    for i in 0..120u32 {
+        streams.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            2 * i + 1,
+            &get("public.test", &format!("/public/slow/{i}"), &[]),
+        ));
+    }
+    client.send(&streams).await;
+    assert!(client.ping().await);
+    let refused = client.frames.iter().filter(|f| f.kind == RST_STREAM).count();
+    assert_eq!(refused, 20, "{:?}", client.frames.iter().map(|f| (f.kind, f.stream)).collect::<Vec<_>>());
+    let seen = strict.wait_for(100, PATIENCE).await;
+    assert_eq!(seen.len(), 100);
+    still_served(&gw, "beside the full connection").await;
+    assert_eq!(strict.seen().iter().filter(|s| s.target.starts_with("/public/slow/")).count(), 100);
+}
