@@ -794,3 +794,177 @@ async fn http2_concurrent_streams_are_capped() {
     still_served(&gw, "beside the full connection").await;
     assert_eq!(strict.seen().iter().filter(|s| s.target.starts_with("/public/slow/")).count(), 100);
 }
+
+/// The sample key of RFC 6455 §1.3.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A request with these header lines and no body.
+fn head(request_line: &str, headers: &[&str]) -> Vec<u8> {
+    let mut out = format!("{request_line}\r\nHost: x\r\n");
+    for h in headers {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// The header lines of a well-formed WebSocket handshake (RFC 6455 §4.1).
+const WS: [&str; 4] =
+    ["Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="];
+
+/// `/ws/**` allows WebSocket; `/public/**` does not.
+fn ws_config(upstream: SocketAddr) -> String {
+    format!(
+        r#"{}
+[[route]]
+match = {{ path = "/ws/**" }}
+upstream = "app"
+auth = "public"
+websocket = true
+"#,
+        config(upstream)
+    )
+}
+
+/// An upstream that answers each `/ws/*` path its own way, and every other
+/// request with 101 when its path says so.
+async fn upgrade_upstream() -> Strict {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    Strict::with(|seen| {
+        let key = seen.header("sec-websocket-key").unwrap_or_default();
+        let switch = |upgrade: &str, accept: Option<String>| {
+            let mut headers = vec![("Connection".to_owned(), "Upgrade".to_owned()), ("Upgrade".to_owned(), upgrade.to_owned())];
+            headers.extend(accept.map(|a| ("Sec-WebSocket-Accept".to_owned(), a)));
+            Answer::Switch(headers)
+        };
+        match seen.target.as_str() {
+            "/ws/accept" | "/public/accept" => switch("websocket", Some(derive_accept_key(key.as_bytes()))),
+            "/ws/426" => Answer::Status(426, vec![("Upgrade".into(), "websocket".into())], b"upgrade required".to_vec()),
+            "/ws/200" => Answer::Status(200, Vec::new(), b"not a websocket".to_vec()),
+            "/ws/wrong-accept" => switch("websocket", Some(derive_accept_key(b"another key"))),
+            "/ws/no-accept" => switch("websocket", None),
+            "/ws/h2c" => switch("h2c", Some(derive_accept_key(key.as_bytes()))),
+            "/public/unprompted" => switch("websocket", Some(derive_accept_key(WS_KEY.as_bytes()))),
+            _ => Answer::Ok,
+        }
+    })
+    .await
+}
+
+/// Upgrade tokens other than `websocket` (`h2c` with `HTTP2-Settings` first
+/// of all) are refused before the upstream: an upstream accepting h2c would
+/// otherwise open a tunnel whose requests no defence sees.
+#[tokio::test]
+async fn upgrades_other_than_websocket_are_refused() {
+    let strict = upgrade_upstream().await;
+    let gw = gateway(&ws_config(strict.addr)).await;
+    let h2c = ["Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"];
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("h2c with HTTP2-Settings", head("GET /public/accept HTTP/1.1", &h2c)),
+        ("h2c on a WebSocket route", head("GET /ws/accept HTTP/1.1", &h2c)),
+        ("h2c, POST with a body", with_body("POST /public/accept HTTP/1.1", &["Host: x", "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"], b"abc")),
+        ("TLS/1.0", head("GET /public/accept HTTP/1.1", &["Connection: Upgrade", "Upgrade: TLS/1.0"])),
+        ("foo", head("GET /ws/accept HTTP/1.1", &["Connection: Upgrade", "Upgrade: foo"])),
+        ("websocket, h2c", head("GET /ws/accept HTTP/1.1", &["Connection: Upgrade", "Upgrade: websocket, h2c", WS[2], WS[3]])),
+        ("h2c, websocket", head("GET /ws/accept HTTP/1.1", &["Connection: Upgrade", "Upgrade: h2c, websocket", WS[2], WS[3]])),
+        ("websocket/13", head("GET /ws/accept HTTP/1.1", &["Connection: Upgrade", "Upgrade: websocket/13", WS[2], WS[3]])),
+    ];
+    for (name, bytes) in cases {
+        check_h1(&gw, &strict, name, &bytes, Refused(400, "upgrade.protocol"), After::Open).await;
+    }
+}
+
+/// WebSocket handshakes must have the RFC 6455 shape, and only routes with
+/// `websocket = true` take them.
+#[tokio::test]
+async fn websocket_handshakes_are_checked() {
+    let strict = upgrade_upstream().await;
+    let gw = gateway(&ws_config(strict.addr)).await;
+    let get = "GET /ws/accept HTTP/1.1";
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<u8>, Verdict)> = vec![
+        ("no Sec-WebSocket-Key", head(get, &WS[..3]), Refused(400, "upgrade.websocket")),
+        ("a key that is not 16 bytes", head(get, &[WS[0], WS[1], WS[2], "Sec-WebSocket-Key: c2hvcnQ="]), Refused(400, "upgrade.websocket")),
+        ("a key that is not base64", head(get, &[WS[0], WS[1], WS[2], "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!"]), Refused(400, "upgrade.websocket")),
+        ("two keys", head(get, &[WS[0], WS[1], WS[2], WS[3], "Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA=="]), Refused(400, "upgrade.websocket")),
+        ("version 8", head(get, &[WS[0], WS[1], "Sec-WebSocket-Version: 8", WS[3]]), Refused(400, "upgrade.websocket")),
+        ("no version", head(get, &[WS[0], WS[1], WS[3]]), Refused(400, "upgrade.websocket")),
+        ("POST", with_body("POST /ws/accept HTTP/1.1", &["Host: x", WS[0], WS[1], WS[2], WS[3]], b"abc"), Refused(400, "upgrade.websocket")),
+        ("a route without websocket = true", head("GET /public/accept HTTP/1.1", &WS), Refused(400, "upgrade.not_allowed")),
+    ];
+    for (name, bytes, verdict) in cases {
+        check_h1(&gw, &strict, name, &bytes, verdict, After::Open).await;
+    }
+}
+
+/// A WebSocket upgrade becomes a tunnel only when the upstream completes the
+/// RFC 6455 handshake. Any other answer leaves the client connection HTTP:
+/// the requests the client pipelined behind the upgrade (a request "inside
+/// the tunnel") are parsed by the gateway and run through the whole pipeline.
+#[tokio::test]
+async fn websocket_tunnels_open_only_on_a_complete_handshake() {
+    let strict = upgrade_upstream().await;
+    let gw = gateway(&ws_config(strict.addr)).await;
+    // Pipelined behind the upgrade: a refused request, then an admitted one.
+    let mut behind = b"GET /x HTTP/1.1\r\nHost: admin.test\r\n\r\n".to_vec();
+    behind.extend_from_slice(NEXT);
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, &[&str], u16, Option<&str>)] = &[
+        ("upstream answers 426", "/ws/426", &WS, 426, None),
+        ("upstream answers 200", "/ws/200", &WS, 200, None),
+        ("101 with the wrong Sec-WebSocket-Accept", "/ws/wrong-accept", &WS, 502, Some("upstream.protocol")),
+        ("101 without Sec-WebSocket-Accept", "/ws/no-accept", &WS, 502, Some("upstream.protocol")),
+        ("101 switching to h2c", "/ws/h2c", &WS, 502, Some("upstream.protocol")),
+        ("101 to a request that asked for no upgrade", "/public/unprompted", &[], 502, Some("upstream.protocol")),
+    ];
+    for (name, path, headers, status, reason) in cases {
+        strict.clear();
+        let events_before = gw.events.reasons().len();
+        let mut client = Raw::connect(gw.addr).await;
+        let mut bytes = head(&format!("GET {path} HTTP/1.1"), headers);
+        bytes.extend_from_slice(&behind);
+        client.send(&bytes).await;
+        let first = client.response().await.unwrap_or_else(|| panic!("{name}: no answer"));
+        assert_eq!((first.status, first.reason().as_deref()), (*status, *reason), "{name}: {first:?}");
+        let refused = client.response().await.unwrap_or_else(|| panic!("{name}: the connection did not stay HTTP"));
+        assert_eq!((refused.status, refused.reason().as_deref()), (403, Some("ip.not_allowed")), "{name}");
+        let next = client.response().await.unwrap_or_else(|| panic!("{name}: the last request was not answered"));
+        assert_eq!(next.status, 200, "{name}");
+        assert!(client.closed().await, "{name}");
+        let mut expected = vec!["ip.not_allowed"];
+        expected.extend(*reason);
+        let mut got = gw.events.reasons()[events_before..].to_vec();
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected, "{name}");
+        let seen: Vec<(String, Vec<u8>)> = strict.seen().into_iter().map(|s| (s.target, s.tunnel)).collect();
+        assert_eq!(seen, [(path.to_string(), Vec::new()), ("/public/next".to_owned(), Vec::new())], "{name}");
+        strict.assert_clean(name);
+    }
+
+    // The complete handshake: a tunnel. What follows is WebSocket data the
+    // gateway passes on unjudged (docs/threat-model.md); it reaches the
+    // upstream only as tunnel bytes, never as a request the upstream parses.
+    strict.clear();
+    let mut client = Raw::connect(gw.addr).await;
+    let mut bytes = head("GET /ws/accept HTTP/1.1", &WS);
+    bytes.extend_from_slice(&behind);
+    client.send(&bytes).await;
+    let switched = client.response().await.unwrap();
+    assert_eq!(switched.status, 101);
+    let header = |name: &str| switched.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_ascii_lowercase());
+    assert_eq!(header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(header("sec-websocket-accept").as_deref(), Some("s3pplmbitxaq9kygzzhzrbk+xoo="));
+    // The upstream echoes the tunnel: the pipelined bytes come back verbatim.
+    while client.buf.len() < behind.len() {
+        assert!(client.more().await, "tunnel closed early");
+    }
+    assert_eq!(client.buf, behind);
+    let seen = strict.seen();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!((seen[0].target.as_str(), seen[0].header("upgrade").as_deref()), ("/ws/accept", Some("websocket")));
+    assert_eq!(seen[0].tunnel, behind);
+    strict.assert_clean("tunnel");
+}
