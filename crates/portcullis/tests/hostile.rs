@@ -1,4 +1,18 @@
-//! Hostile HTTP through the running gateway.
+//! Hostile HTTP through the running gateway, in front of the strict recording
+//! upstream (`common/strict.rs`). Each case goes out as raw bytes (HTTP/1.1)
+//! or hand-written frames (HTTP/2, `support/h2raw.rs`) and checks two things:
+//! the gateway refuses it (status and reason, one event, the connection
+//! closed where it must be) or normalizes it; and the upstream parsed exactly
+//! the requests the gateway admitted, framed one way, with no byte left over.
+//!
+//! Classes: request smuggling over HTTP/1.1 (CL.TE, TE.CL, obfuscated
+//! Transfer-Encoding, Content-Length games, bare CR/LF, NUL, obs-fold, chunked
+//! framing and extensions, trailers, TE on HTTP/1.0, absolute form, CONNECT,
+//! pipelining after refusals); HTTP/2 to HTTP/1.1 downgrade (content-length
+//! against DATA, connection-specific fields, pseudo-header abuse, bytes that
+//! HTTP/1.1 would read as framing); HTTP/2 floods (rapid reset, CONTINUATION,
+//! malformed requests, the stream cap); upgrade abuse (h2c and other tokens,
+//! WebSocket handshakes, upstream answers that do not complete one).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
