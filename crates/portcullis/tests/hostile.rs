@@ -475,6 +475,9 @@ enum H2Verdict {
     Admitted(&'static str, &'static str, &'static [u8], &'static [(&'static str, &'static str)]),
 }
 
+/// A name, a header block, DATA frames, the verdict.
+type H2Case<'a> = (&'a str, Vec<u8>, &'a [&'a [u8]], H2Verdict);
+
 /// Sends one request as raw frames (all in one write) and checks the verdict
 /// and what the upstream saw; then, unless the connection was closed, a
 /// well-formed request on the same connection must still be answered.
@@ -571,7 +574,7 @@ async fn http2_downgrade_is_refused_or_normalized() {
     let abc: &[&[u8]] = &[b"abc"];
     let none: &[&[u8]] = &[];
     #[rustfmt::skip]
-    let cases: Vec<(&str, Vec<u8>, &[&[u8]], H2Verdict)> = vec![
+    let cases: Vec<H2Case<'_>> = vec![
         ("control: a POST", post(&[]), abc, Admitted("POST", "/public/a", b"abc", &[("host", "public.test")])),
         // content-length against the DATA frames.
         ("content-length above the DATA", post(&[(b"content-length", b"10")]), abc, Reset(PROTOCOL_ERROR)),
@@ -824,8 +827,12 @@ fn head(request_line: &str, headers: &[&str]) -> Vec<u8> {
 }
 
 /// The header lines of a well-formed WebSocket handshake (RFC 6455 §4.1).
-const WS: [&str; 4] =
-    ["Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="];
+const WS: [&str; 4] = [
+    "Connection: Upgrade",
+    "Upgrade: websocket",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+];
 
 /// `/ws/**` allows WebSocket; `/public/**` does not.
 fn ws_config(upstream: SocketAddr) -> String {
@@ -848,13 +855,16 @@ async fn upgrade_upstream() -> Strict {
     Strict::with(|seen| {
         let key = seen.header("sec-websocket-key").unwrap_or_default();
         let switch = |upgrade: &str, accept: Option<String>| {
-            let mut headers = vec![("Connection".to_owned(), "Upgrade".to_owned()), ("Upgrade".to_owned(), upgrade.to_owned())];
+            let mut headers =
+                vec![("Connection".to_owned(), "Upgrade".to_owned()), ("Upgrade".to_owned(), upgrade.to_owned())];
             headers.extend(accept.map(|a| ("Sec-WebSocket-Accept".to_owned(), a)));
             Answer::Switch(headers)
         };
         match seen.target.as_str() {
             "/ws/accept" | "/public/accept" => switch("websocket", Some(derive_accept_key(key.as_bytes()))),
-            "/ws/426" => Answer::Status(426, vec![("Upgrade".into(), "websocket".into())], b"upgrade required".to_vec()),
+            "/ws/426" => {
+                Answer::Status(426, vec![("Upgrade".into(), "websocket".into())], b"upgrade required".to_vec())
+            }
             "/ws/200" => Answer::Status(200, Vec::new(), b"not a websocket".to_vec()),
             "/ws/wrong-accept" => switch("websocket", Some(derive_accept_key(b"another key"))),
             "/ws/no-accept" => switch("websocket", None),
@@ -913,6 +923,10 @@ async fn websocket_handshakes_are_checked() {
     }
 }
 
+/// A name, a path (which says how the upstream answers), the request's
+/// header lines, the status and reason the client gets.
+type AnswerCase = (&'static str, &'static str, &'static [&'static str], u16, Option<&'static str>);
+
 /// A WebSocket upgrade becomes a tunnel only when the upstream completes the
 /// RFC 6455 handshake. Any other answer leaves the client connection HTTP:
 /// the requests the client pipelined behind the upgrade (a request "inside
@@ -925,7 +939,7 @@ async fn websocket_tunnels_open_only_on_a_complete_handshake() {
     let mut behind = b"GET /x HTTP/1.1\r\nHost: admin.test\r\n\r\n".to_vec();
     behind.extend_from_slice(NEXT);
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &[&str], u16, Option<&str>)] = &[
+    let cases: &[AnswerCase] = &[
         ("upstream answers 426", "/ws/426", &WS, 426, None),
         ("upstream answers 200", "/ws/200", &WS, 200, None),
         ("101 with the wrong Sec-WebSocket-Accept", "/ws/wrong-accept", &WS, 502, Some("upstream.protocol")),

@@ -56,6 +56,9 @@ pub struct Frame {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Decoded header fields: lower-case names, raw values.
+pub type Fields = Vec<(String, Vec<u8>)>;
+
 /// How a stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -294,7 +297,7 @@ impl H2 {
     pub async fn outcome(&mut self, stream: u32) -> Outcome {
         // Frames read earlier (while pinging) come first.
         let mut pending: VecDeque<Frame> = std::mem::take(&mut self.frames).into();
-        let mut response: Option<(u16, Vec<(String, Vec<u8>)>)> = None;
+        let mut response: Option<(u16, Fields)> = None;
         let mut body = Vec::new();
         loop {
             let f = match pending.pop_front() {
