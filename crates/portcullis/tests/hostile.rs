@@ -239,6 +239,17 @@ fn is_truncation(what: &str) -> bool {
     what.starts_with("connection closed inside") || what.starts_with("connection closed after")
 }
 
+/// Nothing unexpected reached the upstream, except requests cut off on
+/// connections that carried none of this case's requests: the gateway
+/// aborted those in an earlier case (a body that broke mid-stream), and the
+/// upstream may notice the abort only now.
+fn assert_clean_beside_aborts(strict: &Strict, name: &str) {
+    let ours: Vec<usize> = strict.seen().iter().map(|s| s.conn).collect();
+    let unexpected: Vec<_> =
+        strict.unexpected().into_iter().filter(|u| !is_truncation(&u.what) || ours.contains(&u.conn)).collect();
+    assert!(unexpected.is_empty(), "{name}: the upstream received bytes it did not expect: {unexpected:#?}");
+}
+
 async fn check_h1(gw: &Gateway, strict: &Strict, name: &str, bytes: &[u8], verdict: Verdict, after: After) {
     strict.clear();
     let events_before = gw.events.reasons().len();
@@ -318,7 +329,7 @@ async fn check_h1(gw: &Gateway, strict: &Strict, name: &str, bytes: &[u8], verdi
                     "{name}: {header} forwarded"
                 );
             }
-            strict.assert_clean(name);
+            assert_clean_beside_aborts(strict, name);
         }
         BrokenBody => {
             assert!(seen.is_empty(), "{name}: upstream saw {seen:#?}");
@@ -327,7 +338,7 @@ async fn check_h1(gw: &Gateway, strict: &Strict, name: &str, bytes: &[u8], verdi
         }
         Unparsable | Refused(..) => {
             assert!(seen.is_empty(), "{name}: upstream saw {seen:#?}");
-            strict.assert_clean(name);
+            assert_clean_beside_aborts(strict, name);
         }
     }
 }
@@ -541,7 +552,7 @@ async fn check_h2(gw: &Gateway, strict: &Strict, name: &str, fields: &[u8], data
             for connection_specific in ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "trailer"] {
                 assert!(!got.has(connection_specific), "{name}: {connection_specific} forwarded");
             }
-            strict.assert_clean(name);
+            assert_clean_beside_aborts(strict, name);
         }
         _ => {
             assert!(seen.is_empty(), "{name}: upstream saw {seen:#?}");
