@@ -10,6 +10,7 @@ pub mod ban;
 pub mod cors;
 pub mod csrf;
 pub mod deny;
+pub mod duplicates;
 pub mod event;
 pub mod forwarded;
 pub mod headers;
@@ -26,6 +27,7 @@ pub mod rbac;
 pub mod request_id;
 pub mod route;
 pub mod session;
+pub mod upgrade;
 pub mod waf;
 
 pub use deny::{Attribution, ClientDetail, Denied, Reason};

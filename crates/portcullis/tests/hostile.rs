@@ -435,7 +435,7 @@ async fn connect_is_never_forwarded() {
     let cases: &[(&str, &[u8], Verdict)] = &[
         ("authority form", b"CONNECT internal.test:22 HTTP/1.1\r\nHost: internal.test:22\r\n\r\n", Refused(404, "route.none")),
         ("origin form", b"CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", Refused(405, "route.method")),
-        ("origin form with a WebSocket upgrade", b"CONNECT /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", Refused(405, "route.method")),
+        ("origin form with a WebSocket upgrade", b"CONNECT /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", Refused(400, "upgrade.websocket")),
     ];
     for (name, bytes, verdict) in cases {
         check_h1(&gw, &strict, name, bytes, *verdict, After::Open).await;
