@@ -36,7 +36,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -1039,6 +1039,10 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| {
                     // hyper never polls an empty body: it ended at once.
                     let empty = http_body::Body::is_end_stream(&body);
+                    let body = match &stream {
+                        Some(stream) => stream.watch(body),
+                        None => body,
+                    };
                     Observed::new(body, move |_, completed| {
                         if let Some(stream) = stream {
                             stream.end(completed || empty);
@@ -1273,20 +1277,32 @@ impl Drop for InFlight {
     }
 }
 
-/// One HTTP/2 stream; abandoned (reset) unless its answer ended.
+/// One HTTP/2 stream; reset by the client unless its answer ended, or
+/// failed on the upstream's side (not the client's doing).
 struct StreamEnd {
     activity: Arc<Activity>,
     ended: bool,
+    failed: Arc<AtomicBool>,
 }
 
 impl StreamEnd {
     fn begin(activity: Arc<Activity>) -> Self {
         activity.h2_streams.fetch_add(1, Ordering::Relaxed);
-        Self { activity, ended: false }
+        Self { activity, ended: false, failed: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The answer's body, noting when it fails (an upstream reset mid-answer).
+    fn watch(&self, body: portcullis_layers::Body) -> portcullis_layers::Body {
+        let failed = self.failed.clone();
+        body.map_err(move |e| {
+            failed.store(true, Ordering::Relaxed);
+            e
+        })
+        .boxed_unsync()
     }
 
     fn end(mut self, completed: bool) {
-        self.ended = completed;
+        self.ended = completed || self.failed.load(Ordering::Relaxed);
     }
 }
 

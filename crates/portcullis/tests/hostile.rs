@@ -1007,3 +1007,30 @@ async fn websocket_tunnels_open_only_on_a_complete_handshake() {
     assert_eq!(seen[0].tunnel, behind);
     strict.assert_clean("tunnel");
 }
+
+/// Answers the upstream breaks off half way are not the client's resets: a
+/// flaky upstream does not get its clients' connections closed as floods.
+#[tokio::test]
+async fn http2_upstream_failures_are_not_a_flood() {
+    use h2raw::*;
+    let strict = Strict::with(|seen| {
+        if seen.target.starts_with("/public/broken/") {
+            Answer::RawClose(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part".to_vec())
+        } else {
+            Answer::Ok
+        }
+    })
+    .await;
+    let gw = gateway(&config(strict.addr)).await;
+    let mut client = H2::connect(gw.addr).await;
+    for i in 0..150u32 {
+        let id = 2 * i + 1;
+        client.headers(id, &get("public.test", &format!("/public/broken/{id}"), &[]), true).await;
+        let outcome = client.outcome(id).await;
+        assert!(matches!(outcome, Outcome::Reset(_)), "stream {id}: {outcome:?}");
+    }
+    client.headers(301, &get("public.test", "/public/ok", &[]), true).await;
+    assert_eq!(client.outcome(301).await.status(), Some(200));
+    assert!(client.goaway.is_none(), "{:?}", client.goaway);
+    assert!(gw.events.reasons().iter().all(|r| *r != "conn.flood"), "{:?}", gw.events.reasons());
+}
