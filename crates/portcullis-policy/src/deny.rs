@@ -84,6 +84,9 @@ reasons! {
     /// (`Authorization`, `Host`, the API-key header, the session cookie, …)
     /// appears more than once; `rule` names it.
     RequestDuplicate => ("request.duplicate", StatusCode::BAD_REQUEST, Client),
+    /// A header some backends read to change the method or path
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`, …); `rule` names it.
+    RequestOverride => ("request.override", StatusCode::BAD_REQUEST, Client),
     /// An `Upgrade` to anything but WebSocket (`h2c`, `TLS/1.0`, a list).
     UpgradeProtocol => ("upgrade.protocol", StatusCode::BAD_REQUEST, Client),
     /// A WebSocket upgrade not in RFC 6455's shape (not a body-less HTTP/1.1

@@ -701,10 +701,7 @@ fn path_settings_parse_and_keeping_double_encoding_is_a_finding() {
     };
     assert!(codes(MINIMAL).is_empty());
     let keep = format!("{MINIMAL}\n[paths]\nencoded_percent = \"keep\"\n");
-    assert_eq!(
-        parse(&keep).unwrap().paths.encoded_percent,
-        portcullis_policy::normalize::EncodedPercent::Keep
-    );
+    assert_eq!(parse(&keep).unwrap().paths.encoded_percent, portcullis_policy::normalize::EncodedPercent::Keep);
     assert_eq!(codes(&keep), ["paths.encoded_percent"]);
     let err = parse(&format!("{MINIMAL}\n[paths]\nencoded_percent = \"decode\"\n")).unwrap_err().to_string();
     assert!(err.contains("unknown encoded_percent \"decode\""), "{err}");

@@ -69,7 +69,8 @@ fn documented(doc: &str, heading: &str) -> BTreeSet<String> {
 fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
     let doc = read("docs/configuration.md");
     // (heading, the raw tables whose keys it documents).
-    let sections: Vec<(&str, Vec<(&str, BTreeSet<String>)>)> = vec![
+    type Tables = Vec<(&'static str, BTreeSet<String>)>;
+    let sections: Vec<(&str, Tables)> = vec![
         ("## `[server]`", vec![("RawServer", keys::<RawServer>())]),
         ("## `[[listener]]`", vec![("RawListener", keys::<RawListener>())]),
         ("### TLS", vec![("RawTlsFiles", keys::<RawTlsFiles>())]),
@@ -84,7 +85,11 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
         ("## OpenAPI validation: `[openapi.NAME]` and route `openapi`", vec![("RawOpenApi", keys::<RawOpenApi>())]),
         (
             "## Authorization: `[roles]`, `require`, `[access]`",
-            vec![("RawRole", keys::<RawRole>()), ("RawRequire", keys::<RawRequire>()), ("RawAccess", keys::<RawAccess>())],
+            vec![
+                ("RawRole", keys::<RawRole>()),
+                ("RawRequire", keys::<RawRequire>()),
+                ("RawAccess", keys::<RawAccess>()),
+            ],
         ),
         (
             "## The WAF: `[waf]`",
@@ -202,13 +207,18 @@ fn no_page_announces_as_missing_what_exists() {
             }
             let roadmap_section = name == "docs/threat-model.md" && heading == "## Not defended yet";
             // Even there, it must not call missing what the parser accepts.
-            let names_section = accepted.iter().find(|s| {
-                line.contains(&format!("`[{s}]`")) || line.contains(&format!("`[[{s}]]`"))
-            });
+            let names_section =
+                accepted.iter().find(|s| line.contains(&format!("`[{s}]`")) || line.contains(&format!("`[[{s}]]`")));
             if let Some(section) = names_section {
-                failures.push(format!("{name}:{}: says {word:?} about [{section}], which the parser accepts: {line}", n + 1));
+                failures.push(format!(
+                    "{name}:{}: says {word:?} about [{section}], which the parser accepts: {line}",
+                    n + 1
+                ));
             } else if !roadmap_section {
-                failures.push(format!("{name}:{}: {word:?} outside the threat model's \"Not defended yet\": {line}", n + 1));
+                failures.push(format!(
+                    "{name}:{}: {word:?} outside the threat model's \"Not defended yet\": {line}",
+                    n + 1
+                ));
             }
         }
     }
