@@ -7,7 +7,7 @@
 //! soak config --dir DIR --upstream ADDR --listen ADDR --admin ADDR --crs DIR
 //! soak run    --dir DIR --gateway ADDR --admin ADDR --upstream ADDR --api-key-file FILE
 //!             [--requests 1000000] [--connections 32] [--fresh-every 19] [--threads 2]
-//!             [--pid PID] [--sample-ms 1000] [--json FILE]
+//!             [--pid PID] [--sample-ms 1000] [--json FILE] [--skip KIND,...]
 //! ```
 //!
 //! `config` writes the gateway configuration, its OpenAPI document and the
@@ -92,6 +92,10 @@ struct RunArgs {
     sample_ms: u64,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Kinds of the mix not to send (names as in the report), to find out
+    /// which traffic a figure comes from.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +156,14 @@ struct Sample {
 }
 
 async fn run(args: RunArgs) -> Result<bool, soak::Error> {
+    if let Some(unknown) = args.skip.iter().find(|name| !soak::MIX.iter().any(|k| k.name == name.as_str())) {
+        return Err(format!("--skip {unknown}: no such kind in the mix").into());
+    }
+    let schedule: Vec<usize> =
+        soak::schedule().into_iter().filter(|&i| !args.skip.iter().any(|name| soak::MIX[i].name == name)).collect();
+    if schedule.is_empty() {
+        return Err("--skip leaves nothing to send".into());
+    }
     let files = soak::Files { dir: std::fs::canonicalize(&args.dir)? };
     let api_key = std::fs::read_to_string(&args.api_key_file)?.trim().to_owned();
     let upstream = soak::Upstream::start(args.upstream).await?;
@@ -202,7 +214,7 @@ async fn run(args: RunArgs) -> Result<bool, soak::Error> {
         connections: args.connections,
         fresh_every: args.fresh_every,
     };
-    let tally = soak::drive(options, Arc::new(credentials), done.clone()).await;
+    let tally = soak::drive(options, schedule, Arc::new(credentials), done.clone()).await;
     let elapsed = started.elapsed();
     let at_end = args.pid.and_then(proc_stats);
     stop.store(true, Ordering::Relaxed);

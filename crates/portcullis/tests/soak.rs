@@ -97,7 +97,7 @@ async fn a_short_soak_gets_exactly_the_expected_answers_and_events() {
 
     let options =
         soak::Options { gateway, requests: ROUNDS * u64::from(soak::MIX_WEIGHT), connections: 8, fresh_every: 19 };
-    let tally = soak::drive(options, Arc::new(credentials), Arc::new(AtomicU64::new(0))).await;
+    let tally = soak::drive(options, soak::schedule(), Arc::new(credentials), Arc::new(AtomicU64::new(0))).await;
     let metrics_after = soak::Metrics::fetch(admin).await.unwrap();
     let counted = metrics_after.since(&metrics_before);
 

@@ -924,10 +924,16 @@ async fn send_once(gateway: SocketAddr, request: Request<Body>) -> Result<(Statu
     Ok((status, body))
 }
 
-/// Sends `options.requests` requests of the mix and counts what came back.
-/// `done` counts finished requests as they finish (for progress and samples).
-pub async fn drive(options: Options, credentials: Arc<Credentials>, done: Arc<AtomicU64>) -> Tally {
-    let schedule = Arc::new(schedule());
+/// Sends `options.requests` requests of the mix in `schedule`'s order
+/// (normally [`schedule`]) and counts what came back. `done` counts finished
+/// requests as they finish (for progress and samples).
+pub async fn drive(
+    options: Options,
+    schedule: Vec<usize>,
+    credentials: Arc<Credentials>,
+    done: Arc<AtomicU64>,
+) -> Tally {
+    let schedule = Arc::new(schedule);
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::with_capacity(options.connections);
     for _ in 0..options.connections.max(1) {
