@@ -10,11 +10,16 @@
 //! - The body is read ahead up to `body_limit` and replayed byte for byte. A
 //!   larger body is refused with 413 `waf.body_too_large`, or, with
 //!   `over_limit = "pass"`, inspected up to the limit and forwarded whole.
-//! - Inspection runs on the blocking thread pool, at most `workers` at once,
-//!   so rule evaluation never stalls the async runtime. Up to `queue`
-//!   requests wait for a worker; beyond that (or if the engine fails) the
-//!   request is refused with 503 `waf.overloaded` (fail closed, the default)
-//!   or passes uninspected with a `waf.overloaded` event (fail open).
+//! - Inspection runs on `workers` threads of its own, so rule evaluation
+//!   never stalls the async runtime, and the threads (each with its own
+//!   allocator heap and regex caches, several MiB once CRS has run on it) are
+//!   exactly as many as configured: on tokio's blocking pool a new thread was
+//!   started whenever an inspection began before the last one's thread was
+//!   back waiting, and the gateway's memory grew with them. Up to `queue`
+//!   requests wait for a worker; beyond that (or if the engine fails or
+//!   panics) the request is refused with 503 `waf.overloaded` (fail closed,
+//!   the default) or passes uninspected with a `waf.overloaded` event (fail
+//!   open).
 //! - A rule-set intervention is a 403 with a `waf.*` reason in block mode,
 //!   and an event with action `log` (the request passes) in detect mode.
 //! - The engine sees the request target as the client sent it, before path
@@ -26,8 +31,9 @@
 //! the route really takes.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -79,7 +85,12 @@ pub struct WafPool {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     queue: usize,
+    /// The workers' job queue; dropping the pool ends them.
+    jobs: mpsc::Sender<Job>,
 }
+
+/// One inspection, run on a worker thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The pool could not inspect the request.
 #[derive(Debug)]
@@ -89,10 +100,32 @@ enum Unavailable {
 }
 
 impl WafPool {
-    /// `workers` inspections at once, `queue` more waiting.
-    #[must_use]
-    pub fn new(workers: usize, queue: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(workers.max(1))), waiting: AtomicUsize::new(0), queue }
+    /// `workers` inspections at once on as many threads, `queue` more waiting.
+    ///
+    /// # Errors
+    /// When a worker thread cannot be started.
+    pub fn new(workers: usize, queue: usize) -> std::io::Result<Self> {
+        let workers = workers.max(1);
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..workers {
+            let receiver = receiver.clone();
+            std::thread::Builder::new().name(format!("portcullis-waf-{index}")).spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let next = match receiver.lock() {
+                        Ok(jobs) => jobs.recv(),
+                        Err(_) => return,
+                    };
+                    match next {
+                        Ok(job) => job(),
+                        // The pool was dropped (a reload replaced it).
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        }
+        Ok(Self { permits: Arc::new(Semaphore::new(workers)), waiting: AtomicUsize::new(0), queue, jobs })
     }
 
     async fn inspect(&self, engine: Arc<dyn Engine>, request: WafRequest) -> Result<Verdict, Unavailable> {
@@ -106,14 +139,21 @@ impl WafPool {
             let _waiting = Waiting(&self.waiting);
             self.permits.clone().acquire_owned().await.map_err(|_| Unavailable::Full)?
         };
-        let run = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            engine.inspect(&request)
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| engine.inspect(&request)));
+            // The permit goes back once the worker is free again.
+            drop(permit);
+            let _ = answer.send(verdict);
         });
-        match run.await {
-            Ok(Ok(verdict)) => Ok(verdict),
-            Ok(Err(e)) => Err(Unavailable::Failed(e.to_string())),
-            Err(e) => Err(Unavailable::Failed(format!("inspection task failed: {e}"))),
+        if self.jobs.send(job).is_err() {
+            return Err(Unavailable::Failed("the inspection workers are gone".into()));
+        }
+        match answered.await {
+            Ok(Ok(Ok(verdict))) => Ok(verdict),
+            Ok(Ok(Err(e))) => Err(Unavailable::Failed(e.to_string())),
+            Ok(Err(_)) => Err(Unavailable::Failed("the engine panicked".into())),
+            Err(_) => Err(Unavailable::Failed("the inspection worker went away".into())),
         }
     }
 }
@@ -275,6 +315,10 @@ mod tests {
             while self.hold.load(Ordering::Acquire) {
                 std::thread::yield_now();
             }
+            assert!(!request.uri.contains("panic"), "the engine panics");
+            if let Ok(mut threads) = THREADS.lock() {
+                threads.insert(std::thread::current().name().unwrap_or("unnamed").to_owned());
+            }
             let attack = request.uri.contains("attack") || request.body.as_ref().windows(6).any(|w| w == b"attack");
             Ok(Verdict {
                 intervened: attack,
@@ -288,10 +332,52 @@ mod tests {
         }
     }
 
+    /// Names of the threads the toy engine ran on.
+    static THREADS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+    fn request_for(uri: &str) -> WafRequest {
+        WafRequest {
+            method: "GET".into(),
+            uri: uri.into(),
+            version: "HTTP/1.1",
+            headers: vec![],
+            body: Bytes::new(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            client_port: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inspections_run_on_exactly_the_configured_threads_and_survive_a_panicking_engine() {
+        let toy = Arc::new(Toy { hold: AtomicBool::new(false) });
+        let pool = Arc::new(WafPool::new(2, 1000).unwrap());
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let (pool, toy) = (pool.clone(), toy.clone());
+                tokio::spawn(async move { pool.inspect(toy, request_for(&format!("/item/{i}"))).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().is_ok());
+        }
+        let threads = THREADS.lock().unwrap().clone();
+        assert!(
+            !threads.is_empty() && threads.iter().all(|t| t == "portcullis-waf-0" || t == "portcullis-waf-1"),
+            "inspections ran on {threads:?}"
+        );
+        // A panicking engine is a failed inspection, and costs no worker.
+        for _ in 0..3 {
+            assert!(matches!(pool.inspect(toy.clone(), request_for("/panic")).await, Err(Unavailable::Failed(_))));
+        }
+        assert!(pool.inspect(toy.clone(), request_for("/after")).await.is_ok());
+        assert_eq!(pool.permits.available_permits(), 2);
+    }
+
     #[tokio::test]
     async fn a_full_pool_fails_closed_and_recovers() {
         let toy = Arc::new(Toy { hold: AtomicBool::new(true) });
-        let pool = Arc::new(WafPool::new(1, 1));
+        let pool = Arc::new(WafPool::new(1, 1).unwrap());
         let request = || WafRequest {
             method: "GET".into(),
             uri: "/".into(),

@@ -293,7 +293,8 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         body_limit: waf.body_limit,
         refuse_over_limit: waf.refuse_over_limit,
         fail_open: waf.fail_open,
-        pool: WafPool::new(waf.workers, waf.queue),
+        pool: WafPool::new(waf.workers, waf.queue)
+            .map_err(|e| StartError::Waf(format!("cannot start the inspection threads: {e}")))?,
     });
     let caches: Vec<Option<Arc<VerdictCache>>> =
         engines.iter().map(|_| (waf.cache > 0).then(|| Arc::new(VerdictCache::new(waf.cache)))).collect();
