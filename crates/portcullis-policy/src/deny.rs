@@ -82,6 +82,10 @@ reasons! {
     RequestMalformed => ("request.malformed", StatusCode::BAD_REQUEST, Client),
     /// The client's body stream failed before it was complete.
     RequestBody => ("request.body", StatusCode::BAD_REQUEST, Client),
+    /// The client sent its body too slowly: it kept the gateway waiting
+    /// beyond `[server] body_timeout` without keeping up `min_body_rate`
+    /// (slow POST).
+    RequestBodyTimeout => ("request.body_timeout", StatusCode::REQUEST_TIMEOUT, Client),
     /// The request body is larger than the configured limit.
     LimitBody => ("limit.body", StatusCode::PAYLOAD_TOO_LARGE, Client),
     /// The request target is longer than the configured limit.
@@ -104,6 +108,10 @@ reasons! {
     /// The client address already holds `max_connections_per_ip` open
     /// connections; the new one was closed at once.
     ConnPerIp => ("conn.per_ip", StatusCode::TOO_MANY_REQUESTS, Client),
+    /// The client did not read the response: writes to it kept the gateway
+    /// waiting beyond `[server] send_timeout` without keeping up
+    /// `min_send_rate` (slow read); the connection was closed.
+    ConnSendTimeout => ("conn.send_timeout", StatusCode::REQUEST_TIMEOUT, Client),
     /// The client's address is banned (`[[ban]]` or `portcullis ban add`):
     /// refused at accept, or per request when it came through a trusted proxy.
     BanActive => ("ban.active", StatusCode::FORBIDDEN, Client),

@@ -7,9 +7,14 @@
 //! in atomically, so a request never sees half of a configuration.
 //!
 //! Connection defences: a client must send a complete request head within
-//! `header_read_timeout` (slowloris); a connection with no request in flight
-//! is closed after `idle_timeout`; hyper's read buffer caps the head size
-//! above the configured limits, which answer 414/431 themselves. hyper starts
+//! `header_read_timeout` (slowloris); a request body must keep up
+//! `min_body_rate` or is cut after `body_timeout` of waiting (slow POST,
+//! 408 `request.body_timeout`); a client that does not read its response
+//! must keep up `min_send_rate` or its connection is closed after
+//! `send_timeout` of waiting (slow read, `conn.send_timeout`); a connection
+//! with no request in flight is closed after `idle_timeout`; hyper's read
+//! buffer caps the head size above the configured limits, which answer
+//! 414/431 themselves. hyper starts
 //! the header timer as soon as an HTTP/1.1 connection waits for its next
 //! request, so an idle HTTP/1.1 keep-alive connection is closed after the
 //! shorter of the two timeouts; `idle_timeout` governs HTTP/2 connections.
@@ -36,6 +41,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use portcullis_layers::body::Observed;
+use portcullis_layers::pace::{BodyTimedOut, Paced, Pacer};
 use portcullis_layers::{ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::canonical;
@@ -83,6 +89,10 @@ impl Gateway {
         per_config: &ConfigShared,
     ) -> Self {
         let limit_store = &state.limits;
+        for u in &config.upstreams {
+            crate::metrics::register_gauge(crate::metrics::UPSTREAM_CONNECTIONS_OPEN, "upstream", &u.name);
+            crate::metrics::register_gauge(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", &u.name);
+        }
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
@@ -491,6 +501,8 @@ impl Server {
                 ListenerKind::Tls(_) => "https",
                 ListenerKind::Plain | ListenerKind::Redirect { .. } => "http",
             };
+            crate::metrics::register_gauge(crate::metrics::CONNECTIONS_OPEN, "listener", &spec.name);
+            crate::metrics::register_gauge(crate::metrics::REQUESTS_IN_FLIGHT, "listener", &spec.name);
             tracing::info!(listener = %spec.name, %addr, scheme, workers = count, "listening");
             addrs.push((spec.name.to_string(), addr));
             let accept = Acceptor {
@@ -797,7 +809,10 @@ impl WorkerContext {
                             shutdown: self.shutdown.clone(),
                             events: self.events.clone(),
                             client_cert: None,
-                            _open: OpenConnection(self.connections.clone()),
+                            _open: OpenConnection(
+                                self.connections.clone(),
+                                crate::metrics::Held::new(crate::metrics::CONNECTIONS_OPEN, "listener", &spec.name),
+                            ),
                             _ip_slot: ip_slot,
                         };
                         match &spec.kind {
@@ -819,8 +834,9 @@ impl WorkerContext {
     }
 }
 
-/// Counts a connection as open on its worker until dropped.
-struct OpenConnection(Arc<AtomicUsize>);
+/// Counts a connection as open on its worker (and in the
+/// `portcullis_connections_open` gauge) until dropped.
+struct OpenConnection(Arc<AtomicUsize>, #[allow(dead_code)] crate::metrics::Held);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -960,7 +976,11 @@ impl Connection {
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(CountingIo { inner: stream, activity: activity.clone() });
+        let io = TokioIo::new(CountingIo {
+            inner: stream,
+            activity: activity.clone(),
+            send: Pacer::new(server.send_pace),
+        });
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's buffer is a backstop above the configured limits, which
@@ -987,11 +1007,18 @@ impl Connection {
         conn_info.client_cert = self.client_cert.take();
         let current = self.current.clone();
         let service_activity = activity.clone();
+        let listener = self.listener.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
-            let in_flight = InFlight::begin(service_activity.clone());
-            let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+            let in_flight = InFlight::begin(service_activity.clone(), &listener);
+            // Every request body is paced (slow POST); the flag tells the
+            // proxy why an upstream write failed.
+            let pace = gateway.config.server.body_pace;
+            let timed_out = BodyTimedOut::default();
+            let flag = timed_out.clone();
+            let mut req = req.map(|b| Paced::new(b.map_err(Into::into), pace, flag).boxed_unsync());
+            req.extensions_mut().insert(timed_out);
             req.extensions_mut().insert(conn_info.clone());
             let future = gateway.service.handle(req);
             async move {
@@ -1010,7 +1037,10 @@ impl Connection {
             let idle_deadline = activity.deadline(idle_timeout);
             tokio::select! {
                 result = conn.as_mut() => {
-                    if let Err(e) = result {
+                    if activity.send_timed_out.load(Ordering::Relaxed) {
+                        let detail = format!("the client did not read its response ({})", server.send_pace);
+                        self.emit_connection_event(Reason::ConnSendTimeout, detail);
+                    } else if let Err(e) = result {
                         self.connection_error(e.as_ref(), activity.bytes_since_last_request() > 0);
                     }
                     break;
@@ -1132,6 +1162,8 @@ struct Activity {
     /// ended: the difference is a request head still being sent.
     bytes_read: AtomicU64,
     bytes_at_last_request: AtomicU64,
+    /// The client stopped reading and the send pace cut the connection.
+    send_timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -1142,6 +1174,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_at_last_request: AtomicU64::new(0),
+            send_timed_out: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1169,14 +1202,14 @@ impl Activity {
 
 /// One request in flight; ends when dropped, however the request ends
 /// (response sent, client gone, HTTP/2 stream reset).
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Activity>, #[allow(dead_code)] crate::metrics::Held);
 
 impl InFlight {
-    fn begin(activity: Arc<Activity>) -> Self {
+    fn begin(activity: Arc<Activity>, listener: &str) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         activity.mark_request_boundary();
-        Self(activity)
+        Self(activity, crate::metrics::Held::new(crate::metrics::REQUESTS_IN_FLIGHT, "listener", listener))
     }
 }
 
@@ -1190,11 +1223,44 @@ impl Drop for InFlight {
 
 pin_project! {
     /// A socket that counts the bytes it reads (to tell a slowloris head from
-    /// an idle connection).
+    /// an idle connection) and paces its writes: a client that keeps writes
+    /// pending beyond the send pace (it does not read) fails them, which
+    /// closes the connection and drops the response, and with it the
+    /// upstream connection (slow read).
     struct CountingIo<I> {
         #[pin]
         inner: I,
         activity: Arc<Activity>,
+        send: Pacer,
+    }
+}
+
+impl<I> CountingIo<I> {
+    /// Accounts a write's outcome to the send pace.
+    fn paced<T>(
+        send: &mut Pacer,
+        activity: &Activity,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+        moved: impl Fn(&T) -> u64,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(Ok(value)) => {
+                send.progress(moved(&value));
+                Poll::Ready(Ok(value))
+            }
+            Poll::Pending => match send.poll_wait(cx) {
+                Poll::Ready(()) => {
+                    activity.send_timed_out.store(true, Ordering::Relaxed);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("client not reading ({})", send.pace()),
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -1213,7 +1279,9 @@ impl<I: AsyncRead> AsyncRead for CountingIo<I> {
 
 impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, data)
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        Self::paced(this.send, this.activity, cx, polled, |n| *n as u64)
     }
 
     fn poll_write_vectored(
@@ -1221,7 +1289,9 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        Self::paced(this.send, this.activity, cx, polled, |n| *n as u64)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1229,7 +1299,10 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        // TLS flushes buffered records: pending means the client is not reading.
+        let this = self.project();
+        let polled = this.inner.poll_flush(cx);
+        Self::paced(this.send, this.activity, cx, polled, |()| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
