@@ -189,6 +189,9 @@ reasons! {
     SessionExpired => ("session.expired", StatusCode::UNAUTHORIZED, Client),
     /// The session was ended by logout or an administrator.
     SessionRevoked => ("session.revoked", StatusCode::UNAUTHORIZED, Client),
+    /// The shared revocation list (Redis) could not be asked whether the
+    /// session was ended; the session fails closed.
+    SessionUnavailable => ("session.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// An OIDC callback whose `state` does not match the login in progress
     /// (forged, replayed or expired).
     OidcState => ("oidc.state", StatusCode::BAD_REQUEST, Client),

@@ -809,11 +809,17 @@ impl WorkerContext {
                             shutdown: self.shutdown.clone(),
                             events: self.events.clone(),
                             client_cert: None,
-                            _open: OpenConnection(
-                                self.connections.clone(),
-                                crate::metrics::Held::new(crate::metrics::CONNECTIONS_OPEN, "listener", &spec.name),
-                            ),
-                            _ip_slot: ip_slot,
+                            hold: ConnHold(Arc::new(Share {
+                                _open: OpenConnection(
+                                    self.connections.clone(),
+                                    crate::metrics::Held::new(
+                                        crate::metrics::CONNECTIONS_OPEN,
+                                        "listener",
+                                        &spec.name,
+                                    ),
+                                ),
+                                _ip_slot: ip_slot,
+                            })),
                         };
                         match &spec.kind {
                             ListenerKind::Plain => {
@@ -930,6 +936,18 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     events: Arc<dyn EventSink>,
     client_cert: Option<Arc<portcullis_layers::ClientCert>>,
+    hold: ConnHold,
+}
+
+/// What a client connection holds while it is open: its place in its
+/// worker's count and the gauge, and its share of its address's
+/// `max_connections_per_ip`. Each request carries a clone, and a WebSocket
+/// tunnel keeps one until it closes: an upgraded connection outlives hyper's
+/// connection task, and must still count.
+#[derive(Clone)]
+pub(crate) struct ConnHold(#[allow(dead_code)] Arc<Share>);
+
+struct Share {
     _open: OpenConnection,
     _ip_slot: Option<IpSlot>,
 }
@@ -1008,6 +1026,7 @@ impl Connection {
         let current = self.current.clone();
         let service_activity = activity.clone();
         let listener = self.listener.clone();
+        let hold = self.hold.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
@@ -1020,6 +1039,7 @@ impl Connection {
             let mut req = req.map(|b| Paced::new(b.map_err(Into::into), pace, flag).boxed_unsync());
             req.extensions_mut().insert(timed_out);
             req.extensions_mut().insert(conn_info.clone());
+            req.extensions_mut().insert(hold.clone());
             let future = gateway.service.handle(req);
             async move {
                 let Ok(response) = future.await;

@@ -76,6 +76,8 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
         return deny(Denied::new(Reason::GatewayInternal).with_detail("route names a missing upstream"));
     };
     let upgrade = hop::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    // A tunnel keeps its client connection counted (gauge, per-IP limit).
+    let hold = req.extensions().get::<crate::server::ConnHold>().cloned();
 
     // Retrying is safe only when no body bytes can have been consumed.
     let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
@@ -93,7 +95,7 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = upgrade
                 {
-                    tunnel(tasks, client_upgrade, &mut response, &upstream.config.name);
+                    tunnel(tasks, client_upgrade, &mut response, &upstream.config.name, hold);
                 }
                 response.extensions_mut().insert(ServedBy(target.label.clone()));
                 return response;
@@ -240,11 +242,17 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Joins the client's and the upstream's upgraded connections.
-fn tunnel(tasks: &TaskTracker, client: hyper::upgrade::OnUpgrade, response: &mut Response<Body>, name: &str) {
+fn tunnel(
+    tasks: &TaskTracker,
+    client: hyper::upgrade::OnUpgrade,
+    response: &mut Response<Body>,
+    name: &str,
+    connection: Option<crate::server::ConnHold>,
+) {
     let upstream = hyper::upgrade::on(&mut *response);
     let held = crate::metrics::Held::new(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", name);
     tasks.spawn(async move {
-        let _held = held;
+        let _held = (held, connection);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

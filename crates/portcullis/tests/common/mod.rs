@@ -288,3 +288,4 @@ pub mod oidc_provider;
 pub mod postgres;
 pub mod redis;
 pub mod strict;
+pub mod metrics;
