@@ -65,10 +65,7 @@ fn describe() {
         "portcullis_ratelimit_checks_total",
         "Checks of each named rate limit, by result (allowed or limited)."
     );
-    metrics::describe_counter!(
-        EVENTS_DROPPED,
-        "Security events a sink lost, by cause (queue_full or write_error)."
-    );
+    metrics::describe_counter!(EVENTS_DROPPED, "Security events a sink lost, by cause (queue_full or write_error).");
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by listener.");
     metrics::describe_gauge!(REQUESTS_IN_FLIGHT, "Requests whose response has not ended, by listener.");
     metrics::describe_gauge!(UPSTREAM_CONNECTIONS_OPEN, "Open connections to upstream targets, by upstream.");

@@ -994,11 +994,8 @@ impl Connection {
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(CountingIo {
-            inner: stream,
-            activity: activity.clone(),
-            send: Pacer::new(server.send_pace),
-        });
+        let io =
+            TokioIo::new(CountingIo { inner: stream, activity: activity.clone(), send: Pacer::new(server.send_pace) });
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's buffer is a backstop above the configured limits, which

@@ -181,13 +181,11 @@ impl CertStore {
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = self.stamps();
         let changed = self.modified.lock().map(|m| *m != now).unwrap_or(false);
-        if changed {
-            if let Err(e) = self.reload() {
-                if let Ok(mut modified) = self.modified.lock() {
-                    *modified = now;
-                }
-                return Err(e);
+        if changed && let Err(e) = self.reload() {
+            if let Ok(mut modified) = self.modified.lock() {
+                *modified = now;
             }
+            return Err(e);
         }
         Ok(changed)
     }

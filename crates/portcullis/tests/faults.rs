@@ -52,8 +52,16 @@ fn fault_cases() -> Vec<(&'static str, Answer, Seen)> {
     let sized = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n";
     vec![
         ("/reset-before-head", Answer::Reset, Seen::Denied(502, "upstream.protocol")),
-        ("/close-inside-head", Answer::RawClose(b"HTTP/1.1 200 OK\r\ncontent-len".to_vec()), Seen::Denied(502, "upstream.protocol")),
-        ("/garbage-head", Answer::RawClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec()), Seen::Denied(502, "upstream.protocol")),
+        (
+            "/close-inside-head",
+            Answer::RawClose(b"HTTP/1.1 200 OK\r\ncontent-len".to_vec()),
+            Seen::Denied(502, "upstream.protocol"),
+        ),
+        (
+            "/garbage-head",
+            Answer::RawClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
+            Seen::Denied(502, "upstream.protocol"),
+        ),
         ("/stall-before-head", Answer::Stall, Seen::Denied(504, "upstream.timeout")),
         ("/reset-mid-sized-body", Answer::RawReset(with_body(sized, 1000)), Seen::Truncated),
         ("/reset-mid-chunked-body", Answer::RawReset(with_body(CHUNKED_HEAD, 1024)), Seen::Truncated),
@@ -92,8 +100,7 @@ auth = "public"
 /// knowledge) and returns the status, the headers and whether the body
 /// ended cleanly; the client and its connections are gone when it returns.
 async fn fetch(url: &str, h2: bool) -> (http::response::Parts, Result<bytes::Bytes, String>) {
-    let client: Client<_, portcullis_layers::Body> =
-        Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
+    let client: Client<_, portcullis_layers::Body> = Client::builder(TokioExecutor::new()).http2_only(h2).build_http();
     let req = Request::get(url).body(portcullis_layers::empty()).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
@@ -325,7 +332,13 @@ async fn traffic(gw_url: String, path: &'static str, stop: Arc<AtomicBool>, log:
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        log.lock().unwrap().push(Sample { path, started, took: started.elapsed(), status: parts.status.as_u16(), reason });
+        log.lock().unwrap().push(Sample {
+            path,
+            started,
+            took: started.elapsed(),
+            status: parts.status.as_u16(),
+            reason,
+        });
         // Paces the loop (about 50 requests a second per path); nothing waits on it.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -622,10 +635,8 @@ async fn garbage_certificate_files_are_refused_and_the_old_certificate_keeps_ser
     let dir = tempfile::tempdir().unwrap();
     let (good_cert, good_key) = pem_pair(dir.path(), "site");
     let (other_cert, other_key) = pem_pair(dir.path(), "other");
-    let toml = simple_config(up, "[log]\nformat = \"json\"\n").replace(
-        "bind = \"127.0.0.1:0\"",
-        "bind = \"127.0.0.1:0\"\ntls = { cert = \"site.pem\", key = \"site.key\" }",
-    );
+    let toml = simple_config(up, "[log]\nformat = \"json\"\n")
+        .replace("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:0\"\ntls = { cert = \"site.pem\", key = \"site.key\" }");
     let path = dir.path().join("portcullis.toml");
     std::fs::write(&path, toml).unwrap();
     let gw = Process::start(&path);
@@ -637,10 +648,16 @@ async fn garbage_certificate_files_are_refused_and_the_old_certificate_keeps_ser
         std::fs::write(&aside, content).unwrap();
         std::fs::rename(&aside, dir.path().join(name)).unwrap();
     };
-    let cases: [(&str, &[(&str, &[u8])], &str); 4] = [
+    /// (case, files written, what the refusal names)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a [u8])], &'a str);
+    let cases: [Case<'_>; 4] = [
         ("garbage certificate", &[("site.pem", b"\x00\x01 not a certificate \xff")], "site.pem"),
         ("empty certificate", &[("site.pem", b"")], "site.pem"),
-        ("garbage key", &[("site.pem", good_cert.as_bytes()), ("site.key", b"-----BEGIN PRIVATE KEY-----\nAAAA\n")], "site.key"),
+        (
+            "garbage key",
+            &[("site.pem", good_cert.as_bytes()), ("site.key", b"-----BEGIN PRIVATE KEY-----\nAAAA\n")],
+            "site.key",
+        ),
         // Both files valid, but not a pair: every handshake would fail.
         ("key of another certificate", &[("site.key", other_key.as_bytes())], "is not the key of"),
     ];
@@ -706,7 +723,10 @@ async fn an_event_sink_that_cannot_write_counts_its_drops_while_requests_flow() 
     let dir = tempfile::tempdir().unwrap();
     let toml = simple_config(
         up,
-        &format!("[log]\nformat = \"json\"\n\n[events]\nsinks = [\"file:/dev/full\", \"file:events.jsonl\"]\n\n{}", admin_section()),
+        &format!(
+            "[log]\nformat = \"json\"\n\n[events]\nsinks = [\"file:/dev/full\", \"file:events.jsonl\"]\n\n{}",
+            admin_section()
+        ),
     )
     .replace("match = { path = \"/**\" }", "match = { path = \"/ok/**\" }");
     let path = dir.path().join("portcullis.toml");

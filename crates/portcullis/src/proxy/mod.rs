@@ -174,7 +174,8 @@ async fn send(
         // The client's slow body, not the upstream, used up the time.
         Err(_elapsed) if slow_client() => {
             return Err(Failure::Other(
-                Denied::new(Reason::RequestBodyTimeout).with_detail("request body too slow (cut at the response timeout)"),
+                Denied::new(Reason::RequestBodyTimeout)
+                    .with_detail("request body too slow (cut at the response timeout)"),
             ));
         }
         Err(_elapsed) => {

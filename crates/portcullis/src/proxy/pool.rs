@@ -200,9 +200,8 @@ impl Pool {
         let slot = reusable.then(|| (self.clone(), sender));
         let pacer = Pacer::new(Pace { timeout: self.read_timeout, min_rate: 0 });
         let upstream = self.upstream.clone();
-        response.map(|inner| {
-            http_body_util::BodyExt::boxed_unsync(Pooled { inner, slot, ended: false, pacer, upstream })
-        })
+        response
+            .map(|inner| http_body_util::BodyExt::boxed_unsync(Pooled { inner, slot, ended: false, pacer, upstream }))
     }
 }
 
@@ -212,7 +211,8 @@ async fn handshake<I>(io: I, held: crate::metrics::Held) -> Result<http1::SendRe
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(SendError::Http)?;
+    let (sender, connection) =
+        http1::Builder::new().max_buf_size(64 * 1024).handshake(TokioIo::new(io)).await.map_err(SendError::Http)?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -286,7 +286,8 @@ impl HttpBody for Pooled {
                 Poll::Ready(()) => {
                     // Cut: the connection is dropped with the body, never reused.
                     this.slot.take();
-                    let stalled = UpstreamStalled { upstream: this.upstream.clone(), timeout: this.pacer.pace().timeout };
+                    let stalled =
+                        UpstreamStalled { upstream: this.upstream.clone(), timeout: this.pacer.pace().timeout };
                     tracing::warn!(upstream = %this.upstream, timeout = ?stalled.timeout, "upstream response body stalled; cut");
                     Poll::Ready(Some(Err(Box::new(stalled))))
                 }

@@ -36,7 +36,8 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             (metric == name).then_some(())?;
             labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))).then(|| number.parse::<f64>().ok())?
         })
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
 }
 
 /// The admin listener's address, read from a real binary's JSON log (it is
