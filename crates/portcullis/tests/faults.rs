@@ -71,15 +71,17 @@ fn fault_cases() -> Vec<(&'static str, Answer, Seen)> {
     ]
 }
 
-fn fault_config(upstream: SocketAddr) -> String {
+/// A gateway with 500 ms upstream timeouts; `name` names its listener and,
+/// with `-up`, its upstream (unique per test: metrics are per process).
+fn fault_config(upstream: SocketAddr, name: &str) -> String {
     format!(
         r#"
 [[listener]]
-name = "faults"
+name = "{name}"
 bind = "127.0.0.1:0"
 
 [[upstream]]
-name = "faulty"
+name = "{name}-up"
 targets = ["http://{upstream}"]
 response_timeout = "500ms"
 read_timeout = "500ms"
@@ -87,7 +89,7 @@ failure_cooldown = "1ms"
 
 [[route]]
 match = {{ path = "/**" }}
-upstream = "faulty"
+upstream = "{name}-up"
 auth = "public"
 
 {admin}
@@ -121,12 +123,12 @@ async fn upstream_resets_and_stalls_end_cleanly_for_the_client_and_leak_nothing(
         answers.iter().find(|(p, _)| *p == seen.target).map_or(Answer::Ok, |(_, a)| a.clone())
     })
     .await;
-    let gw = gateway(&fault_config(up.addr)).await;
+    let gw = gateway(&fault_config(up.addr, "faults")).await;
     let admin = gw.server.addr("admin").unwrap();
     let idle = [
         ("portcullis_connections_open", ("listener", "faults")),
         ("portcullis_requests_in_flight", ("listener", "faults")),
-        ("portcullis_upstream_connections_open", ("upstream", "faulty")),
+        ("portcullis_upstream_connections_open", ("upstream", "faults-up")),
     ];
     let text = scrape(admin).await;
     for (name, label) in idle {
@@ -184,9 +186,9 @@ async fn a_websocket_tunnel_counts_while_open_and_not_after() {
     })
     .await;
     // One connection per address: the tunnel must keep using its share.
-    let gw = gateway(&format!("{}\n[server]\nmax_connections_per_ip = 1\n", fault_config(up.addr))).await;
+    let gw = gateway(&format!("{}\n[server]\nmax_connections_per_ip = 1\n", fault_config(up.addr, "tunnel"))).await;
     let admin = gw.server.addr("admin").unwrap();
-    let tunnels = [("upstream", "faulty")];
+    let tunnels = [("upstream", "tunnel-up")];
     assert_eq!(value(&scrape(admin).await, "portcullis_websocket_tunnels_open", &tunnels), 0.0);
 
     let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -207,7 +209,7 @@ async fn a_websocket_tunnel_counts_while_open_and_not_after() {
     client.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
     settles(admin, "portcullis_websocket_tunnels_open", &tunnels, 1.0, Duration::from_secs(5)).await;
-    settles(admin, "portcullis_connections_open", &[("listener", "faults")], 1.0, Duration::from_secs(5)).await;
+    settles(admin, "portcullis_connections_open", &[("listener", "tunnel")], 1.0, Duration::from_secs(5)).await;
     // hyper is done with the upgraded connection, but it is still open: a
     // second one from the same address is over the per-IP limit.
     let mut second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -219,7 +221,7 @@ async fn a_websocket_tunnel_counts_while_open_and_not_after() {
 
     drop(client);
     settles(admin, "portcullis_websocket_tunnels_open", &tunnels, 0.0, Duration::from_secs(5)).await;
-    settles(admin, "portcullis_connections_open", &[("listener", "faults")], 0.0, Duration::from_secs(5)).await;
+    settles(admin, "portcullis_connections_open", &[("listener", "tunnel")], 0.0, Duration::from_secs(5)).await;
     settles(admin, "portcullis_upstream_connections_open", &tunnels, 0.0, Duration::from_secs(5)).await;
     eventually("the upstream's tunnel closed", Duration::from_secs(5), || up.open_connections() == 0).await;
     assert_eq!(get(&gw.url("/after")).await.0.status, 200, "the address's share is free again");

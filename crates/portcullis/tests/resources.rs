@@ -34,11 +34,13 @@ const GOOD_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 // ---------------------------------------------------------------------------
 // Slow bodies and slow readers, in process, timed precisely.
 
-fn paced_config(upstream: SocketAddr) -> String {
+/// A gateway with 1 s pacing; `name` names its listener and, with `-app`,
+/// its upstream (unique per test: metrics are per process).
+fn paced_config(upstream: SocketAddr, name: &str) -> String {
     format!(
         r#"
 [[listener]]
-name = "paced"
+name = "{name}"
 bind = "127.0.0.1:0"
 
 [server]
@@ -48,7 +50,7 @@ send_timeout = "1s"
 min_send_rate = "1KiB/s"
 
 [[upstream]]
-name = "paced-app"
+name = "{name}-app"
 targets = ["http://{upstream}"]
 
 [login.api]
@@ -57,13 +59,13 @@ account = "json:username"
 [[route]]
 name = "login"
 match = {{ path = "/login" }}
-upstream = "paced-app"
+upstream = "{name}-app"
 auth = "public"
 login = "api"
 
 [[route]]
 match = {{ path = "/**" }}
-upstream = "paced-app"
+upstream = "{name}-app"
 auth = "public"
 
 {admin}
@@ -114,7 +116,7 @@ async fn trickle(addr: SocketAddr, path: &str, total: usize, chunk: usize, every
 #[tokio::test]
 async fn a_slow_body_is_cut_with_408_and_frees_its_upstream_connection() {
     let up = Strict::start().await;
-    let gw = gateway(&paced_config(up.addr)).await;
+    let gw = gateway(&paced_config(up.addr, "slow-body")).await;
     let admin = gw.server.addr("admin").unwrap();
     // (path, bytes per send, interval, cut?) with body_timeout 1 s and
     // min_body_rate 1 KiB/s. The body is 20 KiB.
@@ -155,7 +157,8 @@ async fn a_slow_body_is_cut_with_408_and_frees_its_upstream_connection() {
             assert!(answer.starts_with("HTTP/1.1 200"), "{case}: {answer}");
             assert_eq!(up.seen().last().unwrap().body.len(), size, "{case}");
         }
-        settles(admin, "portcullis_requests_in_flight", &[("listener", "paced")], 0.0, Duration::from_secs(5)).await;
+        settles(admin, "portcullis_requests_in_flight", &[("listener", "slow-body")], 0.0, Duration::from_secs(5))
+            .await;
     }
 }
 
@@ -177,9 +180,9 @@ async fn big_upstream() -> SocketAddr {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_and_its_upstream_connection_released() {
     let up = big_upstream().await;
-    let gw = gateway(&paced_config(up)).await;
+    let gw = gateway(&paced_config(up, "slow-reader")).await;
     let admin = gw.server.addr("admin").unwrap();
-    let upstream_label = [("upstream", "paced-app")];
+    let upstream_label = [("upstream", "slow-reader-app")];
 
     // Reads the head and a little, then stops reading.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -198,8 +201,8 @@ async fn a_client_that_stops_reading_is_cut_and_its_upstream_connection_released
         .await;
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     settles(admin, "portcullis_upstream_connections_open", &upstream_label, 0.0, Duration::from_secs(5)).await;
-    settles(admin, "portcullis_requests_in_flight", &[("listener", "paced")], 0.0, Duration::from_secs(5)).await;
-    settles(admin, "portcullis_connections_open", &[("listener", "paced")], 0.0, Duration::from_secs(5)).await;
+    settles(admin, "portcullis_requests_in_flight", &[("listener", "slow-reader")], 0.0, Duration::from_secs(5)).await;
+    settles(admin, "portcullis_connections_open", &[("listener", "slow-reader")], 0.0, Duration::from_secs(5)).await;
     // The client finds the response cut short: far less than 64 MiB, then the end.
     let mut received = n;
     let mut buf = vec![0u8; 256 * 1024];
@@ -214,6 +217,37 @@ async fn a_client_that_stops_reading_is_cut_and_its_upstream_connection_released
     // A client reading at a normal pace gets all of it.
     let (parts, body) = get(&gw.url("/big")).await;
     assert_eq!((parts.status.as_u16(), body.len()), (200, 64 * 1024 * 1024));
+}
+
+#[test]
+fn pacing_keys_have_secure_defaults_and_refuse_bad_values() {
+    use portcullis_layers::pace::Pace;
+    let (config, _dir) = common::config(&simple_config("127.0.0.1:9".parse().unwrap(), ""));
+    let twenty = Duration::from_secs(20);
+    assert_eq!(config.server.body_pace, Pace { timeout: twenty, min_rate: 500 });
+    assert_eq!(config.server.send_pace, Pace { timeout: twenty, min_rate: 500 });
+    assert_eq!(config.upstreams[0].read_timeout, Duration::from_secs(60));
+
+    let (config, _dir) = common::config(&simple_config(
+        "127.0.0.1:9".parse().unwrap(),
+        "[server]\nbody_timeout = \"5s\"\nmin_body_rate = \"2KiB/s\"\nsend_timeout = \"1m\"\nmin_send_rate = 0\n",
+    ));
+    assert_eq!(config.server.body_pace, Pace { timeout: Duration::from_secs(5), min_rate: 2048 });
+    assert_eq!(config.server.send_pace, Pace { timeout: Duration::from_secs(60), min_rate: 0 });
+
+    let toml = simple_config(
+        "127.0.0.1:9".parse().unwrap(),
+        "[server]\nbody_timeout = \"0s\"\nmin_body_rate = \"1KiB\"\nmin_send_rate = 500\n",
+    );
+    let path = std::path::Path::new("portcullis.toml");
+    let errs = portcullis::config::parse(path, &toml, |_| None).expect_err("refused").0;
+    let messages: Vec<String> = errs.iter().map(|e| format!("{}: {}", e.line, e.message)).collect();
+    for needle in ["body_timeout must be greater than zero", "invalid min_body_rate", "invalid min_send_rate"] {
+        assert!(messages.iter().any(|m| m.contains(needle)), "missing {needle:?} in {messages:#?}");
+    }
+    let rate = errs.iter().find(|e| e.message.contains("min_body_rate")).unwrap();
+    assert_eq!(rate.expected.as_deref(), Some("a rate such as \"500B/s\" or \"1KiB/s\", or 0 for none"));
+    assert!(rate.line > 0);
 }
 
 // ---------------------------------------------------------------------------
