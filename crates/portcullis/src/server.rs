@@ -1051,6 +1051,10 @@ impl Connection {
             conn.as_mut().graceful_shutdown();
         }
         loop {
+            // While requests are in flight the idle timer is off (its deadline
+            // would be in the past, and re-arming it would spin the worker);
+            // the end of the last request wakes the loop to start it again.
+            let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
             let idle_deadline = activity.deadline(idle_timeout);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -1066,7 +1070,8 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(idle_deadline.into()), if !closing => {
+                () = activity.ended.notified(), if busy && !closing => {}
+                () = tokio::time::sleep_until(idle_deadline.into()), if !busy && !closing => {
                     if activity.is_idle(idle_timeout) {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
@@ -1181,6 +1186,8 @@ struct Activity {
     bytes_at_last_request: AtomicU64,
     /// The client stopped reading and the send pace cut the connection.
     send_timed_out: std::sync::atomic::AtomicBool,
+    /// Signalled when a request ends (the idle timer may start).
+    ended: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -1192,6 +1199,7 @@ impl Activity {
             bytes_read: AtomicU64::new(0),
             bytes_at_last_request: AtomicU64::new(0),
             send_timed_out: std::sync::atomic::AtomicBool::new(false),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -1235,6 +1243,7 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
         self.0.mark_request_boundary();
+        self.0.ended.notify_one();
     }
 }
 
