@@ -41,7 +41,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use portcullis_layers::body::Observed;
-use portcullis_layers::pace::{BodyTimedOut, Paced, Pacer};
+use portcullis_layers::pace::{BodyTimedOut, Pace, Paced, Pacer};
 use portcullis_layers::{ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::canonical;
@@ -1024,6 +1024,7 @@ impl Connection {
         let service_activity = activity.clone();
         let listener = self.listener.clone();
         let hold = self.hold.clone();
+        let send_pace = server.send_pace;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
@@ -1038,9 +1039,13 @@ impl Connection {
             req.extensions_mut().insert(conn_info.clone());
             req.extensions_mut().insert(hold.clone());
             let future = gateway.service.handle(req);
+            let activity = service_activity.clone();
             async move {
                 let Ok(response) = future.await;
-                Ok::<_, Infallible>(response.map(|body| Observed::new(body, move |_, _| drop(in_flight))))
+                Ok::<_, Infallible>(response.map(|body| {
+                    let body = Observed::new(body, move |_, _| drop(in_flight)).boxed_unsync();
+                    Drained::new(body, &activity, send_pace)
+                }))
             }
         });
 
@@ -1050,10 +1055,13 @@ impl Connection {
         if closing {
             conn.as_mut().graceful_shutdown();
         }
+        // Kept across iterations: requests ending often must not postpone it.
+        let mut next_check = Instant::now() + STALL_CHECK;
         loop {
             // While requests are in flight the idle timer is off (its deadline
-            // would be in the past, and re-arming it would spin the worker);
-            // the end of the last request wakes the loop to start it again.
+            // would be in the past, and re-arming it would spin the worker)
+            // and the stall check is on; a request beginning or ending wakes
+            // the loop to switch.
             let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
             let idle_deadline = activity.deadline(idle_timeout);
             tokio::select! {
@@ -1070,7 +1078,16 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = activity.ended.notified(), if busy && !closing => {}
+                () = activity.changed.notified() => {}
+                // HTTP/2 flow control can stall a stream without filling the
+                // socket: check the responses the client must keep pulling.
+                () = tokio::time::sleep_until(next_check.into()), if busy => {
+                    next_check = Instant::now() + STALL_CHECK;
+                    for stalled in activity.cut_stalled() {
+                        let detail = format!("the client did not read an HTTP/2 stream ({stalled})");
+                        self.emit_connection_event(Reason::ConnSendTimeout, detail);
+                    }
+                }
                 () = tokio::time::sleep_until(idle_deadline.into()), if !busy && !closing => {
                     if activity.is_idle(idle_timeout) {
                         closing = true;
@@ -1186,8 +1203,10 @@ struct Activity {
     bytes_at_last_request: AtomicU64,
     /// The client stopped reading and the send pace cut the connection.
     send_timed_out: std::sync::atomic::AtomicBool,
-    /// Signalled when a request ends (the idle timer may start).
-    ended: tokio::sync::Notify,
+    /// Signalled when a request begins or ends.
+    changed: tokio::sync::Notify,
+    /// The responses being sent, to cut one the client stopped pulling.
+    drains: std::sync::Mutex<Vec<std::sync::Weak<Drain>>>,
 }
 
 impl Activity {
@@ -1199,7 +1218,8 @@ impl Activity {
             bytes_read: AtomicU64::new(0),
             bytes_at_last_request: AtomicU64::new(0),
             send_timed_out: std::sync::atomic::AtomicBool::new(false),
-            ended: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
+            drains: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -1223,6 +1243,134 @@ impl Activity {
     fn is_idle(&self, idle: Duration) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= self.deadline(idle)
     }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When a client handed `bytes` must have asked for more: the pace's
+    /// timeout plus the time those bytes take at its rate.
+    fn due_ms(&self, pace: Pace, bytes: u64) -> u64 {
+        let credit = bytes.saturating_mul(1000).checked_div(pace.min_rate).unwrap_or(0);
+        let timeout = u64::try_from(pace.timeout.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_add(timeout).saturating_add(credit).max(1)
+    }
+
+    /// Drops every response the client has left unpulled past its due time
+    /// (with it the upstream connection and the in-flight count); returns
+    /// the pace each one broke.
+    fn cut_stalled(&self) -> Vec<Pace> {
+        let now = self.now_ms();
+        let overdue: Vec<Arc<Drain>> = {
+            let mut drains = self.drains.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            drains.retain(|d| d.strong_count() > 0);
+            drains.iter().filter_map(std::sync::Weak::upgrade).filter(|d| d.overdue(now)).collect()
+        };
+        overdue
+            .iter()
+            .filter_map(|d| {
+                let body = d.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                // Dropped outside the lock: its drop ends the request.
+                body.map(|body| {
+                    drop(body);
+                    d.pace
+                })
+            })
+            .collect()
+    }
+}
+
+/// How often a connection with requests in flight checks for responses the
+/// client stopped pulling.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// A response body being sent, as the stall check sees it.
+struct Drain {
+    /// When (ms after the connection's epoch) the client must have pulled
+    /// the next frame; 0 while the gateway is not waiting on the client.
+    due_ms: AtomicU64,
+    /// The body; taken (dropped) to cut the response.
+    body: std::sync::Mutex<Option<portcullis_layers::Body>>,
+    pace: Pace,
+}
+
+impl Drain {
+    fn overdue(&self, now_ms: u64) -> bool {
+        let due = self.due_ms.load(Ordering::Relaxed);
+        due != 0 && now_ms > due
+    }
+}
+
+/// The response body hyper sends: after each frame it hands out, the
+/// client has `send_timeout` plus the frame's size at `min_send_rate` to
+/// pull the next one, or the stall check cuts the response. On HTTP/1 the
+/// socket's send pace usually acts first; on HTTP/2 a client can withhold
+/// flow-control window without filling the socket, and only this sees it.
+struct Drained {
+    state: Arc<Drain>,
+    activity: Arc<Activity>,
+}
+
+impl Drained {
+    fn new(body: portcullis_layers::Body, activity: &Arc<Activity>, pace: Pace) -> Self {
+        // The first frame is due too: HTTP/2 waits for window before it
+        // asks for any.
+        let due = if http_body::Body::is_end_stream(&body) { 0 } else { activity.due_ms(pace, 0) };
+        let state = Arc::new(Drain { due_ms: AtomicU64::new(due), body: std::sync::Mutex::new(Some(body)), pace });
+        let mut drains = activity.drains.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished responses leave dead entries; a busy keep-alive connection
+        // must not pile them up between stall checks.
+        if drains.len() >= 64 {
+            drains.retain(|d| d.strong_count() > 0);
+        }
+        drains.push(Arc::downgrade(&state));
+        drop(drains);
+        Self { state, activity: activity.clone() }
+    }
+}
+
+impl http_body::Body for Drained {
+    type Data = bytes::Bytes;
+    type Error = portcullis_layers::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        this.state.due_ms.store(0, Ordering::Relaxed);
+        let mut guard = this.state.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(body) = guard.as_mut() else {
+            let cut = io::Error::new(io::ErrorKind::TimedOut, format!("client not reading ({})", this.state.pace));
+            return Poll::Ready(Some(Err(Box::new(cut))));
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && !body.is_end_stream()
+        {
+            let bytes = frame.data_ref().map_or(0, |d| d.len() as u64);
+            this.state.due_ms.store(this.activity.due_ms(this.state.pace, bytes), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state
+            .body
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.state
+            .body
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or_else(http_body::SizeHint::default, http_body::Body::size_hint)
+    }
 }
 
 /// One request in flight; ends when dropped, however the request ends
@@ -1234,6 +1382,7 @@ impl InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         activity.mark_request_boundary();
+        activity.changed.notify_one();
         Self(activity, crate::metrics::Held::new(crate::metrics::REQUESTS_IN_FLIGHT, "listener", listener))
     }
 }
@@ -1243,7 +1392,7 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
         self.0.mark_request_boundary();
-        self.0.ended.notify_one();
+        self.0.changed.notify_one();
     }
 }
 

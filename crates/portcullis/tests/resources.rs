@@ -250,6 +250,46 @@ fn pacing_keys_have_secure_defaults_and_refuse_bad_values() {
     assert!(rate.line > 0);
 }
 
+/// Over HTTP/2 a client can stall a stream by granting it no window: the
+/// socket never fills, so only the response's own stall check sees it.
+#[tokio::test]
+async fn an_http2_stream_the_client_never_grants_window_is_cut() {
+    let up = big_upstream().await;
+    // 64 KiB/s: a frame handed to hyper earns at most a second of credit.
+    let toml = paced_config(up, "h2-stall").replace("min_send_rate = \"1KiB/s\"", "min_send_rate = \"64KiB/s\"");
+    let gw = gateway(&toml).await;
+    let admin = gw.server.addr("admin").unwrap();
+    let upstream_label = [("upstream", "h2-stall-app")];
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("http://{}/big", gw.addr)).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    settles(admin, "portcullis_upstream_connections_open", &upstream_label, 1.0, Duration::from_secs(5)).await;
+
+    let started = Instant::now();
+    eventually("conn.send_timeout", Duration::from_secs(10), || gw.events.reasons().contains(&"conn.send_timeout"))
+        .await;
+    // send_timeout 1 s, plus at most 1 s of credit, checked every second.
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    let detail = gw.events.last().unwrap().detail.unwrap_or_default();
+    assert!(detail.contains("HTTP/2 stream"), "{detail}");
+    settles(admin, "portcullis_upstream_connections_open", &upstream_label, 0.0, Duration::from_secs(5)).await;
+    settles(admin, "portcullis_requests_in_flight", &[("listener", "h2-stall")], 0.0, Duration::from_secs(5)).await;
+
+    // The connection itself still works: a new stream is served.
+    let mut body = response.into_body();
+    body.flow_control().release_capacity(0).unwrap();
+    let request = Request::get(format!("http://{}/small", gw.addr)).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    driver.abort();
+}
+
 // ---------------------------------------------------------------------------
 // Header and cookie floods.
 
