@@ -255,6 +255,7 @@ mod tests {
             csrf,
             waf: None,
             openapi: None,
+            websocket: false,
         })
     }
 

@@ -287,5 +287,6 @@ pub mod metrics;
 pub mod node;
 pub mod oidc_provider;
 pub mod postgres;
+pub mod raw;
 pub mod redis;
 pub mod strict;
