@@ -173,20 +173,21 @@ async fn upstream_resets_and_stalls_end_cleanly_for_the_client_and_leak_nothing(
 #[tokio::test]
 async fn a_websocket_tunnel_counts_while_open_and_not_after() {
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRxK+xOo=";
     let up = Strict::with(|seen| {
         if seen.target != "/chat" {
             return Answer::Ok;
         }
+        let key = seen.header("sec-websocket-key").unwrap_or_default();
         Answer::Switch(vec![
             ("upgrade".into(), "websocket".into()),
             ("connection".into(), "Upgrade".into()),
-            ("sec-websocket-accept".into(), ACCEPT.into()),
+            ("sec-websocket-accept".into(), portcullis_policy::upgrade::accept_for(key.as_bytes())),
         ])
     })
     .await;
     // One connection per address: the tunnel must keep using its share.
-    let gw = gateway(&format!("{}\n[server]\nmax_connections_per_ip = 1\n", fault_config(up.addr, "tunnel"))).await;
+    let toml = fault_config(up.addr, "tunnel").replace("auth = \"public\"", "auth = \"public\"\nwebsocket = true");
+    let gw = gateway(&format!("{toml}\n[server]\nmax_connections_per_ip = 1\n")).await;
     let admin = gw.server.addr("admin").unwrap();
     let tunnels = [("upstream", "tunnel-up")];
     assert_eq!(value(&scrape(admin).await, "portcullis_websocket_tunnels_open", &tunnels), 0.0);
@@ -203,7 +204,7 @@ async fn a_websocket_tunnel_counts_while_open_and_not_after() {
         assert_eq!(client.read(&mut byte).await.unwrap(), 1, "closed inside the 101: {head:?}");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{} {:?}", String::from_utf8_lossy(&head), gw.events.last());
     client.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
     client.read_exact(&mut echo).await.unwrap();
