@@ -119,6 +119,10 @@ reasons! {
     ConnMalformed => ("conn.malformed", StatusCode::BAD_REQUEST, Client),
     /// A request head larger than the parser's buffer (far above the limits).
     ConnHeadTooLarge => ("conn.head_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Client),
+    /// An HTTP/2 client crossed a protocol bound (streams reset before
+    /// their answer, before acceptance or for protocol errors, CONTINUATION
+    /// frames): the connection got GOAWAY (rapid reset, CONTINUATION flood).
+    ConnFlood => ("conn.flood", StatusCode::TOO_MANY_REQUESTS, Client),
     /// The client address already holds `max_connections_per_ip` open
     /// connections; the new one was closed at once.
     ConnPerIp => ("conn.per_ip", StatusCode::TOO_MANY_REQUESTS, Client),
