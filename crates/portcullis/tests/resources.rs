@@ -514,6 +514,9 @@ struct Attack {
     metrics: String,
     idle_rss_kib: u64,
     peak_rss_kib: u64,
+    /// The gateway's CPU time during the attack, and the attack's wall time.
+    cpu: Duration,
+    wall: Duration,
 }
 
 /// [`big_upstream`] on a runtime of its own, so serving the attacker's
@@ -550,6 +553,8 @@ async fn attack(name: &str, path: &str, args: &[&str]) -> Attack {
         .arg(&prefix)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
+    let cpu_before = cpu_ticks(gw.child.id());
+    let started = Instant::now();
     let mut tool = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run slowhttptest ({e}): run scripts/test, which installs it"));
@@ -562,6 +567,9 @@ async fn attack(name: &str, path: &str, args: &[&str]) -> Attack {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
+    let wall = started.elapsed();
+    // Clock ticks are 1/100 s on Linux.
+    let cpu = Duration::from_millis((cpu_ticks(gw.child.id()) - cpu_before) * 10);
     good.await.unwrap();
     let peak_rss_kib = gw.peak_rss_kib();
     // Whatever the attack opened is gone once it stops: nothing leaked.
@@ -580,7 +588,7 @@ async fn attack(name: &str, path: &str, args: &[&str]) -> Attack {
         })
         .collect();
     let measured = std::mem::take(&mut *measured.lock().unwrap());
-    let attack = Attack { measured, peaks, csv, metrics, idle_rss_kib, peak_rss_kib };
+    let attack = Attack { measured, peaks, csv, metrics, idle_rss_kib, peak_rss_kib, cpu, wall };
     eprintln!("{name}: {}", attack.summary());
     attack
 }
@@ -599,7 +607,7 @@ impl Attack {
         format!(
             "good client: {} requests, {} failed, p50 {:?}, p99 {:?}, max {:?} (over 250 ms, at/took: {:?}); attacker held at most {} connections \
              (tool's view); gateway peaks: {} connections, {} in flight, {} upstream connections; RSS {} -> {} KiB; \
-             events: header_timeout {}, body_timeout {}, send_timeout {}",
+             gateway CPU {:?} in {:?}; events: header_timeout {}, body_timeout {}, send_timeout {}",
             self.measured.latencies.len(),
             self.measured.failures.len(),
             self.measured.percentile(0.5),
@@ -612,6 +620,8 @@ impl Attack {
             self.peaks.2,
             self.idle_rss_kib,
             self.peak_rss_kib,
+            self.cpu,
+            self.wall,
             self.events("conn.header_timeout"),
             self.events("request.body_timeout"),
             self.events("conn.send_timeout"),
