@@ -4,8 +4,11 @@
 //! floods, and many connections from one address.
 //!
 //! The bound for the well-behaved client: every request answered, p99 under
-//! 1 s (generous: unloaded it is a few milliseconds). Figures from these
-//! runs are in bench/README.md under "Resource attacks".
+//! 2 s. It is deliberately loose — unloaded the p99 is a few milliseconds,
+//! under these attacks on a busy 2-core machine it was 11–650 ms — because
+//! this is not a speed test: it fails when the attack starves the good
+//! client (requests time out or wait for a slot), not when the machine is
+//! slow. The figures are in bench/README.md under "Resource attacks".
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -393,7 +396,9 @@ async fn one_address_cannot_hold_more_than_its_share_while_another_is_served() {
         let req = Request::get(gw.url(&format!("/other/{i}"))).body(portcullis_layers::empty()).unwrap();
         let response = client.request(req).await.unwrap();
         assert_eq!(response.status(), 200);
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        // Not a speed test: a request waiting for a slot the other address
+        // holds would wait for the idle timeout (60 s).
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
     drop(held);
     settles(admin, "portcullis_connections_open", &[("listener", "shared")], 0.0, Duration::from_secs(10)).await;
@@ -628,11 +633,11 @@ impl Attack {
         )
     }
 
-    /// The stated bound: every request answered, p99 under 1 s.
+    /// The stated bound: every request answered, p99 under 2 s.
     fn assert_good_client_served(&self) {
         assert!(self.measured.failures.is_empty(), "the good client failed: {:?}", self.measured.failures);
         assert!(self.measured.latencies.len() >= 100, "too few good requests: {}", self.summary());
-        assert!(self.measured.percentile(0.99) < Duration::from_secs(1), "{}", self.summary());
+        assert!(self.measured.percentile(0.99) < Duration::from_secs(2), "{}", self.summary());
     }
 }
 
