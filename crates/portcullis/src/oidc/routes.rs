@@ -76,15 +76,8 @@ fn query(raw: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// The first cookie called `name` in the request.
-fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+fn request_cookie<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
+    portcullis_policy::cookies::get(headers, name)
 }
 
 fn redirect(location: &str) -> Response {
