@@ -8,17 +8,18 @@
 //! - the table's indexed lookup agrees with a plain scan of its entries in
 //!   match order (the first entry whose host, path and method match wins,
 //!   HEAD served by GET; else 405 with every allowed method, else none);
-//! - a route written with literal segments only is reached by a request
-//!   spelled like it: its text, normalized as requests are (default
-//!   policy, case-insensitive), matches the folded pattern. A pattern that
-//!   normalization would never produce can never match.
+//! - a route that passes `check_normal` (configuration refuses the others)
+//!   and has literal segments only is reached by a request spelled like it:
+//!   its text, normalized as requests are (default policy,
+//!   case-insensitive), matches the folded pattern; a spelling suggested for
+//!   a refused pattern passes the check.
 
 #![no_main]
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 use portcullis_policy::normalize::{PathPolicy, normalize};
-use portcullis_policy::route::{HostPattern, Match, PathPattern, RouteEntry, RouteTable};
+use portcullis_policy::route::{HostPattern, Match, PathPattern, PatternError, RouteEntry, RouteTable};
 
 fn methods(text: &str) -> Option<Vec<Method>> {
     if text == "-" {
@@ -39,10 +40,23 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(PathPattern::parse(path.as_str()).as_ref(), Ok(&path), "{pattern:?} does not parse back");
         let folded = path.folded();
         assert_eq!(folded.folded(), folded, "{pattern:?}: folding twice changes it");
-        let literal = !pattern.contains(['{', '*']);
-        if literal && let Ok(normal) = normalize(pattern, &PathPolicy::default()) {
-            let key = PathPolicy::default().match_key(&normal).into_owned();
-            assert!(folded.matches(&key), "{pattern:?}: its own spelling, normalized to {key:?}, does not reach it");
+        let policy = PathPolicy::default();
+        match path.check_normal(&policy) {
+            Ok(()) if !pattern.contains(['{', '*']) => {
+                let normal = normalize(pattern, &policy)
+                    .unwrap_or_else(|e| panic!("{pattern:?} passed the check but its spelling is refused: {e}"));
+                let key = policy.match_key(&normal).into_owned();
+                assert!(
+                    folded.matches(&key),
+                    "{pattern:?}: its own spelling, normalized to {key:?}, does not reach it"
+                );
+            }
+            Ok(()) => {}
+            Err(PatternError::NotNormal { suggestion: Some(better), .. }) => {
+                let better = PathPattern::parse(&better).unwrap_or_else(|e| panic!("suggested {better:?}: {e}"));
+                assert_eq!(better.check_normal(&policy), Ok(()), "{pattern:?}: the suggestion is not normal either");
+            }
+            Err(_) => {}
         }
         let host = match words.next() {
             None | Some("-") => None,

@@ -75,9 +75,13 @@ pub fn percent_decode(text: &str) -> Vec<u8> {
     out
 }
 
-/// The path as an upstream that decodes each segment once sees it, written
-/// back canonically (unreserved characters and `;` raw, everything else as
-/// upper-case escapes), lower-cased when matching is case-insensitive.
+/// The path as an upstream that decodes each segment once before routing
+/// sees it (Go's `net/http`, Spring, ASP.NET Core, Rails), written back
+/// canonically: characters allowed raw in a segment (unreserved,
+/// sub-delimiters, `:` and `@`) raw, everything else as upper-case escapes;
+/// lower-cased when matching is case-insensitive. Escaped delimiters that
+/// backends disagree on (`%2F`, `%5C`, `%3B`, `%25`) stay escaped: the
+/// gateway refuses or keeps them by policy, not by this model.
 #[must_use]
 pub fn upstream_view(path: &str, case: Case) -> String {
     let mut out = String::with_capacity(path.len());
@@ -85,16 +89,24 @@ pub fn upstream_view(path: &str, case: Case) -> String {
         if i > 0 {
             out.push('/');
         }
-        for mut b in percent_decode(segment) {
+        let bytes = segment.as_bytes();
+        let mut j = 0;
+        while j < bytes.len() {
+            let (mut b, escaped) = match (bytes[j], bytes.get(j + 1..j + 3)) {
+                (b'%', Some(h)) if h.iter().all(u8::is_ascii_hexdigit) => {
+                    j += 3;
+                    (hex(h[0]).unwrap_or(0) << 4 | hex(h[1]).unwrap_or(0), true)
+                }
+                (b, _) => {
+                    j += 1;
+                    (b, false)
+                }
+            };
             if case == Case::Insensitive {
                 b = b.to_ascii_lowercase();
             }
-            if is_unreserved(b)
-                || matches!(
-                    b,
-                    b';' | b'=' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b':' | b'@'
-                )
-            {
+            let raw = is_unreserved(b) || b"!$&'()*+,=:@".contains(&b) || (b == b';' && !escaped);
+            if raw {
                 out.push(char::from(b));
             } else {
                 out.push_str(&format!("%{b:02X}"));

@@ -14,7 +14,8 @@
 //!    UTF-8, overlong forms included (`%C0%AE`) (`path.utf8`).
 //! 4. An encoded slash `%2F` (or encoded backslash `%5C`) is refused
 //!    (`path.encoded_slash`) or kept opaque, as configured: backends differ on
-//!    whether it separates segments.
+//!    whether it separates segments. `%5C` is kept when raw backslashes are
+//!    (rule 5 forwards them as `%5C`, so both spellings are one path).
 //! 5. A raw backslash is refused (`path.backslash`) or kept as `%5C`: some
 //!    servers treat it as `/`.
 //! 6. `;` parameters are stripped from each segment (`/admin;x=1` →
@@ -232,7 +233,9 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
             }
             if is_unreserved(value) {
                 out.push(char::from(value));
-            } else if matches!(value, b'/' | b'\\') && policy.encoded_slash == EncodedSlash::Reject {
+            } else if policy.encoded_slash == EncodedSlash::Reject
+                && (value == b'/' || (value == b'\\' && policy.backslash == Backslash::Reject))
+            {
                 return Err(PathError::EncodedSlash);
             } else {
                 push_escape(&mut out, value);
@@ -309,20 +312,23 @@ impl PathPolicy {
     }
 }
 
-/// Lower-cases ASCII letters outside `%XX` escapes.
+/// Lower-cases ASCII letters outside `%XX` escapes; everything else,
+/// non-ASCII characters included, is kept.
 #[must_use]
 pub fn fold(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
     let bytes = path.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            out.push_str(&path[i..i + 3]);
-            i += 3;
-        } else {
-            out.push(char::from(bytes[i].to_ascii_lowercase()));
-            i += 1;
+    let mut out = String::with_capacity(path.len());
+    let mut escape = 0;
+    for (i, c) in path.char_indices() {
+        if escape > 0 {
+            escape -= 1;
+            out.push(c);
+            continue;
         }
+        if c == '%' && bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            escape = 2;
+        }
+        out.push(c.to_ascii_lowercase());
     }
     out
 }
@@ -403,6 +409,23 @@ mod tests {
         assert_eq!(normalize("/a;b", &reject), Err(PathError::Semicolon));
     }
 
+    /// Found by the `normalize` fuzz target: with `backslash = "escape"`
+    /// and `encoded_slash = "reject"`, `/a\b` was forwarded as `/a%5Cb`, a
+    /// spelling the same policy refuses (not idempotent: the same path
+    /// accepted in one spelling and refused in the other).
+    #[test]
+    fn escaped_backslashes_are_accepted_where_raw_ones_are() {
+        let escape = PathPolicy { backslash: Backslash::Escape, ..PathPolicy::default() };
+        for input in ["/public/x\\y/admin", "/a\\b", "/a%5cb", "/a%5Cb"] {
+            let once = normalize(input, &escape).map(Cow::into_owned);
+            assert!(once.is_ok(), "{input}: {once:?}");
+            let once = once.unwrap();
+            assert_eq!(normalize(&once, &escape).as_deref(), Ok(once.as_str()), "{input}");
+        }
+        assert_eq!(normalize("/a%5Cb", &PathPolicy::default()), Err(PathError::EncodedSlash), "refused by default");
+        assert_eq!(normalize("/a%2Fb", &escape), Err(PathError::EncodedSlash), "%2F is still refused");
+    }
+
     #[test]
     fn match_keys_fold_case_but_not_escapes() {
         let p = PathPolicy::default();
@@ -412,6 +435,20 @@ mod tests {
         assert!(matches!(p.match_key("/admin"), Cow::Borrowed(_)));
         let sensitive = PathPolicy { case: Case::Sensitive, ..p };
         assert_eq!(sensitive.match_key("/ADMIN"), "/ADMIN");
+    }
+
+    /// Found writing the `route` fuzz target (it folds every pattern it
+    /// parses): folding a route pattern such as
+    /// `/%xé` (a `%` not starting an escape, then a non-ASCII character)
+    /// sliced the text inside a character and panicked, so a configuration
+    /// holding one crashed `portcullis check`, start-up and reload; and
+    /// non-ASCII characters were folded byte by byte into other characters.
+    #[test]
+    fn folding_keeps_characters_and_never_splits_them() {
+        assert_eq!(fold("/%xé"), "/%xé");
+        assert_eq!(fold("/Café/%C3%A9X"), "/café/%C3%A9x");
+        assert_eq!(fold("/A%2"), "/a%2");
+        assert_eq!(fold("%4A%4a%zZ"), "%4A%4a%zz");
     }
 
     #[test]

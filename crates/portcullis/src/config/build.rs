@@ -13,7 +13,7 @@ use portcullis_policy::cors::{CorsPolicy, Origins};
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::{HeaderPolicy, Hsts};
 use portcullis_policy::limits::RequestLimits;
-use portcullis_policy::route::{HostPattern, PathPattern};
+use portcullis_policy::route::{HostPattern, PathPattern, PatternError};
 use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
@@ -80,6 +80,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let mut routes = build_routes(
         &mut c,
         &raw,
+        &paths,
         &upstreams,
         &headers,
         &auth,
@@ -800,6 +801,7 @@ struct Named<'a> {
 fn build_routes(
     c: &mut Collector<'_>,
     raw: &RawConfig,
+    paths: &portcullis_policy::normalize::PathPolicy,
     upstreams: &[Upstream],
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
@@ -816,10 +818,14 @@ fn build_routes(
     for (i, spanned) in raw.routes.iter().enumerate() {
         let r = spanned.get_ref();
         let m = r.matcher.get_ref();
-        let path = match PathPattern::parse(m.path.get_ref()) {
+        let path = match PathPattern::parse(m.path.get_ref()).and_then(|p| p.check_normal(paths).map(|()| p)) {
             Ok(p) => Some(p),
             Err(e) => {
-                c.error(m.path.span(), format!("invalid path pattern {:?}: {e}", m.path.get_ref()))
+                let message = match e {
+                    PatternError::NotNormal { .. } => e.to_string(),
+                    e => format!("invalid path pattern {:?}: {e}", m.path.get_ref()),
+                };
+                c.error(m.path.span(), message)
                     .expected("\"/exact\", \"/users/{id}\", \"/one/*/segment\" or \"/prefix/**\"");
                 None
             }
