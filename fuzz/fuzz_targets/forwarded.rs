@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
-    let mut headers = portcullis_fuzz::headers(lines);
+    let headers = portcullis_fuzz::headers(lines);
     let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]);
     let client = resolve_client(peer, &headers, &trusted);
     let peer = canonical(peer);

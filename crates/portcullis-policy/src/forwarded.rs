@@ -177,23 +177,23 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     };
     headers.insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| peer_value.clone()));
 
-    let keep_proto = trusted
-        && headers
-            .get(&X_FORWARDED_PROTO)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https") || v.as_bytes().eq_ignore_ascii_case(b"http"));
-    if !keep_proto {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.scheme));
-    }
+    // A kept value is kept once: the first, the one the gateway itself acts
+    // on, so an upstream reading the last field cannot see another.
+    let kept_proto = headers
+        .get(&X_FORWARDED_PROTO)
+        .filter(|v| {
+            trusted && (v.as_bytes().eq_ignore_ascii_case(b"https") || v.as_bytes().eq_ignore_ascii_case(b"http"))
+        })
+        .cloned();
+    headers.insert(X_FORWARDED_PROTO, kept_proto.unwrap_or_else(|| HeaderValue::from_static(hop.scheme)));
 
-    let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_host {
-        match hop.host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    let kept_host = headers.get(&X_FORWARDED_HOST).filter(|_| trusted).cloned();
+    match kept_host.or_else(|| hop.host.cloned()) {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
 
@@ -360,6 +360,26 @@ mod tests {
         apply(&mut h, &Hop { client, scheme: "https", host: None, peer_value: None });
         assert_eq!(h["forwarded"], "for=\"[2001:db8::5]\";proto=https");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    /// Found by the `forwarded` fuzz target: from a trusted peer, a second
+    /// `X-Forwarded-Proto` (or `-Host`) field was forwarded beside the first,
+    /// which the gateway acted on; an upstream reading the last saw another.
+    #[test]
+    fn kept_forwarding_headers_are_kept_once() {
+        let t = trusted();
+        let mut h = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "ht;proto=https"),
+            ("x-forwarded-host", "shop.example"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let client = resolve_client("10.1.2.3".parse().unwrap(), &h, &t);
+        apply(&mut h, &Hop { client, scheme: "http", host: None, peer_value: None });
+        let all =
+            |name: &HeaderName| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        assert_eq!(all(&X_FORWARDED_PROTO), ["https"]);
+        assert_eq!(all(&X_FORWARDED_HOST), ["shop.example"]);
     }
 
     /// Found by the `forwarded` fuzz target: a client behind a trusted proxy
