@@ -9,7 +9,8 @@
 //!   that reads names before the first `=`;
 //! - every other pair is kept, in order, byte for byte;
 //! - `get` agrees with the Node model on the first value of every name;
-//! - removing twice changes nothing.
+//! - removing twice changes nothing;
+//! - the duplicates check refuses a cookie Node's parser sees twice.
 
 #![no_main]
 
@@ -17,6 +18,7 @@ use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use portcullis_policy::cookies;
+use portcullis_policy::duplicates::Singletons;
 
 fn is_space(b: &u8) -> bool {
     matches!(b, b' ' | b'\t')
@@ -88,6 +90,13 @@ fuzz_target!(|data: &[u8]| {
     } else {
         assert_eq!(after, headers, "nothing to remove, yet the fields changed");
     }
+    // A cookie that must not repeat (the session cookie) passes the
+    // duplicates check only when Node's parser sees it at most once.
+    if Singletons::default().with_cookie(name).check(&headers).is_ok() && !name.is_empty() {
+        let seen = node.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).count();
+        assert!(seen <= 1, "{name:?} sent {seen} times passed the duplicates check");
+    }
+
     let mut twice = after.clone();
     assert!(!cookies::remove(&mut twice, name));
     assert_eq!(twice, after);

@@ -1,11 +1,12 @@
 //! Path normalization (`portcullis_policy::normalize`) under every policy.
 //!
-//! Properties, for each of the 48 policies:
+//! Properties, for each of the 96 policies:
 //! - normalizing is idempotent: `normalize(normalize(p)) == normalize(p)`;
 //! - a normalized path is in normal form: absolute, ASCII, no control
 //!   characters, no empty, `.` or `..` segments, escapes upper-case and only
 //!   for characters that are not unreserved, and none of what the policy
-//!   refuses or strips (`%2F`, `\`, `;`, a trailing slash);
+//!   refuses or strips (`%2F`, `%25XX`, `\`, `;`, a trailing slash, a
+//!   segment of dots and spaces);
 //! - it survives being put back into the request URI unchanged (the
 //!   normalize layer forwards it that way);
 //! - it is routed to the same route as the forwarded path is by an upstream
@@ -16,17 +17,28 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_fuzz::{Route, route_table, upstream_view};
-use portcullis_policy::normalize::{Backslash, Case, EncodedSlash, PathPolicy, Semicolon, TrailingSlash, normalize};
+use portcullis_policy::normalize::{
+    Backslash, Case, EncodedPercent, EncodedSlash, PathPolicy, Semicolon, TrailingSlash, normalize,
+};
 use portcullis_policy::route::Match;
 
 fn policies() -> impl Iterator<Item = PathPolicy> {
     let mut all = Vec::new();
     for encoded_slash in [EncodedSlash::Reject, EncodedSlash::Keep] {
-        for backslash in [Backslash::Reject, Backslash::Escape] {
-            for semicolon in [Semicolon::Strip, Semicolon::Reject, Semicolon::Keep] {
-                for trailing_slash in [TrailingSlash::Strip, TrailingSlash::Keep] {
-                    for case in [Case::Sensitive, Case::Insensitive] {
-                        all.push(PathPolicy { encoded_slash, backslash, semicolon, trailing_slash, case });
+        for encoded_percent in [EncodedPercent::Reject, EncodedPercent::Keep] {
+            for backslash in [Backslash::Reject, Backslash::Escape] {
+                for semicolon in [Semicolon::Strip, Semicolon::Reject, Semicolon::Keep] {
+                    for trailing_slash in [TrailingSlash::Strip, TrailingSlash::Keep] {
+                        for case in [Case::Sensitive, Case::Insensitive] {
+                            all.push(PathPolicy {
+                                encoded_slash,
+                                encoded_percent,
+                                backslash,
+                                semicolon,
+                                trailing_slash,
+                                case,
+                            });
+                        }
                     }
                 }
             }
@@ -62,6 +74,11 @@ fn check_normal_form(path: &str, normal: &str, policy: &PathPolicy) {
         let segments: Vec<&str> = body.strip_suffix('/').unwrap_or(body).split('/').collect();
         for segment in segments {
             assert!(!matches!(segment, "" | "." | ".."), "{path:?} -> {normal:?}: segment {segment:?}");
+            let trimmed = segment.split(';').next().unwrap_or_default().replace("%20", "");
+            assert!(
+                trimmed.is_empty() || !trimmed.bytes().all(|b| b == b'.'),
+                "{path:?} -> {normal:?}: dot-like segment {segment:?}"
+            );
             if policy.semicolon != Semicolon::Keep {
                 assert!(!segment.contains(';'), "{path:?} -> {normal:?}: ';' left");
             }
@@ -77,6 +94,13 @@ fn check_normal_form(path: &str, normal: &str, policy: &PathPolicy) {
             };
             let value = hi << 4 | lo;
             assert!(!is_unreserved(value), "{path:?} -> {normal:?}: escaped unreserved {value:#x}");
+            if value == b'%' && policy.encoded_percent == EncodedPercent::Reject {
+                let next = bytes.get(i + 3..i + 5).unwrap_or_default();
+                assert!(
+                    !(next.len() == 2 && next.iter().all(u8::is_ascii_hexdigit)),
+                    "{path:?} -> {normal:?}: double encoding kept"
+                );
+            }
             assert!(value >= 0x20 && value != 0x7f, "{path:?} -> {normal:?}: escaped control {value:#x}");
             if policy.encoded_slash == EncodedSlash::Reject {
                 assert_ne!(value, b'/', "{path:?} -> {normal:?}: encoded slash kept");

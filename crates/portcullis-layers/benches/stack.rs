@@ -47,6 +47,7 @@ fn config() -> StackConfig {
                 waf: None,
                 csrf: false,
                 openapi: None,
+                websocket: false,
             }),
         })
         .collect();

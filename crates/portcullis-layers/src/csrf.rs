@@ -253,6 +253,7 @@ mod tests {
             csrf,
             waf: None,
             openapi: None,
+            websocket: false,
         })
     }
 

@@ -10,7 +10,8 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → head limits → IP rules → normalize
+//! reject/context → response headers → CORS → head limits → upgrades → duplicates
+//!   → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
 //!   → rate limit (subject, key, account) → authorize → CSRF → WAF → OpenAPI validation
@@ -42,8 +43,10 @@ pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
 pub mod csrf;
+pub mod duplicates;
 pub mod endpoints;
 pub mod forward;
+pub mod guard;
 pub mod headers;
 pub mod identity;
 pub mod limits;
@@ -53,6 +56,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod reject;
 pub mod route;
+pub mod upgrade;
 pub mod waf;
 
 pub use reject::{EventSink, deny};
@@ -225,6 +229,8 @@ pub struct RouteInfo {
     pub csrf: bool,
     /// The OpenAPI document requests are validated against (`openapi = NAME`).
     pub openapi: Option<Arc<portcullis_policy::openapi::OpenApi>>,
+    /// Whether WebSocket upgrades may pass (`websocket = true`).
+    pub websocket: bool,
 }
 
 /// The upstream target that served a response; put into the response's
@@ -292,6 +298,8 @@ where
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))
+        .layer(guard::GuardLayer::new(upgrade::Upgrades))
+        .layer(guard::GuardLayer::new(duplicates::Duplicates(Arc::new(singletons(config)))))
         .layer(authorize::IpRulesLayer::new(config.ip_rules.clone()))
         .layer(normalize::NormalizeLayer::new(config.paths))
         .layer(rate_limit::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
@@ -313,6 +321,25 @@ where
         .layer(forward::ForwardLayer)
         .service(proxy);
     Arc::new(Stack { service })
+}
+
+/// The headers and cookies that may appear only once: the fixed ones, the
+/// API-key header, the session cookie, and the CSRF cookie and header.
+fn singletons(config: &StackConfig) -> portcullis_policy::duplicates::Singletons {
+    let mut rules = portcullis_policy::duplicates::Singletons::default();
+    if let Some(header) = &config.auth.api_key_header {
+        rules = rules.with_header(header.clone());
+    }
+    if let Some(session) = &config.auth.session {
+        rules = rules.with_cookie(session.cookie_name());
+    }
+    if let Some(csrf) = &config.csrf {
+        rules = rules
+            .with_header(csrf.header.clone())
+            .with_cookie(csrf.cookie_name("https"))
+            .with_cookie(csrf.cookie_name("http"));
+    }
+    rules
 }
 
 /// Calls `inner` and boxes its future. Layers that work on the response use

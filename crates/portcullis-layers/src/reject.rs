@@ -159,6 +159,11 @@ where
         );
         // Connection-level headers go first: a header a client names in
         // `Connection` must not influence any decision (RFC 9110 §7.6.1).
+        // A repeated `Proxy-Authorization` is refused by the duplicates
+        // guard, which runs after it is gone.
+        if req.headers().get_all(http::header::PROXY_AUTHORIZATION).iter().nth(1).is_some() {
+            req.extensions_mut().insert(crate::duplicates::RepeatedHopHeader("proxy-authorization"));
+        }
         hop::strip(req.headers_mut(), true);
         let client = resolve_client(peer.ip(), req.headers(), &self.shared.trusted);
         let incoming = req.headers().get(X_REQUEST_ID).filter(|v| client.peer_trusted && is_acceptable(v.as_bytes()));

@@ -3,7 +3,9 @@
 //! Finds the most specific route for the request's host, path and method
 //! (rules in `portcullis_policy::route`). No match is `route.none` (404); a
 //! path that matches only with other methods is `route.method` (405, with
-//! `Allow`); an unusable `Host` is `request.malformed` (400). The matched
+//! `Allow`); an unusable `Host` is `request.malformed` (400); a WebSocket
+//! handshake on a route without `websocket = true` is `upgrade.not_allowed`
+//! (400). The matched
 //! route travels inward in the request's extensions and outward in the
 //! response's, so later layers, events and the access log can name it.
 
@@ -17,6 +19,7 @@ use http::header::{ALLOW, HOST};
 use http::{HeaderValue, Request, Response};
 use portcullis_policy::normalize::{Case, PathPolicy};
 use portcullis_policy::route::{Match, RouteTable, host_without_port};
+use portcullis_policy::upgrade::WebSocketUpgrade;
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
@@ -111,6 +114,14 @@ where
             }
             Match::None => return Box::pin(async move { Ok(deny(Reason::RouteNone)) }),
         };
+        if !found.websocket && req.extensions().get::<WebSocketUpgrade>().is_some() {
+            let denied = Denied::new(Reason::UpgradeNotAllowed).with_rule(found.name.to_string());
+            return Box::pin(async move {
+                let mut response = deny(denied);
+                response.extensions_mut().insert(found);
+                Ok(response)
+            });
+        }
         req.extensions_mut().insert(found.clone());
         let future = call_boxed(&mut self.inner, req);
         Box::pin(async move {

@@ -46,6 +46,7 @@ fn config(events: Arc<Events>) -> StackConfig {
             waf: None,
             csrf: false,
             openapi: None,
+            websocket: false,
         }),
     };
     StackConfig {

@@ -80,6 +80,17 @@ reasons! {
     /// The request is malformed in a way hyper accepted but Portcullis does not
     /// (an invalid `Host`, an unparsable `Content-Length`, …).
     RequestMalformed => ("request.malformed", StatusCode::BAD_REQUEST, Client),
+    /// A header or cookie that carries a credential or decides identity
+    /// (`Authorization`, `Host`, the API-key header, the session cookie, …)
+    /// appears more than once; `rule` names it.
+    RequestDuplicate => ("request.duplicate", StatusCode::BAD_REQUEST, Client),
+    /// An `Upgrade` to anything but WebSocket (`h2c`, `TLS/1.0`, a list).
+    UpgradeProtocol => ("upgrade.protocol", StatusCode::BAD_REQUEST, Client),
+    /// A WebSocket upgrade not in RFC 6455's shape (not a body-less HTTP/1.1
+    /// GET, no 16-byte `Sec-WebSocket-Key`, a version other than 13).
+    UpgradeWebSocket => ("upgrade.websocket", StatusCode::BAD_REQUEST, Client),
+    /// A WebSocket upgrade on a route without `websocket = true`.
+    UpgradeNotAllowed => ("upgrade.not_allowed", StatusCode::BAD_REQUEST, Client),
     /// The client's body stream failed before it was complete.
     RequestBody => ("request.body", StatusCode::BAD_REQUEST, Client),
     /// The request body is larger than the configured limit.
@@ -133,6 +144,12 @@ reasons! {
     PathBackslash => ("path.backslash", StatusCode::BAD_REQUEST, Client),
     /// A `;` path parameter, refused by configuration.
     PathSemicolon => ("path.semicolon", StatusCode::BAD_REQUEST, Client),
+    /// An escaped `%` followed by two hex digits (`%252e`): a backend that
+    /// decodes twice would read another path. Refused unless configured.
+    PathDoubleEncoding => ("path.double_encoding", StatusCode::BAD_REQUEST, Client),
+    /// A segment some backend treats as `..` or `.` although it is neither
+    /// (`.. `, `..%20`, `...`, `%E2%80%A5`).
+    PathDotSegment => ("path.dot_segment", StatusCode::BAD_REQUEST, Client),
     /// The route requires authentication and the request carries no
     /// credential the route accepts.
     AuthMissing => ("auth.missing", StatusCode::UNAUTHORIZED, Client),

@@ -6,8 +6,9 @@
 //! example, make the gateway drop `X-Forwarded-For` on the way upstream by
 //! listing it in `Connection`.
 //!
-//! The one exception is a protocol upgrade (WebSocket): `Upgrade` and
-//! `Connection: upgrade` are kept so the upstream can accept it.
+//! The one exception is a protocol upgrade: `Upgrade` and
+//! `Connection: upgrade` are kept for the upgrade guard
+//! (`crate::upgrade`), which lets only WebSocket through to the upstream.
 
 use http::HeaderName;
 use http::header::{
@@ -57,16 +58,21 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade && is_upgrade(headers);
     let named: Vec<HeaderName> =
         connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
-    let upgrade_value = if upgrade { headers.get(UPGRADE).cloned() } else { None };
+    // Every `Upgrade` value is kept, so the upgrade guard judges what the
+    // client really asked for (`websocket` and then `h2c` is refused).
+    let upgrade_values: Vec<HeaderValue> =
+        if upgrade { headers.get_all(UPGRADE).iter().cloned().collect() } else { Vec::new() };
     for name in named {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    if let Some(value) = upgrade_value {
+    if !upgrade_values.is_empty() {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, value);
+        for value in upgrade_values {
+            headers.append(UPGRADE, value);
+        }
     }
 }
 

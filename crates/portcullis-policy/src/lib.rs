@@ -11,6 +11,7 @@ pub mod cookies;
 pub mod cors;
 pub mod csrf;
 pub mod deny;
+pub mod duplicates;
 pub mod event;
 pub mod forwarded;
 pub mod headers;
@@ -27,6 +28,7 @@ pub mod rbac;
 pub mod request_id;
 pub mod route;
 pub mod session;
+pub mod upgrade;
 pub mod waf;
 
 pub use deny::{Attribution, ClientDetail, Denied, Reason};

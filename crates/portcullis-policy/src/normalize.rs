@@ -7,22 +7,33 @@
 //!    request is refused (`path.encoding`).
 //! 2. Escapes of unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded
 //!    (`/%61dmin` → `/admin`, `/%2e%2e/` → `/../`); every other escape is
-//!    kept, with upper-case hex. Decoding happens once: `%252f` stays
-//!    `%252f` (an escaped `%` followed by `2f`), never becomes `/`.
-//! 3. Escaped or raw control characters (NUL, `%00`–`%1F`, `%7F`) are
+//!    kept, with upper-case hex. Decoding happens once.
+//! 3. An escaped `%` followed by two hex digits once decoded (`%252e`,
+//!    `%25%32%65`) is refused (`path.double_encoding`): the gateway reads
+//!    `%2e` literally, but a backend or framework that decodes twice reads
+//!    `.`, so `/public/%252e%252e/admin` would reach `/admin`. `%25` before
+//!    anything else (`/100%25`) is fine. Configurable to keep.
+//! 4. Escaped or raw control characters (NUL, `%00`–`%1F`, `%7F`) are
 //!    refused (`path.control`); so is a path whose escapes decode to invalid
-//!    UTF-8, overlong forms included (`%C0%AE`) (`path.utf8`).
-//! 4. An encoded slash `%2F` (or encoded backslash `%5C`) is refused
+//!    UTF-8, overlong forms included (`%C0%AE`) (`path.unicode`).
+//! 5. An encoded slash `%2F` (or encoded backslash `%5C`) is refused
 //!    (`path.encoded_slash`) or kept opaque, as configured: backends differ on
 //!    whether it separates segments. `%5C` is kept when raw backslashes are
-//!    (rule 5 forwards them as `%5C`, so both spellings are one path).
-//! 5. A raw backslash is refused (`path.backslash`) or kept as `%5C`: some
+//!    (rule 6 forwards them as `%5C`, so both spellings are one path).
+//! 6. A raw backslash is refused (`path.backslash`) or kept as `%5C`: some
 //!    servers treat it as `/`.
-//! 6. `;` parameters are stripped from each segment (`/admin;x=1` →
+//! 7. `;` parameters are stripped from each segment (`/admin;x=1` →
 //!    `/admin`), refused (`path.semicolon`), or kept, as configured.
-//! 7. Empty segments collapse (`//admin` → `/admin`), `.` segments go, `..`
+//! 8. Empty segments collapse (`//admin` → `/admin`), `.` segments go, `..`
 //!    removes the previous segment and never climbs above the root.
-//! 8. A trailing slash is kept or stripped, as configured.
+//! 9. A segment that is not `.` or `..` but is made only of dots, spaces
+//!    and dot look-alikes is refused (`path.dot_segment`): Windows (IIS)
+//!    trims trailing dots and spaces from names, so `..%20` and `...` are
+//!    `..` there; NFKC and "best fit" mappings turn `%EF%BC%8E` (full-width
+//!    full stop) and `%E2%80%A5` (two-dot leader) into dots. With `;`
+//!    parameters kept, a segment whose part before `;` is a dot segment
+//!    (`..;x`) is refused too: Tomcat strips the parameter and walks up.
+//! 10. A trailing slash is kept or stripped, as configured.
 //!
 //! Case is not changed here; [`PathPolicy::match_key`] gives the
 //! case-folded form routes are matched against when the upstream matches
@@ -38,6 +49,15 @@ pub enum EncodedSlash {
     /// Refuse the request.
     Reject,
     /// Keep it as an opaque escape inside its segment.
+    Keep,
+}
+
+/// What to do with an escaped `%` followed by two hex digits (`%252e`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodedPercent {
+    /// Refuse the request.
+    Reject,
+    /// Keep it: only for backends known to decode exactly once.
     Keep,
 }
 
@@ -84,6 +104,8 @@ pub enum Case {
 pub struct PathPolicy {
     /// `%2F`, `%5C`.
     pub encoded_slash: EncodedSlash,
+    /// `%25` followed by two hex digits.
+    pub encoded_percent: EncodedPercent,
     /// Raw `\`.
     pub backslash: Backslash,
     /// `;` parameters.
@@ -99,6 +121,7 @@ impl Default for PathPolicy {
     fn default() -> Self {
         Self {
             encoded_slash: EncodedSlash::Reject,
+            encoded_percent: EncodedPercent::Reject,
             backslash: Backslash::Reject,
             semicolon: Semicolon::Strip,
             trailing_slash: TrailingSlash::Strip,
@@ -128,6 +151,12 @@ pub enum PathError {
     /// A `;` while refused.
     #[error("semicolon in the path")]
     Semicolon,
+    /// `%25` followed by two hex digits while refused.
+    #[error("double percent-encoding")]
+    DoubleEncoding,
+    /// A segment backends may read as `.` or `..`.
+    #[error("segment that backends may read as a dot segment")]
+    DotSegment,
     /// Not an origin-form path.
     #[error("path does not start with /")]
     NotAbsolute,
@@ -144,6 +173,8 @@ impl PathError {
             Self::EncodedSlash => Reason::PathEncodedSlash,
             Self::Backslash => Reason::PathBackslash,
             Self::Semicolon => Reason::PathSemicolon,
+            Self::DoubleEncoding => Reason::PathDoubleEncoding,
+            Self::DotSegment => Reason::PathDotSegment,
         }
     }
 }
@@ -184,11 +215,11 @@ fn is_normal(path: &str, policy: &PathPolicy) -> bool {
         match b {
             b'%' | b'\\' | b';' => return false,
             b'/' if previous == b'/' && i > 0 => return false,
-            b'.' if previous == b'/' => {
-                // A segment of "." or "..".
+            b'.' | b' ' if previous == b'/' => {
+                // A segment of ".", "..", or dots and spaces (rule 9).
                 let rest = &bytes[i..];
                 let segment = rest.split(|c| *c == b'/').next().unwrap_or_default();
-                if segment == b"." || segment == b".." {
+                if segment.iter().all(|c| matches!(c, b'.' | b' ')) {
                     return false;
                 }
             }
@@ -268,13 +299,25 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
     if std::str::from_utf8(&decoded).is_err() {
         return Err(PathError::Utf8);
     }
+    // A raw `%` never survives pass 1, so every `%` in `decoded` was `%25`.
+    if policy.encoded_percent == EncodedPercent::Reject
+        && decoded.windows(3).any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+    {
+        return Err(PathError::DoubleEncoding);
+    }
 
     // Pass 2: segments.
     let trailing = out.len() > 1 && out.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
     for raw in out.split('/') {
         let segment = match (raw.find(';'), policy.semicolon) {
-            (None, _) | (Some(_), Semicolon::Keep) => raw,
+            (None, _) => raw,
+            (Some(at), Semicolon::Keep) => {
+                if matches!(&raw[..at], "." | "..") || is_dot_like(&raw[..at]) {
+                    return Err(PathError::DotSegment);
+                }
+                raw
+            }
             (Some(at), Semicolon::Strip) => &raw[..at],
             (Some(_), Semicolon::Reject) => return Err(PathError::Semicolon),
         };
@@ -283,6 +326,7 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
             ".." => {
                 segments.pop();
             }
+            other if is_dot_like(other) => return Err(PathError::DotSegment),
             other => segments.push(other),
         }
     }
@@ -295,6 +339,46 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
         normal.push('/');
     }
     Ok(Cow::Owned(normal))
+}
+
+/// Whether a segment (unreserved characters decoded, others escaped) is made
+/// only of dots, whitespace and characters that fold to dots, with at least
+/// one dot: rule 9. `.` and `..` themselves are resolved before this.
+fn is_dot_like(segment: &str) -> bool {
+    // Only a dot, an escape or a space can start such a segment.
+    if !matches!(segment.as_bytes().first(), Some(b'.' | b'%' | b' ')) {
+        return false;
+    }
+    let mut bytes = Vec::with_capacity(segment.len());
+    let raw = segment.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                bytes.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else { return false };
+    let mut dots = 0;
+    for c in text.chars() {
+        match c {
+            // Full stop and the characters NFKC or Windows "best fit" map to it.
+            '.' | '\u{2024}' | '\u{FE52}' | '\u{FF0E}' => dots += 1,
+            // Two-dot leader and ellipsis fold to ".." and "...".
+            '\u{2025}' | '\u{2026}' => dots += 2,
+            // Zero-width characters vanish under many normalizations.
+            '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}' => {}
+            c if c.is_whitespace() => {}
+            _ => return false,
+        }
+    }
+    dots > 0
 }
 
 impl PathPolicy {
@@ -368,8 +452,35 @@ mod tests {
             ("/admin%00", Err(PathError::Control)),
             ("/admin%0a", Err(PathError::Control)),
             ("/admin%7F", Err(PathError::Control)),
-            ("/admin%252f", Ok("/admin%252f")),
-            ("/admin%252F", Ok("/admin%252F")),
+            ("/admin%252f", Err(PathError::DoubleEncoding)),
+            ("/admin%252F", Err(PathError::DoubleEncoding)),
+            ("/public/%252e%252e/admin/users", Err(PathError::DoubleEncoding)),
+            ("/public/%25%32%65%25%32%65/admin", Err(PathError::DoubleEncoding)),
+            ("/%2525", Err(PathError::DoubleEncoding)),
+            ("/discount/100%25", Ok("/discount/100%25")),
+            ("/100%25off", Ok("/100%25off")),
+            ("/a%25zz", Ok("/a%25zz")),
+            ("/a%25/2e", Ok("/a%25/2e")),
+            ("/x/..%20/admin", Err(PathError::DotSegment)),
+            ("/x/.. /admin", Err(PathError::DotSegment)),
+            ("/x/%20../admin", Err(PathError::DotSegment)),
+            ("/x/.../admin", Err(PathError::DotSegment)),
+            ("/x/....", Err(PathError::DotSegment)),
+            ("/x/.%20", Err(PathError::DotSegment)),
+            ("/x/%2e%2e%2e/admin", Err(PathError::DotSegment)),
+            ("/x/..%C2%A0/admin", Err(PathError::DotSegment)),
+            ("/x/..%E3%80%80/admin", Err(PathError::DotSegment)),
+            ("/x/..%E2%80%8B/admin", Err(PathError::DotSegment)),
+            ("/x/%EF%BC%8E%EF%BC%8E/admin", Err(PathError::DotSegment)),
+            ("/x/%E2%80%A5/admin", Err(PathError::DotSegment)),
+            ("/x/%E2%80%A6", Err(PathError::DotSegment)),
+            ("/x/..;x=1/admin", Ok("/admin")),
+            ("/x/..%09/admin", Err(PathError::Control)),
+            ("/x/..a/b", Ok("/x/..a/b")),
+            ("/x/a../b", Ok("/x/a../b")),
+            ("/x/.well-known", Ok("/x/.well-known")),
+            ("/x/%20", Ok("/x/%20")),
+            ("/x/%E2%80%A5a", Ok("/x/%E2%80%A5a")),
             ("/admin\\", Err(PathError::Backslash)),
             ("/%c0%ae%c0%ae/admin", Err(PathError::Utf8)),
             ("/%c0%afadmin", Err(PathError::Utf8)),
@@ -393,6 +504,7 @@ mod tests {
     fn configured_alternatives() {
         let keep = PathPolicy {
             encoded_slash: EncodedSlash::Keep,
+            encoded_percent: EncodedPercent::Keep,
             backslash: Backslash::Escape,
             semicolon: Semicolon::Keep,
             trailing_slash: TrailingSlash::Keep,
@@ -402,6 +514,11 @@ mod tests {
         assert_eq!(k("/admin%2fusers").unwrap(), "/admin%2Fusers", "one opaque segment");
         assert_eq!(k("/a\\b").unwrap(), "/a%5Cb");
         assert_eq!(k("/admin;x=1").unwrap(), "/admin;x=1");
+        assert_eq!(k("/admin%252f").unwrap(), "/admin%252f");
+        assert_eq!(k("/x/..;x/admin"), Err(PathError::DotSegment), "Tomcat reads ..;x as ..");
+        assert_eq!(k("/x/.;x/admin"), Err(PathError::DotSegment));
+        assert_eq!(k("/x/..%20;x/admin"), Err(PathError::DotSegment));
+        assert_eq!(k("/x/a;..").unwrap(), "/x/a;..");
         assert_eq!(k("/admin/").unwrap(), "/admin/");
         assert_eq!(k("//").unwrap(), "/");
         assert_eq!(k("/admin%00"), Err(PathError::Control), "never configurable");
@@ -453,7 +570,7 @@ mod tests {
 
     #[test]
     fn normalizing_twice_changes_nothing() {
-        for input in ["/admin/../x", "/%61/b/", "/a;b/c", "/%252f", "/caf%c3%a9/./z"] {
+        for input in ["/admin/../x", "/%61/b/", "/a;b/c", "/100%25", "/caf%c3%a9/./z"] {
             let once = n(input).unwrap();
             assert_eq!(n(&once).unwrap(), once, "{input}");
         }

@@ -113,6 +113,7 @@ impl Gateway {
                     csrf: r.csrf,
                     // Server::start and reload fetch URL documents before building.
                     openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
+                    websocket: r.websocket,
                 }),
             })
             .collect();
@@ -155,6 +156,7 @@ impl Gateway {
                     waf: None,
                     csrf: false,
                     openapi: None,
+                    websocket: false,
                 })
             }),
             csrf: config.csrf.as_ref().map(|c| c.policy.clone()),

@@ -72,8 +72,16 @@ const CORPUS: &[(&str, Outcome, bool)] = &[
     // Escaped unreserved characters, decoded once.
     ("/%61dmin", Admin("/admin"), false),
     ("/ad%6din", Admin("/admin"), false),
-    ("/%2561dmin", Public("/%2561dmin"), false),
-    ("/admin%252f", Public("/admin%252f"), false),
+    // An escaped `%` before two hex digits: one decode gives another
+    // escape, which a backend or framework decoding twice would act on.
+    ("/%2561dmin", Refused("path.double_encoding"), false),
+    ("/admin%252f", Refused("path.double_encoding"), false),
+    ("/x/%252e%252e/admin", Refused("path.double_encoding"), false),
+    // Dot segments after trimming (Windows/IIS trims trailing dots and
+    // spaces) and dot look-alikes (NFKC): Express reads none as `..`.
+    ("/x/..%20/admin", Refused("path.dot_segment"), false),
+    ("/x/.../admin", Refused("path.dot_segment"), false),
+    ("/x/%EF%BC%8E%EF%BC%8E/admin", Refused("path.dot_segment"), false),
     // Empty segments and `;` parameters (Tomcat/Spring `..;/`).
     ("//admin", Admin("/admin"), false),
     ("/admin;x=1", Admin("/admin"), false),

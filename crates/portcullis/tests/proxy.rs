@@ -475,7 +475,16 @@ async fn websocket_upgrade_is_passed_through() {
             });
         }
     });
-    let gw = gateway(&simple_config(up, "")).await;
+    // A real WebSocket client, refused on a route without `websocket = true`…
+    let closed = gateway(&simple_config(up, "")).await;
+    match tokio_tungstenite::connect_async(format!("ws://{}/ws", closed.addr)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("expected a 400 answer, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(closed.events.reasons(), ["upgrade.not_allowed"]);
+    // …and tunnelled on one with it.
+    let config = simple_config(up, "").replace("auth = \"public\"", "auth = \"public\"\nwebsocket = true");
+    let gw = gateway(&config).await;
     let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     for i in 0..3 {

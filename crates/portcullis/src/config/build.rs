@@ -174,7 +174,9 @@ pub(super) fn choice<T: Copy>(
 }
 
 fn build_paths(c: &mut Collector<'_>, raw: &super::raw::RawPaths) -> portcullis_policy::normalize::PathPolicy {
-    use portcullis_policy::normalize::{Backslash, Case, EncodedSlash, PathPolicy, Semicolon, TrailingSlash};
+    use portcullis_policy::normalize::{
+        Backslash, Case, EncodedPercent, EncodedSlash, PathPolicy, Semicolon, TrailingSlash,
+    };
     let d = PathPolicy::default();
     PathPolicy {
         case: choice(
@@ -197,6 +199,13 @@ fn build_paths(c: &mut Collector<'_>, raw: &super::raw::RawPaths) -> portcullis_
             d.encoded_slash,
             "encoded_slash",
             &[("reject", EncodedSlash::Reject), ("keep", EncodedSlash::Keep)],
+        ),
+        encoded_percent: choice(
+            c,
+            raw.encoded_percent.as_ref(),
+            d.encoded_percent,
+            "encoded_percent",
+            &[("reject", EncodedPercent::Reject), ("keep", EncodedPercent::Keep)],
         ),
         backslash: choice(
             c,
@@ -925,6 +934,7 @@ fn build_routes(
                 waf,
                 csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
                 openapi,
+                websocket: r.websocket.unwrap_or(false),
             });
         }
     }

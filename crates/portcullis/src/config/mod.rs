@@ -314,6 +314,8 @@ pub struct Route {
     pub waf: Option<waf::RouteWaf>,
     /// Whether unsafe requests need the CSRF checks.
     pub csrf: bool,
+    /// Whether WebSocket upgrades may pass.
+    pub websocket: bool,
 }
 
 /// Log output format.

@@ -211,6 +211,7 @@ pub struct RawPaths {
     pub case: Option<Spanned<String>>,
     pub trailing_slash: Option<Spanned<String>>,
     pub encoded_slash: Option<Spanned<String>>,
+    pub encoded_percent: Option<Spanned<String>>,
     pub backslash: Option<Spanned<String>>,
     pub semicolon: Option<Spanned<String>>,
 }
@@ -537,6 +538,8 @@ pub struct RawRoute {
     pub waf: Option<Spanned<RawRouteWaf>>,
     /// CSRF checks: default on when `auth` accepts `session`.
     pub csrf: Option<Spanned<bool>>,
+    /// WebSocket upgrades pass (default: refused).
+    pub websocket: Option<bool>,
 }
 
 /// `match = { host, path, methods }`.

@@ -9,8 +9,11 @@
 //! A request without a body is retried on the next target when a connection
 //! cannot be opened (nothing was sent, so this is always safe).
 //!
-//! WebSocket upgrades (HTTP/1.1 `Upgrade`) are passed through: once the
-//! upstream answers `101`, the two connections are joined byte for byte.
+//! WebSocket upgrades the upgrade guard admitted are passed through: once
+//! the upstream answers a `101` that completes the client's handshake
+//! (`portcullis_policy::upgrade::check_switch`), the two connections are
+//! joined byte for byte. A `101` that does not, or one to a request that
+//! asked for no upgrade, is `upstream.protocol` (502) and nothing is joined.
 
 pub mod pool;
 pub mod upstream;
@@ -28,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use pool::SendError;
 use portcullis_layers::body::{LimitTripped, is_body_too_large};
 use portcullis_layers::{Body, RouteInfo, ServedBy, deny};
+use portcullis_policy::upgrade::{WebSocketUpgrade, check_switch};
 use portcullis_policy::{Denied, Reason, hop};
 use tokio_util::task::TaskTracker;
 use upstream::{TargetState, UpstreamState};
@@ -74,7 +78,8 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
     let Some(upstream) = upstreams.get(route.upstream) else {
         return deny(Denied::new(Reason::GatewayInternal).with_detail("route names a missing upstream"));
     };
-    let upgrade = hop::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let websocket = req.extensions().get::<WebSocketUpgrade>().cloned();
+    let upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
 
     // Retrying is safe only when no body bytes can have been consumed.
     let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
@@ -86,7 +91,7 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
         } else {
             std::mem::replace(&mut req, Request::new(portcullis_layers::empty()))
         };
-        match send(upstream, target, request).await {
+        match send(upstream, target, request, websocket.as_ref()).await {
             Ok(mut response) => {
                 UpstreamState::mark_ok(target);
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -129,6 +134,7 @@ async fn send(
     upstream: &UpstreamState,
     target: &TargetState,
     mut req: Request<Body>,
+    websocket: Option<&WebSocketUpgrade>,
 ) -> Result<Response<Body>, Failure> {
     let authority = match &target.target {
         Target::Demo => return Ok(demo::handle(req).await),
@@ -195,6 +201,14 @@ async fn send(
         Ok(Ok(response)) => response,
     };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        // The upstream connection is dropped with the response: a 101 is
+        // never pooled.
+        check_switch(websocket, response.headers()).map_err(|denied| {
+            let detail = format!("{}: {}", target.label, denied.detail.as_deref().unwrap_or_default());
+            Failure::Other(denied.with_detail(detail))
+        })?;
+    }
     let mut response = response;
     hop::strip(response.headers_mut(), switching);
     Ok(response)

@@ -286,5 +286,6 @@ pub mod express;
 pub mod node;
 pub mod oidc_provider;
 pub mod postgres;
+pub mod raw;
 pub mod redis;
 pub mod strict;

@@ -245,11 +245,7 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
             method: request.method.unwrap_or_default().to_owned(),
             target: request.path.unwrap_or_default().to_owned(),
             version: request.version.unwrap_or_default(),
-            headers: request
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                .collect(),
+            headers: request.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect(),
             body: Vec::new(),
             trailers: Vec::new(),
             tunnel: Vec::new(),
