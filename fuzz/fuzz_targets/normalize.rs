@@ -4,7 +4,8 @@
 //! - normalizing is idempotent: `normalize(normalize(p)) == normalize(p)`;
 //! - a normalized path is in normal form: absolute, ASCII, no control
 //!   characters, no empty, `.` or `..` segments, escapes upper-case and only
-//!   for characters that are not unreserved, and none of what the policy
+//!   for characters that are neither unreserved nor plain sub-delimiters
+//!   (`! $ & ' ( ) * + , = : @`), and none of what the policy
 //!   refuses or strips (`%2F`, `%25XX`, `\`, `;`, a trailing slash, a
 //!   segment of dots and spaces);
 //! - it survives being put back into the request URI unchanged (the
@@ -94,6 +95,7 @@ fn check_normal_form(path: &str, normal: &str, policy: &PathPolicy) {
             };
             let value = hi << 4 | lo;
             assert!(!is_unreserved(value), "{path:?} -> {normal:?}: escaped unreserved {value:#x}");
+            assert!(!b"!$&'()*+,=:@".contains(&value), "{path:?} -> {normal:?}: escaped sub-delimiter {value:#x}");
             if value == b'%' && policy.encoded_percent == EncodedPercent::Reject {
                 let next = bytes.get(i + 3..i + 5).unwrap_or_default();
                 assert!(

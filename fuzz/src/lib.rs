@@ -34,6 +34,8 @@ pub fn route_table(fold: bool) -> RouteTable<Route> {
         "/a;b",
         "/a%2Fb",
         "/a%252e",
+        "/api/users:batch",
+        "/files/a+b(1)",
         "/**",
     ];
     let entries = patterns

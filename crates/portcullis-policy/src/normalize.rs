@@ -6,8 +6,13 @@
 //! 1. Percent-encoding must be well formed (`%` + two hex digits) or the
 //!    request is refused (`path.encoding`).
 //! 2. Escapes of unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded
-//!    (`/%61dmin` → `/admin`, `/%2e%2e/` → `/../`); every other escape is
-//!    kept, with upper-case hex. Decoding happens once.
+//!    (`/%61dmin` → `/admin`, `/%2e%2e/` → `/../`), and so are escapes of
+//!    the characters a segment may hold raw that no common server treats as
+//!    a delimiter inside one (`! $ & ' ( ) * + , = : @`): a server that
+//!    decodes before routing (Go, Spring, ASP.NET Core, Rails) reads
+//!    `/users%3Abatch` as `/users:batch`, so both must match the same
+//!    route. Every other escape is kept (`%2F`, `%3B`, `%3F`, `%25`, spaces,
+//!    non-ASCII), with upper-case hex. Decoding happens once.
 //! 3. An escaped `%` followed by two hex digits once decoded (`%252e`,
 //!    `%25%32%65`) is refused (`path.double_encoding`): the gateway reads
 //!    `%2e` literally, but a backend or framework that decodes twice reads
@@ -183,6 +188,12 @@ const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Sub-delimiters, `:` and `@` but `;` (Tomcat's parameters): allowed raw in
+/// a segment and read the same escaped or not by every common server.
+const fn is_plain_sub_delim(b: u8) -> bool {
+    matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+}
+
 const fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -262,7 +273,7 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
             if value < 0x20 || value == 0x7f {
                 return Err(PathError::Control);
             }
-            if is_unreserved(value) {
+            if is_unreserved(value) || is_plain_sub_delim(value) {
                 out.push(char::from(value));
             } else if policy.encoded_slash == EncodedSlash::Reject
                 && (value == b'/' || (value == b'\\' && policy.backslash == Backslash::Reject))
@@ -524,6 +535,23 @@ mod tests {
         assert_eq!(k("/admin%00"), Err(PathError::Control), "never configurable");
         let reject = PathPolicy { semicolon: Semicolon::Reject, ..PathPolicy::default() };
         assert_eq!(normalize("/a;b", &reject), Err(PathError::Semicolon));
+    }
+
+    /// Found by the `normalize` fuzz target: `/api/users%3Abatch` matched
+    /// `/api/**` while a server that decodes before routing ran the
+    /// `/api/users:batch` route, whose rules the gateway never applied.
+    #[test]
+    fn escaped_sub_delimiters_are_decoded() {
+        let cases: &[(&str, &str)] = &[
+            ("/api/users%3Abatch", "/api/users:batch"),
+            ("/a%40b%21%24%26%27%28%29%2A%2B%2C%3D", "/a@b!$&'()*+,="),
+            ("/a%3Bb", "/a%3Bb"),
+            ("/a%3Fb%23c%20d%22", "/a%3Fb%23c%20d%22"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(n(input).as_deref(), Ok(*expected), "{input}");
+            assert_eq!(n(expected).as_deref(), Ok(*expected), "{input}: not idempotent");
+        }
     }
 
     /// Found by the `normalize` fuzz target: with `backslash = "escape"`
