@@ -106,7 +106,8 @@ mod tests {
 
     #[test]
     fn removal_keeps_every_other_pair_in_order() {
-        let cases: &[(&[&[u8]], Option<&[u8]>)] = &[
+        type Case = (&'static [&'static [u8]], Option<&'static [u8]>);
+        let cases: &[Case] = &[
             (&[b"a=1; sid=x; b=2"], Some(b"a=1; b=2")),
             (&[b"sid=x"], None),
             (&[b"sid=x; sid=y", b" sid =z"], None),

@@ -484,7 +484,8 @@ mod tests {
         use crate::normalize::{PathPolicy, TrailingSlash};
         let strip = PathPolicy::default();
         let keep = PathPolicy { trailing_slash: TrailingSlash::Keep, ..strip };
-        let cases: &[(&str, &PathPolicy, Result<(), Option<&str>>)] = &[
+        type Case<'a> = (&'a str, &'a PathPolicy, Result<(), Option<&'a str>>);
+        let cases: &[Case<'_>] = &[
             ("/", &strip, Ok(())),
             ("/admin/users/{id}/**", &strip, Ok(())),
             ("/Admin/*", &strip, Ok(())),

@@ -13,7 +13,7 @@ use portcullis_policy::cors::{CorsPolicy, Origins};
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::{HeaderPolicy, Hsts};
 use portcullis_policy::limits::RequestLimits;
-use portcullis_policy::route::{HostPattern, PathPattern, PatternError};
+use portcullis_policy::route::{HostPattern, PathPattern};
 use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
@@ -77,10 +77,10 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         paths.case == portcullis_policy::normalize::Case::Insensitive,
     );
     let mut waf = super::waf::build_waf(&mut c, &raw, base);
+    check_route_paths(&mut c, &raw, &paths);
     let mut routes = build_routes(
         &mut c,
         &raw,
-        &paths,
         &upstreams,
         &headers,
         &auth,
@@ -807,10 +807,25 @@ struct Named<'a> {
     openapi: &'a std::collections::BTreeMap<String, super::openapi::OpenApiDoc>,
 }
 
+/// Route patterns that normalized request paths can reach: no request path
+/// is spelled `/admin/` (trailing slashes stripped), `/%61dmin` or `/café`
+/// once normalized, so such a route would silently never match and its
+/// requests would fall through to a less specific route.
+fn check_route_paths(c: &mut Collector<'_>, raw: &RawConfig, paths: &portcullis_policy::normalize::PathPolicy) {
+    for route in &raw.routes {
+        let m = route.get_ref().matcher.get_ref();
+        if let Ok(pattern) = PathPattern::parse(m.path.get_ref())
+            && let Err(e) = pattern.check_normal(paths)
+        {
+            c.error(m.path.span(), e.to_string())
+                .help("write the pattern as normalized paths are spelled (docs/configuration.md, [paths])");
+        }
+    }
+}
+
 fn build_routes(
     c: &mut Collector<'_>,
     raw: &RawConfig,
-    paths: &portcullis_policy::normalize::PathPolicy,
     upstreams: &[Upstream],
     global: &HeaderPolicy,
     configured: &super::auth::Auth,
@@ -827,14 +842,10 @@ fn build_routes(
     for (i, spanned) in raw.routes.iter().enumerate() {
         let r = spanned.get_ref();
         let m = r.matcher.get_ref();
-        let path = match PathPattern::parse(m.path.get_ref()).and_then(|p| p.check_normal(paths).map(|()| p)) {
+        let path = match PathPattern::parse(m.path.get_ref()) {
             Ok(p) => Some(p),
             Err(e) => {
-                let message = match e {
-                    PatternError::NotNormal { .. } => e.to_string(),
-                    e => format!("invalid path pattern {:?}: {e}", m.path.get_ref()),
-                };
-                c.error(m.path.span(), message)
+                c.error(m.path.span(), format!("invalid path pattern {:?}: {e}", m.path.get_ref()))
                     .expected("\"/exact\", \"/users/{id}\", \"/one/*/segment\" or \"/prefix/**\"");
                 None
             }
