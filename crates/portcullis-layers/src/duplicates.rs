@@ -1,6 +1,8 @@
-//! Duplicate credentials on live requests (rules in
-//! `portcullis_policy::duplicates`): a request that carries a credential,
-//! an identity cookie or `Host` twice is refused before anything reads it.
+//! Duplicate credentials and override headers on live requests (rules in
+//! `portcullis_policy::duplicates` and `portcullis_policy::overrides`): a
+//! request that carries a credential, an identity cookie or `Host` twice, or
+//! a header a backend would read to change its method or path, is refused
+//! before anything reads it.
 //!
 //! `Proxy-Authorization` is hop-by-hop and already gone when this runs; the
 //! reject layer counts it before removing it and leaves a
@@ -31,6 +33,7 @@ impl Guard for Duplicates {
                 .with_rule(*name)
                 .with_detail(format!("{name} appears more than once")));
         }
-        self.0.check(req.headers())
+        self.0.check(req.headers())?;
+        portcullis_policy::overrides::check(req.headers())
     }
 }

@@ -165,6 +165,8 @@ where
             req.extensions_mut().insert(crate::duplicates::RepeatedHopHeader("proxy-authorization"));
         }
         hop::strip(req.headers_mut(), true);
+        // `Transfer_Encoding` reaches CGI-style upstreams as Transfer-Encoding.
+        crate::strip_underscore_aliases(req.headers_mut(), hop::ALIASED);
         let client = resolve_client(peer.ip(), req.headers(), &self.shared.trusted);
         let incoming = req.headers().get(X_REQUEST_ID).filter(|v| client.peer_trusted && is_acceptable(v.as_bytes()));
         let request_id = match incoming {

@@ -84,6 +84,9 @@ reasons! {
     /// (`Authorization`, `Host`, the API-key header, the session cookie, …)
     /// appears more than once; `rule` names it.
     RequestDuplicate => ("request.duplicate", StatusCode::BAD_REQUEST, Client),
+    /// A header some backends read to change the method or path
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`, …); `rule` names it.
+    RequestOverride => ("request.override", StatusCode::BAD_REQUEST, Client),
     /// An `Upgrade` to anything but WebSocket (`h2c`, `TLS/1.0`, a list).
     UpgradeProtocol => ("upgrade.protocol", StatusCode::BAD_REQUEST, Client),
     /// A WebSocket upgrade not in RFC 6455's shape (not a body-less HTTP/1.1
@@ -112,6 +115,10 @@ reasons! {
     ConnMalformed => ("conn.malformed", StatusCode::BAD_REQUEST, Client),
     /// A request head larger than the parser's buffer (far above the limits).
     ConnHeadTooLarge => ("conn.head_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Client),
+    /// An HTTP/2 client crossed a protocol bound (streams reset before
+    /// their answer, before acceptance or for protocol errors, CONTINUATION
+    /// frames): the connection got GOAWAY (rapid reset, CONTINUATION flood).
+    ConnFlood => ("conn.flood", StatusCode::TOO_MANY_REQUESTS, Client),
     /// The client address already holds `max_connections_per_ip` open
     /// connections; the new one was closed at once.
     ConnPerIp => ("conn.per_ip", StatusCode::TOO_MANY_REQUESTS, Client),

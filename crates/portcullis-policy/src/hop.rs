@@ -29,6 +29,18 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+/// Framing and connection headers whose underscore spellings
+/// (`Transfer_Encoding`) the gateway removes too: CGI-style servers (Rack,
+/// uWSGI, PHP) read both spellings as one header.
+pub const ALIASED: &[&str] = &[
+    "transfer-encoding",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
 /// Whether the headers ask for a protocol upgrade: `Connection` lists
 /// `upgrade` and an `Upgrade` header names the protocol.
 #[must_use]

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod login;
 pub mod normalize;
 pub mod openapi;
+pub mod overrides;
 pub mod principal;
 pub mod rate_limit;
 pub mod rbac;

@@ -78,15 +78,17 @@ impl RequestLimits {
 ///
 /// # Errors
 /// `request.malformed` when `Content-Length` is repeated with different
-/// values or is not a number (hyper already refuses most such requests; this
-/// guards requests that arrive by other paths).
+/// values or is not a plain decimal number (`+5`, `0x5` and `5, 5` are
+/// refused, as RFC 9110 §8.6 has it: hyper already refuses most such requests;
+/// this guards requests that arrive by other paths).
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Denied> {
     let mut found: Option<u64> = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let parsed = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let digits = value.as_bytes().trim_ascii();
+        // `u64::from_str` alone would take a leading `+`.
+        let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+            .flatten()
             .ok_or_else(|| Denied::new(Reason::RequestMalformed).with_detail("invalid content-length"))?;
         if found.is_some_and(|f| f != parsed) {
             return Err(Denied::new(Reason::RequestMalformed).with_detail("conflicting content-length"));
@@ -145,5 +147,24 @@ mod tests {
         assert_eq!(content_length(&h).unwrap(), Some(5));
         h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
         assert!(content_length(&h).is_err());
+    }
+
+    #[test]
+    fn content_length_is_plain_digits() {
+        for (value, expected) in [
+            ("5", Some(5)),
+            (" 05 ", Some(5)),
+            ("+5", None),
+            ("-1", None),
+            ("0x5", None),
+            ("5, 5", None),
+            ("", None),
+            ("5 5", None),
+            ("99999999999999999999999", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.append(CONTENT_LENGTH, HeaderValue::from_str(value).unwrap());
+            assert_eq!(content_length(&h).ok().flatten(), expected, "{value:?}");
+        }
     }
 }

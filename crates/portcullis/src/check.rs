@@ -50,7 +50,22 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     admin_exposed(config, &mut out);
     csrf_gaps(config, &mut out);
     waf_gaps(config, &mut out);
+    path_ambiguity(config, &mut out);
     out
+}
+
+/// Path settings that let a spelling through which a backend may read as
+/// another path.
+fn path_ambiguity(config: &Config, out: &mut Vec<Finding>) {
+    use portcullis_policy::normalize::EncodedPercent;
+    if config.paths.encoded_percent == EncodedPercent::Keep {
+        out.push(warning(
+            "paths.encoded_percent",
+            "[paths] encoded_percent = \"keep\": `%252e%252e` passes as a name, and a backend that decodes twice reads `..`"
+                .into(),
+            "keep the default \"reject\" unless every upstream is known to decode the path exactly once",
+        ));
+    }
 }
 
 /// Defence 3: public-facing routes without a blocking WAF, and WAF settings

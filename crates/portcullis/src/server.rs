@@ -14,6 +14,18 @@
 //! request, so an idle HTTP/1.1 keep-alive connection is closed after the
 //! shorter of the two timeouts; `idle_timeout` governs HTTP/2 connections.
 //!
+//! HTTP/2 abuse is bounded per connection (the constants below, reasons in
+//! docs/defaults.md): concurrent streams, streams the client resets before
+//! they are accepted, streams the HTTP/2 layer resets for protocol errors,
+//! CONTINUATION frames per header block (h2's own bound, derived from the
+//! header list size), and streams the client resets before their answer
+//! ends (rapid reset, CVE-2023-44487): past a bound and more than half of
+//! the connection's streams, the connection gets GOAWAY. Each of these
+//! closings is one `conn.flood` event; a GOAWAY for any other protocol
+//! error is `conn.malformed`. A single malformed HTTP/2 request is reset
+//! (`RST_STREAM`) by the HTTP/2 layer without an event: no request exists
+//! for the pipeline to see.
+//!
 //! Shutdown: listeners stop accepting, every connection is asked to finish
 //! (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY), and the
 //! process waits up to `shutdown_timeout` for in-flight requests and
@@ -24,7 +36,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -47,6 +59,24 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthRuntime;
+
+/// Streams open at once on one HTTP/2 connection (RFC 9113 asks for at
+/// least 100). Each can hold an upstream connection.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before the gateway accepted them; past this,
+/// GOAWAY (h2's default, set here so it cannot drift).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the HTTP/2 layer may reset for the client's protocol errors
+/// (malformed headers, a wrong content-length, refused streams) over a
+/// connection's life; past this, GOAWAY. A conforming client causes none.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 100;
+/// Answer bytes buffered per stream ahead of the client's flow-control
+/// window: a slow reader holds at most this per stream.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// Streams the client may reset before their answer ended (rapid reset)
+/// before the connection gets GOAWAY, if they are also more than half of its
+/// streams. A browser cancels a few; an attack, hundreds.
+const H2_MAX_PREMATURE_RESETS: u64 = 100;
 use crate::config::state::Shared;
 use crate::config::{Config, IdentityMode, Listener};
 use crate::proxy::Proxy;
@@ -975,11 +1005,16 @@ impl Connection {
             .keep_alive(true)
             .max_buf_size(head_cap)
             .max_headers(server.limits.max_header_count.saturating_mul(2).max(64));
+        // The header list size also bounds CONTINUATION frames per block (h2
+        // allows about list size / frame size + 25%, at least 5).
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(head_cap).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .max_send_buf_size(H2_MAX_SEND_BUF)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         // On TLS the protocol was settled by ALPN at handshake time (offers
         // fixed at start); `h2c` governs cleartext listeners only.
@@ -993,12 +1028,28 @@ impl Connection {
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
             let in_flight = InFlight::begin(service_activity.clone());
+            // An HTTP/2 stream abandoned before its answer ended was reset by
+            // the client (or the connection ended): counted against rapid reset.
+            let stream = (req.version() == http::Version::HTTP_2).then(|| StreamEnd::begin(service_activity.clone()));
             let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
             req.extensions_mut().insert(conn_info.clone());
             let future = gateway.service.handle(req);
             async move {
                 let Ok(response) = future.await;
-                Ok::<_, Infallible>(response.map(|body| Observed::new(body, move |_, _| drop(in_flight))))
+                Ok::<_, Infallible>(response.map(|body| {
+                    // hyper never polls an empty body: it ended at once.
+                    let empty = http_body::Body::is_end_stream(&body);
+                    let body = match &stream {
+                        Some(stream) => stream.watch(body),
+                        None => body,
+                    };
+                    Observed::new(body, move |_, completed| {
+                        if let Some(stream) = stream {
+                            stream.end(completed || empty);
+                        }
+                        drop(in_flight);
+                    })
+                }))
             }
         });
 
@@ -1021,6 +1072,15 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                () = activity.flood.notified(), if !closing => {
+                    closing = true;
+                    let (premature, streams) = activity.resets();
+                    self.emit_connection_event(
+                        Reason::ConnFlood,
+                        format!("HTTP/2 rapid reset: {premature} of {streams} streams reset by the client before their answer; GOAWAY"),
+                    );
+                    conn.as_mut().graceful_shutdown();
+                }
                 () = tokio::time::sleep_until(idle_deadline.into()), if !closing => {
                     if activity.is_idle(idle_timeout) {
                         closing = true;
@@ -1041,6 +1101,20 @@ impl Connection {
     fn connection_error(&self, error: &(dyn std::error::Error + 'static), partial_head: bool) {
         let hyper_error =
             std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<hyper::Error>());
+        // An HTTP/2 protocol error the gateway's side detected (it sent
+        // GOAWAY): a bound crossed is a flood, anything else malformed.
+        let h2_error = std::iter::successors(Some(error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<h2::Error>())
+            .filter(|e| e.is_go_away() && e.is_library());
+        if let Some(e) = h2_error {
+            let reason = if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                Reason::ConnFlood
+            } else {
+                Reason::ConnMalformed
+            };
+            self.emit_connection_event(reason, format!("HTTP/2: {e}; GOAWAY"));
+            return;
+        }
         let reason = match hyper_error {
             Some(e) if e.is_timeout() && partial_head => Reason::ConnHeaderTimeout,
             Some(e) if e.is_timeout() => {
@@ -1134,6 +1208,11 @@ struct Activity {
     /// ended: the difference is a request head still being sent.
     bytes_read: AtomicU64,
     bytes_at_last_request: AtomicU64,
+    /// HTTP/2 streams begun, and those abandoned before their answer ended.
+    h2_streams: AtomicU64,
+    h2_premature: AtomicU64,
+    /// Signalled once when the abandoned streams cross the rapid-reset bound.
+    flood: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -1144,7 +1223,15 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_at_last_request: AtomicU64::new(0),
+            h2_streams: AtomicU64::new(0),
+            h2_premature: AtomicU64::new(0),
+            flood: tokio::sync::Notify::new(),
         }
+    }
+
+    /// (abandoned, begun) HTTP/2 streams.
+    fn resets(&self) -> (u64, u64) {
+        (self.h2_premature.load(Ordering::Relaxed), self.h2_streams.load(Ordering::Relaxed))
     }
 
     fn bytes_since_last_request(&self) -> u64 {
@@ -1187,6 +1274,51 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
         self.0.mark_request_boundary();
+    }
+}
+
+/// One HTTP/2 stream; reset by the client unless its answer ended, or
+/// failed on the upstream's side (not the client's doing).
+struct StreamEnd {
+    activity: Arc<Activity>,
+    ended: bool,
+    failed: Arc<AtomicBool>,
+}
+
+impl StreamEnd {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.h2_streams.fetch_add(1, Ordering::Relaxed);
+        Self { activity, ended: false, failed: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The answer's body, noting when it fails (an upstream reset mid-answer).
+    fn watch(&self, body: portcullis_layers::Body) -> portcullis_layers::Body {
+        let failed = self.failed.clone();
+        body.map_err(move |e| {
+            failed.store(true, Ordering::Relaxed);
+            e
+        })
+        .boxed_unsync()
+    }
+
+    fn end(mut self, completed: bool) {
+        self.ended = completed || self.failed.load(Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let premature = self.activity.h2_premature.fetch_add(1, Ordering::Relaxed) + 1;
+        let streams = self.activity.h2_streams.load(Ordering::Relaxed);
+        // Exactly once, at the crossing: the connection is closing after it.
+        if premature == H2_MAX_PREMATURE_RESETS.max(streams / 2 + 1)
+            || (premature > H2_MAX_PREMATURE_RESETS && premature * 2 == streams + 1)
+        {
+            self.activity.flood.notify_one();
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //!    credential or identity, and `Host` and `Content-Type`, at most once.
 //! 3. Paths a backend would read differently: `%25XX` (double decoding) and
 //!    segments backends treat as dot segments.
+//! 4. Headers that make a backend act on another method or path
+//!    (`X-HTTP-Method-Override`, `X-Original-URL`).
 //!
 //! Each refusal is checked for its status, reason code and event, and the
 //! upstream for having seen exactly the requests the gateway admitted.
@@ -420,6 +422,22 @@ async fn credentials_and_identity_headers_may_appear_once() {
     .unwrap();
     assert_eq!(ok.status, 200, "other cookies may repeat: {}", String::from_utf8_lossy(&ok.body));
     s.strict.assert_clean("once each");
+}
+
+#[tokio::test]
+async fn method_and_path_override_headers_are_refused() {
+    let s = Setup::start("").await;
+    for header in [
+        "X-HTTP-Method-Override: DELETE",
+        "X-HTTP-Method: DELETE",
+        "X-Method-Override: PUT",
+        "X_HTTP_Method_Override: DELETE",
+        "X-Original-URL: /admin/users",
+        "X-Rewrite-URL: /admin/users",
+    ] {
+        let request = format!("POST /public/x HTTP/1.1\r\nHost: gw\r\n{header}\r\nContent-Length: 0\r\n\r\n");
+        s.assert_refused(header, &request, 400, "request.override").await;
+    }
 }
 
 #[tokio::test]

@@ -714,3 +714,33 @@ fn route_patterns_that_normalized_paths_never_match_are_refused() {
     );
     assert!(parse(&keep).is_ok(), "a trailing slash is a spelling when trailing slashes are kept");
 }
+
+#[test]
+fn path_settings_parse_and_keeping_double_encoding_is_a_finding() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("paths."))
+            .collect()
+    };
+    assert!(codes(MINIMAL).is_empty());
+    let keep = format!("{MINIMAL}\n[paths]\nencoded_percent = \"keep\"\n");
+    assert_eq!(parse(&keep).unwrap().paths.encoded_percent, portcullis_policy::normalize::EncodedPercent::Keep);
+    assert_eq!(codes(&keep), ["paths.encoded_percent"]);
+    let err = parse(&format!("{MINIMAL}\n[paths]\nencoded_percent = \"decode\"\n")).unwrap_err().to_string();
+    assert!(err.contains("unknown encoded_percent \"decode\""), "{err}");
+    assert!(err.contains("\"reject\", \"keep\""), "{err}");
+}
+
+#[test]
+fn route_websocket_is_a_bool_and_off_by_default() {
+    let config = parse(MINIMAL).unwrap();
+    assert!(config.routes.iter().all(|r| !r.websocket));
+    let on = MINIMAL.replacen("auth = \"public\"", "auth = \"public\"\nwebsocket = true", 1);
+    assert!(parse(&on).unwrap().routes[0].websocket);
+    let err = parse(&MINIMAL.replacen("auth = \"public\"", "auth = \"public\"\nwebsocket = \"yes\"", 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid type"), "{err}");
+}

@@ -260,11 +260,22 @@ async fn the_gateways_own_endpoints_have_a_per_ip_limit_by_default() {
             .body(full_body(body))
             .unwrap()
     };
-    // A burst of 30, then refusals naming the built-in limit.
-    for i in 0..30 {
-        assert_eq!(send(report()).await.0.status, 204, "report {i}");
-    }
-    let (parts, body) = send(report()).await;
+    // A burst of 30, then refusals naming the built-in limit. The limit
+    // refills at 10/s while the burst is sent, so a slow machine may pass a
+    // few more: count the passes before the first refusal and allow what
+    // the refill can explain.
+    let start = std::time::Instant::now();
+    let mut passed = 0u32;
+    let (parts, body) = loop {
+        let (parts, body) = send(report()).await;
+        if parts.status != 204 {
+            break (parts, body);
+        }
+        passed += 1;
+        assert!(passed <= 1000, "no refusal after 1000 reports");
+    };
+    let refill = (start.elapsed().as_secs_f64() * 10.0).ceil() as u32;
+    assert!((30..=30 + refill).contains(&passed), "{passed} reports passed; burst 30, refill allowance {refill}");
     assert_denied(&parts, &body, 429, "ratelimit.exceeded");
     assert_eq!(gw.events.last().unwrap().rule.as_deref(), Some("portcullis.endpoints"));
     // Proxied routes are not affected.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, COOKIE, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -146,6 +146,19 @@ async fn send(
     let client_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
+    // One Content-Length in plain digits: the client's parser accepted `05`
+    // or the same number twice, which an upstream may read differently.
+    if let Ok(Some(length)) = portcullis_policy::limits::content_length(req.headers()) {
+        req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    // HTTP/2 clients send each cookie as its own field; HTTP/1.1 has one
+    // `Cookie` line (RFC 9113 §8.2.3), and a backend may read only one.
+    let cookies: Vec<&[u8]> = req.headers().get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if cookies.len() > 1
+        && let Ok(joined) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    {
+        req.headers_mut().insert(COOKIE, joined);
+    }
     let target_host = || HeaderValue::from_str(authority.as_str()).ok();
     match upstream.config.host_header {
         HostHeader::Preserve => {
