@@ -66,10 +66,13 @@ fuzz_target!(|data: &[u8]| {
     let token = format!("{signing_input}.{signature}");
     let Ok(verified) = jwt::verify(&token, &policy, &keys, now) else { return };
 
-    let header: Value = serde_json::from_str(header).unwrap();
-    assert_eq!(header.get("alg").and_then(Value::as_str), Some("HS256"), "alg as a JSON reader sees it: {header}");
-    assert!(header.get("crit").is_none());
-    assert!(header.get("kid").is_none_or(|k| k.as_str() == Some("k1")), "kid {header}");
+    // A header serde_json cannot hold as a value (a number out of range in an
+    // ignored member) is still judged by the rest.
+    if let Ok(header) = serde_json::from_str::<Value>(header) {
+        assert_eq!(header.get("alg").and_then(Value::as_str), Some("HS256"), "alg as a JSON reader sees it: {header}");
+        assert!(header.get("crit").is_none());
+        assert!(header.get("kid").is_none_or(|k| k.as_str() == Some("k1")), "kid {header}");
+    }
 
     let claims: Value = serde_json::from_str(claims).unwrap();
     assert_eq!(claims.get("iss").and_then(Value::as_str), Some(ISSUER));

@@ -53,8 +53,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(found.as_deref(), Some(expected.as_str()), "the upstream reads another account from {body:?}");
     }
 
-    // Round trips through real encoders, with the body as the value.
+    // Round trips through real encoders, with the body as the value (for
+    // paths within serde_json's nesting limit of 128).
     let Ok(value) = std::str::from_utf8(body) else { return };
+    if path.len() > 100 {
+        return;
+    }
     let mut json = Value::String(value.to_owned());
     for segment in path.iter().rev() {
         json = Value::Object([(segment.clone(), json)].into_iter().collect());
