@@ -197,6 +197,22 @@ pub fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The refusal for a request body that failed while being read: over the
+/// limit (413 `limit.body`), too slow (408 `request.body_timeout`), or
+/// broken (400 `request.body`).
+#[must_use]
+pub fn body_denial(error: &(dyn std::error::Error + 'static)) -> portcullis_policy::Denied {
+    use portcullis_policy::{Denied, Reason};
+    let mut chain = std::iter::successors(Some(error), |e| e.source());
+    if is_body_too_large(error) {
+        Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit")
+    } else if let Some(slow) = chain.find_map(|e| e.downcast_ref::<crate::pace::BodyTimeout>()) {
+        Denied::new(Reason::RequestBodyTimeout).with_detail(slow.to_string())
+    } else {
+        Denied::new(Reason::RequestBody).with_detail(format!("body stream failed: {error}"))
+    }
+}
+
 /// The first bytes of a body, read ahead, and what is left of it.
 pub struct Prefix {
     /// The data read, in one piece.
@@ -249,6 +265,14 @@ impl Prefix {
     #[must_use]
     pub fn complete(&self) -> bool {
         self.rest.is_none() && self.error.is_none()
+    }
+
+    /// The refusal for a read that failed because the client was too slow
+    /// (408): such a request can never complete, so it is answered at once
+    /// rather than sent upstream with a body that will break.
+    #[must_use]
+    pub fn timed_out(&self) -> Option<portcullis_policy::Denied> {
+        self.error.as_deref().filter(|e| crate::pace::is_body_timeout(*e)).map(|e| body_denial(e))
     }
 
     /// The whole body again: the frames read, then the unread rest.

@@ -88,7 +88,7 @@ async fn handle(req: Request<Body>, events: Arc<dyn EventSink>) -> Result<Respon
                     bytes.extend_from_slice(data);
                 }
             }
-            Err(_) => return Ok(deny(Denied::new(Reason::LimitBody).with_detail("CSP report over 64 KiB or broken"))),
+            Err(e) => return Ok(deny(crate::body::body_denial(&*e))),
         }
     }
     let Some(summary) = summarize_csp_report(&bytes) else {

@@ -53,6 +53,7 @@ pub mod limits;
 pub mod login;
 pub mod normalize;
 pub mod openapi;
+pub mod pace;
 pub mod rate_limit;
 pub mod reject;
 pub mod route;

@@ -306,7 +306,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let guard = LoginGuard::new(settings, store);
-            let (mut req, account) = read_account(guard.settings(), req).await;
+            let (mut req, account) = match read_account(guard.settings(), req).await {
+                Ok(read) => read,
+                Err(denied) => return Ok(deny(denied)),
+            };
             if let Some(fp) = account.as_deref().and_then(account_fingerprint) {
                 req.extensions_mut().insert(LoginAccount(fp));
             }
@@ -330,11 +333,12 @@ where
 }
 
 /// Reads the account name from `req`, returning the request with its body
-/// intact. The body is buffered only up to `max_body`.
-async fn read_account(settings: &LoginSettings, req: Request<Body>) -> (Request<Body>, Option<String>) {
+/// intact. The body is buffered only up to `max_body`; a client too slow to
+/// send it is refused (408).
+async fn read_account(settings: &LoginSettings, req: Request<Body>) -> Result<(Request<Body>, Option<String>), Denied> {
     if !settings.account.reads_body() {
         let account = settings.account.extract(req.headers(), None);
-        return (req, account);
+        return Ok((req, account));
     }
     let declared = req
         .headers()
@@ -342,12 +346,15 @@ async fn read_account(settings: &LoginSettings, req: Request<Body>) -> (Request<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > settings.max_body) {
-        return (req, None);
+        return Ok((req, None));
     }
     let (parts, body) = req.into_parts();
     let prefix = Prefix::read(body, settings.max_body).await;
+    if let Some(denied) = prefix.timed_out() {
+        return Err(denied);
+    }
     let account = if prefix.complete() { settings.account.extract(&parts.headers, Some(&prefix.bytes)) } else { None };
-    (Request::from_parts(parts, prefix.into_body()), account)
+    Ok((Request::from_parts(parts, prefix.into_body()), account))
 }
 
 /// Login state in memory, for one instance: sharded maps of [`State`],

@@ -113,12 +113,7 @@ async fn validate(api: &OpenApi, req: Request<Body>) -> Result<Request<Body>, Bo
     }
     let read = read_all(body, max).await.map_err(|e| match e {
         ReadError::TooLarge => too_large(),
-        ReadError::Body(e) if crate::body::is_body_too_large(&*e) => {
-            Box::new(Denied::new(Reason::LimitBody).with_detail("body crossed the route's limit"))
-        }
-        ReadError::Body(e) => {
-            Box::new(Denied::new(Reason::RequestBody).with_detail(format!("body stream failed: {e}")))
-        }
+        ReadError::Body(e) => Box::new(crate::body::body_denial(&*e)),
     })?;
     matched.check(&request, Some(&read.bytes))?;
     drop(matched);

@@ -171,6 +171,9 @@ where
                 (Bytes::new(), body)
             } else {
                 let prefix = Prefix::read(body, settings.body_limit).await;
+                if let Some(denied) = prefix.timed_out() {
+                    return Ok(deny(denied));
+                }
                 let limit = usize::try_from(settings.body_limit).unwrap_or(usize::MAX);
                 if prefix.bytes.len() > limit && settings.refuse_over_limit {
                     let denied = Denied::new(Reason::WafBodyTooLarge)

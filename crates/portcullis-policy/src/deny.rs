@@ -96,6 +96,10 @@ reasons! {
     UpgradeNotAllowed => ("upgrade.not_allowed", StatusCode::BAD_REQUEST, Client),
     /// The client's body stream failed before it was complete.
     RequestBody => ("request.body", StatusCode::BAD_REQUEST, Client),
+    /// The client sent its body too slowly: it kept the gateway waiting
+    /// beyond `[server] body_timeout` without keeping up `min_body_rate`
+    /// (slow POST).
+    RequestBodyTimeout => ("request.body_timeout", StatusCode::REQUEST_TIMEOUT, Client),
     /// The request body is larger than the configured limit.
     LimitBody => ("limit.body", StatusCode::PAYLOAD_TOO_LARGE, Client),
     /// The request target is longer than the configured limit.
@@ -122,6 +126,10 @@ reasons! {
     /// The client address already holds `max_connections_per_ip` open
     /// connections; the new one was closed at once.
     ConnPerIp => ("conn.per_ip", StatusCode::TOO_MANY_REQUESTS, Client),
+    /// The client did not read the response: writes to it kept the gateway
+    /// waiting beyond `[server] send_timeout` without keeping up
+    /// `min_send_rate` (slow read); the connection was closed.
+    ConnSendTimeout => ("conn.send_timeout", StatusCode::REQUEST_TIMEOUT, Client),
     /// The client's address is banned (`[[ban]]` or `portcullis ban add`):
     /// refused at accept, or per request when it came through a trusted proxy.
     BanActive => ("ban.active", StatusCode::FORBIDDEN, Client),
@@ -205,6 +213,9 @@ reasons! {
     SessionExpired => ("session.expired", StatusCode::UNAUTHORIZED, Client),
     /// The session was ended by logout or an administrator.
     SessionRevoked => ("session.revoked", StatusCode::UNAUTHORIZED, Client),
+    /// The shared revocation list (Redis) could not be asked whether the
+    /// session was ended; the session fails closed.
+    SessionUnavailable => ("session.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// An OIDC callback whose `state` does not match the login in progress
     /// (forged, replayed or expired).
     OidcState => ("oidc.state", StatusCode::BAD_REQUEST, Client),

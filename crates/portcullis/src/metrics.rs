@@ -1,14 +1,27 @@
 //! Prometheus metrics: the process-wide recorder, and the event sink that
 //! counts every security event.
 //!
-//! Metrics (all counters; labels are bounded by the configuration and the
-//! reason table, never by client input):
+//! Metrics (labels are bounded by the configuration and the reason table,
+//! never by client input). Counters:
 //! - `portcullis_events_total{defence, reason, action, rule}`: one per
 //!   security event, so every refusal, ban and noted decision is countable
 //!   by its stable reason code and the rule (route, limit, ban rule) that
 //!   decided.
 //! - `portcullis_ratelimit_checks_total{limit, result}`: every check of a
 //!   named limit, `result` = `allowed` or `limited`.
+//! - `portcullis_events_dropped_total{sink, cause}`: security events a sink
+//!   lost, `cause` = `queue_full` (the writer fell behind) or `write_error`
+//!   (a full disk, a closed pipe).
+//!
+//! Gauges, so leaks show (each returns to its idle value when traffic stops):
+//! - `portcullis_connections_open{listener}`: client connections, TLS
+//!   handshakes included.
+//! - `portcullis_requests_in_flight{listener}`: requests whose response has
+//!   not ended.
+//! - `portcullis_upstream_connections_open{upstream}`: connections to
+//!   upstream targets, pooled idle ones included.
+//! - `portcullis_websocket_tunnels_open{upstream}`: upgraded connections
+//!   being relayed.
 //!
 //! They are served as Prometheus text at `GET /metrics` on the admin
 //! listener (`[admin]`).
@@ -52,6 +65,49 @@ fn describe() {
         "portcullis_ratelimit_checks_total",
         "Checks of each named rate limit, by result (allowed or limited)."
     );
+    metrics::describe_counter!(EVENTS_DROPPED, "Security events a sink lost, by cause (queue_full or write_error).");
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by listener.");
+    metrics::describe_gauge!(REQUESTS_IN_FLIGHT, "Requests whose response has not ended, by listener.");
+    metrics::describe_gauge!(UPSTREAM_CONNECTIONS_OPEN, "Open connections to upstream targets, by upstream.");
+    metrics::describe_gauge!(WEBSOCKET_TUNNELS_OPEN, "Upgraded connections being relayed, by upstream.");
+}
+
+/// Counter: events lost by a sink.
+pub const EVENTS_DROPPED: &str = "portcullis_events_dropped_total";
+/// Gauge: open client connections.
+pub const CONNECTIONS_OPEN: &str = "portcullis_connections_open";
+/// Gauge: requests in flight.
+pub const REQUESTS_IN_FLIGHT: &str = "portcullis_requests_in_flight";
+/// Gauge: open upstream connections.
+pub const UPSTREAM_CONNECTIONS_OPEN: &str = "portcullis_upstream_connections_open";
+/// Gauge: WebSocket (upgraded) tunnels.
+pub const WEBSOCKET_TUNNELS_OPEN: &str = "portcullis_websocket_tunnels_open";
+
+/// One unit of a gauge, held while something is open: incremented when
+/// made, decremented when dropped, however the holder ends.
+#[derive(Debug)]
+pub struct Held(metrics::Gauge);
+
+impl Held {
+    /// Counts one more on `gauge` with `label` = `value`.
+    #[must_use]
+    pub fn new(gauge: &'static str, label: &'static str, value: &str) -> Self {
+        let gauge = metrics::gauge!(gauge, label => value.to_owned());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Makes a gauge appear on /metrics (at its current value) before anything
+/// is counted on it, so a scrape can tell "none" from "not exported".
+pub fn register_gauge(gauge: &'static str, label: &'static str, value: &str) {
+    metrics::gauge!(gauge, label => value.to_owned()).increment(0.0);
 }
 
 /// Counts each event, then passes it on.

@@ -7,9 +7,14 @@
 //! in atomically, so a request never sees half of a configuration.
 //!
 //! Connection defences: a client must send a complete request head within
-//! `header_read_timeout` (slowloris); a connection with no request in flight
-//! is closed after `idle_timeout`; hyper's read buffer caps the head size
-//! above the configured limits, which answer 414/431 themselves. hyper starts
+//! `header_read_timeout` (slowloris); a request body must keep up
+//! `min_body_rate` or is cut after `body_timeout` of waiting (slow POST,
+//! 408 `request.body_timeout`); a client that does not read its response
+//! must keep up `min_send_rate` or its connection is closed after
+//! `send_timeout` of waiting (slow read, `conn.send_timeout`); a connection
+//! with no request in flight is closed after `idle_timeout`; hyper's read
+//! buffer caps the head size above the configured limits, which answer
+//! 414/431 themselves. hyper starts
 //! the header timer as soon as an HTTP/1.1 connection waits for its next
 //! request, so an idle HTTP/1.1 keep-alive connection is closed after the
 //! shorter of the two timeouts; `idle_timeout` governs HTTP/2 connections.
@@ -48,6 +53,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use portcullis_layers::body::Observed;
+use portcullis_layers::pace::{BodyTimedOut, Pace, Paced, Pacer};
 use portcullis_layers::{ConnInfo, EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::canonical;
@@ -113,6 +119,10 @@ impl Gateway {
         per_config: &ConfigShared,
     ) -> Self {
         let limit_store = &state.limits;
+        for u in &config.upstreams {
+            crate::metrics::register_gauge(crate::metrics::UPSTREAM_CONNECTIONS_OPEN, "upstream", &u.name);
+            crate::metrics::register_gauge(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", &u.name);
+        }
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
         let entries = config
             .routes
@@ -523,6 +533,8 @@ impl Server {
                 ListenerKind::Tls(_) => "https",
                 ListenerKind::Plain | ListenerKind::Redirect { .. } => "http",
             };
+            crate::metrics::register_gauge(crate::metrics::CONNECTIONS_OPEN, "listener", &spec.name);
+            crate::metrics::register_gauge(crate::metrics::REQUESTS_IN_FLIGHT, "listener", &spec.name);
             tracing::info!(listener = %spec.name, %addr, scheme, workers = count, "listening");
             addrs.push((spec.name.to_string(), addr));
             let accept = Acceptor {
@@ -829,8 +841,17 @@ impl WorkerContext {
                             shutdown: self.shutdown.clone(),
                             events: self.events.clone(),
                             client_cert: None,
-                            _open: OpenConnection(self.connections.clone()),
-                            _ip_slot: ip_slot,
+                            hold: ConnHold(Arc::new(Share {
+                                _open: OpenConnection(
+                                    self.connections.clone(),
+                                    crate::metrics::Held::new(
+                                        crate::metrics::CONNECTIONS_OPEN,
+                                        "listener",
+                                        &spec.name,
+                                    ),
+                                ),
+                                _ip_slot: ip_slot,
+                            })),
                         };
                         match &spec.kind {
                             ListenerKind::Plain => {
@@ -851,8 +872,9 @@ impl WorkerContext {
     }
 }
 
-/// Counts a connection as open on its worker until dropped.
-struct OpenConnection(Arc<AtomicUsize>);
+/// Counts a connection as open on its worker (and in the
+/// `portcullis_connections_open` gauge) until dropped.
+struct OpenConnection(Arc<AtomicUsize>, #[allow(dead_code)] crate::metrics::Held);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -946,6 +968,18 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     events: Arc<dyn EventSink>,
     client_cert: Option<Arc<portcullis_layers::ClientCert>>,
+    hold: ConnHold,
+}
+
+/// What a client connection holds while it is open: its place in its
+/// worker's count and the gauge, and its share of its address's
+/// `max_connections_per_ip`. Each request carries a clone, and a WebSocket
+/// tunnel keeps one until it closes: an upgraded connection outlives hyper's
+/// connection task, and must still count.
+#[derive(Clone)]
+pub(crate) struct ConnHold(#[allow(dead_code)] Arc<Share>);
+
+struct Share {
     _open: OpenConnection,
     _ip_slot: Option<IpSlot>,
 }
@@ -992,7 +1026,8 @@ impl Connection {
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(CountingIo { inner: stream, activity: activity.clone() });
+        let io =
+            TokioIo::new(CountingIo { inner: stream, activity: activity.clone(), send: Pacer::new(server.send_pace) });
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's buffer is a backstop above the configured limits, which
@@ -1024,16 +1059,27 @@ impl Connection {
         conn_info.client_cert = self.client_cert.take();
         let current = self.current.clone();
         let service_activity = activity.clone();
+        let listener = self.listener.clone();
+        let hold = self.hold.clone();
+        let send_pace = server.send_pace;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
-            let in_flight = InFlight::begin(service_activity.clone());
+            let in_flight = InFlight::begin(service_activity.clone(), &listener);
             // An HTTP/2 stream abandoned before its answer ended was reset by
             // the client (or the connection ended): counted against rapid reset.
             let stream = (req.version() == http::Version::HTTP_2).then(|| StreamEnd::begin(service_activity.clone()));
-            let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+            // Every request body is paced (slow POST); the flag tells the
+            // proxy why an upstream write failed.
+            let pace = gateway.config.server.body_pace;
+            let timed_out = BodyTimedOut::default();
+            let flag = timed_out.clone();
+            let mut req = req.map(|b| Paced::new(b.map_err(Into::into), pace, flag).boxed_unsync());
+            req.extensions_mut().insert(timed_out);
             req.extensions_mut().insert(conn_info.clone());
+            req.extensions_mut().insert(hold.clone());
             let future = gateway.service.handle(req);
+            let activity = service_activity.clone();
             async move {
                 let Ok(response) = future.await;
                 Ok::<_, Infallible>(response.map(|body| {
@@ -1043,12 +1089,14 @@ impl Connection {
                         Some(stream) => stream.watch(body),
                         None => body,
                     };
-                    Observed::new(body, move |_, completed| {
+                    let body = Observed::new(body, move |_, completed| {
                         if let Some(stream) = stream {
                             stream.end(completed || empty);
                         }
                         drop(in_flight);
                     })
+                    .boxed_unsync();
+                    Drained::new(body, &activity, send_pace)
                 }))
             }
         });
@@ -1059,11 +1107,21 @@ impl Connection {
         if closing {
             conn.as_mut().graceful_shutdown();
         }
+        // Kept across iterations: requests ending often must not postpone it.
+        let mut next_check = Instant::now() + STALL_CHECK;
         loop {
+            // While requests are in flight the idle timer is off (its deadline
+            // would be in the past, and re-arming it would spin the worker)
+            // and the stall check is on; a request beginning or ending wakes
+            // the loop to switch.
+            let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
             let idle_deadline = activity.deadline(idle_timeout);
             tokio::select! {
                 result = conn.as_mut() => {
-                    if let Err(e) = result {
+                    if activity.send_timed_out.load(Ordering::Relaxed) {
+                        let detail = format!("the client did not read its response ({})", server.send_pace);
+                        self.emit_connection_event(Reason::ConnSendTimeout, detail);
+                    } else if let Err(e) = result {
                         self.connection_error(e.as_ref(), activity.bytes_since_last_request() > 0);
                     }
                     break;
@@ -1071,6 +1129,16 @@ impl Connection {
                 _ = self.shutdown.changed(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                }
+                () = activity.changed.notified() => {}
+                // HTTP/2 flow control can stall a stream without filling the
+                // socket: check the responses the client must keep pulling.
+                () = tokio::time::sleep_until(next_check.into()), if busy => {
+                    next_check = Instant::now() + STALL_CHECK;
+                    for stalled in activity.cut_stalled() {
+                        let detail = format!("the client did not read an HTTP/2 stream ({stalled})");
+                        self.emit_connection_event(Reason::ConnSendTimeout, detail);
+                    }
                 }
                 () = activity.flood.notified(), if !closing => {
                     closing = true;
@@ -1081,7 +1149,7 @@ impl Connection {
                     );
                     conn.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(idle_deadline.into()), if !closing => {
+                () = tokio::time::sleep_until(idle_deadline.into()), if !busy && !closing => {
                     if activity.is_idle(idle_timeout) {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
@@ -1208,6 +1276,12 @@ struct Activity {
     /// ended: the difference is a request head still being sent.
     bytes_read: AtomicU64,
     bytes_at_last_request: AtomicU64,
+    /// The client stopped reading and the send pace cut the connection.
+    send_timed_out: std::sync::atomic::AtomicBool,
+    /// Signalled when a request begins or ends.
+    changed: tokio::sync::Notify,
+    /// The responses being sent, to cut one the client stopped pulling.
+    drains: std::sync::Mutex<Vec<std::sync::Weak<Drain>>>,
     /// HTTP/2 streams begun, and those abandoned before their answer ended.
     h2_streams: AtomicU64,
     h2_premature: AtomicU64,
@@ -1223,6 +1297,9 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_at_last_request: AtomicU64::new(0),
+            send_timed_out: std::sync::atomic::AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+            drains: std::sync::Mutex::new(Vec::new()),
             h2_streams: AtomicU64::new(0),
             h2_premature: AtomicU64::new(0),
             flood: tokio::sync::Notify::new(),
@@ -1254,18 +1331,147 @@ impl Activity {
     fn is_idle(&self, idle: Duration) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= self.deadline(idle)
     }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When a client handed `bytes` must have asked for more: the pace's
+    /// timeout plus the time those bytes take at its rate.
+    fn due_ms(&self, pace: Pace, bytes: u64) -> u64 {
+        let credit = bytes.saturating_mul(1000).checked_div(pace.min_rate).unwrap_or(0);
+        let timeout = u64::try_from(pace.timeout.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_add(timeout).saturating_add(credit).max(1)
+    }
+
+    /// Drops every response the client has left unpulled past its due time
+    /// (with it the upstream connection and the in-flight count); returns
+    /// the pace each one broke.
+    fn cut_stalled(&self) -> Vec<Pace> {
+        let now = self.now_ms();
+        let overdue: Vec<Arc<Drain>> = {
+            let mut drains = self.drains.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            drains.retain(|d| d.strong_count() > 0);
+            drains.iter().filter_map(std::sync::Weak::upgrade).filter(|d| d.overdue(now)).collect()
+        };
+        overdue
+            .iter()
+            .filter_map(|d| {
+                let body = d.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                // Dropped outside the lock: its drop ends the request.
+                body.map(|body| {
+                    drop(body);
+                    d.pace
+                })
+            })
+            .collect()
+    }
+}
+
+/// How often a connection with requests in flight checks for responses the
+/// client stopped pulling.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// A response body being sent, as the stall check sees it.
+struct Drain {
+    /// When (ms after the connection's epoch) the client must have pulled
+    /// the next frame; 0 while the gateway is not waiting on the client.
+    due_ms: AtomicU64,
+    /// The body; taken (dropped) to cut the response.
+    body: std::sync::Mutex<Option<portcullis_layers::Body>>,
+    pace: Pace,
+}
+
+impl Drain {
+    fn overdue(&self, now_ms: u64) -> bool {
+        let due = self.due_ms.load(Ordering::Relaxed);
+        due != 0 && now_ms > due
+    }
+}
+
+/// The response body hyper sends: after each frame it hands out, the
+/// client has `send_timeout` plus the frame's size at `min_send_rate` to
+/// pull the next one, or the stall check cuts the response. On HTTP/1 the
+/// socket's send pace usually acts first; on HTTP/2 a client can withhold
+/// flow-control window without filling the socket, and only this sees it.
+struct Drained {
+    state: Arc<Drain>,
+    activity: Arc<Activity>,
+}
+
+impl Drained {
+    fn new(body: portcullis_layers::Body, activity: &Arc<Activity>, pace: Pace) -> Self {
+        // The first frame is due too: HTTP/2 waits for window before it
+        // asks for any.
+        let due = if http_body::Body::is_end_stream(&body) { 0 } else { activity.due_ms(pace, 0) };
+        let state = Arc::new(Drain { due_ms: AtomicU64::new(due), body: std::sync::Mutex::new(Some(body)), pace });
+        let mut drains = activity.drains.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished responses leave dead entries; a busy keep-alive connection
+        // must not pile them up between stall checks.
+        if drains.len() >= 64 {
+            drains.retain(|d| d.strong_count() > 0);
+        }
+        drains.push(Arc::downgrade(&state));
+        drop(drains);
+        Self { state, activity: activity.clone() }
+    }
+}
+
+impl http_body::Body for Drained {
+    type Data = bytes::Bytes;
+    type Error = portcullis_layers::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        this.state.due_ms.store(0, Ordering::Relaxed);
+        let mut guard = this.state.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(body) = guard.as_mut() else {
+            let cut = io::Error::new(io::ErrorKind::TimedOut, format!("client not reading ({})", this.state.pace));
+            return Poll::Ready(Some(Err(Box::new(cut))));
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && !body.is_end_stream()
+        {
+            let bytes = frame.data_ref().map_or(0, |d| d.len() as u64);
+            this.state.due_ms.store(this.activity.due_ms(this.state.pace, bytes), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state
+            .body
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.state
+            .body
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or_else(http_body::SizeHint::default, http_body::Body::size_hint)
+    }
 }
 
 /// One request in flight; ends when dropped, however the request ends
 /// (response sent, client gone, HTTP/2 stream reset).
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Activity>, #[allow(dead_code)] crate::metrics::Held);
 
 impl InFlight {
-    fn begin(activity: Arc<Activity>) -> Self {
+    fn begin(activity: Arc<Activity>, listener: &str) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         activity.mark_request_boundary();
-        Self(activity)
+        activity.changed.notify_one();
+        Self(activity, crate::metrics::Held::new(crate::metrics::REQUESTS_IN_FLIGHT, "listener", listener))
     }
 }
 
@@ -1274,6 +1480,7 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
         self.0.mark_request_boundary();
+        self.0.changed.notify_one();
     }
 }
 
@@ -1324,11 +1531,44 @@ impl Drop for StreamEnd {
 
 pin_project! {
     /// A socket that counts the bytes it reads (to tell a slowloris head from
-    /// an idle connection).
+    /// an idle connection) and paces its writes: a client that keeps writes
+    /// pending beyond the send pace (it does not read) fails them, which
+    /// closes the connection and drops the response, and with it the
+    /// upstream connection (slow read).
     struct CountingIo<I> {
         #[pin]
         inner: I,
         activity: Arc<Activity>,
+        send: Pacer,
+    }
+}
+
+impl<I> CountingIo<I> {
+    /// Accounts a write's outcome to the send pace.
+    fn paced<T>(
+        send: &mut Pacer,
+        activity: &Activity,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+        moved: impl Fn(&T) -> u64,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(Ok(value)) => {
+                send.progress(moved(&value));
+                Poll::Ready(Ok(value))
+            }
+            Poll::Pending => match send.poll_wait(cx) {
+                Poll::Ready(()) => {
+                    activity.send_timed_out.store(true, Ordering::Relaxed);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("client not reading ({})", send.pace()),
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -1347,7 +1587,9 @@ impl<I: AsyncRead> AsyncRead for CountingIo<I> {
 
 impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, data)
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        Self::paced(this.send, this.activity, cx, polled, |n| *n as u64)
     }
 
     fn poll_write_vectored(
@@ -1355,7 +1597,9 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        Self::paced(this.send, this.activity, cx, polled, |n| *n as u64)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1363,7 +1607,10 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        // TLS flushes buffered records: pending means the client is not reading.
+        let this = self.project();
+        let polled = this.inner.poll_flush(cx);
+        Self::paced(this.send, this.activity, cx, polled, |()| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

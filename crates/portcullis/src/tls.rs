@@ -173,11 +173,19 @@ impl CertStore {
     }
 
     /// Reloads if the files changed since the last load. Returns whether it did.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the changed files are refused; the current
+    /// certificate stays, and the same files are not tried (nor reported)
+    /// again until they change once more.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = self.stamps();
         let changed = self.modified.lock().map(|m| *m != now).unwrap_or(false);
-        if changed {
-            self.reload()?;
+        if changed && let Err(e) = self.reload() {
+            if let Ok(mut modified) = self.modified.lock() {
+                *modified = now;
+            }
+            return Err(e);
         }
         Ok(changed)
     }

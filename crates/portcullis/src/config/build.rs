@@ -9,6 +9,7 @@ use http::uri::{Scheme, Uri};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portcullis_layers::AuthMode;
+use portcullis_layers::pace::Pace;
 use portcullis_policy::cors::{CorsPolicy, Origins};
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::{HeaderPolicy, Hsts};
@@ -281,6 +282,27 @@ pub(super) fn size(
     }
 }
 
+const RATE_EXAMPLE: &str = "a rate such as \"500B/s\" or \"1KiB/s\", or 0 for none";
+
+/// A transfer rate: `"500B/s"`, `"1KiB/s"`, or 0 (none). A bare size is
+/// refused: the unit says it is per second.
+fn rate(c: &mut Collector<'_>, value: Option<&Spanned<Size>>, default: u64, what: &str) -> u64 {
+    let Some(value) = value else { return default };
+    let parsed = match value.get_ref() {
+        Size::Bytes(0) => Some(0),
+        Size::Bytes(_) => None,
+        Size::Text(text) => text
+            .trim()
+            .strip_suffix("/s")
+            .and_then(|size| size.trim().parse::<bytesize::ByteSize>().ok())
+            .map(|b| b.as_u64()),
+    };
+    parsed.unwrap_or_else(|| {
+        c.error(value.span(), format!("invalid {what}")).expected(RATE_EXAMPLE);
+        default
+    })
+}
+
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -351,6 +373,14 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
                 c.error(n.span(), "max_connections_per_ip is negative").expected("0 (no limit) or a positive count");
                 256
             }),
+        },
+        body_pace: Pace {
+            timeout: duration(c, raw.body_timeout.as_ref(), Duration::from_secs(20), "body_timeout"),
+            min_rate: rate(c, raw.min_body_rate.as_ref(), 500, "min_body_rate"),
+        },
+        send_pace: Pace {
+            timeout: duration(c, raw.send_timeout.as_ref(), Duration::from_secs(20), "send_timeout"),
+            min_rate: rate(c, raw.min_send_rate.as_ref(), 500, "min_send_rate"),
         },
     }
 }
@@ -579,6 +609,7 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path
         name,
         connect_timeout: duration(c, u.connect_timeout.as_ref(), Duration::from_secs(5), "connect_timeout"),
         response_timeout: duration(c, u.response_timeout.as_ref(), Duration::from_secs(30), "response_timeout"),
+        read_timeout: duration(c, u.read_timeout.as_ref(), Duration::from_secs(60), "read_timeout"),
         failure_cooldown: duration(c, u.failure_cooldown.as_ref(), Duration::from_secs(10), "failure_cooldown"),
         pool_idle_timeout: duration(c, u.pool_idle_timeout.as_ref(), Duration::from_secs(4), "pool_idle_timeout"),
         pool_max_idle,

@@ -27,6 +27,7 @@ use std::time::Duration;
 use http::Method;
 use http::uri::{Authority, Scheme};
 use portcullis_layers::AuthMode;
+use portcullis_layers::pace::Pace;
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::HeaderPolicy;
 use portcullis_policy::limits::RequestLimits;
@@ -130,6 +131,13 @@ pub struct Server {
     /// Open connections allowed from one client address (IPv6: one /64);
     /// trusted proxies are exempt. 0 means no limit.
     pub max_connections_per_ip: usize,
+    /// How long a request body may keep the gateway waiting, and the rate
+    /// that earns more time (`body_timeout`, `min_body_rate`): slow POST.
+    pub body_pace: Pace,
+    /// How long a client not reading its response may keep the gateway
+    /// waiting, and the rate that earns more time (`send_timeout`,
+    /// `min_send_rate`): slow read.
+    pub send_pace: Pace,
 }
 
 /// `[[listener]]`.
@@ -235,6 +243,9 @@ pub struct Upstream {
     /// Time from the start of an attempt (connecting, sending the request and
     /// its body) until the response head arrives.
     pub response_timeout: Duration,
+    /// Longest wait for the next piece of a response body; a stalled body
+    /// is cut there (the client sees it truncated).
+    pub read_timeout: Duration,
     /// A target that failed to connect is skipped this long.
     pub failure_cooldown: Duration,
     /// Idle pooled connections are closed after this.

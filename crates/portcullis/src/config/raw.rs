@@ -436,6 +436,10 @@ pub struct RawServer {
     pub h2c: Option<bool>,
     pub workers: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub min_body_rate: Option<Spanned<Size>>,
+    pub send_timeout: Option<Spanned<String>>,
+    pub min_send_rate: Option<Spanned<Size>>,
     /// Limits for `/.portcullis/*` (default: a built-in per-IP limit).
     pub endpoint_limits: Option<Spanned<Vec<String>>>,
 }
@@ -493,6 +497,7 @@ pub struct RawUpstream {
     pub targets: Spanned<Vec<Spanned<String>>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
     pub failure_cooldown: Option<Spanned<String>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub pool_max_idle: Option<Spanned<i64>>,

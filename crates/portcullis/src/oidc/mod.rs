@@ -316,7 +316,8 @@ impl Inner {
             Ok(false) => {}
             Ok(true) => return Err(Denied::new(Reason::SessionRevoked)),
             Err(e) => {
-                return Err(Denied::new(Reason::GatewayInternal).with_detail(format!("revocation list: {e}")));
+                // Fail closed: a revoked session must not pass while the list is unreadable.
+                return Err(Denied::new(Reason::SessionUnavailable).with_detail(format!("revocation list: {e}")));
             }
         }
         let mut set_cookie = None;

@@ -30,6 +30,7 @@ use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use pool::SendError;
 use portcullis_layers::body::{LimitTripped, is_body_too_large};
+use portcullis_layers::pace::{BodyTimedOut, is_body_timeout};
 use portcullis_layers::{Body, RouteInfo, ServedBy, deny};
 use portcullis_policy::upgrade::{WebSocketUpgrade, check_switch};
 use portcullis_policy::{Denied, Reason, hop};
@@ -80,6 +81,8 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
     };
     let websocket = req.extensions().get::<WebSocketUpgrade>().cloned();
     let upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
+    // A tunnel keeps its client connection counted (gauge, per-IP limit).
+    let hold = req.extensions().get::<crate::server::ConnHold>().cloned();
 
     // Retrying is safe only when no body bytes can have been consumed.
     let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
@@ -97,7 +100,7 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = upgrade
                 {
-                    tunnel(tasks, client_upgrade, &mut response);
+                    tunnel(tasks, client_upgrade, &mut response, &upstream.config.name, hold);
                 }
                 response.extensions_mut().insert(ServedBy(target.label.clone()));
                 return response;
@@ -180,11 +183,20 @@ async fn send(
     }
 
     let tripped = req.extensions().get::<LimitTripped>().cloned();
+    let slow_body = req.extensions().get::<BodyTimedOut>().cloned();
+    let slow_client = || slow_body.as_ref().is_some_and(BodyTimedOut::is_set);
     let Some(pool) = target.pool.as_ref() else {
         return Err(Failure::Other(Denied::new(Reason::GatewayInternal).with_detail("target without a pool")));
     };
     let result = tokio::time::timeout(upstream.config.response_timeout, pool.send(req)).await;
     let response = match result {
+        // The client's slow body, not the upstream, used up the time.
+        Err(_elapsed) if slow_client() => {
+            return Err(Failure::Other(
+                Denied::new(Reason::RequestBodyTimeout)
+                    .with_detail("request body too slow (cut at the response timeout)"),
+            ));
+        }
         Err(_elapsed) => {
             return Err(Failure::Other(Denied::new(Reason::UpstreamTimeout).with_detail(format!(
                 "{} sent no response head within {:?}",
@@ -201,6 +213,9 @@ async fn send(
                 return Err(Failure::Other(
                     Denied::new(Reason::LimitBody).with_detail("streamed body crossed the limit"),
                 ));
+            }
+            if is_body_timeout(&e) || slow_client() {
+                return Err(Failure::Other(Denied::new(Reason::RequestBodyTimeout).with_detail(error_chain(&e))));
             }
             if is_client_body_error(&e) {
                 return Err(Failure::Other(Denied::new(Reason::RequestBody).with_detail(error_chain(&e))));
@@ -255,9 +270,17 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Joins the client's and the upstream's upgraded connections.
-fn tunnel(tasks: &TaskTracker, client: hyper::upgrade::OnUpgrade, response: &mut Response<Body>) {
+fn tunnel(
+    tasks: &TaskTracker,
+    client: hyper::upgrade::OnUpgrade,
+    response: &mut Response<Body>,
+    name: &str,
+    connection: Option<crate::server::ConnHold>,
+) {
     let upstream = hyper::upgrade::on(&mut *response);
+    let held = crate::metrics::Held::new(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", name);
     tasks.spawn(async move {
+        let _held = (held, connection);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -12,6 +12,12 @@
 //! A connection returns to the pool when its response body has been read to
 //! the end; a response abandoned half way, or a `101` upgrade, takes the
 //! connection with it.
+//!
+//! A response body that stalls (the upstream sends nothing for
+//! `read_timeout` while the gateway waits for it) fails: the client sees a
+//! truncated body and the connection is closed, so a hung backend cannot
+//! hold client connections, tasks and upstream connections for ever. Every
+//! open connection counts in `portcullis_upstream_connections_open`.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +34,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use portcullis_layers::Body;
+use portcullis_layers::pace::{Pace, Pacer};
 use tokio::net::TcpStream;
 
 /// Why a request could not be sent.
@@ -66,6 +73,9 @@ pub struct Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    read_timeout: Duration,
+    /// The upstream's name, for metrics and logs.
+    upstream: Arc<str>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -83,8 +93,19 @@ impl Pool {
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
+        read_timeout: Duration,
+        upstream: Arc<str>,
     ) -> Arc<Self> {
-        Arc::new(Self { authority, tls, idle: Mutex::new(Vec::new()), max_idle, idle_timeout, connect_timeout })
+        Arc::new(Self {
+            authority,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+            read_timeout,
+            upstream,
+        })
     }
 
     /// Sends `req` on a pooled or new connection.
@@ -140,8 +161,9 @@ impl Pool {
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive).map_err(SendError::Connect)?;
+        let held = crate::metrics::Held::new(crate::metrics::UPSTREAM_CONNECTIONS_OPEN, "upstream", &self.upstream);
         match &self.tls {
-            None => handshake(stream).await,
+            None => handshake(stream, held).await,
             Some(Err(reason)) => Err(SendError::Connect(io::Error::other(*reason))),
             Some(Ok((connector, name))) => {
                 // The TLS handshake is part of connecting: its failure (bad
@@ -152,7 +174,7 @@ impl Pool {
                         SendError::Connect(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))
                     })?
                     .map_err(|e| SendError::Connect(io::Error::new(e.kind(), format!("TLS handshake: {e}"))))?;
-                handshake(tls).await
+                handshake(tls, held).await
             }
         }
     }
@@ -176,24 +198,46 @@ impl Pool {
     ) -> Response<Body> {
         let reusable = !(upgrade || response.status() == StatusCode::SWITCHING_PROTOCOLS);
         let slot = reusable.then(|| (self.clone(), sender));
-        response.map(|inner| http_body_util::BodyExt::boxed_unsync(Pooled { inner, slot, ended: false }))
+        let pacer = Pacer::new(Pace { timeout: self.read_timeout, min_rate: 0 });
+        let upstream = self.upstream.clone();
+        response
+            .map(|inner| http_body_util::BodyExt::boxed_unsync(Pooled { inner, slot, ended: false, pacer, upstream }))
     }
 }
 
 /// Starts HTTP/1.1 on a connected stream; its driver runs as a task on this
-/// worker.
-async fn handshake<I>(io: I) -> Result<http1::SendRequest<Body>, SendError>
+/// worker and holds `held` (the open-connections gauge) until it ends.
+async fn handshake<I>(io: I, held: crate::metrics::Held) -> Result<http1::SendRequest<Body>, SendError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(SendError::Http)?;
+    let (sender, connection) =
+        http1::Builder::new().max_buf_size(64 * 1024).handshake(TokioIo::new(io)).await.map_err(SendError::Http)?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
+        drop(held);
     });
     Ok(sender)
 }
+
+/// A response body that sent nothing for the upstream's `read_timeout`.
+#[derive(Debug)]
+pub struct UpstreamStalled {
+    /// The upstream's name.
+    pub upstream: Arc<str>,
+    /// The timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Display for UpstreamStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream {:?} sent nothing of the response body for {:?}", self.upstream, self.timeout)
+    }
+}
+
+impl std::error::Error for UpstreamStalled {}
 
 pin_project! {
     /// A response body that gives its connection back to the pool once read
@@ -203,6 +247,8 @@ pin_project! {
         inner: Incoming,
         slot: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
         ended: bool,
+        pacer: Pacer,
+        upstream: Arc<str>,
     }
 
     impl PinnedDrop for Pooled {
@@ -232,7 +278,21 @@ impl HttpBody for Pooled {
                 this.slot.take();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Ok(frame))) => {
+                this.pacer.progress(0);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match this.pacer.poll_wait(cx) {
+                Poll::Ready(()) => {
+                    // Cut: the connection is dropped with the body, never reused.
+                    this.slot.take();
+                    let stalled =
+                        UpstreamStalled { upstream: this.upstream.clone(), timeout: this.pacer.pace().timeout };
+                    tracing::warn!(upstream = %this.upstream, timeout = ?stalled.timeout, "upstream response body stalled; cut");
+                    Poll::Ready(Some(Err(Box::new(stalled))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -283,6 +283,7 @@ pub fn full_body(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
 }
 pub mod express;
+pub mod metrics;
 pub mod node;
 pub mod oidc_provider;
 pub mod postgres;

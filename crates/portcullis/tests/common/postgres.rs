@@ -20,6 +20,8 @@ use sqlx::Connection;
 /// A running server; dropped, it stops and its files go away.
 pub struct Postgres {
     child: Child,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
     /// `postgres://portcullis@127.0.0.1:<port>/<database>` for a database
     /// created for the test.
     pub url: String,
@@ -109,32 +111,53 @@ impl Postgres {
         // postgres binds it, so a failed start is retried on a new port.
         for _ in 0..3 {
             let port = free_port();
-            let log = dir.path().join(format!("postgres-{port}.log"));
-            let mut child = command(bin.join("postgres"), user)
-                .arg("-D")
-                .arg(&data)
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-p", &port.to_string(), "-k"])
-                .arg(dir.path())
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
+            let mut child = spawn(&bin, user, dir.path(), port);
             if wait_ready(&mut child, &admin_url(port), Duration::from_secs(30)).await {
                 let url = create_database(port, "portcullis").await;
-                return Self { child, url, port, dir };
+                return Self { child, bin, user, url, port, dir };
             }
             stop(&mut child);
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.path().join(format!("postgres-{port}.log"))).unwrap_or_default();
             assert!(log.contains("could not bind") || log.contains("in use"), "postgres did not start:\n{log}");
         }
         panic!("postgres did not start on three ports");
+    }
+
+    /// Stops the server (an outage); its data stays for [`Postgres::restart`].
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.bin, self.user, self.dir.path(), self.port);
+        assert!(
+            wait_ready(&mut self.child, &admin_url(self.port), Duration::from_secs(30)).await,
+            "postgres did not restart on port {}",
+            self.port
+        );
     }
 
     /// Creates another empty database on this server and returns its URL.
     pub async fn create_database(&self, name: &str) -> String {
         create_database(self.port, name).await
     }
+}
+
+/// Starts `postgres` on the data in `dir` (socket and log there too).
+fn spawn(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16) -> Child {
+    let log = dir.join(format!("postgres-{port}.log"));
+    command(bin.join("postgres"), user)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap()
 }
 
 fn admin_url(port: u16) -> String {

@@ -81,8 +81,13 @@ pub enum Answer {
     Switch(Vec<(String, String)>),
     /// Close with a TCP reset, nothing written.
     Reset,
-    /// Never answer (the connection stays open until the upstream is dropped).
+    /// These exact bytes (say, a head and part of a body), then a TCP reset.
+    RawReset(Vec<u8>),
+    /// Never answer; the connection stays open until the gateway closes it
+    /// (then [`Strict::open_connections`] counts it closed).
     Stall,
+    /// These exact bytes, then nothing more, as [`Answer::Stall`].
+    RawStall(Vec<u8>),
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
@@ -122,7 +127,9 @@ impl Strict {
         let handler: Handler = Arc::new(handler);
         let shared = state.clone();
         let task = tokio::spawn(async move {
-            let mut stalled = Vec::new();
+            // Connection tasks end with the upstream (the acceptor's drop
+            // aborts this task, whose JoinSet aborts them).
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let conn = {
@@ -133,15 +140,11 @@ impl Strict {
                 };
                 let state = shared.clone();
                 let handler = handler.clone();
-                let (tx, rx) = tokio::sync::oneshot::channel::<TcpStream>();
-                stalled.push(rx);
-                tokio::spawn(async move {
-                    match serve(conn, stream, &state, &handler).await {
-                        // Keep a stalled connection open until the upstream goes.
-                        Some(stream) => drop(tx.send(stream)),
-                        None => state.lock().unwrap().open -= 1,
-                    }
+                connections.spawn(async move {
+                    serve(conn, stream, &state, &handler).await;
+                    state.lock().unwrap().open -= 1;
                 });
+                while connections.try_join_next().is_some() {}
             }
         });
         Self { addr, state, task }
@@ -206,9 +209,8 @@ fn flag(state: &Mutex<State>, conn: usize, what: impl Into<String>, bytes: &[u8]
     state.lock().unwrap().unexpected.push(Unexpected { conn, what: what.into(), bytes });
 }
 
-/// Reads requests off one connection until it closes; returns the stream when
-/// the handler asked to stall.
-async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler: &Handler) -> Option<TcpStream> {
+/// Reads requests off one connection until it closes.
+async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler: &Handler) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let head_len = loop {
@@ -217,19 +219,19 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
             }
             if buf.len() > 64 * 1024 {
                 flag(state, conn, "request head over 64 KiB", &buf);
-                return None;
+                return;
             }
             if read_more(&mut stream, &mut buf).await == 0 {
                 if !buf.is_empty() {
                     flag(state, conn, "connection closed inside a request head", &buf);
                 }
-                return None;
+                return;
             }
         };
         let head = buf[..head_len].to_vec();
         if let Err(what) = check_head_bytes(&head) {
             flag(state, conn, what, &head);
-            return None;
+            return;
         }
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut request = httparse::Request::new(&mut headers);
@@ -237,7 +239,7 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
             Ok(httparse::Status::Complete(n)) if n == head_len => {}
             other => {
                 flag(state, conn, format!("unparsable request head: {other:?}"), &head);
-                return None;
+                return;
             }
         }
         let mut seen = Seen {
@@ -253,7 +255,7 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
         buf.drain(..head_len);
         if let Err(what) = check_framing(&seen) {
             flag(state, conn, what, &head);
-            return None;
+            return;
         }
         let chunked = seen.all("transfer-encoding").first().is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
         let body = if chunked {
@@ -266,7 +268,7 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
             Ok(body) => seen.body = body,
             Err(what) => {
                 flag(state, conn, what, &buf);
-                return None;
+                return;
             }
         }
         let answer = handler(&seen);
@@ -285,7 +287,7 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
             Answer::RawClose(bytes) => {
                 let _ = stream.write_all(&bytes).await;
                 let _ = stream.shutdown().await;
-                return None;
+                return;
             }
             Answer::Switch(headers) => {
                 let mut head = String::from("HTTP/1.1 101 Switching Protocols\r\n");
@@ -295,13 +297,26 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
                 head.push_str("\r\n");
                 let _ = stream.write_all(head.as_bytes()).await;
                 tunnel(&mut stream, buf, state, index).await;
-                return None;
+                return;
             }
             Answer::Reset => {
                 let _ = stream.set_zero_linger();
-                return None;
+                return;
             }
-            Answer::Stall => return Some(stream),
+            Answer::RawReset(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            Answer::Stall => {
+                hold(conn, &mut stream, buf, state).await;
+                return;
+            }
+            Answer::RawStall(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                hold(conn, &mut stream, buf, state).await;
+                return;
+            }
         }
         if !keep_alive {
             // Anything after a `Connection: close` request was not expected.
@@ -310,8 +325,17 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
             if !rest.is_empty() {
                 flag(state, conn, "bytes after a Connection: close request", &rest);
             }
-            return None;
+            return;
         }
+    }
+}
+
+/// Keeps a stalled connection open until the gateway closes it; anything it
+/// sends meanwhile (a request pipelined behind one never answered) is flagged.
+async fn hold(conn: usize, stream: &mut TcpStream, mut pending: Vec<u8>, state: &Mutex<State>) {
+    while read_more(stream, &mut pending).await > 0 {}
+    if !pending.is_empty() {
+        flag(state, conn, "bytes on a connection whose request was never answered", &pending);
     }
 }
 
