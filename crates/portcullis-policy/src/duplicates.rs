@@ -115,6 +115,7 @@ mod tests {
     use super::*;
 
     use crate::test_support::headers as map;
+    use http::HeaderValue;
 
     #[test]
     fn repeated_credentials_are_refused() {
