@@ -167,15 +167,8 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &'a str) -> Option<&'a str> {
+    portcullis_policy::cookies::get(headers, name)
 }
 
 impl Authenticators {
@@ -319,10 +312,8 @@ impl Authenticators {
     /// is removed by the caller.
     fn scrub(&self, headers: &mut http::HeaderMap) {
         self.scrub_api_keys(headers);
-        if let Some(session) = &self.session
-            && cookie(headers, session.cookie_name()).is_some()
-        {
-            remove_cookie(headers, session.cookie_name());
+        if let Some(session) = &self.session {
+            portcullis_policy::cookies::remove(headers, session.cookie_name());
         }
     }
 
@@ -336,25 +327,6 @@ impl Authenticators {
         if bearer(headers).is_some_and(|t| verifier.recognises(t)) {
             headers.remove(http::header::AUTHORIZATION);
         }
-    }
-}
-
-/// Rewrites the `Cookie` headers without the cookie `name`.
-pub(crate) fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
-    let kept: Vec<String> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(n, _)| n.trim() != name))
-        .map(str::to_owned)
-        .collect();
-    headers.remove(http::header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
-    {
-        headers.insert(http::header::COOKIE, value);
     }
 }
 

@@ -156,9 +156,7 @@ where
             let headers = req.headers_mut();
             headers.remove(&policy.header);
             let name = policy.cookie_name(scheme);
-            if portcullis_policy::csrf::cookie_values(headers, name).next().is_some() {
-                crate::auth::remove_cookie(headers, name);
-            }
+            portcullis_policy::cookies::remove(headers, name);
         }
         match decision {
             Decision::Unprotected | Decision::Pass => crate::call_boxed(&mut self.inner, req),

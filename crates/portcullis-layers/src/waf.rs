@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Request, Response};
 use http_body::Body as HttpBody;
 use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, VerdictCache, WafRequest, decide};
 use portcullis_policy::{Denied, Reason};
@@ -260,39 +260,23 @@ where
     }
 }
 
-/// The request as the engine sees it.
+/// The request as the engine sees it ([`WafRequest::new`]), with the
+/// target from before path normalization and the resolved client.
 fn waf_request(parts: &http::request::Parts, body: Bytes) -> WafRequest {
     let uri = parts.extensions.get::<OriginalUri>().map_or(&parts.uri, |o| &o.0);
-    let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len() + 1);
-    if !parts.headers.contains_key(http::header::HOST)
-        && let Some(authority) = uri.authority()
-    {
-        headers.push(("Host".to_owned(), authority.as_str().to_owned()));
-    }
-    for (name, value) in &parts.headers {
-        headers.push((name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
-    }
     let client_ip = parts.extensions.get::<RequestContext>().map_or_else(
         || parts.extensions.get::<ConnInfo>().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.peer.ip()),
         |c| c.client.ip,
     );
     let client_port = parts.extensions.get::<ConnInfo>().map_or(0, |c| c.peer.port());
-    WafRequest {
-        method: parts.method.as_str().to_owned(),
-        uri: target,
-        version: match parts.version {
-            Version::HTTP_09 => "HTTP/0.9",
-            Version::HTTP_10 => "HTTP/1.0",
-            Version::HTTP_2 => "HTTP/2.0",
-            Version::HTTP_3 => "HTTP/3.0",
-            _ => "HTTP/1.1",
-        },
-        headers,
+    WafRequest::new(
+        &parts.method,
+        uri,
+        parts.version,
+        &parts.headers,
         body,
-        client_ip,
-        client_port,
-    }
+        std::net::SocketAddr::new(client_ip, client_port),
+    )
 }
 
 #[cfg(test)]

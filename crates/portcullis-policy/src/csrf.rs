@@ -466,16 +466,10 @@ fn referer_origin(referer: &str) -> Option<String> {
     normalize_origin(&format!("{scheme}://{authority}"))
 }
 
-/// Every value of the cookie `name` in the request's `Cookie` headers.
+/// Every value of the cookie `name` in the request's `Cookie` headers
+/// (parsed by [`crate::cookies`]).
 pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(n, _)| n.trim() == name)
-        .map(|(_, v)| v.trim())
+    crate::cookies::values(headers, name)
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl Singletons {
         }
         if !self.cookies.is_empty() && headers.contains_key(COOKIE) {
             for wanted in &self.cookies {
-                let count = cookie_names(headers).filter(|n| n.eq_ignore_ascii_case(wanted)).count();
+                let count = cookie_names(headers).filter(|n| n.eq_ignore_ascii_case(wanted.as_bytes())).count();
                 if count > 1 {
                     return Err(duplicate(&format!("cookie:{wanted}")));
                 }
@@ -98,15 +98,10 @@ fn same_alias(a: &str, b: &str) -> bool {
     a.bytes().zip(b.bytes()).all(|(x, y)| x == y || (x == b'_' && y == b'-') || (x == b'-' && y == b'_'))
 }
 
-/// The names of every cookie in every `Cookie` header, trimmed.
-fn cookie_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name).trim())
-        .filter(|name| !name.is_empty())
+/// The names of every cookie in every `Cookie` header, read by the one
+/// cookie parser ([`crate::cookies`]): fields with non-ASCII bytes count too.
+fn cookie_names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    crate::cookies::pairs(headers).map(|(name, _)| name).filter(|name| !name.is_empty())
 }
 
 fn duplicate(what: &str) -> Denied {
@@ -118,15 +113,9 @@ fn duplicate(what: &str) -> Denied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::test_support::headers as map;
+    use http::HeaderValue;
 
     #[test]
     fn repeated_credentials_are_refused() {
@@ -193,5 +182,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found merging the `cookies` fuzz target: a `Cookie` field with
+    /// non-ASCII bytes (browsers send UTF-8 cookie values raw) was skipped,
+    /// so the session cookie repeated there was not counted.
+    #[test]
+    fn cookies_in_non_ascii_fields_count() {
+        let rules = Singletons::default().with_cookie("sid");
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("sid=a"));
+        h.append(COOKIE, HeaderValue::from_bytes(b"name=Jos\xc3\xa9; sid=b").unwrap());
+        assert_eq!(rules.check(&h).unwrap_err().rule.as_deref(), Some("cookie:sid"));
     }
 }

@@ -11,7 +11,11 @@
 //!   malformed entry stops the walk: the last good address is used.
 //! - Forwarding headers (`X-Forwarded-For/-Proto/-Host`, `Forwarded`,
 //!   `X-Real-IP`) from an untrusted peer are discarded and rewritten; from a
-//!   trusted peer the chain is kept and extended with the peer.
+//!   trusted peer the chain is kept and extended with the peer. A
+//!   `Forwarded` field that leaves a quoted string open is dropped from the
+//!   chain: it would swallow the element the gateway appends, and a proxy
+//!   that passes the client's `Forwarded` through unchanged would let the
+//!   client make its own element the last one.
 //!
 //! Deployment caveat: list only the proxies that really sit in front of
 //! Portcullis (a load balancer's subnet). Trusting a range that clients can
@@ -173,23 +177,23 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     };
     headers.insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| peer_value.clone()));
 
-    let keep_proto = trusted
-        && headers
-            .get(&X_FORWARDED_PROTO)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https") || v.as_bytes().eq_ignore_ascii_case(b"http"));
-    if !keep_proto {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.scheme));
-    }
+    // A kept value is kept once: the first, the one the gateway itself acts
+    // on, so an upstream reading the last field cannot see another.
+    let kept_proto = headers
+        .get(&X_FORWARDED_PROTO)
+        .filter(|v| {
+            trusted && (v.as_bytes().eq_ignore_ascii_case(b"https") || v.as_bytes().eq_ignore_ascii_case(b"http"))
+        })
+        .cloned();
+    headers.insert(X_FORWARDED_PROTO, kept_proto.unwrap_or_else(|| HeaderValue::from_static(hop.scheme)));
 
-    let keep_host = trusted && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_host {
-        match hop.host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    let kept_host = headers.get(&X_FORWARDED_HOST).filter(|_| trusted).cloned();
+    match kept_host.or_else(|| hop.host.cloned()) {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
 
@@ -211,7 +215,8 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>) {
     element.push_str(";proto=");
     element.push_str(hop.scheme);
     let forwarded = if trusted && headers.contains_key(FORWARDED) {
-        let existing: Vec<&str> = headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()).collect();
+        let existing: Vec<&str> =
+            headers.get_all(FORWARDED).iter().filter_map(|v| v.to_str().ok()).filter(|v| quotes_closed(v)).collect();
         if existing.is_empty() { element } else { format!("{}, {element}", existing.join(", ")) }
     } else {
         element
@@ -237,6 +242,22 @@ fn push_forwarded_node(out: &mut String, ip: IpAddr) {
         IpAddr::V4(v4) => write!(out, "{v4}"),
         IpAddr::V6(v6) => write!(out, "\"[{v6}]\""),
     };
+}
+
+/// Whether every quoted string in a `Forwarded` value ends (RFC 7230
+/// quoted-string, `\` escaping the next character).
+fn quotes_closed(value: &str) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    for b in value.bytes() {
+        match (quoted, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, false, b'"') => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// RFC 7230 token characters (a host with a port is not a token: `:`).
@@ -339,5 +360,41 @@ mod tests {
         apply(&mut h, &Hop { client, scheme: "https", host: None, peer_value: None });
         assert_eq!(h["forwarded"], "for=\"[2001:db8::5]\";proto=https");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    /// Found by the `forwarded` fuzz target: from a trusted peer, a second
+    /// `X-Forwarded-Proto` (or `-Host`) field was forwarded beside the first,
+    /// which the gateway acted on; an upstream reading the last saw another.
+    #[test]
+    fn kept_forwarding_headers_are_kept_once() {
+        let t = trusted();
+        let mut h = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "ht;proto=https"),
+            ("x-forwarded-host", "shop.example"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let client = resolve_client("10.1.2.3".parse().unwrap(), &h, &t);
+        apply(&mut h, &Hop { client, scheme: "http", host: None, peer_value: None });
+        let all =
+            |name: &HeaderName| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        assert_eq!(all(&X_FORWARDED_PROTO), ["https"]);
+        assert_eq!(all(&X_FORWARDED_HOST), ["shop.example"]);
+    }
+
+    /// Found by the `forwarded` fuzz target: a client behind a trusted proxy
+    /// that passes `Forwarded` through sent one with an open quoted string,
+    /// which swallowed the gateway's element, so the last element a backend
+    /// read was the client's forged one.
+    #[test]
+    fn an_open_quoted_string_cannot_swallow_the_gateways_element() {
+        let t = trusted();
+        let mut h = headers(&[
+            ("forwarded", "for=\"6.6.6.6;proto=https, for=1.2.3.4"),
+            ("forwarded", "for=198.51.100.7;host=\"a\\\"b\""),
+        ]);
+        let client = resolve_client("10.0.0.5".parse().unwrap(), &h, &t);
+        apply(&mut h, &Hop { client, scheme: "http", host: None, peer_value: None });
+        assert_eq!(h["forwarded"], "for=198.51.100.7;host=\"a\\\"b\", for=10.0.0.5;proto=http");
     }
 }

@@ -92,13 +92,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::test_support::headers as map;
 
     #[test]
     fn strips_standard_and_connection_named_headers() {

@@ -7,6 +7,7 @@
 //! requests.
 
 pub mod ban;
+pub mod cookies;
 pub mod cors;
 pub mod csrf;
 pub mod deny;
@@ -34,3 +35,18 @@ pub mod waf;
 pub use deny::{Attribution, ClientDetail, Denied, Reason};
 pub use event::{Action, SecurityEvent};
 pub use principal::{AuthMethod, Methods, Principal};
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// Headers from `(name, value)` pairs, repeated names appended in order.
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+}

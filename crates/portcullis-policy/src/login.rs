@@ -27,7 +27,8 @@
 //!   (dotted path), a form field or a header. A body field is looked for in
 //!   both encodings, JSON and `application/x-www-form-urlencoded`, because
 //!   Express/NestJS accept either on the same route; a body that is neither,
-//!   or lacks the field, has no account (the address still counts).
+//!   or lacks the field, has no account (the address still counts). A UTF-8
+//!   byte order mark before the body is skipped, as Express does.
 //!
 //! Deployment caveat: attempts admitted concurrently, before the failures of
 //! earlier ones are recorded, all reach the upstream; pair this with a rate
@@ -196,6 +197,9 @@ impl AccountSource {
     /// whole body, or `None` when it was not read (too large).
     #[must_use]
     pub fn extract(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Option<String> {
+        // Express's body parsers skip a UTF-8 byte order mark; so must we,
+        // or a BOM hides the account from counting but not from the login.
+        let body = body.map(|b| b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b));
         match self {
             Self::Header(name) => headers.get(name)?.to_str().ok().map(str::to_owned),
             Self::Json(path) => {
@@ -379,5 +383,18 @@ mod tests {
                 body.map(String::from_utf8_lossy)
             );
         }
+    }
+
+    /// Found by the `login` fuzz target: a UTF-8 byte order mark before a
+    /// JSON body hid the account from counting while Express's body parser
+    /// skips it and logs the attempt in; per-account backoff was bypassed.
+    #[test]
+    fn a_byte_order_mark_does_not_hide_the_account() {
+        let json = AccountSource::parse("json:username").unwrap();
+        let form = AccountSource::parse("form:username").unwrap();
+        let headers = HeaderMap::new();
+        assert_eq!(json.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"alice\"}")).as_deref(), Some("alice"));
+        assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbfusername=bob")).as_deref(), Some("bob"));
+        assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"eve\"}")).as_deref(), Some("eve"));
     }
 }

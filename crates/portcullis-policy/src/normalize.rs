@@ -6,8 +6,13 @@
 //! 1. Percent-encoding must be well formed (`%` + two hex digits) or the
 //!    request is refused (`path.encoding`).
 //! 2. Escapes of unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded
-//!    (`/%61dmin` → `/admin`, `/%2e%2e/` → `/../`); every other escape is
-//!    kept, with upper-case hex. Decoding happens once.
+//!    (`/%61dmin` → `/admin`, `/%2e%2e/` → `/../`), and so are escapes of
+//!    the characters a segment may hold raw that no common server treats as
+//!    a delimiter inside one (`! $ & ' ( ) * + , = : @`): a server that
+//!    decodes before routing (Go, Spring, ASP.NET Core, Rails) reads
+//!    `/users%3Abatch` as `/users:batch`, so both must match the same
+//!    route. Every other escape is kept (`%2F`, `%3B`, `%3F`, `%25`, spaces,
+//!    non-ASCII), with upper-case hex. Decoding happens once.
 //! 3. An escaped `%` followed by two hex digits once decoded (`%252e`,
 //!    `%25%32%65`) is refused (`path.double_encoding`): the gateway reads
 //!    `%2e` literally, but a backend or framework that decodes twice reads
@@ -18,7 +23,8 @@
 //!    UTF-8, overlong forms included (`%C0%AE`) (`path.unicode`).
 //! 5. An encoded slash `%2F` (or encoded backslash `%5C`) is refused
 //!    (`path.encoded_slash`) or kept opaque, as configured: backends differ on
-//!    whether it separates segments.
+//!    whether it separates segments. `%5C` is kept when raw backslashes are
+//!    (rule 6 forwards them as `%5C`, so both spellings are one path).
 //! 6. A raw backslash is refused (`path.backslash`) or kept as `%5C`: some
 //!    servers treat it as `/`.
 //! 7. `;` parameters are stripped from each segment (`/admin;x=1` →
@@ -182,6 +188,12 @@ const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Sub-delimiters, `:` and `@` but `;` (Tomcat's parameters): allowed raw in
+/// a segment and read the same escaped or not by every common server.
+const fn is_plain_sub_delim(b: u8) -> bool {
+    matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+}
+
 const fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -261,9 +273,11 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
             if value < 0x20 || value == 0x7f {
                 return Err(PathError::Control);
             }
-            if is_unreserved(value) {
+            if is_unreserved(value) || is_plain_sub_delim(value) {
                 out.push(char::from(value));
-            } else if matches!(value, b'/' | b'\\') && policy.encoded_slash == EncodedSlash::Reject {
+            } else if policy.encoded_slash == EncodedSlash::Reject
+                && (value == b'/' || (value == b'\\' && policy.backslash == Backslash::Reject))
+            {
                 return Err(PathError::EncodedSlash);
             } else {
                 push_escape(&mut out, value);
@@ -393,20 +407,23 @@ impl PathPolicy {
     }
 }
 
-/// Lower-cases ASCII letters outside `%XX` escapes.
+/// Lower-cases ASCII letters outside `%XX` escapes; everything else,
+/// non-ASCII characters included, is kept.
 #[must_use]
 pub fn fold(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
     let bytes = path.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            out.push_str(&path[i..i + 3]);
-            i += 3;
-        } else {
-            out.push(char::from(bytes[i].to_ascii_lowercase()));
-            i += 1;
+    let mut out = String::with_capacity(path.len());
+    let mut escape = 0;
+    for (i, c) in path.char_indices() {
+        if escape > 0 {
+            escape -= 1;
+            out.push(c);
+            continue;
         }
+        if c == '%' && bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            escape = 2;
+        }
+        out.push(c.to_ascii_lowercase());
     }
     out
 }
@@ -520,6 +537,40 @@ mod tests {
         assert_eq!(normalize("/a;b", &reject), Err(PathError::Semicolon));
     }
 
+    /// Found by the `normalize` fuzz target: `/api/users%3Abatch` matched
+    /// `/api/**` while a server that decodes before routing ran the
+    /// `/api/users:batch` route, whose rules the gateway never applied.
+    #[test]
+    fn escaped_sub_delimiters_are_decoded() {
+        let cases: &[(&str, &str)] = &[
+            ("/api/users%3Abatch", "/api/users:batch"),
+            ("/a%40b%21%24%26%27%28%29%2A%2B%2C%3D", "/a@b!$&'()*+,="),
+            ("/a%3Bb", "/a%3Bb"),
+            ("/a%3Fb%23c%20d%22", "/a%3Fb%23c%20d%22"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(n(input).as_deref(), Ok(*expected), "{input}");
+            assert_eq!(n(expected).as_deref(), Ok(*expected), "{input}: not idempotent");
+        }
+    }
+
+    /// Found by the `normalize` fuzz target: with `backslash = "escape"`
+    /// and `encoded_slash = "reject"`, `/a\b` was forwarded as `/a%5Cb`, a
+    /// spelling the same policy refuses (not idempotent: the same path
+    /// accepted in one spelling and refused in the other).
+    #[test]
+    fn escaped_backslashes_are_accepted_where_raw_ones_are() {
+        let escape = PathPolicy { backslash: Backslash::Escape, ..PathPolicy::default() };
+        for input in ["/public/x\\y/admin", "/a\\b", "/a%5cb", "/a%5Cb"] {
+            let once = normalize(input, &escape).map(Cow::into_owned);
+            assert!(once.is_ok(), "{input}: {once:?}");
+            let once = once.unwrap();
+            assert_eq!(normalize(&once, &escape).as_deref(), Ok(once.as_str()), "{input}");
+        }
+        assert_eq!(normalize("/a%5Cb", &PathPolicy::default()), Err(PathError::EncodedSlash), "refused by default");
+        assert_eq!(normalize("/a%2Fb", &escape), Err(PathError::EncodedSlash), "%2F is still refused");
+    }
+
     #[test]
     fn match_keys_fold_case_but_not_escapes() {
         let p = PathPolicy::default();
@@ -529,6 +580,20 @@ mod tests {
         assert!(matches!(p.match_key("/admin"), Cow::Borrowed(_)));
         let sensitive = PathPolicy { case: Case::Sensitive, ..p };
         assert_eq!(sensitive.match_key("/ADMIN"), "/ADMIN");
+    }
+
+    /// Found writing the `route` fuzz target (it folds every pattern it
+    /// parses): folding a route pattern such as
+    /// `/%xé` (a `%` not starting an escape, then a non-ASCII character)
+    /// sliced the text inside a character and panicked, so a configuration
+    /// holding one crashed `portcullis check`, start-up and reload; and
+    /// non-ASCII characters were folded byte by byte into other characters.
+    #[test]
+    fn folding_keeps_characters_and_never_splits_them() {
+        assert_eq!(fold("/%xé"), "/%xé");
+        assert_eq!(fold("/Café/%C3%A9X"), "/café/%C3%A9x");
+        assert_eq!(fold("/A%2"), "/a%2");
+        assert_eq!(fold("%4A%4a%zZ"), "%4A%4a%zz");
     }
 
     #[test]

@@ -55,6 +55,22 @@ pub enum PatternError {
     /// A host pattern that is not a hostname or `*.suffix`.
     #[error("bad host pattern {0:?}: use 'api.example.com' or '*.example.com'")]
     BadHost(String),
+    /// A literal segment that no normalized request path has, so the route
+    /// could never match.
+    #[error("{}", not_normal_message(.pattern, .suggestion.as_deref()))]
+    NotNormal {
+        /// The pattern as written.
+        pattern: String,
+        /// The spelling normalized paths have, when there is one.
+        suggestion: Option<String>,
+    },
+}
+
+fn not_normal_message(pattern: &str, suggestion: Option<&str>) -> String {
+    match suggestion {
+        Some(s) => format!("{pattern:?} never matches: request paths are normalized first; write {s:?}"),
+        None => format!("{pattern:?} never matches: no request path is normalized to it (see [paths])"),
+    }
 }
 
 /// A compiled path pattern.
@@ -149,6 +165,60 @@ impl PathPattern {
     pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
         let index = self.segments.iter().position(|s| matches!(s, Segment::Param(n) if n == name))?;
         path.strip_prefix('/')?.split('/').nth(index)
+    }
+
+    /// Checks that requests normalized under `policy` can match the pattern:
+    /// every literal segment must be in normal form (no `.` or `..`, escapes
+    /// only where normalization keeps them, upper-case, non-ASCII escaped),
+    /// and a trailing slash only when trailing slashes are kept. Patterns are
+    /// compared with normalized paths, so `/Admin/` (trailing slashes
+    /// stripped), `/%61dmin` or `/café` would silently never match and their
+    /// requests would fall through to a less specific route.
+    ///
+    /// # Errors
+    /// [`PatternError::NotNormal`], with the spelling to use when there is one.
+    pub fn check_normal(&self, policy: &crate::normalize::PathPolicy) -> Result<(), PatternError> {
+        use crate::normalize::{TrailingSlash, normalize};
+        let mut suggestion = Some(String::new());
+        let mut normal = true;
+        let last = self.segments.len().saturating_sub(1);
+        for (i, segment) in self.segments.iter().enumerate() {
+            let spelled = match segment {
+                Segment::Literal(lit) if lit.is_empty() && i == last => {
+                    let keep = policy.trailing_slash == TrailingSlash::Keep;
+                    normal &= keep;
+                    Some(if keep { "/" } else { "" }.to_owned())
+                }
+                Segment::Literal(lit) => {
+                    let one = format!("/{lit}");
+                    match normalize(&one, policy) {
+                        Ok(n) if n == one => Some(one),
+                        Ok(n) => {
+                            normal = false;
+                            // A spelling with pattern syntax in it (`%2A` is
+                            // normalized to `*`) cannot be written as a literal.
+                            (n.len() > 1 && !n[1..].contains(['/', '{', '}', '*'])).then(|| n.into_owned())
+                        }
+                        Err(_) => {
+                            normal = false;
+                            None
+                        }
+                    }
+                }
+                Segment::Param(name) => Some(format!("/{{{name}}}")),
+                Segment::Star => Some("/*".to_owned()),
+                Segment::Rest => Some("/**".to_owned()),
+            };
+            suggestion = suggestion.zip(spelled).map(|(mut s, one)| {
+                s.push_str(&one);
+                s
+            });
+        }
+        if normal {
+            return Ok(());
+        }
+        let suggestion = suggestion.filter(|s| !s.is_empty() && *s != self.source && !s.ends_with("//"));
+        Err(PatternError::NotNormal { pattern: self.source.clone(), suggestion })
     }
 
     /// Whether the pattern has a `{name}` parameter.
@@ -404,6 +474,42 @@ mod tests {
             path: PathPattern::parse(path).unwrap(),
             methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
             value: name,
+        }
+    }
+
+    /// Found by the `route` fuzz target: a route whose pattern is not in
+    /// normal form never matched, and its requests fell through to a less
+    /// specific route (`/admin/` behind `auth = "jwt"` served by a public
+    /// `/**`).
+    #[test]
+    fn patterns_must_be_in_normal_form() {
+        use crate::normalize::{PathPolicy, TrailingSlash};
+        let strip = PathPolicy::default();
+        let keep = PathPolicy { trailing_slash: TrailingSlash::Keep, ..strip };
+        type Case<'a> = (&'a str, &'a PathPolicy, Result<(), Option<&'a str>>);
+        let cases: &[Case<'_>] = &[
+            ("/", &strip, Ok(())),
+            ("/admin/users/{id}/**", &strip, Ok(())),
+            ("/Admin/*", &strip, Ok(())),
+            ("/caf%C3%A9", &strip, Ok(())),
+            ("/admin/", &keep, Ok(())),
+            ("/admin/", &strip, Err(Some("/admin"))),
+            ("/%61dmin/{id}", &strip, Err(Some("/admin/{id}"))),
+            ("/café", &strip, Err(Some("/caf%C3%A9"))),
+            ("/caf%c3%a9", &strip, Err(Some("/caf%C3%A9"))),
+            ("/a/../b", &strip, Err(None)),
+            ("/./b", &strip, Err(None)),
+            ("/a%2Fb", &strip, Err(None)),
+            ("/a;v=1/b", &strip, Err(Some("/a/b"))),
+            // Found by the `route` fuzz target: the suggestion must parse.
+            ("/[%2A/a.", &strip, Err(None)),
+        ];
+        for (pattern, policy, expected) in cases {
+            let got = PathPattern::parse(pattern).unwrap().check_normal(policy).map_err(|e| match e {
+                PatternError::NotNormal { suggestion, .. } => suggestion,
+                other => panic!("{other}"),
+            });
+            assert_eq!(got.as_ref().map_err(Option::as_deref), expected.as_ref().map_err(|e| *e), "{pattern}");
         }
     }
 

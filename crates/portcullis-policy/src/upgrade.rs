@@ -169,13 +169,7 @@ mod tests {
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::test_support::headers as map;
 
     fn ws(extra: &[(&str, &str)]) -> HeaderMap {
         let mut pairs = vec![("upgrade", "websocket"), ("connection", "upgrade"), ("sec-websocket-version", "13")];

@@ -24,43 +24,19 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::oidc_stub::stub_provider;
 use common::raw::Conn;
 use common::strict::{Answer, Seen, Strict};
 use common::*;
-use http::Response;
 use jsonwebtoken::Algorithm;
 use portcullis_policy::jwt::forge::TestKey;
-use portcullis_policy::session::{SESSION_COOKIE, SessionData, SessionKey, unix};
+use portcullis_policy::session::SESSION_COOKIE;
 use portcullis_policy::upgrade::accept_for;
 use serde_json::json;
 
 const ISS: &str = "https://idp.test/";
 const COOKIE_SECRET: &str = "ambiguity-test-cookie-secret-of-more-than-32-bytes";
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-/// A provider that only answers discovery (sessions are sealed locally).
-async fn stub_provider() -> SocketAddr {
-    upstream(|req: http::Request<hyper::body::Incoming>| async move {
-        let host = req.headers()["host"].to_str().unwrap().to_owned();
-        let issuer = format!("http://{host}");
-        let body = match req.uri().path() {
-            "/.well-known/openid-configuration" => json!({
-                "issuer": issuer,
-                "authorization_endpoint": format!("{issuer}/auth"),
-                "token_endpoint": format!("{issuer}/token"),
-                "jwks_uri": format!("{issuer}/jwks"),
-                "response_types_supported": ["code"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-            }),
-            _ => json!({"keys": []}),
-        };
-        let mut response = Response::new(portcullis_layers::full(body.to_string()));
-        response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
-        response
-    })
-    .await
-}
 
 /// How the strict upstream answers, by path: a well-behaved WebSocket
 /// server on `/ws/ok`, and every way a careless or hostile one could answer.
@@ -158,20 +134,7 @@ auth = "public"
     }
 
     fn session(&self) -> String {
-        let now = SystemTime::now();
-        let data = SessionData {
-            id: "s1".to_owned(),
-            subject: "user-1".to_owned(),
-            roles: Vec::new(),
-            scopes: Vec::new(),
-            issuer: format!("http://{}", self.idp),
-            issued_at: unix(now),
-            expires_at: unix(now + Duration::from_secs(3600)),
-            access_expires_at: None,
-            refresh_token: None,
-        };
-        let sealed = SessionKey::new(COOKIE_SECRET.as_bytes()).unwrap().seal(&data, now).unwrap();
-        format!("{SESSION_COOKIE}={sealed}")
+        common::oidc_stub::sealed_session(self.idp, COOKIE_SECRET, "1")
     }
 
     /// Sends `request` on a fresh connection; asserts the refusal, its one

@@ -690,6 +690,31 @@ fn check_reports_waf_gaps() {
     );
 }
 
+/// Found by the `route` fuzz target: a pattern that no normalized path is
+/// spelled like never matched, and its requests fell through to a less
+/// specific route (a protected `/admin/` served by a public `/**`).
+#[test]
+fn route_patterns_that_normalized_paths_never_match_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        ("/admin/", "write \"/admin\""),
+        ("/%61dmin/**", "write \"/admin/**\""),
+        ("/caf\u{e9}", "write \"/caf%C3%A9\""),
+        ("/a/../b", "no request path is normalized to it"),
+    ];
+    for (pattern, expected) in cases {
+        let toml = format!(
+            "{MINIMAL}\n[[route]]\nmatch = {{ path = \"{pattern}\" }}\nupstream = \"api\"\nauth = \"public\"\n"
+        );
+        let errors = errors(&toml);
+        assert_eq!(errors.len(), 1, "{pattern}: {errors:?}");
+        assert!(errors[0].message.contains("never matches") && errors[0].message.contains(expected), "{errors:?}");
+    }
+    let keep = format!(
+        "{MINIMAL}\n[paths]\ntrailing_slash = \"keep\"\n\n[[route]]\nmatch = {{ path = \"/admin/\" }}\nupstream = \"api\"\nauth = \"public\"\n"
+    );
+    assert!(parse(&keep).is_ok(), "a trailing slash is a spelling when trailing slashes are kept");
+}
+
 #[test]
 fn path_settings_parse_and_keeping_double_encoding_is_a_finding() {
     let codes = |toml: &str| -> Vec<&'static str> {

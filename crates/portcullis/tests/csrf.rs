@@ -18,42 +18,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use common::oidc_stub::stub_provider;
 use common::*;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use jsonwebtoken::Algorithm;
 use portcullis_policy::jwt::forge::TestKey;
-use portcullis_policy::session::{SESSION_COOKIE, SessionData, SessionKey, unix};
+
 use serde_json::json;
 
 const COOKIE_SECRET: &str = "csrf-test-cookie-secret-of-more-than-32-bytes";
 const ISS: &str = "https://idp.test/";
 const TOKEN_COOKIE: &str = "portcullis-csrf";
-
-/// A provider that only answers discovery (with its own address as issuer).
-async fn stub_provider() -> SocketAddr {
-    upstream(|req: Request<Incoming>| async move {
-        let host = req.headers()["host"].to_str().unwrap().to_owned();
-        let issuer = format!("http://{host}");
-        let body = match req.uri().path() {
-            "/.well-known/openid-configuration" => json!({
-                "issuer": issuer,
-                "authorization_endpoint": format!("{issuer}/auth"),
-                "token_endpoint": format!("{issuer}/token"),
-                "jwks_uri": format!("{issuer}/jwks"),
-                "response_types_supported": ["code"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-            }),
-            "/jwks" => json!({"keys": []}),
-            _ => json!({}),
-        };
-        let mut response = Response::new(portcullis_layers::full(body.to_string()));
-        response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
-        response
-    })
-    .await
-}
 
 /// An upstream that counts the requests reaching it.
 async fn counting_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
@@ -139,20 +115,7 @@ auth = "public"
 
     /// A sealed session cookie pair (`name=value`) for session `id`.
     fn session(&self, id: &str) -> String {
-        let now = SystemTime::now();
-        let data = SessionData {
-            id: id.to_owned(),
-            subject: format!("user-{id}"),
-            roles: Vec::new(),
-            scopes: Vec::new(),
-            issuer: format!("http://{}", self.idp),
-            issued_at: unix(now),
-            expires_at: unix(now + Duration::from_secs(3600)),
-            access_expires_at: None,
-            refresh_token: None,
-        };
-        let sealed = SessionKey::new(COOKIE_SECRET.as_bytes()).unwrap().seal(&data, now).unwrap();
-        format!("{SESSION_COOKIE}={sealed}")
+        common::oidc_stub::sealed_session(self.idp, COOKIE_SECRET, id)
     }
 
     fn bearer(&self) -> String {

@@ -57,6 +57,50 @@ pub struct WafRequest {
     pub client_port: u16,
 }
 
+impl WafRequest {
+    /// The request as the engine sees it: `target` as the client sent it
+    /// (before path normalization: CRS decodes on its own and looks for the
+    /// traversal sequences normalization removes), a `Host` header from the
+    /// target's authority when the request has none (HTTP/2, absolute-form),
+    /// then every header in order, values as text with invalid UTF-8
+    /// replaced (ASCII is never lost).
+    #[must_use]
+    pub fn new(
+        method: &http::Method,
+        target: &http::Uri,
+        version: http::Version,
+        headers: &http::HeaderMap,
+        body: Bytes,
+        client: std::net::SocketAddr,
+    ) -> Self {
+        let uri = target.path_and_query().map_or_else(|| target.path().to_owned(), |pq| pq.as_str().to_owned());
+        let mut list: Vec<(String, String)> = Vec::with_capacity(headers.len() + 1);
+        if !headers.contains_key(http::header::HOST)
+            && let Some(authority) = target.authority()
+        {
+            list.push(("Host".to_owned(), authority.as_str().to_owned()));
+        }
+        for (name, value) in headers {
+            list.push((name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+        }
+        Self {
+            method: method.as_str().to_owned(),
+            uri,
+            version: match version {
+                http::Version::HTTP_09 => "HTTP/0.9",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
+            headers: list,
+            body,
+            client_ip: client.ip(),
+            client_port: client.port(),
+        }
+    }
+}
+
 /// A rule that matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleMatch {

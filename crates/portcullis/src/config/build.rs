@@ -78,6 +78,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         paths.case == portcullis_policy::normalize::Case::Insensitive,
     );
     let mut waf = super::waf::build_waf(&mut c, &raw, base);
+    check_route_paths(&mut c, &raw, &paths);
     let mut routes = build_routes(
         &mut c,
         &raw,
@@ -835,6 +836,22 @@ struct Named<'a> {
     logins: &'a std::collections::BTreeMap<String, std::sync::Arc<portcullis_layers::login::LoginSettings>>,
     waf: Option<&'a mut super::waf::WafBase>,
     openapi: &'a std::collections::BTreeMap<String, super::openapi::OpenApiDoc>,
+}
+
+/// Route patterns that normalized request paths can reach: no request path
+/// is spelled `/admin/` (trailing slashes stripped), `/%61dmin` or `/café`
+/// once normalized, so such a route would silently never match and its
+/// requests would fall through to a less specific route.
+fn check_route_paths(c: &mut Collector<'_>, raw: &RawConfig, paths: &portcullis_policy::normalize::PathPolicy) {
+    for route in &raw.routes {
+        let m = route.get_ref().matcher.get_ref();
+        if let Ok(pattern) = PathPattern::parse(m.path.get_ref())
+            && let Err(e) = pattern.check_normal(paths)
+        {
+            c.error(m.path.span(), e.to_string())
+                .help("write the pattern as normalized paths are spelled (docs/configuration.md, [paths])");
+        }
+    }
 }
 
 fn build_routes(

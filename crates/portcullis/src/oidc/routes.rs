@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::url::form_urlencoded;
@@ -76,15 +76,8 @@ fn query(raw: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// The first cookie called `name` in the request.
-fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+fn request_cookie<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
+    portcullis_policy::cookies::get(headers, name)
 }
 
 fn redirect(location: &str) -> Response {
@@ -278,8 +271,8 @@ mod tests {
     #[test]
     fn cookie_lookup() {
         let mut headers = HeaderMap::new();
-        headers.append(COOKIE, HeaderValue::from_static("a=1; __Host-portcullis=abc"));
-        headers.append(COOKIE, HeaderValue::from_static("__Host-portcullis=second"));
+        headers.append(http::header::COOKIE, HeaderValue::from_static("a=1; __Host-portcullis=abc"));
+        headers.append(http::header::COOKIE, HeaderValue::from_static("__Host-portcullis=second"));
         assert_eq!(request_cookie(&headers, SESSION_COOKIE), Some("abc"));
         assert_eq!(request_cookie(&headers, "a"), Some("1"));
         assert_eq!(request_cookie(&headers, LOGIN_COOKIE), None);

@@ -286,6 +286,7 @@ pub mod express;
 pub mod metrics;
 pub mod node;
 pub mod oidc_provider;
+pub mod oidc_stub;
 pub mod postgres;
 pub mod raw;
 pub mod redis;
