@@ -267,6 +267,12 @@ impl Prefix {
         self.rest.is_none() && self.error.is_none()
     }
 
+    /// Whether the body went on past the limit (the rest is unread).
+    #[must_use]
+    pub fn truncated(&self) -> bool {
+        self.rest.is_some()
+    }
+
     /// The refusal for a read that failed because the client was too slow
     /// (408): such a request can never complete, so it is answered at once
     /// rather than sent upstream with a body that will break.

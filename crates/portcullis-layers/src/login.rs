@@ -6,9 +6,15 @@
 //! Decision rules:
 //! - Before the upstream: the account name is read from the route's source
 //!   (a JSON or form body field, or a header). The body is read only on login
-//!   routes, at most `max_body` bytes; a larger body is not parsed (only the
-//!   address counts) and is forwarded intact, like every body: the upstream
-//!   receives exactly the bytes the client sent.
+//!   routes, at most `max_body` bytes, and forwarded intact, like every body:
+//!   the upstream receives exactly the bytes the client sent.
+//! - A login request whose account the gateway cannot read as the upstream
+//!   would is refused before the upstream, so no spelling of a request can
+//!   escape the per-account count: 413 `login.too_large` for a body over
+//!   `max_body` (declared or streamed), 400 `login.unreadable` for a
+//!   compressed body, a charset other than UTF-8, or the account field
+//!   repeated or not a string (`portcullis_policy::login::Unreadable`;
+//!   `rule` = the login's name).
 //! - If the account or the address is in a wait, the attempt is refused with
 //!   429 `login.backoff` (`rule` = the login's name) and `Retry-After`,
 //!   without reaching the upstream.
@@ -40,7 +46,9 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode};
-use portcullis_policy::login::{AccountSource, Backoff, Standing, State, account_fingerprint};
+use portcullis_policy::login::{
+    AccountSource, Backoff, Standing, State, Unreadable, account_fingerprint, readable_body,
+};
 use portcullis_policy::rate_limit::ceil_secs;
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
@@ -334,26 +342,41 @@ where
 
 /// Reads the account name from `req`, returning the request with its body
 /// intact. The body is buffered only up to `max_body`; a client too slow to
-/// send it is refused (408).
+/// send it is refused (408), a larger body or one the gateway cannot read as
+/// the upstream would is refused (see the module docs).
 async fn read_account(settings: &LoginSettings, req: Request<Body>) -> Result<(Request<Body>, Option<String>), Denied> {
+    let unreadable = |e: Unreadable| {
+        let reason = if matches!(e, Unreadable::TooLarge(_)) { Reason::LoginTooLarge } else { Reason::LoginUnreadable };
+        Denied::new(reason).with_rule(settings.name.to_string()).with_detail(e.to_string())
+    };
     if !settings.account.reads_body() {
-        let account = settings.account.extract(req.headers(), None);
+        let account = settings.account.extract(req.headers(), None).map_err(unreadable)?;
         return Ok((req, account));
     }
+    readable_body(req.headers()).map_err(unreadable)?;
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > settings.max_body) {
-        return Ok((req, None));
+        return Err(unreadable(Unreadable::TooLarge(settings.max_body)));
     }
     let (parts, body) = req.into_parts();
     let prefix = Prefix::read(body, settings.max_body).await;
     if let Some(denied) = prefix.timed_out() {
         return Err(denied);
     }
-    let account = if prefix.complete() { settings.account.extract(&parts.headers, Some(&prefix.bytes)) } else { None };
+    if prefix.truncated() {
+        return Err(unreadable(Unreadable::TooLarge(settings.max_body)));
+    }
+    // A body that failed for another reason (the client went away) is
+    // forwarded as it is and fails upstream; there is no account to count.
+    let account = if prefix.complete() {
+        settings.account.extract(&parts.headers, Some(&prefix.bytes)).map_err(unreadable)?
+    } else {
+        None
+    };
     Ok((Request::from_parts(parts, prefix.into_body()), account))
 }
 

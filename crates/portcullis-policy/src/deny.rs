@@ -245,6 +245,13 @@ reasons! {
     /// A login attempt during the backoff after repeated failures for its
     /// account name or client address (`rule` names the `[login.NAME]`).
     LoginBackoff => ("login.backoff", StatusCode::TOO_MANY_REQUESTS, Client),
+    /// A login request whose account name the gateway cannot read the way
+    /// the upstream would (a compressed body, a charset other than UTF-8,
+    /// the field twice or not a string): it could not be counted.
+    LoginUnreadable => ("login.unreadable", StatusCode::BAD_REQUEST, Client),
+    /// A login request whose body is larger than the login's `max_body`: the
+    /// account in it could not be counted.
+    LoginTooLarge => ("login.too_large", StatusCode::PAYLOAD_TOO_LARGE, Client),
     /// The login-protection store is unreachable and the protection fails
     /// closed (also logged, action `log`, when it fails open).
     LoginUnavailable => ("login.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),

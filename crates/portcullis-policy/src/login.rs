@@ -20,15 +20,26 @@
 //!   wait (an attempt admitted before it began) never shortens it.
 //! - A successful login resets the account's key, never the address's: one
 //!   valid account must not let an attacker clear their address.
-//! - Account names are trimmed and lower-cased (Unicode) before they are
-//!   counted, then kept only as a fingerprint ([`account_fingerprint`]): the
-//!   name itself is never stored or logged.
+//! - Account names are put in Unicode compatibility form (NFKC: `ａｄｍｉｎ`
+//!   is `admin`), trimmed and lower-cased before they are counted, then kept
+//!   only as a fingerprint ([`account_fingerprint`]): the name itself is
+//!   never stored or logged. A backend that folds less than this shares a
+//!   count between look-alike names; one that folds more would let each
+//!   spelling count apart, so the gateway folds generously.
 //! - Where the account name is read ([`AccountSource`]): a JSON body field
 //!   (dotted path), a form field or a header. A body field is looked for in
 //!   both encodings, JSON and `application/x-www-form-urlencoded`, because
 //!   Express/NestJS accept either on the same route; a body that is neither,
 //!   or lacks the field, has no account (the address still counts). A UTF-8
 //!   byte order mark before the body is skipped, as Express does.
+//! - A request whose account the gateway cannot read the way the upstream
+//!   would is [`Unreadable`] and refused rather than counted by address
+//!   only: a compressed body (Express inflates gzip, deflate and br), a
+//!   charset other than UTF-8 (body-parser decodes forms in any charset
+//!   iconv knows), the field given twice (`username=a&username=b` reaches
+//!   the backend as an array) or as something other than a string or a
+//!   number (`username[$ne]=x`, `{"username":["admin"]}`), a header given
+//!   twice or not in UTF-8. Legitimate login forms send none of these.
 //!
 //! Deployment caveat: attempts admitted concurrently, before the failures of
 //! earlier ones are recorded, all reach the upstream; pair this with a rate
@@ -37,6 +48,7 @@
 //! the proxy's address and its failures.
 
 use http::{HeaderMap, HeaderName};
+use unicode_normalization::UnicodeNormalization;
 
 /// The backoff rules of one kind of key (account names or addresses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,12 +139,12 @@ impl Backoff {
     }
 }
 
-/// Normalizes a submitted account name (trimmed, Unicode lower case) and
-/// returns its fingerprint, the only form in which it is stored or logged;
-/// `None` for an empty name.
+/// Normalizes a submitted account name (NFKC, trimmed, Unicode lower case)
+/// and returns its fingerprint, the only form in which it is stored or
+/// logged; `None` for an empty name.
 #[must_use]
 pub fn account_fingerprint(raw: &str) -> Option<String> {
-    let name = raw.trim().to_lowercase();
+    let name = raw.nfkc().collect::<String>().trim().to_lowercase();
     (!name.is_empty()).then(|| crate::principal::fingerprint(name.as_bytes()))
 }
 
@@ -159,6 +171,29 @@ pub enum AccountSourceError {
     /// Not a valid header name.
     #[error("invalid header name in {0:?}")]
     Header(String),
+}
+
+/// Why the account name in a login request cannot be read the way the
+/// upstream would read it (the request is refused: `login.unreadable`). The
+/// messages never contain the submitted name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// A `Content-Encoding` other than `identity`.
+    #[error("the body is sent with Content-Encoding {0:?}; a login body must not be compressed")]
+    Encoded(String),
+    /// A `charset` parameter other than UTF-8.
+    #[error("the body's charset is {0:?}; a login body must be UTF-8")]
+    Charset(String),
+    /// The account field or header appears more than once.
+    #[error("the account {0} appears more than once")]
+    Repeated(&'static str),
+    /// The account is neither a string nor a number (an array, an object, a
+    /// bracketed form key, a boolean, a header that is not UTF-8).
+    #[error("the account {0} is not a string")]
+    NotText(&'static str),
+    /// The body is larger than the login's `max_body`.
+    #[error("the body is larger than the login's max_body ({0} bytes)")]
+    TooLarge(u64),
 }
 
 impl AccountSource {
@@ -194,48 +229,119 @@ impl AccountSource {
     }
 
     /// The submitted account name, if the request carries one. `body` is the
-    /// whole body, or `None` when it was not read (too large).
-    #[must_use]
-    pub fn extract(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Option<String> {
+    /// whole body, or `None` when it was not read.
+    ///
+    /// # Errors
+    /// [`Unreadable`] when the upstream could read an account the gateway
+    /// cannot: see the module docs.
+    pub fn extract(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Result<Option<String>, Unreadable> {
+        let (path, field) = match self {
+            Self::Header(name) => return header_account(headers, name),
+            Self::Json(path) => (path.as_slice(), if let [field] = path.as_slice() { Some(field) } else { None }),
+            Self::Form(field) => (std::slice::from_ref(field), Some(field)),
+        };
+        readable_body(headers)?;
         // Express's body parsers skip a UTF-8 byte order mark; so must we,
         // or a BOM hides the account from counting but not from the login.
-        let body = body.map(|b| b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b));
-        match self {
-            Self::Header(name) => headers.get(name)?.to_str().ok().map(str::to_owned),
-            Self::Json(path) => {
-                let body = body?;
-                json_field(body, path).or_else(|| match path.as_slice() {
-                    [field] => form_field(body, field),
-                    _ => None,
-                })
-            }
-            Self::Form(field) => {
-                let body = body?;
-                form_field(body, field).or_else(|| json_field(body, std::slice::from_ref(field)))
-            }
+        let Some(body) = body.map(|b| b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b)) else { return Ok(None) };
+        match (json_field(body, path)?, field) {
+            (Some(found), _) => Ok(Some(found)),
+            (None, Some(field)) => form_field(body, field),
+            (None, None) => Ok(None),
         }
     }
 }
 
-fn json_field(body: &[u8], path: &[String]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+/// The account in a header, which must be there once and in UTF-8.
+fn header_account(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, Unreadable> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Unreadable::Repeated("header"));
+    }
+    value.to_str().map(|v| Some(v.to_owned())).map_err(|_| Unreadable::NotText("header"))
+}
+
+/// Whether a login body can be read as sent: not compressed, and UTF-8 if
+/// it names a charset.
+///
+/// # Errors
+/// [`Unreadable::Encoded`] or [`Unreadable::Charset`].
+pub fn readable_body(headers: &HeaderMap) -> Result<(), Unreadable> {
+    for value in headers.get_all(http::header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if text.split(',').any(|coding| !coding.trim().eq_ignore_ascii_case("identity")) {
+            return Err(Unreadable::Encoded(text.chars().take(40).collect()));
+        }
+    }
+    for value in headers.get_all(http::header::CONTENT_TYPE) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for param in text.split(';').skip(1) {
+            let Some((name, charset)) = param.split_once('=') else { continue };
+            let charset = charset.trim().trim_matches('"');
+            if name.trim().eq_ignore_ascii_case("charset")
+                && !charset.eq_ignore_ascii_case("utf-8")
+                && !charset.eq_ignore_ascii_case("utf8")
+            {
+                return Err(Unreadable::Charset(charset.chars().take(40).collect()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The account at `path` in a JSON body, as Node's `JSON.parse` reads it
+/// (a repeated key: the last one wins). `Ok(None)` for a body that is not
+/// JSON or has nothing (or `null`) at `path`.
+fn json_field(body: &[u8], path: &[String]) -> Result<Option<String>, Unreadable> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
     let mut at = &value;
     for segment in path {
-        at = at.as_object()?.get(segment)?;
+        let Some(next) = at.as_object().and_then(|o| o.get(segment)) else { return Ok(None) };
+        at = next;
     }
     match at {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s.clone())),
+        serde_json::Value::Number(n) => Ok(Some(js_number(n))),
+        _ => Err(Unreadable::NotText("field")),
     }
 }
 
-fn form_field(body: &[u8], field: &str) -> Option<String> {
+/// A JSON number as JavaScript's `String(n)` writes it for the integers
+/// login forms send: `1e2` and `100.0` are both `100`, so spelling a number
+/// differently does not make it another account.
+fn js_number(n: &serde_json::Number) -> String {
+    if n.is_f64()
+        && let Some(f) = n.as_f64()
+        && f.fract() == 0.0
+        && f.abs() < 9_007_199_254_740_992.0
+    {
+        #[allow(clippy::cast_possible_truncation)] // integral and below 2^53: exact
+        return (f as i64).to_string();
+    }
+    n.to_string()
+}
+
+/// The account in a form body. A key that is the field with brackets after
+/// it (`username[]`, `username[$ne]`) is the same field to Express's `qs`
+/// parser, which makes it an array or an object.
+fn form_field(body: &[u8], field: &str) -> Result<Option<String>, Unreadable> {
     // A JSON document is not a form, whatever it happens to contain.
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[')) {
-        return None;
+        return Ok(None);
     }
-    form_urlencoded::parse(body).find(|(name, _)| name == field).map(|(_, value)| value.into_owned())
+    let mut found = None;
+    for (name, value) in form_urlencoded::parse(body) {
+        let Some(rest) = name.strip_prefix(field) else { continue };
+        if rest.starts_with('[') {
+            return Err(Unreadable::NotText("field"));
+        }
+        if rest.is_empty() && found.replace(value).is_some() {
+            return Err(Unreadable::Repeated("field"));
+        }
+    }
+    Ok(found.map(std::borrow::Cow::into_owned))
 }
 
 #[cfg(test)]
@@ -323,6 +429,10 @@ mod tests {
         let a = account_fingerprint("  Alice@Example.COM ").unwrap();
         assert_eq!(Some(a.clone()), account_fingerprint("alice@example.com"));
         assert_eq!(account_fingerprint("ÄLICE"), account_fingerprint("älice"), "Unicode lower case");
+        assert_eq!(account_fingerprint("ａｄｍｉｎ"), account_fingerprint("admin"), "full-width forms");
+        assert_eq!(account_fingerprint("ǅ"), account_fingerprint("dž"), "compatibility ligature");
+        assert_eq!(account_fingerprint("e\u{301}"), account_fingerprint("é"), "combining accent");
+        assert_eq!(account_fingerprint("\u{2003}bob\u{3000}"), account_fingerprint("bob"), "Unicode spaces");
         assert_ne!(Some(a.clone()), account_fingerprint("bob@example.com"));
         assert_eq!(a.len(), 12);
         assert!(!a.contains("alice"));
@@ -356,33 +466,104 @@ mod tests {
         let header = AccountSource::parse("header:x-login").unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-login", "carol".parse().unwrap());
-        type Case<'a> = (&'a AccountSource, Option<&'a [u8]>, Option<&'a str>);
+        let field = Unreadable::NotText("field");
+        type Case<'a> = (&'a AccountSource, Option<&'a [u8]>, Result<Option<&'a str>, Unreadable>);
         let cases: &[Case<'_>] = &[
-            (&json, Some(br#"{"username":"alice","password":"x"}"#), Some("alice")),
-            (&json, Some(br#"{"username":42}"#), Some("42")),
-            (&json, Some(br#"{"username":["a"]}"#), None),
-            (&json, Some(br#"{"user":"alice"}"#), None),
-            (&json, Some(b"{not json"), None),
-            (&json, Some(b"username=bob&password=x"), Some("bob")),
-            (&json, None, None),
-            (&nested, Some(br#"{"user":{"email":"a@b.c"}}"#), Some("a@b.c")),
-            (&nested, Some(br#"{"user":"a@b.c"}"#), None),
-            (&nested, Some(b"user.email=x"), None),
-            (&form, Some(b"password=x&username=b%C3%B6b"), Some("böb")),
-            (&form, Some(b"username=a+b"), Some("a b")),
-            (&form, Some(br#"{"username":"dave"}"#), Some("dave")),
-            (&form, Some(br#"{"x":"username=eve"}"#), None),
-            (&form, Some(b""), None),
-            (&header, None, Some("carol")),
+            (&json, Some(br#"{"username":"alice","password":"x"}"#), Ok(Some("alice"))),
+            (&json, Some(br#"{"username":42}"#), Ok(Some("42"))),
+            (&json, Some(br#"{"username":1e2}"#), Ok(Some("100"))),
+            (&json, Some(br#"{"username":100.0}"#), Ok(Some("100"))),
+            (&json, Some(br#"{"username":1.5}"#), Ok(Some("1.5"))),
+            (&json, Some(br#"{"username":"a","username":"admin"}"#), Ok(Some("admin"))),
+            (&json, Some(br#"{"username":null}"#), Ok(None)),
+            (&json, Some(br#"{"username":["a"]}"#), Err(field.clone())),
+            (&json, Some(br#"{"username":{"$ne":"x"}}"#), Err(field.clone())),
+            (&json, Some(br#"{"username":true}"#), Err(field.clone())),
+            (&json, Some(br#"{"user":"alice"}"#), Ok(None)),
+            (&json, Some(b"{not json"), Ok(None)),
+            (&json, Some(b"username=bob&password=x"), Ok(Some("bob"))),
+            (&json, None, Ok(None)),
+            (&nested, Some(br#"{"user":{"email":"a@b.c"}}"#), Ok(Some("a@b.c"))),
+            (&nested, Some(br#"{"user":"a@b.c"}"#), Ok(None)),
+            (&nested, Some(br#"{"user":{"email":["a@b.c"]}}"#), Err(field.clone())),
+            (&nested, Some(b"user.email=x"), Ok(None)),
+            (&form, Some(b"password=x&username=b%C3%B6b"), Ok(Some("böb"))),
+            (&form, Some(b"username=a+b"), Ok(Some("a b"))),
+            (&form, Some(b"user%6Eame=frank"), Ok(Some("frank"))),
+            (&form, Some(b"usernames=x&username=grace"), Ok(Some("grace"))),
+            (&form, Some(b"username=a&username=admin"), Err(Unreadable::Repeated("field"))),
+            (&form, Some(b"username[]=admin"), Err(field.clone())),
+            (&form, Some(b"username%5B%24ne%5D=x"), Err(field)),
+            (&form, Some(br#"{"username":"dave"}"#), Ok(Some("dave"))),
+            (&form, Some(br#"{"x":"username=eve"}"#), Ok(None)),
+            (&form, Some(b""), Ok(None)),
+            (&header, None, Ok(Some("carol"))),
         ];
         for (source, body, expected) in cases {
             assert_eq!(
-                source.extract(&headers, *body).as_deref(),
-                *expected,
+                source.extract(&headers, *body).as_ref().map(Option::as_deref),
+                expected.as_ref().map(|e| *e),
                 "{source:?} {:?}",
                 body.map(String::from_utf8_lossy)
             );
         }
+    }
+
+    #[test]
+    fn bodies_and_headers_the_upstream_reads_differently_are_unreadable() {
+        let json = AccountSource::parse("json:username").unwrap();
+        let header = AccountSource::parse("header:x-login").unwrap();
+        let body: &[u8] = br#"{"username":"alice"}"#;
+        let with = |pairs: &[(&'static str, &[u8])]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, http::HeaderValue::from_bytes(value).unwrap());
+            }
+            headers
+        };
+        type Case<'a> = (&'a [(&'static str, &'a [u8])], Result<Option<&'a str>, Unreadable>);
+        let cases: &[Case<'_>] = &[
+            (&[("content-type", b"application/json")], Ok(Some("alice"))),
+            (&[("content-type", b"application/json; charset=UTF-8")], Ok(Some("alice"))),
+            (&[("content-type", b"application/json;charset=\"utf-8\"")], Ok(Some("alice"))),
+            (&[("content-encoding", b"identity")], Ok(Some("alice"))),
+            (&[("content-encoding", b"gzip")], Err(Unreadable::Encoded("gzip".into()))),
+            (&[("content-encoding", b"identity, br")], Err(Unreadable::Encoded("identity, br".into()))),
+            (
+                &[("content-encoding", b"identity"), ("content-encoding", b"deflate")],
+                Err(Unreadable::Encoded("deflate".into())),
+            ),
+            (
+                &[("content-type", b"application/x-www-form-urlencoded; charset=utf-16le")],
+                Err(Unreadable::Charset("utf-16le".into())),
+            ),
+            (&[("content-type", b"application/json; charset=us-ascii")], Err(Unreadable::Charset("us-ascii".into()))),
+            (&[("content-type", b"text/plain; Charset=\"latin1\"")], Err(Unreadable::Charset("latin1".into()))),
+        ];
+        for (pairs, expected) in cases {
+            let headers = with(pairs);
+            assert_eq!(
+                json.extract(&headers, Some(body)).as_ref().map(Option::as_deref),
+                expected.as_ref().map(|e| *e),
+                "{pairs:?}"
+            );
+        }
+        // Unread bodies are refused for their headers too, before any read.
+        assert_eq!(
+            json.extract(&with(&[("content-encoding", b"gzip")]), None),
+            Err(Unreadable::Encoded("gzip".into()))
+        );
+        // A header account: once, in UTF-8; the body's headers do not matter.
+        assert_eq!(
+            header.extract(&with(&[("x-login", b"a"), ("content-encoding", b"gzip")]), None),
+            Ok(Some("a".into()))
+        );
+        assert_eq!(
+            header.extract(&with(&[("x-login", b"a"), ("x-login", b"b")]), None),
+            Err(Unreadable::Repeated("header"))
+        );
+        assert_eq!(header.extract(&with(&[("x-login", b"\xe1dmin")]), None), Err(Unreadable::NotText("header")));
+        assert_eq!(header.extract(&with(&[]), None), Ok(None));
     }
 
     /// Found by the `login` fuzz target: a UTF-8 byte order mark before a
@@ -393,8 +574,8 @@ mod tests {
         let json = AccountSource::parse("json:username").unwrap();
         let form = AccountSource::parse("form:username").unwrap();
         let headers = HeaderMap::new();
-        assert_eq!(json.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"alice\"}")).as_deref(), Some("alice"));
-        assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbfusername=bob")).as_deref(), Some("bob"));
-        assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"eve\"}")).as_deref(), Some("eve"));
+        assert_eq!(json.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"alice\"}")), Ok(Some("alice".into())));
+        assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbfusername=bob")), Ok(Some("bob".into())));
+        assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"eve\"}")), Ok(Some("eve".into())));
     }
 }

@@ -98,6 +98,33 @@ auth = "public"
     )
 }
 
+/// Two more logins for the tests that need every account source: a form
+/// field `login` on `/auth/form` and the `X-Login` header on `/auth/header`,
+/// each waiting after one failure.
+const FORM_AND_HEADER_LOGINS: &str = r#"
+[login.form]
+account = "form:login"
+account_failures = 1
+
+[login.header]
+account = "header:X-Login"
+account_failures = 1
+
+[[route]]
+name = "form"
+match = { path = "/auth/form" }
+upstream = "app"
+auth = "public"
+login = "form"
+
+[[route]]
+name = "header"
+match = { path = "/auth/header" }
+upstream = "app"
+auth = "public"
+login = "header"
+"#;
+
 /// A login attempt from `ip`, as a trusted proxy would forward it.
 async fn attempt(gw: &Gateway, path: &str, ip: &str, user: &str, password: &str) -> (http::response::Parts, Bytes) {
     let body = serde_json::json!({ "username": user, "password": password }).to_string();
@@ -238,34 +265,13 @@ async fn waits_double_and_a_success_resets_the_account_but_not_the_address() {
 #[tokio::test]
 async fn bodies_reach_the_upstream_unchanged_and_every_account_source_works() {
     let up = login_upstream().await;
-    let extra = r#"
-[login.form]
-account = "form:login"
-account_failures = 1
-
-[login.header]
-account = "header:X-Login"
-account_failures = 1
-
+    let extra = FORM_AND_HEADER_LOGINS.to_owned()
+        + r#"
 [login.small]
 account = "json:username"
 account_failures = 1
 ip_failures = 3
 max_body = 64
-
-[[route]]
-name = "form"
-match = { path = "/auth/form" }
-upstream = "app"
-auth = "public"
-login = "form"
-
-[[route]]
-name = "header"
-match = { path = "/auth/header" }
-upstream = "app"
-auth = "public"
-login = "header"
 
 [[route]]
 name = "small"
@@ -274,7 +280,7 @@ upstream = "app"
 auth = "public"
 login = "small"
 "#;
-    let gw = gateway(&config(up.addr, "memory", "", extra)).await;
+    let gw = gateway(&config(up.addr, "memory", "", &extra)).await;
     let last_body = || up.bodies.lock().unwrap().last().cloned().unwrap();
 
     // JSON: the exact bytes, whitespace and Unicode included.
@@ -306,26 +312,94 @@ login = "small"
     assert_eq!(send(req("192.0.2.5", "ERIN")).await.0.status, 429);
     assert_eq!(send(req("192.0.2.5", "frank")).await.0.status, 401);
 
-    // A body over max_body is not parsed (only the address counts) but is
-    // forwarded intact, declared or streamed.
+    // A body over max_body cannot be counted by account: refused before the
+    // upstream, declared or streamed.
+    let calls = up.calls.load(Ordering::SeqCst);
     let big = serde_json::json!({"username": "grace", "password": "guess", "pad": "x".repeat(5000)}).to_string();
-    assert_eq!(post(&gw, "/auth/small", "192.0.2.6", "application/json", big.clone().into_bytes()).await.0.status, 401);
-    assert_eq!(last_body().as_ref(), big.as_bytes());
-    let chunks: Vec<Result<http_body::Frame<Bytes>, portcullis_layers::BoxError>> =
-        big.as_bytes().chunks(100).map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c)))).collect();
-    let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
-    let req = Request::post(gw.url("/auth/small"))
-        .header("x-forwarded-for", "192.0.2.6")
-        .header("content-type", "application/json")
-        .body(streamed)
-        .unwrap();
-    assert_eq!(send(req).await.0.status, 401);
-    assert_eq!(last_body().as_ref(), big.as_bytes());
-    let detail = events_of(&gw, "login.failed").pop().unwrap().detail.unwrap();
-    assert!(detail.contains("no account name found") && detail.contains("client: 2 failure(s)"), "{detail}");
-    // grace's account was never counted: a small body for her passes.
+    let (parts, body) = post(&gw, "/auth/small", "192.0.2.6", "application/json", big.clone().into_bytes()).await;
+    assert_denied(&parts, &body, 413, "login.too_large");
+    // Streamed (chunked, no length), written whole so that the early answer
+    // cannot race the client's writes.
+    let mut chunked = String::new();
+    for chunk in big.as_bytes().chunks(100) {
+        chunked += &format!("{:x}\r\n{}\r\n", chunk.len(), std::str::from_utf8(chunk).unwrap());
+    }
+    let request = format!(
+        "POST /auth/small HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.6\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{chunked}0\r\n\r\n"
+    );
+    let answer = common::raw::exchange(gw.addr, request.as_bytes()).await.unwrap();
+    assert_eq!((answer.status, answer.reason().as_deref()), (413, Some("login.too_large")));
+    assert_eq!(up.calls.load(Ordering::SeqCst), calls, "neither reached the upstream");
+    let event = events_of(&gw, "login.too_large").pop().unwrap();
+    assert_eq!(event.rule.as_deref(), Some("small"));
+    assert!(!event.detail.unwrap_or_default().contains("grace"), "the name is not logged");
+    // A small body for grace is counted as usual.
     let small = br#"{"username":"grace","password":"right"}"#.to_vec();
     assert_eq!(post(&gw, "/auth/small", "192.0.2.7", "application/json", small).await.0.status, 200);
+}
+
+/// Found while fuzzing the login extraction: a request whose account the
+/// upstream reads but the gateway could not (a compressed body, another
+/// charset, the field twice or as an array) was counted by address only,
+/// so spreading such attempts over addresses guessed one account's password
+/// without any backoff. Each is now refused before the upstream; look-alike
+/// spellings of one name share its count.
+#[tokio::test]
+async fn logins_the_gateway_cannot_read_as_the_upstream_would_are_refused() {
+    let up = login_upstream().await;
+    let gw = gateway(&config(up.addr, "memory", "", FORM_AND_HEADER_LOGINS)).await;
+    const JSON: (&str, &[u8]) = ("content-type", b"application/json");
+    const FORM: (&str, &[u8]) = ("content-type", b"application/x-www-form-urlencoded");
+    let alice = br#"{"username":"alice","password":"guess"}"#;
+    // (path, headers, body, status, reason or "" when it reaches the upstream)
+    type Row<'a> = (&'a str, &'a [(&'a str, &'a [u8])], &'a [u8], u16, &'a str);
+    #[rustfmt::skip]
+    let rows: &[Row<'_>] = &[
+        ("/auth/login", &[JSON], alice, 401, ""),
+        ("/auth/login", &[("content-type", b"application/json; charset=utf-8")], alice, 401, ""),
+        ("/auth/login", &[JSON, ("content-encoding", b"gzip")], alice, 400, "login.unreadable"),
+        ("/auth/login", &[JSON, ("content-encoding", b"identity, deflate")], alice, 400, "login.unreadable"),
+        ("/auth/login", &[("content-type", b"application/json; charset=utf-16le")], alice, 400, "login.unreadable"),
+        ("/auth/login", &[JSON], br#"{"username":["alice"],"password":"guess"}"#, 400, "login.unreadable"),
+        ("/auth/login", &[JSON], br#"{"username":{"$ne":""},"password":"guess"}"#, 400, "login.unreadable"),
+        ("/auth/form", &[FORM], b"login=alice&password=guess", 401, ""),
+        ("/auth/form", &[FORM], b"login=bob&login=alice&password=guess", 400, "login.unreadable"),
+        ("/auth/form", &[FORM], b"login[]=alice&password=guess", 400, "login.unreadable"),
+        ("/auth/form", &[FORM], b"login%5B%24ne%5D=x&password=guess", 400, "login.unreadable"),
+        ("/auth/form", &[("content-type", b"application/x-www-form-urlencoded; charset=latin1")], b"login=alice&password=guess", 400, "login.unreadable"),
+        ("/auth/header", &[("x-login", b"alice"), ("x-password", b"guess")], b"", 401, ""),
+        ("/auth/header", &[("x-login", b"alice"), ("x-login", b"bob"), ("x-password", b"guess")], b"", 400, "login.unreadable"),
+        ("/auth/header", &[("x-login", b"\xe1lice"), ("x-password", b"guess")], b"", 400, "login.unreadable"),
+    ];
+    for (i, (path, headers, body, status, reason)) in rows.iter().enumerate() {
+        let calls = up.calls.load(Ordering::SeqCst);
+        let mut req = Request::post(gw.url(path)).header("x-forwarded-for", format!("192.0.2.{}", 10 + i));
+        for (name, value) in *headers {
+            req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
+        }
+        let (parts, answer) = send(req.body(full_body(body.to_vec())).unwrap()).await;
+        if reason.is_empty() {
+            assert_eq!(parts.status, *status, "row {i}: {path} {headers:?}");
+            assert_eq!(up.calls.load(Ordering::SeqCst), calls + 1, "row {i} reaches the upstream");
+        } else {
+            assert_denied(&parts, &answer, *status, reason);
+            assert_eq!(up.calls.load(Ordering::SeqCst), calls, "row {i} never reaches the upstream");
+            let login = if *path == "/auth/login" { "api" } else { path.trim_start_matches("/auth/") };
+            let event = gw.events.last().unwrap();
+            assert_eq!((event.reason, event.rule.as_deref()), (*reason, Some(login)), "row {i}");
+        }
+    }
+
+    // Look-alike spellings are one account: full-width letters (NFKC), case
+    // and Unicode spaces. alice has two failures from the rows above; the
+    // third, in full width, starts her wait, which every spelling then meets.
+    let (parts, _) = attempt(&gw, "/auth/login", "203.0.113.1", "ａｌｉｃｅ", "guess").await;
+    assert_eq!(parts.status, 401);
+    for (i, name) in ["ALICE", " alice\u{3000}", "Ａlice", "alice"].iter().enumerate() {
+        let (parts, body) = attempt(&gw, "/auth/login", &format!("203.0.113.{}", 2 + i), name, "right").await;
+        assert_denied(&parts, &body, 429, "login.backoff");
+    }
 }
 
 #[tokio::test]
