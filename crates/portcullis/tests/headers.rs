@@ -107,16 +107,7 @@ async fn csp_report_only_and_hsts_settings() {
     let toml =
         simple_config(up, extra).replace("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:0\"\ntls = \"self-signed\"");
     let gw = gateway(&toml).await;
-    let client = {
-        let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-    };
+    let client = common::tls::any_certificate_client(&[b"http/1.1"]);
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let tls = client.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
@@ -129,53 +120,6 @@ async fn csp_report_only_and_hsts_settings() {
     assert_eq!(h["strict-transport-security"], "max-age=31536000; preload");
     assert!(h.contains_key("content-security-policy-report-only"));
     assert!(!h.contains_key("content-security-policy"));
-}
-
-/// Trusts any server certificate: the self-signed quickstart case; the
-/// handshake itself is what this test needs, not the chain.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &portcullis::tls::provider().signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &portcullis::tls::provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        portcullis::tls::provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[tokio::test]

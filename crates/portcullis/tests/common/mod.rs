@@ -291,3 +291,4 @@ pub mod postgres;
 pub mod raw;
 pub mod redis;
 pub mod strict;
+pub mod tls;
