@@ -34,6 +34,6 @@ impl Guard for Duplicates {
                 .with_detail(format!("{name} appears more than once")));
         }
         self.0.check(req.headers())?;
-        portcullis_policy::overrides::check(req.headers())
+        portcullis_policy::overrides::check(req.headers(), req.uri().query())
     }
 }

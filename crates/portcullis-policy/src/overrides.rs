@@ -1,5 +1,6 @@
-//! Override headers: headers some backends read to change the request's
-//! method or path after the gateway has decided on it.
+//! Method and path overrides: headers and query parameters some backends
+//! read to change the request's method or path after the gateway has decided
+//! on it.
 //!
 //! Defends against a request that is one thing to the gateway and another to
 //! the upstream. The gateway routes, authorizes and limits `POST /public`;
@@ -7,15 +8,23 @@
 //! app with `http_method_override` reads `X-HTTP-Method-Override: DELETE`
 //! and runs `DELETE /public`; Symfony and IIS URL Rewrite read
 //! `X-Original-URL: /admin` (or `X-Rewrite-URL`) and serve `/admin`.
+//! Express's `methodOverride('_method')` and Laravel read the method from a
+//! `_method` query parameter: `POST /orders/7?_method=DELETE`.
 //!
-//! Decision rule: a request carrying any of [`OVERRIDE_HEADERS`] (or its
-//! `_` spelling, which CGI-style servers read as the same header) is refused
-//! with `request.override` (400), the header named in `rule`. A client that
-//! needs another method can send it: the gateway speaks every method.
+//! Decision rules:
+//! - A request carrying any of [`OVERRIDE_HEADERS`] (or its `_` spelling,
+//!   which CGI-style servers read as the same header) is refused with
+//!   `request.override` (400), the header named in `rule`.
+//! - So is a query string with a `_method` parameter, however it is
+//!   percent-encoded or bracketed (`_method[]`, which `qs` makes an array
+//!   that `method-override` reads too); `rule` is `query:_method`.
 //!
-//! Deployment caveat: overrides in the body or query (`_method=DELETE`,
-//! Rails and Laravel forms) are not visible here; restrict such routes by
-//! method on the upstream too, or do not enable method overrides there.
+//! A client that needs another method can send it: the gateway speaks every
+//! method.
+//!
+//! Deployment caveat: an override in a form body (`_method=DELETE` in Rails,
+//! Laravel and Symfony forms) is not read here; restrict such routes by
+//! method on the upstream too, or do not enable body method overrides there.
 
 use http::header::HeaderMap;
 
@@ -25,11 +34,24 @@ use crate::deny::{Denied, Reason};
 pub const OVERRIDE_HEADERS: [&str; 5] =
     ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
 
-/// Refuses a request carrying an override header.
+/// The query parameter backends read as the method.
+pub const OVERRIDE_PARAMETER: &str = "_method";
+
+/// Refuses a request carrying an override header or query parameter.
 ///
 /// # Errors
-/// `request.override` naming the header.
-pub fn check(headers: &HeaderMap) -> Result<(), Denied> {
+/// `request.override` naming the header or `query:_method`.
+pub fn check(headers: &HeaderMap, query: Option<&str>) -> Result<(), Denied> {
+    if let Some(query) = query
+        && query.contains(['_', '%'])
+        && form_urlencoded::parse(query.as_bytes()).any(|(name, _)| {
+            name.strip_prefix(OVERRIDE_PARAMETER).is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+        })
+    {
+        return Err(Denied::new(Reason::RequestOverride)
+            .with_rule(format!("query:{OVERRIDE_PARAMETER}"))
+            .with_detail("the _method query parameter would change the method the upstream acts on"));
+    }
     for name in headers.keys() {
         let name = name.as_str();
         if !name.starts_with('x') {
@@ -67,8 +89,34 @@ mod tests {
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("DELETE"));
-            let result = check(&headers);
+            let result = check(&headers, None);
             assert_eq!(result.as_ref().err().and_then(|d| d.rule.as_deref()), refused, "{name}");
         }
+    }
+
+    #[test]
+    fn the_method_query_parameter_is_refused_however_it_is_spelled() {
+        let headers = HeaderMap::new();
+        for (query, refused) in [
+            ("_method=DELETE", true),
+            ("a=1&_method=put", true),
+            ("%5Fmethod=DELETE", true),
+            ("_%6Dethod=DELETE", true),
+            ("_method[]=DELETE", true),
+            ("_method%5B0%5D=DELETE", true),
+            ("_method", true),
+            ("method=DELETE", false),
+            ("x_method=DELETE", false),
+            ("_methods=DELETE", false),
+            ("q=_method%3DDELETE", false),
+            ("", false),
+        ] {
+            let result = check(&headers, Some(query));
+            assert_eq!(result.is_err(), refused, "{query}");
+            if refused {
+                assert_eq!(result.unwrap_err().rule.as_deref(), Some("query:_method"));
+            }
+        }
+        assert!(check(&headers, None).is_ok());
     }
 }

@@ -388,7 +388,7 @@ async fn credentials_and_identity_headers_may_appear_once() {
 }
 
 #[tokio::test]
-async fn method_and_path_override_headers_are_refused() {
+async fn method_and_path_overrides_are_refused() {
     let s = Setup::start("").await;
     for header in [
         "X-HTTP-Method-Override: DELETE",
@@ -401,6 +401,14 @@ async fn method_and_path_override_headers_are_refused() {
         let request = format!("POST /public/x HTTP/1.1\r\nHost: gw\r\n{header}\r\nContent-Length: 0\r\n\r\n");
         s.assert_refused(header, &request, 400, "request.override").await;
     }
+    // Express's methodOverride('_method') and Laravel read the query.
+    for query in ["_method=DELETE", "a=1&_method=PUT", "%5Fmethod=DELETE", "_method%5B%5D=DELETE"] {
+        let request = format!("POST /public/x?{query} HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n");
+        s.assert_refused(query, &request, 400, "request.override").await;
+    }
+    let request = b"POST /public/x?method=DELETE&x_method=PUT HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n";
+    let ok = raw::exchange(s.gw.addr, request).await.unwrap();
+    assert_eq!(ok.status, 200, "other parameters pass: {}", String::from_utf8_lossy(&ok.body));
 }
 
 #[tokio::test]
