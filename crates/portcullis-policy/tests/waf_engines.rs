@@ -6,10 +6,8 @@
 //! `scripts/test` installs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use portcullis_policy::waf::{self, EngineKind, LoadError, Profile, WafRequest};
 
 fn crs_v4() -> PathBuf {
@@ -44,24 +42,6 @@ impl BrokenCrs {
 impl Drop for BrokenCrs {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn sqli() -> WafRequest {
-    WafRequest {
-        method: "POST".into(),
-        uri: "/login?next=%2Fhome".into(),
-        version: "HTTP/1.1",
-        headers: vec![
-            ("Host".into(), "app.example.com".into()),
-            ("User-Agent".into(), "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into()),
-            ("Accept".into(), "text/html".into()),
-            ("Content-Type".into(), "application/x-www-form-urlencoded".into()),
-            ("Content-Length".into(), "46".into()),
-        ],
-        body: Bytes::from_static(b"user=admin' OR 1=1 UNION SELECT password FROM users--"),
-        client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-        client_port: 40_000,
     }
 }
 
@@ -115,7 +95,28 @@ fn a_rule_zentinel_cannot_compile_is_a_load_error() {
 
 #[cfg(feature = "libmodsecurity")]
 mod libmodsecurity {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use super::*;
+    use bytes::Bytes;
+
+    fn sqli() -> WafRequest {
+        WafRequest {
+            method: "POST".into(),
+            uri: "/login?next=%2Fhome".into(),
+            version: "HTTP/1.1",
+            headers: vec![
+                ("Host".into(), "app.example.com".into()),
+                ("User-Agent".into(), "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into()),
+                ("Accept".into(), "text/html".into()),
+                ("Content-Type".into(), "application/x-www-form-urlencoded".into()),
+                ("Content-Length".into(), "46".into()),
+            ],
+            body: Bytes::from_static(b"user=admin' OR 1=1 UNION SELECT password FROM users--"),
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            client_port: 40_000,
+        }
+    }
 
     #[test]
     fn stock_crs_v4_loads_and_passes_the_canary() {
