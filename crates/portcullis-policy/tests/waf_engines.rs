@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_policy::waf::{self, EngineKind, LoadError, Profile, WafRequest};
+use portcullis_policy::waf::{self, EngineKind, LoadError, Profile};
 
 fn crs_v4() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs")
@@ -99,6 +99,7 @@ mod libmodsecurity {
 
     use super::*;
     use bytes::Bytes;
+    use portcullis_policy::waf::WafRequest;
 
     fn sqli() -> WafRequest {
         WafRequest {
