@@ -11,6 +11,8 @@
 //!   declared `Content-Length` above it, or a stream crossing it, is 413
 //!   `openapi.body_too_large`. A body stream that fails is 400
 //!   `request.body` (or 413 `limit.body` when the route's body limit cut it).
+//!   A compressed body or one in a charset the validator cannot read as the
+//!   upstream does is 415 `request.encoding` (`portcullis_policy::encoding`).
 //! - A validated body is replayed to the upstream frame by frame, trailers
 //!   included: it receives exactly the bytes the client sent.
 //!
@@ -99,6 +101,7 @@ async fn validate(api: &OpenApi, req: Request<Body>) -> Result<Request<Body>, Bo
         matched.check(&request, None)?;
         return Ok(Request::from_parts(parts, body));
     }
+    portcullis_policy::encoding::inspectable(&parts.headers).map_err(Box::new)?;
     let max = api.options().max_body;
     let too_large = || {
         Box::new(

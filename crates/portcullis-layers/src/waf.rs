@@ -10,6 +10,10 @@
 //! - The body is read ahead up to `body_limit` and replayed byte for byte. A
 //!   larger body is refused with 413 `waf.body_too_large`, or, with
 //!   `over_limit = "pass"`, inspected up to the limit and forwarded whole.
+//! - A body the engine could not read as the upstream does (compressed, or
+//!   in a charset such as UTF-7 or UTF-16) is refused with 415
+//!   `request.encoding` before it is read (`portcullis_policy::encoding`);
+//!   in detect mode it is logged and passes, like any detection.
 //! - Inspection runs on `workers` threads of its own, so rule evaluation
 //!   never stalls the async runtime, and the threads (each with its own
 //!   allocator heap and regex caches, several MiB once CRS has run on it) are
@@ -210,6 +214,17 @@ where
             let (inspected, body) = if body.is_end_stream() {
                 (Bytes::new(), body)
             } else {
+                if let Err(denied) = portcullis_policy::encoding::inspectable(&parts.headers) {
+                    let req = Request::from_parts(parts, body);
+                    return match waf.mode {
+                        Mode::Block => Ok(deny(denied)),
+                        Mode::Detect => {
+                            let mut response = crate::call_boxed(&mut inner, req).await?;
+                            note(&mut response, denied);
+                            Ok(response)
+                        }
+                    };
+                }
                 let prefix = Prefix::read(body, settings.body_limit).await;
                 if let Some(denied) = prefix.timed_out() {
                     return Ok(deny(denied));

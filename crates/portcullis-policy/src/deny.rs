@@ -87,6 +87,9 @@ reasons! {
     /// A header some backends read to change the method or path
     /// (`X-HTTP-Method-Override`, `X-Original-URL`, …); `rule` names it.
     RequestOverride => ("request.override", StatusCode::BAD_REQUEST, Client),
+    /// A body the gateway inspects (WAF, OpenAPI) sent compressed or in a
+    /// charset it cannot read as the upstream does; `rule` says which.
+    RequestEncoding => ("request.encoding", StatusCode::UNSUPPORTED_MEDIA_TYPE, Client),
     /// An `Upgrade` to anything but WebSocket (`h2c`, `TLS/1.0`, a list).
     UpgradeProtocol => ("upgrade.protocol", StatusCode::BAD_REQUEST, Client),
     /// A WebSocket upgrade not in RFC 6455's shape (not a body-less HTTP/1.1

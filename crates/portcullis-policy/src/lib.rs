@@ -12,6 +12,7 @@ pub mod cors;
 pub mod csrf;
 pub mod deny;
 pub mod duplicates;
+pub mod encoding;
 pub mod event;
 pub mod forwarded;
 pub mod headers;

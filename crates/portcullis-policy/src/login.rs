@@ -139,12 +139,24 @@ impl Backoff {
     }
 }
 
-/// Normalizes a submitted account name (NFKC, trimmed, Unicode lower case)
-/// and returns its fingerprint, the only form in which it is stored or
-/// logged; `None` for an empty name.
+/// Normalizes a submitted account name (caseless and compatibility form,
+/// trimmed) and returns its fingerprint, the only form in which it is stored
+/// or logged; `None` for an empty name.
+///
+/// The form follows Unicode's compatibility caseless match (§3.13, D146):
+/// lower-case, NFKC, lower-case again (NFKC can produce capitals: `ᴬ` is
+/// `A`), NFKC again. Lower case is taken character by character with final
+/// sigma folded to `σ`, so that `Σ`, `ς`, `ϲ` and `Ϲ` are one letter wherever
+/// they stand (found by the `login` fuzz target: `Ϲ` and its lower case
+/// fingerprinted apart).
 #[must_use]
 pub fn account_fingerprint(raw: &str) -> Option<String> {
-    let name = raw.nfkc().collect::<String>().trim().to_lowercase();
+    fn fold(s: &str) -> String {
+        s.chars().flat_map(char::to_lowercase).map(|c| if c == 'ς' { 'σ' } else { c }).collect()
+    }
+    let once: String = fold(raw).nfkc().collect();
+    let twice: String = fold(&once).nfkc().collect();
+    let name = twice.trim();
     (!name.is_empty()).then(|| crate::principal::fingerprint(name.as_bytes()))
 }
 
@@ -268,26 +280,15 @@ fn header_account(headers: &HeaderMap, name: &HeaderName) -> Result<Option<Strin
 /// # Errors
 /// [`Unreadable::Encoded`] or [`Unreadable::Charset`].
 pub fn readable_body(headers: &HeaderMap) -> Result<(), Unreadable> {
-    for value in headers.get_all(http::header::CONTENT_ENCODING) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        if text.split(',').any(|coding| !coding.trim().eq_ignore_ascii_case("identity")) {
-            return Err(Unreadable::Encoded(text.chars().take(40).collect()));
-        }
+    if let Some(coding) = crate::encoding::content_coding(headers) {
+        return Err(Unreadable::Encoded(coding));
     }
-    for value in headers.get_all(http::header::CONTENT_TYPE) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        for param in text.split(';').skip(1) {
-            let Some((name, charset)) = param.split_once('=') else { continue };
-            let charset = charset.trim().trim_matches('"');
-            if name.trim().eq_ignore_ascii_case("charset")
-                && !charset.eq_ignore_ascii_case("utf-8")
-                && !charset.eq_ignore_ascii_case("utf8")
-            {
-                return Err(Unreadable::Charset(charset.chars().take(40).collect()));
-            }
-        }
+    match crate::encoding::charsets(headers)
+        .find(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8"))
+    {
+        Some(charset) => Err(Unreadable::Charset(charset)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The account at `path` in a JSON body, as Node's `JSON.parse` reads it
@@ -433,6 +434,14 @@ mod tests {
         assert_eq!(account_fingerprint("ǅ"), account_fingerprint("dž"), "compatibility ligature");
         assert_eq!(account_fingerprint("e\u{301}"), account_fingerprint("é"), "combining accent");
         assert_eq!(account_fingerprint("\u{2003}bob\u{3000}"), account_fingerprint("bob"), "Unicode spaces");
+        assert_eq!(account_fingerprint("\u{1d2c}li"), account_fingerprint("ali"), "a modifier capital");
+        // Found by the `login` fuzz target: the lunate capital sigma and its
+        // lower case fingerprinted apart (NFKC makes one a capital sigma,
+        // whose lower case depends on where it stands).
+        for sigma in ["aϹ", "aϲ", "aΣ", "aς", "aΣb", "aϹb"] {
+            let plain = sigma.replace(['Ϲ', 'ϲ', 'Σ', 'ς'], "σ");
+            assert_eq!(account_fingerprint(sigma), account_fingerprint(&plain), "{sigma}");
+        }
         assert_ne!(Some(a.clone()), account_fingerprint("bob@example.com"));
         assert_eq!(a.len(), 12);
         assert!(!a.contains("alice"));

@@ -266,6 +266,21 @@ async fn json_limits_and_the_body_limit_are_enforced() {
     let big = format!(r#"{{"customer":"a","quantity":1,"note":"{}"}}"#, "n".repeat(300));
     let answer = send_json(&gw, "POST", "/api/orders", &big).await;
     assert_refused(&gw, &answer, 413, "openapi.body_too_large", "body", "larger than 256 bytes");
+    // A body the validator cannot read as the upstream does (Express inflates
+    // it, or decodes its charset) is refused for that, not parsed as noise.
+    for (content_type, encoding, rule) in [
+        ("application/json", "gzip", "content-encoding"),
+        ("application/json; charset=utf-16le", "identity", "charset"),
+    ] {
+        let req = Request::post(gw.url("/api/orders"))
+            .header("content-type", content_type)
+            .header("content-encoding", encoding)
+            .body(portcullis_layers::full(r#"{"customer":"a","quantity":1}"#))
+            .unwrap();
+        let (parts, body) = send(req).await;
+        assert_denied(&parts, &body, 415, "request.encoding");
+        assert_eq!(gw.events.last().unwrap().rule.as_deref(), Some(rule));
+    }
     assert!(seen.lock().unwrap().is_empty());
     let (parts, _) =
         send_json(&gw, "POST", "/api/orders", r#"{"customer":"a","quantity":1,"meta":{"a":{"b":1}}}"#).await;

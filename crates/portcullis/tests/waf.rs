@@ -161,6 +161,87 @@ waf = { mode = "detect" }
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
+/// `id=1' UNION SELECT password FROM users--`, gzipped
+/// (`python3 -c 'import gzip; gzip.compress(b"…", mtime=0)'`): no byte of
+/// the attack is visible to a rule reading the body as sent.
+const GZIPPED_SQLI: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\xcb\x4c\xb1\x35\x54\x57\x08\xf5\xf3\xf4\xf7\x53\x08\x76\xf5\x71\x75\x0e\x51\x28\x48\x2c\x2e\x2e\xcf\x2f\x4a\x51\x70\x0b\xf2\xf7\x55\x28\x2d\x4e\x2d\x2a\xd6\xd5\x05\x00\xae\x2c\xc8\xbf\x28\x00\x00\x00";
+
+/// Found while trying encodings on the WAF: Express inflates gzip, deflate
+/// and br request bodies and decodes forms in any charset iconv knows, so an
+/// attack compressed, or written in UTF-7 (`+ADw-script+AD4-` is
+/// `<script>`), passed the WAF, which reads the bytes as sent, and reached
+/// the application in plain text.
+#[tokio::test]
+async fn bodies_the_waf_cannot_read_as_the_upstream_does_are_refused() {
+    let (up, seen) = recording_upstream().await;
+    let routes = r#"
+[[route]]
+name = "watched"
+match = { path = "/watched/**" }
+upstream = "app"
+auth = "public"
+waf = { mode = "detect" }
+
+[[route]]
+name = "uploads"
+match = { path = "/uploads/**" }
+upstream = "app"
+auth = "public"
+waf = "off"
+"#;
+    let gw = gateway(&config(up, "", routes)).await;
+    let form = "application/x-www-form-urlencoded";
+    let utf7 = "comment=%2BADw-script%2BAD4-alert(document.cookie)%2BADw-/script%2BAD4-";
+    #[rustfmt::skip]
+    let refused: &[(&str, &str, &[u8], &str)] = &[
+        ("gzip", form, GZIPPED_SQLI, "content-encoding"),
+        ("x-gzip", form, GZIPPED_SQLI, "content-encoding"),
+        ("deflate", form, b"\xcb\x4c\xb1\x35", "content-encoding"),
+        ("br", "application/json", b"\x8b\x03\x80{}\x03", "content-encoding"),
+        ("identity, gzip", form, GZIPPED_SQLI, "content-encoding"),
+        ("", "application/x-www-form-urlencoded; charset=utf-7", utf7.as_bytes(), "charset"),
+        ("", "application/json; charset=utf-16le", b"{\x00}\x00", "charset"),
+        ("", "application/x-www-form-urlencoded; charset=us-ascii", b"q=\xbcscript\xbe", "charset"),
+    ];
+    for (coding, content_type, body, rule) in refused {
+        let mut req = Request::post(gw.url("/api/search")).header("content-type", *content_type);
+        if !coding.is_empty() {
+            req = req.header("content-encoding", *coding);
+        }
+        let (parts, answer) = send(req.body(full_body(body.to_vec())).unwrap()).await;
+        assert_denied(&parts, &answer, 415, "request.encoding");
+        let event = gw.events.last().unwrap();
+        assert_eq!((event.reason, event.rule.as_deref()), ("request.encoding", Some(*rule)), "{coding} {content_type}");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "none reached the upstream");
+
+    // Plain bodies in the charsets the rules read pass; body-less requests
+    // are not judged by a Content-Encoding they do not use.
+    let (parts, _) =
+        post(&gw.url("/api/search"), "application/x-www-form-urlencoded; charset=ISO-8859-1", b"q=caf\xe9".to_vec())
+            .await;
+    assert_eq!(parts.status, 200);
+    let (parts, _) = get_with(&gw.url("/api/search"), &[("content-encoding", "gzip")]).await;
+    assert_eq!(parts.status, 200);
+    // Detect mode logs and forwards; a route without the WAF does not care.
+    let gzipped = |path: &str| {
+        Request::post(gw.url(path))
+            .header("content-type", form)
+            .header("content-encoding", "gzip")
+            .body(full_body(GZIPPED_SQLI.to_vec()))
+            .unwrap()
+    };
+    assert_eq!(send(gzipped("/watched/search")).await.0.status, 200);
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.reason, event.action), ("request.encoding", Action::Log));
+    let events = gw.events.reasons().len();
+    assert_eq!(send(gzipped("/uploads/x")).await.0.status, 200);
+    assert_eq!(gw.events.reasons().len(), events);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[3].1.as_ref(), GZIPPED_SQLI, "forwarded as sent");
+}
+
 #[tokio::test]
 async fn exclusions_stop_inspecting_a_target_on_the_routes_they_name() {
     let (up, _) = recording_upstream().await;
