@@ -53,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
     let readable = readable_body(&headers).is_ok();
     if let Some(expected) = node_json(body, path) {
         match &found {
-            Ok(found) => assert_eq!(found.as_deref(), Some(expected.as_str()), "the upstream reads another account from {body:?}"),
+            Ok(found) => assert_eq!(
+                found.as_deref(),
+                Some(expected.as_str()),
+                "the upstream reads another account from {body:?}"
+            ),
             Err(Unreadable::Encoded(_) | Unreadable::Charset(_)) => assert!(!readable),
             Err(e) => panic!("{e} for a body the upstream reads as {expected:?}"),
         }

@@ -10,10 +10,13 @@
 //! - The body is read ahead up to `body_limit` and replayed byte for byte. A
 //!   larger body is refused with 413 `waf.body_too_large`, or, with
 //!   `over_limit = "pass"`, inspected up to the limit and forwarded whole.
-//! - A body the engine could not read as the upstream does (compressed, or
-//!   in a charset such as UTF-7 or UTF-16) is refused with 415
-//!   `request.encoding` before it is read (`portcullis_policy::encoding`);
-//!   in detect mode it is logged and passes, like any detection.
+//! - A body the engine could not read as the upstream does is refused
+//!   without inspection: compressed, or in a charset such as UTF-7 or
+//!   UTF-16, with 415 `request.encoding` before it is read
+//!   (`portcullis_policy::encoding`); JSON the engine would not parse whole
+//!   with 400 `waf.body_unparsable` (`portcullis_policy::waf::body`, which
+//!   also strips a byte order mark from the inspected copy). In detect mode
+//!   these are logged and pass, like any detection.
 //! - Inspection runs on `workers` threads of its own, so rule evaluation
 //!   never stalls the async runtime, and the threads (each with its own
 //!   allocator heap and regex caches, several MiB once CRS has run on it) are
@@ -43,7 +46,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as HttpBody;
-use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, VerdictCache, WafRequest, decide};
+use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, VerdictCache, WafRequest, body, decide};
 use portcullis_policy::{Denied, Reason};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
@@ -210,56 +213,42 @@ where
         std::mem::swap(&mut inner, &mut self.inner);
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let settings = &waf.settings;
-            let (inspected, body) = if body.is_end_stream() {
-                (Bytes::new(), body)
+            let (unreadable, inspected, body) = match read_inspected(&parts, body, &waf.settings).await {
+                Ok(read) => read,
+                Err(denied) => return Ok(deny(denied)),
+            };
+            let req;
+            let decision = if let Some(denied) = unreadable {
+                req = Request::from_parts(parts, body);
+                match waf.mode {
+                    Mode::Block => Decision::Block(denied),
+                    Mode::Detect => Decision::Log(denied),
+                }
             } else {
-                if let Err(denied) = portcullis_policy::encoding::inspectable(&parts.headers) {
-                    let req = Request::from_parts(parts, body);
-                    return match waf.mode {
-                        Mode::Block => Ok(deny(denied)),
-                        Mode::Detect => {
-                            let mut response = crate::call_boxed(&mut inner, req).await?;
-                            note(&mut response, denied);
-                            Ok(response)
+                let request = waf_request(&parts, inspected);
+                req = Request::from_parts(parts, body);
+                let key = waf.cache.as_ref().map(|cache| cache.key(&request));
+                let cached = waf.cache.as_ref().zip(key.as_ref()).and_then(|(cache, key)| cache.get(key));
+                let verdict = match cached {
+                    Some(verdict) => Ok(verdict),
+                    None => waf.settings.pool.inspect(waf.engine.clone(), request).await.inspect(|verdict| {
+                        if let (Some(cache), Some(key)) = (&waf.cache, key) {
+                            cache.insert(key, verdict.clone());
                         }
-                    };
-                }
-                let prefix = Prefix::read(body, settings.body_limit).await;
-                if let Some(denied) = prefix.timed_out() {
-                    return Ok(deny(denied));
-                }
-                let limit = usize::try_from(settings.body_limit).unwrap_or(usize::MAX);
-                if prefix.bytes.len() > limit && settings.refuse_over_limit {
-                    let denied = Denied::new(Reason::WafBodyTooLarge)
-                        .with_detail(format!("body over the WAF's inspection limit of {limit} bytes"));
-                    return Ok(deny(denied));
-                }
-                (prefix.bytes.slice(..prefix.bytes.len().min(limit)), prefix.into_body())
-            };
-            let request = waf_request(&parts, inspected);
-            let req = Request::from_parts(parts, body);
-            let key = waf.cache.as_ref().map(|cache| cache.key(&request));
-            let cached = waf.cache.as_ref().zip(key.as_ref()).and_then(|(cache, key)| cache.get(key));
-            let verdict = match cached {
-                Some(verdict) => Ok(verdict),
-                None => settings.pool.inspect(waf.engine.clone(), request).await.inspect(|verdict| {
-                    if let (Some(cache), Some(key)) = (&waf.cache, key) {
-                        cache.insert(key, verdict.clone());
+                    }),
+                };
+                match verdict {
+                    Ok(verdict) => decide(waf.engine.name(), verdict, waf.mode),
+                    Err(unavailable) => {
+                        let detail = match unavailable {
+                            Unavailable::Full => "every inspection worker is busy and the queue is full".to_owned(),
+                            Unavailable::Failed(e) => e,
+                        };
+                        let denied = Denied::new(Reason::WafOverloaded)
+                            .with_detail(detail)
+                            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        if waf.settings.fail_open { Decision::Log(denied) } else { Decision::Block(denied) }
                     }
-                }),
-            };
-            let decision = match verdict {
-                Ok(verdict) => decide(waf.engine.name(), verdict, waf.mode),
-                Err(unavailable) => {
-                    let detail = match unavailable {
-                        Unavailable::Full => "every inspection worker is busy and the queue is full".to_owned(),
-                        Unavailable::Failed(e) => e,
-                    };
-                    let denied = Denied::new(Reason::WafOverloaded)
-                        .with_detail(detail)
-                        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    if settings.fail_open { Decision::Log(denied) } else { Decision::Block(denied) }
                 }
             };
             match decision {
@@ -277,6 +266,48 @@ where
 
 /// The request as the engine sees it ([`WafRequest::new`]), with the
 /// target from before path normalization and the resolved client.
+/// Reads the part of the body the engine inspects, returning the body to
+/// forward whole. The first value is a body the engine could not read as
+/// the upstream does (compressed, in another charset, JSON it does not
+/// parse whole), decided by the route's mode; `Err` is a refusal in every
+/// mode (too slow, too large).
+async fn read_inspected(
+    parts: &http::request::Parts,
+    body: Body,
+    settings: &WafSettings,
+) -> Result<(Option<Denied>, Bytes, Body), Denied> {
+    if body.is_end_stream() {
+        return Ok((None, Bytes::new(), body));
+    }
+    if let Err(denied) = portcullis_policy::encoding::inspectable(&parts.headers) {
+        return Ok((Some(denied), Bytes::new(), body));
+    }
+    let prefix = Prefix::read(body, settings.body_limit).await;
+    if let Some(denied) = prefix.timed_out() {
+        return Err(denied);
+    }
+    if let Err(denied) = portcullis_policy::encoding::inspectable_bytes(&parts.headers, &prefix.bytes) {
+        return Ok((Some(denied), Bytes::new(), prefix.into_body()));
+    }
+    let limit = usize::try_from(settings.body_limit).unwrap_or(usize::MAX);
+    if prefix.bytes.len() > limit {
+        if settings.refuse_over_limit {
+            return Err(Denied::new(Reason::WafBodyTooLarge)
+                .with_detail(format!("body over the WAF's inspection limit of {limit} bytes")));
+        }
+        return Ok((None, prefix.bytes.slice(..limit), prefix.into_body()));
+    }
+    let whole = prefix.bytes.clone();
+    let json = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(body::is_json);
+    if json && prefix.complete() {
+        return match body::json_body(&whole) {
+            Ok(inspected) => Ok((None, whole.slice_ref(inspected), prefix.into_body())),
+            Err(denied) => Ok((Some(denied), Bytes::new(), prefix.into_body())),
+        };
+    }
+    Ok((None, whole, prefix.into_body()))
+}
+
 fn waf_request(parts: &http::request::Parts, body: Bytes) -> WafRequest {
     let uri = parts.extensions.get::<OriginalUri>().map_or(&parts.uri, |o| &o.0);
     let client_ip = parts.extensions.get::<RequestContext>().map_or_else(

@@ -304,6 +304,9 @@ reasons! {
     WafAnomaly => ("waf.anomaly", StatusCode::FORBIDDEN, Client),
     /// The body is larger than the WAF inspects, and such bodies are refused.
     WafBodyTooLarge => ("waf.body_too_large", StatusCode::PAYLOAD_TOO_LARGE, Client),
+    /// A JSON body the WAF's engine could not read whole (it does not parse,
+    /// or nests or holds more than the engine inspects).
+    WafBodyUnparsable => ("waf.body_unparsable", StatusCode::BAD_REQUEST, Client),
     /// The WAF's inspection queue is full (or its engine failed) and it fails closed.
     WafOverloaded => ("waf.overloaded", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The path is not in the route's OpenAPI document (`deny_unknown`).

@@ -183,6 +183,10 @@ pub enum AccountSourceError {
     /// Not a valid header name.
     #[error("invalid header name in {0:?}")]
     Header(String),
+    /// A field name with brackets, which Express's form parser reads as a
+    /// path (`user[email]` is `user.email`: write `json:user.email`).
+    #[error("brackets in {0:?}: Express reads them as a path; name nested fields as json:a.b")]
+    Brackets(String),
 }
 
 /// Why the account name in a login request cannot be read the way the
@@ -193,14 +197,20 @@ pub enum Unreadable {
     /// A `Content-Encoding` other than `identity`.
     #[error("the body is sent with Content-Encoding {0:?}; a login body must not be compressed")]
     Encoded(String),
-    /// A `charset` parameter other than UTF-8.
-    #[error("the body's charset is {0:?}; a login body must be UTF-8")]
+    /// A `charset` parameter other than UTF-8 or ISO-8859-1.
+    #[error("the body's charset is {0:?}; a login body must be UTF-8 or ISO-8859-1")]
     Charset(String),
+    /// A body that starts like JSON but does not parse as JSON (Node may
+    /// still read it: a lone surrogate escape, `1e400`; or it is a form
+    /// starting with `{`, which Express's form parser reads).
+    #[error("the body starts like JSON but does not parse: {0}")]
+    Malformed(String),
     /// The account field or header appears more than once.
     #[error("the account {0} appears more than once")]
     Repeated(&'static str),
-    /// The account is neither a string nor a number (an array, an object, a
-    /// bracketed form key, a boolean, a header that is not UTF-8).
+    /// The account is neither a string nor a safe integer (an array, an
+    /// object, a bracketed form key, a boolean, a number JavaScript would
+    /// round, a header that is not UTF-8).
     #[error("the account {0} is not a string")]
     NotText(&'static str),
     /// The body is larger than the login's `max_body`.
@@ -218,6 +228,7 @@ impl AccountSource {
         let (kind, rest) = text.split_once(':').ok_or_else(|| AccountSourceError::Unknown(text.to_owned()))?;
         let rest = rest.trim();
         match kind.trim() {
+            _ if rest.contains(['[', ']']) => Err(AccountSourceError::Brackets(text.to_owned())),
             "json" => {
                 let path: Vec<String> = rest.split('.').map(str::to_owned).collect();
                 if path.iter().any(String::is_empty) {
@@ -247,19 +258,18 @@ impl AccountSource {
     /// [`Unreadable`] when the upstream could read an account the gateway
     /// cannot: see the module docs.
     pub fn extract(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Result<Option<String>, Unreadable> {
-        let (path, field) = match self {
+        let path = match self {
             Self::Header(name) => return header_account(headers, name),
-            Self::Json(path) => (path.as_slice(), if let [field] = path.as_slice() { Some(field) } else { None }),
-            Self::Form(field) => (std::slice::from_ref(field), Some(field)),
+            Self::Json(path) => path.as_slice(),
+            Self::Form(field) => std::slice::from_ref(field),
         };
-        readable_body(headers)?;
+        let charset = readable_body(headers)?;
         // Express's body parsers skip a UTF-8 byte order mark; so must we,
         // or a BOM hides the account from counting but not from the login.
         let Some(body) = body.map(|b| b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b)) else { return Ok(None) };
-        match (json_field(body, path)?, field) {
-            (Some(found), _) => Ok(Some(found)),
-            (None, Some(field)) => form_field(body, field),
-            (None, None) => Ok(None),
+        match json_field(body, path)? {
+            Some(found) => Ok(Some(found)),
+            None => form_field(body, path, charset),
         }
     }
 }
@@ -274,28 +284,45 @@ fn header_account(headers: &HeaderMap, name: &HeaderName) -> Result<Option<Strin
     value.to_str().map(|v| Some(v.to_owned())).map_err(|_| Unreadable::NotText("header"))
 }
 
-/// Whether a login body can be read as sent: not compressed, and UTF-8 if
-/// it names a charset.
+/// How a login form body's bytes become text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    /// UTF-8, the default.
+    Utf8,
+    /// ISO-8859-1 (Latin-1), which body-parser also decodes (Apache
+    /// HttpClient's form entities declare it by default).
+    Latin1,
+}
+
+/// Whether a login body can be read as sent: not compressed, and UTF-8 or
+/// ISO-8859-1 if it names a charset.
 ///
 /// # Errors
 /// [`Unreadable::Encoded`] or [`Unreadable::Charset`].
-pub fn readable_body(headers: &HeaderMap) -> Result<(), Unreadable> {
+pub fn readable_body(headers: &HeaderMap) -> Result<Charset, Unreadable> {
     if let Some(coding) = crate::encoding::content_coding(headers) {
         return Err(Unreadable::Encoded(coding));
     }
-    match crate::encoding::charsets(headers)
-        .find(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8"))
-    {
-        Some(charset) => Err(Unreadable::Charset(charset)),
-        None => Ok(()),
+    let mut charset = Charset::Utf8;
+    for name in crate::encoding::charsets(headers) {
+        charset = match name.to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => Charset::Utf8,
+            "iso-8859-1" | "latin1" => Charset::Latin1,
+            _ => return Err(Unreadable::Charset(name)),
+        };
     }
+    Ok(charset)
 }
 
 /// The account at `path` in a JSON body, as Node's `JSON.parse` reads it
 /// (a repeated key: the last one wins). `Ok(None)` for a body that is not
-/// JSON or has nothing (or `null`) at `path`.
+/// JSON (it does not start with `{` or `[`) or has nothing (or `null`) at
+/// `path`.
 fn json_field(body: &[u8], path: &[String]) -> Result<Option<String>, Unreadable> {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
+    if !body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[')) {
+        return Ok(None);
+    }
+    let value = serde_json::from_slice::<serde_json::Value>(body).map_err(|e| Unreadable::Malformed(e.to_string()))?;
     let mut at = &value;
     for segment in path {
         let Some(next) = at.as_object().and_then(|o| o.get(segment)) else { return Ok(None) };
@@ -304,45 +331,99 @@ fn json_field(body: &[u8], path: &[String]) -> Result<Option<String>, Unreadable
     match at {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::String(s) => Ok(Some(s.clone())),
-        serde_json::Value::Number(n) => Ok(Some(js_number(n))),
+        serde_json::Value::Number(n) => safe_integer(n).map(Some).ok_or(Unreadable::NotText("field")),
         _ => Err(Unreadable::NotText("field")),
     }
 }
 
-/// A JSON number as JavaScript's `String(n)` writes it for the integers
-/// login forms send: `1e2` and `100.0` are both `100`, so spelling a number
-/// differently does not make it another account.
-fn js_number(n: &serde_json::Number) -> String {
-    if n.is_f64()
-        && let Some(f) = n.as_f64()
-        && f.fract() == 0.0
-        && f.abs() < 9_007_199_254_740_992.0
-    {
-        #[allow(clippy::cast_possible_truncation)] // integral and below 2^53: exact
-        return (f as i64).to_string();
+/// A JSON number that JavaScript reads exactly, as `String(n)` writes it:
+/// an integer within ±2^53 (`1e2` and `100.0` are `100`). Anything else
+/// (`0.1`, `9007199254740993`, which Node reads as …992) is not an account
+/// name the gateway can count the way the upstream does.
+fn safe_integer(n: &serde_json::Number) -> Option<String> {
+    const SAFE: u64 = 1 << 53;
+    if let Some(i) = n.as_i64() {
+        return (i.unsigned_abs() <= SAFE).then(|| i.to_string());
     }
-    n.to_string()
+    if n.is_u64() {
+        return None;
+    }
+    let f = n.as_f64()?;
+    #[allow(clippy::cast_precision_loss)] // 2^53 is exact in an f64
+    let safe = SAFE as f64;
+    if f.fract() != 0.0 || f.abs() > safe {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)] // integral and within 2^53: exact
+    Some((f as i64).to_string())
 }
 
-/// The account in a form body. A key that is the field with brackets after
-/// it (`username[]`, `username[$ne]`) is the same field to Express's `qs`
-/// parser, which makes it an array or an object.
-fn form_field(body: &[u8], field: &str) -> Result<Option<String>, Unreadable> {
-    // A JSON document is not a form, whatever it happens to contain.
-    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[')) {
-        return Ok(None);
-    }
+/// The account in a form body, as Express's extended (`qs`) parser, which
+/// NestJS uses, builds `req.body`: a key's path is its part before the first
+/// `[…]` group and then each group (`user[email]` is `user.email`,
+/// `[username]` is `username`). A key whose path is the account's is an
+/// occurrence (twice is [`Unreadable::Repeated`]); one that goes deeper
+/// (`username[]`, `username[$ne]`) makes the account an array or object.
+fn form_field(body: &[u8], path: &[String], charset: Charset) -> Result<Option<String>, Unreadable> {
     let mut found = None;
-    for (name, value) in form_urlencoded::parse(body) {
-        let Some(rest) = name.strip_prefix(field) else { continue };
-        if rest.starts_with('[') {
+    for (name, value) in form_pairs(body, charset) {
+        let key = qs_path(&name);
+        if key.len() < path.len() || key.iter().zip(path).any(|(k, p)| k != p) {
+            continue;
+        }
+        if key.len() > path.len() {
             return Err(Unreadable::NotText("field"));
         }
-        if rest.is_empty() && found.replace(value).is_some() {
+        if found.replace(value).is_some() {
             return Err(Unreadable::Repeated("field"));
         }
     }
-    Ok(found.map(std::borrow::Cow::into_owned))
+    Ok(found)
+}
+
+/// The decoded name–value pairs of a form body.
+fn form_pairs(body: &[u8], charset: Charset) -> Vec<(String, String)> {
+    match charset {
+        Charset::Utf8 => form_urlencoded::parse(body).map(|(n, v)| (n.into_owned(), v.into_owned())).collect(),
+        Charset::Latin1 => {
+            let decode = |part: &[u8]| {
+                let spaced: Vec<u8> = part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+                percent_encoding::percent_decode(&spaced).map(char::from).collect::<String>()
+            };
+            body.split(|&b| b == b'&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let at = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+                    (decode(&pair[..at]), decode(pair.get(at + 1..).unwrap_or_default()))
+                })
+                .collect()
+        }
+    }
+}
+
+/// The path `qs` gives a form key: the part before the first `[…]` group
+/// (when not empty), then the inside of each group, as in `qs`'s
+/// `parseKeys` (groups hold no brackets; text between groups is dropped).
+fn qs_path(key: &str) -> Vec<&str> {
+    let mut groups: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    while let Some(open) = key[at..].find('[').map(|i| at + i) {
+        match key[open + 1..].find(['[', ']']).map(|i| open + 1 + i) {
+            Some(close) if key.as_bytes()[close] == b']' => {
+                groups.push((open, &key[open + 1..close]));
+                at = close + 1;
+            }
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    let parent = groups.first().map_or(key, |(open, _)| &key[..*open]);
+    let mut path = Vec::with_capacity(groups.len() + 1);
+    if !parent.is_empty() || groups.is_empty() {
+        path.push(parent);
+    }
+    path.extend(groups.into_iter().map(|(_, inner)| inner));
+    path
 }
 
 #[cfg(test)]
@@ -461,6 +542,8 @@ mod tests {
             ("header:bad header", Err(AccountSourceError::Header("header:bad header".into()))),
             ("username", Err(AccountSourceError::Unknown("username".into()))),
             ("xml:user", Err(AccountSourceError::Unknown("xml:user".into()))),
+            ("form:user[email]", Err(AccountSourceError::Brackets("form:user[email]".into()))),
+            ("json:a[0]", Err(AccountSourceError::Brackets("json:a[0]".into()))),
         ];
         for (text, expected) in cases {
             assert_eq!(&AccountSource::parse(text), expected, "{text}");
@@ -482,35 +565,57 @@ mod tests {
             (&json, Some(br#"{"username":42}"#), Ok(Some("42"))),
             (&json, Some(br#"{"username":1e2}"#), Ok(Some("100"))),
             (&json, Some(br#"{"username":100.0}"#), Ok(Some("100"))),
-            (&json, Some(br#"{"username":1.5}"#), Ok(Some("1.5"))),
+            (&json, Some(br#"{"username":1.5}"#), Err(field.clone())),
+            (&json, Some(br#"{"username":9007199254740992}"#), Ok(Some("9007199254740992"))),
+            (&json, Some(br#"{"username":9007199254740993}"#), Err(field.clone())),
+            (&json, Some(br#"{"username":-0}"#), Ok(Some("0"))),
+            (&json, Some(br#"{"username":"admin","p":"\ud800"}"#), Err(Unreadable::Malformed(String::new()))),
+            (&json, Some(br#"{"username":"admin","n":1e400}"#), Err(Unreadable::Malformed(String::new()))),
+            (&json, Some(b"{&username=admin"), Err(Unreadable::Malformed(String::new()))),
+            (&json, Some(b"[username]=admin"), Err(Unreadable::Malformed(String::new()))),
             (&json, Some(br#"{"username":"a","username":"admin"}"#), Ok(Some("admin"))),
             (&json, Some(br#"{"username":null}"#), Ok(None)),
             (&json, Some(br#"{"username":["a"]}"#), Err(field.clone())),
             (&json, Some(br#"{"username":{"$ne":"x"}}"#), Err(field.clone())),
             (&json, Some(br#"{"username":true}"#), Err(field.clone())),
             (&json, Some(br#"{"user":"alice"}"#), Ok(None)),
-            (&json, Some(b"{not json"), Ok(None)),
+            (&json, Some(b"{not json"), Err(Unreadable::Malformed(String::new()))),
+            (&json, Some(b"not json"), Ok(None)),
             (&json, Some(b"username=bob&password=x"), Ok(Some("bob"))),
             (&json, None, Ok(None)),
             (&nested, Some(br#"{"user":{"email":"a@b.c"}}"#), Ok(Some("a@b.c"))),
             (&nested, Some(br#"{"user":"a@b.c"}"#), Ok(None)),
             (&nested, Some(br#"{"user":{"email":["a@b.c"]}}"#), Err(field.clone())),
             (&nested, Some(b"user.email=x"), Ok(None)),
+            (&nested, Some(b"user[email]=carl&password=x"), Ok(Some("carl"))),
+            (&nested, Some(b"user[email][]=carl"), Err(field.clone())),
+            (&nested, Some(b"user[email]=a&user[email]=b"), Err(Unreadable::Repeated("field"))),
+            (&nested, Some(b"user=x"), Ok(None)),
             (&form, Some(b"password=x&username=b%C3%B6b"), Ok(Some("böb"))),
             (&form, Some(b"username=a+b"), Ok(Some("a b"))),
             (&form, Some(b"user%6Eame=frank"), Ok(Some("frank"))),
             (&form, Some(b"usernames=x&username=grace"), Ok(Some("grace"))),
             (&form, Some(b"username=a&username=admin"), Err(Unreadable::Repeated("field"))),
             (&form, Some(b"username[]=admin"), Err(field.clone())),
-            (&form, Some(b"username%5B%24ne%5D=x"), Err(field)),
+            (&form, Some(b"username%5B%24ne%5D=x"), Err(field.clone())),
+            (&form, Some(b"%5Busername%5D=ivan"), Ok(Some("ivan"))),
+            (&form, Some(b"username=a&[username]=b"), Err(Unreadable::Repeated("field"))),
+            (&form, Some(b"a[b[username]=x&username=judy"), Ok(Some("judy"))),
+            (&form, Some(b"username]=x&username=judy"), Ok(Some("judy"))),
+            (&form, Some(b"username[x=1"), Ok(None)),
+            (&form, Some(b"username[a]x[b]=1"), Err(field)),
             (&form, Some(br#"{"username":"dave"}"#), Ok(Some("dave"))),
             (&form, Some(br#"{"x":"username=eve"}"#), Ok(None)),
             (&form, Some(b""), Ok(None)),
             (&header, None, Ok(Some("carol"))),
         ];
+        let blur = |r: Result<Option<String>, Unreadable>| match r {
+            Err(Unreadable::Malformed(_)) => Err(Unreadable::Malformed(String::new())),
+            other => other,
+        };
         for (source, body, expected) in cases {
             assert_eq!(
-                source.extract(&headers, *body).as_ref().map(Option::as_deref),
+                blur(source.extract(&headers, *body)).as_ref().map(Option::as_deref),
                 expected.as_ref().map(|e| *e),
                 "{source:?} {:?}",
                 body.map(String::from_utf8_lossy)
@@ -547,7 +652,8 @@ mod tests {
                 Err(Unreadable::Charset("utf-16le".into())),
             ),
             (&[("content-type", b"application/json; charset=us-ascii")], Err(Unreadable::Charset("us-ascii".into()))),
-            (&[("content-type", b"text/plain; Charset=\"latin1\"")], Err(Unreadable::Charset("latin1".into()))),
+            (&[("content-type", b"text/plain; Charset=\"latin1\"")], Ok(Some("alice"))),
+            (&[("content-type", b"text/plain; charset=windows-1252")], Err(Unreadable::Charset("windows-1252".into()))),
         ];
         for (pairs, expected) in cases {
             let headers = with(pairs);
@@ -586,5 +692,18 @@ mod tests {
         assert_eq!(json.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"alice\"}")), Ok(Some("alice".into())));
         assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbfusername=bob")), Ok(Some("bob".into())));
         assert_eq!(form.extract(&headers, Some(b"\xef\xbb\xbf{\"username\":\"eve\"}")), Ok(Some("eve".into())));
+    }
+
+    /// Apache HttpClient's form entities declare ISO-8859-1, which
+    /// body-parser decodes: such a body is read byte for character.
+    #[test]
+    fn latin1_forms_are_read_as_latin1() {
+        let form = AccountSource::parse("form:username").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/x-www-form-urlencoded; charset=ISO-8859-1".parse().unwrap());
+        assert_eq!(form.extract(&headers, Some(b"username=ren%E9&password=x")), Ok(Some("ren\u{e9}".into())));
+        assert_eq!(form.extract(&headers, Some(b"username=a+b")), Ok(Some("a b".into())));
+        assert_eq!(form.extract(&headers, Some(b"username=%C3%A9")), Ok(Some("\u{c3}\u{a9}".into())));
+        assert_eq!(form.extract(&headers, Some(b"username=x&username=y")), Err(Unreadable::Repeated("field")));
     }
 }

@@ -37,16 +37,25 @@ pub const OVERRIDE_HEADERS: [&str; 5] =
 /// The query parameter backends read as the method.
 pub const OVERRIDE_PARAMETER: &str = "_method";
 
+/// Whether a query parameter name is `_method` to some backend: as sent,
+/// with brackets after it (`qs` makes `_method[]` an array that
+/// `method-override` reads too), or in a spelling PHP turns into `_method`
+/// (a leading space, dot or unclosed `[`: ` method`, `.method`, `[method`).
+fn is_override_parameter(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix([' ', '.', '[', '_']).and_then(|r| r.strip_prefix("method")) else {
+        return false;
+    };
+    rest.is_empty() || rest.starts_with('[')
+}
+
 /// Refuses a request carrying an override header or query parameter.
 ///
 /// # Errors
 /// `request.override` naming the header or `query:_method`.
 pub fn check(headers: &HeaderMap, query: Option<&str>) -> Result<(), Denied> {
     if let Some(query) = query
-        && query.contains(['_', '%'])
-        && form_urlencoded::parse(query.as_bytes()).any(|(name, _)| {
-            name.strip_prefix(OVERRIDE_PARAMETER).is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-        })
+        && (query.contains("method") || query.contains('%'))
+        && form_urlencoded::parse(query.as_bytes()).any(|(name, _)| is_override_parameter(&name))
     {
         return Err(Denied::new(Reason::RequestOverride)
             .with_rule(format!("query:{OVERRIDE_PARAMETER}"))
@@ -105,6 +114,12 @@ mod tests {
             ("_method[]=DELETE", true),
             ("_method%5B0%5D=DELETE", true),
             ("_method", true),
+            ("+method=DELETE", true),
+            ("%20method=DELETE", true),
+            (".method=DELETE", true),
+            ("[method=DELETE", true),
+            ("-method=DELETE", false),
+            ("method_=DELETE", false),
             ("method=DELETE", false),
             ("x_method=DELETE", false),
             ("_methods=DELETE", false),

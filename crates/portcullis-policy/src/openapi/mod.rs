@@ -436,7 +436,10 @@ impl Matched<'_> {
             }
         };
         let (true, Some(validator)) = (media.json, &media.validator) else { return Ok(()) };
+        // body-parser skips a UTF-8 byte order mark; the upstream reads the
+        // document after it, so that is what is validated.
         let bytes = body.unwrap_or_default();
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
         let limits = &self.api.options.limits;
         if let Err(broken) = limits.scan(bytes) {
             return Err(self.api.refuse(Reason::OpenapiJsonLimits, "body", &limits.message(broken), "limits"));

@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::{Denied, Reason};
 
+pub mod body;
 pub mod canary;
 pub mod crs;
 #[cfg(feature = "libmodsecurity")]
