@@ -143,16 +143,23 @@ impl Backoff {
 /// trimmed) and returns its fingerprint, the only form in which it is stored
 /// or logged; `None` for an empty name.
 ///
-/// The form follows Unicode's compatibility caseless match (§3.13, D146):
-/// lower-case, NFKC, lower-case again (NFKC can produce capitals: `ᴬ` is
-/// `A`), NFKC again. Lower case is taken character by character with final
-/// sigma folded to `σ`, so that `Σ`, `ς`, `ϲ` and `Ϲ` are one letter wherever
-/// they stand (found by the `login` fuzz target: `Ϲ` and its lower case
-/// fingerprinted apart).
+/// The form follows Unicode's compatibility caseless match (§3.13, D146)
+/// with stringprep's tables (RFC 3454): characters commonly mapped to
+/// nothing are dropped (soft hyphen, zero-width spaces and joiners,
+/// variation selectors, which databases' collations ignore too), case is
+/// folded (lower case character by character, then table B.2: `ß` is `ss`,
+/// final sigma is `σ`), NFKC, and the folding repeated once, as NFKC can
+/// produce capitals (`ᴬ` is `A`). Found by the `login` fuzz target: `Ϲ` and
+/// its lower case fingerprinted apart.
 #[must_use]
 pub fn account_fingerprint(raw: &str) -> Option<String> {
     fn fold(s: &str) -> String {
-        s.chars().flat_map(char::to_lowercase).map(|c| if c == 'ς' { 'σ' } else { c }).collect()
+        s.chars()
+            .filter(|c| !stringprep::tables::commonly_mapped_to_nothing(*c))
+            .flat_map(char::to_lowercase)
+            .flat_map(stringprep::tables::case_fold_for_nfkc)
+            .map(|c| if c == 'ς' { 'σ' } else { c })
+            .collect()
     }
     let once: String = fold(raw).nfkc().collect();
     let twice: String = fold(&once).nfkc().collect();
@@ -516,6 +523,12 @@ mod tests {
         assert_eq!(account_fingerprint("e\u{301}"), account_fingerprint("é"), "combining accent");
         assert_eq!(account_fingerprint("\u{2003}bob\u{3000}"), account_fingerprint("bob"), "Unicode spaces");
         assert_eq!(account_fingerprint("\u{1d2c}li"), account_fingerprint("ali"), "a modifier capital");
+        assert_eq!(
+            account_fingerprint("ad\u{ad}mi\u{200b}n\u{fe0f}"),
+            account_fingerprint("admin"),
+            "invisible characters"
+        );
+        assert_eq!(account_fingerprint("STRASSE"), account_fingerprint("stra\u{df}e"), "full case folding");
         // Found by the `login` fuzz target: the lunate capital sigma and its
         // lower case fingerprinted apart (NFKC makes one a capital sigma,
         // whose lower case depends on where it stands).
