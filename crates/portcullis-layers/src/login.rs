@@ -12,8 +12,9 @@
 //!   would is refused before the upstream, so no spelling of a request can
 //!   escape the per-account count: 413 `login.too_large` for a body over
 //!   `max_body` (declared or streamed), 400 `login.unreadable` for a
-//!   compressed body, a charset other than UTF-8, or the account field
-//!   repeated or not a string (`portcullis_policy::login::Unreadable`;
+//!   compressed body, a charset other than UTF-8 or ISO-8859-1, JSON that
+//!   does not parse, or the account field repeated or not a string
+//!   (`portcullis_policy::login::Unreadable`;
 //!   `rule` = the login's name).
 //! - If the account or the address is in a wait, the attempt is refused with
 //!   429 `login.backoff` (`rule` = the login's name) and `Retry-After`,

@@ -249,8 +249,9 @@ reasons! {
     /// account name or client address (`rule` names the `[login.NAME]`).
     LoginBackoff => ("login.backoff", StatusCode::TOO_MANY_REQUESTS, Client),
     /// A login request whose account name the gateway cannot read the way
-    /// the upstream would (a compressed body, a charset other than UTF-8,
-    /// the field twice or not a string): it could not be counted.
+    /// the upstream would (a compressed body, a charset other than UTF-8 or
+    /// ISO-8859-1, JSON that does not parse, the field twice or not a
+    /// string): it could not be counted.
     LoginUnreadable => ("login.unreadable", StatusCode::BAD_REQUEST, Client),
     /// A login request whose body is larger than the login's `max_body`: the
     /// account in it could not be counted.

@@ -35,11 +35,17 @@
 //! - A request whose account the gateway cannot read the way the upstream
 //!   would is [`Unreadable`] and refused rather than counted by address
 //!   only: a compressed body (Express inflates gzip, deflate and br), a
-//!   charset other than UTF-8 (body-parser decodes forms in any charset
-//!   iconv knows), the field given twice (`username=a&username=b` reaches
-//!   the backend as an array) or as something other than a string or a
-//!   number (`username[$ne]=x`, `{"username":["admin"]}`), a header given
-//!   twice or not in UTF-8. Legitimate login forms send none of these.
+//!   charset other than UTF-8 or ISO-8859-1 (a Latin-1 form is decoded as
+//!   Latin-1, as body-parser does), a body that starts like JSON but does
+//!   not parse (Node reads `"\ud800"` and `1e400`; Express's form parser
+//!   reads `{&username=a`), the field given twice (`username=a&username=b`
+//!   reaches the backend as an array) or as something other than a string
+//!   or a whole number JavaScript reads exactly (`username[$ne]=x`,
+//!   `{"username":["admin"]}`, `9007199254740993`), a header given twice or
+//!   not in UTF-8. Legitimate login forms send none of these.
+//! - Form keys are read as `qs` (NestJS's form parser) reads them: the part
+//!   before the first `[…]` group, then each group (`user[email]` is the
+//!   account of `json:user.email`, `[username]` is `username`).
 //!
 //! Deployment caveat: attempts admitted concurrently, before the failures of
 //! earlier ones are recorded, all reach the upstream; pair this with a rate
