@@ -35,6 +35,8 @@ use std::sync::Mutex;
 
 use modsecurity_sys as sys;
 
+pub mod libinjection;
+
 /// Serializes rule parsing and clean-up (not thread-safe in libmodsecurity 3).
 static PARSER: Mutex<()> = Mutex::new(());
 
