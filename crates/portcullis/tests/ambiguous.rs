@@ -84,20 +84,7 @@ bind = "127.0.0.1:0"
 name = "app"
 targets = ["http://{up}"]
 
-[auth.oidc]
-issuer = "http://{idp}"
-client_id = "portcullis"
-client_secret = "secret"
-public_url = "http://localhost"
-
-[auth.session]
-cookie_secret = "{COOKIE_SECRET}"
-
-[auth.jwt]
-issuer = "{ISS}"
-audience = "api"
-keys = [{{ pem = """{pem}""" }}]
-
+{auth}
 [auth.api_key]
 header = "X-Api-Key"
 
@@ -123,7 +110,7 @@ auth = "public"
 {paths}
 "#,
             up = strict.addr,
-            pem = key.public_pem.as_deref().unwrap()
+            auth = common::oidc_stub::auth_sections(idp, COOKIE_SECRET, ISS, key.public_pem.as_deref().unwrap())
         );
         Self { gw: gateway(&toml).await, strict, key, idp }
     }

@@ -72,20 +72,7 @@ bind = "127.0.0.1:0"
 name = "app"
 targets = ["http://{up}"]
 
-[auth.oidc]
-issuer = "http://{idp}"
-client_id = "portcullis"
-client_secret = "secret"
-public_url = "http://localhost"
-
-[auth.session]
-cookie_secret = "{COOKIE_SECRET}"
-
-[auth.jwt]
-issuer = "{ISS}"
-audience = "api"
-keys = [{{ pem = """{pem}""" }}]
-
+{auth}
 [[route]]
 name = "app"
 match = {{ path = "/app/**" }}
@@ -107,7 +94,7 @@ auth = "public"
 
 {extra}
 "#,
-            pem = key.public_pem.as_deref().unwrap()
+            auth = common::oidc_stub::auth_sections(idp, COOKIE_SECRET, ISS, key.public_pem.as_deref().unwrap())
         );
         let gw = gateway(&toml).await;
         Self { gw, idp, key, seen }

@@ -12,6 +12,30 @@ use hyper::body::Incoming;
 use portcullis_policy::session::{SESSION_COOKIE, SessionData, SessionKey, unix};
 use serde_json::json;
 
+/// The `[auth.oidc]`, `[auth.session]` and `[auth.jwt]` sections of a
+/// gateway that trusts the stub at `idp` for sessions (sealed with
+/// `cookie_secret`) and JWTs from `issuer` for audience `api` signed by the
+/// key in `pem`.
+pub fn auth_sections(idp: SocketAddr, cookie_secret: &str, issuer: &str, pem: &str) -> String {
+    format!(
+        r#"
+[auth.oidc]
+issuer = "http://{idp}"
+client_id = "portcullis"
+client_secret = "secret"
+public_url = "http://localhost"
+
+[auth.session]
+cookie_secret = "{cookie_secret}"
+
+[auth.jwt]
+issuer = "{issuer}"
+audience = "api"
+keys = [{{ pem = """{pem}""" }}]
+"#
+    )
+}
+
 /// Starts the provider on a loopback port.
 pub async fn stub_provider() -> SocketAddr {
     super::upstream(|req: Request<Incoming>| async move {
