@@ -14,6 +14,11 @@
 //! one connection per request as go-ftw does, and a stage counts as blocked
 //! when the target answers 4xx (the upstream behind it answers 200 to
 //! everything); no answer within 5 s or a 5xx is an error, not a block.
+//!
+//! With two or more engines, the first is compared with the second test by
+//! test (the second is the reference: libmodsecurity): the share of tests
+//! with the same block decision, and every test where they differ, by class
+//! (printed, and under `"differential"` in the JSON).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/ftw.rs"]
@@ -67,6 +72,7 @@ fn main() {
         eprintln!("skipped {count} tests: {reason}");
     }
     let mut results: Vec<serde_json::Value> = Vec::new();
+    let mut decisions: Vec<(String, Vec<bool>)> = Vec::new();
     for name in &args.engines {
         let kind = match name.as_str() {
             "zentinel" => EngineKind::Zentinel,
@@ -78,13 +84,21 @@ fn main() {
         let loaded = loaded.elapsed();
         let started = Instant::now();
         let mut tally = ftw::Tally::default();
+        let mut blocked = Vec::with_capacity(corpus.tests.len());
         for test in &corpus.tests {
-            tally.record(test, ftw::inspect(engine.as_ref(), test));
+            let outcome = ftw::inspect(engine.as_ref(), test);
+            blocked.push(outcome.blocked());
+            tally.record(test, outcome);
         }
         let secs = started.elapsed().as_secs_f64();
+        decisions.push((name.clone(), blocked));
         let label = format!("{name} (in process, 1 thread)");
         results.push(report(&label, &tally, secs, &BTreeMap::new(), Some(loaded.as_secs_f64())));
     }
+    let differential = match decisions.as_slice() {
+        [(a, a_blocked), (b, b_blocked), ..] => Some(differential(&corpus, (a, a_blocked), (b, b_blocked))),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     for target in &args.targets {
         let (name, addr) = target.split_once('=').expect("--target NAME=HOST:PORT");
@@ -101,6 +115,7 @@ fn main() {
         "requests": requests,
         "skipped": skipped,
         "results": results,
+        "differential": differential,
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
@@ -137,6 +152,38 @@ fn report(
         "statuses": statuses,
         "pl1_attacks_passed": tally.missed,
         "benign_blocked_tests": tally.false_positives,
+    })
+}
+
+/// Compares two engines' block decisions test by test; prints and returns
+/// the agreement and the tests where they differ.
+fn differential(
+    corpus: &ftw::Corpus,
+    (a, a_blocked): (&str, &[bool]),
+    (b, b_blocked): (&str, &[bool]),
+) -> serde_json::Value {
+    let mut only_a: Vec<&str> = Vec::new();
+    let mut only_b: Vec<&str> = Vec::new();
+    for ((test, x), y) in corpus.tests.iter().zip(a_blocked).zip(b_blocked) {
+        match (x, y) {
+            (true, false) => only_a.push(&test.name),
+            (false, true) => only_b.push(&test.name),
+            _ => {}
+        }
+    }
+    let total = corpus.tests.len();
+    let same = total - only_a.len() - only_b.len();
+    let pct = round1(ftw::Tally::pct(same, total));
+    println!("{a} vs {b}: the same block decision on {pct}% of tests ({same} of {total})");
+    println!("blocked by {a} only ({}): {}", only_a.len(), only_a.join(" "));
+    println!("blocked by {b} only ({}): {}", only_b.len(), only_b.join(" "));
+    serde_json::json!({
+        "engines": [a, b],
+        "tests": total,
+        "same_decision": same,
+        "same_decision_pct": pct,
+        "blocked_only_by_first": only_a,
+        "blocked_only_by_second": only_b,
     })
 }
 
