@@ -7,6 +7,7 @@
 //! waf_corpus --crs DIR [--engine zentinel|libmodsecurity]... [--target NAME=HOST:PORT]...
 //!            [--paranoia 1] [--threshold 5] [--connections 8] [--json FILE]
 //! waf_corpus --crs DIR --print-rules     # the assembled CRS rule text (for nginx)
+//! waf_corpus --crs DIR --engine E... --benign crates/portcullis/tests/data/benign-values.txt
 //! ```
 //!
 //! In process, each engine replays the corpus on one thread (requests/s is
@@ -19,6 +20,11 @@
 //! test (the second is the reference: libmodsecurity): the share of tests
 //! with the same block decision, and every test where they differ, by class
 //! (printed, and under `"differential"` in the JSON).
+//!
+//! `--benign FILE` also sends each engine every value of FILE (one per
+//! line; ordinary text with quotes, SQL words, prices, addresses, code) as a
+//! query parameter, a form field and a JSON field of browser-like requests,
+//! and reports how many it blocks (`"benign_values"` in the JSON).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/ftw.rs"]
@@ -55,6 +61,9 @@ struct Args {
     /// Print the assembled rule text (Portcullis's CRS setup + Includes) and exit.
     #[arg(long)]
     print_rules: bool,
+    /// Ordinary values, one per line, to send to each engine in process.
+    #[arg(long)]
+    benign: Option<PathBuf>,
 }
 
 fn main() {
@@ -73,6 +82,8 @@ fn main() {
     }
     let mut results: Vec<serde_json::Value> = Vec::new();
     let mut decisions: Vec<(String, Vec<bool>)> = Vec::new();
+    let values = args.benign.as_ref().map(|path| benign_values(path));
+    let mut benign_reports = Vec::new();
     for name in &args.engines {
         let kind = match name.as_str() {
             "zentinel" => EngineKind::Zentinel,
@@ -92,6 +103,9 @@ fn main() {
         }
         let secs = started.elapsed().as_secs_f64();
         decisions.push((name.clone(), blocked));
+        if let Some(values) = &values {
+            benign_reports.push(benign_report(name, engine.as_ref(), values));
+        }
         let label = format!("{name} (in process, 1 thread)");
         results.push(report(&label, &tally, secs, &BTreeMap::new(), Some(loaded.as_secs_f64())));
     }
@@ -116,6 +130,7 @@ fn main() {
         "skipped": skipped,
         "results": results,
         "differential": differential,
+        "benign_values": benign_reports,
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
@@ -185,6 +200,72 @@ fn differential(
         "blocked_only_by_first": only_a,
         "blocked_only_by_second": only_b,
     })
+}
+
+/// The values of a benign-values file (blank and `#` lines skipped).
+fn benign_values(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+}
+
+/// Each value as a query parameter, a form field and a JSON field of a
+/// browser-like request, through `engine`; prints and returns what it blocked.
+fn benign_report(name: &str, engine: &dyn waf::Engine, values: &[String]) -> serde_json::Value {
+    let client = std::net::SocketAddr::from(([192, 0, 2, 10], 40_000));
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, http::HeaderValue::from_static("shop.example.com"));
+    headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+    );
+    headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json, text/plain, */*"));
+    headers.insert(http::header::ACCEPT_LANGUAGE, http::HeaderValue::from_static("en-US,en;q=0.5"));
+    headers.insert(
+        http::header::COOKIE,
+        http::HeaderValue::from_static("theme=dark; session=8f14e45fceea167a5a36dedd4bea2543"),
+    );
+    let blocked = |method: &http::Method, uri: &str, content_type: Option<&'static str>, body: Vec<u8>| {
+        let mut headers = headers.clone();
+        if let Some(content_type) = content_type {
+            headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+            headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+        }
+        let uri: http::Uri = uri.parse().expect("an encoded target parses");
+        let request = waf::WafRequest::new(method, &uri, http::Version::HTTP_11, &headers, body.into(), client);
+        engine.inspect(&request).is_ok_and(|verdict| verdict.intervened)
+    };
+    let mut shapes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for value in values {
+        let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        if blocked(&http::Method::GET, &format!("/api/search?q={encoded}"), None, Vec::new()) {
+            shapes.entry("query").or_default().push(value);
+        }
+        let form = format!("comment={encoded}&rating=5").into_bytes();
+        if blocked(&http::Method::POST, "/api/reviews", Some("application/x-www-form-urlencoded"), form) {
+            shapes.entry("form").or_default().push(value);
+        }
+        let json = serde_json::to_vec(&serde_json::json!({ "comment": value, "rating": 5 })).unwrap_or_default();
+        if blocked(&http::Method::POST, "/api/reviews", Some("application/json"), json) {
+            shapes.entry("json").or_default().push(value);
+        }
+    }
+    let requests = values.len() * 3;
+    let total: usize = shapes.values().map(Vec::len).sum();
+    println!(
+        "{name}: benign values blocked in {total} of {requests} requests ({:.1}%): query {}, form {}, json {} of {} values each",
+        ftw::Tally::pct(total, requests),
+        shapes.get("query").map_or(0, Vec::len),
+        shapes.get("form").map_or(0, Vec::len),
+        shapes.get("json").map_or(0, Vec::len),
+        values.len()
+    );
+    for (shape, list) in &shapes {
+        println!(
+            "  {name} blocked as {shape}: {}",
+            list.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    serde_json::json!({ "engine": name, "values": values.len(), "requests": requests, "blocked": total, "by_shape": shapes })
 }
 
 fn round1(x: f64) -> f64 {
