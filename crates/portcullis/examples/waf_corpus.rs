@@ -7,7 +7,7 @@
 //! waf_corpus --crs DIR [--engine zentinel|libmodsecurity]... [--target NAME=HOST:PORT]...
 //!            [--paranoia 1] [--threshold 5] [--connections 8] [--json FILE]
 //! waf_corpus --crs DIR --print-rules     # the assembled CRS rule text (for nginx)
-//! waf_corpus --crs DIR --engine E... --benign crates/portcullis/tests/data/benign-values.txt
+//! waf_corpus --crs DIR --engine E... --benign bench/benign-values.txt
 //! ```
 //!
 //! In process, each engine replays the corpus on one thread (requests/s is
