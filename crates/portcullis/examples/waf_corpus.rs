@@ -87,6 +87,7 @@ fn main() {
     for name in &args.engines {
         let kind = match name.as_str() {
             "zentinel" => EngineKind::Zentinel,
+            "portcullis" => EngineKind::Portcullis,
             "libmodsecurity" => EngineKind::Libmodsecurity,
             other => panic!("unknown engine {other}"),
         };

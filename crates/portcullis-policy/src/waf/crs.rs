@@ -79,6 +79,27 @@ impl RuleSet {
     }
 }
 
+/// ModSecurity's recommended body handling (`modsecurity.conf-recommended`,
+/// rules 200000–200004), which CRS assumes is in place.
+pub const BODY_SETUP: &str = r#"SecRule REQUEST_HEADERS:Content-Type "^(?:application(?:/soap\+|/)|text/)xml" "id:200000,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
+SecRule REQUEST_HEADERS:Content-Type "^application/(?:[a-z0-9.+-]+\+)?json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.',logdata:'%{reqbody_error_msg}',severity:2"
+SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:200003,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation'"
+SecRule MULTIPART_UNMATCHED_BOUNDARY "@eq 1" "id:200004,phase:2,t:none,log,deny,status:400,msg:'Multipart parser detected a possible unmatched boundary.'"
+"#;
+
+impl RuleSet {
+    /// The rule text with [`BODY_SETUP`] between Portcullis's setup and the
+    /// rules, as both engines load it.
+    #[must_use]
+    pub fn with_body_setup(&self) -> String {
+        match self.text.find("\nInclude ") {
+            Some(at) => format!("{}\n{BODY_SETUP}{}", &self.text[..at], &self.text[at + 1..]),
+            None => format!("{BODY_SETUP}{}", self.text),
+        }
+    }
+}
+
 /// The CRS version in `ver:'OWASP_CRS/4.28.0'`.
 fn crs_version(text: &str) -> Option<String> {
     let start = text.find("ver:'OWASP_CRS/")? + "ver:'OWASP_CRS/".len();

@@ -44,15 +44,6 @@ use zentinel_modsec::parser::{Action, Directive, FlowAction, MetadataAction, Ope
 use super::crs::RuleSet;
 use super::{Engine, EngineError, LoadError, Profile, RuleLoadError, RuleMatch, Verdict, category, snippet};
 
-/// ModSecurity's recommended body handling (`modsecurity.conf-recommended`,
-/// rules 200000–200004), which CRS assumes is in place.
-const BODY_SETUP: &str = r#"SecRule REQUEST_HEADERS:Content-Type "^(?:application(?:/soap\+|/)|text/)xml" "id:200000,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
-SecRule REQUEST_HEADERS:Content-Type "^application/(?:[a-z0-9.+-]+\+)?json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
-SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.',logdata:'%{reqbody_error_msg}',severity:2"
-SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:200003,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation'"
-SecRule MULTIPART_UNMATCHED_BOUNDARY "@eq 1" "id:200004,phase:2,t:none,log,deny,status:400,msg:'Multipart parser detected a possible unmatched boundary.'"
-"#;
-
 /// Longest location name kept from a log message, in characters.
 const LOCATION_CHARS: usize = 128;
 
@@ -76,12 +67,7 @@ impl Libmodsecurity {
     /// message), or an `@rx` pattern does not compile with PCRE2 and the
     /// rule's id is not allowed ([`LoadError::Rules`]).
     pub fn load(set: &RuleSet, profile: &Profile) -> Result<Self, LoadError> {
-        // Our setup lines first, then the body handling, then the rules.
-        let text = match set.text.find("\nInclude ") {
-            Some(at) => format!("{}\n{BODY_SETUP}{}", &set.text[..at], &set.text[at + 1..]),
-            None => format!("{BODY_SETUP}{}", set.text),
-        };
-        let rules = Rules::load(&text).map_err(|e| LoadError::Engine(e.0))?;
+        let rules = Rules::load(&set.with_body_setup()).map_err(|e| LoadError::Engine(e.0))?;
         let allowed = |id: Option<u32>| id.is_some_and(|id| profile.allow_load_errors.iter().any(|r| r.contains(id)));
         let problems: Vec<RuleLoadError> = check_regexes(&set.text)?.into_iter().filter(|p| !allowed(p.id)).collect();
         if !problems.is_empty() {
@@ -99,7 +85,7 @@ impl Libmodsecurity {
 }
 
 /// Every `@rx` of the rule set whose pattern PCRE2 does not compile (our
-/// fixed [`BODY_SETUP`] is not checked). Patterns with macros
+/// fixed body handling (`crs::BODY_SETUP`) is not checked). Patterns with macros
 /// (`%{…}`) are compiled per request by the library and are not checked.
 fn check_regexes(text: &str) -> Result<Vec<RuleLoadError>, LoadError> {
     let mut parser = Parser::new();

@@ -37,6 +37,7 @@ pub mod canary;
 pub mod crs;
 #[cfg(feature = "libmodsecurity")]
 pub mod libmodsec;
+pub mod native;
 pub mod zentinel;
 
 /// One request as the WAF sees it.
@@ -153,6 +154,8 @@ pub trait Engine: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
+    /// Portcullis's own engine (`portcullis-waf`): pure Rust, always built, the default.
+    Portcullis,
     /// `zentinel-modsec`: pure Rust, always built.
     Zentinel,
     /// libmodsecurity 3 through the `modsecurity` crate (cargo feature `libmodsecurity`).
@@ -164,6 +167,7 @@ impl EngineKind {
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::Portcullis => "portcullis",
             Self::Zentinel => "zentinel",
             Self::Libmodsecurity => "libmodsecurity",
         }
@@ -173,7 +177,7 @@ impl EngineKind {
     #[must_use]
     pub const fn available(self) -> bool {
         match self {
-            Self::Zentinel => true,
+            Self::Portcullis | Self::Zentinel => true,
             Self::Libmodsecurity => cfg!(feature = "libmodsecurity"),
         }
     }
@@ -310,6 +314,7 @@ impl Default for Profile {
 pub fn load(kind: EngineKind, rules: &std::path::Path, profile: &Profile) -> Result<Arc<dyn Engine>, LoadError> {
     let set = crs::RuleSet::assemble(rules, profile)?;
     let engine: Arc<dyn Engine> = match kind {
+        EngineKind::Portcullis => Arc::new(native::Native::load(&set, profile)?),
         EngineKind::Zentinel => Arc::new(zentinel::Zentinel::load(&set, profile)?),
         #[cfg(feature = "libmodsecurity")]
         EngineKind::Libmodsecurity => Arc::new(libmodsec::Libmodsecurity::load(&set, profile)?),

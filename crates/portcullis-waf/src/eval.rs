@@ -1,0 +1,589 @@
+//! Running a program over one transaction, with libmodsecurity 3's
+//! semantics.
+//!
+//! Decision rules:
+//! - Rules run in file order within a phase. A rule matches when its
+//!   operator matches at least one of its (transformed) target values;
+//!   every matching value updates `MATCHED_VAR(S)` and runs the link's
+//!   `setvar`s (so a rule that matches three arguments scores three
+//!   times, as in ModSecurity). A chain matches when every link does, in
+//!   order, each seeing what the previous one matched and captured.
+//! - When the whole chain matched, each link's `ctl`, `skip` and
+//!   `skipAfter` run (innermost first), then the head's disruptive action:
+//!   in `DetectionOnly` none acts. A rule that did not match clears
+//!   `MATCHED_VAR(S)`.
+//! - Each value is transformed once per distinct transformation chain, and
+//!   each transformed value runs once through its chain's `RegexSet`; a
+//!   rule's own regex then runs only where the set says it matches and
+//!   only when captures are wanted.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+use regex::bytes::SetMatches;
+
+use crate::data::{BodyProcessor, Data, Entry};
+use crate::macros::{Reference, Resolve};
+use crate::operator::{self, Operator};
+use crate::rules::{Ctl, Disruptive, EngineMode, Item, Key, Link, Program, Rule, SetOp, Target, Var};
+use crate::{Intervention, Match};
+
+/// The mutable state of a transaction.
+#[derive(Debug, Default)]
+pub struct State {
+    pub(crate) tx: HashMap<String, Vec<u8>>,
+    matched_var: Option<(String, Vec<u8>)>,
+    matched_vars: Vec<(String, Vec<u8>)>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets_by_id: Vec<((u32, u32), String)>,
+    removed_targets_by_tag: Vec<(String, String)>,
+    pub(crate) engine: EngineMode,
+    pub(crate) body_processor: Option<BodyProcessor>,
+    transformed: HashMap<(u32, u16), Rc<[u8]>>,
+    set_matches: HashMap<(u32, usize), SetMatches>,
+    pub(crate) matches: Vec<Match>,
+    pub(crate) intervention: Option<Intervention>,
+    pub(crate) allowed: bool,
+}
+
+impl State {
+    /// A fresh transaction in `engine` mode.
+    #[must_use]
+    pub fn new(engine: EngineMode) -> Self {
+        Self { engine, ..Self::default() }
+    }
+}
+
+/// One value to inspect.
+struct Value<'d> {
+    var: Var,
+    key: Cow<'d, [u8]>,
+    value: Cow<'d, [u8]>,
+    /// For the caches; `None` for values that change (TX, MATCHED_*).
+    id: Option<u32>,
+}
+
+impl Value<'_> {
+    fn name(&self) -> String {
+        if self.key.is_empty() {
+            return self.var.name().to_owned();
+        }
+        format!("{}:{}", self.var.name(), String::from_utf8_lossy(&self.key))
+    }
+}
+
+/// Runs `phase` (1–5).
+pub fn run_phase(program: &Program, phase: u8, data: &Data, state: &mut State) {
+    if state.engine == EngineMode::Off || state.allowed || state.intervention.is_some() {
+        return;
+    }
+    let Some(items) = program.phases.get(usize::from(phase).wrapping_sub(1)) else { return };
+    let mut skip_to: Option<usize> = None;
+    let mut skip_next: u32 = 0;
+    for item in items {
+        let index = match *item {
+            Item::Marker(m) => {
+                if skip_to == Some(m) {
+                    skip_to = None;
+                }
+                continue;
+            }
+            Item::Rule(index) => index,
+        };
+        if skip_to.is_some() {
+            continue;
+        }
+        if skip_next > 0 {
+            skip_next -= 1;
+            continue;
+        }
+        let rule = &program.rules[index];
+        if rule.id != 0 && state.removed_ids.iter().any(|(a, z)| (*a..=*z).contains(&rule.id)) {
+            continue;
+        }
+        if state.removed_tags.iter().any(|t| rule.tags.iter().any(|rt| rt == t)) {
+            continue;
+        }
+        let mut first: Option<(String, Vec<u8>)> = None;
+        if !eval_link(program, rule, 0, data, state, &mut first) {
+            continue;
+        }
+        // The whole chain matched: innermost link's actions first.
+        for link in rule.links.iter().rev() {
+            for ctl in &link.ctls {
+                apply_ctl(ctl, state);
+            }
+            if let Some(marker) = link.skip_after {
+                skip_to = Some(marker);
+            }
+            if link.skip > 0 {
+                skip_next = link.skip;
+            }
+        }
+        let ctx = Ctx { data, state, rule };
+        let msg = rule.msg.as_ref().map(|m| String::from_utf8_lossy(&m.expand(&ctx)).into_owned());
+        let (location, value) = first.unwrap_or_default();
+        state.matches.push(Match { id: rule.id, phase, msg, location, value });
+        if state.engine != EngineMode::On {
+            continue;
+        }
+        match &rule.disruptive {
+            Disruptive::Pass => {}
+            Disruptive::Deny | Disruptive::Drop | Disruptive::Redirect(_) => {
+                state.intervention = Some(Intervention { status: rule.status.unwrap_or(403), rule: rule.id });
+                return;
+            }
+            Disruptive::Allow | Disruptive::AllowRequest => {
+                state.allowed = true;
+                return;
+            }
+            Disruptive::AllowPhase => return,
+        }
+    }
+}
+
+fn apply_ctl(ctl: &Ctl, state: &mut State) {
+    match ctl {
+        Ctl::RemoveById(ranges) => state.removed_ids.extend(ranges.iter().copied()),
+        Ctl::RemoveByTag(tag) => state.removed_tags.push(tag.clone()),
+        Ctl::RemoveTargetById(ranges, target) => {
+            state.removed_targets_by_id.extend(ranges.iter().map(|r| (*r, target.clone())));
+        }
+        Ctl::RemoveTargetByTag(tag, target) => state.removed_targets_by_tag.push((tag.clone(), target.clone())),
+        Ctl::Engine(mode) => state.engine = *mode,
+        Ctl::BodyProcessor(p) => state.body_processor = Some(*p),
+        Ctl::Ignored => {}
+    }
+}
+
+/// Evaluates link `at` of `rule` and, when it matches, the rest of the chain.
+fn eval_link(
+    program: &Program,
+    rule: &Rule,
+    at: usize,
+    data: &Data,
+    state: &mut State,
+    first: &mut Option<(String, Vec<u8>)>,
+) -> bool {
+    let link = &rule.links[at];
+    if link.targets.is_empty() {
+        // `SecAction`: no targets, the actions run unconditionally.
+        for setvar in &link.setvars {
+            run_setvar(setvar, rule, data, state);
+        }
+        return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, first);
+    }
+    let mut matched = false;
+    let values = resolve_targets(rule, link, at == 0, data, state);
+    for value in &values {
+        for candidate in transformed(program, link, value, state) {
+            if !operate(program, rule, link, value, &candidate, data, state) {
+                continue;
+            }
+            matched = true;
+            let name = value.name();
+            if first.is_none() {
+                *first = Some((name.clone(), value.value.to_vec()));
+            }
+            state.matched_var = Some((name.clone(), candidate.to_vec()));
+            state.matched_vars.push((name, candidate.to_vec()));
+            for setvar in &link.setvars {
+                run_setvar(setvar, rule, data, state);
+            }
+        }
+    }
+    if !matched {
+        state.matched_var = None;
+        state.matched_vars.clear();
+        return false;
+    }
+    if at + 1 < rule.links.len() {
+        return eval_link(program, rule, at + 1, data, state, first);
+    }
+    true
+}
+
+/// The values a link inspects, minus its exclusions.
+fn resolve_targets<'d>(rule: &Rule, link: &Link, head: bool, data: &'d Data, state: &State) -> Vec<Value<'d>> {
+    let mut out = Vec::new();
+    for target in &link.targets {
+        if head && target_removed(rule, target.var, None, state) {
+            continue;
+        }
+        let before = out.len();
+        resolve(target, data, state, &mut out);
+        if target.count {
+            let count = out.len() - before;
+            out.truncate(before);
+            out.push(Value {
+                var: target.var,
+                key: Cow::Borrowed(b""),
+                value: Cow::Owned(count.to_string().into_bytes()),
+                id: None,
+            });
+            continue;
+        }
+        let mut k = before;
+        while k < out.len() {
+            let v = &out[k];
+            let excluded = link.exclusions.iter().any(|e| e.var == v.var && e.key.selects(&v.key))
+                || (head && target_removed(rule, v.var, Some(&v.key), state));
+            if excluded {
+                out.remove(k);
+            } else {
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `ctl:ruleRemoveTarget…` for this rule and variable (`key`: a value's key,
+/// `None`: the whole variable).
+fn target_removed(rule: &Rule, var: Var, key: Option<&[u8]>, state: &State) -> bool {
+    let hit = |target: &str| {
+        let (name, sel) = target.split_once(':').map_or((target, None), |(n, k)| (n, Some(k)));
+        if !name.eq_ignore_ascii_case(var.name()) {
+            return false;
+        }
+        match (sel, key) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(sel), Some(key)) => sel.as_bytes().eq_ignore_ascii_case(key),
+        }
+    };
+    state.removed_targets_by_id.iter().any(|((a, z), t)| rule.id != 0 && (*a..=*z).contains(&rule.id) && hit(t))
+        || state.removed_targets_by_tag.iter().any(|(tag, t)| rule.tags.iter().any(|rt| rt == tag) && hit(t))
+}
+
+fn entries<'d>(var: Var, entries: &'d [Entry], key: &Key, names: bool, out: &mut Vec<Value<'d>>) {
+    for e in entries.iter().filter(|e| key.selects(&e.key)) {
+        out.push(Value {
+            var,
+            key: Cow::Borrowed(&e.key),
+            value: Cow::Borrowed(if names { &e.key } else { &e.value }),
+            id: Some(if names { e.id | 0x8000_0000 } else { e.id }),
+        });
+    }
+}
+
+fn scalar<'d>(var: Var, value: Option<&'d Entry>, out: &mut Vec<Value<'d>>) {
+    if let Some(e) = value {
+        out.push(Value { var, key: Cow::Borrowed(b""), value: Cow::Borrowed(&e.value), id: Some(e.id) });
+    }
+}
+
+fn owned<'d>(var: Var, key: &[u8], value: Vec<u8>, out: &mut Vec<Value<'d>>) {
+    out.push(Value { var, key: Cow::Owned(key.to_vec()), value: Cow::Owned(value), id: None });
+}
+
+fn resolve<'d>(target: &Target, data: &'d Data, state: &State, out: &mut Vec<Value<'d>>) {
+    let key = &target.key;
+    match target.var {
+        Var::Args => {
+            entries(Var::Args, &data.args_get, key, false, out);
+            entries(Var::Args, &data.args_post, key, false, out);
+        }
+        Var::ArgsGet => entries(Var::ArgsGet, &data.args_get, key, false, out),
+        Var::ArgsPost => entries(Var::ArgsPost, &data.args_post, key, false, out),
+        Var::ArgsNames => {
+            entries(Var::ArgsNames, &data.args_get, key, true, out);
+            entries(Var::ArgsNames, &data.args_post, key, true, out);
+        }
+        Var::ArgsGetNames => entries(Var::ArgsGetNames, &data.args_get, key, true, out),
+        Var::ArgsPostNames => entries(Var::ArgsPostNames, &data.args_post, key, true, out),
+        Var::ArgsCombinedSize => {
+            let size: usize = data.args_get.iter().chain(&data.args_post).map(|e| e.key.len() + e.value.len()).sum();
+            owned(Var::ArgsCombinedSize, b"", size.to_string().into_bytes(), out);
+        }
+        Var::RequestHeaders => entries(Var::RequestHeaders, &data.headers, key, false, out),
+        Var::RequestHeadersNames => entries(Var::RequestHeadersNames, &data.headers, key, true, out),
+        Var::RequestCookies => entries(Var::RequestCookies, &data.cookies, key, false, out),
+        Var::RequestCookiesNames => entries(Var::RequestCookiesNames, &data.cookies, key, true, out),
+        Var::Scalar(s) => scalar(target.var, data.get(s), out),
+        Var::Files => entries(Var::Files, &data.files, key, false, out),
+        Var::FilesNames => entries(Var::FilesNames, &data.files, key, true, out),
+        Var::FilesSizes => entries(Var::FilesSizes, &data.files_sizes, key, false, out),
+        Var::FilesCombinedSize => {
+            let size: i64 = data.files_sizes.iter().map(|e| operator::stoi(&e.value)).sum();
+            owned(Var::FilesCombinedSize, b"", size.to_string().into_bytes(), out);
+        }
+        Var::MultipartPartHeaders => entries(Var::MultipartPartHeaders, &data.part_headers, key, false, out),
+        Var::Multipart(name) => {
+            if data.body_processor == Some(BodyProcessor::Multipart) {
+                let set = data.multipart_flag(name);
+                owned(target.var, b"", if set { b"1".to_vec() } else { b"0".to_vec() }, out);
+            }
+        }
+        Var::Xml => {
+            if let Some(text) = &data.xml_text
+                && key.selects(b"/*")
+            {
+                out.push(Value {
+                    var: Var::Xml,
+                    key: Cow::Borrowed(b"/*"),
+                    value: Cow::Borrowed(&text.value),
+                    id: Some(text.id),
+                });
+            }
+            if key.selects(b"//@*") {
+                for a in &data.xml_attributes {
+                    out.push(Value {
+                        var: Var::Xml,
+                        key: Cow::Borrowed(b"//@*"),
+                        value: Cow::Borrowed(&a.value),
+                        id: Some(a.id),
+                    });
+                }
+            }
+        }
+        Var::Tx => {
+            let mut found: Vec<(&String, &Vec<u8>)> =
+                state.tx.iter().filter(|(k, _)| key.selects(k.as_bytes())).collect();
+            found.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in found {
+                owned(Var::Tx, k.as_bytes(), v.clone(), out);
+            }
+        }
+        Var::MatchedVar => {
+            if let Some((_, v)) = &state.matched_var {
+                owned(Var::MatchedVar, b"", v.clone(), out);
+            }
+        }
+        Var::MatchedVarName => {
+            if let Some((n, _)) = &state.matched_var {
+                owned(Var::MatchedVarName, b"", n.clone().into_bytes(), out);
+            }
+        }
+        Var::MatchedVars => {
+            for (n, v) in &state.matched_vars {
+                if key.selects(n.as_bytes()) {
+                    owned(Var::MatchedVars, n.as_bytes(), v.clone(), out);
+                }
+            }
+        }
+        Var::MatchedVarsNames => {
+            for (n, _) in &state.matched_vars {
+                if key.selects(n.as_bytes()) {
+                    owned(Var::MatchedVarsNames, n.as_bytes(), n.clone().into_bytes(), out);
+                }
+            }
+        }
+        Var::ReqbodyProcessor => {
+            if let Some(p) = state.body_processor.or(data.body_processor) {
+                owned(Var::ReqbodyProcessor, b"", p.name().as_bytes().to_vec(), out);
+            }
+        }
+        Var::ReqbodyError => {
+            if data.get(crate::data::Scalar::Body).is_some() {
+                owned(
+                    Var::ReqbodyError,
+                    b"",
+                    if data.body_error.is_some() { b"1".to_vec() } else { b"0".to_vec() },
+                    out,
+                );
+            }
+        }
+        Var::ReqbodyErrorMsg => {
+            if let Some(message) = &data.body_error {
+                owned(Var::ReqbodyErrorMsg, b"", message.as_bytes().to_vec(), out);
+            }
+        }
+        Var::UniqueId => owned(Var::UniqueId, b"", b"portcullis".to_vec(), out),
+        Var::Duration => owned(Var::Duration, b"", b"0".to_vec(), out),
+        Var::ResponseStatus
+        | Var::ResponseProtocol
+        | Var::ResponseHeaders
+        | Var::ResponseHeadersNames
+        | Var::ResponseBody
+        | Var::ResponseContentType
+        | Var::ResponseContentLength => {}
+    }
+}
+
+/// The value(s) the operator sees: the fully transformed value, or with
+/// `multiMatch` the original and every step that changed it.
+fn transformed<'v>(program: &Program, link: &Link, value: &'v Value<'_>, state: &mut State) -> Vec<Cow<'v, [u8]>> {
+    let chain = &program.chains[usize::from(link.chain)];
+    if link.multi_match {
+        let mut out: Vec<Cow<'v, [u8]>> = vec![Cow::Borrowed(&value.value)];
+        let mut current: Vec<u8> = value.value.to_vec();
+        for t in chain {
+            let next = t.apply(&current).into_owned();
+            if next != current {
+                out.push(Cow::Owned(next.clone()));
+                current = next;
+            }
+        }
+        return out;
+    }
+    if chain.is_empty() {
+        return vec![Cow::Borrowed(&value.value)];
+    }
+    if let Some(id) = value.id
+        && let Some(done) = state.transformed.get(&(id, link.chain))
+    {
+        return vec![Cow::Owned(done.to_vec())];
+    }
+    let mut current: Cow<'_, [u8]> = Cow::Borrowed(&value.value);
+    for t in chain {
+        current = Cow::Owned(t.apply(&current).into_owned());
+    }
+    if let Some(id) = value.id {
+        state.transformed.insert((id, link.chain), Rc::from(current.as_ref()));
+    }
+    vec![Cow::Owned(current.into_owned())]
+}
+
+/// Whether the link's operator matches `input` (negation applied), setting
+/// captures when the rule asks for them.
+fn operate(
+    program: &Program,
+    rule: &Rule,
+    link: &Link,
+    value: &Value<'_>,
+    input: &[u8],
+    data: &Data,
+    state: &mut State,
+) -> bool {
+    let hit = match &link.operator {
+        Operator::Rx { regex, set, .. } => {
+            let prefiltered = match (set, value.id) {
+                (Some((set_id, index)), Some(id)) if !link.multi_match => {
+                    let matches = state
+                        .set_matches
+                        .entry((id, *set_id))
+                        .or_insert_with(|| program.sets[*set_id].0.matches(input));
+                    Some(matches.matched(*index))
+                }
+                _ => None,
+            };
+            match prefiltered {
+                Some(false) => false,
+                Some(true) if !link.capture => true,
+                _ => rx(regex, input, link.capture, state),
+            }
+        }
+        Operator::RxMacro(template) => {
+            let pattern = template.expand(&Ctx { data, state, rule }).into_owned();
+            match operator::compile_regex(&String::from_utf8_lossy(&pattern)) {
+                Ok(regex) => rx(&regex, input, link.capture, state),
+                Err(_) => false,
+            }
+        }
+        Operator::Pm(ac) => ac.is_match(input),
+        Operator::StrEq(t) => *t.expand(&Ctx { data, state, rule }) == *input,
+        Operator::Contains(t) => {
+            let needle = t.expand(&Ctx { data, state, rule });
+            memchr::memmem::find(input, &needle).is_some()
+        }
+        Operator::ContainsWord(t) => operator::contains_word(input, &t.expand(&Ctx { data, state, rule })),
+        Operator::BeginsWith(t) => input.starts_with(&t.expand(&Ctx { data, state, rule })),
+        Operator::EndsWith(t) => input.ends_with(&t.expand(&Ctx { data, state, rule })),
+        Operator::Within(t) => {
+            let hay = t.expand(&Ctx { data, state, rule });
+            input.is_empty() || memchr::memmem::find(&hay, input).is_some()
+        }
+        Operator::StrMatch(t) => {
+            let needle = t.expand(&Ctx { data, state, rule });
+            memchr::memmem::find(input, &needle).is_some()
+        }
+        Operator::Num(cmp, t) => {
+            let param = operator::stoi(&t.expand(&Ctx { data, state, rule }));
+            operator::compare(*cmp, operator::stoi(input), param)
+        }
+        Operator::DetectSqli => match crate::detect::sqli(input) {
+            Some(fingerprint) => {
+                if link.capture {
+                    state.tx.insert("0".into(), fingerprint.into_bytes());
+                }
+                true
+            }
+            None => false,
+        },
+        Operator::DetectXss => crate::detect::xss(input),
+        Operator::ValidateByteRange(allowed) => input.iter().any(|&b| !allowed[usize::from(b)]),
+        Operator::ValidateUrlEncoding => operator::invalid_url_encoding(input),
+        Operator::ValidateUtf8Encoding => operator::invalid_utf8(input),
+        Operator::IpMatch(nets) => std::str::from_utf8(input)
+            .ok()
+            .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+        Operator::Unconditional => true,
+        Operator::NoMatch => false,
+    };
+    let _ = value;
+    hit != link.negated
+}
+
+fn rx(regex: &regex::bytes::Regex, input: &[u8], capture: bool, state: &mut State) -> bool {
+    if !capture {
+        return regex.is_match(input);
+    }
+    let Some(caps) = regex.captures(input) else { return false };
+    for (i, group) in caps.iter().enumerate().take(10) {
+        if let Some(m) = group {
+            state.tx.insert(i.to_string(), m.as_bytes().to_vec());
+        }
+    }
+    true
+}
+
+fn run_setvar(setvar: &crate::rules::SetVar, rule: &Rule, data: &Data, state: &mut State) {
+    let ctx = Ctx { data, state, rule };
+    let key = String::from_utf8_lossy(&setvar.key.expand(&ctx)).to_ascii_lowercase();
+    let value = match &setvar.op {
+        SetOp::Delete => {
+            state.tx.remove(&key);
+            return;
+        }
+        SetOp::Set(t) => t.expand(&ctx).into_owned(),
+        SetOp::Add(t) | SetOp::Sub(t) => {
+            let amount = operator::stoi(&t.expand(&ctx));
+            let current = state.tx.get(&key).map_or(0, |v| operator::stoi(v));
+            let next = if matches!(setvar.op, SetOp::Add(_)) { current + amount } else { current - amount };
+            next.to_string().into_bytes()
+        }
+    };
+    state.tx.insert(key, value);
+}
+
+/// What macros see: the request, the transaction state and the running rule.
+struct Ctx<'a> {
+    data: &'a Data,
+    state: &'a State,
+    rule: &'a Rule,
+}
+
+impl Resolve for Ctx<'_> {
+    fn resolve(&self, reference: &Reference) -> Vec<u8> {
+        let key = reference.key.as_deref();
+        match (reference.name.as_str(), key) {
+            ("RULE", Some("id")) => self.rule.id.to_string().into_bytes(),
+            ("RULE", Some("msg")) => self.rule.msg.as_ref().map(|m| m.expand(self).into_owned()).unwrap_or_default(),
+            ("RULE", Some("logdata")) => {
+                self.rule.logdata.as_ref().map(|m| m.expand(self).into_owned()).unwrap_or_default()
+            }
+            ("RULE", Some("severity")) => self.rule.severity.map(|s| s.to_string().into_bytes()).unwrap_or_default(),
+            ("RULE", _) => Vec::new(),
+            ("TX", Some(k)) => self.state.tx.get(k).cloned().unwrap_or_default(),
+            ("MATCHED_VAR", None) => self.state.matched_var.as_ref().map(|(_, v)| v.clone()).unwrap_or_default(),
+            ("MATCHED_VAR_NAME", None) => {
+                self.state.matched_var.as_ref().map(|(n, _)| n.clone().into_bytes()).unwrap_or_default()
+            }
+            (name, key) => {
+                let Some(parsed) = zentinel_modsec::parser::VariableName::from_str(name) else { return Vec::new() };
+                let Some(var) = crate::rules::var_from_parsed(parsed) else { return Vec::new() };
+                let key = match key {
+                    Some(k) => Key::Name(k.as_bytes().to_vec()),
+                    None => Key::All,
+                };
+                let mut out = Vec::new();
+                resolve(&Target { var, key, count: false }, self.data, self.state, &mut out);
+                out.into_iter().next().map(|v| v.value.into_owned()).unwrap_or_default()
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Portcullis's own ModSecurity-compatible rule engine, built for the OWASP
+//! Core Rule Set v4: as faithful as libmodsecurity 3 (the reference it is
+//! differentially tested against), without its cost.
+//!
+//! Decision rules:
+//! - Rules load from SecLang text (the parser of `zentinel-modsec`; the
+//!   evaluation is ours) and compile once into a [`Waf`]: operators,
+//!   phrase automata and data files built, transformation chains
+//!   deduplicated, the first `@rx` of every rule grouped into one
+//!   `RegexSet` per phase and transformation chain. A rule the engine
+//!   cannot honour fully is a load error unless its id is allowed.
+//! - A request runs through phase 1 (line, headers), then its body is
+//!   read by the processor its content type or a rule selects, then
+//!   phase 2. The outcome is the intervention (a disruptive action fired:
+//!   CRS's 949110 once the anomaly score reaches the threshold), the rules
+//!   that matched and the inbound anomaly score.
+//! - Nothing is shared between requests but the compiled program: each
+//!   inspection is independent, and a `Waf` is `Send + Sync`.
+//!
+//! Deployment caveat: CRS matches patterns, it does not understand the
+//! backend; see docs/waf.md for what it misses and how to tune it.
+
+mod body;
+mod data;
+mod detect;
+mod eval;
+mod macros;
+mod operator;
+mod rules;
+mod transform;
+
+use std::fmt;
+
+pub use data::{BodyProcessor, Request};
+pub use rules::EngineMode;
+pub use transform::Transform;
+
+/// A rule set compiled for inspection.
+pub struct Waf {
+    program: rules::Program,
+}
+
+impl fmt::Debug for Waf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waf")
+            .field("rules", &self.program.rules.len())
+            .field("transformation_chains", &self.program.chains.len())
+            .field("regex_sets", &self.program.sets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rule that matched fully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    /// Its id (0 if it has none).
+    pub id: u32,
+    /// The phase it ran in.
+    pub phase: u8,
+    /// Its `msg`, expanded.
+    pub msg: Option<String>,
+    /// Where its first link first matched (`ARGS:q`, `REQUEST_HEADERS:User-Agent`).
+    pub location: String,
+    /// The value there, untransformed.
+    pub value: Vec<u8>,
+}
+
+/// A disruptive action that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervention {
+    /// The HTTP status it asks for.
+    pub status: u16,
+    /// The rule that fired it.
+    pub rule: u32,
+}
+
+/// What inspecting a request found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Set when a disruptive action fired.
+    pub intervention: Option<Intervention>,
+    /// Every rule that matched fully, in evaluation order.
+    pub matches: Vec<Match>,
+    /// CRS's inbound anomaly score (`tx.blocking_inbound_anomaly_score`,
+    /// else `tx.inbound_anomaly_score`), when set.
+    pub inbound_score: Option<i64>,
+    /// Why the body could not be read, when it could not.
+    pub body_error: Option<String>,
+}
+
+/// A rule the engine cannot run fully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    /// Its id, when it has one.
+    pub id: Option<u32>,
+    /// `file:line`
+    pub location: String,
+    /// What the engine cannot do.
+    pub problem: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "rule {id} at {}: {}", self.location, self.problem),
+            None => write!(f, "a rule at {}: {}", self.location, self.problem),
+        }
+    }
+}
+
+/// A rule set that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The text does not parse.
+    #[error("the rules do not parse: {0}")]
+    Parse(String),
+    /// A directive the engine does not support.
+    #[error("{0}")]
+    Directive(String),
+    /// Rules the engine cannot run fully.
+    #[error("{} rule(s) cannot be run fully by this engine: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Rules(Vec<RuleError>),
+}
+
+impl Waf {
+    /// Parses and compiles `text`; `allow` lists rule-id ranges whose
+    /// problems are accepted (such a rule is left out).
+    ///
+    /// # Errors
+    /// The text does not parse, uses a directive the engine lacks, or has
+    /// rules the engine cannot run fully and that are not allowed.
+    pub fn load(text: &str, allow: &[(u32, u32)]) -> Result<Self, LoadError> {
+        let mut parser = zentinel_modsec::parser::Parser::new();
+        parser.parse(text).map_err(|e| LoadError::Parse(e.to_string()))?;
+        let program = rules::compile(parser.into_directives(), &rules::Options { allow: allow.to_vec() })?;
+        Ok(Self { program })
+    }
+
+    /// How many rules (chains count once) are loaded.
+    #[must_use]
+    pub fn rule_count(&self) -> usize {
+        self.program.rules.len()
+    }
+
+    /// Runs a request through phases 1 and 2.
+    #[must_use]
+    pub fn inspect(&self, request: &Request<'_>) -> Outcome {
+        let mut data = data::Data::from_request(request);
+        let content_type = data.header("content-type").map(<[u8]>::to_vec);
+        let mut state = eval::State::new(self.program.engine);
+        data.body_processor = default_processor(content_type.as_deref());
+        eval::run_phase(&self.program, 1, &data, &mut state);
+        if state.intervention.is_none() && !state.allowed && state.engine != EngineMode::Off {
+            let processor = state.body_processor.or(data.body_processor);
+            data.add_body(request.body, processor, content_type.as_deref());
+            eval::run_phase(&self.program, 2, &data, &mut state);
+        }
+        let score = ["blocking_inbound_anomaly_score", "inbound_anomaly_score"]
+            .iter()
+            .find_map(|k| state.tx.get(*k))
+            .map(|v| operator::stoi(v));
+        Outcome {
+            intervention: state.intervention,
+            matches: state.matches,
+            inbound_score: score,
+            body_error: data.body_error,
+        }
+    }
+}
+
+/// The processor a content type selects on its own (URL-encoded and
+/// multipart; JSON and XML only when a rule asks).
+fn default_processor(content_type: Option<&[u8]>) -> Option<BodyProcessor> {
+    let ct = content_type?.to_ascii_lowercase();
+    if ct.starts_with(b"application/x-www-form-urlencoded") {
+        Some(BodyProcessor::UrlEncoded)
+    } else if ct.starts_with(b"multipart/form-data") {
+        Some(BodyProcessor::Multipart)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
