@@ -225,7 +225,8 @@ where
                     Mode::Detect => Decision::Log(denied),
                 }
             } else {
-                let request = waf_request(&parts, inspected);
+                let mut request = waf_request(&parts, inspected.bytes);
+                request.body_complete = inspected.complete;
                 req = Request::from_parts(parts, body);
                 let key = waf.cache.as_ref().map(|cache| cache.key(&request));
                 let cached = waf.cache.as_ref().zip(key.as_ref()).and_then(|(cache, key)| cache.get(key));
@@ -275,19 +276,19 @@ async fn read_inspected(
     parts: &http::request::Parts,
     body: Body,
     settings: &WafSettings,
-) -> Result<(Option<Denied>, Bytes, Body), Denied> {
+) -> Result<(Option<Denied>, Inspected, Body), Denied> {
     if body.is_end_stream() {
-        return Ok((None, Bytes::new(), body));
+        return Ok((None, Inspected::whole(Bytes::new()), body));
     }
     if let Err(denied) = portcullis_policy::encoding::inspectable(&parts.headers) {
-        return Ok((Some(denied), Bytes::new(), body));
+        return Ok((Some(denied), Inspected::whole(Bytes::new()), body));
     }
     let prefix = Prefix::read(body, settings.body_limit).await;
     if let Some(denied) = prefix.timed_out() {
         return Err(denied);
     }
     if let Err(denied) = portcullis_policy::encoding::inspectable_bytes(&parts.headers, &prefix.bytes) {
-        return Ok((Some(denied), Bytes::new(), prefix.into_body()));
+        return Ok((Some(denied), Inspected::whole(Bytes::new()), prefix.into_body()));
     }
     let limit = usize::try_from(settings.body_limit).unwrap_or(usize::MAX);
     if prefix.bytes.len() > limit {
@@ -295,17 +296,30 @@ async fn read_inspected(
             return Err(Denied::new(Reason::WafBodyTooLarge)
                 .with_detail(format!("body over the WAF's inspection limit of {limit} bytes")));
         }
-        return Ok((None, prefix.bytes.slice(..limit), prefix.into_body()));
+        return Ok((None, Inspected { bytes: prefix.bytes.slice(..limit), complete: false }, prefix.into_body()));
     }
     let whole = prefix.bytes.clone();
     let json = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(body::is_json);
     if json && prefix.complete() {
         return match body::json_body(&whole) {
-            Ok(inspected) => Ok((None, whole.slice_ref(inspected), prefix.into_body())),
-            Err(denied) => Ok((Some(denied), Bytes::new(), prefix.into_body())),
+            Ok(inspected) => Ok((None, Inspected::whole(whole.slice_ref(inspected)), prefix.into_body())),
+            Err(denied) => Ok((Some(denied), Inspected::whole(Bytes::new()), prefix.into_body())),
         };
     }
-    Ok((None, whole, prefix.into_body()))
+    Ok((None, Inspected::whole(whole), prefix.into_body()))
+}
+
+/// The part of a body the engine inspects.
+struct Inspected {
+    bytes: Bytes,
+    /// The whole body, not a prefix cut at the limit.
+    complete: bool,
+}
+
+impl Inspected {
+    const fn whole(bytes: Bytes) -> Self {
+        Self { bytes, complete: true }
+    }
 }
 
 fn waf_request(parts: &http::request::Parts, body: Bytes) -> WafRequest {
@@ -376,6 +390,7 @@ mod tests {
             version: "HTTP/1.1",
             headers: vec![],
             body: Bytes::new(),
+            body_complete: true,
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             client_port: 1,
         }
@@ -417,6 +432,7 @@ mod tests {
             version: "HTTP/1.1",
             headers: vec![],
             body: Bytes::new(),
+            body_complete: true,
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             client_port: 1,
         };

@@ -93,6 +93,23 @@ fn a_rule_zentinel_cannot_compile_is_a_load_error() {
     assert!(err.contains("942999"), "{err}");
 }
 
+/// The default engine loads stock CRS v4 fully (only its listed known gaps
+/// allowed) and passes the canary; a rule it cannot run is a load error
+/// naming the rule.
+#[test]
+fn crs_v4_loads_into_portcullis_and_a_broken_rule_is_refused() {
+    let engine = waf::load(EngineKind::Portcullis, &crs_v4(), &Profile::default()).unwrap();
+    assert_eq!(engine.name(), "portcullis");
+    let broken =
+        BrokenCrs::new("portcullis-regex", r#"SecRule ARGS "@rx (unclosed[" "id:942998,phase:2,block,t:none""#);
+    let err = load_error(EngineKind::Portcullis, &broken.0).to_string();
+    assert!(err.contains("942998") && err.contains("allow_load_errors"), "{err}");
+    let lookahead =
+        BrokenCrs::new("portcullis-lookahead", r#"SecRule ARGS "@rx a(?=b)" "id:942997,phase:2,block,t:none""#);
+    let err = load_error(EngineKind::Portcullis, &lookahead.0).to_string();
+    assert!(err.contains("942997"), "a regex the engine cannot run is refused, not skipped: {err}");
+}
+
 #[cfg(feature = "libmodsecurity")]
 mod libmodsecurity {
     use std::net::{IpAddr, Ipv4Addr};
@@ -114,6 +131,7 @@ mod libmodsecurity {
                 ("Content-Length".into(), "46".into()),
             ],
             body: Bytes::from_static(b"user=admin' OR 1=1 UNION SELECT password FROM users--"),
+            body_complete: true,
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             client_port: 40_000,
         }

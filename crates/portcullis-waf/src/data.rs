@@ -30,6 +30,10 @@ pub struct Request<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
     /// The body (or the part of it inspected).
     pub body: &'a [u8],
+    /// Whether `body` is all of it: a prefix is not parsed as a JSON or XML
+    /// document (it cannot be one), only inspected as raw `REQUEST_BODY`
+    /// and, when URL-encoded or multipart, for the arguments it holds.
+    pub body_complete: bool,
     /// The client's address.
     pub client_ip: IpAddr,
     /// The client's port.
@@ -273,26 +277,26 @@ impl Data {
             }
         });
         self.body_processor = processor;
+        // An empty body has nothing for a processor to read, except that an
+        // XML document must have a root element.
+        if body.is_empty() && processor != Some(BodyProcessor::Xml) {
+            return;
+        }
         match processor {
             None => {}
             Some(BodyProcessor::UrlEncoded) => {
                 let args = self.arguments(body);
                 self.args_post = args;
             }
-            Some(BodyProcessor::Json) => {
-                if body.is_empty() {
-                    return;
-                }
-                match crate::body::json(body) {
-                    Ok(pairs) => {
-                        for (key, value) in pairs {
-                            let entry = self.entry(key, value);
-                            self.args_post.push(entry);
-                        }
+            Some(BodyProcessor::Json) => match crate::body::json(body) {
+                Ok(pairs) => {
+                    for (key, value) in pairs {
+                        let entry = self.entry(key, value);
+                        self.args_post.push(entry);
                     }
-                    Err(message) => self.body_error = Some(message),
                 }
-            }
+                Err(message) => self.body_error = Some(message),
+            },
             Some(BodyProcessor::Xml) => match crate::body::xml(body) {
                 Ok(doc) => {
                     let text = self.entry(b"/*".to_vec(), doc.text);
@@ -449,6 +453,7 @@ mod tests {
             protocol: "HTTP/1.1",
             headers,
             body: b"",
+            body_complete: true,
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             client_port: 5000,
         }

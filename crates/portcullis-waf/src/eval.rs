@@ -125,7 +125,7 @@ pub fn run_phase(program: &Program, phase: u8, data: &Data, state: &mut State) {
         let ctx = Ctx { data, state, rule };
         let msg = rule.msg.as_ref().map(|m| String::from_utf8_lossy(&m.expand(&ctx)).into_owned());
         let (location, value) = first.unwrap_or_default();
-        state.matches.push(Match { id: rule.id, phase, msg, location, value });
+        state.matches.push(Match { id: rule.id, phase, msg, location, value, logged: rule.log });
         if state.engine != EngineMode::On {
             continue;
         }

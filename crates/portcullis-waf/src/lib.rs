@@ -63,6 +63,9 @@ pub struct Match {
     pub location: String,
     /// The value there, untransformed.
     pub value: Vec<u8>,
+    /// Whether the rule logs its matches (not `nolog`): CRS's attack rules
+    /// do, its bookkeeping rules do not.
+    pub logged: bool,
 }
 
 /// A disruptive action that fired.
@@ -151,7 +154,10 @@ impl Waf {
         data.body_processor = default_processor(content_type.as_deref());
         eval::run_phase(&self.program, 1, &data, &mut state);
         if state.intervention.is_none() && !state.allowed && state.engine != EngineMode::Off {
-            let processor = state.body_processor.or(data.body_processor);
+            let processor = state
+                .body_processor
+                .or(data.body_processor)
+                .filter(|p| request.body_complete || !matches!(p, BodyProcessor::Json | BodyProcessor::Xml));
             data.add_body(request.body, processor, content_type.as_deref());
             eval::run_phase(&self.program, 2, &data, &mut state);
         }

@@ -95,7 +95,7 @@ pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
         .size_limit(64 << 20)
         .dfa_size_limit(16 << 20)
         .build()
-        .map_err(|e| format!("the @rx pattern does not compile: {}", first_line(&e.to_string())))
+        .map_err(|e| format!("the @rx operator does not compile: {}", first_line(&e.to_string())))
 }
 
 fn first_line(text: &str) -> String {

@@ -90,6 +90,8 @@ pub struct Rule {
     pub disruptive: Disruptive,
     /// `status:`
     pub status: Option<u16>,
+    /// Whether it logs when it matches (`log`, the default, or `nolog`).
+    pub log: bool,
     /// `file:line`
     pub location: String,
 }
@@ -700,6 +702,7 @@ impl Builder<'_> {
             severity: None,
             disruptive: Disruptive::Pass,
             status: None,
+            log: true,
             location: rule.location.to_string(),
         };
         for action in &rule.actions {
@@ -709,6 +712,8 @@ impl Builder<'_> {
                 Action::Metadata(MetadataAction::LogData(data)) => head.logdata = Some(Template::parse(data)),
                 Action::Metadata(MetadataAction::Severity(s)) => head.severity = Some(*s),
                 Action::Metadata(MetadataAction::Status(s)) => head.status = Some(*s),
+                Action::Logging(LoggingAction::NoLog) => head.log = false,
+                Action::Logging(LoggingAction::Log) => head.log = true,
                 Action::Disruptive(d) => {
                     head.disruptive = match d {
                         DisruptiveAction::Deny => Disruptive::Deny,

@@ -9,6 +9,7 @@ fn get(uri: &str) -> Request<'_> {
         protocol: "HTTP/1.1",
         headers: &[],
         body: b"",
+        body_complete: true,
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         client_port: 4000,
     }

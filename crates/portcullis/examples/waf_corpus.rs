@@ -8,6 +8,7 @@
 //!            [--paranoia 1] [--threshold 5] [--connections 8] [--json FILE]
 //! waf_corpus --crs DIR --print-rules     # the assembled CRS rule text (for nginx)
 //! waf_corpus --crs DIR --engine E... --benign bench/benign-values.txt
+//! waf_corpus --crs DIR --engine E... --explain 942100-3   # each engine's verdict, stage by stage
 //! ```
 //!
 //! In process, each engine replays the corpus on one thread (requests/s is
@@ -64,6 +65,9 @@ struct Args {
     /// Ordinary values, one per line, to send to each engine in process.
     #[arg(long)]
     benign: Option<PathBuf>,
+    /// Print what each engine found in these tests (`942100-3`), stage by stage.
+    #[arg(long = "explain")]
+    explain: Vec<String>,
 }
 
 fn main() {
@@ -103,6 +107,12 @@ fn main() {
             tally.record(test, outcome);
         }
         let secs = started.elapsed().as_secs_f64();
+        for test in corpus.tests.iter().filter(|t| args.explain.contains(&t.name)) {
+            for (k, stage) in test.stages.iter().enumerate() {
+                let verdict = ftw::to_waf_request(stage).map(|r| engine.inspect(&r));
+                println!("{name} {} stage {k}: {verdict:?}", test.name);
+            }
+        }
         decisions.push((name.clone(), blocked));
         if let Some(values) = &values {
             benign_reports.push(benign_report(name, engine.as_ref(), values));

@@ -76,7 +76,7 @@ async fn attacks_are_refused_by_class_and_plain_requests_pass_intact() {
     let event = gw.events.last().unwrap();
     assert_eq!((event.reason, event.defence, event.action), ("waf.sqli", "waf", Action::Deny));
     let report = event.waf.as_ref().expect("the event carries the WAF report");
-    assert_eq!(report.engine, "zentinel");
+    assert_eq!(report.engine, "portcullis");
     assert!(report.score.unwrap() >= 5, "{report:?}");
     assert!(report.matches.iter().any(|m| m.id / 1000 == 942 && m.location.starts_with("ARGS")), "{report:?}");
     assert!(event.rule.as_deref().unwrap().contains("942"), "{event:?}");
@@ -225,15 +225,24 @@ async fn bodies_the_waf_cannot_read_as_the_upstream_does_are_refused() {
 
     // Plain bodies in the charsets the rules read pass; body-less requests
     // are not judged by a Content-Encoding they do not use.
-    let (parts, _) =
-        post(&gw.url("/api/search"), "application/x-www-form-urlencoded; charset=ISO-8859-1", b"q=caf\xe9".to_vec())
-            .await;
-    assert_eq!(parts.status, 200);
+    // (CRS scores a Latin-1 byte as UTF-8 abuse, 920250, 3 points: below the
+    // threshold unless something else adds to it, such as a Host header
+    // that is an IP address, 920350; hence a host name here.)
+    let latin1 = Request::post(gw.url("/api/search"))
+        .header("host", "shop.example")
+        .header("content-type", "application/x-www-form-urlencoded; charset=ISO-8859-1")
+        .body(full_body(Bytes::from_static(b"q=caf\xe9")))
+        .unwrap();
+    let (parts, _) = send(latin1).await;
+    assert_eq!(parts.status, 200, "{:?}", gw.events.last());
     let (parts, _) =
         post(&gw.url("/api/search"), "application/x-www-form-urlencoded; charset=us-ascii", "q=plain").await;
     assert_eq!(parts.status, 200, "ASCII declared as ASCII");
     let (parts, _) = get_with(&gw.url("/api/search"), &[("content-encoding", "gzip")]).await;
-    assert_eq!(parts.status, 200);
+    // (CRS itself refuses a Content-Encoding request header, 920450; what
+    // matters here is that the gateway's own check does not answer 415.)
+    assert_ne!(parts.status, 415, "{:?}", gw.events.last());
+    assert_ne!(gw.events.last().map(|e| e.reason), Some("request.encoding"));
     // Detect mode logs and forwards; a route without the WAF does not care.
     let gzipped = |path: &str| {
         Request::post(gw.url(path))
@@ -249,8 +258,8 @@ async fn bodies_the_waf_cannot_read_as_the_upstream_does_are_refused() {
     assert_eq!(send(gzipped("/legacy/upload")).await.0.status, 200);
     assert_eq!(gw.events.reasons().len(), events);
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 5);
-    assert_eq!(seen[4].1.as_ref(), GZIPPED_SQLI, "forwarded as sent");
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[3].1.as_ref(), GZIPPED_SQLI, "forwarded as sent");
 }
 
 #[tokio::test]
@@ -289,7 +298,7 @@ async fn bodies_over_the_inspection_limit_are_refused_or_inspected_in_part() {
 
     let gw = gateway(&config(up, "body_limit = 1024\nover_limit = \"pass\"", "")).await;
     let (parts, _) = post(&gw.url("/upload"), "application/json", big.clone()).await;
-    assert_eq!(parts.status, 200);
+    assert_eq!(parts.status, 200, "{:?}", gw.events.last());
     assert_eq!(seen.lock().unwrap().last().unwrap().1.as_ref(), big.as_bytes(), "forwarded whole");
     let head_attack = format!("q=%27%20OR%201%3D1--&pad={}", "a".repeat(4096));
     let (parts, _) = post(&gw.url("/upload"), "application/x-www-form-urlencoded", head_attack).await;

@@ -1,9 +1,12 @@
 //! The WAF's detection floor, measured on the OWASP CRS regression corpus
 //! (CRS v4.28, `../shared/crs`) through the running gateway with the
-//! pure-Rust engine at paranoia level 1 and inbound threshold 5, blocking:
+//! default engine (Portcullis's own, `portcullis-waf`) at paranoia level 1
+//! and inbound threshold 5, blocking:
 //!
-//! - at least 83% of the PL1 attack tests blocked,
-//! - at most 14% of the benign tests blocked,
+//! - at least 97% of the PL1 attack tests blocked,
+//! - at most 19% of the benign tests blocked (libmodsecurity 3.0.9 blocks
+//!   16.8% of them in process, 17.3% through nginx; the gap is the interim
+//!   `@detectSQLi`/`@detectXSS`, see docs/waf.md),
 //! - none of a few hundred ordinary JSON API requests blocked.
 //!
 //! A WAF that silently fails open (rules loaded but not evaluated, the
@@ -27,9 +30,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use portcullis_policy::waf::WafRequest;
 
-/// Today's figures (issue 7: 83.4% / 13.8%), as floors a change must keep.
-const MIN_PL1_ATTACKS_BLOCKED: f64 = 83.0;
-const MAX_BENIGN_BLOCKED: f64 = 14.0;
+/// Today's figures through the gateway (issue 14: 98.0% / 18.5%), as floors
+/// a change must keep.
+const MIN_PL1_ATTACKS_BLOCKED: f64 = 97.0;
+const MAX_BENIGN_BLOCKED: f64 = 19.0;
 /// Concurrent connections of the replay.
 const CONNECTIONS: usize = 8;
 
@@ -60,7 +64,7 @@ auth = "public"
 
 [waf]
 rules = "{crs}"
-engine = "zentinel"
+engine = "portcullis"
 mode = "block"
 paranoia = 1
 inbound_threshold = 5
@@ -94,7 +98,7 @@ body_limit = "128 KiB"
         events.iter().rev().take(clean_blocked.len()).map(|e| format!("{} {:?}", e.reason, e.rule)).collect();
     drop(events);
 
-    println!("gateway + zentinel, CRS v4 PL1, threshold 5: {}", tally.summary());
+    println!("gateway + portcullis-waf, CRS v4 PL1, threshold 5: {}", tally.summary());
     println!(
         "replayed {} tests ({} requests, {CONNECTIONS} connections) in {:.1}s; answers {statuses:?}; {waf_denials} WAF denials (403) in the events; gateway started in {:.1}s",
         corpus.tests.len(),
@@ -250,6 +254,7 @@ fn clean_rest_workload() -> Vec<WafRequest> {
             version: "HTTP/1.1",
             headers,
             body: Bytes::from(body),
+            body_complete: true,
             client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1)),
             client_port: 50_000 + i as u16,
         });

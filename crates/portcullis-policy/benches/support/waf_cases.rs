@@ -25,6 +25,7 @@ fn request(method: &str, uri: &str, content_type: Option<&str>, body: &'static s
         version: "HTTP/1.1",
         headers,
         body: Bytes::from_static(body.as_bytes()),
+        body_complete: true,
         client_ip: std::net::Ipv4Addr::new(198, 51, 100, 7).into(),
         client_port: 40_000,
     }

@@ -111,6 +111,7 @@ fn request(canary: &Canary) -> WafRequest {
         version: "HTTP/1.1",
         headers,
         body: Bytes::from_static(canary.body.as_bytes()),
+        body_complete: true,
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
         client_port: 50_000,
     }

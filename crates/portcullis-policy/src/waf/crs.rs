@@ -122,6 +122,11 @@ fn numeric_version(version: &str) -> Option<u32> {
 /// what restricts methods per path.
 pub const ALLOWED_METHODS: &str = "GET HEAD POST OPTIONS PUT PATCH DELETE";
 
+/// The body charsets CRS lets through (rule 920480): its default
+/// (UTF-8, ISO-8859-1/15, Windows-1252) and US-ASCII, which the gateway
+/// accepts after checking the body is ASCII (`encoding.rs`).
+pub const ALLOWED_CHARSETS: &str = "|utf-8| |iso-8859-1| |iso-8859-15| |windows-1252| |us-ascii|";
+
 /// The setup Portcullis writes in place of `crs-setup.conf`.
 fn setup(profile: &Profile, version: Option<&str>) -> String {
     let setup_version = version.and_then(numeric_version).unwrap_or(4000);
@@ -133,6 +138,7 @@ fn setup(profile: &Profile, version: Option<&str>) -> String {
          SecAction \"id:900000,phase:1,pass,t:none,nolog,setvar:tx.blocking_paranoia_level={paranoia}\"\n\
          SecAction \"id:900110,phase:1,pass,t:none,nolog,setvar:tx.inbound_anomaly_score_threshold={threshold},setvar:tx.outbound_anomaly_score_threshold=4\"\n\
          SecAction \"id:900200,phase:1,pass,t:none,nolog,setvar:'tx.allowed_methods={ALLOWED_METHODS}'\"\n\
+         SecAction \"id:900280,phase:1,pass,t:none,nolog,setvar:'tx.allowed_request_content_type_charset={ALLOWED_CHARSETS}'\"\n\
          SecAction \"id:900990,phase:1,pass,t:none,nolog,setvar:tx.crs_setup_version={setup_version}\"\n",
         paranoia = profile.paranoia,
         threshold = profile.inbound_threshold,

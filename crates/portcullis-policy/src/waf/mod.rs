@@ -53,6 +53,9 @@ pub struct WafRequest {
     pub headers: Vec<(String, String)>,
     /// The body, or the part of it within the inspection limit.
     pub body: Bytes,
+    /// Whether `body` is the whole body (false: a prefix, cut at the
+    /// inspection limit with `over_limit = "pass"`).
+    pub body_complete: bool,
     /// The client's address.
     pub client_ip: IpAddr,
     /// The client's port.
@@ -97,6 +100,7 @@ impl WafRequest {
             },
             headers: list,
             body,
+            body_complete: true,
             client_ip: client.ip(),
             client_port: client.port(),
         }
@@ -375,6 +379,7 @@ impl VerdictCache {
             field(value.as_bytes());
         }
         field(b"body");
+        field(&[u8::from(request.body_complete)]);
         field(&request.body);
         let mut key = [0_u8; 32];
         key.copy_from_slice(digest.finish().as_ref());
@@ -592,6 +597,7 @@ mod tests {
             version: "HTTP/1.1",
             headers: vec![("Host".into(), "h".into()), ("Accept".into(), "*/*".into())],
             body: Bytes::new(),
+            body_complete: true,
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             client_port: 1,
         };
@@ -605,6 +611,7 @@ mod tests {
             WafRequest { headers: vec![("Accept".into(), "*/*".into()), ("Host".into(), "h".into())], ..base.clone() },
             WafRequest { headers: vec![("Host".into(), "hA".into()), ("ccept".into(), "*/*".into())], ..base.clone() },
             WafRequest { body: Bytes::from_static(b"x"), ..base.clone() },
+            WafRequest { body_complete: false, ..base.clone() },
             WafRequest { client_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(), ..base.clone() },
         ];
         for variant in variants {

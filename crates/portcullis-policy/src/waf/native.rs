@@ -5,6 +5,9 @@
 //!   handling in front of the rules (the same [`BODY_SETUP`](super::crs::BODY_SETUP) the
 //!   libmodsecurity engine uses), so both engines read JSON and XML bodies
 //!   and refuse unreadable ones alike.
+//! - A body prefix (cut at the inspection limit, `over_limit = "pass"`) is
+//!   inspected as raw `REQUEST_BODY` and URL-encoded arguments, never
+//!   parsed as a JSON or XML document it cannot be.
 //! - A rule the engine cannot run fully is a load error unless its id is
 //!   allowed by the configuration.
 //! - The verdict is the engine's intervention; the matches reported are the
@@ -80,12 +83,13 @@ impl Engine for Native {
             protocol: request.version,
             headers: &headers,
             body: &request.body,
+            body_complete: request.body_complete,
             client_ip: request.client_ip,
             client_port: request.client_port,
         });
         let mut matches: Vec<RuleMatch> = Vec::new();
         for found in &outcome.matches {
-            if category(found.id).is_none() || found.location.starts_with("TX") {
+            if !found.logged || category(found.id).is_none() || found.location.starts_with("TX") {
                 continue;
             }
             if matches.iter().any(|m| m.id == found.id && m.location == found.location) {

@@ -243,6 +243,7 @@ mod tests {
             version: "HTTP/1.1",
             headers: all,
             body: bytes::Bytes::from_static(body.as_bytes()),
+            body_complete: true,
             client_ip: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
             client_port: 1234,
         }

@@ -128,15 +128,19 @@ pub(super) fn build_waf(c: &mut Collector<'_>, raw: &RawConfig, base: &std::path
     let engine = choice(
         c,
         w.engine.as_ref(),
-        EngineKind::Zentinel,
+        EngineKind::Portcullis,
         "engine",
-        &[("zentinel", EngineKind::Zentinel), ("libmodsecurity", EngineKind::Libmodsecurity)],
+        &[
+            ("portcullis", EngineKind::Portcullis),
+            ("zentinel", EngineKind::Zentinel),
+            ("libmodsecurity", EngineKind::Libmodsecurity),
+        ],
     );
     if let Some(value) = &w.engine
         && !engine.available()
     {
         c.error(value.span(), format!("engine {:?} is not built into this binary", engine.as_str()))
-            .help("build with `cargo build --release --features libmodsecurity` (needs libmodsecurity 3), or use engine = \"zentinel\"");
+            .help("build with `cargo build --release --features libmodsecurity` (needs libmodsecurity 3), or use engine = \"portcullis\"");
     }
     let rules = match &w.rules {
         Some(dir) => base.join(dir.get_ref()),

@@ -375,6 +375,7 @@ pub fn to_waf_request(raw: &[u8]) -> Result<WafRequest, String> {
         version,
         headers: list,
         body: Bytes::from(body),
+        body_complete: true,
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         client_port: 40_000,
     })
