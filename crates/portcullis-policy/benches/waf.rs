@@ -1,5 +1,6 @@
 //! WAF inspection cost with the OWASP CRS v4.28 rules (../shared/crs) at
-//! paranoia 1: a clean GET, a clean JSON POST, an SQL injection, and a
+//! paranoia 1, per engine (`waf/portcullis`, `waf/zentinel`): a clean GET, a
+//! clean JSON POST, a clean 500-byte JSON POST, an SQL injection, and a
 //! verdict-cache hit (key + lookup) for comparison.
 //! `cargo bench -p portcullis-policy --bench waf` (system allocator) and
 //! `--bench waf_mimalloc` (the allocator the gateway binary uses).

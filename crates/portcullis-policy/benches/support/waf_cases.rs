@@ -33,7 +33,11 @@ fn request(method: &str, uri: &str, content_type: Option<&str>, body: &'static s
 
 pub fn bench(c: &mut Criterion) {
     let crs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
-    let engine = waf::load(EngineKind::Zentinel, &crs, &Profile::default()).unwrap();
+    let json_500 = format!(
+        r#"{{"customer":{{"name":"Jeanne d'Arc","email":"jeanne@example.org","phone":"+33 1 23 45 67 89"}},"items":[{{"sku":"WID-1042","quantity":3,"price":19.99}},{{"sku":"GAD-7","quantity":1,"price":249.0}}],"shipping":{{"street":"12 Rue de la Paix","city":"Paris","zip":"75002","country":"FR"}},"note":"Please leave it with the neighbour at number 14 if nobody is home; ring twice.","coupon":"WINTER-2026","gift":false,"pad":"{}"}}"#,
+        "x".repeat(60)
+    );
+    let json_500: &'static str = Box::leak(json_500.into_boxed_str());
     let cases = [
         ("clean GET", request("GET", "/api/orders?page=2&sort=created", None, "")),
         (
@@ -45,16 +49,23 @@ pub fn bench(c: &mut Criterion) {
                 r#"{"item":"widget","quantity":3,"address":{"street":"12 Rue de la Paix","city":"Paris"},"note":"Leave it with the neighbour"}"#,
             ),
         ),
+        ("clean 500-byte JSON POST", request("POST", "/api/orders", Some("application/json"), json_500)),
         (
             "SQL injection",
             request("GET", "/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--", None, ""),
         ),
     ];
-    let mut group = c.benchmark_group("waf/zentinel");
-    for (name, req) in &cases {
-        assert_eq!(engine.inspect(req).unwrap().intervened, name.starts_with("SQL"), "{name}");
-        group.bench_function(*name, |b| b.iter(|| engine.inspect(black_box(req)).unwrap()));
+    let engine = waf::load(EngineKind::Zentinel, &crs, &Profile::default()).unwrap();
+    for kind in [EngineKind::Portcullis, EngineKind::Zentinel] {
+        let engine = waf::load(kind, &crs, &Profile::default()).unwrap();
+        let mut group = c.benchmark_group(format!("waf/{}", kind.as_str()));
+        for (name, req) in &cases {
+            assert_eq!(engine.inspect(req).unwrap().intervened, name.starts_with("SQL"), "{name}");
+            group.bench_function(*name, |b| b.iter(|| engine.inspect(black_box(req)).unwrap()));
+        }
+        group.finish();
     }
+    let mut group = c.benchmark_group("waf/cache");
     let cache = VerdictCache::new(1000);
     let (_, clean) = &cases[0];
     cache.insert(cache.key(clean), engine.inspect(clean).unwrap());
