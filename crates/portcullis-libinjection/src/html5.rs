@@ -9,6 +9,8 @@
 //! - NUL bytes are skipped inside tag names and as white space between
 //!   attributes (old IE did); `<%...%>` and `<?...>` are comments; `` ` `` quotes
 //!   attribute values (IE).
+//! - A `\xff` byte where an attribute may start ends the input (the C code
+//!   reads it as a signed -1, its end-of-input marker).
 
 use std::fmt;
 
@@ -190,14 +192,16 @@ impl Html5Tokens<'_> {
         }
     }
 
-    /// Skips white space (NUL included); the next byte, if any.
+    /// Skips white space (NUL included); the next byte, if any. Like the C
+    /// code, which returns the byte as a signed `char` in an `int` whose -1
+    /// means end of input, a `\xff` byte reads as the end of the input.
     fn skip_white(&mut self) -> Option<u8> {
         while self.pos < self.len() {
             let ch = self.s[self.pos];
             if matches!(ch, 0 | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
                 self.pos += 1;
             } else {
-                return Some(ch);
+                return (ch != 0xff).then_some(ch);
             }
         }
         None
