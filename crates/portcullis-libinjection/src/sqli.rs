@@ -522,9 +522,8 @@ impl<'a> State<'a> {
     fn parse_dash(&mut self) -> usize {
         let (s, pos) = (self.s, self.pos);
         let slen = s.len();
-        if pos + 2 < slen && s[pos + 1] == b'-' && is_white(s[pos + 2]) {
-            self.parse_eol_comment()
-        } else if pos + 2 == slen && s[pos + 1] == b'-' {
+        // `--` then white space or the end: a comment in every dialect.
+        if (pos + 2 < slen && s[pos + 1] == b'-' && is_white(s[pos + 2])) || (pos + 2 == slen && s[pos + 1] == b'-') {
             self.parse_eol_comment()
         } else if pos + 1 < slen && s[pos + 1] == b'-' && self.flags.has(Flags::SQL_ANSI) {
             self.stats_comment_ddx += 1;
@@ -656,7 +655,7 @@ impl<'a> State<'a> {
         }
         let mut ch = s[pos + 2];
         // C compares a signed char: bytes above 127 are below 33 too.
-        if ch < 33 || ch > 127 {
+        if !(33..=127).contains(&ch) {
             return self.parse_word();
         }
         ch = match ch {
@@ -896,10 +895,11 @@ impl<'a> State<'a> {
             }
         }
         // Oracle's float/double suffixes: `1.2f`, `1d;`, and `1fUNION`.
-        if pos < slen && matches!(s[pos], b'd' | b'D' | b'f' | b'F') {
-            if pos + 1 == slen || is_white(s[pos + 1]) || matches!(s[pos + 1], b';' | b'u' | b'U') {
-                pos += 1;
-            }
+        if pos < slen
+            && matches!(s[pos], b'd' | b'D' | b'f' | b'F')
+            && (pos + 1 == slen || is_white(s[pos + 1]) || matches!(s[pos + 1], b';' | b'u' | b'U'))
+        {
+            pos += 1;
         }
         // `1e`, `1.e`, `10.10E+`: an exponent without digits is a word.
         let kind = if have_e && !have_exp { kind::BAREWORD } else { kind::NUMBER };
@@ -1030,10 +1030,10 @@ impl<'a> State<'a> {
             }
 
             let (a, b) = (self.tokens[left], self.tokens[left + 1]);
-            if a.kind == kind::STRING && b.kind == kind::STRING {
-                pos -= 1;
-                continue;
-            } else if a.kind == kind::SEMICOLON && b.kind == kind::SEMICOLON {
+            if (a.kind == kind::STRING && b.kind == kind::STRING)
+                || (a.kind == kind::SEMICOLON && b.kind == kind::SEMICOLON)
+            {
+                // `'a' 'b'` is one string; repeated `;` are one.
                 pos -= 1;
                 continue;
             } else if (a.kind == kind::OPERATOR || a.kind == kind::LOGIC_OPERATOR)
@@ -1042,11 +1042,8 @@ impl<'a> State<'a> {
                 pos -= 1;
                 left = 0;
                 continue;
-            } else if a.kind == kind::LEFTPARENS && b.is_unary_op() {
-                pos -= 1;
-                left = left.saturating_sub(1);
-                continue;
-            } else if self.merge_words(left) {
+            } else if (a.kind == kind::LEFTPARENS && b.is_unary_op()) || self.merge_words(left) {
+                // `(-` folds to `(`; `UNION` `ALL` to `UNION ALL`.
                 pos -= 1;
                 left = left.saturating_sub(1);
                 continue;
@@ -1147,37 +1144,20 @@ impl<'a> State<'a> {
 
             let (a, b, c) = (self.tokens[left], self.tokens[left + 1], self.tokens[left + 2]);
             let value = |k: u8| matches!(k, kind::NUMBER | kind::BAREWORD | kind::VARIABLE | kind::STRING);
-            if a.kind == kind::NUMBER && b.kind == kind::OPERATOR && c.kind == kind::NUMBER {
-                pos -= 2;
-                left = 0;
-                continue;
-            } else if a.kind == kind::OPERATOR && b.kind != kind::LEFTPARENS && c.kind == kind::OPERATOR {
-                left = 0;
-                pos -= 2;
-                continue;
-            } else if a.kind == kind::LOGIC_OPERATOR && c.kind == kind::LOGIC_OPERATOR {
-                pos -= 2;
-                left = 0;
-                continue;
-            } else if a.kind == kind::VARIABLE
-                && b.kind == kind::OPERATOR
-                && matches!(c.kind, kind::VARIABLE | kind::NUMBER | kind::BAREWORD)
-            {
-                pos -= 2;
-                left = 0;
-                continue;
-            } else if matches!(a.kind, kind::BAREWORD | kind::NUMBER)
-                && b.kind == kind::OPERATOR
-                && matches!(c.kind, kind::NUMBER | kind::BAREWORD)
-            {
-                pos -= 2;
-                left = 0;
-                continue;
-            } else if value(a.kind) && b.kind == kind::OPERATOR && b.value() == b"::" && c.kind == kind::SQLTYPE {
-                pos -= 2;
-                left = 0;
-                continue;
-            } else if value(a.kind) && b.kind == kind::COMMA && value(c.kind) {
+            // Expressions that fold to their first token: `1+1`, `a=b`, `@x:=1`,
+            // `x::int`, `1,2`, `+ x -` and `& x &`.
+            let collapses = (a.kind == kind::NUMBER && b.kind == kind::OPERATOR && c.kind == kind::NUMBER)
+                || (a.kind == kind::OPERATOR && b.kind != kind::LEFTPARENS && c.kind == kind::OPERATOR)
+                || (a.kind == kind::LOGIC_OPERATOR && c.kind == kind::LOGIC_OPERATOR)
+                || (a.kind == kind::VARIABLE
+                    && b.kind == kind::OPERATOR
+                    && matches!(c.kind, kind::VARIABLE | kind::NUMBER | kind::BAREWORD))
+                || (matches!(a.kind, kind::BAREWORD | kind::NUMBER)
+                    && b.kind == kind::OPERATOR
+                    && matches!(c.kind, kind::NUMBER | kind::BAREWORD))
+                || (value(a.kind) && b.kind == kind::OPERATOR && b.value() == b"::" && c.kind == kind::SQLTYPE)
+                || (value(a.kind) && b.kind == kind::COMMA && value(c.kind));
+            if collapses {
                 pos -= 2;
                 left = 0;
                 continue;

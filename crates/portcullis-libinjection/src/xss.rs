@@ -126,9 +126,8 @@ fn black_attr(input: &[u8], pos: usize, len: usize) -> Option<AttrKind> {
 /// value; like the C code, `&#` and `&#x` look one or two bytes past it
 /// (`after` is the input from the value's end, NUL past the input).
 fn decode_char(src: &[u8], after: &[u8]) -> (u32, usize) {
-    let byte = |i: usize| -> u8 {
-        src.get(i).copied().unwrap_or_else(|| after.get(i - src.len()).copied().unwrap_or(0))
-    };
+    let byte =
+        |i: usize| -> u8 { src.get(i).copied().unwrap_or_else(|| after.get(i - src.len()).copied().unwrap_or(0)) };
     let len = src.len();
     if len == 0 {
         return (u32::MAX, 0);
@@ -244,7 +243,8 @@ fn is_black_comment(comment: &[u8]) -> bool {
         }
     }
     // IE's <?import pseudo-tag and XML entity definitions.
-    comment.len() > 5 && (equals_ignoring_nul(b"IMPORT", &comment[..6]) || equals_ignoring_nul(b"ENTITY", &comment[..6]))
+    comment.len() > 5
+        && (equals_ignoring_nul(b"IMPORT", &comment[..6]) || equals_ignoring_nul(b"ENTITY", &comment[..6]))
 }
 
 #[cfg(test)]

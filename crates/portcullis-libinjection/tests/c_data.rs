@@ -19,6 +19,7 @@
 //! Regenerate with
 //! `cargo test -p portcullis-libinjection --features libmodsecurity --test c_data -- --ignored --exact regenerate`.
 #![cfg(feature = "libmodsecurity")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -135,7 +136,8 @@ fn derive() -> Tables {
         };
         attrs.insert(w.clone(), kind);
     }
-    let url_attr = attrs.iter().find(|(_, kind)| **kind == "Url").map(|(name, _)| name.clone()).expect("a URL attribute");
+    let url_attr =
+        attrs.iter().find(|(_, kind)| **kind == "Url").map(|(name, _)| name.clone()).expect("a URL attribute");
     let flagged = |scheme: &[u8]| xss(&[b"<a ", &url_attr[..], b"=\"", scheme, b"\">"].concat());
     let mut schemes = BTreeSet::new();
     for w in candidates.iter().filter(|w| w.iter().all(|b| b.is_ascii_uppercase() || *b == b'-')) {
@@ -176,11 +178,8 @@ fn render(tables: &Tables) -> String {
         writeln!(out, "    ({}, {}),", literal(word), byte_literal(*kind)).unwrap();
     }
     out.push_str("];\n\n");
-    writeln!(
-        out,
-        "/// Fingerprints read as SQL injection (upper case, sorted; the C table stores them behind a `0`)."
-    )
-    .unwrap();
+    writeln!(out, "/// Fingerprints read as SQL injection (upper case, sorted; the C table stores them behind a `0`).")
+        .unwrap();
     out.push_str("#[rustfmt::skip]\npub(crate) static FINGERPRINTS: &[&[u8]] = &[\n");
     let fingerprints: Vec<&Vec<u8>> = tables.fingerprints.iter().collect();
     for chunk in fingerprints.chunks(10) {
@@ -188,13 +187,15 @@ fn render(tables: &Tables) -> String {
         writeln!(out, "    {},", line.join(", ")).unwrap();
     }
     out.push_str("];\n\n");
-    writeln!(out, "/// Tag names that are XSS whatever their content (upper case; besides `svg*` and `xsl*`).").unwrap();
+    writeln!(out, "/// Tag names that are XSS whatever their content (upper case; besides `svg*` and `xsl*`).")
+        .unwrap();
     out.push_str("#[rustfmt::skip]\npub(crate) static BLACK_TAGS: &[&[u8]] = &[\n");
     for tag in &tables.tags {
         writeln!(out, "    {},", literal(tag)).unwrap();
     }
     out.push_str("];\n\n");
-    writeln!(out, "/// Attribute names and what makes them XSS (upper case; besides `on*`, `xmlns*`, `xlink*`).").unwrap();
+    writeln!(out, "/// Attribute names and what makes them XSS (upper case; besides `on*`, `xmlns*`, `xlink*`).")
+        .unwrap();
     out.push_str("#[rustfmt::skip]\npub(crate) static BLACK_ATTRS: &[(&[u8], AttrKind)] = &[\n");
     for (attr, kind) in &tables.attrs {
         writeln!(out, "    ({}, AttrKind::{kind}),", literal(attr)).unwrap();
@@ -239,5 +240,8 @@ fn regenerate() {
 fn committed_tables_are_the_c_librarys() {
     let committed = std::fs::read_to_string(data_rs()).unwrap();
     let derived = render(&derive());
-    assert!(committed == derived, "src/data.rs differs from the C library's tables: regenerate it (see tests/c_data.rs)");
+    assert!(
+        committed == derived,
+        "src/data.rs differs from the C library's tables: regenerate it (see tests/c_data.rs)"
+    );
 }

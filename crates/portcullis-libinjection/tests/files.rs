@@ -1,6 +1,7 @@
 //! libinjection's own test files (tests/ of the C repository, 480 files):
 //! tokens, folding, SQLi fingerprints and HTML5 tokens, compared with the
 //! expected output byte for byte as the C test driver prints it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

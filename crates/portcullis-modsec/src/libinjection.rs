@@ -41,7 +41,12 @@ unsafe extern "C" {
     /// `char libinjection_sqli_lookup_word(struct libinjection_sqli_state*, int
     /// lookup_type, const char* word, size_t len)`: the keyword table's type
     /// of `word` (ASCII case-insensitive), or NUL.
-    fn libinjection_sqli_lookup_word(state: *mut SqliState, lookup_type: c_int, word: *const c_char, len: usize) -> c_char;
+    fn libinjection_sqli_lookup_word(
+        state: *mut SqliState,
+        lookup_type: c_int,
+        word: *const c_char,
+        len: usize,
+    ) -> c_char;
     /// `void libinjection_h5_init(h5_state_t*, const char* s, size_t len, enum html5_flags)`.
     fn libinjection_h5_init(state: *mut H5State, s: *const c_char, len: usize, flags: c_int);
     /// `int libinjection_h5_next(h5_state_t*)`: 1 while a token was read.
@@ -358,6 +363,27 @@ mod tests {
         paths.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)));
         paths.sort();
         paths
+    }
+
+    /// The struct layouts declared here are the library's: tokens, folds,
+    /// look-ups and HTML5 tokens come back as libinjection's test files
+    /// print them.
+    #[test]
+    fn tokenizer_state_layouts_match_the_library() {
+        let kinds =
+            |tokens: Vec<SqliToken>| -> Vec<(u8, Vec<u8>)> { tokens.into_iter().map(|t| (t.kind, t.val)).collect() };
+        let flags = FLAG_QUOTE_NONE | FLAG_SQL_ANSI;
+        assert_eq!(
+            kinds(sqli_tokenize(b"SELECT 'FOO';", flags)),
+            [(b'E', b"SELECT".to_vec()), (b's', b"FOO".to_vec()), (b';', b";".to_vec())]
+        );
+        let strings = sqli_tokenize(b"SELECT 'FOO';", flags);
+        assert_eq!((strings[1].pos, strings[1].len, strings[1].str_open, strings[1].str_close), (8, 3, b'\'', b'\''));
+        assert_eq!(kinds(sqli_fold(b"SELECT \"first\" \"second\";", flags)).len(), 3);
+        assert_eq!(sqli_lookup_word(b"union all"), Some(b'U'));
+        assert_eq!(sqli_lookup_word(b"0s&1"), Some(b'F'));
+        assert_eq!(sqli_lookup_word(b"no such word"), None);
+        assert_eq!(h5_tokenize(b"<a href=x>", 0), [(1, 1, 1), (6, 3, 4), (7, 8, 1), (2, 9, 1)]);
     }
 
     #[test]
