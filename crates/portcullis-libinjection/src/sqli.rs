@@ -270,12 +270,85 @@ pub fn lookup_word(word: &[u8]) -> u8 {
     for (k, w) in key.iter_mut().zip(word) {
         *k = upper(*w);
     }
-    if let Ok(at) = KEYWORDS.binary_search_by(|(w, _)| (*w).cmp(&*key)) {
-        return KEYWORDS[at].1;
+    if let Some(kind) = keyword(key) {
+        return kind;
     }
     match key.split_first() {
-        Some((b'0', fingerprint)) if FINGERPRINTS.binary_search(&fingerprint).is_ok() => kind::FINGERPRINT,
+        Some((b'0', fingerprint)) if is_fingerprint(fingerprint) => kind::FINGERPRINT,
         _ => kind::NONE,
+    }
+}
+
+/// FNV-1a, for the tables' open addressing.
+const fn hash(bytes: &[u8]) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h as usize
+}
+
+const KEYWORD_SLOTS: usize = 4096;
+const FINGERPRINT_SLOTS: usize = 32768;
+
+/// Hash tables over the sorted `data` tables, built at compile time: slot
+/// = 1 + the entry's index, 0 = empty (linear probing). A look-up is one
+/// hash and, almost always, one comparison.
+static KEYWORD_INDEX: [u16; KEYWORD_SLOTS] = {
+    let mut table = [0u16; KEYWORD_SLOTS];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        let mut slot = hash(KEYWORDS[i].0) % KEYWORD_SLOTS;
+        while table[slot] != 0 {
+            slot = (slot + 1) % KEYWORD_SLOTS;
+        }
+        table[slot] = (i + 1) as u16;
+        i += 1;
+    }
+    table
+};
+
+static FINGERPRINT_INDEX: [u16; FINGERPRINT_SLOTS] = {
+    let mut table = [0u16; FINGERPRINT_SLOTS];
+    let mut i = 0;
+    while i < FINGERPRINTS.len() {
+        let mut slot = hash(FINGERPRINTS[i]) % FINGERPRINT_SLOTS;
+        while table[slot] != 0 {
+            slot = (slot + 1) % FINGERPRINT_SLOTS;
+        }
+        table[slot] = (i + 1) as u16;
+        i += 1;
+    }
+    table
+};
+
+/// The type of an upper-case keyword.
+fn keyword(key: &[u8]) -> Option<u8> {
+    let mut slot = hash(key) % KEYWORD_SLOTS;
+    loop {
+        let (word, kind) = KEYWORDS.get(usize::from(KEYWORD_INDEX[slot]).checked_sub(1)?)?;
+        if *word == key {
+            return Some(*kind);
+        }
+        slot = (slot + 1) % KEYWORD_SLOTS;
+    }
+}
+
+/// Whether an upper-case fingerprint is a known injection.
+fn is_fingerprint(key: &[u8]) -> bool {
+    let mut slot = hash(key) % FINGERPRINT_SLOTS;
+    loop {
+        let Some(fingerprint) = usize::from(FINGERPRINT_INDEX[slot]).checked_sub(1).and_then(|i| FINGERPRINTS.get(i))
+        else {
+            return false;
+        };
+        if *fingerprint == key {
+            return true;
+        }
+        slot = (slot + 1) % FINGERPRINT_SLOTS;
     }
 }
 
@@ -1260,7 +1333,7 @@ impl<'a> State<'a> {
         for (k, f) in key.iter_mut().zip(&self.fingerprint[..len]) {
             *k = upper(*f);
         }
-        FINGERPRINTS.binary_search(&&key[..len]).is_ok()
+        is_fingerprint(&key[..len])
     }
 
     /// C `libinjection_sqli_not_whitelist`: false-positive rules for short
@@ -1436,6 +1509,18 @@ mod tests {
         assert_eq!(sqli(b"-1' and 1=1 union/* foo */select load_file('/etc/passwd')--").unwrap().as_str(), "s&1UE");
         assert_eq!(sqli(b"O'Brien"), None);
         assert_eq!(sqli(b""), None);
+    }
+
+    #[test]
+    fn hash_tables_find_every_entry() {
+        assert!(KEYWORDS.len() < KEYWORD_SLOTS / 2 && FINGERPRINTS.len() < FINGERPRINT_SLOTS / 2);
+        assert!(KEYWORDS.windows(2).all(|w| w[0].0 < w[1].0), "KEYWORDS is sorted and unique");
+        assert!(FINGERPRINTS.windows(2).all(|w| w[0] < w[1]), "FINGERPRINTS is sorted and unique");
+        for (word, kind) in KEYWORDS {
+            assert_eq!(keyword(word), Some(*kind));
+            assert!(word.len() < TOKEN_SIZE + 8);
+        }
+        assert!(FINGERPRINTS.iter().all(|f| is_fingerprint(f)));
     }
 
     #[test]
