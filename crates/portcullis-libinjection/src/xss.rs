@@ -3,10 +3,10 @@
 //! The input is tokenized as HTML5 five times, as if pasted into text and
 //! into an unquoted, `'`, `"` and `` ` `` attribute value; it is XSS if any
 //! reading finds one of:
-//! - a `<!DOCTYPE`, or a start tag named in [`BLACK_TAGS`] or starting with
+//! - a `<!DOCTYPE`, or a start tag named in the tag table (`data.rs`) or starting with
 //!   `svg` or `xsl` (ASCII case-insensitive, NUL bytes ignored);
 //! - an attribute named `on*` (5+ bytes: every event handler), `xmlns*` or
-//!   `xlink*`, or one of [`BLACK_ATTRS`] that is dangerous whatever its value
+//!   `xlink*`, or one of the attribute table (`data.rs`) that is dangerous whatever its value
 //!   (`style`, `datasrc`...) — if it has a value;
 //! - a URL attribute (`href`, `src`, `action`...) whose value, after leading
 //!   control bytes and HTML entity decoding, starts with `data`, `javascript`
