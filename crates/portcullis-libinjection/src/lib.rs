@@ -4,14 +4,14 @@
 //! same folding, same tables, same answers as the C library that
 //! libmodsecurity 3.0.9 exports, byte for byte.
 //!
-//! - [`sqli`] returns the fingerprint (`s&sos`) of an input libinjection
-//!   reads as SQL injection; [`xss`] whether it reads it as cross-site
+//! - [`sqli()`] returns the fingerprint (`s&sos`) of an input libinjection
+//!   reads as SQL injection; [`xss()`] whether it reads it as cross-site
 //!   scripting. Both take the raw bytes (NUL and non-UTF-8 bytes are read
 //!   like any other), allocate nothing and keep their state on the stack.
 //! - [`tokenize`], [`fold`] and [`html5_tokenize`] expose the tokenizers as
 //!   libinjection's own test files exercise them.
 //!
-//! Decision rules are libinjection's; see the [`sqli`] and [`xss`] modules'
+//! Decision rules are libinjection's; see the [`mod@sqli`] and [`mod@xss`] modules'
 //! documentation for the details that matter at the edges (31-byte token
 //! values, case-insensitive ASCII keywords, the false-positive rules for
 //! short fingerprints, the five HTML contexts). The tests check every
