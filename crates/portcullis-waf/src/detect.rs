@@ -1,16 +1,15 @@
-//! `@detectSQLi` and `@detectXSS`.
-//!
-//! Interim: until the pure-Rust libinjection port lands these call the
-//! SecLang crate's approximation.
+//! `@detectSQLi` and `@detectXSS`: libinjection, as libmodsecurity 3.0.9
+//! embeds it (3.9.2), through Portcullis's pure-Rust port
+//! (`portcullis-libinjection`, differentially tested against the C library).
 
-/// The SQL injection fingerprint of `input`, if it reads as one.
+/// The SQL injection fingerprint of `input` (`s&1c`), if it reads as one.
 #[must_use]
 pub fn sqli(input: &[u8]) -> Option<String> {
-    zentinel_modsec::libinjection::sqli_fingerprint(&String::from_utf8_lossy(input))
+    portcullis_libinjection::sqli(input).map(|f| f.as_str().to_owned())
 }
 
-/// Whether `input` reads as cross-site scripting.
+/// Whether `input` reads as cross-site scripting in any HTML context.
 #[must_use]
 pub fn xss(input: &[u8]) -> bool {
-    zentinel_modsec::libinjection::is_xss(&String::from_utf8_lossy(input))
+    portcullis_libinjection::xss(input)
 }
