@@ -437,7 +437,7 @@ fn read_disposition(value: &[u8], part: &mut Part, flag: &mut dyn FnMut(&'static
             _ => flag("MULTIPART_INVALID_PART"),
         }
     }
-    if !named {
+    if !named || part.name.is_empty() {
         flag("MULTIPART_INVALID_PART");
     }
 }

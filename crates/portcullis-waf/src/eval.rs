@@ -33,7 +33,6 @@ use crate::{Intervention, Match};
 #[derive(Debug, Default)]
 pub struct State {
     pub(crate) tx: HashMap<String, Vec<u8>>,
-    matched_var: Option<(String, Vec<u8>)>,
     matched_vars: Vec<(String, Vec<u8>)>,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
@@ -41,7 +40,9 @@ pub struct State {
     removed_targets_by_tag: Vec<(String, String)>,
     pub(crate) engine: EngineMode,
     pub(crate) body_processor: Option<BodyProcessor>,
-    transformed: HashMap<(u32, u16), Rc<[u8]>>,
+    /// Transformed values by (value id, chain): `None` when the chain left
+    /// the value as it was.
+    transformed: HashMap<(u32, u16), Option<Rc<[u8]>>>,
     set_matches: HashMap<(u32, usize), SetMatches>,
     pub(crate) matches: Vec<Match>,
     pub(crate) intervention: Option<Intervention>,
@@ -75,13 +76,14 @@ impl Value<'_> {
 }
 
 /// Runs `phase` (1–5).
-pub fn run_phase(program: &Program, phase: u8, data: &Data, state: &mut State) {
+pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mut State) {
     if state.engine == EngineMode::Off || state.allowed || state.intervention.is_some() {
         return;
     }
     let Some(items) = program.phases.get(usize::from(phase).wrapping_sub(1)) else { return };
     let mut skip_to: Option<usize> = None;
     let mut skip_next: u32 = 0;
+    let mut cache = PhaseCache { values: vec![None; program.target_sets], any_hit: HashMap::new() };
     for item in items {
         let index = match *item {
             Item::Marker(m) => {
@@ -107,7 +109,7 @@ pub fn run_phase(program: &Program, phase: u8, data: &Data, state: &mut State) {
             continue;
         }
         let mut first: Option<(String, Vec<u8>)> = None;
-        if !eval_link(program, rule, 0, data, state, &mut first) {
+        if !eval_link(program, rule, 0, data, state, &mut cache, &mut first) {
             continue;
         }
         // The whole chain matched: innermost link's actions first.
@@ -158,13 +160,39 @@ fn apply_ctl(ctl: &Ctl, state: &mut State) {
     }
 }
 
+/// What a phase resolves once and every rule shares: the values of each
+/// fixed target set, and per (target set, regex set) which members of the
+/// set match any of those values.
+struct PhaseCache<'d> {
+    values: Vec<Option<Rc<Vec<Value<'d>>>>>,
+    any_hit: HashMap<(u32, usize), Rc<Vec<bool>>>,
+}
+
+/// A transformed value: the original, a cached copy, or a fresh one.
+enum Transformed<'v> {
+    Borrowed(&'v [u8]),
+    Shared(Rc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Transformed<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Borrowed(b) => b,
+            Self::Shared(s) => s,
+            Self::Owned(o) => o,
+        }
+    }
+}
+
 /// Evaluates link `at` of `rule` and, when it matches, the rest of the chain.
-fn eval_link(
-    program: &Program,
-    rule: &Rule,
+fn eval_link<'d>(
+    program: &'d Program,
+    rule: &'d Rule,
     at: usize,
-    data: &Data,
+    data: &'d Data,
     state: &mut State,
+    cache: &mut PhaseCache<'d>,
     first: &mut Option<(String, Vec<u8>)>,
 ) -> bool {
     let link = &rule.links[at];
@@ -173,41 +201,146 @@ fn eval_link(
         for setvar in &link.setvars {
             run_setvar(setvar, rule, data, state);
         }
-        return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, first);
+        return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, cache, first);
+    }
+    // The commonest rule of all, CRS's bookkeeping on one TX variable
+    // (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`): decided without building
+    // values when it does not match.
+    if let [Target { var: Var::Tx, key: Key::Name(name), count: false }] = link.targets.as_slice()
+        && link.chain == 0
+        && !link.multi_match
+        && link.exclusions.is_empty()
+        && let Operator::Num(cmp, param) = &link.operator
+        && !(at == 0 && has_runtime_removals(rule, state))
+    {
+        let hit = match std::str::from_utf8(name).ok().and_then(|n| state.tx.get(n)) {
+            None => false,
+            Some(value) => {
+                let param = operator::stoi(&param.expand(&Ctx { data, state, rule }));
+                operator::compare(*cmp, operator::stoi(value), param) != link.negated
+            }
+        };
+        if !hit {
+            state.matched_vars.clear();
+            return false;
+        }
+    }
+    let shared = match link.target_set {
+        Some(set) if !(at == 0 && has_runtime_removals(rule, state)) => Some(set),
+        _ => None,
+    };
+    let values: Rc<Vec<Value<'d>>> = match shared {
+        Some(set) => {
+            let slot = &mut cache.values[set as usize];
+            match slot {
+                Some(values) => Rc::clone(values),
+                None => {
+                    let values = Rc::new(resolve_targets(rule, link, false, data, state));
+                    *slot = Some(Rc::clone(&values));
+                    values
+                }
+            }
+        }
+        None => Rc::new(resolve_targets(rule, link, at == 0, data, state)),
+    };
+    // One regex-set pass per value tells whether this rule's pattern can
+    // match any of them; most rules end here.
+    if let (Some(ts), Operator::Rx { set: Some((set_id, index)), .. }) = (shared, &link.operator)
+        && !link.negated
+        && !link.multi_match
+    {
+        let hits = match cache.any_hit.get(&(ts, *set_id)) {
+            Some(hits) => Rc::clone(hits),
+            None => {
+                let mut hits = vec![false; program.sets[*set_id].0.len()];
+                for value in values.iter() {
+                    let input = transformed_one(program, link, value, state);
+                    let fresh;
+                    let matches = match value.id {
+                        Some(id) => state
+                            .set_matches
+                            .entry((id, *set_id))
+                            .or_insert_with(|| program.sets[*set_id].0.matches(input.as_ref())),
+                        None => {
+                            fresh = program.sets[*set_id].0.matches(input.as_ref());
+                            &fresh
+                        }
+                    };
+                    for m in matches.iter() {
+                        hits[m] = true;
+                    }
+                }
+                let hits = Rc::new(hits);
+                cache.any_hit.insert((ts, *set_id), Rc::clone(&hits));
+                hits
+            }
+        };
+        if !hits[*index] {
+            state.matched_vars.clear();
+            return false;
+        }
     }
     let mut matched = false;
-    let values = resolve_targets(rule, link, at == 0, data, state);
-    for value in &values {
-        for candidate in transformed(program, link, value, state) {
-            if !operate(program, rule, link, value, &candidate, data, state) {
-                continue;
+    for value in values.iter() {
+        if link.multi_match {
+            for candidate in transformed_all(program, link, value) {
+                matched |= on_value(program, rule, link, value, &candidate, data, state, first);
             }
-            matched = true;
-            let name = value.name();
-            if first.is_none() {
-                *first = Some((name.clone(), value.value.to_vec()));
-            }
-            state.matched_var = Some((name.clone(), candidate.to_vec()));
-            state.matched_vars.push((name, candidate.to_vec()));
-            for setvar in &link.setvars {
-                run_setvar(setvar, rule, data, state);
-            }
+        } else {
+            let candidate = transformed_one(program, link, value, state);
+            matched |= on_value(program, rule, link, value, candidate.as_ref(), data, state, first);
         }
     }
     if !matched {
-        state.matched_var = None;
         state.matched_vars.clear();
         return false;
     }
     if at + 1 < rule.links.len() {
-        return eval_link(program, rule, at + 1, data, state, first);
+        return eval_link(program, rule, at + 1, data, state, cache, first);
     }
     true
 }
 
+/// Runs the operator on one (transformed) value; on a match, records it and
+/// runs the link's `setvar`s.
+#[allow(clippy::too_many_arguments)]
+fn on_value(
+    program: &Program,
+    rule: &Rule,
+    link: &Link,
+    value: &Value<'_>,
+    candidate: &[u8],
+    data: &Data,
+    state: &mut State,
+    first: &mut Option<(String, Vec<u8>)>,
+) -> bool {
+    if !operate(program, rule, link, value, candidate, data, state) {
+        return false;
+    }
+    let name = value.name();
+    if first.is_none() {
+        *first = Some((name.clone(), if rule.log { value.value.to_vec() } else { Vec::new() }));
+    }
+    // MATCHED_VAR and MATCHED_VAR_NAME are the last of MATCHED_VARS: both
+    // are set on every match and cleared together.
+    state.matched_vars.push((name, candidate.to_vec()));
+    for setvar in &link.setvars {
+        run_setvar(setvar, rule, data, state);
+    }
+    true
+}
+
+/// Whether `ctl:ruleRemoveTarget…` has touched this rule in this transaction.
+fn has_runtime_removals(rule: &Rule, state: &State) -> bool {
+    (!state.removed_targets_by_id.is_empty()
+        && state.removed_targets_by_id.iter().any(|((a, z), _)| rule.id != 0 && (*a..=*z).contains(&rule.id)))
+        || (!state.removed_targets_by_tag.is_empty()
+            && state.removed_targets_by_tag.iter().any(|(tag, _)| rule.tags.iter().any(|t| t == tag)))
+}
+
 /// The values a link inspects, minus its exclusions.
-fn resolve_targets<'d>(rule: &Rule, link: &Link, head: bool, data: &'d Data, state: &State) -> Vec<Value<'d>> {
-    let mut out = Vec::new();
+fn resolve_targets<'d>(rule: &Rule, link: &'d Link, head: bool, data: &'d Data, state: &State) -> Vec<Value<'d>> {
+    let mut out = Vec::with_capacity(8);
     for target in &link.targets {
         if head && target_removed(rule, target.var, None, state) {
             continue;
@@ -279,7 +412,7 @@ fn owned<'d>(var: Var, key: &[u8], value: Vec<u8>, out: &mut Vec<Value<'d>>) {
     out.push(Value { var, key: Cow::Owned(key.to_vec()), value: Cow::Owned(value), id: None });
 }
 
-fn resolve<'d>(target: &Target, data: &'d Data, state: &State, out: &mut Vec<Value<'d>>) {
+fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<Value<'d>>) {
     let key = &target.key;
     match target.var {
         Var::Args => {
@@ -340,6 +473,18 @@ fn resolve<'d>(target: &Target, data: &'d Data, state: &State, out: &mut Vec<Val
             }
         }
         Var::Tx => {
+            if let Key::Name(name) = key {
+                // Keys are stored lower-case, as selectors are.
+                if let Some(value) = std::str::from_utf8(name).ok().and_then(|n| state.tx.get(n)) {
+                    out.push(Value {
+                        var: Var::Tx,
+                        key: Cow::Borrowed(name),
+                        value: Cow::Owned(value.clone()),
+                        id: None,
+                    });
+                }
+                return;
+            }
             let mut found: Vec<(&String, &Vec<u8>)> =
                 state.tx.iter().filter(|(k, _)| key.selects(k.as_bytes())).collect();
             found.sort_by(|a, b| a.0.cmp(b.0));
@@ -348,12 +493,12 @@ fn resolve<'d>(target: &Target, data: &'d Data, state: &State, out: &mut Vec<Val
             }
         }
         Var::MatchedVar => {
-            if let Some((_, v)) = &state.matched_var {
+            if let Some((_, v)) = state.matched_vars.last() {
                 owned(Var::MatchedVar, b"", v.clone(), out);
             }
         }
         Var::MatchedVarName => {
-            if let Some((n, _)) = &state.matched_var {
+            if let Some((n, _)) = state.matched_vars.last() {
                 owned(Var::MatchedVarName, b"", n.clone().into_bytes(), out);
             }
         }
@@ -403,38 +548,67 @@ fn resolve<'d>(target: &Target, data: &'d Data, state: &State, out: &mut Vec<Val
     }
 }
 
-/// The value(s) the operator sees: the fully transformed value, or with
-/// `multiMatch` the original and every step that changed it.
-fn transformed<'v>(program: &Program, link: &Link, value: &'v Value<'_>, state: &mut State) -> Vec<Cow<'v, [u8]>> {
+/// With `multiMatch`: the original value and every transformation step
+/// that changed it.
+fn transformed_all<'v>(program: &Program, link: &Link, value: &'v Value<'_>) -> Vec<Cow<'v, [u8]>> {
     let chain = &program.chains[usize::from(link.chain)];
-    if link.multi_match {
-        let mut out: Vec<Cow<'v, [u8]>> = vec![Cow::Borrowed(&value.value)];
-        let mut current: Vec<u8> = value.value.to_vec();
-        for t in chain {
-            let next = t.apply(&current).into_owned();
-            if next != current {
-                out.push(Cow::Owned(next.clone()));
-                current = next;
-            }
-        }
-        return out;
-    }
-    if chain.is_empty() {
-        return vec![Cow::Borrowed(&value.value)];
-    }
-    if let Some(id) = value.id
-        && let Some(done) = state.transformed.get(&(id, link.chain))
-    {
-        return vec![Cow::Owned(done.to_vec())];
-    }
-    let mut current: Cow<'_, [u8]> = Cow::Borrowed(&value.value);
+    let mut out: Vec<Cow<'v, [u8]>> = vec![Cow::Borrowed(&value.value)];
+    let mut current: Vec<u8> = value.value.to_vec();
     for t in chain {
-        current = Cow::Owned(t.apply(&current).into_owned());
+        let next = t.apply(&current).into_owned();
+        if next != current {
+            out.push(Cow::Owned(next.clone()));
+            current = next;
+        }
     }
-    if let Some(id) = value.id {
-        state.transformed.insert((id, link.chain), Rc::from(current.as_ref()));
+    out
+}
+
+/// The fully transformed value, computed once per value and chain.
+fn transformed_one<'v>(program: &Program, link: &Link, value: &'v Value<'_>, state: &mut State) -> Transformed<'v> {
+    along_chain(program, link.chain, value, state)
+}
+
+/// `value` through chain `chain`: its prefix first (cached like every
+/// chain), then the chain's last transformation.
+fn along_chain<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &mut State) -> Transformed<'v> {
+    let Some((parent, last)) = program.parents[usize::from(chain)] else {
+        return Transformed::Borrowed(&value.value);
+    };
+    if let Some(id) = value.id
+        && let Some(done) = state.transformed.get(&(id, chain))
+    {
+        return match done {
+            Some(shared) => Transformed::Shared(Rc::clone(shared)),
+            None => Transformed::Borrowed(&value.value),
+        };
     }
-    vec![Cow::Owned(current.into_owned())]
+    let base = along_chain(program, parent, value, state);
+    let changed = match last.apply(base.as_ref()) {
+        Cow::Owned(o) if o != base.as_ref() => Some(o),
+        Cow::Owned(_) => None,
+        // `trim` borrows a shorter slice of its input.
+        Cow::Borrowed(b) if b.len() != base.as_ref().len() => Some(b.to_vec()),
+        Cow::Borrowed(_) => None,
+    };
+    match (changed, value.id) {
+        (None, id) => {
+            if let Some(id) = id {
+                let entry = match &base {
+                    Transformed::Shared(shared) => Some(Rc::clone(shared)),
+                    _ => None,
+                };
+                state.transformed.insert((id, chain), entry);
+            }
+            base
+        }
+        (Some(o), Some(id)) => {
+            let shared: Rc<[u8]> = Rc::from(o);
+            state.transformed.insert((id, chain), Some(Rc::clone(&shared)));
+            Transformed::Shared(shared)
+        }
+        (Some(o), None) => Transformed::Owned(o),
+    }
 }
 
 /// Whether the link's operator matches `input` (negation applied), setting
@@ -569,9 +743,9 @@ impl Resolve for Ctx<'_> {
             ("RULE", Some("severity")) => self.rule.severity.map(|s| s.to_string().into_bytes()).unwrap_or_default(),
             ("RULE", _) => Vec::new(),
             ("TX", Some(k)) => self.state.tx.get(k).cloned().unwrap_or_default(),
-            ("MATCHED_VAR", None) => self.state.matched_var.as_ref().map(|(_, v)| v.clone()).unwrap_or_default(),
+            ("MATCHED_VAR", None) => self.state.matched_vars.last().map(|(_, v)| v.clone()).unwrap_or_default(),
             ("MATCHED_VAR_NAME", None) => {
-                self.state.matched_var.as_ref().map(|(n, _)| n.clone().into_bytes()).unwrap_or_default()
+                self.state.matched_vars.last().map(|(n, _)| n.clone().into_bytes()).unwrap_or_default()
             }
             (name, key) => {
                 let Some(parsed) = zentinel_modsec::parser::VariableName::from_str(name) else { return Vec::new() };
@@ -581,7 +755,8 @@ impl Resolve for Ctx<'_> {
                     None => Key::All,
                 };
                 let mut out = Vec::new();
-                resolve(&Target { var, key, count: false }, self.data, self.state, &mut out);
+                let target = Target { var, key, count: false };
+                resolve(&target, self.data, self.state, &mut out);
                 out.into_iter().next().map(|v| v.value.into_owned()).unwrap_or_default()
             }
         }

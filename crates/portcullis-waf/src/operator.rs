@@ -102,11 +102,16 @@ fn first_line(text: &str) -> String {
     text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(text).trim().to_owned()
 }
 
-/// PCRE spellings the regex crate reads differently: `\x{HH}` (≤ 0xff) → `\xHH`.
+/// PCRE spellings the regex crate reads differently: `\x{HH}` (≤ 0xff)
+/// becomes `\xHH`, and outside multi-line mode a `$` outside a character
+/// class becomes `\n?\z`, because PCRE's `$` also matches before a final
+/// newline (`who$` matches `time who\n`) and the regex crate's does not.
 #[must_use]
 pub fn rewrite_pcre(pattern: &str) -> String {
+    let multiline = pattern.contains("(?m") || pattern.contains("(?im") || pattern.contains("(?sm");
     let bytes = pattern.as_bytes();
-    let mut out = String::with_capacity(pattern.len());
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut in_class = false;
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && i + 1 < bytes.len() {
@@ -120,9 +125,34 @@ pub fn rewrite_pcre(pattern: &str) -> String {
                 i += 4 + close;
                 continue;
             }
-            out.push_str(&pattern[i..i + 2]);
-            i += 2;
+            let len = pattern[i + 1..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&pattern[i..i + 1 + len]);
+            i += 1 + len;
             continue;
+        }
+        match bytes[i] {
+            b'[' if !in_class => {
+                in_class = true;
+                out.push('[');
+                i += 1;
+                // A `]` (after an optional `^`) right at the start is a literal.
+                if bytes.get(i) == Some(&b'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if bytes.get(i) == Some(&b']') {
+                    out.push(']');
+                    i += 1;
+                }
+                continue;
+            }
+            b']' if in_class => in_class = false,
+            b'$' if !in_class && !multiline => {
+                out.push_str(r"\n?\z");
+                i += 1;
+                continue;
+            }
+            _ => {}
         }
         let ch_len = pattern[i..].chars().next().map_or(1, char::len_utf8);
         out.push_str(&pattern[i..i + ch_len]);
@@ -275,6 +305,10 @@ mod tests {
     #[test]
     fn pcre_spellings_are_rewritten_and_bytes_match_as_bytes() {
         assert_eq!(rewrite_pcre(r"[\x{0}-\x{1f}\x{7f}]"), r"[\x00-\x1F\x7F]");
+        assert_eq!(rewrite_pcre(r"^a$|[$]\$"), r"^a\n?\z|[$]\$");
+        assert!(compile_regex(r"who$").unwrap().is_match(b"time who\n"));
+        assert!(!compile_regex(r"who$").unwrap().is_match(b"who\nx"));
+        assert!(compile_regex(r"(?m)^b$").unwrap().is_match(b"a\nb\nc"));
         let re = compile_regex(r"(?i)[\x{80}-\x{ff}]|sel.ct").unwrap();
         assert!(re.is_match(b"\xe9"));
         assert!(re.is_match(b"SEL\xffCT"));

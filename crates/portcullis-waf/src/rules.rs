@@ -40,12 +40,19 @@ pub struct Program {
     pub phases: [Vec<Item>; 5],
     /// The rules.
     pub rules: Vec<Rule>,
-    /// Transformation chains by id.
+    /// Transformation chains by id (0: none); every prefix of a chain is
+    /// a chain too.
     pub chains: Vec<Vec<Transform>>,
+    /// Each chain's longest proper prefix and its last transformation
+    /// (`None` for chain 0): a value is transformed along the prefix tree,
+    /// sharing every common prefix.
+    pub parents: Vec<Option<(u16, Transform)>>,
     /// Regex sets by id, with the chain they apply to.
     pub sets: Vec<(RegexSet, u16)>,
     /// `SecRuleEngine`
     pub engine: EngineMode,
+    /// How many distinct fixed target sets links have.
+    pub target_sets: usize,
 }
 
 /// One step of a phase.
@@ -140,6 +147,10 @@ pub struct Link {
     pub skip_after: Option<usize>,
     /// `skip:N`
     pub skip: u32,
+    /// When every target is request data fixed for a phase (no `TX`,
+    /// `MATCHED_*`, counts): an id shared by every link with the same
+    /// targets and exclusions, under which a transaction resolves them once.
+    pub target_set: Option<u32>,
 }
 
 /// A target variable, possibly narrowed to keys.
@@ -350,6 +361,32 @@ impl Var {
         })
     }
 
+    /// Whether the variable's values are fixed for a phase: request data,
+    /// not transaction state.
+    const fn is_fixed(self) -> bool {
+        matches!(
+            self,
+            Self::Args
+                | Self::ArgsGet
+                | Self::ArgsPost
+                | Self::ArgsNames
+                | Self::ArgsGetNames
+                | Self::ArgsPostNames
+                | Self::ArgsCombinedSize
+                | Self::RequestHeaders
+                | Self::RequestHeadersNames
+                | Self::RequestCookies
+                | Self::RequestCookiesNames
+                | Self::Scalar(_)
+                | Self::Files
+                | Self::FilesNames
+                | Self::FilesSizes
+                | Self::FilesCombinedSize
+                | Self::MultipartPartHeaders
+                | Self::Xml
+        )
+    }
+
     /// Collections take keys; the others are single values.
     const fn is_collection(self) -> bool {
         matches!(
@@ -456,8 +493,10 @@ const HARMLESS_DIRECTIVES: &[&str] = &[
 struct Builder<'a> {
     options: &'a Options,
     chains: Vec<Vec<Transform>>,
+    parents: Vec<Option<(u16, Transform)>>,
     markers: Vec<String>,
     problems: Vec<RuleError>,
+    target_sets: HashMap<String, u32>,
     data_files: HashMap<PathBuf, Vec<String>>,
 }
 
@@ -469,8 +508,10 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
     let mut b = Builder {
         options,
         chains: vec![Vec::new()],
+        parents: vec![None],
         markers: Vec::new(),
         problems: Vec::new(),
+        target_sets: HashMap::new(),
         data_files: HashMap::new(),
     };
     let mut rules: Vec<Rule> = Vec::new();
@@ -596,6 +637,15 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             }
         }
     }
+    // Fixed target sets, now that every exclusion is in place.
+    for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+        if link.targets.iter().all(|t| !t.count && t.var.is_fixed()) {
+            let signature = format!("{:?}{:?}", link.targets, link.exclusions);
+            let next = u32::try_from(b.target_sets.len())
+                .map_err(|_| LoadError::Directive("too many distinct target sets".into()))?;
+            link.target_set = Some(*b.target_sets.entry(signature).or_insert(next));
+        }
+    }
     let removed: Vec<bool> =
         rules.iter().map(|r| r.id != 0 && removals.iter().any(|(a, z)| (*a..=*z).contains(&u64::from(r.id)))).collect();
     if !b.problems.is_empty() {
@@ -659,7 +709,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             }
         }
     }
-    Ok(Program { phases, rules, chains: b.chains, sets, engine })
+    Ok(Program { phases, rules, chains: b.chains, parents: b.parents, sets, engine, target_sets: b.target_sets.len() })
 }
 
 impl Builder<'_> {
@@ -786,14 +836,7 @@ impl Builder<'_> {
                 | Action::Disruptive(_) => {}
             }
         }
-        let chain = match self.chains.iter().position(|c| *c == transforms) {
-            Some(at) => at,
-            None => {
-                self.chains.push(transforms);
-                self.chains.len() - 1
-            }
-        };
-        let chain = u16::try_from(chain).map_err(|_| "too many distinct transformation chains".to_owned())?;
+        let chain = self.chain(&transforms)?;
         let negated = rule.operator.negated;
         let operator = self.operator(rule)?;
         Ok(Link {
@@ -808,7 +851,21 @@ impl Builder<'_> {
             ctls,
             skip_after,
             skip,
+            // Assigned once exclusions from configuration are in (`compile`).
+            target_set: None,
         })
+    }
+
+    /// The id of a transformation chain, registering it and its prefixes.
+    fn chain(&mut self, transforms: &[Transform]) -> Result<u16, String> {
+        if let Some(at) = self.chains.iter().position(|c| c == transforms) {
+            return u16::try_from(at).map_err(|_| "too many distinct transformation chains".to_owned());
+        }
+        let Some((last, prefix)) = transforms.split_last() else { return Ok(0) };
+        let parent = self.chain(prefix)?;
+        self.chains.push(transforms.to_vec());
+        self.parents.push(Some((parent, *last)));
+        u16::try_from(self.chains.len() - 1).map_err(|_| "too many distinct transformation chains".to_owned())
     }
 
     fn target(&mut self, spec: &VariableSpec) -> Result<Target, String> {

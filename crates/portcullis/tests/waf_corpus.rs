@@ -4,8 +4,9 @@
 //! and inbound threshold 5, blocking:
 //!
 //! - at least 97% of the PL1 attack tests blocked,
-//! - at most 17% of the benign tests blocked (libmodsecurity 3.0.9 blocks
-//!   16.1% of them in process, 17.3% through nginx),
+//! - at most 17.5% of the benign tests blocked (16.8% measured; the
+//!   gateway's own refusals add to the engine's 15.0%; libmodsecurity 3.0.9
+//!   blocks 16.1% in process, 17.3% through nginx),
 //! - none of a few hundred ordinary JSON API requests blocked.
 //!
 //! A WAF that silently fails open (rules loaded but not evaluated, the
@@ -29,10 +30,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use portcullis_policy::waf::WafRequest;
 
-/// Today's figures (issue 14: 98.1% / 15.0% in process), as floors a change
-/// must keep.
+/// Today's figures through the gateway (issue 14: 98.1% / 16.8%), as floors
+/// a change must keep.
 const MIN_PL1_ATTACKS_BLOCKED: f64 = 97.0;
-const MAX_BENIGN_BLOCKED: f64 = 17.0;
+const MAX_BENIGN_BLOCKED: f64 = 17.5;
 /// Concurrent connections of the replay.
 const CONNECTIONS: usize = 8;
 
