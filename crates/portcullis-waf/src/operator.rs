@@ -93,7 +93,6 @@ pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(&rewritten)
         .unicode(false)
         .size_limit(64 << 20)
-        .dfa_size_limit(16 << 20)
         .build()
         .map_err(|e| format!("the @rx operator does not compile: {}", first_line(&e.to_string())))
 }

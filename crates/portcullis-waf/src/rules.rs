@@ -698,7 +698,9 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
         let set = RegexSetBuilder::new(patterns)
             .unicode(false)
             .size_limit(256 << 20)
-            .dfa_size_limit(64 << 20)
+            // The lazy DFA's cache per search thread: enough that a set of
+            // a hundred patterns does not thrash on ordinary values.
+            .dfa_size_limit(8 << 20)
             .build()
             .map_err(|e| LoadError::Directive(format!("regex set does not build: {e}")))?;
         let set_id = sets.len();

@@ -86,6 +86,8 @@ fn main() {
     }
     let mut results: Vec<serde_json::Value> = Vec::new();
     let mut decisions: Vec<(String, Vec<bool>)> = Vec::new();
+    // Per engine and test: the attack rules reported (all stages) and the last score.
+    let mut findings: Vec<Vec<Finding>> = Vec::new();
     let values = args.benign.as_ref().map(|path| benign_values(path));
     let mut benign_reports = Vec::new();
     for name in &args.engines {
@@ -107,6 +109,9 @@ fn main() {
             tally.record(test, outcome);
         }
         let secs = started.elapsed().as_secs_f64();
+        if !args.engines.is_empty() && findings.len() < 2 {
+            findings.push(corpus.tests.iter().map(|test| finding(engine.as_ref(), test)).collect());
+        }
         for test in corpus.tests.iter().filter(|t| args.explain.contains(&t.name)) {
             for (k, stage) in test.stages.iter().enumerate() {
                 let verdict = ftw::to_waf_request(stage).map(|r| engine.inspect(&r));
@@ -121,7 +126,13 @@ fn main() {
         results.push(report(&label, &tally, secs, &BTreeMap::new(), Some(loaded.as_secs_f64())));
     }
     let differential = match decisions.as_slice() {
-        [(a, a_blocked), (b, b_blocked), ..] => Some(differential(&corpus, (a, a_blocked), (b, b_blocked))),
+        [(a, a_blocked), (b, b_blocked), ..] => {
+            let mut report = differential(&corpus, (a, a_blocked), (b, b_blocked));
+            if let [fa, fb] = findings.as_slice() {
+                report["rules_and_scores"] = compare_findings(&corpus, a_blocked, b_blocked, fa, fb);
+            }
+            Some(report)
+        }
         _ => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -210,6 +221,74 @@ fn differential(
         "same_decision_pct": pct,
         "blocked_only_by_first": only_a,
         "blocked_only_by_second": only_b,
+    })
+}
+
+/// What an engine reported for one test: the attack rules and the score.
+struct Finding {
+    rules: std::collections::BTreeSet<u32>,
+    score: Option<i32>,
+}
+
+fn finding(engine: &dyn waf::Engine, test: &ftw::Test) -> Finding {
+    let mut rules = std::collections::BTreeSet::new();
+    let mut score = None;
+    for stage in &test.stages {
+        if let Ok(Ok(verdict)) = ftw::to_waf_request(stage).map(|r| engine.inspect(&r)) {
+            rules.extend(verdict.matches.iter().map(|m| m.id));
+            if verdict.intervened {
+                score = verdict.score;
+            }
+        }
+    }
+    Finding { rules, score }
+}
+
+/// Among the tests both engines blocked: how often they name the same
+/// attack rules, and the same anomaly score (the reference only reports a
+/// score when it intervenes).
+fn compare_findings(
+    corpus: &ftw::Corpus,
+    a_blocked: &[bool],
+    b_blocked: &[bool],
+    a: &[Finding],
+    b: &[Finding],
+) -> serde_json::Value {
+    let mut both = 0;
+    let mut same_rules = 0;
+    let mut same_score = 0;
+    let mut differing: Vec<String> = Vec::new();
+    for (k, test) in corpus.tests.iter().enumerate() {
+        if !(a_blocked[k] && b_blocked[k]) {
+            continue;
+        }
+        both += 1;
+        let rules = a[k].rules == b[k].rules;
+        // The reference reports no score when a rule other than the scoring
+        // one intervened (a body it could not read): as good as 0.
+        let score = a[k].score.unwrap_or(0) == b[k].score.unwrap_or(0);
+        same_rules += usize::from(rules);
+        same_score += usize::from(score);
+        if !(rules && score) && differing.len() < 400 {
+            differing
+                .push(format!("{}: {:?}/{:?} vs {:?}/{:?}", test.name, a[k].rules, a[k].score, b[k].rules, b[k].score));
+        }
+    }
+    let rules_pct = round1(ftw::Tally::pct(same_rules, both));
+    let score_pct = round1(ftw::Tally::pct(same_score, both));
+    println!(
+        "of the {both} tests both engines block: the same attack rules in {rules_pct}% ({same_rules}), the same anomaly score in {score_pct}% ({same_score})"
+    );
+    for line in differing.iter().take(12) {
+        println!("  {line}");
+    }
+    serde_json::json!({
+        "blocked_by_both": both,
+        "same_rules": same_rules,
+        "same_rules_pct": rules_pct,
+        "same_score": same_score,
+        "same_score_pct": score_pct,
+        "first_differences": differing,
     })
 }
 

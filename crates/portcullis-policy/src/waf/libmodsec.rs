@@ -22,9 +22,10 @@
 //!   403 once the inbound anomaly score reaches the threshold).
 //! - The rules that matched come from the library's per-transaction log
 //!   messages (`[id "942100"]`, ``against variable `ARGS:q'``, `[data
-//!   "Matched Data: …"]`); as with the other engine only attack rules (ids
-//!   911000–944999) on request data are reported, never CRS's bookkeeping on
-//!   `TX`. The anomaly score is read from 949110's message (`Total Score: N`)
+//!   "Matched Data: …"]`); as with the other engines only attack rules (ids
+//!   911000–944999) are reported (CRS's bookkeeping is `nolog` and logs no
+//!   message); a chain whose last link reads `TX` reports that location.
+//!   The anomaly score is read from 949110's message (`Total Score: N`)
 //!   and is only known when it intervened.
 //!
 //! Thread safety: the library's rule set and engine instance are shared by
@@ -164,9 +165,6 @@ fn parse_message(message: &str) -> Option<RuleMatch> {
         .filter(|c| !c.is_control())
         .take(LOCATION_CHARS)
         .collect();
-    if location.starts_with("TX") {
-        return None;
-    }
     let value = between(message, "[data \"Matched Data: ", " found within ")
         .or_else(|| between(message, "' (Value: `", "' )"))
         .unwrap_or_default();

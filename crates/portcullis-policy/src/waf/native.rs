@@ -11,8 +11,9 @@
 //! - A rule the engine cannot run fully is a load error unless its id is
 //!   allowed by the configuration.
 //! - The verdict is the engine's intervention; the matches reported are the
-//!   attack rules (ids 911000–944999) that matched request data, never
-//!   CRS's bookkeeping on `TX`; the score is CRS's inbound anomaly score.
+//!   attack rules (ids 911000–944999) that matched and log (CRS's
+//!   bookkeeping rules are `nolog`), with where their first link matched;
+//!   the score is CRS's inbound anomaly score.
 
 use super::crs::RuleSet;
 use super::{Engine, EngineError, LoadError, Profile, RuleLoadError, RuleMatch, Verdict, category, snippet};
@@ -89,7 +90,7 @@ impl Engine for Native {
         });
         let mut matches: Vec<RuleMatch> = Vec::new();
         for found in &outcome.matches {
-            if !found.logged || category(found.id).is_none() || found.location.starts_with("TX") {
+            if !found.logged || category(found.id).is_none() {
                 continue;
             }
             if matches.iter().any(|m| m.id == found.id && m.location == found.location) {
