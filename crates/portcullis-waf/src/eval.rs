@@ -53,7 +53,18 @@ impl State {
     /// A fresh transaction in `engine` mode.
     #[must_use]
     pub fn new(engine: EngineMode) -> Self {
-        Self { engine, ..Self::default() }
+        // Sized for CRS v4 at PL1 on an ordinary request (about 70 TX
+        // variables, a few hundred transformed values and set passes), so
+        // the maps do not grow rule by rule.
+        Self {
+            engine,
+            tx: HashMap::with_capacity(128),
+            transformed: HashMap::with_capacity(512),
+            set_matches: HashMap::with_capacity(256),
+            matches: Vec::with_capacity(64),
+            matched_vars: Vec::with_capacity(8),
+            ..Self::default()
+        }
     }
 }
 
