@@ -17,6 +17,8 @@
 
 use std::net::IpAddr;
 
+use crate::transform::{hex_value, url_decode};
+
 /// One request, as the embedding server hands it over.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -254,8 +256,9 @@ impl Data {
                 Some(at) => (&piece[..at], &piece[at + 1..]),
                 None => (piece, &b""[..]),
             };
-            let key = url_decode_lenient(key);
-            let value = url_decode_lenient(value);
+            // `+` is a space, `%XX` a byte, a malformed `%` kept.
+            let key = url_decode(key, false);
+            let value = url_decode(value, false);
             let entry = self.entry(key, value);
             out.push(entry);
         }
@@ -266,16 +269,7 @@ impl Data {
     pub fn add_body(&mut self, body: &[u8], processor: Option<BodyProcessor>, content_type: Option<&[u8]>) {
         self.scalar(Scalar::Body, body.to_vec());
         self.scalar(Scalar::BodyLength, body.len().to_string().into_bytes());
-        let processor = processor.or_else(|| {
-            let ct = content_type?.to_ascii_lowercase();
-            if ct.starts_with(b"application/x-www-form-urlencoded") {
-                Some(BodyProcessor::UrlEncoded)
-            } else if ct.starts_with(b"multipart/form-data") {
-                Some(BodyProcessor::Multipart)
-            } else {
-                None
-            }
-        });
+        let processor = processor.or_else(|| default_processor(content_type));
         self.body_processor = processor;
         // An empty body has nothing for a processor to read, except that an
         // XML document must have a root element.
@@ -351,6 +345,20 @@ impl Data {
     }
 }
 
+/// The processor a content type selects on its own (URL-encoded and
+/// multipart; JSON and XML only when a rule asks).
+#[must_use]
+pub fn default_processor(content_type: Option<&[u8]>) -> Option<BodyProcessor> {
+    let ct = content_type?.to_ascii_lowercase();
+    if ct.starts_with(b"application/x-www-form-urlencoded") {
+        Some(BodyProcessor::UrlEncoded)
+    } else if ct.starts_with(b"multipart/form-data") {
+        Some(BodyProcessor::Multipart)
+    } else {
+        None
+    }
+}
+
 /// The flags `MULTIPART_STRICT_ERROR` sums up.
 const STRICT_FLAGS: &[&str] = &[
     "MULTIPART_BOUNDARY_QUOTED",
@@ -374,7 +382,7 @@ fn uri_decode(input: &[u8]) -> Vec<u8> {
     while i < input.len() {
         if input[i] == b'%'
             && i + 2 < input.len()
-            && let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2]))
+            && let (Some(h), Some(l)) = (hex_value(input[i + 1]), hex_value(input[i + 2]))
         {
             out.push(h << 4 | l);
             i += 3;
@@ -400,46 +408,6 @@ fn strip_authority(decoded: Vec<u8>) -> Vec<u8> {
         Some(at) => decoded[from + at..].to_vec(),
         None => decoded,
     }
-}
-
-const fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// URL decoding of arguments: `+` is a space, `%XX` a byte, a malformed
-/// `%` kept.
-fn url_decode_lenient(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'%' => {
-                if i + 2 < input.len()
-                    && let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2]))
-                {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-                i += 1;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

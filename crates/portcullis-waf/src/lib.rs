@@ -151,7 +151,7 @@ impl Waf {
         let mut data = data::Data::from_request(request);
         let content_type = data.header("content-type").map(<[u8]>::to_vec);
         let mut state = eval::State::new(self.program.engine);
-        data.body_processor = default_processor(content_type.as_deref());
+        data.body_processor = data::default_processor(content_type.as_deref());
         eval::run_phase(&self.program, 1, &data, &mut state);
         if state.intervention.is_none() && !state.allowed && state.engine != EngineMode::Off {
             let processor = state
@@ -171,19 +171,6 @@ impl Waf {
             inbound_score: score,
             body_error: data.body_error,
         }
-    }
-}
-
-/// The processor a content type selects on its own (URL-encoded and
-/// multipart; JSON and XML only when a rule asks).
-fn default_processor(content_type: Option<&[u8]>) -> Option<BodyProcessor> {
-    let ct = content_type?.to_ascii_lowercase();
-    if ct.starts_with(b"application/x-www-form-urlencoded") {
-        Some(BodyProcessor::UrlEncoded)
-    } else if ct.starts_with(b"multipart/form-data") {
-        Some(BodyProcessor::Multipart)
-    } else {
-        None
     }
 }
 

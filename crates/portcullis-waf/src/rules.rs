@@ -538,8 +538,8 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
                             rules.push(head);
                         }
                     }
-                    None => match b.rule(&rule) {
-                        Ok(head) => {
+                    None => {
+                        if let Some(head) = b.head(&rule) {
                             if chained {
                                 pending = Some(head);
                             } else {
@@ -547,12 +547,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
                                 rules.push(head);
                             }
                         }
-                        Err(problem) => {
-                            let id = rule.id().and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
-                            let allowed = b.allowed(id);
-                            b.problem(id, &rule, problem, allowed);
-                        }
-                    },
+                    }
                 }
             }
             Directive::SecAction(action) => {
@@ -566,16 +561,9 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
                     actions: action.actions,
                     location: action.location,
                 };
-                match b.rule(&rule) {
-                    Ok(head) => {
-                        order.push(Item::Rule(rules.len()));
-                        rules.push(head);
-                    }
-                    Err(problem) => {
-                        let id = rule.id().and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
-                        let allowed = b.allowed(id);
-                        b.problem(id, &rule, problem, allowed);
-                    }
+                if let Some(head) = b.head(&rule) {
+                    order.push(Item::Rule(rules.len()));
+                    rules.push(head);
                 }
             }
             Directive::SecMarker(marker) => {
@@ -722,6 +710,19 @@ impl Builder<'_> {
     fn problem(&mut self, id: u32, rule: &SecRule, problem: String, allowed: bool) {
         if !allowed {
             self.problems.push(RuleError { id: (id != 0).then_some(id), location: rule.location.to_string(), problem });
+        }
+    }
+
+    /// A chain's first rule, or `None` with its problem recorded.
+    fn head(&mut self, rule: &SecRule) -> Option<Rule> {
+        match self.rule(rule) {
+            Ok(head) => Some(head),
+            Err(problem) => {
+                let id = rule.id().and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
+                let allowed = self.allowed(id);
+                self.problem(id, rule, problem, allowed);
+                None
+            }
         }
     }
 

@@ -188,7 +188,7 @@ pub const fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
-const fn hex_value(b: u8) -> Option<u8> {
+pub(crate) const fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
@@ -215,7 +215,9 @@ fn unicode_low_byte(h: &[u8]) -> u8 {
     c
 }
 
-fn url_decode(input: &[u8], uni: bool) -> Vec<u8> {
+/// `%XX` (and with `uni` `%uHHHH`) decoded, `+` as a space, a malformed
+/// `%` kept.
+pub(crate) fn url_decode(input: &[u8], uni: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
