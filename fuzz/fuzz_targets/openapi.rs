@@ -75,6 +75,12 @@ fuzz_target!(|data: &[u8]| {
         ("GET" | "HEAD" | "DELETE", ["api", "orders", id]) if *id != "mine" => {
             let raw = path.rsplit('/').next().unwrap_or_default();
             let decoded = String::from_utf8(portcullis_fuzz::percent_decode(raw)).unwrap();
+            // The schema is `integer, minimum 1` without a format: any size.
+            let digits = decoded.strip_prefix('+').unwrap_or(&decoded);
+            if digits.len() > 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+                assert!(digits.bytes().any(|b| b != b'0'), "id {decoded:?}");
+                return;
+            }
             let n: i64 = decoded.parse().unwrap_or_else(|_| panic!("id {decoded:?} is not an integer"));
             assert!(n >= 1, "id {n}");
         }
