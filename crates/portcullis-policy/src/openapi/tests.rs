@@ -244,6 +244,23 @@ fn requests_are_validated_field_by_field() {
         ),
         (Method::GET, "/api/flags?on=false&ratio=0.5", &[], None, None),
         (Method::POST, "/api/orders", &json_ct, Some(r#"{"sku":"abc","quantity":2}"#), None),
+        // OpenAPI 3.0 integers are draft 4's: no fraction or exponent written,
+        // except past i64, where the parsed float has lost its spelling.
+        (Method::POST, "/api/orders", &json_ct, Some(r#"{"sku":"abc","quantity":1e30}"#), None),
+        (
+            Method::POST,
+            "/api/orders",
+            &json_ct,
+            Some(r#"{"sku":"abc","quantity":2.0}"#),
+            Some(("openapi.invalid", "body.quantity", "expected integer")),
+        ),
+        (
+            Method::POST,
+            "/api/orders",
+            &json_ct,
+            Some(r#"{"sku":"abc","quantity":1.5}"#),
+            Some(("openapi.invalid", "body.quantity", "expected integer")),
+        ),
         (
             Method::POST,
             "/api/orders",
