@@ -32,6 +32,15 @@
 //! - The engine sees the request target as the client sent it, before path
 //!   normalization: CRS has its own decoding and looks for the traversal
 //!   sequences normalization removes.
+//! - On a route with `responses` on, the upstream's response continues the
+//!   request's transaction through phases 3 and 4: its head always, its
+//!   body when the media type is one inspected and it is not compressed,
+//!   read up to `response_body_limit` (a longer body has that much
+//!   inspected, the rest streamed on). A leak (the outbound score reaching
+//!   its threshold) withholds the response with 502 `waf.leak` in block
+//!   mode, or is logged in detect mode. `101 Switching Protocols` and other
+//!   informational answers are never held. An overloaded pool fails as
+//!   requests do.
 //!
 //! Deployment caveat: the WAF reads bodies before the upstream does, so a
 //! route's latency includes the whole upload; keep `body_limit` near what
@@ -46,13 +55,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as HttpBody;
-use portcullis_policy::waf::{Decision, Engine, Mode, Verdict, VerdictCache, WafRequest, body, decide};
+use portcullis_policy::waf::{
+    Decision, Engine, EngineError, Mode, Transaction, Verdict, VerdictCache, WafRequest, WafResponse, body, decide,
+    decide_response,
+};
 use portcullis_policy::{Denied, Reason};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use crate::body::Prefix;
-use crate::reject::note;
+use crate::reject::{MoreNoted, Noted, note};
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, deny};
 
 /// The request target before path normalization, kept by the normalize
@@ -69,6 +81,8 @@ pub struct WafRoute {
     pub mode: Mode,
     /// Verdicts of identical requests already inspected by this engine.
     pub cache: Option<Arc<VerdictCache>>,
+    /// Whether responses are inspected, and what a leak does.
+    pub responses: Option<Mode>,
     /// Settings shared by every route of one configuration.
     pub settings: Arc<WafSettings>,
 }
@@ -82,6 +96,11 @@ pub struct WafSettings {
     pub refuse_over_limit: bool,
     /// Let requests through uninspected when the pool is full.
     pub fail_open: bool,
+    /// Response body bytes inspected.
+    pub response_body_limit: u64,
+    /// Media types (lower case, without parameters) whose response bodies
+    /// are inspected.
+    pub response_types: Vec<String>,
     /// The inspection workers.
     pub pool: WafPool,
 }
@@ -136,6 +155,15 @@ impl WafPool {
     }
 
     async fn inspect(&self, engine: Arc<dyn Engine>, request: WafRequest) -> Result<Verdict, Unavailable> {
+        self.run(move || engine.inspect(&request)).await
+    }
+
+    /// Runs `work` on a worker: waits in the queue for one, or fails when
+    /// the queue is full, the work fails or panics.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, Unavailable> {
         let permit = if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             permit
         } else {
@@ -148,7 +176,7 @@ impl WafPool {
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| engine.inspect(&request)));
+            let verdict = std::panic::catch_unwind(AssertUnwindSafe(work));
             // The permit goes back once the worker is free again.
             drop(permit);
             let _ = answer.send(verdict);
@@ -218,7 +246,13 @@ where
                 Err(denied) => return Ok(deny(denied)),
             };
             let req;
+            let responses = waf.responses.filter(|_| waf.engine.inspects_responses());
+            // The request (and its transaction) the response continues.
+            let mut exchange: Option<(WafRequest, Option<Transaction>)> = None;
             let decision = if let Some(denied) = unreadable {
+                if responses.is_some() {
+                    exchange = Some((waf_request(&parts, Bytes::new()), None));
+                }
                 req = Request::from_parts(parts, body);
                 match waf.mode {
                     Mode::Block => Decision::Block(denied),
@@ -230,39 +264,127 @@ where
                 req = Request::from_parts(parts, body);
                 let key = waf.cache.as_ref().map(|cache| cache.key(&request));
                 let cached = waf.cache.as_ref().zip(key.as_ref()).and_then(|(cache, key)| cache.get(key));
-                let verdict = match cached {
-                    Some(verdict) => Ok(verdict),
-                    None => waf.settings.pool.inspect(waf.engine.clone(), request).await.inspect(|verdict| {
-                        if let (Some(cache), Some(key)) = (&waf.cache, key) {
-                            cache.insert(key, verdict.clone());
-                        }
-                    }),
+                let remember = |verdict: &Verdict| {
+                    if let (Some(cache), Some(key)) = (&waf.cache, key) {
+                        cache.insert(key, verdict.clone());
+                    }
+                };
+                let verdict = match (cached, responses) {
+                    (Some(verdict), _) => {
+                        // A response after a cached verdict runs the request
+                        // phases again first (there is no transaction).
+                        exchange = responses.map(|_| (request, None));
+                        Ok(verdict)
+                    }
+                    (None, None) => waf.settings.pool.inspect(waf.engine.clone(), request).await.inspect(remember),
+                    (None, Some(_)) => {
+                        let engine = waf.engine.clone();
+                        let begun = waf.settings.pool.run(move || engine.begin(&request).map(|(v, t)| (v, t, request)));
+                        begun.await.map(|(verdict, transaction, request)| {
+                            remember(&verdict);
+                            exchange = Some((request, transaction));
+                            verdict
+                        })
+                    }
                 };
                 match verdict {
                     Ok(verdict) => decide(waf.engine.name(), verdict, waf.mode),
-                    Err(unavailable) => {
-                        let detail = match unavailable {
-                            Unavailable::Full => "every inspection worker is busy and the queue is full".to_owned(),
-                            Unavailable::Failed(e) => e,
-                        };
-                        let denied = Denied::new(Reason::WafOverloaded)
-                            .with_detail(detail)
-                            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                        if waf.settings.fail_open { Decision::Log(denied) } else { Decision::Block(denied) }
-                    }
+                    Err(unavailable) => overloaded(unavailable, waf.settings.fail_open),
                 }
             };
-            match decision {
-                Decision::Pass => crate::call_boxed(&mut inner, req).await,
-                Decision::Block(denied) => Ok(deny(denied)),
+            let mut response = match decision {
+                Decision::Pass => crate::call_boxed(&mut inner, req).await?,
+                Decision::Block(denied) => return Ok(deny(denied)),
                 Decision::Log(denied) => {
                     let mut response = crate::call_boxed(&mut inner, req).await?;
                     note(&mut response, denied);
-                    Ok(response)
+                    response
                 }
+            };
+            if let (Some(mode), Some((request, transaction))) = (responses, exchange) {
+                response = check_response(&waf, mode, request, transaction, response).await;
             }
+            Ok(response)
         })
     }
+}
+
+/// Runs the upstream's response through the response phases and decides:
+/// the response as it was (its body replayed byte for byte), noted in
+/// detect mode, or withheld with 502 `waf.leak` in block mode.
+async fn check_response(
+    waf: &WafRoute,
+    mode: Mode,
+    request: WafRequest,
+    transaction: Option<Transaction>,
+    response: Response<Body>,
+) -> Response<Body> {
+    if response.status().is_informational() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let settings = &waf.settings;
+    let (inspected, body) = if inspects_body(&parts.headers, &settings.response_types) {
+        let prefix = Prefix::read(body, settings.response_body_limit).await;
+        let limit = usize::try_from(settings.response_body_limit).unwrap_or(usize::MAX);
+        let bytes = prefix.bytes.slice(..prefix.bytes.len().min(limit));
+        (Some(bytes), prefix.into_body())
+    } else {
+        (None, body)
+    };
+    let seen = WafResponse::new(parts.status, parts.version, &parts.headers, inspected);
+    let engine = waf.engine.clone();
+    let verdict = settings.pool.run(move || engine.inspect_response(&request, transaction, &seen)).await;
+    let decision = match verdict {
+        Ok(verdict) => decide_response(waf.engine.name(), verdict, mode),
+        Err(unavailable) => overloaded(unavailable, settings.fail_open),
+    };
+    match decision {
+        Decision::Pass => Response::from_parts(parts, body),
+        Decision::Log(denied) => {
+            let mut response = Response::from_parts(parts, body);
+            note(&mut response, denied);
+            response
+        }
+        Decision::Block(denied) => {
+            // The request's own notes (a detection let through) still count.
+            let mut withheld = deny(denied);
+            if let Some(Noted(first)) = parts.extensions.remove::<Noted>() {
+                note(&mut withheld, first);
+            }
+            for more in parts.extensions.remove::<MoreNoted>().map(|m| m.0).unwrap_or_default() {
+                note(&mut withheld, more);
+            }
+            withheld
+        }
+    }
+}
+
+/// Whether a response's body is inspected: a media type in `types`, and
+/// no content coding (the engine would see compressed bytes).
+fn inspects_body(headers: &http::HeaderMap, types: &[String]) -> bool {
+    let identity = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .all(|v| v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")));
+    let media = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    identity && media.is_some_and(|m| types.contains(&m))
+}
+
+/// The decision when the pool could not inspect: 503 `waf.overloaded`, or
+/// logged and passed when the WAF fails open.
+fn overloaded(unavailable: Unavailable, fail_open: bool) -> Decision {
+    let detail = match unavailable {
+        Unavailable::Full => "every inspection worker is busy and the queue is full".to_owned(),
+        Unavailable::Failed(e) => e,
+    };
+    let denied = Denied::new(Reason::WafOverloaded)
+        .with_detail(detail)
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if fail_open { Decision::Log(denied) } else { Decision::Block(denied) }
 }
 
 /// The request as the engine sees it ([`WafRequest::new`]), with the
@@ -343,7 +465,7 @@ fn waf_request(parts: &http::request::Parts, body: Bytes) -> WafRequest {
 mod tests {
     use std::sync::atomic::AtomicBool;
 
-    use portcullis_policy::waf::{EngineError, RuleMatch};
+    use portcullis_policy::waf::RuleMatch;
 
     use super::*;
 

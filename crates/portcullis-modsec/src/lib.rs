@@ -82,6 +82,21 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// One response, inspected after its request (phases 3 and 4).
+#[derive(Debug, Clone, Copy)]
+pub struct Response<'a> {
+    /// The status code.
+    pub status: u16,
+    /// `HTTP 1.1` (as ModSecurity's nginx connector spells it).
+    pub protocol: &'a str,
+    /// Headers in order.
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+    /// The (inspected part of the) body; the library inspects it only when
+    /// `SecResponseBodyAccess` is on and the content type is listed in
+    /// `SecResponseBodyMimeType`.
+    pub body: &'a [u8],
+}
+
 /// What the library said about a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -201,8 +216,31 @@ impl Rules {
     ///
     /// # Errors
     /// A string argument contains a NUL byte, or the library fails a step.
-    #[allow(unsafe_code)]
     pub fn inspect(&self, request: &Request<'_>) -> Result<Outcome, Error> {
+        self.transact(request, None).map(|(outcome, _)| outcome)
+    }
+
+    /// Runs `request` through phases 1 and 2 and, in the same transaction,
+    /// `response` through phases 3 and 4 (unless the request was
+    /// intervened): the request's outcome and the response's (the messages
+    /// logged during the response phases).
+    ///
+    /// # Errors
+    /// A string argument contains a NUL byte, or the library fails a step.
+    pub fn inspect_exchange(
+        &self,
+        request: &Request<'_>,
+        response: &Response<'_>,
+    ) -> Result<(Outcome, Outcome), Error> {
+        self.transact(request, Some(response)).map(|(request, response)| (request, response.unwrap_or_default()))
+    }
+
+    #[allow(unsafe_code)]
+    fn transact(
+        &self,
+        request: &Request<'_>,
+        response: Option<&Response<'_>>,
+    ) -> Result<(Outcome, Option<Outcome>), Error> {
         let client = cstring("the client address", request.client_ip)?;
         let server = cstring("the server address", "127.0.0.1")?;
         let uri = cstring("the URI", request.uri)?;
@@ -249,8 +287,44 @@ impl Rules {
             }
             intervention = tx.intervention();
         }
+        let mut answered = None;
+        let request_messages = messages.len();
+        if let (None, Some(response)) = (&intervention, response) {
+            let protocol = cstring("the response protocol", response.protocol)?;
+            // SAFETY: as above.
+            unsafe {
+                for (name, value) in response.headers {
+                    step(
+                        "a response header",
+                        sys::msc_add_n_response_header(t, name.as_ptr(), name.len(), value.as_ptr(), value.len()),
+                    )?;
+                }
+                step(
+                    "the response headers",
+                    sys::msc_process_response_headers(t, c_int::from(response.status), protocol.as_ptr()),
+                )?;
+            }
+            let mut response_intervention = tx.intervention();
+            if response_intervention.is_none() {
+                // SAFETY: as above.
+                unsafe {
+                    if !response.body.is_empty() {
+                        step(
+                            "the response body",
+                            sys::msc_append_response_body(t, response.body.as_ptr(), response.body.len()),
+                        )?;
+                    }
+                    step("the response body", sys::msc_process_response_body(t))?;
+                }
+                response_intervention = tx.intervention();
+            }
+            answered = Some(response_intervention);
+        }
         drop(tx);
-        Ok(Outcome { intervention, messages: *messages })
+        let mut messages = *messages;
+        let answered =
+            answered.map(|intervention| Outcome { intervention, messages: messages.split_off(request_messages) });
+        Ok((Outcome { intervention, messages }, answered))
     }
 }
 

@@ -301,6 +301,11 @@ reasons! {
     WafScanner => ("waf.scanner", StatusCode::FORBIDDEN, Client),
     /// The WAF refused the method (CRS 911xxx).
     WafMethod => ("waf.method", StatusCode::FORBIDDEN, Client),
+    /// The upstream's response leaks what it should not (CRS 950xxx–956xxx:
+    /// SQL, Java, PHP, IIS or Ruby errors, source code, directory listings,
+    /// web shells) and its outbound anomaly score reached the threshold; in
+    /// block mode the response is withheld.
+    WafLeak => ("waf.leak", StatusCode::BAD_GATEWAY, Upstream),
     /// The WAF's anomaly score crossed the threshold with no attack class.
     WafAnomaly => ("waf.anomaly", StatusCode::FORBIDDEN, Client),
     /// The body is larger than the WAF inspects, and such bodies are refused.

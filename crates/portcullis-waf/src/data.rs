@@ -42,6 +42,21 @@ pub struct Request<'a> {
     pub client_port: u16,
 }
 
+/// A response, as the upstream sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Response<'a> {
+    /// Its status code.
+    pub status: u16,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub protocol: &'a str,
+    /// Headers in order, names as received.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// The body inspected as `RESPONSE_BODY` (or the first part of it);
+    /// `None` when the body is not inspected (ModSecurity's
+    /// `SecResponseBodyMimeType` leaves it out), so phase 4 sees no body.
+    pub body: Option<&'a [u8]>,
+}
+
 /// A named value of a collection.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -116,7 +131,26 @@ pub struct Data {
     pub(crate) scalars: Vec<(Scalar, Entry)>,
     pub(crate) body_processor: Option<BodyProcessor>,
     pub(crate) body_error: Option<String>,
+    /// `RESPONSE_HEADERS`
+    pub(crate) response_headers: Vec<Entry>,
+    /// `RESPONSE_STATUS`, `RESPONSE_PROTOCOL`, `RESPONSE_BODY`, …
+    pub(crate) response_scalars: Vec<(ResponseScalar, Entry)>,
     next_id: u32,
+}
+
+/// Single-valued response variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseScalar {
+    /// `RESPONSE_STATUS`
+    Status,
+    /// `RESPONSE_PROTOCOL`
+    Protocol,
+    /// `RESPONSE_BODY`
+    Body,
+    /// `RESPONSE_CONTENT_TYPE`
+    ContentType,
+    /// `RESPONSE_CONTENT_LENGTH`
+    ContentLength,
 }
 
 /// Single-valued request variables.
@@ -200,6 +234,46 @@ impl Data {
             }
         }
         data
+    }
+
+    /// Phases 3 and 4's view: status, headers and the body inspected.
+    /// `RESPONSE_CONTENT_LENGTH` is the body's length when it is
+    /// inspected, else the `Content-Length` header's.
+    pub fn add_response(&mut self, response: &Response<'_>) {
+        let add = |data: &mut Self, which: ResponseScalar, value: Vec<u8>| {
+            let entry = data.entry(Vec::new(), value);
+            data.response_scalars.push((which, entry));
+        };
+        add(self, ResponseScalar::Status, response.status.to_string().into_bytes());
+        add(self, ResponseScalar::Protocol, response.protocol.as_bytes().to_vec());
+        let mut content_type = None;
+        let mut content_length = None;
+        for (name, value) in response.headers {
+            if name.eq_ignore_ascii_case("content-type") && content_type.is_none() {
+                content_type = Some(value.to_vec());
+            }
+            if name.eq_ignore_ascii_case("content-length") && content_length.is_none() {
+                content_length = Some(value.to_vec());
+            }
+            let entry = self.entry(name.as_bytes().to_vec(), value.to_vec());
+            self.response_headers.push(entry);
+        }
+        if let Some(value) = content_type {
+            add(self, ResponseScalar::ContentType, value);
+        }
+        if let Some(body) = response.body {
+            add(self, ResponseScalar::Body, body.to_vec());
+            content_length = Some(body.len().to_string().into_bytes());
+        }
+        if let Some(value) = content_length {
+            add(self, ResponseScalar::ContentLength, value);
+        }
+    }
+
+    /// A single-valued response variable, if set.
+    #[must_use]
+    pub fn response(&self, which: ResponseScalar) -> Option<&Entry> {
+        self.response_scalars.iter().find(|(s, _)| *s == which).map(|(_, e)| e)
     }
 
     /// The first header called `name`.

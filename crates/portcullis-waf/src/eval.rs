@@ -23,7 +23,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use regex::bytes::SetMatches;
 
-use crate::data::{BodyProcessor, Data, Entry};
+use crate::data::{BodyProcessor, Data, Entry, ResponseScalar};
 use crate::macros::{Reference, Resolve};
 use crate::operator::{self, Operator};
 use crate::rules::{Ctl, Disruptive, EngineMode, Item, Key, Link, Program, Rule, SetOp, Target, Var};
@@ -46,7 +46,25 @@ pub struct State {
     set_matches: HashMap<(u32, usize), SetMatches>,
     pub(crate) matches: Vec<Match>,
     pub(crate) intervention: Option<Intervention>,
+    /// `allow:request` (or `allow`) fired: the request phases are over.
     pub(crate) allowed: bool,
+    /// `allow` fired: the response phases are skipped too.
+    allowed_response: bool,
+}
+
+/// What a transaction keeps from its request phases for its response
+/// phases: TX variables, runtime exclusions, the engine mode and a full
+/// `allow`. It holds no borrowed or thread-bound data, so the embedding
+/// server can keep it while the upstream answers.
+#[derive(Debug, Default)]
+pub struct Carry {
+    tx: HashMap<String, Vec<u8>>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets_by_id: Vec<((u32, u32), String)>,
+    removed_targets_by_tag: Vec<(String, String)>,
+    engine: EngineMode,
+    allowed_response: bool,
 }
 
 impl State {
@@ -64,6 +82,38 @@ impl State {
             matches: Vec::with_capacity(64),
             matched_vars: Vec::with_capacity(8),
             ..Self::default()
+        }
+    }
+}
+
+impl State {
+    /// Keeps what the response phases need. A request intervention is not
+    /// kept: the response phases run only for a request that went on to
+    /// the upstream (in detection mode, despite it).
+    #[must_use]
+    pub fn carry(self) -> Carry {
+        Carry {
+            tx: self.tx,
+            removed_ids: self.removed_ids,
+            removed_tags: self.removed_tags,
+            removed_targets_by_id: self.removed_targets_by_id,
+            removed_targets_by_tag: self.removed_targets_by_tag,
+            engine: self.engine,
+            allowed_response: self.allowed_response,
+        }
+    }
+
+    /// Resumes a transaction for its response phases.
+    #[must_use]
+    pub fn resume(carry: Carry) -> Self {
+        Self {
+            tx: carry.tx,
+            removed_ids: carry.removed_ids,
+            removed_tags: carry.removed_tags,
+            removed_targets_by_id: carry.removed_targets_by_id,
+            removed_targets_by_tag: carry.removed_targets_by_tag,
+            allowed_response: carry.allowed_response,
+            ..Self::new(carry.engine)
         }
     }
 }
@@ -88,7 +138,8 @@ impl Value<'_> {
 
 /// Runs `phase` (1–5).
 pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mut State) {
-    if state.engine == EngineMode::Off || state.allowed || state.intervention.is_some() {
+    let allowed = if phase <= 2 { state.allowed } else { state.allowed_response };
+    if state.engine == EngineMode::Off || allowed || state.intervention.is_some() {
         return;
     }
     let Some(items) = program.phases.get(usize::from(phase).wrapping_sub(1)) else { return };
@@ -148,8 +199,13 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
                 state.intervention = Some(Intervention { status: rule.status.unwrap_or(403), rule: rule.id });
                 return;
             }
-            Disruptive::Allow | Disruptive::AllowRequest => {
+            Disruptive::Allow => {
                 state.allowed = true;
+                state.allowed_response = true;
+                return;
+            }
+            Disruptive::AllowRequest => {
+                state.allowed = phase <= 2;
                 return;
             }
             Disruptive::AllowPhase => return,
@@ -549,13 +605,13 @@ fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<
         }
         Var::UniqueId => owned(Var::UniqueId, b"", b"portcullis".to_vec(), out),
         Var::Duration => owned(Var::Duration, b"", b"0".to_vec(), out),
-        Var::ResponseStatus
-        | Var::ResponseProtocol
-        | Var::ResponseHeaders
-        | Var::ResponseHeadersNames
-        | Var::ResponseBody
-        | Var::ResponseContentType
-        | Var::ResponseContentLength => {}
+        Var::ResponseStatus => scalar(target.var, data.response(ResponseScalar::Status), out),
+        Var::ResponseProtocol => scalar(target.var, data.response(ResponseScalar::Protocol), out),
+        Var::ResponseBody => scalar(target.var, data.response(ResponseScalar::Body), out),
+        Var::ResponseContentType => scalar(target.var, data.response(ResponseScalar::ContentType), out),
+        Var::ResponseContentLength => scalar(target.var, data.response(ResponseScalar::ContentLength), out),
+        Var::ResponseHeaders => entries(Var::ResponseHeaders, &data.response_headers, key, false, out),
+        Var::ResponseHeadersNames => entries(Var::ResponseHeadersNames, &data.response_headers, key, true, out),
     }
 }
 

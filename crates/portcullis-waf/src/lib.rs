@@ -31,7 +31,7 @@ mod transform;
 
 use std::fmt;
 
-pub use data::{BodyProcessor, Request};
+pub use data::{BodyProcessor, Request, Response};
 pub use rules::EngineMode;
 pub use transform::Transform;
 
@@ -87,8 +87,20 @@ pub struct Outcome {
     /// CRS's inbound anomaly score (`tx.blocking_inbound_anomaly_score`,
     /// else `tx.inbound_anomaly_score`), when set.
     pub inbound_score: Option<i64>,
+    /// CRS's outbound anomaly score (`tx.blocking_outbound_anomaly_score`,
+    /// else `tx.outbound_anomaly_score`), when set.
+    pub outbound_score: Option<i64>,
     /// Why the body could not be read, when it could not.
     pub body_error: Option<String>,
+}
+
+/// A request's transaction, kept for its response (phases 3 and 4): the
+/// request's variables and what its rules set. `Send`, so it can wait on
+/// another thread while the upstream answers.
+#[derive(Debug)]
+pub struct Exchange {
+    data: data::Data,
+    carry: eval::Carry,
 }
 
 /// A rule the engine cannot run fully.
@@ -148,6 +160,20 @@ impl Waf {
     /// Runs a request through phases 1 and 2.
     #[must_use]
     pub fn inspect(&self, request: &Request<'_>) -> Outcome {
+        self.inspect_request(request).0
+    }
+
+    /// Whether any rule runs in phase 3 or 4: without one, responses need
+    /// not be inspected (nor buffered).
+    #[must_use]
+    pub fn inspects_responses(&self) -> bool {
+        self.program.phases.iter().skip(2).take(2).any(|items| items.iter().any(|i| matches!(i, rules::Item::Rule(_))))
+    }
+
+    /// Runs a request through phases 1 and 2 and keeps its transaction for
+    /// [`inspect_response`](Self::inspect_response).
+    #[must_use]
+    pub fn inspect_request(&self, request: &Request<'_>) -> (Outcome, Exchange) {
         let mut data = data::Data::from_request(request);
         let content_type = data.header("content-type").map(<[u8]>::to_vec);
         let mut state = eval::State::new(self.program.engine);
@@ -161,17 +187,45 @@ impl Waf {
             data.add_body(request.body, processor, content_type.as_deref());
             eval::run_phase(&self.program, 2, &data, &mut state);
         }
-        let score = ["blocking_inbound_anomaly_score", "inbound_anomaly_score"]
-            .iter()
-            .find_map(|k| state.tx.get(*k))
-            .map(|v| operator::stoi(v));
+        let outcome = Outcome {
+            intervention: state.intervention,
+            matches: std::mem::take(&mut state.matches),
+            inbound_score: score(&state, "inbound"),
+            outbound_score: None,
+            body_error: data.body_error.clone(),
+        };
+        (outcome, Exchange { data, carry: state.carry() })
+    }
+
+    /// Runs the response of an inspected request through phases 3 (status
+    /// and headers) and 4 (`RESPONSE_BODY` only when `response.body` is
+    /// given; phase 4 runs either way, as CRS's outbound blocking rules are
+    /// there). The
+    /// outcome lists only what the response phases found; its inbound score
+    /// is the request's.
+    #[must_use]
+    pub fn inspect_response(&self, exchange: Exchange, response: &Response<'_>) -> Outcome {
+        let Exchange { mut data, carry } = exchange;
+        data.add_response(response);
+        let mut state = eval::State::resume(carry);
+        eval::run_phase(&self.program, 3, &data, &mut state);
+        eval::run_phase(&self.program, 4, &data, &mut state);
         Outcome {
             intervention: state.intervention,
+            inbound_score: score(&state, "inbound"),
+            outbound_score: score(&state, "outbound"),
             matches: state.matches,
-            inbound_score: score,
-            body_error: data.body_error,
+            body_error: None,
         }
     }
+}
+
+/// CRS's `blocking_{way}_anomaly_score`, else `{way}_anomaly_score`.
+fn score(state: &eval::State, way: &str) -> Option<i64> {
+    [format!("blocking_{way}_anomaly_score"), format!("{way}_anomaly_score")]
+        .iter()
+        .find_map(|k| state.tx.get(k.as_str()))
+        .map(|v| operator::stoi(v))
 }
 
 #[cfg(test)]

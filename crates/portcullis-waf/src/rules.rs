@@ -485,6 +485,8 @@ const HARMLESS_DIRECTIVES: &[&str] = &[
     "SecDebugLogLevel",
     "SecTmpDir",
     "SecDataDir",
+    // Which response bodies are inspected is the embedding server's choice.
+    "SecResponseBodyMimeType",
     "SecStatusEngine",
     "SecPcreMatchLimit",
     "SecPcreMatchLimitRecursion",

@@ -72,3 +72,60 @@ fn what_the_engine_cannot_run_is_a_load_error_unless_allowed() {
     let err = Waf::load(r#"SecRule ARGS "@rbl x" "id:8,phase:2,deny""#, &[]).unwrap_err().to_string();
     assert!(err.contains("rule 8"), "{err}");
 }
+
+fn response<'a>(status: u16, headers: &'a [(&'a str, &'a [u8])], body: Option<&'a [u8]>) -> Response<'a> {
+    Response { status, protocol: "HTTP/1.1", headers, body }
+}
+
+#[test]
+fn responses_run_with_what_their_request_left() {
+    let rules = r#"
+SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.leak_score=0"
+SecRule REQUEST_FILENAME "@beginsWith /quiet" "id:2,phase:1,pass,nolog,ctl:ruleRemoveById=30"
+SecRule REQUEST_FILENAME "@beginsWith /trusted" "id:3,phase:1,allow"
+SecRule ARGS "@contains evil" "id:5,phase:2,deny"
+SecRule RESPONSE_STATUS "@rx ^5" "id:20,phase:3,pass,setvar:tx.leak_score=+1"
+SecRule RESPONSE_HEADERS:X-Powered-By "@contains PHP" "id:21,phase:3,pass,setvar:tx.leak_score=+2"
+SecRule RESPONSE_BODY "@rx (?i)you have an error in your sql syntax" "id:30,phase:4,pass,setvar:tx.leak_score=+4"
+SecRule TX:leak_score "@ge 4" "id:40,phase:4,deny,status:502"
+"#;
+    let waf = Waf::load(rules, &[]).unwrap();
+    assert!(waf.inspects_responses());
+    let leak: &[u8] = b"<p>You have an error in your SQL syntax near 'x'</p>";
+    let html: &[(&str, &[u8])] = &[("Content-Type", b"text/html"), ("X-Powered-By", b"PHP/8.3")];
+    let through = |uri: &str, status, body| {
+        let (request, exchange) = waf.inspect_request(&get(uri));
+        (request, waf.inspect_response(exchange, &response(status, html, body)))
+    };
+    let (_, clean) = through("/a", 200, Some(b"<p>hello</p>"));
+    assert_eq!(clean.intervention, None);
+    assert_eq!(clean.matches.iter().map(|m| m.id).collect::<Vec<_>>(), [21]);
+    assert_eq!(clean.matches[0].location, "RESPONSE_HEADERS:X-Powered-By");
+    let (_, leaked) = through("/a", 200, Some(leak));
+    assert_eq!(leaked.intervention, Some(Intervention { status: 502, rule: 40 }), "{leaked:?}");
+    assert_eq!(leaked.matches.iter().map(|m| (m.id, m.phase)).collect::<Vec<_>>(), [(21, 3), (30, 4), (40, 4)]);
+    // A body not inspected is no RESPONSE_BODY; status and headers still count.
+    let (_, unread) = through("/a", 503, None);
+    assert_eq!(unread.matches.iter().map(|m| m.id).collect::<Vec<_>>(), [20, 21]);
+    // What the request's rules did holds for the response.
+    assert_eq!(through("/quiet", 200, Some(leak)).1.intervention, None);
+    let (_, trusted) = through("/trusted", 500, Some(leak));
+    assert!(trusted.matches.is_empty(), "{trusted:?}");
+    // A request intervention (which detection mode lets through) does not
+    // stop the response phases.
+    let (request, response) = through("/a?q=evil", 200, Some(leak));
+    assert_eq!(request.intervention.map(|i| i.rule), Some(5));
+    assert_eq!(response.intervention.map(|i| i.rule), Some(40));
+}
+
+#[test]
+fn an_exchange_can_wait_on_another_thread() {
+    fn send<T: Send + 'static>(_: &T) {}
+    let waf = Waf::load(r#"SecRule RESPONSE_BODY "@contains x" "id:1,phase:4,deny""#, &[]).unwrap();
+    let (_, exchange) = waf.inspect_request(&get("/"));
+    send(&exchange);
+    let outcome =
+        std::thread::spawn(move || waf.inspect_response(exchange, &response(200, &[], Some(b"x")))).join().unwrap();
+    assert_eq!(outcome.intervention.map(|i| i.rule), Some(1));
+}

@@ -303,6 +303,8 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         body_limit: waf.body_limit,
         refuse_over_limit: waf.refuse_over_limit,
         fail_open: waf.fail_open,
+        response_body_limit: waf.response_body_limit,
+        response_types: waf.response_types.clone(),
         pool: WafPool::new(waf.workers, waf.queue)
             .map_err(|e| StartError::Waf(format!("cannot start the inspection threads: {e}")))?,
     });
@@ -315,7 +317,13 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
             let route = r.waf?;
             let engine = engines.get(route.profile)?.clone();
             let cache = caches.get(route.profile).cloned().flatten();
-            Some(Arc::new(WafRoute { engine, mode: route.mode, cache, settings: settings.clone() }))
+            Some(Arc::new(WafRoute {
+                engine,
+                mode: route.mode,
+                cache,
+                responses: route.responses,
+                settings: settings.clone(),
+            }))
         })
         .collect())
 }

@@ -11,7 +11,10 @@
 //!   comes from the rules' own `ver:` tag, so the setup always matches them.
 //! - Request rules load in file-name order (CRS numbers them for this), with
 //!   the user's optional `REQUEST-900-…` and `RESPONSE-999-…` exclusion files
-//!   when present. Response rules are not loaded: responses are not inspected.
+//!   when present. Response rules (`RESPONSE-950` … `RESPONSE-959`: data
+//!   leakages and outbound blocking) load only for a profile that inspects
+//!   responses; `RESPONSE-980` (phase 5 reporting) never does: the
+//!   gateway's events do its work.
 //! - Exclusions become `SecRuleRemoveById` / `SecRuleUpdateTargetById` after
 //!   the rules. Their targets come from configuration, so they are checked
 //!   against a strict grammar first: nothing from a config file reaches the
@@ -49,7 +52,9 @@ impl RuleSet {
             .filter(|p| p.extension().is_some_and(|e| e == "conf"))
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                name.starts_with("REQUEST-") || name.starts_with("RESPONSE-999-")
+                name.starts_with("REQUEST-")
+                    || name.starts_with("RESPONSE-999-")
+                    || profile.responses && name.starts_with("RESPONSE-95")
             })
             .collect();
         files.sort();
@@ -127,21 +132,34 @@ pub const ALLOWED_METHODS: &str = "GET HEAD POST OPTIONS PUT PATCH DELETE";
 /// accepts after checking the body is ASCII (`encoding.rs`).
 pub const ALLOWED_CHARSETS: &str = "|utf-8| |iso-8859-1| |iso-8859-15| |windows-1252| |us-ascii|";
 
+/// The response media types libmodsecurity inspects (the gateway decides
+/// for its own engine, from `response_types`): ModSecurity's recommended
+/// ones and JSON.
+pub const RESPONSE_BODY_TYPES: &str = "text/plain text/html text/xml application/json application/xml";
+
 /// The setup Portcullis writes in place of `crs-setup.conf`.
 fn setup(profile: &Profile, version: Option<&str>) -> String {
     let setup_version = version.and_then(numeric_version).unwrap_or(4000);
     format!(
         "SecRuleEngine On\n\
          SecRequestBodyAccess On\n\
+         SecResponseBodyAccess {response_body}\n\
+         {response_types}\
          SecDefaultAction \"phase:1,log,auditlog,pass\"\n\
          SecDefaultAction \"phase:2,log,auditlog,pass\"\n\
+         SecDefaultAction \"phase:3,log,auditlog,pass\"\n\
+         SecDefaultAction \"phase:4,log,auditlog,pass\"\n\
          SecAction \"id:900000,phase:1,pass,t:none,nolog,setvar:tx.blocking_paranoia_level={paranoia}\"\n\
-         SecAction \"id:900110,phase:1,pass,t:none,nolog,setvar:tx.inbound_anomaly_score_threshold={threshold},setvar:tx.outbound_anomaly_score_threshold=4\"\n\
+         SecAction \"id:900110,phase:1,pass,t:none,nolog,setvar:tx.inbound_anomaly_score_threshold={threshold},setvar:tx.outbound_anomaly_score_threshold={outbound}\"\n\
          SecAction \"id:900200,phase:1,pass,t:none,nolog,setvar:'tx.allowed_methods={ALLOWED_METHODS}'\"\n\
          SecAction \"id:900280,phase:1,pass,t:none,nolog,setvar:'tx.allowed_request_content_type_charset={ALLOWED_CHARSETS}'\"\n\
          SecAction \"id:900990,phase:1,pass,t:none,nolog,setvar:tx.crs_setup_version={setup_version}\"\n",
         paranoia = profile.paranoia,
         threshold = profile.inbound_threshold,
+        outbound = profile.outbound_threshold,
+        response_body = if profile.responses { "On" } else { "Off" },
+        response_types =
+            if profile.responses { format!("SecResponseBodyMimeType {RESPONSE_BODY_TYPES}\n") } else { String::new() },
     )
 }
 

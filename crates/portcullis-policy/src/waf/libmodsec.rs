@@ -27,6 +27,10 @@
 //!   message); a chain whose last link reads `TX` reports that location.
 //!   The anomaly score is read from 949110's message (`Total Score: N`)
 //!   and is only known when it intervened.
+//! - Responses (a rule set loaded with the response rules) run in a new
+//!   transaction that replays the request first: the library's transaction
+//!   cannot wait for an upstream here. The gateway's own engine keeps its
+//!   transaction; this path is the differential oracle's.
 //!
 //! Thread safety: the library's rule set and engine instance are shared by
 //! every worker (ModSecurity v3 only reads them during transactions;
@@ -43,7 +47,10 @@ use portcullis_modsec::{Request, Rules};
 use zentinel_modsec::parser::{Action, Directive, FlowAction, MetadataAction, OperatorName, Parser};
 
 use super::crs::RuleSet;
-use super::{Engine, EngineError, LoadError, Profile, RuleLoadError, RuleMatch, Verdict, category, snippet};
+use super::{
+    Engine, EngineError, LoadError, Profile, RuleLoadError, RuleMatch, Transaction, Verdict, WafRequest, WafResponse,
+    category, snippet,
+};
 
 /// Longest location name kept from a log message, in characters.
 const LOCATION_CHARS: usize = 128;
@@ -52,6 +59,8 @@ const LOCATION_CHARS: usize = 128;
 pub struct Libmodsecurity {
     rules: Rules,
     version: String,
+    /// Loaded with the response rules.
+    responses: bool,
 }
 
 impl std::fmt::Debug for Libmodsecurity {
@@ -75,7 +84,7 @@ impl Libmodsecurity {
             return Err(LoadError::Rules(problems));
         }
         let version = rules.version();
-        Ok(Self { rules, version })
+        Ok(Self { rules, version, responses: profile.responses })
     }
 
     /// The library's own name and version (`ModSecurity v3.0.9 (Linux)`).
@@ -124,33 +133,77 @@ impl Engine for Libmodsecurity {
         "libmodsecurity"
     }
 
-    fn inspect(&self, request: &super::WafRequest) -> Result<Verdict, EngineError> {
+    fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError> {
         let client = request.client_ip.to_string();
         let headers: Vec<(&[u8], &[u8])> =
             request.headers.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())).collect();
-        let outcome = self
-            .rules
-            .inspect(&Request {
-                client_ip: &client,
-                client_port: request.client_port,
-                uri: &request.uri,
-                method: &request.method,
-                version: request.version.strip_prefix("HTTP/").unwrap_or(request.version),
-                headers: &headers,
-                body: &request.body,
-            })
-            .map_err(|e| EngineError(e.0))?;
-        let score = outcome.intervention.as_ref().and_then(|i| i.log.as_deref()).and_then(total_score);
-        let mut matches: Vec<RuleMatch> = Vec::new();
-        for message in &outcome.messages {
-            let Some(found) = parse_message(message) else { continue };
-            if matches.iter().any(|m| m.id == found.id && m.location == found.location) {
-                continue;
-            }
-            matches.push(found);
-        }
-        Ok(Verdict { intervened: outcome.intervention.is_some(), score, matches })
+        let outcome = self.rules.inspect(&library_request(request, &client, &headers)).map_err(|e| EngineError(e.0))?;
+        Ok(verdict(&outcome))
     }
+
+    fn inspects_responses(&self) -> bool {
+        self.responses
+    }
+
+    /// The library's transaction cannot wait for the upstream here, so the
+    /// request phases run again with the response (as a differential
+    /// oracle; the gateway's engine keeps its transaction).
+    fn inspect_response(
+        &self,
+        request: &WafRequest,
+        _transaction: Option<Transaction>,
+        response: &WafResponse,
+    ) -> Result<Verdict, EngineError> {
+        if !self.responses {
+            return Err(EngineError("the rule set was loaded without the response rules".into()));
+        }
+        let client = request.client_ip.to_string();
+        let headers: Vec<(&[u8], &[u8])> =
+            request.headers.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())).collect();
+        let response_headers: Vec<(&[u8], &[u8])> =
+            response.headers.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())).collect();
+        let protocol = response.version.replace('/', " ");
+        let (_, outcome) = self
+            .rules
+            .inspect_exchange(
+                &library_request(request, &client, &headers),
+                &portcullis_modsec::Response {
+                    status: response.status,
+                    protocol: &protocol,
+                    headers: &response_headers,
+                    body: response.body.as_deref().unwrap_or_default(),
+                },
+            )
+            .map_err(|e| EngineError(e.0))?;
+        Ok(verdict(&outcome))
+    }
+}
+
+fn library_request<'a>(request: &'a WafRequest, client: &'a str, headers: &'a [(&'a [u8], &'a [u8])]) -> Request<'a> {
+    Request {
+        client_ip: client,
+        client_port: request.client_port,
+        uri: &request.uri,
+        method: &request.method,
+        version: request.version.strip_prefix("HTTP/").unwrap_or(request.version),
+        headers,
+        body: &request.body,
+    }
+}
+
+/// The verdict of the library's outcome: its intervention, the attack (or
+/// leak) rules its messages name, the score its blocking rule reports.
+fn verdict(outcome: &portcullis_modsec::Outcome) -> Verdict {
+    let score = outcome.intervention.as_ref().and_then(|i| i.log.as_deref()).and_then(total_score);
+    let mut matches: Vec<RuleMatch> = Vec::new();
+    for message in &outcome.messages {
+        let Some(found) = parse_message(message) else { continue };
+        if matches.iter().any(|m| m.id == found.id && m.location == found.location) {
+            continue;
+        }
+        matches.push(found);
+    }
+    Verdict { intervened: outcome.intervention.is_some(), score, matches }
 }
 
 /// The attack rule a log message reports, if it is one.

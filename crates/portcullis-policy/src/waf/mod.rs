@@ -91,19 +91,71 @@ impl WafRequest {
         Self {
             method: method.as_str().to_owned(),
             uri,
-            version: match version {
-                http::Version::HTTP_09 => "HTTP/0.9",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_2 => "HTTP/2.0",
-                http::Version::HTTP_3 => "HTTP/3.0",
-                _ => "HTTP/1.1",
-            },
+            version: version_name(version),
             headers: list,
             body,
             body_complete: true,
             client_ip: client.ip(),
             client_port: client.port(),
         }
+    }
+}
+
+/// One response as the WAF sees it.
+#[derive(Debug, Clone)]
+pub struct WafResponse {
+    /// The status code.
+    pub status: u16,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: &'static str,
+    /// Headers in order, values as text with invalid UTF-8 replaced.
+    pub headers: Vec<(String, String)>,
+    /// The body (or its first part, up to the inspection limit); `None`
+    /// when the body is not inspected (its type is not one inspected, it is
+    /// compressed, or there is none).
+    pub body: Option<Bytes>,
+}
+
+impl WafResponse {
+    /// The response head as the engine sees it, with `body`.
+    #[must_use]
+    pub fn new(
+        status: http::StatusCode,
+        version: http::Version,
+        headers: &http::HeaderMap,
+        body: Option<Bytes>,
+    ) -> Self {
+        Self {
+            status: status.as_u16(),
+            version: version_name(version),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body,
+        }
+    }
+}
+
+/// `HTTP/1.1` and its siblings, as ModSecurity spells them.
+const fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A request's inspection, kept by an engine that inspects responses so
+/// that the response phases continue the same transaction (what the
+/// request's rules set and removed). Opaque outside the engine.
+pub struct Transaction(Box<dyn std::any::Any + Send>);
+
+impl fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Transaction")
     }
 }
 
@@ -152,6 +204,37 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// # Errors
     /// The engine could not process the request.
     fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError>;
+
+    /// Whether the loaded rules inspect responses (phases 3 and 4).
+    fn inspects_responses(&self) -> bool {
+        false
+    }
+
+    /// Inspects the request and keeps its transaction for
+    /// [`inspect_response`](Self::inspect_response).
+    ///
+    /// # Errors
+    /// The engine could not process the request.
+    fn begin(&self, request: &WafRequest) -> Result<(Verdict, Option<Transaction>), EngineError> {
+        Ok((self.inspect(request)?, None))
+    }
+
+    /// Runs the response through phases 3 and 4, continuing `transaction`
+    /// (without one, as when the request's verdict came from the cache, the
+    /// request phases run again first). The verdict's score is the outbound
+    /// anomaly score; its matches are the leak rules (950xxx–956xxx).
+    ///
+    /// # Errors
+    /// The engine does not inspect responses, or failed on this one.
+    fn inspect_response(
+        &self,
+        request: &WafRequest,
+        transaction: Option<Transaction>,
+        response: &WafResponse,
+    ) -> Result<Verdict, EngineError> {
+        let _ = (request, transaction, response);
+        Err(EngineError(format!("the {} engine does not inspect responses", self.name())))
+    }
 }
 
 /// Which engine runs the rules.
@@ -302,11 +385,24 @@ pub struct Profile {
     pub exclusions: Vec<Exclusion>,
     /// Rule ids whose partial load is accepted.
     pub allow_load_errors: Vec<RuleRange>,
+    /// Load CRS's response rules (`RESPONSE-950` … `RESPONSE-959`: data
+    /// leakages and outbound blocking).
+    pub responses: bool,
+    /// CRS outbound anomaly score threshold (its default: 4, one critical
+    /// leak).
+    pub outbound_threshold: u32,
 }
 
 impl Default for Profile {
     fn default() -> Self {
-        Self { paranoia: 1, inbound_threshold: 5, exclusions: Vec::new(), allow_load_errors: Vec::new() }
+        Self {
+            paranoia: 1,
+            inbound_threshold: 5,
+            exclusions: Vec::new(),
+            allow_load_errors: Vec::new(),
+            responses: false,
+            outbound_threshold: 4,
+        }
     }
 }
 
@@ -453,6 +549,27 @@ pub fn decide(engine: &'static str, verdict: Verdict, mode: Mode) -> Decision {
     }
 }
 
+/// Turns a response verdict into a decision: an intervention is the
+/// upstream leaking (`waf.leak`, 502: the response is withheld in block
+/// mode, logged and delivered in detect mode).
+#[must_use]
+pub fn decide_response(engine: &'static str, verdict: Verdict, mode: Mode) -> Decision {
+    if !verdict.intervened {
+        return Decision::Pass;
+    }
+    let ids: Vec<String> = verdict.matches.iter().map(|m| m.id.to_string()).collect();
+    let detail = match verdict.score {
+        Some(score) => format!("response: outbound anomaly score {score}; rules {}", ids.join(",")),
+        None => format!("response: rules {}", ids.join(",")),
+    };
+    let report = WafReport { engine, score: verdict.score, matches: verdict.matches };
+    let denied = Denied::new(Reason::WafLeak).with_detail(detail).with_rule(ids.join(",")).with_waf(report);
+    match mode {
+        Mode::Block => Decision::Block(denied),
+        Mode::Detect => Decision::Log(denied),
+    }
+}
+
 /// The attack class CRS files its rules under, by id range.
 #[must_use]
 pub fn category(id: u32) -> Option<Reason> {
@@ -469,6 +586,7 @@ pub fn category(id: u32) -> Option<Reason> {
         942 => Reason::WafSqli,
         943 => Reason::WafSessionFixation,
         944 => Reason::WafJava,
+        950..=956 => Reason::WafLeak,
         _ => return None,
     })
 }
@@ -521,6 +639,13 @@ fn is_secret_location(location: &str) -> bool {
     let lower = location.to_ascii_lowercase();
     let (collection, name) = lower.split_once(':').unwrap_or((lower.as_str(), ""));
     if collection.starts_with("request_cookies") || collection == "request_headers_names" && name.is_empty() {
+        return true;
+    }
+    // A leaking response may carry anything: what matched stays out of
+    // events (the rule id and message say what kind of leak it was).
+    if collection == "response_body"
+        || collection == "response_headers" && matches!(name, "set-cookie" | "authorization")
+    {
         return true;
     }
     if collection == "request_headers"

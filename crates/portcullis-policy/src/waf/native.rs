@@ -11,12 +11,19 @@
 //! - A rule the engine cannot run fully is a load error unless its id is
 //!   allowed by the configuration.
 //! - The verdict is the engine's intervention; the matches reported are the
-//!   attack rules (ids 911000–944999) that matched and log (CRS's
-//!   bookkeeping rules are `nolog`), with where their first link matched;
-//!   the score is CRS's inbound anomaly score.
+//!   attack rules (ids 911000–944999; for a response, the leak rules
+//!   950000–956999) that matched and log (CRS's bookkeeping rules are
+//!   `nolog`), with where their first link matched; the score is CRS's
+//!   inbound anomaly score (for a response, the outbound one).
+//! - A response continues its request's transaction (kept by
+//!   [`Engine::begin`]); when there is none (the request's verdict came
+//!   from the cache), the request phases run again first.
 
 use super::crs::RuleSet;
-use super::{Engine, EngineError, LoadError, Profile, RuleLoadError, RuleMatch, Verdict, category, snippet};
+use super::{
+    Engine, EngineError, LoadError, Profile, RuleLoadError, RuleMatch, Transaction, Verdict, WafRequest, WafResponse,
+    category, snippet,
+};
 
 /// Rules of stock CRS v4 this engine does not run, and why that is
 /// acceptable: none of them detects an attack.
@@ -75,10 +82,50 @@ impl Engine for Native {
         "portcullis"
     }
 
-    fn inspect(&self, request: &super::WafRequest) -> Result<Verdict, EngineError> {
+    fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError> {
+        Ok(verdict(&self.run_request(request).0, false))
+    }
+
+    fn inspects_responses(&self) -> bool {
+        self.waf.inspects_responses()
+    }
+
+    fn begin(&self, request: &WafRequest) -> Result<(Verdict, Option<Transaction>), EngineError> {
+        let (outcome, exchange) = self.run_request(request);
+        Ok((verdict(&outcome, false), Some(Transaction(Box::new(exchange)))))
+    }
+
+    fn inspect_response(
+        &self,
+        request: &WafRequest,
+        transaction: Option<Transaction>,
+        response: &WafResponse,
+    ) -> Result<Verdict, EngineError> {
+        let exchange = match transaction.map(|t| t.0.downcast::<portcullis_waf::Exchange>()) {
+            Some(Ok(exchange)) => *exchange,
+            Some(Err(_)) => return Err(EngineError("a transaction of another engine".into())),
+            None => self.run_request(request).1,
+        };
+        let headers: Vec<(&str, &[u8])> =
+            response.headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())).collect();
+        let outcome = self.waf.inspect_response(
+            exchange,
+            &portcullis_waf::Response {
+                status: response.status,
+                protocol: response.version,
+                headers: &headers,
+                body: response.body.as_deref(),
+            },
+        );
+        Ok(verdict(&outcome, true))
+    }
+}
+
+impl Native {
+    fn run_request(&self, request: &WafRequest) -> (portcullis_waf::Outcome, portcullis_waf::Exchange) {
         let headers: Vec<(&str, &[u8])> =
             request.headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())).collect();
-        let outcome = self.waf.inspect(&portcullis_waf::Request {
+        self.waf.inspect_request(&portcullis_waf::Request {
             method: &request.method,
             uri: &request.uri,
             protocol: request.version,
@@ -87,23 +134,28 @@ impl Engine for Native {
             body_complete: request.body_complete,
             client_ip: request.client_ip,
             client_port: request.client_port,
-        });
-        let mut matches: Vec<RuleMatch> = Vec::new();
-        for found in &outcome.matches {
-            if !found.logged || category(found.id).is_none() {
-                continue;
-            }
-            if matches.iter().any(|m| m.id == found.id && m.location == found.location) {
-                continue;
-            }
-            let value = String::from_utf8_lossy(&found.value);
-            matches.push(RuleMatch {
-                id: found.id,
-                snippet: snippet(&found.location, &value),
-                location: found.location.clone(),
-            });
-        }
-        let score = outcome.inbound_score.and_then(|s| i32::try_from(s).ok());
-        Ok(Verdict { intervened: outcome.intervention.is_some(), score, matches })
+        })
     }
+}
+
+/// The verdict of a request's (or, `outbound`, a response's) outcome.
+fn verdict(outcome: &portcullis_waf::Outcome, outbound: bool) -> Verdict {
+    let mut matches: Vec<RuleMatch> = Vec::new();
+    for found in &outcome.matches {
+        if !found.logged || category(found.id).is_none() {
+            continue;
+        }
+        if matches.iter().any(|m| m.id == found.id && m.location == found.location) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(&found.value);
+        matches.push(RuleMatch {
+            id: found.id,
+            snippet: snippet(&found.location, &value),
+            location: found.location.clone(),
+        });
+    }
+    let score = if outbound { outcome.outbound_score } else { outcome.inbound_score };
+    let score = score.and_then(|s| i32::try_from(s).ok());
+    Verdict { intervened: outcome.intervention.is_some(), score, matches }
 }

@@ -54,7 +54,7 @@ pub struct RawConfig {
 pub struct RawWaf {
     /// `block` (default), `detect` or `off`: the routes' default.
     pub mode: Option<Spanned<String>>,
-    /// `zentinel` (default) or `libmodsecurity`.
+    /// `portcullis` (default), `zentinel` or `libmodsecurity`.
     pub engine: Option<Spanned<String>>,
     /// The OWASP CRS v4 directory.
     pub rules: Option<Spanned<String>>,
@@ -71,6 +71,12 @@ pub struct RawWaf {
     pub cache: Option<Spanned<i64>>,
     /// Rule ids (or ranges) the engine may load only partly.
     pub allow_load_errors: Option<Vec<Spanned<String>>>,
+    /// `off` (default), `detect` or `block`: the routes' response inspection.
+    pub responses: Option<Spanned<String>>,
+    pub outbound_threshold: Option<Spanned<i64>>,
+    pub response_body_limit: Option<Spanned<Size>>,
+    /// Media types whose bodies are inspected.
+    pub response_types: Option<Vec<Spanned<String>>>,
     #[serde(default, rename = "exclusion")]
     pub exclusions: Vec<Spanned<RawWafExclusion>>,
 }
@@ -93,12 +99,13 @@ pub enum RawRouteWaf {
     Table(RawRouteWafTable),
 }
 
-/// `waf = { mode, paranoia, inbound_threshold }` on a route. Plain values:
+/// `waf = { mode, responses, paranoia, inbound_threshold }` on a route. Plain values:
 /// an untagged enum cannot carry spans; errors point at the route's `waf`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteWafTable {
     pub mode: Option<String>,
+    pub responses: Option<String>,
     pub paranoia: Option<i64>,
     pub inbound_threshold: Option<i64>,
 }

@@ -11,6 +11,11 @@
 //!   route. Routes with equal profiles share one loaded engine.
 //! - Defaults are the secure choice: block, paranoia 1, threshold 5 (CRS's
 //!   own), bodies over the inspection limit refused, overload fails closed.
+//! - Responses are inspected only when asked (`responses = "detect"` or
+//!   `"block"`, globally or per route): inspecting one means holding it
+//!   until its body (up to `response_body_limit`) has arrived, which a
+//!   streaming or long-polling route would not want unannounced. Only the
+//!   `portcullis` engine inspects responses; asking another is an error.
 //!
 //! The engines are loaded (and canary-checked) when the server starts or
 //! reloads, not here: parsing stays cheap for `check` and tests.
@@ -30,6 +35,13 @@ pub const DEFAULT_BODY_LIMIT: u64 = 128 * 1024;
 pub const DEFAULT_CACHE: usize = 10_000;
 /// Requests waiting for an inspection worker, by default.
 pub const DEFAULT_QUEUE: usize = 1024;
+/// Response body bytes inspected by default.
+pub const DEFAULT_RESPONSE_BODY_LIMIT: u64 = 256 * 1024;
+/// Media types whose response bodies are inspected by default: what
+/// ModSecurity's recommended setup inspects, and JSON, where an API's
+/// errors (and leaks) are.
+pub const DEFAULT_RESPONSE_TYPES: &[&str] =
+    &["text/html", "text/plain", "text/xml", "application/json", "application/xml", "application/problem+json"];
 
 /// `[waf]`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +64,10 @@ pub struct Waf {
     pub fail_open: bool,
     /// Verdicts remembered per rule set (0: none).
     pub cache: usize,
+    /// Response body bytes inspected (the rest is streamed uninspected).
+    pub response_body_limit: u64,
+    /// Media types (lower case, without parameters) whose bodies are inspected.
+    pub response_types: Vec<String>,
 }
 
 /// A route's WAF.
@@ -59,6 +75,8 @@ pub struct Waf {
 pub struct RouteWaf {
     /// Block or detect.
     pub mode: Mode,
+    /// Whether responses are inspected, and what a leak does.
+    pub responses: Option<Mode>,
     /// Index into [`Waf::profiles`].
     pub profile: usize,
 }
@@ -67,6 +85,7 @@ pub struct RouteWaf {
 #[derive(Debug)]
 pub(super) struct WafBase {
     mode: Option<Mode>,
+    responses: Option<Mode>,
     profile: Profile,
     exclusions: Vec<(Exclusion, Option<Vec<String>>)>,
     waf: Waf,
@@ -95,6 +114,38 @@ fn threshold(c: &mut Collector<'_>, value: Option<&Spanned<i64>>, default: u32) 
             default
         }
     }
+}
+
+fn outbound(c: &mut Collector<'_>, value: Option<&Spanned<i64>>) -> u32 {
+    let Some(value) = value else { return 4 };
+    match u32::try_from(*value.get_ref()) {
+        Ok(n) if (1..=10_000).contains(&n) => n,
+        _ => {
+            c.error(value.span(), "outbound_threshold is out of range")
+                .expected("between 1 and 10000 (CRS's default is 4: one critical leak)");
+            4
+        }
+    }
+}
+
+fn media_types(c: &mut Collector<'_>, list: Option<&Vec<Spanned<String>>>) -> Vec<String> {
+    let Some(list) = list else { return DEFAULT_RESPONSE_TYPES.iter().map(|t| (*t).to_owned()).collect() };
+    let mut out = Vec::new();
+    for item in list {
+        let text = item.get_ref().trim().to_ascii_lowercase();
+        let valid = text.split_once('/').is_some_and(|(a, b)| {
+            let token =
+                |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+            token(a) && token(b)
+        });
+        if valid {
+            out.push(text);
+        } else {
+            c.error(item.span(), format!("{:?} is not a media type", item.get_ref()))
+                .expected("a type/subtype without parameters, such as \"application/json\"");
+        }
+    }
+    out
 }
 
 fn count(c: &mut Collector<'_>, value: Option<&Spanned<i64>>, default: usize, max: usize, what: &str) -> usize {
@@ -157,7 +208,18 @@ pub(super) fn build_waf(c: &mut Collector<'_>, raw: &RawConfig, base: &std::path
         inbound_threshold: threshold(c, w.inbound_threshold.as_ref(), 5),
         exclusions: Vec::new(),
         allow_load_errors: w.allow_load_errors.as_deref().map(|ids| ranges(c, ids)).unwrap_or_default(),
+        responses: false,
+        outbound_threshold: outbound(c, w.outbound_threshold.as_ref()),
     };
+    let responses = choice(c, w.responses.as_ref(), None, "responses", MODES);
+    let asks_responses = responses.is_some()
+        || raw.routes.iter().any(|r| {
+            matches!(&r.get_ref().waf, Some(w) if matches!(w.get_ref(), RawRouteWaf::Table(t) if t.responses.as_deref().is_some_and(|m| m != "off")))
+        });
+    if asks_responses && engine != EngineKind::Portcullis {
+        c.error(spanned.span(), format!("engine {:?} does not inspect responses", engine.as_str()))
+            .help("use engine = \"portcullis\" (the default), or responses = \"off\"");
+    }
     let route_names: Vec<&str> = raw.routes.iter().filter_map(|r| r.get_ref().name.as_deref()).collect();
     let mut exclusions = Vec::new();
     for e in &w.exclusions {
@@ -206,8 +268,17 @@ pub(super) fn build_waf(c: &mut Collector<'_>, raw: &RawConfig, base: &std::path
             Some(v) if *v.get_ref() == 0 => 0,
             Some(v) => count(c, Some(v), DEFAULT_CACHE, 10_000_000, "cache"),
         },
+        response_body_limit: size(
+            c,
+            w.response_body_limit.as_ref(),
+            DEFAULT_RESPONSE_BODY_LIMIT,
+            1,
+            64 << 20,
+            "response_body_limit",
+        ),
+        response_types: media_types(c, w.response_types.as_ref()),
     };
-    Some(WafBase { mode, profile, exclusions, waf })
+    Some(WafBase { mode, responses, profile, exclusions, waf })
 }
 
 /// A route's WAF: its mode and the index of its profile (added to `base`).
@@ -225,6 +296,7 @@ pub(super) fn route_waf(
         return None;
     };
     let mut profile = base.profile.clone();
+    let mut responses = base.responses;
     let mode = match route.waf.as_ref().map(|w| (w.span(), w.get_ref())) {
         None => base.mode,
         Some((span, RawRouteWaf::Mode(word))) => {
@@ -234,12 +306,17 @@ pub(super) fn route_waf(
             let spanned = |v: Option<i64>| v.map(|v| Spanned::new(span.clone(), v));
             profile.paranoia = paranoia(c, spanned(t.paranoia).as_ref(), profile.paranoia);
             profile.inbound_threshold = threshold(c, spanned(t.inbound_threshold).as_ref(), profile.inbound_threshold);
+            if let Some(word) = &t.responses {
+                responses =
+                    choice(c, Some(&Spanned::new(span.clone(), word.clone())), responses, "waf responses", MODES);
+            }
             match &t.mode {
                 Some(m) => choice(c, Some(&Spanned::new(span, m.clone())), base.mode, "waf mode", MODES),
                 None => base.mode.or(Some(Mode::Block)),
             }
         }
     }?;
+    profile.responses = responses.is_some();
     profile.exclusions = base
         .exclusions
         .iter()
@@ -251,7 +328,7 @@ pub(super) fn route_waf(
         profiles.push(profile);
         profiles.len() - 1
     });
-    Some(RouteWaf { mode, profile: index })
+    Some(RouteWaf { mode, responses, profile: index })
 }
 
 impl WafBase {

@@ -15,10 +15,14 @@
 //!   BENIGN test if stages only list ids that must not fire
 //!   (`no_expect_ids`). Its paranoia level is the highest of the expected
 //!   rules' `paranoia-level/N` tags in the CRS rule files (untagged: 1).
-//! - Skipped, and counted: tests for response rules (`RESPONSE-*`; a
-//!   gateway in front of a plain 200 upstream never sees those responses),
-//!   and tests that check only a status or log text (no rule ids to classify
-//!   them by).
+//! - Tests of response rules (`RESPONSE-95x`) are kept apart
+//!   ([`Corpus::responses`]): their requests ask go-ftw's backend (albedo)
+//!   to answer with a given body, which [`reflected`] builds in process.
+//!   They are judged as go-ftw judges them, by the rule ids reported
+//!   ([`inspect_response`]).
+//! - Skipped, and counted: `RESPONSE-980` (phase 5 reporting, which the
+//!   gateway's events replace), and tests that check only a status or log
+//!   text (no rule ids to classify them by).
 
 #![allow(dead_code)]
 
@@ -32,7 +36,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use portcullis_policy::waf::WafRequest;
+use portcullis_policy::waf::{WafRequest, WafResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -60,6 +64,8 @@ pub struct Test {
 #[derive(Debug, Default)]
 pub struct Corpus {
     pub tests: Vec<Test>,
+    /// Tests of the response rules.
+    pub responses: Vec<Test>,
     /// Reason → number of tests.
     pub skipped: Vec<(String, usize)>,
 }
@@ -113,8 +119,8 @@ impl Corpus {
                 .collect()
         };
         let (expect, no_expect) = (ids("expect_ids"), ids("no_expect_ids"));
-        if response {
-            self.skip("response rules (RESPONSE-*): the gateway does not inspect responses, and the upstream is a plain 200 responder");
+        if response && expect.iter().chain(&no_expect).any(|id| *id >= 980_000) {
+            self.skip("phase 5 reporting (RESPONSE-980): the gateway's events replace it");
             return;
         }
         let (class, ids) = if !expect.is_empty() {
@@ -130,7 +136,8 @@ impl Corpus {
             Class::Benign => 1,
         };
         let stages = stages.iter().map(|s| wire(&s["input"])).collect();
-        self.tests.push(Test { name, class, paranoia, ids, stages });
+        let test = Test { name, class, paranoia, ids, stages };
+        if response { self.responses.push(test) } else { self.tests.push(test) }
     }
 
     fn skip(&mut self, reason: &str) {
@@ -509,6 +516,91 @@ pub fn inspect(engine: &dyn portcullis_policy::waf::Engine, test: &Test) -> Outc
         }
     }
     outcome
+}
+
+/// The response go-ftw's backend (albedo) gives `request`: for
+/// `/reflect`, the status, headers and body its JSON asks for (status 200
+/// and a sniffed `Content-Type` by default, as Go's server does); for any
+/// other path, a 200 echoing the request body as plain text.
+pub fn reflected(request: &WafRequest) -> WafResponse {
+    let mut status = 200;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut body = request.body.to_vec();
+    if request.uri.split('?').next() == Some("/reflect")
+        && let Ok(serde_json::Value::Object(spec)) = serde_json::from_slice::<serde_json::Value>(&request.body)
+    {
+        status =
+            spec.get("status").and_then(serde_json::Value::as_u64).and_then(|s| u16::try_from(s).ok()).unwrap_or(200);
+        if let Some(serde_json::Value::Object(map)) = spec.get("headers") {
+            headers =
+                map.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect();
+        }
+        body = match (spec.get("body"), spec.get("encodedBody")) {
+            (Some(serde_json::Value::String(text)), _) => text.clone().into_bytes(),
+            (_, Some(serde_json::Value::String(encoded))) => {
+                base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+    }
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        let start = String::from_utf8_lossy(&body[..body.len().min(512)]).trim_start().to_ascii_lowercase();
+        let html = [
+            "<!doctype html",
+            "<html",
+            "<head",
+            "<script",
+            "<iframe",
+            "<h1",
+            "<div",
+            "<font",
+            "<table",
+            "<a",
+            "<style",
+            "<title",
+            "<b",
+            "<body",
+            "<br",
+            "<p",
+            "<!--",
+        ]
+        .iter()
+        .any(|tag| start.starts_with(tag) && start[tag.len()..].starts_with([' ', '>']));
+        let kind = if html { "text/html; charset=utf-8" } else { "text/plain; charset=utf-8" };
+        headers.push(("Content-Type".to_owned(), kind.to_owned()));
+    }
+    headers.push(("Content-Length".to_owned(), body.len().to_string()));
+    WafResponse { status, version: "HTTP/1.1", headers, body: Some(Bytes::from(body)) }
+}
+
+/// Runs a response test's stages through an engine in process (request,
+/// then the [`reflected`] response): the rule ids reported over all stages
+/// (959100 when the outbound blocking rule intervened), or `None` when a
+/// stage could not run.
+pub fn inspect_response(engine: &dyn portcullis_policy::waf::Engine, test: &Test) -> Option<Vec<u32>> {
+    let mut reported: Vec<u32> = Vec::new();
+    for stage in &test.stages {
+        let request = to_waf_request(stage).ok()?;
+        let (_, transaction) = engine.begin(&request).ok()?;
+        let verdict = engine.inspect_response(&request, transaction, &reflected(&request)).ok()?;
+        reported.extend(verdict.matches.iter().map(|m| m.id));
+        if verdict.intervened {
+            // CRS's outbound blocking rule is what intervenes.
+            reported.push(959_100);
+        }
+    }
+    reported.sort_unstable();
+    reported.dedup();
+    Some(reported)
+}
+
+/// Whether `reported` is what the test expects: every expected rule id
+/// (attack), none of the listed ones (benign).
+pub fn as_expected(test: &Test, reported: &[u32]) -> bool {
+    match test.class {
+        Class::Attack => test.ids.iter().all(|id| reported.contains(id)),
+        Class::Benign => !test.ids.iter().any(|id| reported.contains(id)),
+    }
 }
 
 /// The bytes of a request on the wire (HTTP/1.1 framing as given).
