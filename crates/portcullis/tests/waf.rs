@@ -424,3 +424,130 @@ async fn reloads_load_new_rule_sets_and_refuse_broken_ones() {
     gw.server.reload(block).await.unwrap();
     assert_eq!(get(&attack).await.0.status, 403, "the reloaded WAF blocks");
 }
+
+/// MySQL's answer to a broken query, as an application that shows its
+/// errors passes it on.
+const MYSQL_ERROR: &str = "You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near '\\'' at line 1";
+
+/// An upstream that leaks, by path: database errors in HTML and JSON, the
+/// same compressed or as an image (not inspected), a big clean page, and a
+/// big page with the leak past the inspection limit.
+async fn leaky_upstream() -> std::net::SocketAddr {
+    upstream(|req: Request<Incoming>| async move {
+        let (status, content_type, encoding, body): (u16, &str, Option<&str>, String) = match req.uri().path() {
+            "/watched/error" | "/api/error" | "/quiet/error" => {
+                (500, "text/html; charset=utf-8", None, format!("<html><body><p>{MYSQL_ERROR}</p></body></html>"))
+            }
+            "/api/json-error" => (
+                500,
+                "application/json",
+                None,
+                serde_json::json!({"statusCode": 500, "message": format!("QueryFailedError: {MYSQL_ERROR}")})
+                    .to_string(),
+            ),
+            "/api/gzip-error" => (500, "text/html", Some("gzip"), MYSQL_ERROR.to_owned()),
+            "/api/image" => (200, "image/png", None, MYSQL_ERROR.to_owned()),
+            "/api/big" => (200, "text/plain", None, "plain words and numbers 12345\n".repeat(200)),
+            "/api/late-error" => (200, "text/plain", None, format!("{}{MYSQL_ERROR}", "x".repeat(4096))),
+            _ => (200, "text/html", None, "<p>hello</p>".to_owned()),
+        };
+        let mut response = http::Response::new(portcullis_layers::full(body));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        response.headers_mut().insert("content-type", content_type.parse().unwrap());
+        if let Some(encoding) = encoding {
+            response.headers_mut().insert("content-encoding", encoding.parse().unwrap());
+        }
+        response
+    })
+    .await
+}
+
+const RESPONSE_ROUTES: &str = r#"
+[[route]]
+name = "watched"
+match = { path = "/watched/**" }
+upstream = "app"
+auth = "public"
+waf = { responses = "detect" }
+
+[[route]]
+name = "quiet"
+match = { path = "/quiet/**" }
+upstream = "app"
+auth = "public"
+waf = { responses = "off" }
+"#;
+
+#[tokio::test]
+async fn leaking_responses_are_withheld_or_logged_and_the_rest_pass_intact() {
+    let up = leaky_upstream().await;
+    let gw = gateway(&config(up, "responses = \"block\"\nresponse_body_limit = 2048", RESPONSE_ROUTES)).await;
+
+    for path in ["/api/error", "/api/json-error"] {
+        let (parts, body) = get(&gw.url(path)).await;
+        assert_denied(&parts, &body, 502, "waf.leak");
+        let event = gw.events.last().unwrap();
+        assert_eq!((event.reason, event.action, event.status), ("waf.leak", Action::Deny, 502), "{path}");
+        let report = event.waf.as_ref().expect("the event carries the WAF report");
+        assert!(report.matches.iter().any(|m| m.id / 1000 == 951), "{report:?}");
+        assert!(
+            report.matches.iter().all(|m| m.location == "RESPONSE_BODY" && m.snippet == "[withheld]"),
+            "what leaked stays out of the event: {report:?}"
+        );
+        assert!(!format!("{event:?}").contains("MySQL server version"), "{event:?}");
+    }
+    // The same request again: its verdict comes from the cache, and its
+    // response is still inspected.
+    let (parts, body) = get(&gw.url("/api/error")).await;
+    assert_denied(&parts, &body, 502, "waf.leak");
+
+    // Detect mode delivers the response and logs the leak; off does neither.
+    let (parts, body) = get(&gw.url("/watched/error")).await;
+    assert_eq!(parts.status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("MySQL server version"));
+    let event = gw.events.last().unwrap();
+    assert_eq!((event.reason, event.action, event.status), ("waf.leak", Action::Log, 500));
+    let before = gw.events.reasons().len();
+    let (parts, _) = get(&gw.url("/quiet/error")).await;
+    assert_eq!(parts.status, 500);
+    assert_eq!(gw.events.reasons().len(), before, "responses are not inspected on this route");
+
+    // Compressed bodies and types not listed are not inspected.
+    let (parts, body) = get(&gw.url("/api/gzip-error")).await;
+    assert_eq!((parts.status.as_u16(), parts.headers["content-encoding"].to_str().unwrap()), (500, "gzip"));
+    assert_eq!(body, MYSQL_ERROR.as_bytes());
+    let (parts, body) = get(&gw.url("/api/image")).await;
+    assert_eq!((parts.status.as_u16(), body.len()), (200, MYSQL_ERROR.len()));
+
+    // A body longer than the limit is inspected up to it and delivered whole.
+    let (parts, body) = get(&gw.url("/api/big")).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "plain words and numbers 12345\n".repeat(200).as_bytes());
+    let (parts, body) = get(&gw.url("/api/late-error")).await;
+    assert_eq!((parts.status.as_u16(), body.len()), (200, 4096 + MYSQL_ERROR.len()));
+    let (parts, body) = get(&gw.url("/api/page")).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"<p>hello</p>"[..]));
+    assert_eq!(gw.events.reasons().iter().filter(|r| **r == "waf.leak").count(), 4, "{:?}", gw.events.reasons());
+}
+
+#[test]
+fn response_inspection_needs_the_portcullis_engine() {
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cases = [
+        ("engine = \"zentinel\"\nresponses = \"block\"", "does not inspect responses"),
+        ("responses = \"always\"", "unknown responses"),
+        ("response_types = [\"json\"]", "not a media type"),
+        ("outbound_threshold = 0", "outbound_threshold is out of range"),
+    ];
+    for (waf, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let err = portcullis::config::parse(&dir.path().join("p.toml"), &config(up, waf, ""), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{waf}: {err}");
+    }
+    let per_route = config(up, "engine = \"zentinel\"", RESPONSE_ROUTES);
+    let dir = tempfile::tempdir().unwrap();
+    let err = portcullis::config::parse(&dir.path().join("p.toml"), &per_route, |_| None).unwrap_err().to_string();
+    assert!(err.contains("does not inspect responses"), "{err}");
+}

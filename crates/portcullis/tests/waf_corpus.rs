@@ -130,6 +130,93 @@ body_limit = "128 KiB"
     assert!(clean_blocked.is_empty(), "clean requests refused: {clean_blocked:#?}");
 }
 
+/// CRS's response-rule tests (`RESPONSE-95x`) through the running gateway,
+/// in front of an upstream that answers as go-ftw's backend does (albedo's
+/// `/reflect`: the status, headers and body the request asks for). Requests
+/// are not blocked (threshold 10000, as in CRS's own test setup: many ask
+/// for their leak with an attack) and every outbound match intervenes
+/// (outbound threshold 1), so each leak's rule ids are in its `waf.leak`
+/// event. Every PL1 test must do what it expects (67 leaks, 14 clean;
+/// libmodsecurity 3.0.9 does the same, `bench/waf-corpus`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crs_response_tests_are_detected_through_the_gateway() {
+    let corpus = ftw::Corpus::load(&crs().join("regression"), &crs().join("rules"));
+    let up = common::upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let uri = req.uri().to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let mut request = ftw::to_waf_request(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        (request.uri, request.body) = (uri, body);
+        let reflected = ftw::reflected(&request);
+        let mut response = http::Response::new(portcullis_layers::full(reflected.body.unwrap_or_default()));
+        *response.status_mut() = http::StatusCode::from_u16(reflected.status).unwrap();
+        for (name, value) in &reflected.headers {
+            if !name.eq_ignore_ascii_case("content-length") {
+                response.headers_mut().append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+        }
+        response
+    })
+    .await;
+    let gw = common::gateway(&format!(
+        r#"
+[[listener]]
+name = "test"
+bind = "127.0.0.1:0"
+
+[[upstream]]
+name = "albedo"
+targets = ["http://{up}"]
+
+[[route]]
+name = "all"
+match = {{ path = "/**" }}
+upstream = "albedo"
+auth = "public"
+
+[waf]
+rules = "{crs}"
+mode = "block"
+inbound_threshold = 10000
+responses = "detect"
+outbound_threshold = 1
+"#,
+        crs = crs().display()
+    ))
+    .await;
+    let addr = gw.addr.to_string();
+    let (mut leaks, mut detected, mut benign, mut clean) = (0, 0, 0, 0);
+    let mut failed = Vec::new();
+    for test in corpus.responses.iter().filter(|t| t.paranoia == 1) {
+        let before = gw.events.0.lock().unwrap().len();
+        for stage in &test.stages {
+            let status = ftw::send(&addr, stage).await;
+            assert!(status.is_some_and(|s| s < 400 || s >= 500), "{}: the request was refused ({status:?})", test.name);
+        }
+        let reported: Vec<u32> = gw.events.0.lock().unwrap()[before..]
+            .iter()
+            .filter(|e| e.reason == "waf.leak")
+            .flat_map(|e| e.waf.iter().flat_map(|w| w.matches.iter().map(|m| m.id)).chain([959_100]))
+            .collect();
+        let ok = ftw::as_expected(test, &reported);
+        match test.class {
+            ftw::Class::Attack => (leaks, detected) = (leaks + 1, detected + usize::from(ok)),
+            ftw::Class::Benign => (benign, clean) = (benign + 1, clean + usize::from(ok)),
+        }
+        if !ok {
+            failed.push(format!("{} {:?} reported {reported:?}", test.name, test.ids));
+        }
+    }
+    println!(
+        "gateway + portcullis-waf, CRS v4 response rules at PL1: {detected}/{leaks} leak tests detected, {clean}/{benign} benign tests clean"
+    );
+    assert!(leaks >= 60 && benign >= 10, "the response tests did not load: {leaks} leak, {benign} benign");
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
 /// A few hundred ordinary requests of a JSON orders API, as a browser app or
 /// a service client sends them: ids, pagination, names with accents and
 /// apostrophes, emails, street addresses, free-text notes, dates, prices.
