@@ -108,6 +108,7 @@ pub struct WafSettings {
 /// A bounded set of inspection workers with a bounded queue.
 #[derive(Debug)]
 pub struct WafPool {
+    workers: usize,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     queue: usize,
@@ -151,7 +152,37 @@ impl WafPool {
                 }
             })?;
         }
-        Ok(Self { permits: Arc::new(Semaphore::new(workers)), waiting: AtomicUsize::new(0), queue, jobs })
+        Ok(Self { workers, permits: Arc::new(Semaphore::new(workers)), waiting: AtomicUsize::new(0), queue, jobs })
+    }
+
+    /// Runs the canary set through every engine once on each worker thread
+    /// (`canary::warm_up`), before the pool serves: the regex engines keep
+    /// their caches per thread, and a cold thread's first request costs
+    /// milliseconds. Each worker takes exactly one warm-up job (they wait
+    /// for each other before starting). Returns once all are done.
+    pub async fn warm_up(&self, engines: &[Arc<dyn Engine>]) {
+        let barrier = Arc::new(std::sync::Barrier::new(self.workers));
+        let mut done = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            let (barrier, engines) = (barrier.clone(), engines.to_vec());
+            let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+            let job: Job = Box::new(move || {
+                barrier.wait();
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    for engine in &engines {
+                        portcullis_policy::waf::canary::warm_up(engine.as_ref());
+                    }
+                }));
+                let _ = answer.send(());
+            });
+            if self.jobs.send(job).is_err() {
+                return;
+            }
+            done.push(answered);
+        }
+        for answered in done {
+            let _ = answered.await;
+        }
     }
 
     async fn inspect(&self, engine: Arc<dyn Engine>, request: WafRequest) -> Result<Verdict, Unavailable> {
@@ -542,6 +573,34 @@ mod tests {
         }
         assert!(pool.inspect(toy.clone(), request_for("/after")).await.is_ok());
         assert_eq!(pool.permits.available_permits(), 2);
+    }
+
+    /// Counts the inspections each thread ran.
+    #[derive(Debug, Default)]
+    struct Counting(Mutex<std::collections::BTreeMap<String, usize>>);
+
+    impl Engine for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn inspect(&self, _: &WafRequest) -> Result<Verdict, EngineError> {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            *self.0.lock().unwrap().entry(name).or_default() += 1;
+            Ok(Verdict::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_worker_warms_up_once_before_serving() {
+        let pool = WafPool::new(3, 10).unwrap();
+        let engine = Arc::new(Counting::default());
+        pool.warm_up(&[engine.clone() as Arc<dyn Engine>]).await;
+        let counts = engine.0.lock().unwrap().clone();
+        let threads: Vec<&str> = counts.keys().map(String::as_str).collect();
+        assert_eq!(threads, ["portcullis-waf-0", "portcullis-waf-1", "portcullis-waf-2"], "{counts:?}");
+        let per_thread: Vec<usize> = counts.values().copied().collect();
+        assert!(per_thread[0] >= 5 && per_thread.iter().all(|n| *n == per_thread[0]), "{counts:?}");
+        assert_eq!(pool.permits.available_permits(), 3);
     }
 
     #[tokio::test]

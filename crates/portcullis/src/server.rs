@@ -308,6 +308,13 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         pool: WafPool::new(waf.workers, waf.queue)
             .map_err(|e| StartError::Waf(format!("cannot start the inspection threads: {e}")))?,
     });
+    let warming = std::time::Instant::now();
+    settings.pool.warm_up(&engines).await;
+    tracing::info!(
+        workers = waf.workers,
+        elapsed_ms = u64::try_from(warming.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "WAF inspection threads warmed up"
+    );
     let caches: Vec<Option<Arc<VerdictCache>>> =
         engines.iter().map(|_| (waf.cache > 0).then(|| Arc::new(VerdictCache::new(waf.cache)))).collect();
     Ok(config

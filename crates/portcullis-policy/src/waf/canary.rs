@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use bytes::Bytes;
 
-use super::{Engine, LoadError, WafRequest};
+use super::{Engine, LoadError, WafRequest, WafResponse};
 
 /// An attack or plain request of the canary set.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +93,35 @@ const CANARIES: &[Canary] = &[
     },
 ];
 
+/// More plain requests for [`warm_up`]: the shapes of ordinary traffic
+/// (ids and words in paths and queries, nested JSON, dates, prices).
+const WARM_UP: &[Canary] = &[
+    Canary {
+        name: "a browser GET",
+        method: "GET",
+        uri: "/api/customers/8812/orders?from=2026-01-01&to=2026-12-31&status=shipped&q=Blue+Shoes+42",
+        content_type: None,
+        body: "",
+        attack: false,
+    },
+    Canary {
+        name: "a nested JSON POST",
+        method: "POST",
+        uri: "/api/carts/77/items",
+        content_type: Some("application/json"),
+        body: r#"{"customer":{"name":"Zoë O'Brien","email":"zoe@example.org","address":{"street":"12 Rue de la Paix","zip":"75002"}},"items":[{"sku":"SKU-1042","qty":2,"price":19.99},{"sku":"SKU-7","qty":1,"price":5}],"note":"Ring twice, then leave it by the door (thanks!)"}"#,
+        attack: false,
+    },
+    Canary {
+        name: "a PUT with a form body",
+        method: "PUT",
+        uri: "/account/settings",
+        content_type: Some("application/x-www-form-urlencoded"),
+        body: "display_name=Jean-Luc+Picard&timezone=Europe%2FParis&newsletter=on&bio=Captain%2C+USS+Enterprise",
+        attack: false,
+    },
+];
+
 fn request(canary: &Canary) -> WafRequest {
     let mut headers = vec![
         ("Host".to_owned(), "app.example.com".to_owned()),
@@ -117,12 +146,74 @@ fn request(canary: &Canary) -> WafRequest {
     }
 }
 
+/// Responses for an engine that inspects them: a leak that must be found
+/// and a plain page that must pass.
+const RESPONSES: &[(&str, &str, bool)] = &[
+    (
+        "a MySQL error in a response",
+        "<html><body>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near '1'' at line 1</body></html>",
+        true,
+    ),
+    ("a plain HTML response", "<html><body><h1>Orders</h1><p>2 orders, shipped on Monday.</p></body></html>", false),
+];
+
+fn response(body: &'static str) -> WafResponse {
+    WafResponse {
+        status: 200,
+        version: "HTTP/1.1",
+        headers: vec![
+            ("Content-Type".to_owned(), "text/html; charset=utf-8".to_owned()),
+            ("Content-Length".to_owned(), body.len().to_string()),
+        ],
+        body: Some(Bytes::from_static(body.as_bytes())),
+    }
+}
+
+/// Runs the canary set (requests, and responses when the engine inspects
+/// them) through `engine` on this thread, ignoring the verdicts: each
+/// inspection thread does this once before serving, so the regex engines'
+/// per-thread caches are built before the first real request needs them
+/// (a cold thread's first request costs milliseconds, not microseconds).
+pub fn warm_up(engine: &dyn Engine) {
+    for canary in CANARIES.iter().chain(WARM_UP) {
+        let mut request = request(canary);
+        if !canary.attack {
+            // What browsers add: every header's rules see a value.
+            request.headers.extend([
+                ("Cookie".to_owned(), "session=3f9a1c27e8b4d605; theme=dark; consent=1".to_owned()),
+                ("Referer".to_owned(), "https://app.example.com/orders?page=1".to_owned()),
+                ("Cache-Control".to_owned(), "no-cache".to_owned()),
+                ("Sec-Fetch-Site".to_owned(), "same-origin".to_owned()),
+            ]);
+        }
+        let _ = engine.inspect(&request);
+        if engine.inspects_responses() {
+            for (_, body, _) in RESPONSES {
+                let _ = engine.inspect_response(&request, None, &response(body));
+            }
+        }
+    }
+}
+
 /// Runs the canary set through `engine`.
 ///
 /// # Errors
-/// An attack went undetected, a plain request was blocked, or the engine failed.
+/// An attack (or, for an engine that inspects responses, a leak) went
+/// undetected, a plain request (or response) was blocked, or the engine
+/// failed.
 pub fn check(engine: &dyn Engine) -> Result<(), LoadError> {
     let mut failures = Vec::new();
+    if engine.inspects_responses() {
+        let plain = CANARIES.iter().find(|c| !c.attack).map_or_else(|| request(&CANARIES[0]), request);
+        for (name, body, leak) in RESPONSES {
+            match engine.inspect_response(&plain, None, &response(body)) {
+                Err(e) => failures.push(format!("{name}: {e}")),
+                Ok(verdict) if *leak && !verdict.intervened => failures.push(format!("{name} was not detected")),
+                Ok(verdict) if !*leak && verdict.intervened => failures.push(format!("{name} was withheld")),
+                Ok(_) => {}
+            }
+        }
+    }
     for canary in CANARIES {
         match engine.inspect(&request(canary)) {
             Err(e) => failures.push(format!("{}: {e}", canary.name)),
@@ -161,6 +252,38 @@ mod tests {
         let err = check(&Fixed(Verdict::default())).unwrap_err().to_string();
         assert!(err.contains("SQL injection in the query was not detected"), "{err}");
         assert!(!err.contains("was blocked"), "{err}");
+    }
+
+    /// Detects what a good engine detects in requests, nothing in responses.
+    #[derive(Debug)]
+    struct BlindToResponses;
+
+    impl Engine for BlindToResponses {
+        fn name(&self) -> &'static str {
+            "blind"
+        }
+        fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError> {
+            let attack = CANARIES.iter().any(|c| c.attack && c.uri == request.uri && c.body == request.body);
+            Ok(Verdict { intervened: attack, score: Some(if attack { 5 } else { 0 }), matches: vec![] })
+        }
+        fn inspects_responses(&self) -> bool {
+            true
+        }
+        fn inspect_response(
+            &self,
+            _: &WafRequest,
+            _: Option<crate::waf::Transaction>,
+            _: &WafResponse,
+        ) -> Result<Verdict, EngineError> {
+            Ok(Verdict::default())
+        }
+    }
+
+    #[test]
+    fn an_engine_that_inspects_responses_must_find_the_leak() {
+        let err = check(&BlindToResponses).unwrap_err().to_string();
+        assert!(err.contains("a MySQL error in a response was not detected"), "{err}");
+        assert!(!err.contains("SQL injection in the query"), "{err}");
     }
 
     #[test]
