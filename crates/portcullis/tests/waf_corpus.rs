@@ -221,6 +221,30 @@ outbound_threshold = 1
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// The response tests through both engines in process, libmodsecurity as
+/// the oracle: the same rule ids reported on every one of them (91 on
+/// 2026-12-03), at PL1 with requests not blocked.
+#[cfg(feature = "libmodsecurity")]
+#[test]
+fn responses_report_the_same_rules_as_libmodsecurity() {
+    use portcullis_policy::waf::{EngineKind, Profile};
+    let corpus = ftw::Corpus::load(&crs().join("regression"), &crs().join("rules"));
+    let profile = Profile { responses: true, inbound_threshold: 10_000, ..Profile::default() };
+    let ours = portcullis_policy::waf::load(EngineKind::Portcullis, &crs(), &profile).unwrap();
+    let oracle = portcullis_policy::waf::load(EngineKind::Libmodsecurity, &crs(), &profile).unwrap();
+    let mut differ = Vec::new();
+    let mut reported = 0;
+    for test in &corpus.responses {
+        let (a, b) = (ftw::inspect_response(ours.as_ref(), test), ftw::inspect_response(oracle.as_ref(), test));
+        reported += usize::from(a.as_ref().is_some_and(|ids| !ids.is_empty()));
+        if a != b {
+            differ.push(format!("{}: portcullis {a:?}, libmodsecurity {b:?}", test.name));
+        }
+    }
+    assert!(corpus.responses.len() >= 80 && reported >= 60, "{} tests, {reported} with rules", corpus.responses.len());
+    assert!(differ.is_empty(), "{differ:#?}");
+}
+
 /// A few hundred ordinary requests of a JSON orders API, as a browser app or
 /// a service client sends them: ids, pagination, names with accents and
 /// apostrophes, emails, street addresses, free-text notes, dates, prices.
