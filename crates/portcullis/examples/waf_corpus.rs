@@ -22,6 +22,13 @@
 //! with the same block decision, and every test where they differ, by class
 //! (printed, and under `"differential"` in the JSON).
 //!
+//! Each engine that inspects responses also replays CRS's response tests
+//! (`RESPONSE-95x`, albedo's `/reflect` answered in process) with the
+//! response rules loaded and requests not blocked: leak tests detected and
+//! benign ones clean at the paranoia level (`"responses"` in the JSON), and
+//! with two engines, the tests where the rule ids differ
+//! (`"responses_differential"`).
+//!
 //! `--benign FILE` also sends each engine every value of FILE (one per
 //! line; ordinary text with quotes, SQL words, prices, addresses, code) as a
 //! query parameter, a form field and a JSON field of browser-like requests,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use criterion::Criterion;
-use portcullis_policy::waf::{self, EngineKind, Profile, VerdictCache, WafRequest};
+use portcullis_policy::waf::{self, EngineKind, Profile, VerdictCache, WafRequest, WafResponse};
 
 fn request(method: &str, uri: &str, content_type: Option<&str>, body: &'static str) -> WafRequest {
     let mut headers = vec![
@@ -50,6 +50,18 @@ pub fn bench(c: &mut Criterion) {
             ),
         ),
         ("clean 500-byte JSON POST", request("POST", "/api/orders", Some("application/json"), json_500)),
+        ("browser GET with cookies", {
+            // What bench/pipeline sends: a browser's language and four cookies
+            // (each cookie is two more values for most attack rules).
+            let mut req = request("GET", "/api/orders/1042?expand=items&ref=0", None, "");
+            req.headers.push(("Accept-Language".to_owned(), "en-GB,en;q=0.9,fr;q=0.8".to_owned()));
+            req.headers.push((
+                "Cookie".to_owned(),
+                "theme=dark; lang=en-GB; cart=7f3c2a91-5b8e-4d2f-9c1a-3e6b8d0f4a21; _ga=GA1.1.1234567890.1733300000"
+                    .to_owned(),
+            ));
+            req
+        }),
         (
             "SQL injection",
             request("GET", "/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--", None, ""),
@@ -65,6 +77,29 @@ pub fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+    // The response phases (RESPONSE-95x) on a clean 2 KiB HTML page, after
+    // the request's transaction.
+    let responses =
+        waf::load(EngineKind::Portcullis, &crs, &Profile { responses: true, ..Profile::default() }).unwrap();
+    let page: String = format!(
+        "<html><head><title>Orders</title></head><body>{}</body></html>",
+        "<p>Order 1042: 2 mugs, shipped Monday to 12 Rue de la Paix.</p>".repeat(32)
+    );
+    let response = WafResponse {
+        status: 200,
+        version: "HTTP/1.1",
+        headers: vec![("Content-Type".to_owned(), "text/html; charset=utf-8".to_owned())],
+        body: Some(Bytes::from(page)),
+    };
+    let (_, get) = &cases[0];
+    let mut group = c.benchmark_group("waf/portcullis-responses");
+    group.bench_function("clean GET, then a 2 KiB HTML response", |b| {
+        b.iter(|| {
+            let (_, transaction) = responses.begin(black_box(get)).unwrap();
+            responses.inspect_response(get, transaction, black_box(&response)).unwrap()
+        });
+    });
+    group.finish();
     let mut group = c.benchmark_group("waf/cache");
     let cache = VerdictCache::new(1000);
     let (_, clean) = &cases[0];
