@@ -145,7 +145,12 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
     let Some(items) = program.phases.get(usize::from(phase).wrapping_sub(1)) else { return };
     let mut skip_to: Option<usize> = None;
     let mut skip_next: u32 = 0;
-    let mut cache = PhaseCache { values: vec![None; program.target_sets], any_hit: HashMap::new() };
+    let mut cache = PhaseCache {
+        values: vec![None; program.target_sets],
+        removed_values: HashMap::new(),
+        signatures: Vec::new(),
+        any_hit: HashMap::new(),
+    };
     for item in items {
         let index = match *item {
             Item::Marker(m) => {
@@ -230,9 +235,52 @@ fn apply_ctl(ctl: &Ctl, state: &mut State) {
 /// What a phase resolves once and every rule shares: the values of each
 /// fixed target set, and per (target set, regex set) which members of the
 /// set match any of those values.
+///
+/// A rule that `ctl:ruleRemoveTarget…` touched (CRS's 941010 does it to
+/// every XSS rule on nearly every request) sees its target set minus the
+/// removals that apply to it; rules with the same removals share that too,
+/// under the removals' signature (0: none).
 struct PhaseCache<'d> {
     values: Vec<Option<Rc<Vec<Value<'d>>>>>,
-    any_hit: HashMap<(u32, usize), Rc<Vec<bool>>>,
+    /// Values of (target set, signature) for signatures other than 0.
+    removed_values: HashMap<(u32, u32), Rc<Vec<Value<'d>>>>,
+    /// Signatures seen: the indices of the removals that apply (ids first,
+    /// then tags offset by the id list's length), numbered from 1.
+    signatures: Vec<Vec<u32>>,
+    any_hit: HashMap<(u32, u32, usize), Rc<Vec<bool>>>,
+}
+
+impl PhaseCache<'_> {
+    /// The signature of the runtime removals that apply to `rule` (0: none).
+    fn signature(&mut self, rule: &Rule, state: &State) -> u32 {
+        if state.removed_targets_by_id.is_empty() && state.removed_targets_by_tag.is_empty() {
+            return 0;
+        }
+        let by_id = state
+            .removed_targets_by_id
+            .iter()
+            .enumerate()
+            .filter(|(_, ((a, z), _))| rule.id != 0 && (*a..=*z).contains(&rule.id))
+            .map(|(i, _)| i);
+        let offset = state.removed_targets_by_id.len();
+        let by_tag = state
+            .removed_targets_by_tag
+            .iter()
+            .enumerate()
+            .filter(|(_, (tag, _))| rule.tags.iter().any(|t| t == tag))
+            .map(|(i, _)| i + offset);
+        let applying: Vec<u32> = by_id.chain(by_tag).filter_map(|i| u32::try_from(i).ok()).collect();
+        if applying.is_empty() {
+            return 0;
+        }
+        match self.signatures.iter().position(|s| *s == applying) {
+            Some(at) => u32::try_from(at + 1).unwrap_or(u32::MAX),
+            None => {
+                self.signatures.push(applying);
+                u32::try_from(self.signatures.len()).unwrap_or(u32::MAX)
+            }
+        }
+    }
 }
 
 /// A transformed value: the original, a cached copy, or a fresh one.
@@ -292,12 +340,9 @@ fn eval_link<'d>(
             return false;
         }
     }
-    let shared = match link.target_set {
-        Some(set) if !(at == 0 && has_runtime_removals(rule, state)) => Some(set),
-        _ => None,
-    };
-    let values: Rc<Vec<Value<'d>>> = match shared {
-        Some(set) => {
+    let signature = if at == 0 { cache.signature(rule, state) } else { 0 };
+    let values: Rc<Vec<Value<'d>>> = match (link.target_set, signature) {
+        (Some(set), 0) => {
             let slot = &mut cache.values[set as usize];
             match slot {
                 Some(values) => Rc::clone(values),
@@ -308,15 +353,23 @@ fn eval_link<'d>(
                 }
             }
         }
-        None => Rc::new(resolve_targets(rule, link, at == 0, data, state)),
+        (Some(set), signature) => match cache.removed_values.get(&(set, signature)) {
+            Some(values) => Rc::clone(values),
+            None => {
+                let values = Rc::new(resolve_targets(rule, link, true, data, state));
+                cache.removed_values.insert((set, signature), Rc::clone(&values));
+                values
+            }
+        },
+        (None, _) => Rc::new(resolve_targets(rule, link, at == 0, data, state)),
     };
     // One regex-set pass per value tells whether this rule's pattern can
     // match any of them; most rules end here.
-    if let (Some(ts), Operator::Rx { set: Some((set_id, index)), .. }) = (shared, &link.operator)
+    if let (Some(ts), Operator::Rx { set: Some((set_id, index)), .. }) = (link.target_set, &link.operator)
         && !link.negated
         && !link.multi_match
     {
-        let hits = match cache.any_hit.get(&(ts, *set_id)) {
+        let hits = match cache.any_hit.get(&(ts, signature, *set_id)) {
             Some(hits) => Rc::clone(hits),
             None => {
                 let mut hits = vec![false; program.sets[*set_id].0.len()];
@@ -338,7 +391,7 @@ fn eval_link<'d>(
                     }
                 }
                 let hits = Rc::new(hits);
-                cache.any_hit.insert((ts, *set_id), Rc::clone(&hits));
+                cache.any_hit.insert((ts, signature, *set_id), Rc::clone(&hits));
                 hits
             }
         };
