@@ -5,7 +5,7 @@
 //!
 //! - at least 97% of the PL1 attack tests blocked,
 //! - at most 17.5% of the benign tests blocked (16.8% measured; the
-//!   gateway's own refusals add to the engine's 15.0%; libmodsecurity 3.0.9
+//!   gateway's own refusals add to the engine's 15.1%; libmodsecurity 3.0.9
 //!   blocks 16.1% in process, 17.3% through nginx),
 //! - none of a few hundred ordinary JSON API requests blocked.
 //!
