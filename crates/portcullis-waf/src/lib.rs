@@ -190,7 +190,7 @@ impl Waf {
         let outcome = Outcome {
             intervention: state.intervention,
             matches: std::mem::take(&mut state.matches),
-            inbound_score: score(&state, "inbound"),
+            inbound_score: score(&state, INBOUND),
             outbound_score: None,
             body_error: data.body_error.clone(),
         };
@@ -200,9 +200,8 @@ impl Waf {
     /// Runs the response of an inspected request through phases 3 (status
     /// and headers) and 4 (`RESPONSE_BODY` only when `response.body` is
     /// given; phase 4 runs either way, as CRS's outbound blocking rules are
-    /// there). The
-    /// outcome lists only what the response phases found; its inbound score
-    /// is the request's.
+    /// there). The outcome lists only what the response phases found; its
+    /// inbound score is the request's.
     #[must_use]
     pub fn inspect_response(&self, exchange: Exchange, response: &Response<'_>) -> Outcome {
         let Exchange { mut data, carry } = exchange;
@@ -212,20 +211,22 @@ impl Waf {
         eval::run_phase(&self.program, 4, &data, &mut state);
         Outcome {
             intervention: state.intervention,
-            inbound_score: score(&state, "inbound"),
-            outbound_score: score(&state, "outbound"),
+            inbound_score: score(&state, INBOUND),
+            outbound_score: score(&state, OUTBOUND),
             matches: state.matches,
             body_error: None,
         }
     }
 }
 
-/// CRS's `blocking_{way}_anomaly_score`, else `{way}_anomaly_score`.
-fn score(state: &eval::State, way: &str) -> Option<i64> {
-    [format!("blocking_{way}_anomaly_score"), format!("{way}_anomaly_score")]
-        .iter()
-        .find_map(|k| state.tx.get(k.as_str()))
-        .map(|v| operator::stoi(v))
+/// Where CRS keeps its inbound and outbound scores: the blocking score,
+/// else the plain one.
+const INBOUND: [&str; 2] = ["blocking_inbound_anomaly_score", "inbound_anomaly_score"];
+const OUTBOUND: [&str; 2] = ["blocking_outbound_anomaly_score", "outbound_anomaly_score"];
+
+/// The first of `keys` set in TX, as a number.
+fn score(state: &eval::State, keys: [&str; 2]) -> Option<i64> {
+    keys.iter().find_map(|k| state.tx.get(*k)).map(|v| operator::stoi(v))
 }
 
 #[cfg(test)]
