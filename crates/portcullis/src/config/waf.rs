@@ -104,29 +104,19 @@ fn paranoia(c: &mut Collector<'_>, value: Option<&Spanned<i64>>, default: u8) ->
     }
 }
 
-fn threshold(c: &mut Collector<'_>, value: Option<&Spanned<i64>>, default: u32) -> u32 {
+/// An anomaly-score threshold (`key`), 1–10000; `usual` says CRS's default.
+fn threshold(c: &mut Collector<'_>, value: Option<&Spanned<i64>>, default: u32, key: &str, usual: &str) -> u32 {
     let Some(value) = value else { return default };
     match u32::try_from(*value.get_ref()) {
         Ok(n) if (1..=10_000).contains(&n) => n,
         _ => {
-            c.error(value.span(), "inbound_threshold is out of range")
-                .expected("between 1 and 10000 (CRS's default is 5: one critical match)");
+            c.error(value.span(), format!("{key} is out of range")).expected(format!("between 1 and 10000 ({usual})"));
             default
         }
     }
 }
 
-fn outbound(c: &mut Collector<'_>, value: Option<&Spanned<i64>>) -> u32 {
-    let Some(value) = value else { return 4 };
-    match u32::try_from(*value.get_ref()) {
-        Ok(n) if (1..=10_000).contains(&n) => n,
-        _ => {
-            c.error(value.span(), "outbound_threshold is out of range")
-                .expected("between 1 and 10000 (CRS's default is 4: one critical leak)");
-            4
-        }
-    }
-}
+const INBOUND_USUAL: &str = "CRS's default is 5: one critical match";
 
 fn media_types(c: &mut Collector<'_>, list: Option<&Vec<Spanned<String>>>) -> Vec<String> {
     let Some(list) = list else { return DEFAULT_RESPONSE_TYPES.iter().map(|t| (*t).to_owned()).collect() };
@@ -205,11 +195,17 @@ pub(super) fn build_waf(c: &mut Collector<'_>, raw: &RawConfig, base: &std::path
     };
     let profile = Profile {
         paranoia: paranoia(c, w.paranoia.as_ref(), 1),
-        inbound_threshold: threshold(c, w.inbound_threshold.as_ref(), 5),
+        inbound_threshold: threshold(c, w.inbound_threshold.as_ref(), 5, "inbound_threshold", INBOUND_USUAL),
         exclusions: Vec::new(),
         allow_load_errors: w.allow_load_errors.as_deref().map(|ids| ranges(c, ids)).unwrap_or_default(),
         responses: false,
-        outbound_threshold: outbound(c, w.outbound_threshold.as_ref()),
+        outbound_threshold: threshold(
+            c,
+            w.outbound_threshold.as_ref(),
+            4,
+            "outbound_threshold",
+            "CRS's default is 4: one error-level leak",
+        ),
     };
     let responses = choice(c, w.responses.as_ref(), None, "responses", MODES);
     let asks_responses = responses.is_some()
@@ -305,7 +301,13 @@ pub(super) fn route_waf(
         Some((span, RawRouteWaf::Table(t))) => {
             let spanned = |v: Option<i64>| v.map(|v| Spanned::new(span.clone(), v));
             profile.paranoia = paranoia(c, spanned(t.paranoia).as_ref(), profile.paranoia);
-            profile.inbound_threshold = threshold(c, spanned(t.inbound_threshold).as_ref(), profile.inbound_threshold);
+            profile.inbound_threshold = threshold(
+                c,
+                spanned(t.inbound_threshold).as_ref(),
+                profile.inbound_threshold,
+                "inbound_threshold",
+                INBOUND_USUAL,
+            );
             if let Some(word) = &t.responses {
                 responses =
                     choice(c, Some(&Spanned::new(span.clone(), word.clone())), responses, "waf responses", MODES);
