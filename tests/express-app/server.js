@@ -12,6 +12,11 @@
 //                          answers 200 "admin <originalUrl>"
 //   GET /__calls           the recorded calls as JSON. For the test only: the test's
 //                          gateway configuration refuses this path to every client.
+//   GET /orders/broken     throws the error a MySQL driver reports for a broken query;
+//                          Express's default error handler (not in production mode)
+//                          answers 500 with it and the stack trace in HTML
+//   GET /orders/streamed   200 text/plain written in two chunks 20 ms apart (chunked
+//                          transfer encoding), the second leaking the same error
 //   anything else          200 "echo <originalUrl>"
 'use strict';
 
@@ -25,6 +30,18 @@ const app = express();
 app.all(['/admin', '/admin/*splat'], (req, res) => {
   calls.push({ method: req.method, originalUrl: req.originalUrl });
   res.type('text/plain').send(`admin ${req.originalUrl}`);
+});
+
+const MYSQL_ERROR = "ER_PARSE_ERROR: You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near '' at line 1";
+
+app.get('/orders/broken', () => {
+  throw new Error(MYSQL_ERROR);
+});
+
+app.get('/orders/streamed', (req, res) => {
+  res.type('text/plain');
+  res.write('order 1042: 2 items\n');
+  setTimeout(() => res.end(`lookup failed: ${MYSQL_ERROR}\n`), 20);
 });
 
 app.get('/__calls', (req, res) => {

@@ -551,3 +551,20 @@ fn response_inspection_needs_the_portcullis_engine() {
     let err = portcullis::config::parse(&dir.path().join("p.toml"), &per_route, |_| None).unwrap_err().to_string();
     assert!(err.contains("does not inspect responses"), "{err}");
 }
+
+/// A real Express app (tests/express-app) whose broken query surfaces in its
+/// answers: through Express's default error handler (HTML, 500), and in a
+/// chunked body whose second chunk carries the leak.
+#[tokio::test]
+async fn an_express_app_leaking_its_database_errors_is_stopped() {
+    let express = common::express::Express::start();
+    let gw = gateway(&config(express.addr, "responses = \"block\"", "")).await;
+    let (parts, body) = get(&gw.url("/orders/broken")).await;
+    assert_denied(&parts, &body, 502, "waf.leak");
+    let event = gw.events.last().unwrap();
+    assert!(event.rule.as_deref().unwrap_or_default().contains("951"), "{event:?}");
+    let (parts, body) = get(&gw.url("/orders/streamed")).await;
+    assert_denied(&parts, &body, 502, "waf.leak");
+    let (parts, body) = get(&gw.url("/orders/1042")).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"echo /orders/1042"[..]));
+}
