@@ -41,36 +41,41 @@ fn crs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_crs_corpus_is_blocked_and_clean_traffic_is_not() {
-    let corpus = ftw::Corpus::load(&crs().join("regression"), &crs().join("rules"));
-    let up = common::upstream(|_req| async { http::Response::new(portcullis_layers::full("ok")) }).await;
-    let started = Instant::now();
-    let gw = common::gateway(&format!(
+/// A gateway with one public catch-all route to `up` and CRS with `waf`'s
+/// settings.
+fn corpus_gateway(up: std::net::SocketAddr, waf: &str) -> String {
+    format!(
         r#"
 [[listener]]
 name = "test"
 bind = "127.0.0.1:0"
 
 [[upstream]]
-name = "api"
+name = "app"
 targets = ["http://{up}"]
 
 [[route]]
 name = "all"
 match = {{ path = "/**" }}
-upstream = "api"
+upstream = "app"
 auth = "public"
 
 [waf]
 rules = "{crs}"
-engine = "portcullis"
-mode = "block"
-paranoia = 1
-inbound_threshold = 5
-body_limit = "128 KiB"
+{waf}
 "#,
         crs = crs().display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crs_corpus_is_blocked_and_clean_traffic_is_not() {
+    let corpus = ftw::Corpus::load(&crs().join("regression"), &crs().join("rules"));
+    let up = common::upstream(|_req| async { http::Response::new(portcullis_layers::full("ok")) }).await;
+    let started = Instant::now();
+    let gw = common::gateway(&corpus_gateway(
+        up,
+        "engine = \"portcullis\"\nmode = \"block\"\nparanoia = 1\ninbound_threshold = 5\nbody_limit = \"128 KiB\"",
     ))
     .await;
     let loaded = started.elapsed();
@@ -161,30 +166,9 @@ async fn the_crs_response_tests_are_detected_through_the_gateway() {
         response
     })
     .await;
-    let gw = common::gateway(&format!(
-        r#"
-[[listener]]
-name = "test"
-bind = "127.0.0.1:0"
-
-[[upstream]]
-name = "albedo"
-targets = ["http://{up}"]
-
-[[route]]
-name = "all"
-match = {{ path = "/**" }}
-upstream = "albedo"
-auth = "public"
-
-[waf]
-rules = "{crs}"
-mode = "block"
-inbound_threshold = 10000
-responses = "detect"
-outbound_threshold = 1
-"#,
-        crs = crs().display()
+    let gw = common::gateway(&corpus_gateway(
+        up,
+        "mode = \"block\"\ninbound_threshold = 10000\nresponses = \"detect\"\noutbound_threshold = 1",
     ))
     .await;
     let addr = gw.addr.to_string();
