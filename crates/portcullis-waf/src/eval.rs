@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
-use regex::bytes::SetMatches;
+use regex_automata::{Input, PatternID, PatternSet};
 
 use crate::data::{BodyProcessor, Data, Entry, ResponseScalar};
 use crate::macros::{Reference, Resolve};
@@ -43,7 +43,8 @@ pub struct State {
     /// Transformed values by (value id, chain): `None` when the chain left
     /// the value as it was.
     transformed: HashMap<(u32, u16), Option<Rc<[u8]>>>,
-    set_matches: HashMap<(u32, usize), SetMatches>,
+    /// Which members of a regex set match a value, by (value id, set).
+    set_matches: HashMap<(u32, usize), Rc<PatternSet>>,
     pub(crate) matches: Vec<Match>,
     pub(crate) intervention: Option<Intervention>,
     /// `allow:request` (or `allow`) fired: the request phases are over.
@@ -365,46 +366,45 @@ fn eval_link<'d>(
     };
     // One regex-set pass per value tells whether this rule's pattern can
     // match any of them; most rules end here.
-    if let (Some(ts), Operator::Rx { set: Some((set_id, index)), .. }) = (link.target_set, &link.operator)
+    let set = match &link.operator {
+        Operator::Rx { set: Some((set_id, index)), .. } => Some((*set_id, *index)),
+        _ => None,
+    };
+    if let (Some(ts), Some((set_id, index))) = (link.target_set, set)
         && !link.negated
-        && !link.multi_match
     {
-        let hits = match cache.any_hit.get(&(ts, signature, *set_id)) {
+        let hits = match cache.any_hit.get(&(ts, signature, set_id)) {
             Some(hits) => Rc::clone(hits),
             None => {
-                let mut hits = vec![false; program.sets[*set_id].0.len()];
+                let mut hits = vec![false; program.sets[set_id].regex.pattern_len()];
                 for value in values.iter() {
-                    let input = transformed_one(program, link, value, state);
-                    let fresh;
-                    let matches = match value.id {
-                        Some(id) => state
-                            .set_matches
-                            .entry((id, *set_id))
-                            .or_insert_with(|| program.sets[*set_id].0.matches(input.as_ref())),
-                        None => {
-                            fresh = program.sets[*set_id].0.matches(input.as_ref());
-                            &fresh
-                        }
-                    };
-                    for m in matches.iter() {
-                        hits[m] = true;
+                    for pattern in set_matches(program, set_id, value, state).iter() {
+                        hits[pattern.as_usize()] = true;
                     }
                 }
                 let hits = Rc::new(hits);
-                cache.any_hit.insert((ts, signature, *set_id), Rc::clone(&hits));
+                cache.any_hit.insert((ts, signature, set_id), Rc::clone(&hits));
                 hits
             }
         };
-        if !hits[*index] {
+        if !hits[index] {
             state.matched_vars.clear();
             return false;
         }
     }
     let mut matched = false;
     for value in values.iter() {
+        // The values the set ruled out cost nothing more.
+        if let Some((set_id, index)) = set
+            && !link.negated
+            && value.id.is_some()
+            && !has_member(&set_matches(program, set_id, value, state), index)
+        {
+            continue;
+        }
         if link.multi_match {
-            for candidate in transformed_all(program, link, value) {
-                matched |= on_value(program, rule, link, value, &candidate, data, state, first);
+            for candidate in candidates(program, link.chain, value, state) {
+                matched |= on_value(program, rule, link, value, candidate.as_ref(), data, state, first);
             }
         } else {
             let candidate = transformed_one(program, link, value, state);
@@ -670,18 +670,55 @@ fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<
 
 /// With `multiMatch`: the original value and every transformation step
 /// that changed it.
-fn transformed_all<'v>(program: &Program, link: &Link, value: &'v Value<'_>) -> Vec<Cow<'v, [u8]>> {
-    let chain = &program.chains[usize::from(link.chain)];
-    let mut out: Vec<Cow<'v, [u8]>> = vec![Cow::Borrowed(&value.value)];
-    let mut current: Vec<u8> = value.value.to_vec();
-    for t in chain {
-        let next = t.apply(&current).into_owned();
-        if next != current {
-            out.push(Cow::Owned(next.clone()));
-            current = next;
+/// What a `multiMatch` rule sees of a value: the value itself, then the
+/// result of each transformation of the chain that changed it (each a
+/// cached chain prefix).
+fn candidates<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &mut State) -> Vec<Transformed<'v>> {
+    let mut prefixes = Vec::new();
+    let mut at = chain;
+    while let Some((parent, _)) = program.parents[usize::from(at)] {
+        prefixes.push(at);
+        at = parent;
+    }
+    let mut out = Vec::with_capacity(prefixes.len() + 1);
+    out.push(Transformed::Borrowed(&value.value));
+    for &prefix in prefixes.iter().rev() {
+        let next = along_chain(program, prefix, value, state);
+        if out.last().is_none_or(|last: &Transformed<'_>| last.as_ref() != next.as_ref()) {
+            out.push(next);
         }
     }
     out
+}
+
+fn has_member(found: &PatternSet, index: usize) -> bool {
+    PatternID::new(index).is_ok_and(|id| found.contains(id))
+}
+
+/// Which members of set `set_id` match `value` through the set's chain (for
+/// a multiMatch set, any of the value's candidates); searched once per
+/// value and set.
+fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut State) -> Rc<PatternSet> {
+    if let Some(id) = value.id
+        && let Some(done) = state.set_matches.get(&(id, set_id))
+    {
+        return Rc::clone(done);
+    }
+    let set = &program.sets[set_id];
+    let mut found = PatternSet::new(set.regex.pattern_len());
+    if set.multi_match {
+        for candidate in candidates(program, set.chain, value, state) {
+            set.regex.which_overlapping_matches(&Input::new(candidate.as_ref()), &mut found);
+        }
+    } else {
+        let input = along_chain(program, set.chain, value, state);
+        set.regex.which_overlapping_matches(&Input::new(input.as_ref()), &mut found);
+    }
+    let found = Rc::new(found);
+    if let Some(id) = value.id {
+        state.set_matches.insert((id, set_id), Rc::clone(&found));
+    }
+    found
 }
 
 /// The fully transformed value, computed once per value and chain.
@@ -744,19 +781,18 @@ fn operate(
 ) -> bool {
     let hit = match &link.operator {
         Operator::Rx { regex, set, .. } => {
+            // The set searched the value (each multiMatch candidate of it)
+            // already: the rule's own regex runs only for the captures, or
+            // to tell which candidate matched.
             let prefiltered = match (set, value.id) {
-                (Some((set_id, index)), Some(id)) if !link.multi_match => {
-                    let matches = state
-                        .set_matches
-                        .entry((id, *set_id))
-                        .or_insert_with(|| program.sets[*set_id].0.matches(input));
-                    Some(matches.matched(*index))
+                (Some((set_id, index)), Some(_)) => {
+                    Some(has_member(&set_matches(program, *set_id, value, state), *index))
                 }
                 _ => None,
             };
             match prefiltered {
                 Some(false) => false,
-                Some(true) if !link.capture => true,
+                Some(true) if !link.capture && !link.multi_match => true,
                 _ => rx(regex, input, link.capture, state),
             }
         }

@@ -8,9 +8,11 @@
 //!   compiled lazily except an `@rx` whose pattern has macros.
 //! - Each distinct transformation chain gets one id: every rule with the
 //!   same `t:` list shares one cached transformed copy of each value.
-//! - The first `@rx` of every rule (not negated, no macros) joins one
-//!   `RegexSet` per (phase, transformation chain): one pass over a value
-//!   tells every such rule whether it can match.
+//! - The first `@rx` of every rule (no macros) joins one regex set per
+//!   (phase, transformation chain, `multiMatch`): one pass over a value
+//!   (over each of its multiMatch candidates) tells every such rule
+//!   whether it can match. A set may have a single member: the pass is
+//!   still shared by every target set and every rule that sees the value.
 //! - Anything the engine would not honour — an unknown variable, operator,
 //!   transformation, `ctl` or action, a regex the engine cannot run, a
 //!   missing data file — is a load error naming the rule, unless the
@@ -22,7 +24,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+use regex::bytes::Regex;
+use regex_automata::meta;
+use regex_automata::util::syntax;
 use zentinel_modsec::parser::{
     Action, ControlAction, DataAction, Directive, DisruptiveAction, FlowAction, LoggingAction, MetadataAction,
     OperatorName, SecRule, Selection, SetVarSpec, SetVarValue, VariableName, VariableSpec,
@@ -47,12 +51,25 @@ pub struct Program {
     /// (`None` for chain 0): a value is transformed along the prefix tree,
     /// sharing every common prefix.
     pub parents: Vec<Option<(u16, Transform)>>,
-    /// Regex sets by id, with the chain they apply to.
-    pub sets: Vec<(RegexSet, u16)>,
+    /// Regex sets by id.
+    pub sets: Vec<Set>,
     /// `SecRuleEngine`
     pub engine: EngineMode,
     /// How many distinct fixed target sets links have.
     pub target_sets: usize,
+}
+
+/// The first-link `@rx` patterns of the rules of one (phase, chain,
+/// multiMatch): every member that can match a value, in one pass.
+#[derive(Debug)]
+pub struct Set {
+    /// All matches, no captures, byte mode (the members' own regexes keep
+    /// the captures).
+    pub regex: meta::Regex,
+    /// The transformation chain its members apply.
+    pub chain: u16,
+    /// The members are `multiMatch`: a value's every candidate is searched.
+    pub multi_match: bool,
 }
 
 /// One step of a phase.
@@ -659,8 +676,9 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             }
         }
     }
-    // Regex sets: the first link's @rx of every live rule, by (phase, chain).
-    let mut groups: HashMap<(u8, u16), Vec<usize>> = HashMap::new();
+    // Regex sets: the first link's @rx of every live rule, by (phase,
+    // chain, multiMatch).
+    let mut groups: HashMap<(u8, u16, bool), Vec<usize>> = HashMap::new();
     for (index, rule) in rules.iter().enumerate() {
         if removed[index] {
             continue;
@@ -668,16 +686,13 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
         if let Some(link) = rule.links.first()
             && matches!(link.operator, Operator::Rx { .. })
         {
-            groups.entry((rule.phase, link.chain)).or_default().push(index);
+            groups.entry((rule.phase, link.chain, link.multi_match)).or_default().push(index);
         }
     }
-    let mut groups: Vec<((u8, u16), Vec<usize>)> = groups.into_iter().collect();
+    let mut groups: Vec<((u8, u16, bool), Vec<usize>)> = groups.into_iter().collect();
     groups.sort_by_key(|(k, _)| *k);
     let mut sets = Vec::new();
-    for ((_, chain), members) in groups {
-        if members.len() < 2 {
-            continue;
-        }
+    for ((_, chain, multi_match), members) in groups {
         let patterns: Vec<String> = members
             .iter()
             .filter_map(|&r| match &rules[r].links[0].operator {
@@ -685,16 +700,23 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
                 _ => None,
             })
             .collect();
-        let set = RegexSetBuilder::new(patterns)
-            .unicode(false)
-            .size_limit(256 << 20)
-            // The lazy DFA's cache per search thread: enough that a set of
-            // a hundred patterns does not thrash on ordinary values.
-            .dfa_size_limit(8 << 20)
-            .build()
+        let regex = meta::Builder::new()
+            .configure(
+                meta::Config::new()
+                    .match_kind(regex_automata::MatchKind::All)
+                    .utf8_empty(false)
+                    .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
+                    .nfa_size_limit(Some(256 << 20))
+                    // The lazy DFA's cache per search thread: enough that
+                    // a set of a hundred patterns does not thrash on
+                    // ordinary values.
+                    .hybrid_cache_capacity(8 << 20),
+            )
+            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .build_many(&patterns)
             .map_err(|e| LoadError::Directive(format!("regex set does not build: {e}")))?;
         let set_id = sets.len();
-        sets.push((set, chain));
+        sets.push(Set { regex, chain, multi_match });
         for (index, &rule) in members.iter().enumerate() {
             if let Operator::Rx { set, .. } = &mut rules[rule].links[0].operator {
                 *set = Some((set_id, index));
