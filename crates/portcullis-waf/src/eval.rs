@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
-use regex_automata::{Input, PatternID, PatternSet};
+use regex_automata::{Input, PatternSet};
 
 use crate::data::{BodyProcessor, Data, Entry, ResponseScalar};
 use crate::macros::{Reference, Resolve};
@@ -40,11 +40,12 @@ pub struct State {
     removed_targets_by_tag: Vec<(String, String)>,
     pub(crate) engine: EngineMode,
     pub(crate) body_processor: Option<BodyProcessor>,
-    /// Transformed values by (value id, chain): `None` when the chain left
-    /// the value as it was.
-    transformed: HashMap<(u32, u16), Option<Rc<[u8]>>>,
-    /// Which members of a regex set match a value, by (value id, set).
-    set_matches: HashMap<(u32, usize), Rc<PatternSet>>,
+    /// What is known of each value with an id, by [`slot`].
+    known: Vec<Known>,
+    /// The pattern set searches fill, emptied after each.
+    scratch: Option<PatternSet>,
+    /// No pattern matched (shared: most searches).
+    none_found: Found,
     pub(crate) matches: Vec<Match>,
     pub(crate) intervention: Option<Intervention>,
     /// `allow:request` (or `allow`) fired: the request phases are over.
@@ -78,8 +79,7 @@ impl State {
         Self {
             engine,
             tx: HashMap::with_capacity(128),
-            transformed: HashMap::with_capacity(512),
-            set_matches: HashMap::with_capacity(256),
+            known: Vec::with_capacity(128),
             matches: Vec::with_capacity(64),
             matched_vars: Vec::with_capacity(8),
             ..Self::default()
@@ -284,6 +284,53 @@ impl PhaseCache<'_> {
     }
 }
 
+/// What a transaction worked out about one value, kept for every rule
+/// that looks at it.
+#[derive(Debug, Default)]
+struct Known {
+    /// Its forms, by transformation chain (empty until first needed).
+    forms: Box<[Form]>,
+    /// Which patterns of the phase regex match where a set looks (through
+    /// the set's chain; a multiMatch set: through any candidate), by set.
+    sets: Box<[Option<Found>]>,
+}
+
+/// The set members that matched, by phase-wide pattern id, in ascending
+/// order (a few at most on ordinary values).
+type Found = Rc<[u32]>;
+
+/// A value through one transformation chain.
+#[derive(Debug, Clone, Default)]
+enum Form {
+    #[default]
+    Unknown,
+    /// The chain left it as it was.
+    Same,
+    Changed(Rc<[u8]>),
+}
+
+/// The index in [`State::known`] of value `id` (names and values of a
+/// collection entry share the entry's id, names with the top bit set).
+fn slot(id: u32) -> usize {
+    usize::try_from(id & 0x7fff_ffff).unwrap_or(usize::MAX / 4) * 2 + usize::from(id >> 31 == 1)
+}
+
+impl State {
+    /// What is known of value `id`, its tables sized for `program`.
+    fn known(&mut self, program: &Program, id: u32) -> &mut Known {
+        let at = slot(id);
+        if at >= self.known.len() {
+            self.known.resize_with(at + 1, Known::default);
+        }
+        let known = &mut self.known[at];
+        if known.forms.is_empty() {
+            known.forms = vec![Form::Unknown; program.chains.len()].into_boxed_slice();
+            known.sets = vec![None; program.sets.len()].into_boxed_slice();
+        }
+        known
+    }
+}
+
 /// A transformed value: the original, a cached copy, or a fresh one.
 enum Transformed<'v> {
     Borrowed(&'v [u8]),
@@ -376,10 +423,13 @@ fn eval_link<'d>(
         let hits = match cache.any_hit.get(&(ts, signature, set_id)) {
             Some(hits) => Rc::clone(hits),
             None => {
-                let mut hits = vec![false; program.sets[set_id].regex.pattern_len()];
+                let mut hits = vec![false; program.sets[set_id].len];
                 for value in values.iter() {
-                    for pattern in set_matches(program, set_id, value, state).iter() {
-                        hits[pattern.as_usize()] = true;
+                    let offset = program.sets[set_id].offset;
+                    for &pattern in set_matches(program, set_id, value, state).iter() {
+                        if let Some(hit) = (pattern as usize).checked_sub(offset).and_then(|m| hits.get_mut(m)) {
+                            *hit = true;
+                        }
                     }
                 }
                 let hits = Rc::new(hits);
@@ -398,7 +448,7 @@ fn eval_link<'d>(
         if let Some((set_id, index)) = set
             && !link.negated
             && value.id.is_some()
-            && !has_member(&set_matches(program, set_id, value, state), index)
+            && !has_member(program, &set_matches(program, set_id, value, state), set_id, index)
         {
             continue;
         }
@@ -691,32 +741,42 @@ fn candidates<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &m
     out
 }
 
-fn has_member(found: &PatternSet, index: usize) -> bool {
-    PatternID::new(index).is_ok_and(|id| found.contains(id))
+/// Whether member `index` of set `set_id` is among `found`.
+fn has_member(program: &Program, found: &[u32], set_id: usize, index: usize) -> bool {
+    u32::try_from(program.sets[set_id].offset + index).is_ok_and(|id| found.contains(&id))
 }
 
-/// Which members of set `set_id` match `value` through the set's chain (for
-/// a multiMatch set, any of the value's candidates); searched once per
-/// value and set.
-fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut State) -> Rc<PatternSet> {
+/// Which members of set `set_id` (by phase-wide pattern id) match `value`
+/// through the set's chain (for a multiMatch set, through any of the
+/// value's candidates); searched once per value and set.
+fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut State) -> Found {
     if let Some(id) = value.id
-        && let Some(done) = state.set_matches.get(&(id, set_id))
+        && let Some(done) = &state.known(program, id).sets[set_id]
     {
         return Rc::clone(done);
     }
     let set = &program.sets[set_id];
-    let mut found = PatternSet::new(set.regex.pattern_len());
+    let mut scratch = match state.scratch.take() {
+        Some(scratch) if scratch.capacity() >= set.len => scratch,
+        _ => PatternSet::new(set.len),
+    };
     if set.multi_match {
         for candidate in candidates(program, set.chain, value, state) {
-            set.regex.which_overlapping_matches(&Input::new(candidate.as_ref()), &mut found);
+            set.regex.which_overlapping_matches(&Input::new(candidate.as_ref()), &mut scratch);
         }
     } else {
         let input = along_chain(program, set.chain, value, state);
-        set.regex.which_overlapping_matches(&Input::new(input.as_ref()), &mut found);
+        set.regex.which_overlapping_matches(&Input::new(input.as_ref()), &mut scratch);
     }
-    let found = Rc::new(found);
+    let found: Found = if scratch.is_empty() {
+        Rc::clone(&state.none_found)
+    } else {
+        scratch.iter().filter_map(|p| u32::try_from(set.offset + p.as_usize()).ok()).collect()
+    };
+    scratch.clear();
+    state.scratch = Some(scratch);
     if let Some(id) = value.id {
-        state.set_matches.insert((id, set_id), Rc::clone(&found));
+        state.known(program, id).sets[set_id] = Some(Rc::clone(&found));
     }
     found
 }
@@ -732,13 +792,12 @@ fn along_chain<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &
     let Some((parent, last)) = program.parents[usize::from(chain)] else {
         return Transformed::Borrowed(&value.value);
     };
-    if let Some(id) = value.id
-        && let Some(done) = state.transformed.get(&(id, chain))
-    {
-        return match done {
-            Some(shared) => Transformed::Shared(Rc::clone(shared)),
-            None => Transformed::Borrowed(&value.value),
-        };
+    if let Some(id) = value.id {
+        match &state.known(program, id).forms[usize::from(chain)] {
+            Form::Unknown => {}
+            Form::Same => return Transformed::Borrowed(&value.value),
+            Form::Changed(shared) => return Transformed::Shared(Rc::clone(shared)),
+        }
     }
     let base = along_chain(program, parent, value, state);
     let changed = match last.apply(base.as_ref()) {
@@ -751,17 +810,16 @@ fn along_chain<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &
     match (changed, value.id) {
         (None, id) => {
             if let Some(id) = id {
-                let entry = match &base {
-                    Transformed::Shared(shared) => Some(Rc::clone(shared)),
-                    _ => None,
+                state.known(program, id).forms[usize::from(chain)] = match &base {
+                    Transformed::Shared(shared) => Form::Changed(Rc::clone(shared)),
+                    _ => Form::Same,
                 };
-                state.transformed.insert((id, chain), entry);
             }
             base
         }
         (Some(o), Some(id)) => {
             let shared: Rc<[u8]> = Rc::from(o);
-            state.transformed.insert((id, chain), Some(Rc::clone(&shared)));
+            state.known(program, id).forms[usize::from(chain)] = Form::Changed(Rc::clone(&shared));
             Transformed::Shared(shared)
         }
         (Some(o), None) => Transformed::Owned(o),
@@ -786,7 +844,7 @@ fn operate(
             // to tell which candidate matched.
             let prefiltered = match (set, value.id) {
                 (Some((set_id, index)), Some(_)) => {
-                    Some(has_member(&set_matches(program, *set_id, value, state), *index))
+                    Some(has_member(program, &set_matches(program, *set_id, value, state), *set_id, *index))
                 }
                 _ => None,
             };

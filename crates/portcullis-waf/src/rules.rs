@@ -63,9 +63,14 @@ pub struct Program {
 /// multiMatch): every member that can match a value, in one pass.
 #[derive(Debug)]
 pub struct Set {
-    /// All matches, no captures, byte mode (the members' own regexes keep
-    /// the captures).
+    /// Its members, each carried to the end of the haystack (see
+    /// [`compile`]): all matches, no captures, byte mode.
     pub regex: meta::Regex,
+    /// Where its members start among the phase's patterns (ids of set
+    /// members are phase-wide).
+    pub offset: usize,
+    /// How many members it has.
+    pub len: usize,
     /// The transformation chain its members apply.
     pub chain: u16,
     /// The members are `multiMatch`: a value's every candidate is searched.
@@ -692,11 +697,16 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
     let mut groups: Vec<((u8, u16, bool), Vec<usize>)> = groups.into_iter().collect();
     groups.sort_by_key(|(k, _)| *k);
     let mut sets = Vec::new();
-    for ((_, chain, multi_match), members) in groups {
+    let mut offsets = [0_usize; 5];
+    for ((phase, chain, multi_match), members) in groups {
         let patterns: Vec<String> = members
             .iter()
             .filter_map(|&r| match &rules[r].links[0].operator {
-                Operator::Rx { pattern, .. } => Some(operator::rewrite_pcre(pattern)),
+                // Whether a member matches, not where: carried to the end
+                // of the value, each member is reported once per search
+                // rather than at every position it matches (`.`,
+                // `^[^;\s]+`).
+                Operator::Rx { pattern, .. } => Some(format!("(?:{})(?s-u:.*)\\z", operator::rewrite_pcre(pattern))),
                 _ => None,
             })
             .collect();
@@ -708,15 +718,16 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
                     .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
                     .nfa_size_limit(Some(256 << 20))
                     // The lazy DFA's cache per search thread: enough that
-                    // a set of a hundred patterns does not thrash on
-                    // ordinary values.
+                    // a set of a hundred patterns does not thrash.
                     .hybrid_cache_capacity(8 << 20),
             )
             .syntax(syntax::Config::new().unicode(false).utf8(false))
             .build_many(&patterns)
             .map_err(|e| LoadError::Directive(format!("regex set does not build: {e}")))?;
+        let offset = &mut offsets[usize::from(phase.clamp(1, 5)) - 1];
         let set_id = sets.len();
-        sets.push(Set { regex, chain, multi_match });
+        sets.push(Set { regex, offset: *offset, len: members.len(), chain, multi_match });
+        *offset += members.len();
         for (index, &rule) in members.iter().enumerate() {
             if let Operator::Rx { set, .. } = &mut rules[rule].links[0].operator {
                 *set = Some((set_id, index));
