@@ -25,6 +25,7 @@ use regex_automata::{Input, PatternSet};
 
 use crate::data::{BodyProcessor, Data, Entry, ResponseScalar};
 use crate::macros::{Reference, Resolve};
+use crate::memo;
 use crate::operator::{self, Operator};
 use crate::rules::{Ctl, Disruptive, EngineMode, Item, Key, Link, Program, Rule, SetOp, Target, Var};
 use crate::{Intervention, Match};
@@ -42,6 +43,8 @@ pub struct State {
     pub(crate) body_processor: Option<BodyProcessor>,
     /// What is known of each value with an id, by [`slot`].
     known: Vec<Known>,
+    /// The program `known` was worked out for.
+    program: u64,
     /// The pattern set searches fill, emptied after each.
     scratch: Option<PatternSet>,
     /// No pattern matched (shared: most searches).
@@ -287,7 +290,10 @@ impl PhaseCache<'_> {
 /// What a transaction worked out about one value, kept for every rule
 /// that looks at it.
 #[derive(Debug, Default)]
-struct Known {
+pub struct Known {
+    /// Its bytes, when it is short enough to be remembered across
+    /// transactions ([`crate::memo`]).
+    key: Option<Box<[u8]>>,
     /// Its forms, by transformation chain (empty until first needed).
     forms: Box<[Form]>,
     /// Which patterns of the phase regex match where a set looks (through
@@ -316,18 +322,37 @@ fn slot(id: u32) -> usize {
 }
 
 impl State {
-    /// What is known of value `id`, its tables sized for `program`.
-    fn known(&mut self, program: &Program, id: u32) -> &mut Known {
+    /// What is known of value `id` (whose bytes are `bytes`): what this
+    /// thread remembers of those bytes, else fresh tables sized for
+    /// `program`.
+    #[inline]
+    fn known(&mut self, program: &Program, id: u32, bytes: &[u8]) -> &mut Known {
         let at = slot(id);
         if at >= self.known.len() {
             self.known.resize_with(at + 1, Known::default);
         }
-        let known = &mut self.known[at];
-        if known.forms.is_empty() {
-            known.forms = vec![Form::Unknown; program.chains.len()].into_boxed_slice();
-            known.sets = vec![None; program.sets.len()].into_boxed_slice();
+        if self.known[at].forms.is_empty() {
+            self.program = program.id;
+            self.known[at] = match memo::recall(program.id, bytes) {
+                Some((key, known)) => Known { key: Some(key), ..known },
+                None => Known {
+                    key: (bytes.len() <= memo::LONGEST).then(|| bytes.into()),
+                    forms: vec![Form::Unknown; program.chains.len()].into_boxed_slice(),
+                    sets: vec![None; program.sets.len()].into_boxed_slice(),
+                },
+            };
         }
-        known
+        &mut self.known[at]
+    }
+
+    /// Leaves what this transaction worked out about its short values to
+    /// the next transactions on this thread.
+    pub fn remember(&mut self) {
+        for mut known in self.known.drain(..) {
+            if let Some(key) = known.key.take() {
+                memo::keep(self.program, key, known);
+            }
+        }
     }
 }
 
@@ -724,21 +749,36 @@ fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<
 /// result of each transformation of the chain that changed it (each a
 /// cached chain prefix).
 fn candidates<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &mut State) -> Vec<Transformed<'v>> {
-    let mut prefixes = Vec::new();
-    let mut at = chain;
-    while let Some((parent, _)) = program.parents[usize::from(at)] {
-        prefixes.push(at);
-        at = parent;
-    }
+    let prefixes = &program.prefixes[usize::from(chain)];
     let mut out = Vec::with_capacity(prefixes.len() + 1);
     out.push(Transformed::Borrowed(&value.value));
-    for &prefix in prefixes.iter().rev() {
-        let next = along_chain(program, prefix, value, state);
-        if out.last().is_none_or(|last: &Transformed<'_>| last.as_ref() != next.as_ref()) {
-            out.push(next);
-        }
+    // The whole chain once, which leaves every prefix known.
+    let last = along_chain(program, chain, value, state);
+    for &prefix in &prefixes[..prefixes.len().saturating_sub(1)] {
+        let next = match value.id {
+            Some(id) => match &state.known(program, id, &value.value).forms[usize::from(prefix)] {
+                Form::Changed(shared) => Transformed::Shared(Rc::clone(shared)),
+                Form::Same | Form::Unknown => Transformed::Borrowed(&value.value),
+            },
+            None => along_chain(program, prefix, value, state),
+        };
+        push_changed(&mut out, next);
+    }
+    if !prefixes.is_empty() {
+        push_changed(&mut out, last);
     }
     out
+}
+
+/// Adds `next` unless it is what the last candidate already is.
+fn push_changed<'v>(out: &mut Vec<Transformed<'v>>, next: Transformed<'v>) {
+    let same = out.last().is_some_and(|last| {
+        let (a, b) = (last.as_ref(), next.as_ref());
+        std::ptr::eq(a, b) || a == b
+    });
+    if !same {
+        out.push(next);
+    }
 }
 
 /// Whether member `index` of set `set_id` is among `found`.
@@ -751,7 +791,7 @@ fn has_member(program: &Program, found: &[u32], set_id: usize, index: usize) -> 
 /// value's candidates); searched once per value and set.
 fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut State) -> Found {
     if let Some(id) = value.id
-        && let Some(done) = &state.known(program, id).sets[set_id]
+        && let Some(done) = &state.known(program, id, &value.value).sets[set_id]
     {
         return Rc::clone(done);
     }
@@ -776,7 +816,7 @@ fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut 
     scratch.clear();
     state.scratch = Some(scratch);
     if let Some(id) = value.id {
-        state.known(program, id).sets[set_id] = Some(Rc::clone(&found));
+        state.known(program, id, &value.value).sets[set_id] = Some(Rc::clone(&found));
     }
     found
 }
@@ -793,7 +833,7 @@ fn along_chain<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &
         return Transformed::Borrowed(&value.value);
     };
     if let Some(id) = value.id {
-        match &state.known(program, id).forms[usize::from(chain)] {
+        match &state.known(program, id, &value.value).forms[usize::from(chain)] {
             Form::Unknown => {}
             Form::Same => return Transformed::Borrowed(&value.value),
             Form::Changed(shared) => return Transformed::Shared(Rc::clone(shared)),
@@ -810,7 +850,7 @@ fn along_chain<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &
     match (changed, value.id) {
         (None, id) => {
             if let Some(id) = id {
-                state.known(program, id).forms[usize::from(chain)] = match &base {
+                state.known(program, id, &value.value).forms[usize::from(chain)] = match &base {
                     Transformed::Shared(shared) => Form::Changed(Rc::clone(shared)),
                     _ => Form::Same,
                 };
@@ -819,7 +859,7 @@ fn along_chain<'v>(program: &Program, chain: u16, value: &'v Value<'_>, state: &
         }
         (Some(o), Some(id)) => {
             let shared: Rc<[u8]> = Rc::from(o);
-            state.known(program, id).forms[usize::from(chain)] = Form::Changed(Rc::clone(&shared));
+            state.known(program, id, &value.value).forms[usize::from(chain)] = Form::Changed(Rc::clone(&shared));
             Transformed::Shared(shared)
         }
         (Some(o), None) => Transformed::Owned(o),

@@ -25,6 +25,7 @@ mod data;
 mod detect;
 mod eval;
 mod macros;
+mod memo;
 mod operator;
 mod rules;
 mod transform;
@@ -194,6 +195,7 @@ impl Waf {
             outbound_score: None,
             body_error: data.body_error.clone(),
         };
+        state.remember();
         (outcome, Exchange { data, carry: state.carry() })
     }
 
@@ -209,6 +211,7 @@ impl Waf {
         let mut state = eval::State::resume(carry);
         eval::run_phase(&self.program, 3, &data, &mut state);
         eval::run_phase(&self.program, 4, &data, &mut state);
+        state.remember();
         Outcome {
             intervention: state.intervention,
             inbound_score: score(&state, INBOUND),

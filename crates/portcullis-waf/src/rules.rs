@@ -40,6 +40,9 @@ use crate::{LoadError, RuleError};
 /// A compiled rule set.
 #[derive(Debug)]
 pub struct Program {
+    /// Unique to this load: what a thread remembers of values (see
+    /// `memo`) belongs to one program.
+    pub id: u64,
     /// Per phase (index 0 = phase 1): rules and markers in order.
     pub phases: [Vec<Item>; 5],
     /// The rules.
@@ -51,6 +54,8 @@ pub struct Program {
     /// (`None` for chain 0): a value is transformed along the prefix tree,
     /// sharing every common prefix.
     pub parents: Vec<Option<(u16, Transform)>>,
+    /// Each chain's non-empty prefixes, shortest first, itself last.
+    pub prefixes: Vec<Vec<u16>>,
     /// Regex sets by id.
     pub sets: Vec<Set>,
     /// `SecRuleEngine`
@@ -734,7 +739,30 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             }
         }
     }
-    Ok(Program { phases, rules, chains: b.chains, parents: b.parents, sets, engine, target_sets: b.target_sets.len() })
+    let prefixes = (0..b.parents.len())
+        .map(|chain| {
+            let mut prefixes = Vec::new();
+            let mut at = chain;
+            while let Some((parent, _)) = b.parents[at] {
+                prefixes.extend(u16::try_from(at));
+                at = usize::from(parent);
+            }
+            prefixes.reverse();
+            prefixes
+        })
+        .collect();
+    static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    Ok(Program {
+        id: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        phases,
+        rules,
+        chains: b.chains,
+        parents: b.parents,
+        prefixes,
+        sets,
+        engine,
+        target_sets: b.target_sets.len(),
+    })
 }
 
 impl Builder<'_> {

@@ -129,3 +129,29 @@ fn an_exchange_can_wait_on_another_thread() {
         std::thread::spawn(move || waf.inspect_response(exchange, &response(200, &[], Some(b"x")))).join().unwrap();
     assert_eq!(outcome.intervention.map(|i| i.rule), Some(1));
 }
+
+#[test]
+fn a_value_seen_before_is_decided_as_a_new_one() {
+    // Two programs whose only set has one member each: what one thread
+    // remembers of "secret" under the first must not answer for the second.
+    let first = Waf::load(r#"SecRule ARGS "@rx ^secret$" "id:1,phase:2,deny,t:lowercase""#, &[]).unwrap();
+    let second = Waf::load(r#"SecRule ARGS "@rx ^public$" "id:2,phase:2,deny,t:lowercase""#, &[]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(first.inspect(&get("/a?q=Secret")).intervention.map(|i| i.rule), Some(1));
+        assert_eq!(second.inspect(&get("/a?q=Secret")).intervention, None);
+        assert_eq!(second.inspect(&get("/a?q=PUBLIC")).intervention.map(|i| i.rule), Some(2));
+    }
+    // A remembered multiMatch value still reports the candidate that
+    // matched, the same every time.
+    let multi = Waf::load(
+        r#"SecRule ARGS "@rx ^<b>$" "id:3,phase:2,deny,capture,multiMatch,t:none,t:urlDecodeUni,t:lowercase,logdata:%{TX.0}""#,
+        &[],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let outcome = multi.inspect(&get("/a?q=%253Cb%253E"));
+        assert_eq!(outcome.intervention.map(|i| i.rule), Some(3), "{outcome:?}");
+        assert_eq!(outcome.matches[0].location, "ARGS:q");
+        assert!(multi.inspect(&get("/a?q=%253Cc%253E")).intervention.is_none());
+    }
+}

@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use bytes::Bytes;
-use criterion::Criterion;
+use criterion::{BatchSize, Criterion};
 use portcullis_policy::waf::{self, EngineKind, Profile, VerdictCache, WafRequest, WafResponse};
 
 fn request(method: &str, uri: &str, content_type: Option<&str>, body: &'static str) -> WafRequest {
@@ -31,10 +31,30 @@ fn request(method: &str, uri: &str, content_type: Option<&str>, body: &'static s
     }
 }
 
+/// `req` made unique by `n`: a query value (and the body's `NONCE`), and
+/// with `all_new` its user agent and cookie values too.
+fn unique(req: &WafRequest, n: u64, all_new: bool) -> WafRequest {
+    let mut req = req.clone();
+    let separator = if req.uri.contains('?') { '&' } else { '?' };
+    req.uri = format!("{}{separator}v={n}", req.uri);
+    if req.body.windows(5).any(|w| w == b"NONCE") {
+        let body = String::from_utf8_lossy(&req.body).replace("NONCE", &format!("{:05}", n % 100_000));
+        req.body = Bytes::from(body);
+    }
+    if all_new {
+        for (name, value) in &mut req.headers {
+            if name == "User-Agent" || name == "Cookie" {
+                *value = value.replace("128.0", &format!("128.{n}")).replace("dark", &format!("dark{n}"));
+            }
+        }
+    }
+    req
+}
+
 pub fn bench(c: &mut Criterion) {
     let crs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
     let json_500 = format!(
-        r#"{{"customer":{{"name":"Jeanne d'Arc","email":"jeanne@example.org","phone":"+33 1 23 45 67 89"}},"items":[{{"sku":"WID-1042","quantity":3,"price":19.99}},{{"sku":"GAD-7","quantity":1,"price":249.0}}],"shipping":{{"street":"12 Rue de la Paix","city":"Paris","zip":"75002","country":"FR"}},"note":"Please leave it with the neighbour at number 14 if nobody is home; ring twice.","coupon":"WINTER-2026","gift":false,"pad":"{}"}}"#,
+        r#"{{"customer":{{"name":"Jeanne d'Arc","email":"jeanne@example.org","phone":"+33 1 23 45 67 89"}},"items":[{{"sku":"WID-1042","quantity":3,"price":19.99}},{{"sku":"GAD-7","quantity":1,"price":249.0}}],"shipping":{{"street":"12 Rue de la Paix","city":"Paris","zip":"75002","country":"FR"}},"note":"Please leave it with the neighbour at number 14 if nobody is home; ring twice.","coupon":"WINTER-NONCE","gift":false,"pad":"{}"}}"#,
         "x".repeat(60)
     );
     let json_500: &'static str = Box::leak(json_500.into_boxed_str());
@@ -46,7 +66,7 @@ pub fn bench(c: &mut Criterion) {
                 "POST",
                 "/api/orders",
                 Some("application/json"),
-                r#"{"item":"widget","quantity":3,"address":{"street":"12 Rue de la Paix","city":"Paris"},"note":"Leave it with the neighbour"}"#,
+                r#"{"item":"widget-NONCE","quantity":3,"address":{"street":"12 Rue de la Paix","city":"Paris"},"note":"Leave it with the neighbour"}"#,
             ),
         ),
         ("clean 500-byte JSON POST", request("POST", "/api/orders", Some("application/json"), json_500)),
@@ -67,13 +87,30 @@ pub fn bench(c: &mut Criterion) {
             request("GET", "/api/products?id=1%27%20UNION%20SELECT%20password%20FROM%20users--", None, ""),
         ),
     ];
+    // Every iteration inspects a request no earlier one was: a fresh query
+    // value (and JSON value), as bench/pipeline's unique requests. Header
+    // values and argument names repeat, as a browser's and an API's do;
+    // the last case makes every value new (a new browser, new cookies).
+    let mut cases: Vec<(&str, WafRequest)> = cases.into_iter().collect();
+    cases.push(("browser GET, every value new", cases[3].1.clone()));
     let engine = waf::load(EngineKind::Zentinel, &crs, &Profile::default()).unwrap();
     for kind in [EngineKind::Portcullis, EngineKind::Zentinel] {
         let engine = waf::load(kind, &crs, &Profile::default()).unwrap();
         let mut group = c.benchmark_group(format!("waf/{}", kind.as_str()));
         for (name, req) in &cases {
-            assert_eq!(engine.inspect(req).unwrap().intervened, name.starts_with("SQL"), "{name}");
-            group.bench_function(*name, |b| b.iter(|| engine.inspect(black_box(req)).unwrap()));
+            let all_new = name.ends_with("every value new");
+            assert_eq!(engine.inspect(&unique(req, 0, all_new)).unwrap().intervened, name.starts_with("SQL"), "{name}");
+            let mut n = 0_u64;
+            group.bench_function(*name, |b| {
+                b.iter_batched(
+                    || {
+                        n += 1;
+                        unique(req, n, all_new)
+                    },
+                    |req| engine.inspect(black_box(&req)).unwrap(),
+                    BatchSize::SmallInput,
+                );
+            });
         }
         group.finish();
     }
