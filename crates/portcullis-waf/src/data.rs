@@ -64,9 +64,17 @@ pub struct Entry {
     pub key: Vec<u8>,
     /// The value.
     pub value: Vec<u8>,
-    /// Stable per transaction, for the transformation cache.
+    /// The value's id: what the engine works out about a value (its
+    /// transformations, which regex-set members match) is kept by id, and
+    /// short values with the same bytes share one.
     pub id: u32,
+    /// The key's id, likewise.
+    pub key_id: u32,
 }
+
+/// Values up to this long share an id with every value of the same bytes
+/// in the transaction (longer ones are rarely repeated, and not copied).
+const SHARED_LONGEST: usize = 256;
 
 /// Which body processor reads the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +144,8 @@ pub struct Data {
     /// `RESPONSE_STATUS`, `RESPONSE_PROTOCOL`, `RESPONSE_BODY`, …
     pub(crate) response_scalars: Vec<(ResponseScalar, Entry)>,
     next_id: u32,
+    /// Ids of the short byte strings seen so far.
+    ids: hashbrown::HashMap<Vec<u8>, u32>,
 }
 
 /// Single-valued response variables.
@@ -184,8 +194,23 @@ pub enum Scalar {
 
 impl Data {
     fn entry(&mut self, key: Vec<u8>, value: Vec<u8>) -> Entry {
+        let id = self.id_of(&value);
+        let key_id = self.id_of(&key);
+        Entry { key, value, id, key_id }
+    }
+
+    /// The id of `bytes`: a short string seen before keeps its id.
+    fn id_of(&mut self, bytes: &[u8]) -> u32 {
+        if bytes.len() <= SHARED_LONGEST
+            && let Some(id) = self.ids.get(bytes)
+        {
+            return *id;
+        }
         self.next_id += 1;
-        Entry { key, value, id: self.next_id }
+        if bytes.len() <= SHARED_LONGEST {
+            self.ids.insert(bytes.to_vec(), self.next_id);
+        }
+        self.next_id
     }
 
     fn scalar(&mut self, which: Scalar, value: Vec<u8>) {

@@ -315,10 +315,9 @@ enum Form {
     Changed(Rc<[u8]>),
 }
 
-/// The index in [`State::known`] of value `id` (names and values of a
-/// collection entry share the entry's id, names with the top bit set).
+/// The index in [`State::known`] of value `id`.
 fn slot(id: u32) -> usize {
-    usize::try_from(id & 0x7fff_ffff).unwrap_or(usize::MAX / 4) * 2 + usize::from(id >> 31 == 1)
+    usize::try_from(id).unwrap_or(usize::MAX)
 }
 
 impl State {
@@ -592,7 +591,7 @@ fn entries<'d>(var: Var, entries: &'d [Entry], key: &Key, names: bool, out: &mut
             var,
             key: Cow::Borrowed(&e.key),
             value: Cow::Borrowed(if names { &e.key } else { &e.value }),
-            id: Some(if names { e.id | 0x8000_0000 } else { e.id }),
+            id: Some(if names { e.key_id } else { e.id }),
         });
     }
 }
