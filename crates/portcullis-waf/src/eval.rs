@@ -299,6 +299,9 @@ pub struct Known {
     /// Which patterns of the phase regex match where a set looks (through
     /// the set's chain; a multiMatch set: through any candidate), by set.
     sets: Box<[Option<Found>]>,
+    /// Which byte-only operators (by `Link::pure`) it, through their
+    /// link's chain (a multiMatch link: any candidate), does not match.
+    no_match: Box<[u64]>,
 }
 
 /// The set members that matched, by phase-wide pattern id, in ascending
@@ -338,6 +341,7 @@ impl State {
                     key: (bytes.len() <= memo::LONGEST).then(|| bytes.into()),
                     forms: vec![Form::Unknown; program.chains.len()].into_boxed_slice(),
                     sets: vec![None; program.sets.len()].into_boxed_slice(),
+                    no_match: vec![0; program.pure_ops.div_ceil(64)].into_boxed_slice(),
                 },
             };
         }
@@ -391,8 +395,8 @@ fn eval_link<'d>(
         return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, cache, first);
     }
     // The commonest rule of all, CRS's bookkeeping on one TX variable
-    // (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`): decided without building
-    // values when it does not match.
+    // (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`): decided, and when it matches
+    // recorded as `on_value` would, without building values.
     if let [Target { var: Var::Tx, key: Key::Name(name), count: false }] = link.targets.as_slice()
         && link.chain == 0
         && !link.multi_match
@@ -400,17 +404,27 @@ fn eval_link<'d>(
         && let Operator::Num(cmp, param) = &link.operator
         && !(at == 0 && has_runtime_removals(rule, state))
     {
-        let hit = match std::str::from_utf8(name).ok().and_then(|n| state.tx.get(n)) {
-            None => false,
+        let key = std::str::from_utf8(name).ok();
+        let hit = match key.and_then(|n| state.tx.get(n)) {
+            None => None,
             Some(value) => {
                 let param = operator::stoi(&param.expand(&Ctx { data, state, rule }));
-                operator::compare(*cmp, operator::stoi(value), param) != link.negated
+                (operator::compare(*cmp, operator::stoi(value), param) != link.negated).then(|| value.clone())
             }
         };
-        if !hit {
+        let (Some(value), Some(key)) = (hit, key) else {
             state.matched_vars.clear();
             return false;
+        };
+        let name = format!("TX:{key}");
+        if first.is_none() {
+            *first = Some((name.clone(), if rule.log { value.clone() } else { Vec::new() }));
         }
+        state.matched_vars.push((name, value));
+        for setvar in &link.setvars {
+            run_setvar(setvar, rule, data, state);
+        }
+        return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, cache, first);
     }
     let signature = if at == 0 { cache.signature(rule, state) } else { 0 };
     let values: Rc<Vec<Value<'d>>> = match (link.target_set, signature) {
@@ -476,14 +490,28 @@ fn eval_link<'d>(
         {
             continue;
         }
+        // A byte-only operator that did not match these bytes before.
+        let pure = link.pure.zip(value.id).map(|(op, id)| (usize::from(op), id));
+        if let Some((op, id)) = pure
+            && state.known(program, id, &value.value).no_match[op / 64] & (1 << (op % 64)) != 0
+        {
+            continue;
+        }
+        let mut hit = false;
         if link.multi_match {
             for candidate in candidates(program, link.chain, value, state) {
-                matched |= on_value(program, rule, link, value, candidate.as_ref(), data, state, first);
+                hit |= on_value(program, rule, link, value, candidate.as_ref(), data, state, first);
             }
         } else {
             let candidate = transformed_one(program, link, value, state);
-            matched |= on_value(program, rule, link, value, candidate.as_ref(), data, state, first);
+            hit = on_value(program, rule, link, value, candidate.as_ref(), data, state, first);
         }
+        if let Some((op, id)) = pure
+            && !hit
+        {
+            state.known(program, id, &value.value).no_match[op / 64] |= 1 << (op % 64);
+        }
+        matched |= hit;
     }
     if !matched {
         state.matched_vars.clear();

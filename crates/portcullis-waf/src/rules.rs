@@ -58,6 +58,8 @@ pub struct Program {
     pub prefixes: Vec<Vec<u16>>,
     /// Regex sets by id.
     pub sets: Vec<Set>,
+    /// How many links have a `pure` index.
+    pub pure_ops: usize,
     /// `SecRuleEngine`
     pub engine: EngineMode,
     /// How many distinct fixed target sets links have.
@@ -178,6 +180,11 @@ pub struct Link {
     /// `MATCHED_*`, counts): an id shared by every link with the same
     /// targets and exclusions, under which a transaction resolves them once.
     pub target_set: Option<u32>,
+    /// When the operator's verdict depends on the value's bytes alone (`@pm`
+    /// and its file form, `@detectXSS`, `@detectSQLi`, `@validate…`): its
+    /// index among such links, under which a value it did not match is
+    /// remembered (see `eval::Known`).
+    pub pure: Option<u16>,
 }
 
 /// A target variable, possibly narrowed to keys.
@@ -654,8 +661,26 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             }
         }
     }
-    // Fixed target sets, now that every exclusion is in place.
+    // Fixed target sets, now that every exclusion is in place; and the
+    // links whose "no match" on a value can be remembered.
+    let mut pure_ops: u16 = 0;
     for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+        if !link.negated
+            && matches!(
+                link.operator,
+                Operator::Pm(_)
+                    | Operator::DetectXss
+                    | Operator::DetectSqli
+                    | Operator::ValidateByteRange(_)
+                    | Operator::ValidateUrlEncoding
+                    | Operator::ValidateUtf8Encoding
+            )
+        {
+            link.pure = Some(pure_ops);
+            pure_ops = pure_ops
+                .checked_add(1)
+                .ok_or_else(|| LoadError::Directive("too many rules with byte-only operators".into()))?;
+        }
         if link.targets.iter().all(|t| !t.count && t.var.is_fixed()) {
             let signature = format!("{:?}{:?}", link.targets, link.exclusions);
             let next = u32::try_from(b.target_sets.len())
@@ -760,6 +785,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
         parents: b.parents,
         prefixes,
         sets,
+        pure_ops: usize::from(pure_ops),
         engine,
         target_sets: b.target_sets.len(),
     })
@@ -919,6 +945,7 @@ impl Builder<'_> {
             skip,
             // Assigned once exclusions from configuration are in (`compile`).
             target_set: None,
+            pure: None,
         })
     }
 

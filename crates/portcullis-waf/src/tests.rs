@@ -141,6 +141,18 @@ fn a_value_seen_before_is_decided_as_a_new_one() {
         assert_eq!(second.inspect(&get("/a?q=Secret")).intervention, None);
         assert_eq!(second.inspect(&get("/a?q=PUBLIC")).intervention.map(|i| i.rule), Some(2));
     }
+    // A byte-only operator's "no match" is remembered per link: the same
+    // bytes under another link (another phrase list) are still looked at.
+    let phrases = Waf::load(
+        r#"SecRule ARGS "@pm alpha" "id:4,phase:2,pass,t:lowercase,setvar:tx.a=+1"
+SecRule ARGS "@pm beta" "id:5,phase:2,deny,t:lowercase""#,
+        &[],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(phrases.inspect(&get("/a?q=BETA")).intervention.map(|i| i.rule), Some(5));
+        assert_eq!(phrases.inspect(&get("/a?q=ALPHA")).intervention, None);
+    }
     // A remembered multiMatch value still reports the candidate that
     // matched, the same every time.
     let multi = Waf::load(
