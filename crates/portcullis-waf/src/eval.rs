@@ -13,9 +13,13 @@
 //!   in `DetectionOnly` none acts. A rule that did not match clears
 //!   `MATCHED_VAR(S)`.
 //! - Each value is transformed once per distinct transformation chain, and
-//!   each transformed value runs once through its chain's `RegexSet`; a
-//!   rule's own regex then runs only where the set says it matches and
-//!   only when captures are wanted.
+//!   each transformed value runs once through each regex set of its chain
+//!   (a multiMatch set: each candidate); a rule whose member no value
+//!   matches ends there, and its own regex runs only on the values the set
+//!   says it matches and only when captures are wanted.
+//! - What is worked out about a value (forms, set matches, byte-only
+//!   operators that did not match) is kept by value id — short values with
+//!   the same bytes share one — and left to the thread's memo at the end.
 
 use std::borrow::Cow;
 use std::rc::Rc;

@@ -6,16 +6,19 @@
 //! - Rules load from SecLang text (the parser of `zentinel-modsec`; the
 //!   evaluation is ours) and compile once into a [`Waf`]: operators,
 //!   phrase automata and data files built, transformation chains
-//!   deduplicated, the first `@rx` of every rule grouped into one
-//!   `RegexSet` per phase and transformation chain. A rule the engine
-//!   cannot honour fully is a load error unless its id is allowed.
+//!   deduplicated, the first `@rx` of every rule grouped into one regex
+//!   set per phase, transformation chain and `multiMatch`. A rule the
+//!   engine cannot honour fully is a load error unless its id is allowed.
 //! - A request runs through phase 1 (line, headers), then its body is
 //!   read by the processor its content type or a rule selects, then
 //!   phase 2. The outcome is the intervention (a disruptive action fired:
 //!   CRS's 949110 once the anomaly score reaches the threshold), the rules
 //!   that matched and the inbound anomaly score.
-//! - Nothing is shared between requests but the compiled program: each
-//!   inspection is independent, and a `Waf` is `Send + Sync`.
+//! - Nothing is shared between requests but the compiled program and, per
+//!   thread, what was worked out about recent short values' bytes (see
+//!   `memo`: their transformed forms, which set members and byte-only
+//!   operators match them): each verdict is what a fresh engine would
+//!   give, and a `Waf` is `Send + Sync`.
 //!
 //! Deployment caveat: CRS matches patterns, it does not understand the
 //! backend; see docs/waf.md for what it misses and how to tune it.

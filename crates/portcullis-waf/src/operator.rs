@@ -20,7 +20,7 @@ use crate::macros::Template;
 /// A compiled operator.
 #[derive(Debug)]
 pub enum Operator {
-    /// `@rx`, with its place in its group's [`regex::bytes::RegexSet`] when it has one.
+    /// `@rx`, with its regex set and place in it when it has one.
     Rx {
         /// The pattern, compiled.
         regex: Regex,
