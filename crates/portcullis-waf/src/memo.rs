@@ -8,11 +8,13 @@
 //!   names — costs a lookup instead of its transformations and searches.
 //!   Operators, scores and everything else still run per transaction.
 //! - Per thread (what is remembered holds `Rc`s), per program (a new load
-//!   starts empty), values of at most [`LONGEST`] bytes.
-//! - Bounded: two generations of at most [`GENERATION`] values each; when
-//!   the newer fills it becomes the older and the older is dropped, so
-//!   what keeps being seen stays and a stream of one-off values (unique
-//!   query strings) cannot grow it.
+//!   starts empty), values of at most [`LONGEST`] bytes (a bearer token
+//!   fits; bodies do not).
+//! - Bounded: two generations of at most [`GENERATION`] values and
+//!   [`GENERATION_BYTES`] bytes of values each; when the newer fills it
+//!   becomes the older and the older is dropped, so what keeps being seen
+//!   stays and a stream of one-off values (unique query strings) cannot
+//!   grow it.
 
 use std::cell::RefCell;
 
@@ -21,14 +23,19 @@ use hashbrown::HashMap;
 use crate::eval::Known;
 
 /// The longest value remembered.
-pub const LONGEST: usize = 256;
+pub const LONGEST: usize = 1024;
 /// Values per generation.
 const GENERATION: usize = 512;
+/// Bytes of values per generation (their transformed forms are kept too,
+/// a few times that at most).
+const GENERATION_BYTES: usize = 128 << 10;
 
 #[derive(Default)]
 struct Memo {
     program: u64,
     newer: HashMap<Box<[u8]>, Known>,
+    /// The bytes of the values in `newer`.
+    newer_bytes: usize,
     older: HashMap<Box<[u8]>, Known>,
 }
 
@@ -58,9 +65,11 @@ pub fn keep(program: u64, bytes: Box<[u8]>, known: Known) {
         if memo.program != program {
             *memo = Memo { program, ..Memo::default() };
         }
-        if memo.newer.len() >= GENERATION {
+        if memo.newer.len() >= GENERATION || memo.newer_bytes + bytes.len() > GENERATION_BYTES {
             memo.older = std::mem::take(&mut memo.newer);
+            memo.newer_bytes = 0;
         }
+        memo.newer_bytes += bytes.len();
         memo.newer.insert(bytes, known);
     });
 }
@@ -92,5 +101,17 @@ mod tests {
         assert!(recall(7, (GENERATION * 3 - 2).to_string().as_bytes()).is_none());
         assert!(recall(9, b"x").is_none());
         assert!(recall(7, &[b'a'; LONGEST + 1]).is_none());
+        // Long values fill a generation by bytes first.
+        for n in 0..GENERATION {
+            let mut value = vec![b'x'; LONGEST];
+            value[..8].copy_from_slice(&u64::try_from(n).unwrap_or_default().to_le_bytes());
+            keep(7, value.into(), Known::default());
+        }
+        MEMO.with(|memo| {
+            let memo = memo.borrow();
+            let bytes: usize = memo.newer.keys().chain(memo.older.keys()).map(|k| k.len()).sum();
+            assert!(bytes <= 2 * GENERATION_BYTES, "{bytes}");
+            assert!(memo.newer.len() < GENERATION);
+        });
     }
 }
