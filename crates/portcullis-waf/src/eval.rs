@@ -300,7 +300,7 @@ pub struct Known {
     key: Option<Box<[u8]>>,
     /// Its forms, by transformation chain (empty until first needed).
     forms: Box<[Form]>,
-    /// Which patterns of the phase regex match where a set looks (through
+    /// Which members of each set match it where the set looks (through
     /// the set's chain; a multiMatch set: through any candidate), by set.
     sets: Box<[Option<Found>]>,
     /// Which byte-only operators (by `Link::pure`) it, through their
@@ -308,7 +308,7 @@ pub struct Known {
     no_match: Box<[u64]>,
 }
 
-/// The set members that matched, by phase-wide pattern id, in ascending
+/// The members of a set that matched, by index in the set, in ascending
 /// order (a few at most on ordinary values).
 type Found = Rc<[u32]>;
 
@@ -467,9 +467,8 @@ fn eval_link<'d>(
             None => {
                 let mut hits = vec![false; program.sets[set_id].len];
                 for value in values.iter() {
-                    let offset = program.sets[set_id].offset;
-                    for &pattern in set_matches(program, set_id, value, state).iter() {
-                        if let Some(hit) = (pattern as usize).checked_sub(offset).and_then(|m| hits.get_mut(m)) {
+                    for &member in set_matches(program, set_id, value, state).iter() {
+                        if let Some(hit) = hits.get_mut(member as usize) {
                             *hit = true;
                         }
                     }
@@ -490,7 +489,7 @@ fn eval_link<'d>(
         if let Some((set_id, index)) = set
             && !link.negated
             && value.id.is_some()
-            && !has_member(program, &set_matches(program, set_id, value, state), set_id, index)
+            && !has_member(&set_matches(program, set_id, value, state), index)
         {
             continue;
         }
@@ -774,8 +773,6 @@ fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<
     }
 }
 
-/// With `multiMatch`: the original value and every transformation step
-/// that changed it.
 /// What a `multiMatch` rule sees of a value: the value itself, then the
 /// result of each transformation of the chain that changed it (each a
 /// cached chain prefix).
@@ -812,12 +809,12 @@ fn push_changed<'v>(out: &mut Vec<Transformed<'v>>, next: Transformed<'v>) {
     }
 }
 
-/// Whether member `index` of set `set_id` is among `found`.
-fn has_member(program: &Program, found: &[u32], set_id: usize, index: usize) -> bool {
-    u32::try_from(program.sets[set_id].offset + index).is_ok_and(|id| found.contains(&id))
+/// Whether member `index` of a set is among `found`.
+fn has_member(found: &[u32], index: usize) -> bool {
+    u32::try_from(index).is_ok_and(|index| found.contains(&index))
 }
 
-/// Which members of set `set_id` (by phase-wide pattern id) match `value`
+/// Which members of set `set_id` match `value`
 /// through the set's chain (for a multiMatch set, through any of the
 /// value's candidates); searched once per value and set.
 fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut State) -> Found {
@@ -842,7 +839,7 @@ fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut 
     let found: Found = if scratch.is_empty() {
         Rc::clone(&state.none_found)
     } else {
-        scratch.iter().filter_map(|p| u32::try_from(set.offset + p.as_usize()).ok()).collect()
+        scratch.iter().filter_map(|p| u32::try_from(p.as_usize()).ok()).collect()
     };
     scratch.clear();
     state.scratch = Some(scratch);
@@ -915,7 +912,7 @@ fn operate(
             // to tell which candidate matched.
             let prefiltered = match (set, value.id) {
                 (Some((set_id, index)), Some(_)) => {
-                    Some(has_member(program, &set_matches(program, *set_id, value, state), *set_id, *index))
+                    Some(has_member(&set_matches(program, *set_id, value, state), *index))
                 }
                 _ => None,
             };

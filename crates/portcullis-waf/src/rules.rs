@@ -73,9 +73,6 @@ pub struct Set {
     /// Its members, each carried to the end of the haystack (see
     /// [`compile`]): all matches, no captures, byte mode.
     pub regex: meta::Regex,
-    /// Where its members start among the phase's patterns (ids of set
-    /// members are phase-wide).
-    pub offset: usize,
     /// How many members it has.
     pub len: usize,
     /// The transformation chain its members apply.
@@ -727,8 +724,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
     let mut groups: Vec<((u8, u16, bool), Vec<usize>)> = groups.into_iter().collect();
     groups.sort_by_key(|(k, _)| *k);
     let mut sets = Vec::new();
-    let mut offsets = [0_usize; 5];
-    for ((phase, chain, multi_match), members) in groups {
+    for ((_, chain, multi_match), members) in groups {
         let patterns: Vec<String> = members
             .iter()
             .filter_map(|&r| match &rules[r].links[0].operator {
@@ -754,10 +750,8 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             .syntax(syntax::Config::new().unicode(false).utf8(false))
             .build_many(&patterns)
             .map_err(|e| LoadError::Directive(format!("regex set does not build: {e}")))?;
-        let offset = &mut offsets[usize::from(phase.clamp(1, 5)) - 1];
         let set_id = sets.len();
-        sets.push(Set { regex, offset: *offset, len: members.len(), chain, multi_match });
-        *offset += members.len();
+        sets.push(Set { regex, len: members.len(), chain, multi_match });
         for (index, &rule) in members.iter().enumerate() {
             if let Operator::Rx { set, .. } = &mut rules[rule].links[0].operator {
                 *set = Some((set_id, index));
