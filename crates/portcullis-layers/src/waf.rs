@@ -17,16 +17,24 @@
 //!   with 400 `waf.body_unparsable` (`portcullis_policy::waf::body`, which
 //!   also strips a byte order mark from the inspected copy). In detect mode
 //!   these are logged and pass, like any detection.
-//! - Inspection runs on `workers` threads of its own, so rule evaluation
-//!   never stalls the async runtime, and the threads (each with its own
-//!   allocator heap and regex caches, several MiB once CRS has run on it) are
-//!   exactly as many as configured: on tokio's blocking pool a new thread was
-//!   started whenever an inspection began before the last one's thread was
-//!   back waiting, and the gateway's memory grew with them. Up to `queue`
-//!   requests wait for a worker; beyond that (or if the engine fails or
-//!   panics) the request is refused with 503 `waf.overloaded` (fail closed,
-//!   the default) or passes uninspected with a `waf.overloaded` event (fail
-//!   open).
+//! - A request of at most `inline_limit` bytes (line, headers, inspected
+//!   body), for an engine that [runs inline](Engine::runs_inline), is
+//!   inspected on the thread serving its connection, once that thread has
+//!   been warmed up for the pool's engines: CRS on it costs tens of
+//!   microseconds, less than handing it to a worker and back (two thread
+//!   wake-ups and the request's bytes crossing cores). Such inspections
+//!   are as many at once as the runtime has threads, and each of those
+//!   threads keeps its own regex caches and memory of recent values.
+//! - Every other inspection runs on `workers` threads of its own, so long
+//!   rule evaluation never stalls the async runtime, and the threads (each
+//!   with its own allocator heap and regex caches, several MiB once CRS has
+//!   run on it) are exactly as many as configured: on tokio's blocking pool
+//!   a new thread was started whenever an inspection began before the last
+//!   one's thread was back waiting, and the gateway's memory grew with
+//!   them. Up to `queue` requests wait for a worker; beyond that (or if the
+//!   engine fails or panics, inline too) the request is refused with 503
+//!   `waf.overloaded` (fail closed, the default) or passes uninspected with
+//!   a `waf.overloaded` event (fail open).
 //! - A rule-set intervention is a 403 with a `waf.*` reason in block mode,
 //!   and an event with action `log` (the request passes) in detect mode.
 //! - The engine sees the request target as the client sent it, before path
@@ -46,9 +54,10 @@
 //! route's latency includes the whole upload; keep `body_limit` near what
 //! the route really takes.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll};
 
@@ -105,9 +114,14 @@ pub struct WafSettings {
     pub pool: WafPool,
 }
 
-/// A bounded set of inspection workers with a bounded queue.
+/// A bounded set of inspection workers with a bounded queue, and the
+/// threads serving connections for small requests.
 #[derive(Debug)]
 pub struct WafPool {
+    /// Unique among the pools of this process: what a thread was warmed for.
+    id: u64,
+    /// Requests (and responses) up to this many bytes are inspected inline.
+    inline_limit: usize,
     workers: usize,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -119,6 +133,15 @@ pub struct WafPool {
 /// One inspection, run on a worker thread.
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Pool ids, from 1.
+static POOLS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The pool whose engines this thread (one serving connections) has
+    /// been warmed up for; 0: none.
+    static WARMED_FOR: Cell<u64> = const { Cell::new(0) };
+}
+
 /// The pool could not inspect the request.
 #[derive(Debug)]
 enum Unavailable {
@@ -127,11 +150,12 @@ enum Unavailable {
 }
 
 impl WafPool {
-    /// `workers` inspections at once on as many threads, `queue` more waiting.
+    /// `workers` inspections at once on as many threads, `queue` more
+    /// waiting; requests up to `inline_limit` bytes inspected inline.
     ///
     /// # Errors
     /// When a worker thread cannot be started.
-    pub fn new(workers: usize, queue: usize) -> std::io::Result<Self> {
+    pub fn new(workers: usize, queue: usize, inline_limit: u64) -> std::io::Result<Self> {
         let workers = workers.max(1);
         let (jobs, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
@@ -152,7 +176,22 @@ impl WafPool {
                 }
             })?;
         }
-        Ok(Self { workers, permits: Arc::new(Semaphore::new(workers)), waiting: AtomicUsize::new(0), queue, jobs })
+        Ok(Self {
+            id: POOLS.fetch_add(1, Ordering::Relaxed),
+            inline_limit: usize::try_from(inline_limit).unwrap_or(usize::MAX),
+            workers,
+            permits: Arc::new(Semaphore::new(workers)),
+            waiting: AtomicUsize::new(0),
+            queue,
+            jobs,
+        })
+    }
+
+    /// Whether an inspection of `size` bytes by `engine` runs on this
+    /// thread: small enough, an engine that runs inline, and this thread
+    /// warmed up for this pool.
+    fn inline(&self, engine: &dyn Engine, size: usize) -> bool {
+        size <= self.inline_limit && engine.runs_inline() && WARMED_FOR.with(Cell::get) == self.id
     }
 
     /// Runs the canary set through every engine once on each worker thread
@@ -185,16 +224,43 @@ impl WafPool {
         }
     }
 
-    async fn inspect(&self, engine: Arc<dyn Engine>, request: WafRequest) -> Result<Verdict, Unavailable> {
-        self.run(move || engine.inspect(&request)).await
+    /// Warms up the calling thread, one serving connections, for inline
+    /// inspections by `engines` (the canary set, as each worker ran it):
+    /// from then on this thread inspects this pool's requests of up to
+    /// `inline_limit` bytes itself. Nothing to do without an inline limit
+    /// or an engine that runs inline, or when done already.
+    pub fn warm_here(&self, engines: &[Arc<dyn Engine>]) {
+        if self.inline_limit == 0 || !engines.iter().any(|e| e.runs_inline()) || WARMED_FOR.with(Cell::get) == self.id {
+            return;
+        }
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            for engine in engines.iter().filter(|e| e.runs_inline()) {
+                portcullis_policy::waf::canary::warm_up(engine.as_ref());
+            }
+        }));
+        WARMED_FOR.with(|w| w.set(self.id));
     }
 
-    /// Runs `work` on a worker: waits in the queue for one, or fails when
-    /// the queue is full, the work fails or panics.
+    async fn inspect(&self, engine: Arc<dyn Engine>, request: WafRequest) -> Result<Verdict, Unavailable> {
+        let inline = self.inline(engine.as_ref(), request_size(&request));
+        self.run(inline, move || engine.inspect(&request)).await
+    }
+
+    /// Runs `work` here when `inline`, else on a worker: waits in the queue
+    /// for one, or fails when the queue is full. Fails when the work fails
+    /// or panics.
     async fn run<T: Send + 'static>(
         &self,
+        inline: bool,
         work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, Unavailable> {
+        if inline {
+            return match std::panic::catch_unwind(AssertUnwindSafe(work)) {
+                Ok(Ok(verdict)) => Ok(verdict),
+                Ok(Err(e)) => Err(Unavailable::Failed(e.to_string())),
+                Err(_) => Err(Unavailable::Failed("the engine panicked".into())),
+            };
+        }
         let permit = if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             permit
         } else {
@@ -310,7 +376,9 @@ where
                     (None, None) => waf.settings.pool.inspect(waf.engine.clone(), request).await.inspect(remember),
                     (None, Some(_)) => {
                         let engine = waf.engine.clone();
-                        let begun = waf.settings.pool.run(move || engine.begin(&request).map(|(v, t)| (v, t, request)));
+                        let inline = waf.settings.pool.inline(engine.as_ref(), request_size(&request));
+                        let begun =
+                            waf.settings.pool.run(inline, move || engine.begin(&request).map(|(v, t)| (v, t, request)));
                         begun.await.map(|(verdict, transaction, request)| {
                             remember(&verdict);
                             exchange = Some((request, transaction));
@@ -365,7 +433,10 @@ async fn check_response(
     };
     let seen = WafResponse::new(parts.status, parts.version, &parts.headers, inspected);
     let engine = waf.engine.clone();
-    let verdict = settings.pool.run(move || engine.inspect_response(&request, transaction, &seen)).await;
+    let size =
+        seen.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() + seen.body.as_ref().map_or(0, Bytes::len);
+    let inline = settings.pool.inline(engine.as_ref(), size);
+    let verdict = settings.pool.run(inline, move || engine.inspect_response(&request, transaction, &seen)).await;
     let decision = match verdict {
         Ok(verdict) => decide_response(waf.engine.name(), verdict, mode),
         Err(unavailable) => overloaded(unavailable, settings.fail_open),
@@ -462,6 +533,11 @@ async fn read_inspected(
     Ok((None, Inspected::whole(whole), prefix.into_body()))
 }
 
+/// The bytes an inspection reads: target, headers and inspected body.
+fn request_size(request: &WafRequest) -> usize {
+    request.uri.len() + request.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() + request.body.len()
+}
+
 /// The part of a body the engine inspects.
 struct Inspected {
     bytes: Bytes,
@@ -552,7 +628,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn inspections_run_on_exactly_the_configured_threads_and_survive_a_panicking_engine() {
         let toy = Arc::new(Toy { hold: AtomicBool::new(false) });
-        let pool = Arc::new(WafPool::new(2, 1000).unwrap());
+        // The toy engine does not run inline: every inspection, small ones
+        // too, goes to the workers.
+        let pool = Arc::new(WafPool::new(2, 1000, 1 << 14).unwrap());
         let tasks: Vec<_> = (0..400)
             .map(|i| {
                 let (pool, toy) = (pool.clone(), toy.clone());
@@ -592,7 +670,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_worker_warms_up_once_before_serving() {
-        let pool = WafPool::new(3, 10).unwrap();
+        let pool = WafPool::new(3, 10, 0).unwrap();
         let engine = Arc::new(Counting::default());
         pool.warm_up(&[engine.clone() as Arc<dyn Engine>]).await;
         let counts = engine.0.lock().unwrap().clone();
@@ -606,7 +684,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_pool_fails_closed_and_recovers() {
         let toy = Arc::new(Toy { hold: AtomicBool::new(true) });
-        let pool = Arc::new(WafPool::new(1, 1).unwrap());
+        let pool = Arc::new(WafPool::new(1, 1, 0).unwrap());
         let request = || WafRequest {
             method: "GET".into(),
             uri: "/".into(),
@@ -637,5 +715,88 @@ mod tests {
         assert!(queued.await.unwrap().is_ok());
         assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
         assert!(pool.inspect(toy, request()).await.is_ok());
+    }
+
+    /// Records the thread of each inspection (and of the warm-up's apart);
+    /// runs inline; panics on `/panic`.
+    #[derive(Debug, Default)]
+    struct Inline {
+        warmed: Mutex<Vec<String>>,
+        inspected: Mutex<Vec<String>>,
+    }
+
+    impl Engine for Inline {
+        fn name(&self) -> &'static str {
+            "inline"
+        }
+        fn runs_inline(&self) -> bool {
+            true
+        }
+        fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError> {
+            assert!(!request.uri.contains("panic"), "the engine panics");
+            let thread = std::thread::current();
+            let name = format!("{} {:?}", thread.name().unwrap_or("unnamed"), thread.id());
+            // The canary set's client (see `canary::warm_up`).
+            if request.client_ip == std::net::IpAddr::from([192, 0, 2, 10]) {
+                self.warmed.lock().unwrap().push(name);
+            } else {
+                self.inspected.lock().unwrap().push(name);
+            }
+            Ok(Verdict::default())
+        }
+    }
+
+    fn on_workers(threads: &[String]) -> usize {
+        threads.iter().filter(|t| t.starts_with("portcullis-waf-")).count()
+    }
+
+    #[tokio::test]
+    async fn small_requests_are_inspected_inline_on_a_warmed_thread_large_ones_on_the_workers() {
+        let engine = Arc::new(Inline::default());
+        let engines = [engine.clone() as Arc<dyn Engine>];
+        let pool = WafPool::new(2, 100, 1024).unwrap();
+        pool.warm_up(&engines).await;
+        // This thread is cold: even a small request goes to a worker.
+        pool.inspect(engine.clone(), request_for("/before")).await.unwrap();
+        assert_eq!(on_workers(&engine.inspected.lock().unwrap()), 1);
+        pool.warm_here(&engines);
+        let warmed: std::collections::BTreeSet<String> = engine.warmed.lock().unwrap().iter().cloned().collect();
+        assert_eq!(warmed.len(), 3, "both workers and this thread: {warmed:?}");
+        engine.inspected.lock().unwrap().clear();
+        for i in 0..10 {
+            pool.inspect(engine.clone(), request_for(&format!("/item/{i}"))).await.unwrap();
+        }
+        // Over the limit: a worker.
+        let mut large = request_for("/large");
+        large.body = Bytes::from(vec![b'a'; 2000]);
+        pool.inspect(engine.clone(), large).await.unwrap();
+        let threads = engine.inspected.lock().unwrap().clone();
+        assert_eq!(on_workers(&threads[..10]), 0, "small requests went to the workers: {threads:?}");
+        assert_eq!(on_workers(&threads[10..]), 1, "the large request stayed here: {threads:?}");
+        // An engine panicking inline is a failed inspection; the thread
+        // goes on serving.
+        assert!(matches!(pool.inspect(engine.clone(), request_for("/panic")).await, Err(Unavailable::Failed(_))));
+        assert!(pool.inspect(engine.clone(), request_for("/after")).await.is_ok());
+        assert_eq!(pool.permits.available_permits(), 2);
+        // A new pool (a reload) needs its own warm-up of this thread.
+        engine.inspected.lock().unwrap().clear();
+        let next = WafPool::new(1, 10, 1024).unwrap();
+        next.inspect(engine.clone(), request_for("/next")).await.unwrap();
+        assert_eq!(on_workers(&engine.inspected.lock().unwrap()), 1);
+    }
+
+    #[tokio::test]
+    async fn without_an_inline_limit_every_inspection_goes_to_the_workers() {
+        let engine = Arc::new(Inline::default());
+        let engines = [engine.clone() as Arc<dyn Engine>];
+        let pool = WafPool::new(2, 100, 0).unwrap();
+        pool.warm_up(&engines).await;
+        pool.warm_here(&engines);
+        let warmed = engine.warmed.lock().unwrap().clone();
+        assert_eq!(on_workers(&warmed), warmed.len(), "warm-ups ran on {warmed:?}");
+        for i in 0..10 {
+            pool.inspect(engine.clone(), request_for(&format!("/item/{i}"))).await.unwrap();
+        }
+        assert_eq!(on_workers(&engine.inspected.lock().unwrap()), 10);
     }
 }

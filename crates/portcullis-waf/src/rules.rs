@@ -212,7 +212,14 @@ pub enum Key {
     /// One name, lower-case (names compare case-insensitively).
     Name(Vec<u8>),
     /// Names matching a regex (case-insensitive).
-    Regex(Regex),
+    Regex {
+        /// The regex.
+        regex: Regex,
+        /// The literal text every selected name starts with (lower-case,
+        /// from a pattern `^literal…`): CRS's `TX:/^header_name_920450_/`
+        /// looks at every TX variable, and most fail on their first bytes.
+        prefix: Vec<u8>,
+    },
 }
 
 impl Key {
@@ -222,9 +229,25 @@ impl Key {
         match self {
             Self::All => true,
             Self::Name(name) => name.eq_ignore_ascii_case(key),
-            Self::Regex(re) => re.is_match(key),
+            Self::Regex { regex, prefix } => {
+                key.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix)) && regex.is_match(key)
+            }
         }
     }
+}
+
+/// The literal start every match of `pattern` has: the characters after a
+/// leading `^` up to the first one with a meaning in a regex (one fewer
+/// when a quantifier follows), lower-case.
+fn literal_prefix(pattern: &str) -> Vec<u8> {
+    let Some(rest) = pattern.strip_prefix('^') else { return Vec::new() };
+    let bytes = rest.as_bytes();
+    let end = bytes.iter().position(|b| b"\\.^$|?*+()[]{}".contains(b)).unwrap_or(bytes.len());
+    let end = match bytes.get(end) {
+        Some(b'?' | b'*' | b'{') => end.saturating_sub(1),
+        _ => end,
+    };
+    bytes[..end].to_ascii_lowercase()
 }
 
 /// The variables the engine resolves.
@@ -980,7 +1003,7 @@ impl Builder<'_> {
                     .unicode(false)
                     .build()
                     .map_err(|e| format!("key regex /{pattern}/ does not compile: {e}"))?;
-                Ok(Key::Regex(re))
+                Ok(Key::Regex { regex: re, prefix: literal_prefix(pattern) })
             }
         }
     }

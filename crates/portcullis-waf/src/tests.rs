@@ -167,3 +167,20 @@ SecRule ARGS "@pm beta" "id:5,phase:2,deny,t:lowercase""#,
         assert!(multi.inspect(&get("/a?q=%253Cc%253E")).intervention.is_none());
     }
 }
+
+#[test]
+fn key_regexes_select_by_their_literal_start_and_the_rest_of_the_pattern() {
+    let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.ac=1,setvar:tx.header_name_x=1,setvar:tx.other=1"
+SecRule TX:/^ab?c/ "@eq 1" "id:2,phase:1,pass,log"
+SecRule TX:/^HEADER_NAME_/ "@eq 1" "id:3,phase:1,pass,log"
+SecRule TX:/^other$/ "@eq 1" "id:4,phase:1,pass,log"
+SecRule TX:/^othe$/ "@eq 1" "id:5,phase:1,pass,log"
+SecRule TX:/^(?:oth)er/ "@eq 1" "id:6,phase:1,pass,log"
+"#;
+    let waf = Waf::load(rules, &[]).unwrap();
+    let ids: Vec<u32> = waf.inspect(&get("/")).matches.iter().map(|m| m.id).collect();
+    // `^ab?c` selects `ac` (the `b` is optional), the case of the pattern
+    // does not matter, `^othe$` is not a prefix test.
+    assert_eq!(ids, [1, 2, 3, 4, 6]);
+}

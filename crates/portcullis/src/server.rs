@@ -94,7 +94,7 @@ use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::login::{LoginStore, MemoryLoginStore};
 use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
 use portcullis_layers::waf::{WafPool, WafRoute, WafSettings};
-use portcullis_policy::waf::VerdictCache;
+use portcullis_policy::waf::{Engine, VerdictCache};
 
 /// Keys the in-memory login store holds (about 100 bytes each).
 const MEMORY_LOGIN_KEYS: usize = 200_000;
@@ -305,7 +305,7 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         fail_open: waf.fail_open,
         response_body_limit: waf.response_body_limit,
         response_types: waf.response_types.clone(),
-        pool: WafPool::new(waf.workers, waf.queue)
+        pool: WafPool::new(waf.workers, waf.queue, waf.inline_limit)
             .map_err(|e| StartError::Waf(format!("cannot start the inspection threads: {e}")))?,
     });
     let warming = std::time::Instant::now();
@@ -419,7 +419,48 @@ pub struct Server {
 #[derive(Debug)]
 struct Worker {
     current: Arc<ArcSwap<Gateway>>,
+    /// Work to run on the worker's thread between connections.
+    jobs: tokio::sync::mpsc::UnboundedSender<WorkerJob>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Work for a worker's thread.
+type WorkerJob = Box<dyn FnOnce() + Send>;
+
+/// Warms every worker's thread for inline WAF inspections by the engines
+/// of `shared` (`WafPool::warm_here`: the canary set through each, a few
+/// tens of milliseconds) and returns when all are done. Runs before the
+/// workers serve the configuration: at start, and on reload while they
+/// still serve the previous one, each pausing its connections meanwhile.
+async fn warm_workers(workers: &[Worker], shared: &ConfigShared) {
+    let Some(settings) = shared.waf_routes.iter().flatten().next().map(|w| w.settings.clone()) else { return };
+    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+    for waf in shared.waf_routes.iter().flatten() {
+        if !engines.iter().any(|e| Arc::ptr_eq(e, &waf.engine)) {
+            engines.push(waf.engine.clone());
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut done = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let (settings, engines) = (settings.clone(), engines.clone());
+        let (finished, finishing) = tokio::sync::oneshot::channel::<()>();
+        let job: WorkerJob = Box::new(move || {
+            settings.pool.warm_here(&engines);
+            let _ = finished.send(());
+        });
+        if worker.jobs.send(job).is_ok() {
+            done.push(finishing);
+        }
+    }
+    for finishing in done {
+        let _ = finishing.await;
+    }
+    tracing::info!(
+        workers = workers.len(),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "worker threads warmed up for inline WAF inspections"
+    );
 }
 
 impl Server {
@@ -519,6 +560,7 @@ impl Server {
                 &per_config,
             )));
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (jobs, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
             let connections = Arc::new(AtomicUsize::new(0));
             let context = WorkerContext {
                 current: current.clone(),
@@ -530,11 +572,12 @@ impl Server {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{index}"))
-                .spawn(move || context.run(rx))
+                .spawn(move || context.run(rx, jobs_rx))
                 .map_err(StartError::Worker)?;
-            workers.push(Worker { current, thread: Some(thread) });
+            workers.push(Worker { current, jobs, thread: Some(thread) });
             handles.push(WorkerHandle { tx, connections });
         }
+        warm_workers(&workers, &per_config).await;
         let handles: Arc<[WorkerHandle]> = handles.into();
         // Per-IP connection limits hold for the process's lifetime (changing
         // them needs a restart, like the listeners).
@@ -666,6 +709,7 @@ impl Server {
             other => ReloadError::Waf(other.to_string()),
         })?;
         let config = Arc::new(config);
+        warm_workers(&self.workers, &per_config).await;
         for worker in &self.workers {
             worker.current.store(Arc::new(Gateway::build(
                 config.clone(),
@@ -821,7 +865,11 @@ struct WorkerContext {
 
 impl WorkerContext {
     /// Serves the connections handed to this worker until the server exits.
-    fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>) {
+    fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+        mut jobs: tokio::sync::mpsc::UnboundedReceiver<WorkerJob>,
+    ) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => {
@@ -836,6 +884,7 @@ impl WorkerContext {
             loop {
                 tokio::select! {
                     _ = self.exit.wait_for(|exit| *exit) => break,
+                    Some(job) = jobs.recv() => job(),
                     handoff = rx.recv(), if accepting => {
                         let Some((stream, peer, spec, ip_slot)) = handoff else {
                             accepting = false;

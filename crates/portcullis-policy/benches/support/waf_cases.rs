@@ -93,6 +93,7 @@ pub fn bench(c: &mut Criterion) {
     // the last case makes every value new (a new browser, new cookies).
     let mut cases: Vec<(&str, WafRequest)> = cases.into_iter().collect();
     cases.push(("browser GET, every value new", cases[3].1.clone()));
+    cases.push(("browser GET, repeated", cases[3].1.clone()));
     let engine = waf::load(EngineKind::Zentinel, &crs, &Profile::default()).unwrap();
     for kind in [EngineKind::Portcullis, EngineKind::Zentinel] {
         let engine = waf::load(kind, &crs, &Profile::default()).unwrap();
@@ -102,9 +103,10 @@ pub fn bench(c: &mut Criterion) {
             assert_eq!(engine.inspect(&unique(req, 0, all_new)).unwrap().intervened, name.starts_with("SQL"), "{name}");
             let mut n = 0_u64;
             group.bench_function(*name, |b| {
+                let repeated = name.ends_with("repeated");
                 b.iter_batched(
                     || {
-                        n += 1;
+                        n += u64::from(!repeated);
                         unique(req, n, all_new)
                     },
                     |req| engine.inspect(black_box(&req)).unwrap(),

@@ -210,6 +210,13 @@ pub trait Engine: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Whether inspecting a small request costs tens of microseconds, not
+    /// milliseconds, so the gateway may run it on the thread serving the
+    /// connection rather than hand it to an inspection worker and back.
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
     /// Inspects the request and keeps its transaction for
     /// [`inspect_response`](Self::inspect_response).
     ///

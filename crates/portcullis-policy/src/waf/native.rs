@@ -82,6 +82,10 @@ impl Engine for Native {
         "portcullis"
     }
 
+    fn runs_inline(&self) -> bool {
+        true
+    }
+
     fn inspect(&self, request: &WafRequest) -> Result<Verdict, EngineError> {
         Ok(verdict(&self.run_request(request).0, false))
     }

@@ -65,6 +65,8 @@ pub struct RawWaf {
     pub over_limit: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub queue: Option<Spanned<i64>>,
+    /// Requests up to this size are inspected on the connection's thread.
+    pub inline_limit: Option<Spanned<Size>>,
     /// `closed` (default) or `open` when every worker is busy.
     pub on_overload: Option<Spanned<String>>,
     /// Verdicts of identical requests remembered per rule set (0: off).
