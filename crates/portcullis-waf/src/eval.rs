@@ -398,10 +398,11 @@ fn eval_link<'d>(
         }
         return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, cache, first);
     }
-    // The commonest rule of all, CRS's bookkeeping on one TX variable
-    // (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`): decided, and when it matches
-    // recorded as `on_value` would, without building values.
-    if let [Target { var: Var::Tx, key: Key::Name(name), count: false }] = link.targets.as_slice()
+    // The commonest rules of all, CRS's bookkeeping on one TX variable
+    // (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`) or on whether it is set
+    // (`&TX:inbound_anomaly_score_threshold "@eq 0"`): decided, and when
+    // they match recorded as `on_value` would, without building values.
+    if let [Target { var: Var::Tx, key: Key::Name(name), count }] = link.targets.as_slice()
         && link.chain == 0
         && !link.multi_match
         && link.exclusions.is_empty()
@@ -409,18 +410,25 @@ fn eval_link<'d>(
         && !(at == 0 && has_runtime_removals(rule, state))
     {
         let key = std::str::from_utf8(name).ok();
-        let hit = match key.and_then(|n| state.tx.get(n)) {
-            None => None,
-            Some(value) => {
-                let param = operator::stoi(&param.expand(&Ctx { data, state, rule }));
-                (operator::compare(*cmp, operator::stoi(value), param) != link.negated).then(|| value.clone())
-            }
+        let found = key.and_then(|n| state.tx.get(n));
+        let value: Option<&[u8]> = match (count, found) {
+            (true, found) => Some(if found.is_some() { b"1" } else { b"0" }),
+            (false, found) => found.map(Vec::as_slice),
         };
-        let (Some(value), Some(key)) = (hit, key) else {
+        let hit = value.and_then(|value| {
+            let param = operator::stoi(&param.expand(&Ctx { data, state, rule }));
+            (operator::compare(*cmp, operator::stoi(value), param) != link.negated).then(|| value.to_vec())
+        });
+        let name = match (hit.is_some(), count, key) {
+            (false, _, _) => None,
+            // A count is named after its collection, as `Value::name` names it.
+            (true, true, _) => Some("TX".to_owned()),
+            (true, false, key) => key.map(|key| format!("TX:{key}")),
+        };
+        let (Some(value), Some(name)) = (hit, name) else {
             state.matched_vars.clear();
             return false;
         };
-        let name = format!("TX:{key}");
         if first.is_none() {
             *first = Some((name.clone(), if rule.log { value.clone() } else { Vec::new() }));
         }
@@ -989,21 +997,35 @@ fn rx(regex: &regex::bytes::Regex, input: &[u8], capture: bool, state: &mut Stat
 
 fn run_setvar(setvar: &crate::rules::SetVar, rule: &Rule, data: &Data, state: &mut State) {
     let ctx = Ctx { data, state, rule };
-    let key = String::from_utf8_lossy(&setvar.key.expand(&ctx)).to_ascii_lowercase();
+    // A literal key (nearly all) is lower-case already, and an existing
+    // variable is overwritten in place: no allocation for either.
+    let key: Cow<'_, str> = match setvar.key.literal().and_then(|k| std::str::from_utf8(k).ok()) {
+        Some(key) => Cow::Borrowed(key),
+        None => Cow::Owned(String::from_utf8_lossy(&setvar.key.expand(&ctx)).to_ascii_lowercase()),
+    };
     let value = match &setvar.op {
         SetOp::Delete => {
-            state.tx.remove(&key);
+            state.tx.remove(key.as_ref());
             return;
         }
-        SetOp::Set(t) => t.expand(&ctx).into_owned(),
+        SetOp::Set(t) => t.expand(&ctx),
         SetOp::Add(t) | SetOp::Sub(t) => {
             let amount = operator::stoi(&t.expand(&ctx));
-            let current = state.tx.get(&key).map_or(0, |v| operator::stoi(v));
+            let current = state.tx.get(key.as_ref()).map_or(0, |v| operator::stoi(v));
             let next = if matches!(setvar.op, SetOp::Add(_)) { current + amount } else { current - amount };
-            next.to_string().into_bytes()
+            Cow::Owned(next.to_string().into_bytes())
         }
     };
-    state.tx.insert(key, value);
+    match state.tx.get_mut(key.as_ref()) {
+        Some(slot) => {
+            slot.clear();
+            slot.extend_from_slice(&value);
+        }
+        None => {
+            let value = value.into_owned();
+            state.tx.insert(key.into_owned(), value);
+        }
+    }
 }
 
 /// What macros see: the request, the transaction state and the running rule.

@@ -69,7 +69,6 @@ impl Template {
 
     /// The text when it has no macros.
     #[must_use]
-    #[cfg(test)]
     pub fn literal(&self) -> Option<&[u8]> {
         self.literal.as_deref()
     }
