@@ -201,16 +201,14 @@ impl Data {
 
     /// The id of `bytes`: a short string seen before keeps its id.
     fn id_of(&mut self, bytes: &[u8]) -> u32 {
-        if bytes.len() <= SHARED_LONGEST
-            && let Some(id) = self.ids.get(bytes)
-        {
-            return *id;
+        if bytes.len() > SHARED_LONGEST {
+            self.next_id += 1;
+            return self.next_id;
         }
-        self.next_id += 1;
-        if bytes.len() <= SHARED_LONGEST {
-            self.ids.insert(bytes.to_vec(), self.next_id);
-        }
-        self.next_id
+        let next = self.next_id + 1;
+        let id = *self.ids.entry_ref(bytes).or_insert(next);
+        self.next_id = self.next_id.max(id);
+        id
     }
 
     fn scalar(&mut self, which: Scalar, value: Vec<u8>) {
@@ -228,7 +226,10 @@ impl Data {
     /// Phase 1's view: request line, URI, query arguments, headers, cookies.
     #[must_use]
     pub fn from_request(request: &Request<'_>) -> Self {
-        let mut data = Self::default();
+        // Sized for an ordinary request's distinct short strings (line,
+        // headers, cookies, arguments, their names), so the map does not
+        // grow value by value.
+        let mut data = Self { ids: hashbrown::HashMap::with_capacity(96), ..Self::default() };
         let uri = request.uri.as_bytes();
         let decoded = uri_decode(uri);
         data.scalar(Scalar::Method, request.method.as_bytes().to_vec());

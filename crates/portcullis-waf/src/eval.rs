@@ -153,11 +153,13 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
     let Some(items) = program.phases.get(usize::from(phase).wrapping_sub(1)) else { return };
     let mut skip_to: Option<usize> = None;
     let mut skip_next: u32 = 0;
+    // Sized for CRS v4 at PL1 (about 70 target and regex set pairs per
+    // request), so the maps do not grow rule by rule.
     let mut cache = PhaseCache {
         values: vec![None; program.target_sets],
-        removed_values: HashMap::new(),
+        removed_values: HashMap::with_capacity(16),
         signatures: Vec::new(),
-        any_hit: HashMap::new(),
+        any_hit: HashMap::with_capacity(96),
     };
     for item in items {
         let index = match *item {

@@ -215,10 +215,13 @@ pub enum Key {
     Regex {
         /// The regex.
         regex: Regex,
-        /// The literal text every selected name starts with (lower-case,
-        /// from a pattern `^literal…`): CRS's `TX:/^header_name_920450_/`
-        /// looks at every TX variable, and most fail on their first bytes.
-        prefix: Vec<u8>,
+        /// Text every selected name holds (lower-case; see
+        /// [`required_literal`]): CRS's `TX:/^header_name_920450_/` and
+        /// `TX:/MULTIPART_HEADERS_CONTENT_TYPES_*/` look at every TX
+        /// variable, and nearly all lack it.
+        literal: Vec<u8>,
+        /// The names start with `literal`.
+        anchored: bool,
     },
 }
 
@@ -229,25 +232,67 @@ impl Key {
         match self {
             Self::All => true,
             Self::Name(name) => name.eq_ignore_ascii_case(key),
-            Self::Regex { regex, prefix } => {
-                key.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix)) && regex.is_match(key)
+            Self::Regex { regex, literal, anchored } => {
+                let holds = if *anchored {
+                    key.get(..literal.len()).is_some_and(|start| start.eq_ignore_ascii_case(literal))
+                } else {
+                    literal.is_empty() || key.windows(literal.len()).any(|w| w.eq_ignore_ascii_case(literal))
+                };
+                holds && regex.is_match(key)
             }
         }
     }
 }
 
-/// The literal start every match of `pattern` has: the characters after a
-/// leading `^` up to the first one with a meaning in a regex (one fewer
-/// when a quantifier follows), lower-case.
-fn literal_prefix(pattern: &str) -> Vec<u8> {
-    let Some(rest) = pattern.strip_prefix('^') else { return Vec::new() };
-    let bytes = rest.as_bytes();
-    let end = bytes.iter().position(|b| b"\\.^$|?*+()[]{}".contains(b)).unwrap_or(bytes.len());
-    let end = match bytes.get(end) {
-        Some(b'?' | b'*' | b'{') => end.saturating_sub(1),
-        _ => end,
-    };
-    bytes[..end].to_ascii_lowercase()
+/// The longest run of plain characters that every match of `pattern`
+/// holds, lower-case, and whether matches start with it: outside any
+/// group, ended by any character with a meaning in a regex (one fewer
+/// when a quantifier that allows none follows); nothing when the pattern
+/// has an alternation.
+fn required_literal(pattern: &str) -> (Vec<u8>, bool) {
+    let bytes = pattern.as_bytes();
+    if bytes.contains(&b'|') {
+        return (Vec::new(), false);
+    }
+    let (mut best, mut best_at) = (&bytes[..0], usize::MAX);
+    let (mut depth, mut class, mut at) = (0_usize, false, 0);
+    while at < bytes.len() {
+        let b = bytes[at];
+        match b {
+            b'\\' => at += 2,
+            b'[' => {
+                class = true;
+                at += 1;
+            }
+            b']' => {
+                class = false;
+                at += 1;
+            }
+            b'(' if !class => {
+                depth += 1;
+                at += 1;
+            }
+            b')' if !class => {
+                depth = depth.saturating_sub(1);
+                at += 1;
+            }
+            _ if class || depth > 0 || b".^$?*+{}".contains(&b) => at += 1,
+            _ => {
+                let start = at;
+                while at < bytes.len() && !b"\\.^$|?*+()[]{}".contains(&bytes[at]) {
+                    at += 1;
+                }
+                let end = match bytes.get(at) {
+                    Some(b'?' | b'*' | b'{') => at - 1,
+                    _ => at,
+                };
+                if end - start > best.len() {
+                    (best, best_at) = (&bytes[start..end], start);
+                }
+            }
+        }
+    }
+    (best.to_ascii_lowercase(), best_at == 1 && bytes.first() == Some(&b'^'))
 }
 
 /// The variables the engine resolves.
@@ -1003,7 +1048,8 @@ impl Builder<'_> {
                     .unicode(false)
                     .build()
                     .map_err(|e| format!("key regex /{pattern}/ does not compile: {e}"))?;
-                Ok(Key::Regex { regex: re, prefix: literal_prefix(pattern) })
+                let (literal, anchored) = required_literal(pattern);
+                Ok(Key::Regex { regex: re, literal, anchored })
             }
         }
     }
