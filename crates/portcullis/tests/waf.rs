@@ -305,6 +305,28 @@ async fn bodies_over_the_inspection_limit_are_refused_or_inspected_in_part() {
     assert_eq!(parts.status, 403, "the first body_limit bytes are still inspected");
 }
 
+/// Requests up to `inline_limit` are inspected on the thread serving the
+/// connection, larger ones on the inspection workers, every one of them
+/// with `inline_limit = 0`: the same verdicts either way.
+#[tokio::test]
+async fn requests_inspected_inline_and_on_the_workers_get_the_same_verdicts() {
+    let (up, _) = recording_upstream().await;
+    let attack = "q=%27%20OR%201%3D1--";
+    for limit in ["inline_limit = \"1 KiB\"", "inline_limit = 0"] {
+        let gw = gateway(&config(up, limit, "")).await;
+        let (parts, body) = post(&gw.url("/form"), "application/x-www-form-urlencoded", attack).await;
+        assert_denied(&parts, &body, 403, "waf.sqli");
+        let large = format!("{attack}&pad={}", "a".repeat(4096));
+        let (parts, body) = post(&gw.url("/form"), "application/x-www-form-urlencoded", large).await;
+        assert_denied(&parts, &body, 403, "waf.sqli");
+        let (parts, _) = post(&gw.url("/form"), "application/x-www-form-urlencoded", "q=blue+shoes").await;
+        assert_eq!(parts.status, 200, "{limit}");
+        let plain = format!("q=blue+shoes&pad={}", "a".repeat(4096));
+        let (parts, _) = post(&gw.url("/form"), "application/x-www-form-urlencoded", plain).await;
+        assert_eq!(parts.status, 200, "{limit}");
+    }
+}
+
 #[tokio::test]
 async fn waf_refusals_count_toward_bans() {
     let (up, _) = recording_upstream().await;
@@ -381,6 +403,7 @@ fn waf_config_errors_name_the_key() {
         ("inbound_threshold = 0", "inbound_threshold is out of range"),
         ("mode = \"deny\"", "unknown mode \"deny\""),
         ("over_limit = \"drop\"", "unknown over_limit"),
+        ("inline_limit = \"2 MiB\"", "inline_limit 2097152 is out of range"),
         ("[[waf.exclusion]]\nrules = [\"94x\"]", "not a rule id"),
         ("[[waf.exclusion]]\nrules = [\"942100\"]\ntargets = [\"ARGS:x\\nSecRuleEngine Off\"]", "exclusion target"),
         ("[[waf.exclusion]]\nrules = [\"942100\"]\nroutes = [\"nope\"]", "unknown route \"nope\""),
