@@ -248,10 +248,11 @@ impl Key {
 /// holds, lower-case, and whether matches start with it: outside any
 /// group, ended by any character with a meaning in a regex (one fewer
 /// when a quantifier that allows none follows); nothing when the pattern
-/// has an alternation.
+/// has an alternation or an escape (`\x22?` is one optional character, not
+/// the text `22`: CRS's 921250 selects cookies by `/\x22?\x24Version/`).
 fn required_literal(pattern: &str) -> (Vec<u8>, bool) {
     let bytes = pattern.as_bytes();
-    if bytes.contains(&b'|') {
+    if bytes.contains(&b'|') || bytes.contains(&b'\\') {
         return (Vec::new(), false);
     }
     let (mut best, mut best_at) = (&bytes[..0], usize::MAX);
@@ -259,7 +260,6 @@ fn required_literal(pattern: &str) -> (Vec<u8>, bool) {
     while at < bytes.len() {
         let b = bytes[at];
         match b {
-            b'\\' => at += 2,
             b'[' => {
                 class = true;
                 at += 1;
@@ -279,7 +279,7 @@ fn required_literal(pattern: &str) -> (Vec<u8>, bool) {
             _ if class || depth > 0 || b".^$?*+{}".contains(&b) => at += 1,
             _ => {
                 let start = at;
-                while at < bytes.len() && !b"\\.^$|?*+()[]{}".contains(&bytes[at]) {
+                while at < bytes.len() && !b".^$|?*+()[]{}".contains(&bytes[at]) {
                     at += 1;
                 }
                 let end = match bytes.get(at) {

@@ -3,7 +3,8 @@
 //! default engine (Portcullis's own, `portcullis-waf`) at paranoia level 1
 //! and inbound threshold 5, blocking:
 //!
-//! - at least 97% of the PL1 attack tests blocked,
+//! - at least 98% of the PL1 attack tests blocked (98.1%, 2 173 of 2 216,
+//!   measured: two tests fewer breaks the build),
 //! - at most 17.5% of the benign tests blocked (16.8% measured; the
 //!   gateway's own refusals add to the engine's 15.1%; libmodsecurity 3.0.9
 //!   blocks 16.1% in process, 17.3% through nginx),
@@ -31,8 +32,10 @@ use bytes::Bytes;
 use portcullis_policy::waf::WafRequest;
 
 /// Today's figures through the gateway (issue 14: 98.1% / 16.8%), as floors
-/// a change must keep.
-const MIN_PL1_ATTACKS_BLOCKED: f64 = 97.0;
+/// a change must keep. 98.0 sits between 2 172 and 2 171 tests of 2 216: an
+/// engine change that loses two PL1 detections (as a wrong key-regex
+/// prefilter lost 921250's two once) fails here.
+const MIN_PL1_ATTACKS_BLOCKED: f64 = 98.0;
 const MAX_BENIGN_BLOCKED: f64 = 17.5;
 /// Concurrent connections of the replay.
 const CONNECTIONS: usize = 8;
