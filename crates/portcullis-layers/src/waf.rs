@@ -23,8 +23,8 @@
 //!   been warmed up for the pool's engines: CRS on it costs tens of
 //!   microseconds, less than handing it to a worker and back (two thread
 //!   wake-ups and the request's bytes crossing cores). Such inspections
-//!   are as many at once as the runtime has threads, and each of those
-//!   threads keeps its own regex caches and memory of recent values.
+//!   are as many at once as there are threads serving connections, and
+//!   each of those keeps its own regex caches and memory of recent values.
 //! - Every other inspection runs on `workers` threads of its own, so long
 //!   rule evaluation never stalls the async runtime, and the threads (each
 //!   with its own allocator heap and regex caches, several MiB once CRS has
