@@ -51,6 +51,9 @@ pub struct State {
     program: u64,
     /// The pattern set searches fill, emptied after each.
     scratch: Option<PatternSet>,
+    /// The thread's search caches of the regex sets, by set, with the id of
+    /// their program; taken at the first search, given back by `remember`.
+    caches: Option<(u64, Vec<regex_automata::meta::Cache>)>,
     /// No pattern matched (shared: most searches).
     none_found: Found,
     pub(crate) matches: Vec<Match>,
@@ -357,6 +360,9 @@ impl State {
     /// Leaves what this transaction worked out about its short values to
     /// the next transactions on this thread.
     pub fn remember(&mut self) {
+        if let Some((id, caches)) = self.caches.take() {
+            memo::keep_caches(id, caches);
+        }
         for mut known in self.known.drain(..) {
             if let Some(key) = known.key.take() {
                 memo::keep(self.program, key, known);
@@ -838,14 +844,20 @@ fn set_matches(program: &Program, set_id: usize, value: &Value<'_>, state: &mut 
         Some(scratch) if scratch.capacity() >= set.len => scratch,
         _ => PatternSet::new(set.len),
     };
+    let mut caches = match state.caches.take() {
+        Some((id, caches)) if id == program.id => caches,
+        _ => memo::take_caches(program),
+    };
+    let cache = &mut caches[set_id];
     if set.multi_match {
         for candidate in candidates(program, set.chain, value, state) {
-            set.regex.which_overlapping_matches(&Input::new(candidate.as_ref()), &mut scratch);
+            set.regex.which_overlapping_matches_with(cache, &Input::new(candidate.as_ref()), &mut scratch);
         }
     } else {
         let input = along_chain(program, set.chain, value, state);
-        set.regex.which_overlapping_matches(&Input::new(input.as_ref()), &mut scratch);
+        set.regex.which_overlapping_matches_with(cache, &Input::new(input.as_ref()), &mut scratch);
     }
+    state.caches = Some((program.id, caches));
     let found: Found = if scratch.is_empty() {
         Rc::clone(&state.none_found)
     } else {

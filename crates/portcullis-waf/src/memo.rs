@@ -15,12 +15,19 @@
 //!   becomes the older and the older is dropped, so what keeps being seen
 //!   stays and a stream of one-off values (unique query strings) cannot
 //!   grow it.
+//! - The search caches of the program's regex sets (their lazy DFAs' states)
+//!   are kept per thread here too, taken by a transaction for its searches
+//!   and given back at its end: the sets' own pool hands a thread that did
+//!   not build the set a cache through a lock on every search, and every
+//!   inspecting thread is such a thread.
 
 use std::cell::RefCell;
 
 use hashbrown::HashMap;
+use regex_automata::meta;
 
 use crate::eval::Known;
+use crate::rules::Program;
 
 /// The longest value remembered.
 pub const LONGEST: usize = 1024;
@@ -41,6 +48,28 @@ struct Memo {
 
 thread_local! {
     static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
+    /// The search caches of one program's regex sets, by set.
+    static CACHES: RefCell<(u64, Vec<meta::Cache>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// This thread's search caches for `program`'s regex sets, taken out (new
+/// ones the first time, or after another program's), until
+/// [`keep_caches`] gives them back.
+pub fn take_caches(program: &Program) -> Vec<meta::Cache> {
+    let kept = CACHES.with(|caches| caches.try_borrow_mut().map(|mut c| std::mem::take(&mut *c)).ok());
+    match kept {
+        Some((id, caches)) if id == program.id && caches.len() == program.sets.len() => caches,
+        _ => program.sets.iter().map(|set| set.regex.create_cache()).collect(),
+    }
+}
+
+/// Gives back the caches [`take_caches`] took for program `id`.
+pub fn keep_caches(id: u64, caches: Vec<meta::Cache>) {
+    CACHES.with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut() {
+            *kept = (id, caches);
+        }
+    });
 }
 
 /// What this thread remembers of `bytes` under `program`, taken out (a

@@ -173,9 +173,10 @@ pub struct Link {
     pub skip_after: Option<usize>,
     /// `skip:N`
     pub skip: u32,
-    /// When every target is request data fixed for a phase (no `TX`,
-    /// `MATCHED_*`, counts): an id shared by every link with the same
-    /// targets and exclusions, under which a transaction resolves them once.
+    /// When every target is request data fixed for a phase, or a count of
+    /// such data (no `TX`, `MATCHED_*`): an id shared by every link with
+    /// the same targets and exclusions, under which a transaction resolves
+    /// them once.
     pub target_set: Option<u32>,
     /// When the operator's verdict depends on the value's bytes alone (`@pm`
     /// and its file form, `@detectXSS`, `@detectSQLi`, `@validate…`): its
@@ -746,7 +747,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
                 .checked_add(1)
                 .ok_or_else(|| LoadError::Directive("too many rules with byte-only operators".into()))?;
         }
-        if link.targets.iter().all(|t| !t.count && t.var.is_fixed()) {
+        if link.targets.iter().all(|t| t.var.is_fixed()) {
             let signature = format!("{:?}{:?}", link.targets, link.exclusions);
             let next = u32::try_from(b.target_sets.len())
                 .map_err(|_| LoadError::Directive("too many distinct target sets".into()))?;
