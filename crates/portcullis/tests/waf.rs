@@ -591,3 +591,57 @@ async fn an_express_app_leaking_its_database_errors_is_stopped() {
     let (parts, body) = get(&gw.url("/orders/1042")).await;
     assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"echo /orders/1042"[..]));
 }
+
+/// Errors of a real PostgreSQL server (the harness starts one), passed on
+/// by an application the way NestJS's default exception filter does with
+/// TypeORM's `QueryFailedError` (its `message` is the server's), in a JSON
+/// error body: CRS scores neither message (the bare server wording is in
+/// no rule of 4.28), Portcullis's own leak rule 200100 does.
+#[tokio::test]
+async fn real_postgresql_errors_leaked_by_the_application() {
+    use sqlx::Connection;
+
+    let pg = common::postgres::Postgres::start().await;
+    let mut db = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let mut error_of = async |sql: &str| -> String {
+        let error = sqlx::query(sql).execute(&mut db).await.unwrap_err();
+        error.as_database_error().expect("an error from the server").message().to_owned()
+    };
+    // A quote the application did not escape, and a non-number where the
+    // column is an integer.
+    let syntax = error_of("SELECT relname FROM pg_class WHERE relname = 'o'Brien'").await;
+    let integer = error_of("SELECT relname FROM pg_class WHERE relpages = 'abc'").await;
+    assert!(syntax.starts_with("syntax error at or near"), "{syntax}");
+    assert!(integer.starts_with("invalid input syntax for type integer"), "{integer}");
+    let leaks: Arc<[(String, String)]> =
+        [("/orders/syntax".to_owned(), syntax), ("/orders/integer".to_owned(), integer)].into();
+    let up = upstream(move |req: Request<Incoming>| {
+        let leaks = leaks.clone();
+        async move {
+            let leaked = leaks.iter().find(|(path, _)| path == req.uri().path()).map(|(_, m)| m.clone());
+            let (status, body) = match leaked {
+                Some(message) => (
+                    500,
+                    serde_json::json!({"statusCode": 500, "message": message, "error": "QueryFailedError"}).to_string(),
+                ),
+                None => (200, r#"{"id":1042,"status":"shipped"}"#.to_owned()),
+            };
+            let mut response = http::Response::new(portcullis_layers::full(body));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            response
+        }
+    })
+    .await;
+    let gw = gateway(&config(up, "responses = \"block\"", "")).await;
+    let (parts, body) = get(&gw.url("/orders/syntax")).await;
+    assert_denied(&parts, &body, 502, "waf.leak");
+    let event = gw.events.last().unwrap();
+    assert_eq!(event.rule.as_deref(), Some("200100"), "Portcullis's rule, no CRS one: {event:?}");
+    // PostgreSQL 12 and later word a bad integer "invalid input syntax for
+    // type integer"; CRS 4.28 knows only the older "… for integer:".
+    let (parts, body) = get(&gw.url("/orders/integer")).await;
+    assert_denied(&parts, &body, 502, "waf.leak");
+    let (parts, _) = get(&gw.url("/orders/1042")).await;
+    assert_eq!(parts.status, 200);
+}

@@ -14,7 +14,9 @@
 //!   when present. Response rules (`RESPONSE-950` … `RESPONSE-959`: data
 //!   leakages and outbound blocking) load only for a profile that inspects
 //!   responses; `RESPONSE-980` (phase 5 reporting) never does: the
-//!   gateway's events do its work.
+//!   gateway's events do its work. Before the outbound blocking rules
+//!   (`RESPONSE-959`) go Portcullis's own leak rules ([`LEAK_RULES`]) for
+//!   what CRS's miss.
 //! - Exclusions become `SecRuleRemoveById` / `SecRuleUpdateTargetById` after
 //!   the rules. Their targets come from configuration, so they are checked
 //!   against a strict grammar first: nothing from a config file reaches the
@@ -70,10 +72,16 @@ impl RuleSet {
             files.iter().map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())).collect();
 
         let mut text = setup(profile, version.as_deref());
+        let mut leak_rules = profile.responses;
         for file in &files {
             let path = file.to_str().ok_or_else(|| fail(format!("{} is not UTF-8", file.display())))?;
             if path.chars().any(|c| c.is_whitespace() || c == '"') {
                 return Err(fail(format!("rule file path {path:?} contains spaces or quotes")));
+            }
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if leak_rules && (name.starts_with("RESPONSE-959") || name.starts_with("RESPONSE-999")) {
+                text.push_str(LEAK_RULES);
+                leak_rules = false;
             }
             let _ = writeln!(text, "Include {path}");
         }
@@ -91,6 +99,18 @@ SecRule REQUEST_HEADERS:Content-Type "^application/(?:[a-z0-9.+-]+\+)?json" "id:
 SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.',logdata:'%{reqbody_error_msg}',severity:2"
 SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:200003,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation'"
 SecRule MULTIPART_UNMATCHED_BOUNDARY "@eq 1" "id:200004,phase:2,t:none,log,deny,status:400,msg:'Multipart parser detected a possible unmatched boundary.'"
+"#;
+
+/// Portcullis's leak rules, for profiles that inspect responses: what an
+/// application passing on a PostgreSQL error shows. CRS 4.28 knows the
+/// server's messages only behind a driver's or a language's prefix
+/// (`PG::SyntaxError`, `org.postgresql.util.PSQLException`, `pg_query()`)
+/// or in PostgreSQL's pre-12 wording (`invalid input syntax for integer`);
+/// an ORM's error (TypeORM's `QueryFailedError`, Prisma's, Sequelize's)
+/// carries the bare message, which 951100 notices and no rule scores. An
+/// error-level leak, as CRS scores 951220 (PL1); the quotes may be escaped
+/// (`\"`), as in a JSON error body.
+pub const LEAK_RULES: &str = r#"SecRule RESPONSE_BODY "@rx (?i)(?:syntax error at or near \x5c?\x22|invalid input syntax for type [a-z ]{1,40}: \x5c?\x22|(?:relation|column) \x5c?\x22[^\x22\x5c]{1,128}\x5c?\x22 (?:of relation \x5c?\x22[^\x22\x5c]{1,128}\x5c?\x22 )?does not exist|duplicate key value violates unique constraint \x5c?\x22|null value in column \x5c?\x22[^\x22\x5c]{1,128}\x5c?\x22|violates (?:foreign key|check|not-null) constraint \x5c?\x22|current transaction is aborted, commands ignored until end of transaction block)" "id:200100,phase:4,block,capture,t:none,msg:'PostgreSQL error message in the response',logdata:'Matched Data: %{TX.0} found within %{MATCHED_VAR_NAME}',tag:'platform-pgsql',tag:'attack-disclosure',tag:'portcullis',severity:'ERROR',setvar:'tx.outbound_anomaly_score_pl1=+%{tx.error_anomaly_score}'"
 "#;
 
 impl RuleSet {

@@ -594,6 +594,8 @@ pub fn category(id: u32) -> Option<Reason> {
         943 => Reason::WafSessionFixation,
         944 => Reason::WafJava,
         950..=956 => Reason::WafLeak,
+        // Portcullis's own leak rules (`crs::LEAK_RULES`).
+        200 if id >= 200_100 => Reason::WafLeak,
         _ => return None,
     })
 }

@@ -12,7 +12,7 @@
 //!   allowed by the configuration.
 //! - The verdict is the engine's intervention; the matches reported are the
 //!   attack rules (ids 911000–944999; for a response, the leak rules
-//!   950000–956999) that matched and log (CRS's bookkeeping rules are
+//!   950000–956999 and Portcullis's own from 200100) that matched and log (CRS's bookkeeping rules are
 //!   `nolog`), with where their first link matched; the score is CRS's
 //!   inbound anomaly score (for a response, the outbound one).
 //! - A response continues its request's transaction (kept by
