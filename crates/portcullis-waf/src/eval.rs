@@ -38,11 +38,12 @@ use crate::{Intervention, Match};
 #[derive(Debug, Default)]
 pub struct State {
     pub(crate) tx: HashMap<String, Vec<u8>>,
-    matched_vars: Vec<(String, Vec<u8>)>,
+    matched_vars: MatchedVars,
     removed_ids: Vec<(u32, u32)>,
-    removed_tags: Vec<String>,
+    /// By tag id ([`Program::tags`]).
+    removed_tags: Vec<u32>,
     removed_targets_by_id: Vec<((u32, u32), String)>,
-    removed_targets_by_tag: Vec<(String, String)>,
+    removed_targets_by_tag: Vec<(u32, String)>,
     pub(crate) engine: EngineMode,
     pub(crate) body_processor: Option<BodyProcessor>,
     /// What is known of each value with an id, by [`slot`].
@@ -72,9 +73,10 @@ pub struct State {
 pub struct Carry {
     tx: HashMap<String, Vec<u8>>,
     removed_ids: Vec<(u32, u32)>,
-    removed_tags: Vec<String>,
+    /// By tag id ([`Program::tags`]).
+    removed_tags: Vec<u32>,
     removed_targets_by_id: Vec<((u32, u32), String)>,
-    removed_targets_by_tag: Vec<(String, String)>,
+    removed_targets_by_tag: Vec<(u32, String)>,
     engine: EngineMode,
     allowed_response: bool,
 }
@@ -91,7 +93,6 @@ impl State {
             tx: HashMap::with_capacity(128),
             known: Vec::with_capacity(128),
             matches: Vec::with_capacity(64),
-            matched_vars: Vec::with_capacity(8),
             ..Self::default()
         }
     }
@@ -130,6 +131,7 @@ impl State {
 }
 
 /// One value to inspect.
+#[derive(Clone)]
 struct Value<'d> {
     var: Var,
     key: Cow<'d, [u8]>,
@@ -139,11 +141,50 @@ struct Value<'d> {
 }
 
 impl Value<'_> {
-    fn name(&self) -> String {
-        if self.key.is_empty() {
-            return self.var.name().to_owned();
+    /// Writes its name (`ARGS:id`; a whole variable: `REQUEST_URI`) to `out`.
+    fn write_name(&self, out: &mut String) {
+        out.push_str(self.var.name());
+        if !self.key.is_empty() {
+            out.push(':');
+            out.push_str(&String::from_utf8_lossy(&self.key));
         }
-        format!("{}:{}", self.var.name(), String::from_utf8_lossy(&self.key))
+    }
+}
+
+/// `MATCHED_VARS` (names and values), the last of them `MATCHED_VAR` and
+/// `MATCHED_VAR_NAME`. Cleared often and refilled: the entries' buffers
+/// are kept and written over, so recording a match allocates nothing in
+/// the steady state.
+#[derive(Debug, Default)]
+struct MatchedVars {
+    entries: Vec<(String, Vec<u8>)>,
+    len: usize,
+}
+
+impl MatchedVars {
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Records a match: `name` writes its name, `value` is its value.
+    fn push(&mut self, name: impl FnOnce(&mut String), value: &[u8]) {
+        if self.len == self.entries.len() {
+            self.entries.push((String::new(), Vec::new()));
+        }
+        let (n, v) = &mut self.entries[self.len];
+        n.clear();
+        name(n);
+        v.clear();
+        v.extend_from_slice(value);
+        self.len += 1;
+    }
+
+    fn last(&self) -> Option<&(String, Vec<u8>)> {
+        self.entries[..self.len].last()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, (String, Vec<u8>)> {
+        self.entries[..self.len].iter()
     }
 }
 
@@ -160,6 +201,7 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
     // request), so the maps do not grow rule by rule.
     let mut cache = PhaseCache {
         values: vec![None; program.target_sets],
+        targets: vec![None; program.target_slots],
         removed_values: HashMap::with_capacity(16),
         signatures: Vec::new(),
         any_hit: HashMap::with_capacity(96),
@@ -185,7 +227,7 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
         if rule.id != 0 && state.removed_ids.iter().any(|(a, z)| (*a..=*z).contains(&rule.id)) {
             continue;
         }
-        if state.removed_tags.iter().any(|t| rule.tags.iter().any(|rt| rt == t)) {
+        if state.removed_tags.iter().any(|t| rule.tag_ids.contains(t)) {
             continue;
         }
         let mut first: Option<(String, Vec<u8>)> = None;
@@ -195,7 +237,7 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
         // The whole chain matched: innermost link's actions first.
         for link in rule.links.iter().rev() {
             for ctl in &link.ctls {
-                apply_ctl(ctl, state);
+                apply_ctl(program, ctl, state);
             }
             if let Some(marker) = link.skip_after {
                 skip_to = Some(marker);
@@ -231,14 +273,19 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
     }
 }
 
-fn apply_ctl(ctl: &Ctl, state: &mut State) {
+fn apply_ctl(program: &Program, ctl: &Ctl, state: &mut State) {
     match ctl {
         Ctl::RemoveById(ranges) => state.removed_ids.extend(ranges.iter().copied()),
-        Ctl::RemoveByTag(tag) => state.removed_tags.push(tag.clone()),
+        // A tag no rule has removes nothing.
+        Ctl::RemoveByTag(tag) => state.removed_tags.extend(program.tags.get(tag)),
         Ctl::RemoveTargetById(ranges, target) => {
             state.removed_targets_by_id.extend(ranges.iter().map(|r| (*r, target.clone())));
         }
-        Ctl::RemoveTargetByTag(tag, target) => state.removed_targets_by_tag.push((tag.clone(), target.clone())),
+        Ctl::RemoveTargetByTag(tag, target) => {
+            if let Some(&tag) = program.tags.get(tag) {
+                state.removed_targets_by_tag.push((tag, target.clone()));
+            }
+        }
         Ctl::Engine(mode) => state.engine = *mode,
         Ctl::BodyProcessor(p) => state.body_processor = Some(*p),
         Ctl::Ignored => {}
@@ -255,12 +302,16 @@ fn apply_ctl(ctl: &Ctl, state: &mut State) {
 /// under the removals' signature (0: none).
 struct PhaseCache<'d> {
     values: Vec<Option<Rc<Vec<Value<'d>>>>>,
+    /// Values of each target with a slot (target sets share targets:
+    /// `REQUEST_COOKIES`, `ARGS_NAMES`, … are in most of CRS's).
+    targets: Vec<Option<Rc<[Value<'d>]>>>,
     /// Values of (target set, signature) for signatures other than 0.
     removed_values: HashMap<(u32, u32), Rc<Vec<Value<'d>>>>,
     /// Signatures seen: the indices of the removals that apply (ids first,
     /// then tags offset by the id list's length), numbered from 1.
     signatures: Vec<Vec<u32>>,
-    any_hit: HashMap<(u32, u32, usize), Rc<Vec<bool>>>,
+    /// Members matched, one bit each.
+    any_hit: HashMap<(u32, u32, usize), Box<[u64]>>,
 }
 
 impl PhaseCache<'_> {
@@ -280,7 +331,7 @@ impl PhaseCache<'_> {
             .removed_targets_by_tag
             .iter()
             .enumerate()
-            .filter(|(_, (tag, _))| rule.tags.iter().any(|t| t == tag))
+            .filter(|(_, (tag, _))| rule.tag_ids.contains(tag))
             .map(|(i, _)| i + offset);
         let applying: Vec<u32> = by_id.chain(by_tag).filter_map(|i| u32::try_from(i).ok()).collect();
         if applying.is_empty() {
@@ -410,7 +461,7 @@ fn eval_link<'d>(
     // (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`) or on whether it is set
     // (`&TX:inbound_anomaly_score_threshold "@eq 0"`): decided, and when
     // they match recorded as `on_value` would, without building values.
-    if let [Target { var: Var::Tx, key: Key::Name(name), count }] = link.targets.as_slice()
+    if let [Target { var: Var::Tx, key: Key::Name(name), count, .. }] = link.targets.as_slice()
         && link.chain == 0
         && !link.multi_match
         && link.exclusions.is_empty()
@@ -423,24 +474,31 @@ fn eval_link<'d>(
             (true, found) => Some(if found.is_some() { b"1" } else { b"0" }),
             (false, found) => found.map(Vec::as_slice),
         };
-        let hit = value.and_then(|value| {
+        let hit = value.is_some_and(|value| {
             let param = operator::stoi(&param.expand(&Ctx { data, state, rule }));
-            (operator::compare(*cmp, operator::stoi(value), param) != link.negated).then(|| value.to_vec())
+            operator::compare(*cmp, operator::stoi(value), param) != link.negated
         });
-        let name = match (hit.is_some(), count, key) {
-            (false, _, _) => None,
-            // A count is named after its collection, as `Value::name` names it.
-            (true, true, _) => Some("TX".to_owned()),
-            (true, false, key) => key.map(|key| format!("TX:{key}")),
-        };
-        let (Some(value), Some(name)) = (hit, name) else {
+        // A count is named after its collection, as `Value::write_name`
+        // names it.
+        let (true, Some(value), Some(key)) = (hit, value, key) else {
             state.matched_vars.clear();
             return false;
         };
-        if first.is_none() {
+        state.matched_vars.push(
+            |n| {
+                n.push_str("TX");
+                if !count {
+                    n.push(':');
+                    n.push_str(key);
+                }
+            },
+            value,
+        );
+        if first.is_none()
+            && let Some((name, value)) = state.matched_vars.last()
+        {
             *first = Some((name.clone(), if rule.log { value.clone() } else { Vec::new() }));
         }
-        state.matched_vars.push((name, value));
         for setvar in &link.setvars {
             run_setvar(setvar, rule, data, state);
         }
@@ -449,25 +507,23 @@ fn eval_link<'d>(
     let signature = if at == 0 { cache.signature(rule, state) } else { 0 };
     let values: Rc<Vec<Value<'d>>> = match (link.target_set, signature) {
         (Some(set), 0) => {
-            let slot = &mut cache.values[set as usize];
-            match slot {
-                Some(values) => Rc::clone(values),
-                None => {
-                    let values = Rc::new(resolve_targets(rule, link, false, data, state));
-                    *slot = Some(Rc::clone(&values));
-                    values
-                }
+            if let Some(values) = &cache.values[set as usize] {
+                Rc::clone(values)
+            } else {
+                let values = Rc::new(resolve_targets(rule, link, false, data, state, &mut cache.targets));
+                cache.values[set as usize] = Some(Rc::clone(&values));
+                values
             }
         }
         (Some(set), signature) => match cache.removed_values.get(&(set, signature)) {
             Some(values) => Rc::clone(values),
             None => {
-                let values = Rc::new(resolve_targets(rule, link, true, data, state));
+                let values = Rc::new(resolve_targets(rule, link, true, data, state, &mut cache.targets));
                 cache.removed_values.insert((set, signature), Rc::clone(&values));
                 values
             }
         },
-        (None, _) => Rc::new(resolve_targets(rule, link, at == 0, data, state)),
+        (None, _) => Rc::new(resolve_targets(rule, link, at == 0, data, state, &mut cache.targets)),
     };
     // One regex-set pass per value tells whether this rule's pattern can
     // match any of them; most rules end here.
@@ -478,23 +534,25 @@ fn eval_link<'d>(
     if let (Some(ts), Some((set_id, index))) = (link.target_set, set)
         && !link.negated
     {
-        let hits = match cache.any_hit.get(&(ts, signature, set_id)) {
-            Some(hits) => Rc::clone(hits),
+        let hit = match cache.any_hit.get(&(ts, signature, set_id)) {
+            Some(hits) => has_bit(hits, index),
             None => {
-                let mut hits = vec![false; program.sets[set_id].len];
+                let mut hits = vec![0_u64; program.sets[set_id].len.div_ceil(64)];
                 for value in values.iter() {
-                    for &member in set_matches(program, set_id, value, state).iter() {
-                        if let Some(hit) = hits.get_mut(member as usize) {
-                            *hit = true;
+                    with_set_matches(program, set_id, value, state, |found| {
+                        for &member in found {
+                            if let Some(word) = hits.get_mut(member as usize / 64) {
+                                *word |= 1 << (member % 64);
+                            }
                         }
-                    }
+                    });
                 }
-                let hits = Rc::new(hits);
-                cache.any_hit.insert((ts, signature, set_id), Rc::clone(&hits));
-                hits
+                let hit = has_bit(&hits, index);
+                cache.any_hit.insert((ts, signature, set_id), hits.into_boxed_slice());
+                hit
             }
         };
-        if !hits[index] {
+        if !hit {
             state.matched_vars.clear();
             return false;
         }
@@ -505,7 +563,7 @@ fn eval_link<'d>(
         if let Some((set_id, index)) = set
             && !link.negated
             && value.id.is_some()
-            && !has_member(&set_matches(program, set_id, value, state), index)
+            && !with_set_matches(program, set_id, value, state, |found| has_member(found, index))
         {
             continue;
         }
@@ -558,13 +616,14 @@ fn on_value(
     if !operate(program, rule, link, value, candidate, data, state) {
         return false;
     }
-    let name = value.name();
-    if first.is_none() {
-        *first = Some((name.clone(), if rule.log { value.value.to_vec() } else { Vec::new() }));
-    }
     // MATCHED_VAR and MATCHED_VAR_NAME are the last of MATCHED_VARS: both
     // are set on every match and cleared together.
-    state.matched_vars.push((name, candidate.to_vec()));
+    state.matched_vars.push(|n| value.write_name(n), candidate);
+    if first.is_none()
+        && let Some((name, _)) = state.matched_vars.last()
+    {
+        *first = Some((name.clone(), if rule.log { value.value.to_vec() } else { Vec::new() }));
+    }
     for setvar in &link.setvars {
         run_setvar(setvar, rule, data, state);
     }
@@ -576,18 +635,32 @@ fn has_runtime_removals(rule: &Rule, state: &State) -> bool {
     (!state.removed_targets_by_id.is_empty()
         && state.removed_targets_by_id.iter().any(|((a, z), _)| rule.id != 0 && (*a..=*z).contains(&rule.id)))
         || (!state.removed_targets_by_tag.is_empty()
-            && state.removed_targets_by_tag.iter().any(|(tag, _)| rule.tags.iter().any(|t| t == tag)))
+            && state.removed_targets_by_tag.iter().any(|(tag, _)| rule.tag_ids.contains(tag)))
 }
 
 /// The values a link inspects, minus its exclusions.
-fn resolve_targets<'d>(rule: &Rule, link: &'d Link, head: bool, data: &'d Data, state: &State) -> Vec<Value<'d>> {
-    let mut out = Vec::with_capacity(8);
+fn resolve_targets<'d>(
+    rule: &Rule,
+    link: &'d Link,
+    head: bool,
+    data: &'d Data,
+    state: &State,
+    resolved: &mut [Option<Rc<[Value<'d>]>>],
+) -> Vec<Value<'d>> {
+    let mut out = Vec::with_capacity(link.targets.iter().map(|t| most_values(t, data)).sum());
     for target in &link.targets {
         if head && target_removed(rule, target.var, None, state) {
             continue;
         }
         let before = out.len();
-        resolve(target, data, state, &mut out);
+        match target.slot.and_then(|slot| resolved.get_mut(slot as usize)) {
+            Some(Some(values)) => out.extend_from_slice(values),
+            Some(cached) => {
+                resolve(target, data, state, &mut out);
+                *cached = Some(out[before..].into());
+            }
+            None => resolve(target, data, state, &mut out),
+        }
         if target.count {
             let count = out.len() - before;
             out.truncate(before);
@@ -599,19 +672,41 @@ fn resolve_targets<'d>(rule: &Rule, link: &'d Link, head: bool, data: &'d Data, 
             });
             continue;
         }
-        let mut k = before;
-        while k < out.len() {
+        if link.exclusions.is_empty() && !head {
+            continue;
+        }
+        let mut kept = before;
+        for k in before..out.len() {
             let v = &out[k];
             let excluded = link.exclusions.iter().any(|e| e.var == v.var && e.key.selects(&v.key))
                 || (head && target_removed(rule, v.var, Some(&v.key), state));
-            if excluded {
-                out.remove(k);
-            } else {
-                k += 1;
+            if !excluded {
+                out.swap(kept, k);
+                kept += 1;
             }
         }
+        out.truncate(kept);
     }
     out
+}
+
+/// At most how many values `target` resolves to (so the list is
+/// allocated once).
+fn most_values(target: &Target, data: &Data) -> usize {
+    let of = |entries: &[Entry]| if matches!(target.key, Key::Name(_)) { entries.len().min(1) } else { entries.len() };
+    match target.var {
+        _ if target.count => 1,
+        Var::Args | Var::ArgsNames => of(&data.args_get) + of(&data.args_post),
+        Var::ArgsGet | Var::ArgsGetNames => of(&data.args_get),
+        Var::ArgsPost | Var::ArgsPostNames => of(&data.args_post),
+        Var::RequestHeaders | Var::RequestHeadersNames => of(&data.headers),
+        Var::RequestCookies | Var::RequestCookiesNames => of(&data.cookies),
+        Var::Files | Var::FilesNames => of(&data.files),
+        Var::FilesSizes => of(&data.files_sizes),
+        Var::MultipartPartHeaders => of(&data.part_headers),
+        Var::Xml => 1 + data.xml_attributes.len(),
+        _ => 1,
+    }
 }
 
 /// `ctl:ruleRemoveTarget…` for this rule and variable (`key`: a value's key,
@@ -629,7 +724,7 @@ fn target_removed(rule: &Rule, var: Var, key: Option<&[u8]>, state: &State) -> b
         }
     };
     state.removed_targets_by_id.iter().any(|((a, z), t)| rule.id != 0 && (*a..=*z).contains(&rule.id) && hit(t))
-        || state.removed_targets_by_tag.iter().any(|(tag, t)| rule.tags.iter().any(|rt| rt == tag) && hit(t))
+        || state.removed_targets_by_tag.iter().any(|(tag, t)| rule.tag_ids.contains(tag) && hit(t))
 }
 
 fn entries<'d>(var: Var, entries: &'d [Entry], key: &Key, names: bool, out: &mut Vec<Value<'d>>) {
@@ -744,14 +839,14 @@ fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<
             }
         }
         Var::MatchedVars => {
-            for (n, v) in &state.matched_vars {
+            for (n, v) in state.matched_vars.iter() {
                 if key.selects(n.as_bytes()) {
                     owned(Var::MatchedVars, n.as_bytes(), v.clone(), out);
                 }
             }
         }
         Var::MatchedVarsNames => {
-            for (n, _) in &state.matched_vars {
+            for (n, _) in state.matched_vars.iter() {
                 if key.selects(n.as_bytes()) {
                     owned(Var::MatchedVarsNames, n.as_bytes(), n.clone().into_bytes(), out);
                 }
@@ -828,6 +923,31 @@ fn push_changed<'v>(out: &mut Vec<Transformed<'v>>, next: Transformed<'v>) {
 /// Whether member `index` of a set is among `found`.
 fn has_member(found: &[u32], index: usize) -> bool {
     u32::try_from(index).is_ok_and(|index| found.contains(&index))
+}
+
+/// Whether bit `index` of `bits` is set.
+fn has_bit(bits: &[u64], index: usize) -> bool {
+    bits.get(index / 64).is_some_and(|word| word & (1 << (index % 64)) != 0)
+}
+
+/// `f` of the members of set `set_id` that match `value` (see
+/// [`set_matches`]); what this transaction knows already is read in place.
+#[inline]
+fn with_set_matches<R>(
+    program: &Program,
+    set_id: usize,
+    value: &Value<'_>,
+    state: &mut State,
+    f: impl FnOnce(&[u32]) -> R,
+) -> R {
+    if let Some(id) = value.id
+        && let Some(known) = state.known.get(slot(id))
+        && !known.forms.is_empty()
+        && let Some(Some(found)) = known.sets.get(set_id)
+    {
+        return f(found);
+    }
+    f(&set_matches(program, set_id, value, state))
 }
 
 /// Which members of set `set_id` match `value`
@@ -934,7 +1054,7 @@ fn operate(
             // to tell which candidate matched.
             let prefiltered = match (set, value.id) {
                 (Some((set_id, index)), Some(_)) => {
-                    Some(has_member(&set_matches(program, *set_id, value, state), *index))
+                    Some(with_set_matches(program, *set_id, value, state, |found| has_member(found, *index)))
                 }
                 _ => None,
             };
@@ -1073,7 +1193,7 @@ impl Resolve for Ctx<'_> {
                     None => Key::All,
                 };
                 let mut out = Vec::new();
-                let target = Target { var, key, count: false };
+                let target = Target { var, key, count: false, slot: None };
                 resolve(&target, self.data, self.state, &mut out);
                 out.into_iter().next().map(|v| v.value.into_owned()).unwrap_or_default()
             }

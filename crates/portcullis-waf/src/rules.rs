@@ -64,6 +64,10 @@ pub struct Program {
     pub engine: EngineMode,
     /// How many distinct fixed target sets links have.
     pub target_sets: usize,
+    /// How many distinct targets have a [`Target::slot`].
+    pub target_slots: usize,
+    /// Every tag a rule has, by id.
+    pub tags: HashMap<String, u32>,
 }
 
 /// The first-link `@rx` patterns of the rules of one (phase, chain,
@@ -113,6 +117,9 @@ pub struct Rule {
     pub links: Vec<Link>,
     /// `tag:` values.
     pub tags: Vec<String>,
+    /// The same, as ids of [`Program::tags`]: runtime exclusions by tag
+    /// are checked on every rule.
+    pub tag_ids: Vec<u32>,
     /// `msg:`
     pub msg: Option<Template>,
     /// `logdata:`
@@ -194,6 +201,10 @@ pub struct Target {
     pub key: Key,
     /// `&VAR`: the number of values instead of the values.
     pub count: bool,
+    /// For a variable of the request (not a count): its index among the
+    /// program's distinct such targets, under which a phase resolves it
+    /// once for every target set that has it.
+    pub slot: Option<u32>,
 }
 
 /// A variable, possibly narrowed, as excluded.
@@ -730,6 +741,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
     // Fixed target sets, now that every exclusion is in place; and the
     // links whose "no match" on a value can be remembered.
     let mut pure_ops: u16 = 0;
+    let mut target_slots: HashMap<String, u32> = HashMap::new();
     for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
         if !link.negated
             && matches!(
@@ -746,6 +758,11 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             pure_ops = pure_ops
                 .checked_add(1)
                 .ok_or_else(|| LoadError::Directive("too many rules with byte-only operators".into()))?;
+        }
+        for target in link.targets.iter_mut().filter(|t| t.var.is_fixed() && !t.count) {
+            let next = u32::try_from(target_slots.len())
+                .map_err(|_| LoadError::Directive("too many distinct targets".into()))?;
+            target.slot = Some(*target_slots.entry(format!("{:?}{:?}", target.var, target.key)).or_insert(next));
         }
         if link.targets.iter().all(|t| t.var.is_fixed()) {
             let signature = format!("{:?}{:?}", link.targets, link.exclusions);
@@ -839,6 +856,13 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             prefixes
         })
         .collect();
+    let mut tags: HashMap<String, u32> = HashMap::new();
+    for rule in &mut rules {
+        for tag in &rule.tags {
+            let next = u32::try_from(tags.len()).map_err(|_| LoadError::Directive("too many distinct tags".into()))?;
+            rule.tag_ids.push(*tags.entry(tag.clone()).or_insert(next));
+        }
+    }
     static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Program {
         id: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -851,6 +875,8 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
         pure_ops: usize::from(pure_ops),
         engine,
         target_sets: b.target_sets.len(),
+        target_slots: target_slots.len(),
+        tags,
     })
 }
 
@@ -902,6 +928,7 @@ impl Builder<'_> {
             phase,
             links: Vec::new(),
             tags: Vec::new(),
+            tag_ids: Vec::new(),
             msg: None,
             logdata: None,
             severity: None,
@@ -1027,7 +1054,7 @@ impl Builder<'_> {
     fn target(&mut self, spec: &VariableSpec) -> Result<Target, String> {
         let var = Var::from_parsed(spec.name).ok_or_else(|| format!("variable {:?} is not supported", spec.name))?;
         let key = self.key(var, spec.selection.as_ref())?;
-        Ok(Target { var, key, count: spec.count_mode })
+        Ok(Target { var, key, count: spec.count_mode, slot: None })
     }
 
     fn key(&mut self, var: Var, selection: Option<&Selection>) -> Result<Key, String> {
