@@ -14,8 +14,8 @@
 //!   `MATCHED_VAR(S)`.
 //! - Each value is transformed once per distinct transformation chain, and
 //!   each transformed value runs once through each regex set of its chain
-//!   (a multiMatch set: each candidate); a rule whose member no value
-//!   matches ends there, and its own regex runs only on the values the set
+//!   (a multiMatch set: each candidate); a rule whose member no value of
+//!   its targets (exclusions aside) matches ends there, and its own regex runs only on the values the set
 //!   says it matches and only when captures are wanted.
 //! - What is worked out about a value (forms, set matches, byte-only
 //!   operators that did not match) is kept by value id — short values with
@@ -293,8 +293,10 @@ fn apply_ctl(program: &Program, ctl: &Ctl, state: &mut State) {
 }
 
 /// What a phase resolves once and every rule shares: the values of each
-/// fixed target set, and per (target set, regex set) which members of the
-/// set match any of those values.
+/// target of request data and of each fixed target set, and per (target
+/// set, regex set) which members of the set match any value of the set's
+/// targets. That last is taken before exclusions, so it can only say too
+/// much: a rule it lets through checks its own values one by one.
 ///
 /// A rule that `ctl:ruleRemoveTarget…` touched (CRS's 941010 does it to
 /// every XSS rule on nearly every request) sees its target set minus the
@@ -310,8 +312,9 @@ struct PhaseCache<'d> {
     /// Signatures seen: the indices of the removals that apply (ids first,
     /// then tags offset by the id list's length), numbered from 1.
     signatures: Vec<Vec<u32>>,
-    /// Members matched, one bit each.
-    any_hit: HashMap<(u32, u32, usize), Box<[u64]>>,
+    /// Per (target set, regex set): the members some value of the set's
+    /// targets (exclusions aside) matches, one bit each.
+    any_hit: HashMap<(u32, usize), Box<[u64]>>,
 }
 
 impl PhaseCache<'_> {
@@ -504,6 +507,32 @@ fn eval_link<'d>(
         }
         return at + 1 >= rule.links.len() || eval_link(program, rule, at + 1, data, state, cache, first);
     }
+    // Whether any value of the link's targets can match its pattern, from
+    // each target's values (resolved and searched once per phase, in
+    // whatever target sets it appears) before exclusions: a superset, which
+    // at worst lets a rule through to the value-by-value check below. Most
+    // rules end here without their values being listed.
+    let set = match &link.operator {
+        Operator::Rx { set: Some((set_id, index)), .. } => Some((*set_id, *index)),
+        _ => None,
+    };
+    if let (Some(ts), Some((set_id, index))) = (link.target_set, set)
+        && !link.negated
+    {
+        let hit = match cache.any_hit.get(&(ts, set_id)) {
+            Some(hits) => has_bit(hits, index),
+            None => {
+                let hits = target_set_hits(program, rule, link, set_id, data, state, cache);
+                let hit = has_bit(&hits, index);
+                cache.any_hit.insert((ts, set_id), hits);
+                hit
+            }
+        };
+        if !hit {
+            state.matched_vars.clear();
+            return false;
+        }
+    }
     let signature = if at == 0 { cache.signature(rule, state) } else { 0 };
     let values: Rc<Vec<Value<'d>>> = match (link.target_set, signature) {
         (Some(set), 0) => {
@@ -525,38 +554,6 @@ fn eval_link<'d>(
         },
         (None, _) => Rc::new(resolve_targets(rule, link, at == 0, data, state, &mut cache.targets)),
     };
-    // One regex-set pass per value tells whether this rule's pattern can
-    // match any of them; most rules end here.
-    let set = match &link.operator {
-        Operator::Rx { set: Some((set_id, index)), .. } => Some((*set_id, *index)),
-        _ => None,
-    };
-    if let (Some(ts), Some((set_id, index))) = (link.target_set, set)
-        && !link.negated
-    {
-        let hit = match cache.any_hit.get(&(ts, signature, set_id)) {
-            Some(hits) => has_bit(hits, index),
-            None => {
-                let mut hits = vec![0_u64; program.sets[set_id].len.div_ceil(64)];
-                for value in values.iter() {
-                    with_set_matches(program, set_id, value, state, |found| {
-                        for &member in found {
-                            if let Some(word) = hits.get_mut(member as usize / 64) {
-                                *word |= 1 << (member % 64);
-                            }
-                        }
-                    });
-                }
-                let hit = has_bit(&hits, index);
-                cache.any_hit.insert((ts, signature, set_id), hits.into_boxed_slice());
-                hit
-            }
-        };
-        if !hit {
-            state.matched_vars.clear();
-            return false;
-        }
-    }
     let mut matched = false;
     for value in values.iter() {
         // The values the set ruled out cost nothing more.
@@ -653,12 +650,8 @@ fn resolve_targets<'d>(
             continue;
         }
         let before = out.len();
-        match target.slot.and_then(|slot| resolved.get_mut(slot as usize)) {
-            Some(Some(values)) => out.extend_from_slice(values),
-            Some(cached) => {
-                resolve(target, data, state, &mut out);
-                *cached = Some(out[before..].into());
-            }
+        match target.slot {
+            Some(slot) => out.extend_from_slice(&slot_values(target, slot, data, state, resolved)),
             None => resolve(target, data, state, &mut out),
         }
         if target.count {
@@ -688,6 +681,63 @@ fn resolve_targets<'d>(
         out.truncate(kept);
     }
     out
+}
+
+/// The values of `target`, whose slot is `slot`: resolved once per phase.
+fn slot_values<'d>(
+    target: &'d Target,
+    slot: u32,
+    data: &'d Data,
+    state: &State,
+    resolved: &mut [Option<Rc<[Value<'d>]>>],
+) -> Rc<[Value<'d>]> {
+    let at = slot as usize;
+    if let Some(Some(values)) = resolved.get(at) {
+        return Rc::clone(values);
+    }
+    let mut out = Vec::new();
+    resolve(target, data, state, &mut out);
+    let values: Rc<[Value<'d>]> = out.into();
+    if let Some(cell) = resolved.get_mut(at) {
+        *cell = Some(Rc::clone(&values));
+    }
+    values
+}
+
+/// The members of set `set_id` that some value of `link`'s targets
+/// matches, exclusions (static and runtime) aside; one bit each.
+fn target_set_hits<'d>(
+    program: &Program,
+    rule: &'d Rule,
+    link: &'d Link,
+    set_id: usize,
+    data: &'d Data,
+    state: &mut State,
+    cache: &mut PhaseCache<'d>,
+) -> Box<[u64]> {
+    let words = program.sets[set_id].len.div_ceil(64);
+    let mut hits = vec![0_u64; words];
+    let mark = |hits: &mut [u64], found: &[u32]| {
+        for &member in found {
+            if let Some(word) = hits.get_mut(member as usize / 64) {
+                *word |= 1 << (member % 64);
+            }
+        }
+    };
+    if link.targets.iter().any(|t| t.slot.is_none()) {
+        // A count among them: the values as listed.
+        for value in &resolve_targets(rule, link, false, data, state, &mut cache.targets) {
+            with_set_matches(program, set_id, value, state, |found| mark(&mut hits, found));
+        }
+        return hits.into_boxed_slice();
+    }
+    for target in &link.targets {
+        let Some(slot) = target.slot else { continue };
+        for value in slot_values(target, slot, data, state, &mut cache.targets).iter() {
+            with_set_matches(program, set_id, value, state, |found| mark(&mut hits, found));
+        }
+    }
+    hits.into_boxed_slice()
 }
 
 /// At most how many values `target` resolves to (so the list is

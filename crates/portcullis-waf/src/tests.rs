@@ -63,6 +63,28 @@ SecRule ARGS "@contains worse" "id:6,phase:2,deny,status:406"
     assert!(waf.inspect(&get("/a.x?ok=worse")).intervention.is_none());
 }
 
+/// Whether a regex-set rule can match is first worked out from every value
+/// of its targets, exclusions aside (shared by the rules whose targets
+/// overlap); a value excluded statically or at runtime must still not match.
+#[test]
+fn excluded_values_do_not_match_though_their_targets_are_searched_whole() {
+    let rules = r#"
+SecRule ARGS|!ARGS:ok "@rx evil" "id:20,phase:2,deny,status:401"
+SecRule REQUEST_FILENAME "@endsWith .x" "id:21,phase:1,pass,nolog,ctl:ruleRemoveTargetByTag=quiet;ARGS:soft,ctl:ruleRemoveTargetByTag=nowhere;ARGS"
+SecRule ARGS|REQUEST_HEADERS "@rx worse" "id:22,phase:2,deny,status:406,tag:quiet"
+SecRule ARGS "@rx worst|evil" "id:23,phase:2,deny,status:409"
+"#;
+    let waf = Waf::load(rules, &[]).unwrap();
+    let status = |uri: &str| waf.inspect(&get(uri)).intervention.map(|i| i.status);
+    assert_eq!(status("/a?ok=evil"), Some(409), "rule 20 excludes ARGS:ok, rule 23 does not");
+    assert_eq!(status("/a?ok=evil&x=evil"), Some(401));
+    assert_eq!(status("/a.x?soft=worse"), None, "removed at runtime by tag");
+    assert_eq!(status("/a.x?hard=worse"), Some(406));
+    assert_eq!(status("/a?soft=worse"), Some(406), "no removal without .x");
+    assert_eq!(status("/a?ok=worst"), Some(409));
+    assert_eq!(status("/a?ok=fine"), None);
+}
+
 #[test]
 fn what_the_engine_cannot_run_is_a_load_error_unless_allowed() {
     let rules = r#"SecRule ARGS "@rx a(?=b)" "id:7,phase:2,deny""#;
