@@ -15,8 +15,9 @@
 //! - Each value is transformed once per distinct transformation chain, and
 //!   each transformed value runs once through each regex set of its chain
 //!   (a multiMatch set: each candidate); a rule whose member no value of
-//!   its targets (exclusions aside) matches ends there, and its own regex runs only on the values the set
-//!   says it matches and only when captures are wanted.
+//!   its targets (exclusions aside) matches ends there, and its own regex
+//!   runs only on the values the set says it matches and only when
+//!   captures are wanted.
 //! - What is worked out about a value (forms, set matches, byte-only
 //!   operators that did not match) is kept by value id — short values with
 //!   the same bytes share one — and left to the thread's memo at the end.
