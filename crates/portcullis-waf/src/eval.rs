@@ -472,8 +472,8 @@ fn eval_link<'d>(
         && let Operator::Num(cmp, param) = &link.operator
         && !(at == 0 && has_runtime_removals(rule, state))
     {
-        let key = std::str::from_utf8(name).ok();
-        let found = key.and_then(|n| state.tx.get(n));
+        let key = Some(name.as_str());
+        let found = state.tx.get(name.as_str());
         let value: Option<&[u8]> = match (count, found) {
             (true, found) => Some(if found.is_some() { b"1" } else { b"0" }),
             (false, found) => found.map(Vec::as_slice),
@@ -862,10 +862,10 @@ fn resolve<'d>(target: &'d Target, data: &'d Data, state: &State, out: &mut Vec<
         Var::Tx => {
             if let Key::Name(name) = key {
                 // Keys are stored lower-case, as selectors are.
-                if let Some(value) = std::str::from_utf8(name).ok().and_then(|n| state.tx.get(n)) {
+                if let Some(value) = state.tx.get(name.as_str()) {
                     out.push(Value {
                         var: Var::Tx,
-                        key: Cow::Borrowed(name),
+                        key: Cow::Borrowed(name.as_bytes()),
                         value: Cow::Owned(value.clone()),
                         id: None,
                     });
@@ -1184,7 +1184,7 @@ fn run_setvar(setvar: &crate::rules::SetVar, rule: &Rule, data: &Data, state: &m
     let ctx = Ctx { data, state, rule };
     // A literal key (nearly all) is lower-case already, and an existing
     // variable is overwritten in place: no allocation for either.
-    let key: Cow<'_, str> = match setvar.key.literal().and_then(|k| std::str::from_utf8(k).ok()) {
+    let key: Cow<'_, str> = match setvar.key.literal() {
         Some(key) => Cow::Borrowed(key),
         None => Cow::Owned(String::from_utf8_lossy(&setvar.key.expand(&ctx)).to_ascii_lowercase()),
     };
@@ -1240,7 +1240,7 @@ impl Resolve for Ctx<'_> {
                 let Some(parsed) = zentinel_modsec::parser::VariableName::from_str(name) else { return Vec::new() };
                 let Some(var) = crate::rules::var_from_parsed(parsed) else { return Vec::new() };
                 let key = match key {
-                    Some(k) => Key::Name(k.as_bytes().to_vec()),
+                    Some(k) => Key::Name(k.to_owned()),
                     None => Key::All,
                 };
                 let mut out = Vec::new();

@@ -24,7 +24,7 @@ pub struct Reference {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
-    literal: Option<Vec<u8>>,
+    literal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Template {
     #[must_use]
     pub fn parse(text: &str) -> Self {
         if !text.contains("%{") {
-            return Self { parts: Vec::new(), literal: Some(text.as_bytes().to_vec()) };
+            return Self { parts: Vec::new(), literal: Some(text.to_owned()) };
         }
         let mut parts = Vec::new();
         let mut rest = text;
@@ -69,14 +69,14 @@ impl Template {
 
     /// The text when it has no macros.
     #[must_use]
-    pub fn literal(&self) -> Option<&[u8]> {
+    pub fn literal(&self) -> Option<&str> {
         self.literal.as_deref()
     }
 
     /// The expanded text.
     pub fn expand(&self, resolver: &impl Resolve) -> Cow<'_, [u8]> {
         if let Some(literal) = &self.literal {
-            return Cow::Borrowed(literal);
+            return Cow::Borrowed(literal.as_bytes());
         }
         let mut out = Vec::new();
         for part in &self.parts {
@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(&*t.expand(&Fake), b"+<TX:critical_anomaly_score>");
         let t = Template::parse("%{MATCHED_VAR_NAME}=%{matched_var} %{REQUEST_HEADERS:Host}");
         assert_eq!(&*t.expand(&Fake), b"<MATCHED_VAR_NAME:->=<MATCHED_VAR:-> <REQUEST_HEADERS:host>");
-        assert_eq!(Template::parse("plain").literal(), Some(&b"plain"[..]));
+        assert_eq!(Template::parse("plain").literal(), Some("plain"));
         assert_eq!(&*Template::parse("50%{").expand(&Fake), b"50%{");
     }
 }

@@ -222,7 +222,7 @@ pub enum Key {
     /// All of them.
     All,
     /// One name, lower-case (names compare case-insensitively).
-    Name(Vec<u8>),
+    Name(String),
     /// Names matching a regex (case-insensitive).
     Regex {
         /// The regex.
@@ -243,7 +243,7 @@ impl Key {
     pub fn selects(&self, key: &[u8]) -> bool {
         match self {
             Self::All => true,
-            Self::Name(name) => name.eq_ignore_ascii_case(key),
+            Self::Name(name) => name.as_bytes().eq_ignore_ascii_case(key),
             Self::Regex { regex, literal, anchored } => {
                 let holds = if *anchored {
                     key.get(..literal.len()).is_some_and(|start| start.eq_ignore_ascii_case(literal))
@@ -1061,15 +1061,15 @@ impl Builder<'_> {
         if var == Var::Xml {
             return match selection {
                 None => Ok(Key::All),
-                Some(Selection::Key(path)) if path.trim() == "/*" => Ok(Key::Name(b"/*".to_vec())),
-                Some(Selection::Key(path)) if path.trim() == "//@*" => Ok(Key::Name(b"//@*".to_vec())),
+                Some(Selection::Key(path)) if path.trim() == "/*" => Ok(Key::Name("/*".to_owned())),
+                Some(Selection::Key(path)) if path.trim() == "//@*" => Ok(Key::Name("//@*".to_owned())),
                 Some(other) => Err(format!("XML selector {other:?}: only XML:/* and XML://@* are supported")),
             };
         }
         match selection {
             None => Ok(Key::All),
             Some(_) if !var.is_collection() => Err(format!("{} takes no key", var.name())),
-            Some(Selection::Key(name)) => Ok(Key::Name(name.trim_matches('\'').to_ascii_lowercase().into_bytes())),
+            Some(Selection::Key(name)) => Ok(Key::Name(name.trim_matches('\'').to_ascii_lowercase())),
             Some(Selection::Regex(pattern)) => {
                 let re = regex::bytes::RegexBuilder::new(&operator::rewrite_pcre(pattern))
                     .case_insensitive(true)
