@@ -247,8 +247,10 @@ pub fn run_phase<'a>(program: &'a Program, phase: u8, data: &'a Data, state: &mu
                 skip_next = link.skip;
             }
         }
+        // What a `nolog` rule matched is never reported: no message, no
+        // location (CRS's bookkeeping rules match dozens of times per request).
         let ctx = Ctx { data, state, rule };
-        let msg = rule.msg.as_ref().map(|m| String::from_utf8_lossy(&m.expand(&ctx)).into_owned());
+        let msg = rule.msg.as_ref().filter(|_| rule.log).map(|m| String::from_utf8_lossy(&m.expand(&ctx)).into_owned());
         let (location, value) = first.unwrap_or_default();
         state.matches.push(Match { id: rule.id, phase, msg, location, value, logged: rule.log });
         if state.engine != EngineMode::On {
@@ -498,10 +500,11 @@ fn eval_link<'d>(
             },
             value,
         );
-        if first.is_none()
+        if rule.log
+            && first.is_none()
             && let Some((name, value)) = state.matched_vars.last()
         {
-            *first = Some((name.clone(), if rule.log { value.clone() } else { Vec::new() }));
+            *first = Some((name.clone(), value.clone()));
         }
         for setvar in &link.setvars {
             run_setvar(setvar, rule, data, state);
@@ -617,10 +620,11 @@ fn on_value(
     // MATCHED_VAR and MATCHED_VAR_NAME are the last of MATCHED_VARS: both
     // are set on every match and cleared together.
     state.matched_vars.push(|n| value.write_name(n), candidate);
-    if first.is_none()
+    if rule.log
+        && first.is_none()
         && let Some((name, _)) = state.matched_vars.last()
     {
-        *first = Some((name.clone(), if rule.log { value.value.to_vec() } else { Vec::new() }));
+        *first = Some((name.clone(), value.value.to_vec()));
     }
     for setvar in &link.setvars {
         run_setvar(setvar, rule, data, state);

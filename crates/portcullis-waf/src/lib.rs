@@ -61,11 +61,12 @@ pub struct Match {
     pub id: u32,
     /// The phase it ran in.
     pub phase: u8,
-    /// Its `msg`, expanded.
+    /// Its `msg`, expanded (`None` for a `nolog` rule).
     pub msg: Option<String>,
-    /// Where its first link first matched (`ARGS:q`, `REQUEST_HEADERS:User-Agent`).
+    /// Where its first link first matched (`ARGS:q`, `REQUEST_HEADERS:User-Agent`;
+    /// empty for a `nolog` rule).
     pub location: String,
-    /// The value there, untransformed.
+    /// The value there, untransformed (empty for a `nolog` rule).
     pub value: Vec<u8>,
     /// Whether the rule logs its matches (not `nolog`): CRS's attack rules
     /// do, its bookkeeping rules do not.
