@@ -474,7 +474,6 @@ fn eval_link<'d>(
         && let Operator::Num(cmp, param) = &link.operator
         && !(at == 0 && has_runtime_removals(rule, state))
     {
-        let key = Some(name.as_str());
         let found = state.tx.get(name.as_str());
         let value: Option<&[u8]> = match (count, found) {
             (true, found) => Some(if found.is_some() { b"1" } else { b"0" }),
@@ -486,7 +485,7 @@ fn eval_link<'d>(
         });
         // A count is named after its collection, as `Value::write_name`
         // names it.
-        let (true, Some(value), Some(key)) = (hit, value, key) else {
+        let (true, Some(value)) = (hit, value) else {
             state.matched_vars.clear();
             return false;
         };
@@ -495,7 +494,7 @@ fn eval_link<'d>(
                 n.push_str("TX");
                 if !count {
                     n.push(':');
-                    n.push_str(key);
+                    n.push_str(name);
                 }
             },
             value,

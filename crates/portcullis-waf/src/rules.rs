@@ -115,10 +115,8 @@ pub struct Rule {
     pub phase: u8,
     /// The head first, then each chained rule.
     pub links: Vec<Link>,
-    /// `tag:` values.
-    pub tags: Vec<String>,
-    /// The same, as ids of [`Program::tags`]: runtime exclusions by tag
-    /// are checked on every rule.
+    /// `tag:` values, as ids of [`Program::tags`]: runtime exclusions by
+    /// tag are checked on every rule.
     pub tag_ids: Vec<u32>,
     /// `msg:`
     pub msg: Option<Template>,
@@ -611,6 +609,7 @@ struct Builder<'a> {
     problems: Vec<RuleError>,
     target_sets: HashMap<String, u32>,
     data_files: HashMap<PathBuf, Vec<String>>,
+    tags: HashMap<String, u32>,
 }
 
 /// Compiles parsed directives.
@@ -626,6 +625,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
         problems: Vec::new(),
         target_sets: HashMap::new(),
         data_files: HashMap::new(),
+        tags: HashMap::new(),
     };
     let mut rules: Vec<Rule> = Vec::new();
     let mut order: Vec<Item> = Vec::new();
@@ -856,13 +856,6 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
             prefixes
         })
         .collect();
-    let mut tags: HashMap<String, u32> = HashMap::new();
-    for rule in &mut rules {
-        for tag in &rule.tags {
-            let next = u32::try_from(tags.len()).map_err(|_| LoadError::Directive("too many distinct tags".into()))?;
-            rule.tag_ids.push(*tags.entry(tag.clone()).or_insert(next));
-        }
-    }
     static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Program {
         id: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -876,7 +869,7 @@ pub fn compile(directives: Vec<Directive>, options: &Options) -> Result<Program,
         engine,
         target_sets: b.target_sets.len(),
         target_slots: target_slots.len(),
-        tags,
+        tags: b.tags,
     })
 }
 
@@ -927,7 +920,6 @@ impl Builder<'_> {
             id,
             phase,
             links: Vec::new(),
-            tags: Vec::new(),
             tag_ids: Vec::new(),
             msg: None,
             logdata: None,
@@ -939,7 +931,10 @@ impl Builder<'_> {
         };
         for action in &rule.actions {
             match action {
-                Action::Metadata(MetadataAction::Tag(tag)) => head.tags.push(tag.clone()),
+                Action::Metadata(MetadataAction::Tag(tag)) => {
+                    let next = u32::try_from(self.tags.len()).map_err(|_| "too many distinct tags".to_owned())?;
+                    head.tag_ids.push(*self.tags.entry(tag.clone()).or_insert(next));
+                }
                 Action::Metadata(MetadataAction::Msg(msg)) => head.msg = Some(Template::parse(msg)),
                 Action::Metadata(MetadataAction::LogData(data)) => head.logdata = Some(Template::parse(data)),
                 Action::Metadata(MetadataAction::Severity(s)) => head.severity = Some(*s),
