@@ -1,7 +1,7 @@
 //! libinjection 3.9.2's tables, as libmodsecurity 3.0.9's copy of the C library
 //! holds them (BSD-3-Clause, see LICENSE-libinjection): derived from the library by
 //! `tests/c_data.rs`, which also checks this file against it. Do not edit: regenerate with
-//! `cargo test -p portcullis-libinjection --features libmodsecurity --test c_data -- --ignored --exact regenerate`.
+//! `cargo test -p portcullis-libinjection --features libmodsecurity --test integration -- --ignored --exact c_data::regenerate`.
 
 use crate::xss::AttrKind;
 

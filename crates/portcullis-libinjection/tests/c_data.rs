@@ -17,9 +17,7 @@
 //!   `<a href="SCHEME">` (shortest flagged prefixes).
 //!
 //! Regenerate with
-//! `cargo test -p portcullis-libinjection --features libmodsecurity --test c_data -- --ignored --exact regenerate`.
-#![cfg(feature = "libmodsecurity")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `cargo test -p portcullis-libinjection --features libmodsecurity --test integration -- --ignored --exact c_data::regenerate`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -169,7 +167,7 @@ fn render(tables: &Tables) -> String {
         "//! libinjection 3.9.2's tables, as libmodsecurity 3.0.9's copy of the C library\n\
          //! holds them (BSD-3-Clause, see LICENSE-libinjection): derived from the library by\n\
          //! `tests/c_data.rs`, which also checks this file against it. Do not edit: regenerate with\n\
-         //! `cargo test -p portcullis-libinjection --features libmodsecurity --test c_data -- --ignored --exact regenerate`.\n\n\
+         //! `cargo test -p portcullis-libinjection --features libmodsecurity --test integration -- --ignored --exact c_data::regenerate`.\n\n\
          use crate::xss::AttrKind;\n\n",
     );
     writeln!(out, "/// SQL words, phrases and operators (upper case, sorted) and their token type.").unwrap();

@@ -4,9 +4,8 @@
 //! `libmodsecurity` feature's differential tests compare line by line), and
 //! stays within upstream's own limits (`reader -i -m 19` for SQL injection,
 //! `-x -m 20` for XSS).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{data_lines, lists};
 use portcullis_libinjection::{sqli, xss};

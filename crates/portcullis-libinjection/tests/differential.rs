@@ -3,10 +3,8 @@
 //! input, every data-list line and a few hundred thousand generated and
 //! mutated inputs, must be the C library's — SQLi fingerprints, XSS
 //! verdicts, and the tokens of the tokenizers and of folding.
-#![cfg(feature = "libmodsecurity")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{data_lines, lists, shared, test_files};
 use portcullis_libinjection as rust;

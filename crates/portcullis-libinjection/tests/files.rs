@@ -1,9 +1,8 @@
 //! libinjection's own test files (tests/ of the C repository, 480 files):
 //! tokens, folding, SQLi fingerprints and HTML5 tokens, compared with the
 //! expected output byte for byte as the C test driver prints it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{TEST_FLAGS, print_rust_token, test_files};
 use portcullis_libinjection::{Html5Start, fold, html5_tokenize, sqli, tokenize};

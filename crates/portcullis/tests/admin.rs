@@ -1,9 +1,8 @@
 //! The admin listener: bearer token required (refusals are events), metrics
 //! labelled by limit and reason, bans added, listed and lifted over the API
 //! and with `portcullis ban` through the real binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

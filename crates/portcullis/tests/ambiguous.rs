@@ -15,9 +15,8 @@
 //!
 //! Each refusal is checked for its status, reason code and event, and the
 //! upstream for having seen exactly the requests the gateway admitted.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};

@@ -2,9 +2,8 @@
 //! store API, the verifier the gateway uses and the real `portcullis apikey`
 //! command, each against a SQLite file and a real PostgreSQL server; then
 //! the same keys through the real gateway in front of a recording upstream.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,8 @@
 //! Authorization through the running gateway: roles with inheritance and
 //! permissions, scopes, owner rules, IP lists; 401 before 403; every refusal
 //! an event naming the route that decided.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::SystemTime;
 

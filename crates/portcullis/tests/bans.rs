@@ -2,9 +2,8 @@
 //! counted per client, the ban issued with an event, banned clients refused
 //! at accept (direct) or per request (behind a trusted proxy), lifted bans
 //! let through again; refusals the client did not cause never ban.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

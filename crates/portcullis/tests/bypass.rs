@@ -8,9 +8,8 @@
 //! with an admin JWT — and once directly to Express. The verdict: Express's
 //! `/admin` handler is called by no anonymous or role-less request, and by
 //! the admin token exactly once per spelling the gateway routes to `/admin/**`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};

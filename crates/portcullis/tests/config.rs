@@ -1,6 +1,5 @@
 //! Configuration loading: every example loads; errors are collected, each
 //! with file, line, column, expectation and fix.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 

@@ -9,9 +9,8 @@
 //! The OIDC provider is a stub on a loopback port that serves only
 //! discovery and an empty JWKS: sessions are sealed here with the
 //! configured `cookie_secret`, so no login round trip is needed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -11,7 +11,6 @@
 //!   no such sentence names a section the parser accepts.
 //! - Every reason code in docs/events.md exists (the other direction is a
 //!   unit test of `portcullis_policy::deny`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

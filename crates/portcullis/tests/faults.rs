@@ -6,9 +6,8 @@
 //! visibly cut short, never a hang or a silent pass) and that nothing leaks:
 //! the gateway's gauges on `/metrics` (open connections, requests in flight,
 //! upstream connections, WebSocket tunnels) return to their idle values.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

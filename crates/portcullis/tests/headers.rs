@@ -1,7 +1,6 @@
 //! Security response headers on proxied and refused answers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::{Request, Response};

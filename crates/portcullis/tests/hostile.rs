@@ -13,11 +13,9 @@
 //! HTTP/1.1 would read as framing); HTTP/2 floods (rapid reset, CONTINUATION,
 //! malformed requests, the stream cap); upgrade abuse (h2c and other tokens,
 //! WebSocket handshakes, upstream answers that do not complete one).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "support/h2raw.rs"]
-mod h2raw;
+use crate::common;
+use crate::support::h2raw;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,9 +2,8 @@
 //! a gateway-signed token verified with the gateway's own JWKS, or nothing;
 //! and identity headers forged by clients never getting through. The caller
 //! is an API key from a SQLite store (the cheapest principal to set up).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

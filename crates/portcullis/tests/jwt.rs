@@ -2,9 +2,8 @@
 //! 401 and one event each, keys fetched from a JWKS over real TLS, key
 //! rotation with a throttled refresh, an unreachable JWKS, configured PEM
 //! and HMAC keys.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,9 +3,8 @@
 //! credential stuffing and distributed attacks are both slowed and logged,
 //! successes reset the account only, waits double, bodies reach the upstream
 //! unchanged, and the state is shared through a real Redis.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

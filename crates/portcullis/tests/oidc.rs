@@ -12,9 +12,8 @@
 //! ephemeral port (as `curl --connect-to` would, or a port mapping in front
 //! of a deployment), so the provider's registered redirect URI is known
 //! before anything starts. The upstream echoes the headers it receives.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,9 +2,8 @@
 //! and methods, parameters and JSON bodies checked against the upstream's
 //! document (from a file or from a URL), JSON limits, 400 answers naming the
 //! field, bodies forwarded byte for byte, one event per refusal.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

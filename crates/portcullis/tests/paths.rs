@@ -1,9 +1,8 @@
 //! Path normalization through the running gateway: spellings of `/admin`
 //! reach the upstream only as `/admin` and only for authenticated callers;
 //! unsafe paths are refused with 400 and an event.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

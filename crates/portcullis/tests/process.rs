@@ -1,8 +1,7 @@
 //! Tests of the real `portcullis` binary: signals, memory while streaming,
 //! the event file sink and exit codes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

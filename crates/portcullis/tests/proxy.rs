@@ -1,8 +1,7 @@
 //! Integration tests: the gateway in process, in front of real HTTP servers
 //! on loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,9 +1,8 @@
 //! Rate limits through the running gateway (memory store): burst then 429
 //! with Retry-After and RateLimit headers, keys by IP, subject and header,
 //! exemptions, one event naming the limit.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::SystemTime;
 

@@ -1,9 +1,8 @@
 //! Shared state in a real Redis: the GCRA script agrees with the memory
 //! store, two gateway instances share one budget and one revocation list,
 //! and a Redis outage fails open or closed per limit, then heals by itself.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -9,9 +9,8 @@
 //! this is not a speed test: it fails when the attack starves the good
 //! client (requests time out or wait for a slot), not when the machine is
 //! slow. The figures are in bench/README.md under "Resource attacks".
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,11 +5,9 @@
 //! the upstream, and the admin listener's event counters must match the
 //! refusals the client counted, reason by reason. No memory figures here:
 //! those are the soak's (bench/README.md, "Soak").
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "support/soak.rs"]
-mod soak;
+use crate::common;
+use crate::support::soak;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,8 +1,7 @@
 //! Real TLS handshakes against the gateway: rustls clients and the openssl
 //! command line.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,9 +3,8 @@
 //! nothing in the answer, plain requests and their bodies forwarded intact,
 //! detect mode and per-route switches, exclusions, body limits, bans, and
 //! rule sets that must not start (a broken rule, a canary that fails).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -18,11 +18,9 @@
 //! gateway's refusal and counts as blocked (mostly the WAF's 403; hyper's
 //! 400 for malformed requests). `bench/waf-corpus` replays the same corpus
 //! through both engines and nginx + libmodsecurity (bench/README.md).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "support/ftw.rs"]
-mod ftw;
+use crate::common;
+use crate::support::ftw;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
 //! Shared test helpers: libinjection's test files and data lists, read from
 //! /work/shared (never copied into the repository).
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::{Path, PathBuf};
 
 use portcullis_libinjection::{Flags, Token};

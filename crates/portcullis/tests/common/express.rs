@@ -1,7 +1,6 @@
 //! The Express test upstream (`tests/express-app/server.js`), started on an
 //! ephemeral loopback port, stopped on drop. Its `/admin` handler records
 //! every call; [`Express::admin_calls`] reads them from `GET /__calls`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

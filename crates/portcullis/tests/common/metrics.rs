@@ -1,7 +1,6 @@
 //! Reading the gateway's Prometheus metrics from its admin listener, to check
 //! that gauges (connections, requests, upstream connections, tunnels) return
 //! to their idle values and that counters rose.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,11 +1,10 @@
 //! Test harness: in-process upstreams, the gateway in-process or as the real
 //! binary, and small HTTP helpers. Everything binds ephemeral loopback ports.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -194,7 +193,6 @@ pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<Vec<String>>>,
-    pub dir: PathBuf,
 }
 
 pub fn binary() -> &'static str {
@@ -229,7 +227,7 @@ impl Process {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("gateway did not start: {:?}", stderr.lock().unwrap()));
-        Self { child, addr: addr.parse().unwrap(), stderr, dir: path.parent().unwrap().to_path_buf() }
+        Self { child, addr: addr.parse().unwrap(), stderr }
     }
 
     pub fn signal(&self, signal: &str) {

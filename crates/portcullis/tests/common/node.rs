@@ -2,7 +2,6 @@
 //! app's `npm ci` are there (failing with instructions, never skipping),
 //! collects its stderr, and waits for the JSON line on stdout that names
 //! where it listens.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

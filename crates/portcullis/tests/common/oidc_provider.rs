@@ -1,6 +1,5 @@
 //! The `oidc-provider` test server (`tests/oidc-provider/server.mjs`), started
 //! on an ephemeral loopback port with one client registered, stopped on drop.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Child;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,6 @@
 //! address as issuer) and an empty JWKS, and sealed session cookies made
 //! with a known `cookie_secret`: enough for the gateway to start with
 //! `[auth.oidc]` and accept sessions without a login round trip.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};

@@ -138,11 +138,6 @@ impl Postgres {
             self.port
         );
     }
-
-    /// Creates another empty database on this server and returns its URL.
-    pub async fn create_database(&self, name: &str) -> String {
-        create_database(self.port, name).await
-    }
 }
 
 /// Starts `postgres` on the data in `dir` (socket and log there too).

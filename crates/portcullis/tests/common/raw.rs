@@ -2,7 +2,6 @@
 //! client library tidies them), responses read one at a time off the same
 //! connection, so a test can send a second request after a refusal and see
 //! what the gateway did with it.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,21 +93,6 @@ impl Conn {
     pub async fn exchange(&mut self, request: &[u8]) -> Option<RawResponse> {
         self.write(request).await;
         self.read_response(request.starts_with(b"HEAD ")).await
-    }
-
-    /// Whether the gateway closed the connection (reads EOF or a reset
-    /// within 10 s, with nothing else arriving).
-    pub async fn closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        match tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut byte)).await {
-            Ok(Ok(0) | Err(_)) => true,
-            Ok(Ok(_)) | Err(_) => false,
-        }
-    }
-
-    /// Bytes that arrived in the buffer and were not read as a response.
-    pub fn leftover(&self) -> &[u8] {
-        &self.buf
     }
 
     /// Reads whatever arrives within `wait` into the buffer.

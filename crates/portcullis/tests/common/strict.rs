@@ -8,7 +8,6 @@
 //! ([`Strict::seen`]), and nothing else arrived ([`Strict::unexpected`]):
 //! no second request hidden in a body, no ambiguous framing, no bare LF, no
 //! obs-fold, no chunk extensions, no bytes after a connection's last request.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -72,8 +71,6 @@ pub enum Answer {
     Ok,
     /// A status, extra headers and a body (with `Content-Length`).
     Status(u16, Vec<(String, String)>, Vec<u8>),
-    /// These exact bytes, then keep reading requests on the connection.
-    Raw(Vec<u8>),
     /// These exact bytes, then close the connection.
     RawClose(Vec<u8>),
     /// `101 Switching Protocols` with these headers; then every byte is
@@ -158,11 +155,6 @@ impl Strict {
     /// Everything that arrived and was not a well-formed request.
     pub fn unexpected(&self) -> Vec<Unexpected> {
         self.state.lock().unwrap().unexpected.clone()
-    }
-
-    /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.state.lock().unwrap().connections
     }
 
     /// Connections currently open.
@@ -281,9 +273,6 @@ async fn serve(conn: usize, mut stream: TcpStream, state: &Mutex<State>, handler
         match answer {
             Answer::Ok => write(&mut stream, 200, &[], b"ok", keep_alive).await,
             Answer::Status(status, headers, body) => write(&mut stream, status, &headers, &body, keep_alive).await,
-            Answer::Raw(bytes) => {
-                let _ = stream.write_all(&bytes).await;
-            }
             Answer::RawClose(bytes) => {
                 let _ = stream.write_all(&bytes).await;
                 let _ = stream.shutdown().await;

@@ -1,6 +1,5 @@
 //! TLS clients for tests that look at a listener's handshake rather than its
 //! chain: self-signed and freshly replaced certificates.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::Arc;
 

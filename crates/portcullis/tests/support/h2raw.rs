@@ -8,7 +8,6 @@
 //! Huffman coding, so any byte can be put in a name or value. Answers are
 //! decoded with a complete HPACK decoder (static and dynamic table, Huffman),
 //! because the gateway's encoder uses all of it.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,11 +34,8 @@ pub const ACK: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 
 /// Error codes (RFC 9113 §7).
-pub const NO_ERROR: u32 = 0x0;
 pub const PROTOCOL_ERROR: u32 = 0x1;
 pub const CANCEL: u32 = 0x8;
-pub const COMPRESSION_ERROR: u32 = 0x9;
-pub const REFUSED_STREAM: u32 = 0x7;
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// How long a read waits before the test fails (never a timing assertion).
@@ -187,10 +183,6 @@ impl H2 {
     pub async fn headers(&mut self, stream: u32, block: &[u8], end_stream: bool) {
         let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
         self.send(&frame(HEADERS, flags, stream, block)).await;
-    }
-
-    pub async fn data(&mut self, stream: u32, data: &[u8], end_stream: bool) {
-        self.send(&frame(DATA, if end_stream { END_STREAM } else { 0 }, stream, data)).await;
     }
 
     pub async fn rst(&mut self, stream: u32, code: u32) {

@@ -1,0 +1,37 @@
+//! The gateway's integration and end-to-end tests, one binary: each file
+//! beside this one is a module, `common` is the shared harness (upstreams,
+//! the gateway in-process or as the real binary, Redis, PostgreSQL, Node
+//! apps, TLS) and `support` holds what the examples share with the tests.
+//! One binary links the gateway once instead of once per file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod support;
+
+mod admin;
+mod ambiguous;
+mod apikeys;
+mod authz;
+mod bans;
+mod bypass;
+mod config;
+mod csrf;
+mod docs;
+mod faults;
+mod headers;
+mod hostile;
+mod identity;
+mod jwt;
+mod login;
+mod oidc;
+mod openapi;
+mod paths;
+mod process;
+mod proxy;
+mod rate_limit;
+mod redis;
+mod resources;
+mod soak;
+mod tls;
+mod waf;
+mod waf_corpus;
