@@ -130,7 +130,14 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
                 server.reload_certificates();
                 match config::load(path) {
                     Ok(new) => match server.reload(new).await {
-                        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                        Ok(reloaded) if reloaded.not_applied.is_empty() => {
+                            tracing::info!(config = %path.display(), "configuration reloaded");
+                        }
+                        Ok(reloaded) => tracing::warn!(
+                            config = %path.display(),
+                            not_applied = %reloaded.not_applied.join(", "),
+                            "configuration reloaded, except settings read only at start: restart Portcullis to apply them"
+                        ),
                         Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
                     },
                     Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),

@@ -373,6 +373,43 @@ pub enum StartError {
     },
 }
 
+/// A reload that took effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Changed settings that are read once at start and keep their running
+    /// values until a restart (`"[admin]"`, `"[server] workers"`, …), in file
+    /// order; empty when everything changed was applied.
+    pub not_applied: Vec<&'static str>,
+}
+
+/// The settings that differ between `old` and `new` and that a reload does
+/// not apply: sockets, threads and stores opened at start. (Listeners are
+/// refused instead, [`ReloadError::Listeners`].)
+#[must_use]
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (was, now) = (&old.server, &new.server);
+    [
+        (was.data_dir != now.data_dir, "[server] data_dir"),
+        (was.workers != now.workers, "[server] workers"),
+        (was.max_connections_per_ip != now.max_connections_per_ip, "[server] max_connections_per_ip"),
+        // The per-IP connection limit's exemption; forwarding headers follow the reload.
+        (
+            was.trusted_proxies != now.trusted_proxies,
+            "[server] trusted_proxies (exemption from max_connections_per_ip)",
+        ),
+        // TLS listeners' ALPN is fixed at start; cleartext listeners follow the reload.
+        (was.h2c != now.h2c && new.listeners.iter().any(|l| l.tls.is_some()), "[server] h2c (TLS listeners)"),
+        (old.log.format != new.log.format, "[log] format"),
+        (old.log.level != new.log.level, "[log] level"),
+        (old.events != new.events, "[events]"),
+        (old.state.shared != new.state.shared, "[state] shared"),
+        (old.admin != new.admin, "[admin]"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect()
+}
+
 /// Why a reload was refused (the old configuration keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -685,7 +722,7 @@ impl Server {
     /// # Errors
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
-    pub async fn reload(&self, mut config: Config) -> Result<(), ReloadError> {
+    pub async fn reload(&self, mut config: Config) -> Result<Reloaded, ReloadError> {
         let old = self.config();
         let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();
@@ -694,14 +731,7 @@ impl Server {
                 |ls: &[&Listener]| ls.iter().map(|l| format!("{}={}", l.name, l.bind)).collect::<Vec<_>>().join(" ");
             return Err(ReloadError::Listeners(format!("running: {}; new: {}", describe(&was), describe(&now))));
         }
-        if old.events != config.events || old.log.format != config.log.format || old.log.level != config.log.level {
-            tracing::warn!(
-                "[events] sinks and [log] format and level change at the next restart; the rest is reloaded"
-            );
-        }
-        if old.state.shared != config.state.shared {
-            tracing::warn!("[state] shared changes at the next restart; limits and revocations stay where they are");
-        }
+        let not_applied = restart_only_changes(&old, &config);
         crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
         let per_config = ConfigShared::load(&config, &self.state).await.map_err(|e| match e {
@@ -721,7 +751,7 @@ impl Server {
             )));
         }
         self.config.store(config);
-        Ok(())
+        Ok(Reloaded { not_applied })
     }
 
     /// Re-reads every listener's certificate files (SIGHUP). A file that fails

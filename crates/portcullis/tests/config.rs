@@ -743,3 +743,90 @@ fn route_websocket_is_a_bool_and_off_by_default() {
         .to_string();
     assert!(err.contains("invalid type"), "{err}");
 }
+
+/// Mistakes a new user made writing a config for a NestJS app: each gets one
+/// message that names the key, what it takes, and where, and a value that
+/// is wrong once is reported once (not again at every place that names it).
+/// Compared whole.
+#[test]
+fn newcomer_mistakes_get_one_actionable_message_each() {
+    const TYPO: &str = "  help: check the key's spelling against docs/configuration.md; unknown keys are refused so a typo never disables a defence";
+    const TYPE: &str = "  help: fix the TOML syntax or the value's type";
+    let at = "error: /etc/portcullis/test.toml";
+    let tls = |value: &str| {
+        MINIMAL.replace("bind = \"127.0.0.1:8080\"", &format!("bind = \"127.0.0.1:8443\"\ntls = {value}"))
+    };
+    let hsts = |value: &str| format!("{MINIMAL}\n[headers]\nhsts = {value}\n");
+    let two_routes_and_endpoints = format!(
+        "{}\n[[route]]\nmatch = {{ path = \"/b/**\" }}\nupstream = \"api\"\nauth = \"public\"\nlimits = [\"per_ip\"]\n\n\
+         [limits.per_ip]\nkey = \"ip\"\nrate = \"20 per second\"\n\n[server]\nendpoint_limits = [\"per_ip\"]\n",
+        MINIMAL.replace("auth = \"public\"", "auth = \"public\"\nlimits = [\"per_ip\"]")
+    );
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "a misspelt key inside tls = { … }",
+            tls("{ cert = \"c.pem\", keyy = \"k.pem\" }"),
+            format!(
+                "{at}:4:25: unknown field `keyy`, expected one of `cert`, `key`, `profile`, `client_ca`, `client_auth`, `sni`\n{TYPO}"
+            ),
+        ),
+        (
+            "tls of the wrong type",
+            tls("true"),
+            format!(
+                "{at}:4:7: invalid type: boolean `true`, expected \"self-signed\" or a table {{ cert, key, profile, client_ca, client_auth, sni }}\n{TYPE}"
+            ),
+        ),
+        (
+            "a misspelt key inside hsts = { … }",
+            hsts("{ max_age = \"365d\", preloaded = true }"),
+            format!(
+                "{at}:15:28: unknown field `preloaded`, expected one of `max_age`, `include_subdomains`, `preload`\n{TYPO}"
+            ),
+        ),
+        (
+            "hsts of the wrong type",
+            hsts("\"on\""),
+            format!(
+                "{at}:15:8: invalid type: string \"on\", expected true, false or a table {{ max_age, include_subdomains, preload }}\n{TYPE}"
+            ),
+        ),
+        (
+            "a misspelt key inside a route's waf = { … }",
+            MINIMAL.replace("auth = \"public\"", "auth = \"public\"\nwaf = { mode = \"block\", paranoya = 2 }"),
+            format!(
+                "{at}:13:25: unknown field `paranoya`, expected one of `mode`, `responses`, `paranoia`, `inbound_threshold`\n{TYPO}"
+            ),
+        ),
+        (
+            "a bad rate in a limit that two routes and the endpoints use",
+            two_routes_and_endpoints,
+            format!(
+                "{at}:23:8: invalid rate \"20 per second\"\n  expected: \"50/s\", \"300/min\", \"2000/hour\", \"10000/day\" or \"100/10s\""
+            ),
+        ),
+        (
+            "a bad account in a login a route uses",
+            format!("{}\n[login.nest]\naccount = \"body:email\"\n", login_route("login = \"nest\"")),
+            format!(
+                "{at}:22:11: unknown account source \"body:email\"\n  expected: \"json:username\", \"json:user.email\", \"form:username\" or \"header:X-Login\""
+            ),
+        ),
+        (
+            "a bad target in the upstream a route uses",
+            MINIMAL.replace("targets = [\"http://127.0.0.1:3000\"]", "targets = [\"127.0.0.1:3000\"]"),
+            format!(
+                "{at}:7:12: invalid upstream target \"127.0.0.1:3000\"\n  expected: \"http://host:port\" or \"https://host:port\" (scheme, host and port only), or \"builtin:demo\""
+            ),
+        ),
+    ];
+    for (what, toml, expected) in cases {
+        let shown = parse(&toml).expect_err(what).to_string();
+        assert_eq!(shown, expected, "{what}");
+    }
+    // A name that is nowhere in the file is still reported, with what is.
+    let unknown = errors(&format!("{}\n[login.nest]\naccount = \"json:email\"\n", login_route("login = \"nestjs\"")));
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0].message, "unknown login \"nestjs\"");
+    assert_eq!(unknown[0].expected.as_deref(), Some("one of: nest"));
+}

@@ -107,13 +107,27 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_config() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "reload did not take effect: {:?}", gw.stderr.lock().unwrap());
+    eventually("reload logged", Duration::from_secs(10), || gw.log_contains("configuration reloaded")).await;
+    assert!(!gw.log_contains("read only at start"), "nothing restart-only changed: {:?}", gw.stderr.lock().unwrap());
+
+    // Settings read only at start change too: the rest is applied, and the
+    // warning names each one that waits for a restart (and nothing else).
+    let partly =
+        binary_config(a, "[server]\nworkers = 3\nmax_body_bytes = \"2MiB\"\n[events]\nsinks = [\"file:events.jsonl\"]");
+    std::fs::write(&path, &partly).unwrap();
+    gw.signal("HUP");
+    eventually("partial reload logged", Duration::from_secs(10), || gw.log_contains("read only at start")).await;
+    assert_eq!(get(&url).await.1, "a /x", "what can be applied was applied");
+    let warning = gw.stderr.lock().unwrap().iter().find(|l| l.contains("read only at start")).cloned().unwrap();
+    assert!(warning.contains("\"not_applied\":\"[server] workers, [events]\""), "{warning}");
+    assert!(warning.contains("restart Portcullis to apply them"), "{warning}");
 
     // Bad config: refused with an error log; the previous one keeps serving.
-    std::fs::write(&path, good.replace("auth = \"public\"", "")).unwrap();
+    std::fs::write(&path, partly.replace("auth = \"public\"", "")).unwrap();
     gw.signal("HUP");
     eventually("reload refusal logged", Duration::from_secs(10), || gw.log_contains("reload refused")).await;
     assert!(gw.log_contains("does not state `auth`"));
-    assert_eq!(get(&url).await.1, "b /x");
+    assert_eq!(get(&url).await.1, "a /x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -922,8 +922,9 @@ fn build_routes(
         }
         let upstream_name = r.upstream.get_ref();
         let upstream = upstreams.iter().position(|u| u.name == *upstream_name);
-        if upstream.is_none() {
-            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        // An upstream in the file with errors of its own is not reported again.
+        if upstream.is_none() && !raw.upstreams.iter().any(|u| u.get_ref().name.get_ref() == upstream_name) {
+            let known: Vec<&str> = raw.upstreams.iter().map(|u| u.get_ref().name.get_ref().as_str()).collect();
             c.error(r.upstream.span(), format!("route {name:?} names unknown upstream {upstream_name:?}")).expected(
                 if known.is_empty() {
                     "an [[upstream]] name (none are defined)".to_owned()
@@ -936,9 +937,9 @@ fn build_routes(
         let public = matches!(auth, Some(AuthMode::Public));
         let require = super::authz::route_require(c, r.require.as_ref(), &name, path.as_ref(), public, roles);
         let ips = super::authz::route_ips(c, r);
-        let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits);
-        let login = super::login::route_login(c, r.login.as_ref(), logins);
-        let openapi = super::openapi::route_openapi(c, r.openapi.as_ref(), openapi);
+        let route_limits = super::limits::route_limits(c, r.limits.as_ref(), limits, raw);
+        let login = super::login::route_login(c, r.login.as_ref(), logins, raw);
+        let openapi = super::openapi::route_openapi(c, r.openapi.as_ref(), openapi, raw);
         if r.login.is_none()
             && let Some(names) = &r.limits
             && let Some(by_account) =

@@ -97,19 +97,23 @@ pub(super) fn build_limits(c: &mut Collector<'_>, raw: &RawConfig) -> BTreeMap<S
     raw.limits.iter().filter_map(|(name, l)| build_limit(c, name, l).map(|limit| (name.clone(), limit))).collect()
 }
 
-/// A route's `limits`, by name.
+/// A route's `limits`, by name. A name whose `[limits.NAME]` is in the
+/// file but has errors is not reported again here: its own error is the
+/// root cause.
 pub(super) fn route_limits(
     c: &mut Collector<'_>,
     names: Option<&Spanned<Vec<String>>>,
     limits: &BTreeMap<String, Arc<Limit>>,
+    raw: &RawConfig,
 ) -> Vec<Arc<Limit>> {
     let Some(names) = names else { return Vec::new() };
     let mut out = Vec::new();
     for name in names.get_ref() {
         match limits.get(name) {
             Some(limit) => out.push(limit.clone()),
+            None if raw.limits.contains_key(name) => {}
             None => {
-                let known = limits.keys().cloned().collect::<Vec<_>>().join(", ");
+                let known = raw.limits.keys().cloned().collect::<Vec<_>>().join(", ");
                 c.error(names.span(), format!("unknown limit {name:?}")).expected(if known.is_empty() {
                     "a [limits.NAME] section".into()
                 } else {
@@ -171,7 +175,7 @@ pub(super) fn endpoint_limits(
     limits: &BTreeMap<String, Arc<Limit>>,
 ) -> Vec<Arc<Limit>> {
     if raw.server.endpoint_limits.is_some() {
-        return route_limits(c, raw.server.endpoint_limits.as_ref(), limits);
+        return route_limits(c, raw.server.endpoint_limits.as_ref(), limits, raw);
     }
     let quota = Gcra::new(10, Duration::from_secs(1), 30);
     let policy_header = HeaderValue::from_str(&format!("\"{ENDPOINT_LIMIT}\";q=30;w=3"));

@@ -120,17 +120,22 @@ pub(super) fn build_logins(c: &mut Collector<'_>, raw: &RawConfig) -> BTreeMap<S
     raw.login.iter().filter_map(|(name, l)| build_login(c, name, l).map(|login| (name.clone(), login))).collect()
 }
 
-/// A route's `login`, by name.
+/// A route's `login`, by name (a `[login.NAME]` in the file that has
+/// errors of its own is not reported again).
 pub(super) fn route_login(
     c: &mut Collector<'_>,
     name: Option<&Spanned<String>>,
     logins: &BTreeMap<String, Arc<LoginSettings>>,
+    raw: &RawConfig,
 ) -> Option<Arc<LoginSettings>> {
     let name = name?;
     if let Some(login) = logins.get(name.get_ref()) {
         return Some(login.clone());
     }
-    let known = logins.keys().cloned().collect::<Vec<_>>().join(", ");
+    if raw.login.contains_key(name.get_ref()) {
+        return None;
+    }
+    let known = raw.login.keys().cloned().collect::<Vec<_>>().join(", ");
     c.error(name.span(), format!("unknown login {:?}", name.get_ref())).expected(if known.is_empty() {
         "a [login.NAME] section".into()
     } else {

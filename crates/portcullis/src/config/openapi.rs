@@ -198,17 +198,22 @@ pub(super) fn build_openapi(
         .collect()
 }
 
-/// A route's `openapi`, by name.
+/// A route's `openapi`, by name (an `[openapi.NAME]` in the file that has
+/// errors of its own is not reported again).
 pub(super) fn route_openapi(
     c: &mut Collector<'_>,
     name: Option<&Spanned<String>>,
     docs: &BTreeMap<String, OpenApiDoc>,
+    raw: &RawConfig,
 ) -> Option<String> {
     let name = name?;
     if docs.contains_key(name.get_ref()) {
         return Some(name.get_ref().clone());
     }
-    let known = docs.keys().cloned().collect::<Vec<_>>().join(", ");
+    if raw.openapi.contains_key(name.get_ref()) {
+        return None;
+    }
+    let known = raw.openapi.keys().cloned().collect::<Vec<_>>().join(", ");
     c.error(name.span(), format!("unknown openapi document {:?}", name.get_ref())).expected(if known.is_empty() {
         "an [openapi.NAME] section".into()
     } else {

@@ -94,11 +94,22 @@ pub struct RawWafExclusion {
 }
 
 /// A route's `waf`: a mode word or a table.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawRouteWaf {
     Mode(String),
     Table(RawRouteWafTable),
+}
+
+impl<'de> Deserialize<'de> for RawRouteWaf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const EXPECTING: &str =
+            "\"block\", \"detect\", \"off\" or a table { mode, responses, paranoia, inbound_threshold }";
+        match scalar_or_table(deserializer, EXPECTING)? {
+            ScalarOr::Word(word) => Ok(Self::Mode(word)),
+            ScalarOr::Table(table) => Ok(Self::Table(table)),
+            ScalarOr::Flag(flag) => Err(wrong_scalar(serde::de::Unexpected::Bool(flag), EXPECTING)),
+        }
+    }
 }
 
 /// `waf = { mode, responses, paranoia, inbound_threshold }` on a route. Plain values:
@@ -414,11 +425,21 @@ pub struct RawHeaderChanges {
 }
 
 /// `hsts = false` or `hsts = { max_age, include_subdomains, preload }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawHsts {
     Enabled(bool),
     Settings(RawHstsSettings),
+}
+
+impl<'de> Deserialize<'de> for RawHsts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const EXPECTING: &str = "true, false or a table { max_age, include_subdomains, preload }";
+        match scalar_or_table(deserializer, EXPECTING)? {
+            ScalarOr::Flag(flag) => Ok(Self::Enabled(flag)),
+            ScalarOr::Table(table) => Ok(Self::Settings(table)),
+            ScalarOr::Word(word) => Err(wrong_scalar(serde::de::Unexpected::Str(&word), EXPECTING)),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,11 +493,63 @@ pub struct RawListener {
 }
 
 /// `tls = "self-signed"` or `tls = { cert, key, profile }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawTls {
     Mode(String),
     Files(RawTlsFiles),
+}
+
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const EXPECTING: &str = "\"self-signed\" or a table { cert, key, profile, client_ca, client_auth, sni }";
+        match scalar_or_table(deserializer, EXPECTING)? {
+            ScalarOr::Word(word) => Ok(Self::Mode(word)),
+            ScalarOr::Table(table) => Ok(Self::Files(table)),
+            ScalarOr::Flag(flag) => Err(wrong_scalar(serde::de::Unexpected::Bool(flag), EXPECTING)),
+        }
+    }
+}
+
+/// A key that takes a word, a flag or a table (`tls`, `hsts`, a route's
+/// `waf`), as read.
+enum ScalarOr<T> {
+    Word(String),
+    Flag(bool),
+    Table(T),
+}
+
+/// Reads a word, a flag or a table of type `T`. By hand rather than as an
+/// untagged enum, which answers a misspelt key inside the table with "data
+/// did not match any variant of untagged enum …": here the table's own
+/// error stands ("unknown field `keyy`, expected one of `cert`, `key`, …"),
+/// and a value of the wrong type says what the key takes (`expecting`).
+fn scalar_or_table<'de, D, T>(deserializer: D, expecting: &'static str) -> Result<ScalarOr<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visit<T>(&'static str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+        type Value = ScalarOr<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Self::Value, E> {
+            Ok(ScalarOr::Word(word.to_owned()))
+        }
+        fn visit_bool<E: serde::de::Error>(self, flag: bool) -> Result<Self::Value, E> {
+            Ok(ScalarOr::Flag(flag))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ScalarOr::Table)
+        }
+    }
+    deserializer.deserialize_any(Visit(expecting, std::marker::PhantomData))
+}
+
+/// A word where a flag or table belongs, or the other way round.
+fn wrong_scalar<E: serde::de::Error>(found: serde::de::Unexpected<'_>, expecting: &'static str) -> E {
+    E::invalid_type(found, &expecting)
 }
 
 #[derive(Debug, Deserialize)]
