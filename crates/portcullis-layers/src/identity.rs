@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
+use portcullis_policy::jwt::identity::SignerError;
 use portcullis_policy::{Denied, Principal, Reason};
 use tower::{Layer, Service};
 
@@ -48,8 +49,8 @@ pub trait SignIdentity: Send + Sync + fmt::Debug {
     /// A token for `principal`, for the upstream named `audience`.
     ///
     /// # Errors
-    /// A message for the gateway log when signing fails.
-    fn sign(&self, principal: &Principal, audience: &str) -> Result<String, String>;
+    /// Signing failed (logged by the caller; the request gets a 500).
+    fn sign(&self, principal: &Principal, audience: &str) -> Result<String, SignerError>;
 }
 
 /// How an upstream learns the caller's identity.

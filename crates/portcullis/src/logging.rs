@@ -12,8 +12,9 @@ use crate::config::{Log, LogFormat};
 /// lines are flushed.
 ///
 /// # Errors
-/// An invalid filter (already checked by the configuration build).
-pub fn init(config: &Log) -> Result<WorkerGuard, String> {
+/// An invalid filter (already checked by the configuration build, but
+/// `RUST_LOG` is not), or a subscriber already installed.
+pub fn init(config: &Log) -> Result<WorkerGuard, InitError> {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(64 * 1024)
@@ -28,12 +29,23 @@ pub fn init(config: &Log) -> Result<WorkerGuard, String> {
     if !directives.contains("zentinel_modsec") {
         directives.push_str(",zentinel_modsec=error");
     }
-    let filter = EnvFilter::builder().parse(&directives).map_err(|e| e.to_string())?;
+    let filter = EnvFilter::builder().parse(&directives)?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
-    result.map_err(|e| e.to_string())?;
+    result.map_err(InitError::Installed)?;
     Ok(guard)
+}
+
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The level or `RUST_LOG` is not a valid filter.
+    #[error("invalid log filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// A global subscriber was installed already.
+    #[error("cannot install the log subscriber: {0}")]
+    Installed(Box<dyn std::error::Error + Send + Sync>),
 }

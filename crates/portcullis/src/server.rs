@@ -241,8 +241,9 @@ impl ConfigShared {
     /// The counters, rules and WAF engines `config` asks for, over `stores`.
     ///
     /// # Errors
-    /// A WAF rule set does not load or fails its canary.
-    pub async fn load(config: &Config, stores: &SharedStores) -> Result<Self, StartError> {
+    /// A WAF rule set does not load or fails its canary, or the inspection
+    /// threads cannot start.
+    pub async fn load(config: &Config, stores: &SharedStores) -> Result<Self, WafStartError> {
         let waf_routes = load_waf(config).await?;
         Ok(Self { waf_routes, ..Self::of(config, stores) })
     }
@@ -272,7 +273,7 @@ impl ConfigShared {
 
 /// Loads one engine per WAF profile the routes use, on a blocking thread
 /// (CRS compiles in a fraction of a second, more in debug builds).
-async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartError> {
+async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, WafStartError> {
     let none = || vec![None; config.routes.len()];
     let Some(waf) = config.waf.clone() else { return Ok(none()) };
     if config.routes.iter().all(|r| r.waf.is_none()) {
@@ -288,10 +289,7 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
                 .collect::<Result<Vec<_>, _>>()
         }
     };
-    let engines = tokio::task::spawn_blocking(load)
-        .await
-        .map_err(|e| StartError::Waf(format!("loading the rules failed: {e}")))?
-        .map_err(|e| StartError::Waf(e.to_string()))?;
+    let engines = tokio::task::spawn_blocking(load).await.map_err(WafStartError::Loader)??;
     tracing::info!(
         engine = waf.engine.as_str(),
         rules = %waf.rules.display(),
@@ -305,8 +303,7 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         fail_open: waf.fail_open,
         response_body_limit: waf.response_body_limit,
         response_types: waf.response_types.clone(),
-        pool: WafPool::new(waf.workers, waf.queue, waf.inline_limit)
-            .map_err(|e| StartError::Waf(format!("cannot start the inspection threads: {e}")))?,
+        pool: WafPool::new(waf.workers, waf.queue, waf.inline_limit).map_err(WafStartError::Pool)?,
     });
     let warming = std::time::Instant::now();
     settings.pool.warm_up(&engines).await;
@@ -335,6 +332,20 @@ async fn load_waf(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, StartEr
         .collect())
 }
 
+/// Why the WAF of a configuration could not start (at start or on reload).
+#[derive(Debug, thiserror::Error)]
+pub enum WafStartError {
+    /// A rule set does not load, or fails its canary.
+    #[error(transparent)]
+    Rules(#[from] portcullis_policy::waf::LoadError),
+    /// The thread loading the rule sets panicked or was cancelled.
+    #[error("the thread loading the rule sets failed: {0}")]
+    Loader(tokio::task::JoinError),
+    /// The inspection threads could not start.
+    #[error("cannot start the inspection threads: {0}")]
+    Pool(io::Error),
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -352,9 +363,9 @@ pub enum StartError {
     /// Authentication could not start (JWKS client, signing key, store, OIDC).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
-    /// A WAF rule set does not load or fails its canary.
+    /// The WAF could not start.
     #[error("waf: {0}")]
-    Waf(String),
+    Waf(#[from] WafStartError),
     /// Shared state (`[state] shared`) could not be set up.
     #[error("shared state: {0}")]
     Shared(SharedError),
@@ -422,9 +433,9 @@ pub enum ReloadError {
     /// Authentication for the new configuration could not start.
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
-    /// A WAF rule set of the new configuration does not load or fails its canary.
+    /// The new configuration's WAF could not start.
     #[error("waf: {0}")]
-    Waf(String),
+    Waf(#[from] WafStartError),
     /// An `[openapi.NAME]` document could not be fetched or compiled.
     #[error("{0}")]
     OpenApi(#[from] crate::config::openapi::FetchError),
@@ -734,10 +745,7 @@ impl Server {
         let not_applied = restart_only_changes(&old, &config);
         crate::config::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
-        let per_config = ConfigShared::load(&config, &self.state).await.map_err(|e| match e {
-            StartError::Waf(e) => ReloadError::Waf(e),
-            other => ReloadError::Waf(other.to_string()),
-        })?;
+        let per_config = ConfigShared::load(&config, &self.state).await?;
         let config = Arc::new(config);
         warm_workers(&self.workers, &per_config).await;
         for worker in &self.workers {

@@ -20,7 +20,7 @@ use portcullis_layers::auth::{Authenticators, MtlsIdentity};
 use portcullis_layers::identity::{SignIdentity, UpstreamIdentity};
 use portcullis_layers::{Body, GatewayFuture, GatewayService, Handler};
 use portcullis_policy::Principal;
-use portcullis_policy::jwt::identity::IdentitySigner;
+use portcullis_policy::jwt::identity::{IdentitySigner, SignerError};
 
 use crate::config::{Config, IdentityMode};
 use crate::oidc::OidcLogin;
@@ -180,8 +180,8 @@ impl GatewaySigner {
 }
 
 impl SignIdentity for GatewaySigner {
-    fn sign(&self, principal: &Principal, audience: &str) -> Result<String, String> {
-        self.signer.sign(principal, audience, SystemTime::now()).map_err(|e| e.to_string())
+    fn sign(&self, principal: &Principal, audience: &str) -> Result<String, SignerError> {
+        self.signer.sign(principal, audience, SystemTime::now())
     }
 }
 

@@ -89,7 +89,7 @@ impl SharedBans {
     /// Reads the whole list, removing expired entries from Redis.
     async fn read(&self) -> Result<Vec<Ban>, StoreUnavailable> {
         let entries: Vec<(String, String)> =
-            self.redis.run(redis::cmd("HGETALL").arg(BANS)).await.map_err(StoreUnavailable)?;
+            self.redis.run(redis::cmd("HGETALL").arg(BANS)).await.map_err(StoreUnavailable::from)?;
         let now = unix_millis();
         let mut live = Vec::with_capacity(entries.len());
         let mut dead = Vec::new();
@@ -123,7 +123,8 @@ impl SharedBans {
                 return Err(e);
             }
         }
-        let version: Option<i64> = self.redis.run(redis::cmd("GET").arg(VERSION)).await.map_err(StoreUnavailable)?;
+        let version: Option<i64> =
+            self.redis.run(redis::cmd("GET").arg(VERSION)).await.map_err(StoreUnavailable::from)?;
         let version = version.unwrap_or(0);
         if version == self.version.load(Ordering::Relaxed) {
             return Ok(());
@@ -138,7 +139,7 @@ impl SharedBans {
     async fn share(&self, ban: &Ban) -> Result<(), StoreUnavailable> {
         let mut invocation = self.add.key(BANS);
         invocation.key(VERSION).arg(ban.target_text()).arg(ban.rule.as_str()).arg(ban.until_ms).arg(ban.since_ms);
-        self.redis.invoke::<i64>(&invocation).await.map(drop).map_err(StoreUnavailable)
+        self.redis.invoke::<i64>(&invocation).await.map(drop).map_err(StoreUnavailable::from)
     }
 
     /// Syncs every [`SYNC_INTERVAL`] until `shutdown` fires.
@@ -187,7 +188,7 @@ impl BanStore for SharedBans {
             let target = portcullis_layers::rate_limit::ip_key(ip);
             let mut pipe = redis::pipe();
             pipe.atomic().cmd("HDEL").arg(BANS).arg(&target).cmd("INCR").arg(VERSION).ignore();
-            let (removed,): (i64,) = self.redis.run_pipe(&pipe).await.map_err(StoreUnavailable)?;
+            let (removed,): (i64,) = self.redis.run_pipe(&pipe).await.map_err(StoreUnavailable::from)?;
             let here = self.local.remove(ip);
             Ok(removed > 0 || here)
         })

@@ -119,7 +119,7 @@ impl RedisState {
                 invocation.arg(arg);
             }
         }
-        let reply: Vec<i64> = self.invoke(&invocation).await.map_err(StoreUnavailable)?;
+        let reply: Vec<i64> = self.invoke(&invocation).await.map_err(StoreUnavailable::from)?;
         if reply.len() != keys.len() * 2 {
             return Err(StoreUnavailable(format!("Redis {}: malformed login reply", self.shown)));
         }
@@ -157,6 +157,6 @@ impl LoginStore for RedisState {
     fn reset<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreUnavailable>> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(key);
-        Box::pin(async move { self.run::<()>(&cmd).await.map_err(StoreUnavailable) })
+        Box::pin(async move { self.run::<()>(&cmd).await.map_err(StoreUnavailable::from) })
     }
 }

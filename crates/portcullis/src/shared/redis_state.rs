@@ -43,6 +43,38 @@ use super::{Revocations, SharedError};
 /// adds little latency before limits fail open or closed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// A Redis command that did not succeed. Names the server as shown in logs
+/// (its URL without the password), never the password.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The server answered with an error, or the connection failed.
+    #[error("Redis {server}: {source}")]
+    Failed {
+        /// The server, redacted.
+        server: String,
+        /// Cause.
+        source: redis::RedisError,
+    },
+    /// No answer within [`COMMAND_TIMEOUT`].
+    #[error("Redis {server} did not answer within {COMMAND_TIMEOUT:?}")]
+    Timeout {
+        /// The server, redacted.
+        server: String,
+    },
+}
+
+impl From<CommandError> for SharedError {
+    fn from(e: CommandError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<CommandError> for StoreUnavailable {
+    fn from(e: CommandError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// The largest window the script computes exactly (2^53 ns).
 const MAX_EXACT_NANOS: u64 = 1 << 53;
 
@@ -177,22 +209,22 @@ impl RedisState {
 
     /// Awaits one Redis reply under [`COMMAND_TIMEOUT`], with errors that
     /// name the server but never its password.
-    async fn timed<T>(&self, reply: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    async fn timed<T>(&self, reply: impl Future<Output = redis::RedisResult<T>>) -> Result<T, CommandError> {
         match tokio::time::timeout(COMMAND_TIMEOUT, reply).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("Redis {}: {e}", self.shown)),
-            Err(_) => Err(format!("Redis {} did not answer within {COMMAND_TIMEOUT:?}", self.shown)),
+            Ok(Err(source)) => Err(CommandError::Failed { server: self.shown.clone(), source }),
+            Err(_) => Err(CommandError::Timeout { server: self.shown.clone() }),
         }
     }
 
     /// Runs one command under [`COMMAND_TIMEOUT`].
-    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CommandError> {
         let mut conn = self.conn.clone();
         self.timed(cmd.query_async(&mut conn)).await
     }
 
     /// Runs a transaction under [`COMMAND_TIMEOUT`].
-    pub(super) async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
+    pub(super) async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, CommandError> {
         let mut conn = self.conn.clone();
         self.timed(pipe.query_async(&mut conn)).await
     }
@@ -201,7 +233,7 @@ impl RedisState {
     pub(super) async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, String> {
+    ) -> Result<T, CommandError> {
         let mut conn = self.conn.clone();
         self.timed(invocation.invoke_async(&mut conn)).await
     }
@@ -213,7 +245,7 @@ impl RedisState {
         }
         let mut invocation = self.gcra.key(key);
         invocation.arg(quota.emission_nanos).arg(window);
-        let reply: (u8, u32, u64, u64, String) = self.invoke(&invocation).await.map_err(StoreUnavailable)?;
+        let reply: (u8, u32, u64, u64, String) = self.invoke(&invocation).await.map_err(StoreUnavailable::from)?;
         decode(reply).ok_or_else(|| StoreUnavailable(format!("Redis {}: malformed GCRA reply", self.shown)))
     }
 }
@@ -228,7 +260,7 @@ impl RedisState {
             }
             invocation.key(key).arg(quota.emission_nanos).arg(window);
         }
-        let reply: Vec<redis::Value> = self.invoke(&invocation).await.map_err(StoreUnavailable)?;
+        let reply: Vec<redis::Value> = self.invoke(&invocation).await.map_err(StoreUnavailable::from)?;
         let malformed = || StoreUnavailable(format!("Redis {}: malformed GCRA reply", self.shown));
         reply
             .chunks(5)
@@ -297,14 +329,14 @@ impl Revocations for RedisState {
                 .arg(millis)
                 .arg("GT")
                 .ignore();
-            self.run_pipe::<()>(&pipe).await.map_err(SharedError::Unavailable)
+            self.run_pipe::<()>(&pipe).await.map_err(SharedError::from)
         })
     }
 
     fn is_revoked(&self, session_id: &str) -> BoxFuture<'_, Result<bool, SharedError>> {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(revocation_key(session_id));
-        Box::pin(async move { self.run::<bool>(&cmd).await.map_err(SharedError::Unavailable) })
+        Box::pin(async move { self.run::<bool>(&cmd).await.map_err(SharedError::from) })
     }
 }
 
