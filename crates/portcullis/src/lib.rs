@@ -15,6 +15,7 @@ pub mod cli_ban;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod gateway;
 pub mod http_client;
 pub mod logging;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! A pool of HTTP/1.1 connections to one upstream target.
 //!
-//! Each worker thread has its own pools (see `server.rs`), so a request, its
+//! Each worker thread has its own pools (see `server/worker.rs`), so a request, its
 //! upstream connection and the connection's driver task all run on one
 //! thread. Connections are reused last-in first-out; a connection idle longer
 //! than `pool_idle_timeout` is closed, so the gateway gives up an idle
