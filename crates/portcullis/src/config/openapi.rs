@@ -6,8 +6,8 @@
 //!   `http(s)://` URL. A file is read and compiled while the configuration
 //!   is built, so `portcullis check` reports a broken document with the
 //!   line of its `source`; a URL (NestJS serves its document at
-//!   `/api-json`) is fetched by the gateway's HTTP client when the server
-//!   starts and on every reload, and a failed fetch or a broken document
+//!   `/api-json`) is fetched by the gateway (`gateway::openapi`) when the
+//!   server starts and on every reload, and a failed fetch or a broken document
 //!   stops the start (the reload is refused). Plain `http://` is allowed
 //!   to loopback hosts only.
 //! - JSON documents only: no maintained serde YAML crate is in the tree.
@@ -25,9 +25,6 @@ use toml::Spanned;
 use super::build::size;
 use super::error::Collector;
 use super::raw::{RawConfig, RawOpenApi};
-
-/// Largest document fetched from a URL.
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where a document comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,21 +53,9 @@ pub struct OpenApiDoc {
     pub source: Source,
     /// How it is enforced.
     pub options: Options,
-    /// The compiled document: set at build for files, by [`fetch_remote`]
-    /// for URLs.
+    /// The compiled document: set at build for files, by
+    /// [`crate::gateway::openapi::fetch_remote`] for URLs.
     pub compiled: Option<Arc<OpenApi>>,
-}
-
-/// Why a URL document could not be used at start or reload.
-#[derive(Debug, thiserror::Error)]
-#[error("[openapi.{name}] source {source_url}: {reason}")]
-pub struct FetchError {
-    /// The section's name.
-    pub name: String,
-    /// The URL, without its query.
-    pub source_url: String,
-    /// What went wrong.
-    pub reason: String,
 }
 
 fn bounded(c: &mut Collector<'_>, value: Option<&Spanned<i64>>, default: usize, max: usize, what: &str) -> usize {
@@ -220,36 +205,4 @@ pub(super) fn route_openapi(
         format!("one of: {known}")
     });
     None
-}
-
-/// Fetches and compiles every document whose source is a URL.
-///
-/// # Errors
-/// The first document that cannot be fetched (network error, non-2xx
-/// answer, over 16 MiB) or compiled.
-pub async fn fetch_remote(docs: &mut BTreeMap<String, OpenApiDoc>) -> Result<(), FetchError> {
-    let mut client = None;
-    for doc in docs.values_mut() {
-        let Source::Url(url) = &doc.source else { continue };
-        let error = |reason: String| FetchError { name: doc.name.clone(), source_url: doc.source.to_string(), reason };
-        let client = match &client {
-            Some(client) => client,
-            None => {
-                let limits = crate::http_client::HttpClientLimits {
-                    max_body: MAX_DOCUMENT_BYTES,
-                    ..crate::http_client::HttpClientLimits::default()
-                };
-                let made = crate::http_client::HttpClient::new(None, limits).map_err(|e| error(e.to_string()))?;
-                client.insert(made)
-            }
-        };
-        let (status, _, body) = client.get(url).await.map_err(|e| error(e.to_string()))?;
-        if !status.is_success() {
-            return Err(error(format!("answered {status}")));
-        }
-        let api = OpenApi::load(&doc.name, &body, doc.options.clone()).map_err(|e| error(e.to_string()))?;
-        tracing::info!(openapi = %doc.name, source = %doc.source, paths = api.path_count(), "OpenAPI document loaded");
-        doc.compiled = Some(Arc::new(api));
-    }
-    Ok(())
 }

@@ -81,7 +81,7 @@ pub enum StartError {
     Shared(SharedError),
     /// An `[openapi.NAME]` document could not be fetched or compiled.
     #[error("{0}")]
-    OpenApi(#[from] crate::config::openapi::FetchError),
+    OpenApi(#[from] crate::gateway::openapi::FetchError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -148,7 +148,7 @@ pub enum ReloadError {
     Waf(#[from] WafStartError),
     /// An `[openapi.NAME]` document could not be fetched or compiled.
     #[error("{0}")]
-    OpenApi(#[from] crate::config::openapi::FetchError),
+    OpenApi(#[from] crate::gateway::openapi::FetchError),
 }
 
 /// A running gateway.
@@ -228,7 +228,7 @@ impl Server {
     /// [`StartError::Bind`] for the first listener that cannot bind, or
     /// [`StartError::Worker`] when a worker thread cannot start.
     pub async fn start(mut config: Config, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
-        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
+        crate::gateway::openapi::fetch_remote(&mut config.openapi).await?;
         let mut bound: Vec<(Arc<ListenerSpec>, SocketAddr, TcpListener)> = Vec::new();
         let mut cert_stores = Vec::new();
         for listener in &config.listeners {
@@ -453,7 +453,7 @@ impl Server {
             return Err(ReloadError::Listeners(format!("running: {}; new: {}", describe(&was), describe(&now))));
         }
         let not_applied = restart_only_changes(&old, &config);
-        crate::config::openapi::fetch_remote(&mut config.openapi).await?;
+        crate::gateway::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
         let per_config = ConfigShared::load(&config, &self.state).await?;
         let config = Arc::new(config);
