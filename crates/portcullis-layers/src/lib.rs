@@ -234,6 +234,36 @@ pub struct RouteInfo {
     pub websocket: bool,
 }
 
+impl Default for RouteInfo {
+    /// A route that refuses every request and sets nothing else: no caller
+    /// is accepted (`auth` allows no method), no limits, no WAF. A builder
+    /// states what it needs over this (`RouteInfo { auth, limits,
+    /// ..RouteInfo::default() }`), so a new per-route setting is added in
+    /// the places that set it, not in every literal.
+    fn default() -> Self {
+        Self {
+            name: Arc::from(""),
+            upstream: usize::MAX,
+            upstream_name: Arc::from(""),
+            max_body_bytes: None,
+            auth: AuthMode::Required(portcullis_policy::Methods::NONE),
+            headers: None,
+            identity: identity::UpstreamIdentity::None,
+            require: None,
+            ips: None,
+            pattern: None,
+            limits: Vec::new(),
+            login: None,
+            in_flight: None,
+            upstream_in_flight: None,
+            waf: None,
+            csrf: false,
+            openapi: None,
+            websocket: false,
+        }
+    }
+}
+
 /// The upstream target that served a response; put into the response's
 /// extensions by the proxy for the access log.
 #[derive(Debug, Clone)]

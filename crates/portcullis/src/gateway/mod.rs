@@ -110,25 +110,13 @@ impl Gateway {
             bans: Some(state.bans.clone()),
             banner: per_config.banner.clone(),
             own_endpoints_route: (!config.endpoint_limits.is_empty()).then(|| {
+                // Only its name and limits are read: the endpoints answer
+                // before routing and authentication.
                 Arc::new(RouteInfo {
                     name: Arc::from(OWN_ENDPOINTS_ROUTE),
-                    upstream: usize::MAX,
-                    upstream_name: Arc::from(""),
-                    max_body_bytes: None,
                     auth: portcullis_layers::AuthMode::Public,
-                    headers: None,
-                    identity: portcullis_layers::identity::UpstreamIdentity::None,
-                    require: None,
-                    ips: None,
-                    pattern: None,
                     limits: config.endpoint_limits.clone(),
-                    login: None,
-                    in_flight: None,
-                    upstream_in_flight: None,
-                    waf: None,
-                    csrf: false,
-                    openapi: None,
-                    websocket: false,
+                    ..RouteInfo::default()
                 })
             }),
             csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
