@@ -138,7 +138,7 @@ fn identity_headers_off_host(config: &Config, out: &mut Vec<Finding>) {
             continue;
         }
         let remote = upstream.targets.iter().find(|t| match t {
-            Target::Http { authority, .. } => !crate::http_client::is_loopback_host(authority.host()),
+            Target::Http { authority, .. } => !crate::config::is_loopback_host(authority.host()),
             Target::Demo => false,
         });
         if let Some(target) = remote {

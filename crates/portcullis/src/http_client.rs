@@ -197,18 +197,10 @@ fn checked(url: &str) -> Result<Uri, HttpClientError> {
     let host = uri.host().ok_or_else(|| refuse("no host"))?;
     match uri.scheme_str() {
         Some("https") => Ok(uri),
-        Some("http") if is_loopback_host(host) => Ok(uri),
+        Some("http") if crate::config::is_loopback_host(host) => Ok(uri),
         Some("http") => Err(refuse("plain http is allowed only to loopback hosts")),
         _ => Err(refuse("the scheme must be https")),
     }
-}
-
-/// Whether `host` (as in a URL, IPv6 in brackets or not) is a loopback name
-/// or address: `localhost`, `127.0.0.0/8`, `::1`.
-#[must_use]
-pub fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn without_query(uri: &Uri) -> String {

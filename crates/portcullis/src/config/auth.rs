@@ -124,7 +124,7 @@ pub(crate) fn secure_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else { return false };
     match (uri.scheme_str(), uri.host()) {
         (Some("https"), Some(_)) => true,
-        (Some("http"), Some(host)) => crate::http_client::is_loopback_host(host),
+        (Some("http"), Some(host)) => super::is_loopback_host(host),
         _ => false,
     }
 }

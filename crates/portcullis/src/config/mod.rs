@@ -105,6 +105,15 @@ impl Config {
     }
 }
 
+/// Whether `host` (as in a URL, IPv6 in brackets or not) is a loopback name
+/// or address: `localhost`, `127.0.0.0/8`, `::1`. Plain `http://` URLs (JWKS,
+/// OIDC, the HTTP client) are allowed to these hosts only.
+#[must_use]
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The path of the gateway's CSP report endpoint.
 pub const CSP_REPORT_PATH: &str = "/.portcullis/csp-report";
 

@@ -165,7 +165,7 @@ fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, origin_only: 
     };
     match uri.scheme_str() {
         Some("https") => {}
-        Some("http") if crate::http_client::is_loopback_host(host) => {}
+        Some("http") if super::is_loopback_host(host) => {}
         Some("http") => {
             c.error(value.span(), format!("{what} must use https"))
                 .expected(URL_EXPECTED)

@@ -40,6 +40,21 @@ use upstream::{TargetState, UpstreamState};
 use crate::config::{HostHeader, Target};
 use crate::demo;
 
+/// What the client connection holds while it is open (its place in its
+/// worker's count, its share of `max_connections_per_ip`), opaque here.
+/// The server puts one in every request's extensions; a WebSocket tunnel
+/// keeps a clone until it closes: an upgraded connection outlives hyper's
+/// connection task, and must still count.
+#[derive(Clone)]
+pub(crate) struct ConnHold(#[allow(dead_code)] Arc<dyn std::any::Any + Send + Sync>);
+
+impl ConnHold {
+    /// Holds `held` until the last clone is dropped.
+    pub(crate) fn new(held: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        Self(held)
+    }
+}
+
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -82,7 +97,7 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
     let websocket = req.extensions().get::<WebSocketUpgrade>().cloned();
     let upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
     // A tunnel keeps its client connection counted (gauge, per-IP limit).
-    let hold = req.extensions().get::<crate::server::ConnHold>().cloned();
+    let hold = req.extensions().get::<ConnHold>().cloned();
 
     // Retrying is safe only when no body bytes can have been consumed.
     let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
@@ -275,7 +290,7 @@ fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     response: &mut Response<Body>,
     name: &str,
-    connection: Option<crate::server::ConnHold>,
+    connection: Option<ConnHold>,
 ) {
     let upstream = hyper::upgrade::on(&mut *response);
     let held = crate::metrics::Held::new(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", name);

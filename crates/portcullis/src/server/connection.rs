@@ -54,6 +54,7 @@ use super::accept::IpSlot;
 use super::emit_connection_event;
 use super::worker::OpenConnection;
 use crate::gateway::Gateway;
+use crate::proxy::ConnHold;
 
 /// Streams open at once on one HTTP/2 connection (RFC 9113 asks for at
 /// least 100). Each can hold an upstream connection.
@@ -85,12 +86,7 @@ pub(super) struct Connection {
 
 /// What a client connection holds while it is open: its place in its
 /// worker's count and the gauge, and its share of its address's
-/// `max_connections_per_ip`. Each request carries a clone, and a WebSocket
-/// tunnel keeps one until it closes: an upgraded connection outlives hyper's
-/// connection task, and must still count.
-#[derive(Clone)]
-pub(crate) struct ConnHold(#[allow(dead_code)] pub(super) Arc<Share>);
-
+/// `max_connections_per_ip`. Each request carries it as a [`ConnHold`].
 pub(super) struct Share {
     pub(super) _open: OpenConnection,
     pub(super) _ip_slot: Option<IpSlot>,

@@ -51,8 +51,6 @@ pub use crate::gateway::{ConfigShared, Gateway, OWN_ENDPOINTS_ROUTE, SharedStore
 use accept::{Acceptor, ListenerKind, ListenerSpec, PerIp, WorkerHandle};
 use worker::WorkerContext;
 
-pub(crate) use connection::ConnHold;
-
 /// Keys the in-memory login store holds (about 100 bytes each).
 const MEMORY_LOGIN_KEYS: usize = 200_000;
 

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use super::WorkerJob;
 use super::accept::{Handoff, ListenerKind};
-use super::connection::{ConnHold, Connection, Share};
+use super::connection::{Connection, Share};
 use crate::gateway::Gateway;
+use crate::proxy::ConnHold;
 
 /// What a worker thread needs.
 pub(super) struct WorkerContext {
@@ -71,7 +72,7 @@ impl WorkerContext {
                             shutdown: self.shutdown.clone(),
                             events: self.events.clone(),
                             client_cert: None,
-                            hold: ConnHold(Arc::new(Share {
+                            hold: ConnHold::new(Arc::new(Share {
                                 _open: OpenConnection(
                                     self.connections.clone(),
                                     crate::metrics::Held::new(
