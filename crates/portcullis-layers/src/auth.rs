@@ -29,6 +29,8 @@ use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Response};
 use portcullis_policy::{AuthMethod, Denied, Methods, Principal, Reason};
 
+use crate::caller::Caller;
+use crate::refusal::{Redirected, deny};
 use crate::{AuthMode, Body, ConnInfo, RouteInfo};
 
 /// A verification's outcome.
@@ -296,7 +298,7 @@ impl Authenticators {
                             response.headers_mut().append(name.clone(), value.clone());
                         }
                     }
-                    response.extensions_mut().insert(crate::reject::Redirected(denied));
+                    response.extensions_mut().insert(Redirected(denied));
                     Decision::Login(response)
                 }
                 _ => Decision::Deny(denied),
@@ -344,11 +346,6 @@ fn wants_html(headers: &http::HeaderMap) -> bool {
         .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with("text/html")))
 }
 
-/// The authenticated caller of a request: in the request's extensions for
-/// inner layers, and in the response's for the access log and events.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Principal>);
-
 impl<S> tower::Service<http::Request<Body>> for Authenticate<S>
 where
     S: tower::Service<http::Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
@@ -376,7 +373,7 @@ where
             }
             Some(AuthMode::Required(methods)) => methods,
             // A request that reached here unrouted is a wiring bug: refuse.
-            None => return Box::pin(async { Ok(crate::deny(Reason::GatewayInternal)) }),
+            None => return Box::pin(async { Ok(deny(Reason::GatewayInternal)) }),
         };
         // The ready service handles this request; a fresh clone waits for the next.
         let clone = self.inner.clone();
@@ -385,7 +382,7 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             match auth.decide(methods, &mut parts).await {
-                Decision::Deny(denied) => Ok(crate::deny(denied)),
+                Decision::Deny(denied) => Ok(deny(denied)),
                 Decision::Login(response) => Ok(response),
                 Decision::Allow(principal, set_cookie) => {
                     let caller = Caller(Arc::new(principal));

@@ -17,8 +17,9 @@ use portcullis_policy::rbac::{self, Roles};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
-use crate::auth::Caller;
-use crate::{Body, RequestContext, RouteInfo, deny};
+use crate::caller::Caller;
+use crate::refusal::deny;
+use crate::{Body, RequestContext, RouteInfo};
 
 /// See the module docs.
 #[derive(Debug, Clone)]

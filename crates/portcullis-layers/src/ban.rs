@@ -32,7 +32,7 @@ use portcullis_policy::Reason;
 use portcullis_policy::ban::BanRule;
 use portcullis_policy::forwarded::{TrustedProxies, client_group};
 
-use crate::rate_limit::{LimitStore, MemoryStore, StoreUnavailable, ip_key};
+use crate::store::{LimitStore, MemoryStore, StoreUnavailable, ip_key, unix_nanos};
 
 /// At most one `ban.active` event per banned address per this many
 /// milliseconds.
@@ -258,7 +258,7 @@ impl Banner {
                 None => true,
                 Some(quota) => {
                     let key = format!("ban:{}:{}", rule.name, ip_key(client));
-                    let now = crate::rate_limit::unix_nanos();
+                    let now = unix_nanos();
                     let outcome = match self.limits.check(&key, quota, now).await {
                         Ok(outcome) => outcome,
                         Err(e) => {

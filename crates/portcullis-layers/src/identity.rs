@@ -27,8 +27,9 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use portcullis_policy::{Denied, Principal, Reason};
 use tower::{Layer, Service};
 
-use crate::auth::Caller;
-use crate::{Body, RouteInfo, deny};
+use crate::caller::Caller;
+use crate::refusal::deny;
+use crate::{Body, RouteInfo};
 
 /// `X-Portcullis-Subject`.
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-portcullis-subject");

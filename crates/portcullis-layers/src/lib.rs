@@ -2,7 +2,7 @@
 //!
 //! Each defence is a `Layer` + `Service` in its own module whose `call` asks
 //! the pure `portcullis_policy` crate for a decision and dispatches on it. A
-//! refusal is never rendered here: the layer returns [`reject::deny`], a
+//! refusal is never rendered here: the layer returns [`refusal::deny`], a
 //! response carrying the typed [`Denied`] in its extensions, and the outermost
 //! [`reject`] layer turns it into the JSON error body and exactly one security
 //! event.
@@ -39,12 +39,14 @@ pub mod auth;
 pub mod authorize;
 pub mod ban;
 pub mod body;
+pub mod caller;
 pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
 pub mod csrf;
 pub mod duplicates;
 pub mod endpoints;
+pub mod events;
 pub mod forward;
 pub mod guard;
 pub mod headers;
@@ -55,12 +57,16 @@ pub mod normalize;
 pub mod openapi;
 pub mod pace;
 pub mod rate_limit;
+pub mod received;
+pub mod refusal;
 pub mod reject;
 pub mod route;
+pub mod store;
 pub mod upgrade;
 pub mod waf;
 
-pub use reject::{EventSink, deny};
+pub use events::EventSink;
+pub use refusal::deny;
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -267,7 +273,7 @@ pub struct StackConfig {
     /// The global IP lists (`[access]`), if any.
     pub ip_rules: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
     /// Where rate-limit state lives (none: no route has limits).
-    pub limit_store: Option<Arc<dyn rate_limit::LimitStore>>,
+    pub limit_store: Option<Arc<dyn store::LimitStore>>,
     /// Where login-failure state lives (none: no route is a login route).
     pub login_store: Option<Arc<dyn login::LoginStore>>,
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
@@ -303,7 +309,7 @@ where
         .layer(guard::GuardLayer::new(duplicates::Duplicates(Arc::new(singletons(config)))))
         .layer(authorize::IpRulesLayer::new(config.ip_rules.clone()))
         .layer(normalize::NormalizeLayer::new(config.paths))
-        .layer(rate_limit::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
+        .layer(endpoints::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))

@@ -21,7 +21,8 @@ use portcullis_policy::limits::{RequestLimits, content_length};
 use tower::{Layer, Service};
 
 use crate::body::{LimitTripped, Limited};
-use crate::{Body, RouteInfo, deny};
+use crate::refusal::deny;
+use crate::{Body, RouteInfo};
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy)]

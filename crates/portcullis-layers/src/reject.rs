@@ -34,52 +34,10 @@ use tower::{Layer, Service};
 use crate::ban::{BanStore, Banner, unix_millis};
 use crate::body::Observed;
 use crate::call_boxed;
+use crate::events::EventSink;
+use crate::received::RepeatedHopHeader;
+use crate::refusal::{MoreNoted, Noted, Redirected, deny};
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, ServedBy, empty, full};
-
-/// Where security events go. Implementations must not block: the data path
-/// calls `emit` inline.
-pub trait EventSink: Send + Sync + std::fmt::Debug {
-    /// Records one event.
-    fn emit(&self, event: SecurityEvent);
-}
-
-/// A response that denies the request. The reject layer renders it.
-#[must_use]
-pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
-    let denied = denied.into();
-    let mut response = Response::new(empty());
-    *response.status_mut() = denied.status();
-    response.extensions_mut().insert(denied);
-    response
-}
-
-/// Something worth an event that did not refuse the request (a limit store
-/// unavailable while its limit fails open). The reject layer emits it with
-/// action `log` and the status actually sent.
-#[derive(Debug, Clone)]
-pub struct Noted(pub Denied);
-
-/// More notes on one response, after the first ([`Noted`]).
-#[derive(Debug, Clone, Default)]
-pub struct MoreNoted(pub Vec<Denied>);
-
-/// Adds a note to `response` without replacing one an inner layer made.
-pub fn note(response: &mut Response<Body>, denied: Denied) {
-    let extensions = response.extensions_mut();
-    if extensions.get::<Noted>().is_none() {
-        extensions.insert(Noted(denied));
-    } else if let Some(more) = extensions.get_mut::<MoreNoted>() {
-        more.0.push(denied);
-    } else {
-        extensions.insert(MoreNoted(vec![denied]));
-    }
-}
-
-/// A refusal answered with a redirect rather than an error body (a browser
-/// whose session is no longer valid, sent to login). The reject layer emits
-/// its event and leaves the response as it is.
-#[derive(Debug, Clone)]
-pub struct Redirected(pub Denied);
 
 /// See the module docs.
 #[derive(Debug, Clone)]
@@ -162,7 +120,7 @@ where
         // A repeated `Proxy-Authorization` is refused by the duplicates
         // guard, which runs after it is gone.
         if req.headers().get_all(http::header::PROXY_AUTHORIZATION).iter().nth(1).is_some() {
-            req.extensions_mut().insert(crate::duplicates::RepeatedHopHeader("proxy-authorization"));
+            req.extensions_mut().insert(RepeatedHopHeader("proxy-authorization"));
         }
         hop::strip(req.headers_mut(), true);
         // `Transfer_Encoding` reaches CGI-style upstreams as Transfer-Encoding.

@@ -92,7 +92,7 @@ use crate::tls::CertStore;
 use portcullis_layers::ban::{BanStore, Banner, LocalBans, unix_millis};
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::login::{LoginStore, MemoryLoginStore};
-use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
+use portcullis_layers::store::{LimitStore, MemoryStore};
 use portcullis_layers::waf::{WafPool, WafRoute, WafSettings};
 use portcullis_policy::waf::{Engine, VerdictCache};
 
