@@ -10,7 +10,7 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → head limits → upgrades → duplicates
+//! reject/context → bans → response headers → CORS → head limits → upgrades → duplicates
 //!   → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
@@ -298,10 +298,8 @@ where
     S::Future: Send + 'static,
 {
     let service = ServiceBuilder::new()
-        .layer(
-            reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log)
-                .with_bans(config.bans.clone(), config.banner.clone()),
-        )
+        .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
+        .layer(ban::BansLayer::new(config.bans.clone(), config.banner.clone()))
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(cors::CorsLayer::new(config.cors.clone()))
         .layer(limits::HeadLimitsLayer::new(config.limits))

@@ -9,6 +9,10 @@
 //! - Something worth an event that let the request through is a [`note`]
 //!   (action `log`); a response may carry several, and a note never replaces
 //!   another.
+//! - A refusal whose event is throttled (a banned client's repeats) also
+//!   carries [`Quiet`]: rendered as any other, without an event.
+//! - A ban the request's refusals triggered is an [`IssuedBan`], emitted
+//!   (action `ban`) after the request's other events.
 //!
 //! Defences import this module, never the reject layer, so that adding a
 //! defence does not add an edge to the renderer.
@@ -55,3 +59,14 @@ pub fn note(response: &mut Response<Body>, denied: Denied) {
 /// its event and leaves the response as it is.
 #[derive(Debug, Clone)]
 pub struct Redirected(pub Denied);
+
+/// A refusal to render without an event: the reject layer answers it as any
+/// other denial but emits nothing (a banned client's events are throttled).
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet;
+
+/// A ban this request's refusals triggered, under a `[[ban]]` rule. The
+/// reject layer emits it with action `ban` and the status actually sent,
+/// after the request's own events.
+#[derive(Debug, Clone)]
+pub struct IssuedBan(pub Denied);
