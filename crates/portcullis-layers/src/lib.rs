@@ -35,6 +35,8 @@ use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
 
+use crate::rate_limit::LimitStage;
+
 pub mod auth;
 pub mod authorize;
 pub mod ban;
@@ -308,15 +310,15 @@ where
         .layer(authorize::IpRulesLayer::new(config.ip_rules.clone()))
         .layer(normalize::NormalizeLayer::new(config.paths))
         .layer(endpoints::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
-        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::OwnEndpoints))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
-        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::BeforeAuth))
         .layer(auth::AuthLayer::new(config.auth.clone()))
         .layer(login::LoginLayer::new(config.login_store.clone()))
-        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::AfterAuth))
         .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
         .layer(csrf::CsrfLayer::new(config.csrf.clone()))
         .layer(waf::WafLayer)

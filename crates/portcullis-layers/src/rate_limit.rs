@@ -149,26 +149,56 @@ fn headers_for(limit: &Limit, outcome: &Outcome) -> [(HeaderName, HeaderValue); 
     [(RATELIMIT_POLICY, policy), (RATELIMIT, value)]
 }
 
-/// See the module docs. `after_auth` selects which of a route's limits this
-/// instance checks (the stack has one before and one after authentication).
+/// Where in the stack a [`RateLimitLayer`] sits, which decides the limits
+/// it counts: a limit's key must be known there, and each limit is counted
+/// at exactly one position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitStage {
+    /// Before the gateway's own endpoints answer: the limits of the route
+    /// the own-endpoints layer gave `/.portcullis/*` requests (`[server]
+    /// endpoint_limits`). Other requests have no route yet and pass.
+    OwnEndpoints,
+    /// After routing, before authentication: a route's limits keyed by IP,
+    /// route or header, so a flood costs no signature checks.
+    BeforeAuth,
+    /// After authentication and the login layer: a route's limits keyed by
+    /// subject, API key or account.
+    AfterAuth,
+}
+
+impl LimitStage {
+    /// Whether a limit keyed by `key` is counted at this position. Own
+    /// endpoints are answered before the route layer, so their requests never
+    /// reach [`Self::BeforeAuth`]: the two share a rule without counting twice.
+    #[must_use]
+    pub const fn counts(self, key: &LimitKey) -> bool {
+        match self {
+            Self::OwnEndpoints | Self::BeforeAuth => !key.after_auth(),
+            Self::AfterAuth => key.after_auth(),
+        }
+    }
+}
+
+/// See the module docs. Its [`LimitStage`] selects which of a route's limits
+/// this instance checks.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     store: Option<Arc<dyn LimitStore>>,
-    after_auth: bool,
+    stage: LimitStage,
 }
 
 impl RateLimitLayer {
-    /// Limits with `store` (nothing is limited without one).
+    /// Limits with `store` (nothing is limited without one) at `stage`.
     #[must_use]
-    pub fn new(store: Option<Arc<dyn LimitStore>>, after_auth: bool) -> Self {
-        Self { store, after_auth }
+    pub fn new(store: Option<Arc<dyn LimitStore>>, stage: LimitStage) -> Self {
+        Self { store, stage }
     }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, store: self.store.clone(), after_auth: self.after_auth }
+        RateLimit { inner, store: self.store.clone(), stage: self.stage }
     }
 }
 
@@ -177,7 +207,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     store: Option<Arc<dyn LimitStore>>,
-    after_auth: bool,
+    stage: LimitStage,
 }
 
 enum Verdict {
@@ -257,7 +287,7 @@ where
             .limits
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.key.after_auth() == self.after_auth)
+            .filter(|(_, l)| self.stage.counts(&l.key))
             .filter_map(|(i, l)| key_for(l, &req, &route).map(|k| (i, k)))
             .collect();
         if keys.is_empty() {
