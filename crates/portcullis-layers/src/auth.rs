@@ -19,62 +19,19 @@
 //!   they are not verified), so upstream logs never collect them from clients
 //!   that send their key with every request.
 //!
-//! The verifiers are traits so this crate stays free of the store, the JWKS
-//! fetcher and the OIDC client, which live in the binary crate.
+//! The verifiers are the traits of `crate::verify`, so this crate stays free
+//! of the store, the JWKS fetcher and the OIDC client, which live in the
+//! binary crate.
 
-use std::fmt;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Response};
 use portcullis_policy::{AuthMethod, Denied, Methods, Principal, Reason};
 
 use crate::caller::Caller;
 use crate::refusal::{Redirected, deny};
+use crate::verify::{VerifyApiKey, VerifyBearer, VerifySession};
 use crate::{AuthMode, Body, ConnInfo, RouteInfo};
-
-/// A verification's outcome.
-pub type AuthFuture = BoxFuture<'static, Result<Principal, Denied>>;
-
-/// Verifies bearer JWTs.
-pub trait VerifyBearer: Send + Sync + fmt::Debug {
-    /// Verifies `token` (the value after `Bearer `).
-    fn verify(&self, token: &str) -> AuthFuture;
-}
-
-/// Verifies API keys.
-pub trait VerifyApiKey: Send + Sync + fmt::Debug {
-    /// Whether a bearer value looks like an API key (has the key prefix), so
-    /// it is checked as one instead of as a JWT.
-    fn recognises(&self, credential: &str) -> bool;
-    /// Verifies a presented key.
-    fn verify(&self, key: &str) -> AuthFuture;
-}
-
-/// A session checked, possibly refreshed.
-#[derive(Debug)]
-pub struct SessionOutcome {
-    /// The session's caller.
-    pub principal: Principal,
-    /// A replacement cookie (`Set-Cookie` value) when the session was
-    /// refreshed; added to the response.
-    pub set_cookie: Option<HeaderValue>,
-}
-
-/// Verifies browser sessions.
-pub trait VerifySession: Send + Sync + fmt::Debug {
-    /// The session cookie's name.
-    fn cookie_name(&self) -> &str;
-    /// Opens and checks a session cookie's value; refreshes it with the
-    /// provider when its tokens are due.
-    fn verify(&self, cookie: &str) -> BoxFuture<'static, Result<SessionOutcome, Denied>>;
-    /// The answer sending an unauthenticated browser to login, returning it
-    /// to `return_to` (the original path and query) afterwards.
-    fn login_redirect(&self, return_to: &str) -> Response<Body>;
-    /// The `WWW-Authenticate` challenge of a 401 on a session route (a
-    /// client that is not a browser navigation): where to log in.
-    fn challenge(&self) -> HeaderValue;
-}
 
 /// Everything the authentication layer can verify; absent verifiers mean the
 /// method is not configured (configuration refuses routes naming it).
@@ -401,7 +358,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures_util::future::BoxFuture;
+
     use super::*;
+    use crate::verify::{AuthFuture, SessionOutcome};
 
     #[derive(Debug)]
     struct Sessions;

@@ -33,9 +33,9 @@ use portcullis_policy::csrf::{CsrfPolicy, CsrfRequest, Mode, is_safe};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
-use crate::auth::VerifySession;
 use crate::caller::Caller;
 use crate::refusal::deny;
+use crate::verify::VerifySession;
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, full};
 
 /// The path of the token endpoint.

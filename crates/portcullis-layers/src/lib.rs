@@ -65,6 +65,7 @@ pub mod reject;
 pub mod route;
 pub mod store;
 pub mod upgrade;
+pub mod verify;
 pub mod waf;
 
 pub use events::EventSink;
