@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis_layers::rate_limit::MemoryStore;
+use portcullis_layers::store::MemoryStore;
 use portcullis_policy::rate_limit::Gcra;
 
 fn local_check(c: &mut Criterion) {

@@ -19,60 +19,19 @@
 //!   they are not verified), so upstream logs never collect them from clients
 //!   that send their key with every request.
 //!
-//! The verifiers are traits so this crate stays free of the store, the JWKS
-//! fetcher and the OIDC client, which live in the binary crate.
+//! The verifiers are the traits of `crate::verify`, so this crate stays free
+//! of the store, the JWKS fetcher and the OIDC client, which live in the
+//! binary crate.
 
-use std::fmt;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Response};
 use portcullis_policy::{AuthMethod, Denied, Methods, Principal, Reason};
 
+use crate::caller::Caller;
+use crate::refusal::{Redirected, deny};
+use crate::verify::{VerifyApiKey, VerifyBearer, VerifySession};
 use crate::{AuthMode, Body, ConnInfo, RouteInfo};
-
-/// A verification's outcome.
-pub type AuthFuture = BoxFuture<'static, Result<Principal, Denied>>;
-
-/// Verifies bearer JWTs.
-pub trait VerifyBearer: Send + Sync + fmt::Debug {
-    /// Verifies `token` (the value after `Bearer `).
-    fn verify(&self, token: &str) -> AuthFuture;
-}
-
-/// Verifies API keys.
-pub trait VerifyApiKey: Send + Sync + fmt::Debug {
-    /// Whether a bearer value looks like an API key (has the key prefix), so
-    /// it is checked as one instead of as a JWT.
-    fn recognises(&self, credential: &str) -> bool;
-    /// Verifies a presented key.
-    fn verify(&self, key: &str) -> AuthFuture;
-}
-
-/// A session checked, possibly refreshed.
-#[derive(Debug)]
-pub struct SessionOutcome {
-    /// The session's caller.
-    pub principal: Principal,
-    /// A replacement cookie (`Set-Cookie` value) when the session was
-    /// refreshed; added to the response.
-    pub set_cookie: Option<HeaderValue>,
-}
-
-/// Verifies browser sessions.
-pub trait VerifySession: Send + Sync + fmt::Debug {
-    /// The session cookie's name.
-    fn cookie_name(&self) -> &str;
-    /// Opens and checks a session cookie's value; refreshes it with the
-    /// provider when its tokens are due.
-    fn verify(&self, cookie: &str) -> BoxFuture<'static, Result<SessionOutcome, Denied>>;
-    /// The answer sending an unauthenticated browser to login, returning it
-    /// to `return_to` (the original path and query) afterwards.
-    fn login_redirect(&self, return_to: &str) -> Response<Body>;
-    /// The `WWW-Authenticate` challenge of a 401 on a session route (a
-    /// client that is not a browser navigation): where to log in.
-    fn challenge(&self) -> HeaderValue;
-}
 
 /// Everything the authentication layer can verify; absent verifiers mean the
 /// method is not configured (configuration refuses routes naming it).
@@ -296,7 +255,7 @@ impl Authenticators {
                             response.headers_mut().append(name.clone(), value.clone());
                         }
                     }
-                    response.extensions_mut().insert(crate::reject::Redirected(denied));
+                    response.extensions_mut().insert(Redirected(denied));
                     Decision::Login(response)
                 }
                 _ => Decision::Deny(denied),
@@ -344,11 +303,6 @@ fn wants_html(headers: &http::HeaderMap) -> bool {
         .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with("text/html")))
 }
 
-/// The authenticated caller of a request: in the request's extensions for
-/// inner layers, and in the response's for the access log and events.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Principal>);
-
 impl<S> tower::Service<http::Request<Body>> for Authenticate<S>
 where
     S: tower::Service<http::Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
@@ -376,7 +330,7 @@ where
             }
             Some(AuthMode::Required(methods)) => methods,
             // A request that reached here unrouted is a wiring bug: refuse.
-            None => return Box::pin(async { Ok(crate::deny(Reason::GatewayInternal)) }),
+            None => return Box::pin(async { Ok(deny(Reason::GatewayInternal)) }),
         };
         // The ready service handles this request; a fresh clone waits for the next.
         let clone = self.inner.clone();
@@ -385,7 +339,7 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             match auth.decide(methods, &mut parts).await {
-                Decision::Deny(denied) => Ok(crate::deny(denied)),
+                Decision::Deny(denied) => Ok(deny(denied)),
                 Decision::Login(response) => Ok(response),
                 Decision::Allow(principal, set_cookie) => {
                     let caller = Caller(Arc::new(principal));
@@ -404,7 +358,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures_util::future::BoxFuture;
+
     use super::*;
+    use crate::verify::{AuthFuture, SessionOutcome};
 
     #[derive(Debug)]
     struct Sessions;

@@ -5,47 +5,29 @@
 //! Runs after authentication, so an unauthenticated request on a protected
 //! route has already been answered 401; everything refused here is 403 and
 //! its event names the route (`rule`) that decided. The global IP lists run
-//! earlier, in [`IpRulesLayer`], before anything else looks at the request.
+//! earlier, in [`GlobalIpRules`], before anything else looks at the request.
+//!
+//! Both only decide, so both are [`Guard`]s.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{Request, Response};
-use portcullis_policy::ip_rules::IpRules;
+use http::Request;
 use portcullis_policy::rbac::{self, Roles};
 use portcullis_policy::{Denied, Reason};
-use tower::{Layer, Service};
 
-use crate::auth::Caller;
-use crate::{Body, RequestContext, RouteInfo, deny};
+use crate::caller::Caller;
+use crate::guard::Guard;
+use crate::{Body, RequestContext, RouteInfo};
 
-/// See the module docs.
+/// The route's IP lists and requirement, with the compiled roles. See the
+/// module docs.
 #[derive(Debug, Clone)]
-pub struct AuthorizeLayer {
-    roles: Arc<Roles>,
-}
+pub struct Authorize(pub Arc<Roles>);
 
-impl AuthorizeLayer {
-    /// Authorizes with the compiled `roles`.
-    #[must_use]
-    pub const fn new(roles: Arc<Roles>) -> Self {
-        Self { roles }
+impl Guard for Authorize {
+    fn check(&self, req: &mut Request<Body>) -> Result<(), Denied> {
+        decide(req, &self.0)
     }
-}
-
-impl<S> Layer<S> for AuthorizeLayer {
-    type Service = Authorize<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authorize { inner, roles: self.roles.clone() }
-    }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct Authorize<S> {
-    inner: S,
-    roles: Arc<Roles>,
 }
 
 fn decide(req: &Request<Body>, roles: &Roles) -> Result<(), Denied> {
@@ -69,74 +51,16 @@ fn decide(req: &Request<Body>, roles: &Roles) -> Result<(), Denied> {
     rbac::authorize(principal, requirement, roles, param).map_err(rule)
 }
 
-impl<S> Service<Request<Body>> for Authorize<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = crate::GatewayFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Err(denied) = decide(&req, &self.roles) {
-            return Box::pin(async move { Ok(deny(denied)) });
-        }
-        crate::call_boxed(&mut self.inner, req)
-    }
-}
-
-/// The global IP lists, checked before path normalization and routing.
+/// The global IP lists (`[access]`; none: everyone passes), checked before
+/// path normalization and routing.
 #[derive(Debug, Clone)]
-pub struct IpRulesLayer {
-    rules: Option<Arc<IpRules>>,
-}
+pub struct GlobalIpRules(pub Option<Arc<portcullis_policy::ip_rules::IpRules>>);
 
-impl IpRulesLayer {
-    /// Checks every request against `rules` (nothing when `None`).
-    #[must_use]
-    pub const fn new(rules: Option<Arc<IpRules>>) -> Self {
-        Self { rules }
-    }
-}
-
-impl<S> Layer<S> for IpRulesLayer {
-    type Service = IpCheck<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        IpCheck { inner, rules: self.rules.clone() }
-    }
-}
-
-/// See [`IpRulesLayer`].
-#[derive(Debug, Clone)]
-pub struct IpCheck<S> {
-    inner: S,
-    rules: Option<Arc<IpRules>>,
-}
-
-impl<S> Service<Request<Body>> for IpCheck<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = crate::GatewayFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let (Some(rules), Some(ctx)) = (&self.rules, req.extensions().get::<RequestContext>())
-            && let Err(denied) = rules.check(ctx.client.ip)
-        {
-            return Box::pin(async move { Ok(deny(denied.with_rule("[access]"))) });
+impl Guard for GlobalIpRules {
+    fn check(&self, req: &mut Request<Body>) -> Result<(), Denied> {
+        if let (Some(rules), Some(ctx)) = (&self.0, req.extensions().get::<RequestContext>()) {
+            rules.check(ctx.client.ip).map_err(|denied| denied.with_rule("[access]"))?;
         }
-        crate::call_boxed(&mut self.inner, req)
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Automatic and manual bans on live traffic (rules in
 //! `portcullis_policy::ban`): the ban list every accept and request consults,
-//! and the [`Banner`] that turns counted refusals into bans.
+//! the [`Banner`] that turns counted refusals into bans, and the
+//! [`BansLayer`] that does both per request, just inside the reject layer.
 //!
 //! Decision rules:
 //! - The listener refuses a banned client's connections at accept, before
@@ -13,6 +14,10 @@
 //! - A banned client floods no one's logs: at most one `ban.active` event per
 //!   address every [`EVENT_INTERVAL_MS`] (the access log still has every
 //!   request).
+//! - Every client-caused refusal of a request (error, redirect to login, or
+//!   note) counts toward the rules that name its reason; the first ban issued
+//!   ends the counting for that request, and its answer gets
+//!   `Connection: close` so the client's next request meets the listener.
 //! - Counting a refusal toward a rule uses the rate-limit store (shared by
 //!   the fleet with Redis); while that store is unavailable each instance
 //!   counts in its own memory instead, so an outage neither stops bans nor
@@ -21,18 +26,24 @@
 //! Deployment caveat: trusted proxies are never banned — their clients are.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
-use portcullis_policy::Reason;
+use http::{HeaderValue, Request, Response};
 use portcullis_policy::ban::BanRule;
 use portcullis_policy::forwarded::{TrustedProxies, client_group};
+use portcullis_policy::{Attribution, Denied, Reason};
+use tower::{Layer, Service};
 
-use crate::rate_limit::{LimitStore, MemoryStore, StoreUnavailable, ip_key};
+use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Redirected, deny};
+use crate::store::{LimitStore, MemoryStore, StoreUnavailable, ip_key, unix_nanos};
+use crate::{Body, GatewayFuture, RequestContext, call_boxed};
 
 /// At most one `ban.active` event per banned address per this many
 /// milliseconds.
@@ -258,7 +269,7 @@ impl Banner {
                 None => true,
                 Some(quota) => {
                     let key = format!("ban:{}:{}", rule.name, ip_key(client));
-                    let now = crate::rate_limit::unix_nanos();
+                    let now = unix_nanos();
                     let outcome = match self.limits.check(&key, quota, now).await {
                         Ok(outcome) => outcome,
                         Err(e) => {
@@ -280,6 +291,123 @@ impl Banner {
         }
         None
     }
+}
+
+/// See the module docs: refuses banned clients, and counts the refusals of
+/// every other request toward the ban rules.
+#[derive(Debug, Clone, Default)]
+pub struct BansLayer {
+    bans: Option<Arc<dyn BanStore>>,
+    banner: Option<Arc<Banner>>,
+}
+
+impl BansLayer {
+    /// Refuses clients on the ban list `bans`, and counts refusals toward
+    /// the rules of `banner` (either absent: that half does nothing).
+    #[must_use]
+    pub fn new(bans: Option<Arc<dyn BanStore>>, banner: Option<Arc<Banner>>) -> Self {
+        Self { bans, banner }
+    }
+}
+
+impl<S> Layer<S> for BansLayer {
+    type Service = Bans<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Bans { inner, bans: self.bans.clone(), banner: self.banner.clone() }
+    }
+}
+
+/// The service of a [`BansLayer`].
+#[derive(Debug, Clone)]
+pub struct Bans<S> {
+    inner: S,
+    bans: Option<Arc<dyn BanStore>>,
+    banner: Option<Arc<Banner>>,
+}
+
+impl<S> Service<Request<Body>> for Bans<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // Set by the reject layer, always present in the stack.
+        let Some(client) = req.extensions().get::<RequestContext>().map(|c| c.client.ip) else {
+            return call_boxed(&mut self.inner, req);
+        };
+        // A banned client that came through a trusted proxy (or on a
+        // connection opened before its ban) is refused here.
+        if let Some(hit) = self.bans.as_ref().and_then(|b| b.banned(client, unix_millis())) {
+            return Box::pin(std::future::ready(Ok(refuse_banned(hit))));
+        }
+        let future = call_boxed(&mut self.inner, req);
+        let Some(banner) = self.banner.clone() else { return future };
+        Box::pin(async move {
+            let Ok(mut response) = future.await;
+            if let Some(issued) = count_refusals(&banner, client, refusals(&response)).await {
+                response.extensions_mut().insert(IssuedBan(issued));
+                // Its next request will be refused anyway; make it reconnect.
+                response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The answer to a banned client: 403 `ban.active` with `Retry-After`,
+/// closing the connection; an event at most every [`EVENT_INTERVAL_MS`] per
+/// address.
+fn refuse_banned(hit: BanHit) -> Response<Body> {
+    let retry_after = hit.until_ms.saturating_sub(unix_millis()).div_ceil(1000).max(1);
+    let until = UNIX_EPOCH + Duration::from_millis(hit.until_ms);
+    let denied = Denied::new(Reason::BanActive)
+        .with_detail(format!("banned until {}", humantime::format_rfc3339_seconds(until)))
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after))
+        .with_header(http::header::CONNECTION, HeaderValue::from_static("close"));
+    let mut response = deny(denied);
+    if !hit.log {
+        response.extensions_mut().insert(Quiet);
+    }
+    response
+}
+
+/// The refusals `response` carries, in the order the reject layer emits
+/// them.
+fn refusals(response: &Response<Body>) -> Vec<Reason> {
+    let extensions = response.extensions();
+    let redirected = extensions.get::<Redirected>().map(|r| r.0.reason);
+    let noted = extensions.get::<Noted>().map(|n| n.0.reason);
+    let more = extensions.get::<MoreNoted>().into_iter().flat_map(|m| m.0.iter().map(|d| d.reason));
+    let denied = extensions.get::<Denied>().map(|d| d.reason);
+    redirected.into_iter().chain(noted).chain(more).chain(denied).collect()
+}
+
+/// Counts each client-caused refusal of `reasons` toward the ban rules;
+/// returns the event of the first ban issued.
+async fn count_refusals(banner: &Banner, client: IpAddr, reasons: Vec<Reason>) -> Option<Denied> {
+    for reason in reasons {
+        if reason.attribution() != Attribution::Client || !banner.counts(reason) {
+            continue;
+        }
+        let Some((ban, rule)) = banner.observe(client, reason).await else { continue };
+        let detail = format!(
+            "{} banned for {} after {} refusals within {}",
+            ban.target_text(),
+            humantime::format_duration(rule.duration),
+            rule.count,
+            humantime::format_duration(rule.within)
+        );
+        return Some(Denied::new(Reason::BanIssued).with_rule(rule.name.clone()).with_detail(detail));
+    }
+    None
 }
 
 #[cfg(test)]

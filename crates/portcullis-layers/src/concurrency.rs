@@ -20,7 +20,8 @@ use http::{HeaderValue, Request, Response};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
-use crate::{Body, RouteInfo, deny};
+use crate::refusal::deny;
+use crate::{Body, RouteInfo};
 
 /// A counter of in-flight requests with a ceiling.
 #[derive(Debug)]

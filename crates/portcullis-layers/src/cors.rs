@@ -12,7 +12,8 @@ use portcullis_policy::cors::{CorsPolicy, is_preflight};
 use tower::{Layer, Service};
 
 use crate::call_boxed;
-use crate::{Body, deny, empty};
+use crate::refusal::deny;
+use crate::{Body, empty};
 
 /// See the module docs.
 #[derive(Debug, Clone)]

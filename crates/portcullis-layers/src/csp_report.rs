@@ -20,7 +20,9 @@ use portcullis_policy::{Denied, Reason, SecurityEvent};
 use tower::{Layer, Service};
 
 use crate::body::{LimitTripped, Limited};
-use crate::{Body, ConnInfo, EventSink, RequestContext, deny, empty};
+use crate::events::EventSink;
+use crate::refusal::deny;
+use crate::{Body, ConnInfo, RequestContext, empty};
 
 /// Largest report accepted.
 const MAX_REPORT: u64 = 64 * 1024;

@@ -33,8 +33,10 @@ use portcullis_policy::csrf::{CsrfPolicy, CsrfRequest, Mode, is_safe};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
-use crate::auth::{Caller, VerifySession};
-use crate::{Body, ConnInfo, RequestContext, RouteInfo, deny, full};
+use crate::caller::Caller;
+use crate::refusal::deny;
+use crate::verify::VerifySession;
+use crate::{Body, ConnInfo, RequestContext, RouteInfo, full};
 
 /// The path of the token endpoint.
 pub const TOKEN_PATH: &str = "/.portcullis/csrf";

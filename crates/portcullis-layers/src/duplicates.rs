@@ -16,11 +16,7 @@ use portcullis_policy::{Denied, Reason};
 
 use crate::Body;
 use crate::guard::Guard;
-
-/// A hop-by-hop credential header (`Proxy-Authorization`) the client sent
-/// more than once; set by the reject layer before it strips hop-by-hop headers.
-#[derive(Debug, Clone, Copy)]
-pub struct RepeatedHopHeader(pub &'static str);
+use crate::received::RepeatedHopHeader;
 
 /// See the module docs.
 #[derive(Debug, Clone)]

@@ -13,7 +13,8 @@ use http::{Request, Response};
 use portcullis_policy::Denied;
 use tower::{Layer, Service};
 
-use crate::{Body, deny};
+use crate::Body;
+use crate::refusal::deny;
 
 /// A decision on a request before it goes further in.
 pub trait Guard: Clone + Send + Sync + 'static {

@@ -28,8 +28,9 @@ use portcullis_policy::jwt::identity::SignerError;
 use portcullis_policy::{Denied, Principal, Reason};
 use tower::{Layer, Service};
 
-use crate::auth::Caller;
-use crate::{Body, RouteInfo, deny};
+use crate::caller::Caller;
+use crate::refusal::deny;
+use crate::{Body, RouteInfo};
 
 /// `X-Portcullis-Subject`.
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-portcullis-subject");

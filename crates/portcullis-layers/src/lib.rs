@@ -2,7 +2,7 @@
 //!
 //! Each defence is a `Layer` + `Service` in its own module whose `call` asks
 //! the pure `portcullis_policy` crate for a decision and dispatches on it. A
-//! refusal is never rendered here: the layer returns [`reject::deny`], a
+//! refusal is never rendered here: the layer returns [`refusal::deny`], a
 //! response carrying the typed [`Denied`] in its extensions, and the outermost
 //! [`reject`] layer turns it into the JSON error body and exactly one security
 //! event.
@@ -10,7 +10,7 @@
 //! [`stack`] composes the layers in the documented order (`docs/pipeline.md`):
 //!
 //! ```text
-//! reject/context → response headers → CORS → head limits → upgrades → duplicates
+//! reject/context → bans → response headers → CORS → head limits → upgrades → duplicates
 //!   → IP rules → normalize
 //!   → rate limit (own endpoints) → CSP reports → own endpoints → route → body limit
 //!   → rate limit (ip, route, header) → authenticate → login protection
@@ -35,16 +35,20 @@ use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
 
+use crate::rate_limit::LimitStage;
+
 pub mod auth;
 pub mod authorize;
 pub mod ban;
 pub mod body;
+pub mod caller;
 pub mod concurrency;
 pub mod cors;
 pub mod csp_report;
 pub mod csrf;
 pub mod duplicates;
 pub mod endpoints;
+pub mod events;
 pub mod forward;
 pub mod guard;
 pub mod headers;
@@ -55,12 +59,17 @@ pub mod normalize;
 pub mod openapi;
 pub mod pace;
 pub mod rate_limit;
+pub mod received;
+pub mod refusal;
 pub mod reject;
 pub mod route;
+pub mod store;
 pub mod upgrade;
+pub mod verify;
 pub mod waf;
 
-pub use reject::{EventSink, deny};
+pub use events::EventSink;
+pub use refusal::deny;
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -297,7 +306,7 @@ pub struct StackConfig {
     /// The global IP lists (`[access]`), if any.
     pub ip_rules: Option<Arc<portcullis_policy::ip_rules::IpRules>>,
     /// Where rate-limit state lives (none: no route has limits).
-    pub limit_store: Option<Arc<dyn rate_limit::LimitStore>>,
+    pub limit_store: Option<Arc<dyn store::LimitStore>>,
     /// Where login-failure state lives (none: no route is a login route).
     pub login_store: Option<Arc<dyn login::LoginStore>>,
     /// The gateway's own endpoints under `/.portcullis/` (login, callback,
@@ -322,28 +331,26 @@ where
     S::Future: Send + 'static,
 {
     let service = ServiceBuilder::new()
-        .layer(
-            reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log)
-                .with_bans(config.bans.clone(), config.banner.clone()),
-        )
+        .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
+        .layer(ban::BansLayer::new(config.bans.clone(), config.banner.clone()))
         .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
         .layer(cors::CorsLayer::new(config.cors.clone()))
-        .layer(limits::HeadLimitsLayer::new(config.limits))
+        .layer(guard::GuardLayer::new(limits::HeadLimits(config.limits)))
         .layer(guard::GuardLayer::new(upgrade::Upgrades))
         .layer(guard::GuardLayer::new(duplicates::Duplicates(Arc::new(singletons(config)))))
-        .layer(authorize::IpRulesLayer::new(config.ip_rules.clone()))
+        .layer(guard::GuardLayer::new(authorize::GlobalIpRules(config.ip_rules.clone())))
         .layer(normalize::NormalizeLayer::new(config.paths))
-        .layer(rate_limit::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
-        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
+        .layer(endpoints::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::OwnEndpoints))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
         .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
-        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), false))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::BeforeAuth))
         .layer(auth::AuthLayer::new(config.auth.clone()))
         .layer(login::LoginLayer::new(config.login_store.clone()))
-        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), true))
-        .layer(authorize::AuthorizeLayer::new(config.roles.clone()))
+        .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::AfterAuth))
+        .layer(guard::GuardLayer::new(authorize::Authorize(config.roles.clone())))
         .layer(csrf::CsrfLayer::new(config.csrf.clone()))
         .layer(waf::WafLayer)
         .layer(openapi::OpenApiLayer)

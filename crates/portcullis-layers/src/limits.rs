@@ -1,6 +1,6 @@
 //! Request size limits, enforced before anything is read from the body.
 //!
-//! `HeadLimitsLayer` (before routing) refuses over-long request targets (414)
+//! [`HeadLimits`] (a [`Guard`], before routing) refuses over-long request targets (414)
 //! and too many or too large headers (431). `BodyLimitLayer` (after routing,
 //! so a route may raise or lower the limit for uploads) refuses a declared
 //! `Content-Length` over the limit (413) and wraps the body so that a streamed
@@ -21,55 +21,19 @@ use portcullis_policy::limits::{RequestLimits, content_length};
 use tower::{Layer, Service};
 
 use crate::body::{LimitTripped, Limited};
-use crate::{Body, RouteInfo, deny};
+use crate::guard::Guard;
+use crate::refusal::deny;
+use crate::{Body, RouteInfo};
 
-/// See the module docs.
+/// The URI and header limits, before routing. See the module docs.
 #[derive(Debug, Clone, Copy)]
-pub struct HeadLimitsLayer {
-    limits: RequestLimits,
-}
+pub struct HeadLimits(pub RequestLimits);
 
-impl HeadLimitsLayer {
-    /// Enforces `limits` (URI and headers).
-    #[must_use]
-    pub const fn new(limits: RequestLimits) -> Self {
-        Self { limits }
-    }
-}
-
-impl<S> Layer<S> for HeadLimitsLayer {
-    type Service = HeadLimits<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HeadLimits { inner, limits: self.limits }
-    }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct HeadLimits<S> {
-    inner: S,
-    limits: RequestLimits,
-}
-
-impl<S> Service<Request<Body>> for HeadLimits<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+impl Guard for HeadLimits {
+    fn check(&self, req: &mut Request<Body>) -> Result<(), Denied> {
         let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         // The body check happens after routing; u64::MAX skips it here.
-        match self.limits.check_head(uri_len, req.headers(), u64::MAX) {
-            Ok(()) => Either::Left(self.inner.call(req)),
-            Err(denied) => Either::Right(ready(Ok(deny(denied)))),
-        }
+        self.0.check_head(uri_len, req.headers(), u64::MAX)
     }
 }
 

@@ -55,8 +55,10 @@ use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
 use crate::body::Prefix;
-use crate::rate_limit::{StoreUnavailable, ip_key, unix_nanos};
-use crate::{Body, RequestContext, RouteInfo, deny};
+use crate::caller::LoginAccount;
+use crate::refusal::{deny, note};
+use crate::store::{StoreUnavailable, ip_key, shard_of, unix_nanos};
+use crate::{Body, RequestContext, RouteInfo};
 
 /// Where login-failure state lives: memory (one instance) or Redis (shared).
 /// `now` is Unix nanoseconds; a shared store may use its own clock instead,
@@ -98,11 +100,6 @@ pub struct LoginSettings {
     /// Most body bytes read to find the account.
     pub max_body: u64,
 }
-
-/// The fingerprint of the account name a login request submitted, in the
-/// request's extensions for rate limits keyed by `account`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginAccount(pub String);
 
 /// Login protection for one `[login.NAME]` and a store: the decisions of
 /// the module docs, without tower or HTTP bodies.
@@ -333,8 +330,8 @@ where
                 let attempt = guard.classify(response.status());
                 notes.extend(guard.after(account.as_deref(), ip, attempt).await);
             }
-            for note in notes {
-                crate::reject::note(&mut response, note);
+            for noted in notes {
+                note(&mut response, noted);
             }
             Ok(response)
         })
@@ -413,7 +410,7 @@ impl MemoryLoginStore {
     }
 
     fn shard(&self, key: &str) -> &Mutex<hashbrown::HashMap<String, (State, Backoff)>> {
-        &self.shards[crate::rate_limit::shard_of(key) % SHARDS]
+        &self.shards[shard_of(key) % SHARDS]
     }
 
     /// The standing of `key` at `now`.

@@ -15,7 +15,9 @@ use portcullis_policy::normalize::{self, PathPolicy};
 use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
-use crate::{Body, deny};
+use crate::Body;
+use crate::received::OriginalUri;
+use crate::refusal::deny;
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +88,7 @@ where
             match with_path(req.uri(), &path) {
                 Some(uri) => {
                     let original = std::mem::replace(req.uri_mut(), uri);
-                    req.extensions_mut().insert(crate::waf::OriginalUri(original));
+                    req.extensions_mut().insert(OriginalUri(original));
                 }
                 None => {
                     let denied = Denied::new(Reason::PathEncoding).with_detail("normalized path is not a valid URI");

@@ -32,7 +32,8 @@ use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
 use crate::body::Prefix;
-use crate::{Body, BoxError, RouteInfo, deny};
+use crate::refusal::deny;
+use crate::{Body, BoxError, RouteInfo};
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy, Default)]

@@ -21,57 +21,19 @@
 //! client shares the proxy's address and its IP quota.
 
 use std::convert::Infallible;
-use std::fmt;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Request, Response};
 use ipnet::IpNet;
 use portcullis_policy::rate_limit::{Gcra, Outcome, ceil_secs};
 use portcullis_policy::{AuthMethod, Denied, Reason};
 use tower::{Layer, Service};
 
-use crate::auth::Caller;
-use crate::{Body, RequestContext, RouteInfo, deny};
-
-/// The store could not be asked.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("limit store unavailable: {0}")]
-pub struct StoreUnavailable(pub String);
-
-/// Where GCRA state lives: memory (one instance) or Redis (shared).
-pub trait LimitStore: Send + Sync + fmt::Debug {
-    /// Applies one request to `key`'s state under `quota` and returns the
-    /// outcome. `now` is Unix nanoseconds (a shared store may use its own
-    /// clock instead, so instances agree).
-    fn check<'a>(&'a self, key: &'a str, quota: Gcra, now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>>;
-
-    /// Checks several limits of one request in order, stopping at the first
-    /// limited one (earlier admitted ones keep their update, later ones are
-    /// untouched); returns the outcomes of the limits checked. A shared store
-    /// overrides this to use one round trip.
-    fn check_all<'a>(
-        &'a self,
-        items: &'a [(String, Gcra)],
-        now: u64,
-    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreUnavailable>> {
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(items.len());
-            for (key, quota) in items {
-                let outcome = self.check(key, *quota, now).await?;
-                let stop = !outcome.allowed();
-                out.push(outcome);
-                if stop {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-    }
-}
+use crate::caller::{Caller, LoginAccount};
+use crate::refusal::{deny, note};
+use crate::store::{LimitStore, ip_key, unix_nanos};
+use crate::{Body, RequestContext, RouteInfo};
 
 /// What a limit counts by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,18 +105,6 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 /// `RateLimit`.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// The store key part for a client: its [`client_group`], IPv6 written
-/// with its `/64`.
-///
-/// [`client_group`]: portcullis_policy::forwarded::client_group
-#[must_use]
-pub fn ip_key(ip: IpAddr) -> String {
-    match portcullis_policy::forwarded::client_group(ip) {
-        v6 @ IpAddr::V6(_) => format!("{v6}/64"),
-        v4 @ IpAddr::V4(_) => v4.to_string(),
-    }
-}
-
 /// The store key of `limit` for this request, or `None` when it does not
 /// apply (exempt, or its key is absent).
 fn key_for(limit: &Limit, req: &Request<Body>, route: &RouteInfo) -> Option<String> {
@@ -181,13 +131,9 @@ fn key_for(limit: &Limit, req: &Request<Body>, route: &RouteInfo) -> Option<Stri
             portcullis_policy::principal::fingerprint(v.as_bytes())
         }
         // Already a fingerprint of the normalized name.
-        LimitKey::Account => req.extensions().get::<crate::login::LoginAccount>()?.0.clone(),
+        LimitKey::Account => req.extensions().get::<LoginAccount>()?.0.clone(),
     };
     Some(format!("rl:{}:{value}", limit.name))
-}
-
-pub(crate) fn unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The headers describing `outcome` under `limit`.
@@ -203,26 +149,56 @@ fn headers_for(limit: &Limit, outcome: &Outcome) -> [(HeaderName, HeaderValue); 
     [(RATELIMIT_POLICY, policy), (RATELIMIT, value)]
 }
 
-/// See the module docs. `after_auth` selects which of a route's limits this
-/// instance checks (the stack has one before and one after authentication).
+/// Where in the stack a [`RateLimitLayer`] sits, which decides the limits
+/// it counts: a limit's key must be known there, and each limit is counted
+/// at exactly one position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitStage {
+    /// Before the gateway's own endpoints answer: the limits of the route
+    /// the own-endpoints layer gave `/.portcullis/*` requests (`[server]
+    /// endpoint_limits`). Other requests have no route yet and pass.
+    OwnEndpoints,
+    /// After routing, before authentication: a route's limits keyed by IP,
+    /// route or header, so a flood costs no signature checks.
+    BeforeAuth,
+    /// After authentication and the login layer: a route's limits keyed by
+    /// subject, API key or account.
+    AfterAuth,
+}
+
+impl LimitStage {
+    /// Whether a limit keyed by `key` is counted at this position. Own
+    /// endpoints are answered before the route layer, so their requests never
+    /// reach [`Self::BeforeAuth`]: the two share a rule without counting twice.
+    #[must_use]
+    pub const fn counts(self, key: &LimitKey) -> bool {
+        match self {
+            Self::OwnEndpoints | Self::BeforeAuth => !key.after_auth(),
+            Self::AfterAuth => key.after_auth(),
+        }
+    }
+}
+
+/// See the module docs. Its [`LimitStage`] selects which of a route's limits
+/// this instance checks.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     store: Option<Arc<dyn LimitStore>>,
-    after_auth: bool,
+    stage: LimitStage,
 }
 
 impl RateLimitLayer {
-    /// Limits with `store` (nothing is limited without one).
+    /// Limits with `store` (nothing is limited without one) at `stage`.
     #[must_use]
-    pub fn new(store: Option<Arc<dyn LimitStore>>, after_auth: bool) -> Self {
-        Self { store, after_auth }
+    pub fn new(store: Option<Arc<dyn LimitStore>>, stage: LimitStage) -> Self {
+        Self { store, stage }
     }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, store: self.store.clone(), after_auth: self.after_auth }
+        RateLimit { inner, store: self.store.clone(), stage: self.stage }
     }
 }
 
@@ -231,7 +207,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     store: Option<Arc<dyn LimitStore>>,
-    after_auth: bool,
+    stage: LimitStage,
 }
 
 enum Verdict {
@@ -311,7 +287,7 @@ where
             .limits
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.key.after_auth() == self.after_auth)
+            .filter(|(_, l)| self.stage.counts(&l.key))
             .filter_map(|(i, l)| key_for(l, &req, &route).map(|k| (i, k)))
             .collect();
         if keys.is_empty() {
@@ -335,169 +311,11 @@ where
                         // Failing open is still worth an event.
                         let noted = Denied::new(Reason::RateLimitUnavailable)
                             .with_detail(format!("failing open: {}", unavailable.join("; ")));
-                        crate::reject::note(&mut response, noted);
+                        note(&mut response, noted);
                     }
                     Ok(response)
                 }
             }
         })
-    }
-}
-
-/// Gives requests to the gateway's own endpoints (`/.portcullis/*`: login,
-/// callback, CSP reports) a route of their own, so the rate-limit layer
-/// after it applies that route's limits (`[server] endpoint_limits`) before
-/// any of them runs.
-#[derive(Debug, Clone)]
-pub struct OwnEndpointsRouteLayer {
-    route: Option<Arc<RouteInfo>>,
-}
-
-impl OwnEndpointsRouteLayer {
-    /// Marks own-endpoint requests with `route` (none: no limits).
-    #[must_use]
-    pub const fn new(route: Option<Arc<RouteInfo>>) -> Self {
-        Self { route }
-    }
-}
-
-impl<S> Layer<S> for OwnEndpointsRouteLayer {
-    type Service = OwnEndpointsRoute<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        OwnEndpointsRoute { inner, route: self.route.clone() }
-    }
-}
-
-/// See [`OwnEndpointsRouteLayer`].
-#[derive(Debug, Clone)]
-pub struct OwnEndpointsRoute<S> {
-    inner: S,
-    route: Option<Arc<RouteInfo>>,
-}
-
-impl<S> Service<Request<Body>> for OwnEndpointsRoute<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if let Some(route) = &self.route
-            && req.uri().path().starts_with(crate::endpoints::PREFIX)
-        {
-            req.extensions_mut().insert(route.clone());
-        }
-        self.inner.call(req)
-    }
-}
-
-/// GCRA state in memory, for one instance: sharded maps of TATs, pruned of
-/// keys whose TAT has passed (their state equals "never seen") when a shard
-/// grows past its share of `capacity`.
-#[derive(Debug)]
-pub struct MemoryStore {
-    // hashbrown with its default, randomly seeded foldhash: SipHash was half
-    // of the check's cost. Keys are bounded by the shard prune, and the
-    // attacker-chosen parts (header values) are fingerprinted first.
-    shards: Vec<Mutex<hashbrown::HashMap<String, u64>>>,
-    per_shard: usize,
-    clock: fn() -> u64,
-}
-
-const SHARDS: usize = 16;
-
-impl MemoryStore {
-    /// A store for about `capacity` active keys.
-    #[must_use]
-    pub fn new(capacity: usize) -> Self {
-        Self::with_clock(capacity, unix_nanos)
-    }
-
-    /// With a clock returning Unix nanoseconds (tests).
-    #[must_use]
-    pub fn with_clock(capacity: usize, clock: fn() -> u64) -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(hashbrown::HashMap::new())).collect(),
-            per_shard: (capacity / SHARDS).max(64),
-            clock,
-        }
-    }
-
-    /// Applies one request synchronously (the whole check is a map lookup
-    /// and a few additions).
-    pub fn check_now(&self, key: &str, quota: Gcra, now: u64) -> Outcome {
-        let shard = &self.shards[shard_of(key)];
-        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = map.get_mut(key) {
-            let outcome = quota.apply(Some(*slot), now);
-            if let Outcome::Allowed { tat, .. } = outcome {
-                *slot = tat;
-            }
-            return outcome;
-        }
-        let outcome = quota.apply(None, now);
-        if let Outcome::Allowed { tat, .. } = outcome {
-            if map.len() >= self.per_shard {
-                map.retain(|_, t| *t > now);
-            }
-            map.insert(key.to_owned(), tat);
-        }
-        outcome
-    }
-}
-
-pub(crate) fn shard_of(key: &str) -> usize {
-    // FNV-1a: cheap and good enough to spread keys over 16 shards.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    usize::try_from(hash % SHARDS as u64).unwrap_or(0)
-}
-
-impl LimitStore for MemoryStore {
-    fn check<'a>(&'a self, key: &'a str, quota: Gcra, _now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>> {
-        let now = (self.clock)();
-        let outcome = self.check_now(key, quota, now);
-        Box::pin(async move { Ok(outcome) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn memory_store_follows_gcra_and_stays_bounded() {
-        let store = MemoryStore::with_clock(64 * SHARDS, || 0);
-        let quota = Gcra::new(1, Duration::from_secs(1), 2).unwrap();
-        let now = 1_000_000_000_000;
-        assert!(store.check_now("a", quota, now).allowed());
-        assert!(store.check_now("a", quota, now).allowed());
-        assert!(!store.check_now("a", quota, now).allowed());
-        assert!(store.check_now("b", quota, now).allowed(), "keys are independent");
-        assert!(store.check_now("a", quota, now + 1_000_000_000).allowed(), "one emission interval later");
-        // Thousands of one-off keys whose state has expired are pruned.
-        for i in 0..10_000u64 {
-            store.check_now(&format!("k{i}"), quota, now + 10_000_000_000 + i * 10_000_000_000);
-        }
-        let total: usize = store.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert!(total <= 64 * SHARDS + SHARDS, "{total}");
-    }
-
-    #[test]
-    fn ipv6_clients_share_their_64() {
-        assert_eq!(ip_key("2001:db8:1:2:aaaa::1".parse().unwrap()), ip_key("2001:db8:1:2:ffff::9".parse().unwrap()));
-        assert_ne!(ip_key("2001:db8:1:2::1".parse().unwrap()), ip_key("2001:db8:1:3::1".parse().unwrap()));
-        assert_eq!(ip_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
     }
 }

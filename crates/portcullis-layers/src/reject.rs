@@ -8,9 +8,14 @@
 //! one only from a trusted proxy) and puts both into the request's extensions.
 //! On the way out, a response that carries a [`Denied`] in its extensions is
 //! rendered as `{"error": "<reason>", "request_id": "…"}` with the reason's
-//! status, and one [`SecurityEvent`] is emitted. Every response gets
-//! `X-Request-Id`. When the response body finishes (or the client goes away),
-//! one access-log line is written.
+//! status, and one [`SecurityEvent`] is emitted (none when it is marked
+//! [`Quiet`]); a redirect refusal, notes and an issued ban are events too
+//! (see `crate::refusal`). Every response gets `X-Request-Id`. When the
+//! response body finishes (or the client goes away), one access-log line is
+//! written.
+//!
+//! It decides nothing itself: bans, like every defence, are enforced by a
+//! layer inside it (`BansLayer` in `ban.rs`).
 //!
 //! Deployment caveat: the client address in events is only as good as the
 //! trusted-proxy list (see `portcullis_policy::forwarded`).
@@ -28,58 +33,15 @@ use http_body_util::BodyExt;
 use portcullis_policy::event::RequestSummary;
 use portcullis_policy::forwarded::{TrustedProxies, resolve_client};
 use portcullis_policy::request_id::{X_REQUEST_ID, is_acceptable};
-use portcullis_policy::{Action, Attribution, Denied, Reason, SecurityEvent, hop};
+use portcullis_policy::{Action, Denied, SecurityEvent, hop};
 use tower::{Layer, Service};
 
-use crate::ban::{BanStore, Banner, unix_millis};
 use crate::body::Observed;
 use crate::call_boxed;
+use crate::events::EventSink;
+use crate::received::RepeatedHopHeader;
+use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Redirected};
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, ServedBy, empty, full};
-
-/// Where security events go. Implementations must not block: the data path
-/// calls `emit` inline.
-pub trait EventSink: Send + Sync + std::fmt::Debug {
-    /// Records one event.
-    fn emit(&self, event: SecurityEvent);
-}
-
-/// A response that denies the request. The reject layer renders it.
-#[must_use]
-pub fn deny(denied: impl Into<Denied>) -> Response<Body> {
-    let denied = denied.into();
-    let mut response = Response::new(empty());
-    *response.status_mut() = denied.status();
-    response.extensions_mut().insert(denied);
-    response
-}
-
-/// Something worth an event that did not refuse the request (a limit store
-/// unavailable while its limit fails open). The reject layer emits it with
-/// action `log` and the status actually sent.
-#[derive(Debug, Clone)]
-pub struct Noted(pub Denied);
-
-/// More notes on one response, after the first ([`Noted`]).
-#[derive(Debug, Clone, Default)]
-pub struct MoreNoted(pub Vec<Denied>);
-
-/// Adds a note to `response` without replacing one an inner layer made.
-pub fn note(response: &mut Response<Body>, denied: Denied) {
-    let extensions = response.extensions_mut();
-    if extensions.get::<Noted>().is_none() {
-        extensions.insert(Noted(denied));
-    } else if let Some(more) = extensions.get_mut::<MoreNoted>() {
-        more.0.push(denied);
-    } else {
-        extensions.insert(MoreNoted(vec![denied]));
-    }
-}
-
-/// A refusal answered with a redirect rather than an error body (a browser
-/// whose session is no longer valid, sent to login). The reject layer emits
-/// its event and leaves the response as it is.
-#[derive(Debug, Clone)]
-pub struct Redirected(pub Denied);
 
 /// See the module docs.
 #[derive(Debug, Clone)]
@@ -92,23 +54,13 @@ struct Shared {
     trusted: TrustedProxies,
     events: Arc<dyn EventSink>,
     access_log: bool,
-    bans: Option<Arc<dyn BanStore>>,
-    banner: Option<Arc<Banner>>,
 }
 
 impl RejectLayer {
     /// A layer resolving clients through `trusted` and sending events to `events`.
     #[must_use]
     pub fn new(trusted: TrustedProxies, events: Arc<dyn EventSink>, access_log: bool) -> Self {
-        Self { shared: Arc::new(Shared { trusted, events, access_log, bans: None, banner: None }) }
-    }
-
-    /// Also refuses clients on the ban list `bans`, and counts refusals
-    /// toward the ban rules of `banner`.
-    #[must_use]
-    pub fn with_bans(self, bans: Option<Arc<dyn BanStore>>, banner: Option<Arc<Banner>>) -> Self {
-        let Shared { trusted, events, access_log, .. } = Arc::unwrap_or_clone(self.shared);
-        Self { shared: Arc::new(Shared { trusted, events, access_log, bans, banner }) }
+        Self { shared: Arc::new(Shared { trusted, events, access_log }) }
     }
 }
 
@@ -162,7 +114,7 @@ where
         // A repeated `Proxy-Authorization` is refused by the duplicates
         // guard, which runs after it is gone.
         if req.headers().get_all(http::header::PROXY_AUTHORIZATION).iter().nth(1).is_some() {
-            req.extensions_mut().insert(crate::duplicates::RepeatedHopHeader("proxy-authorization"));
+            req.extensions_mut().insert(RepeatedHopHeader("proxy-authorization"));
         }
         hop::strip(req.headers_mut(), true);
         // `Transfer_Encoding` reaches CGI-style upstreams as Transfer-Encoding.
@@ -188,13 +140,6 @@ where
         };
         let header_value = request_id.clone();
         req.extensions_mut().insert(RequestContext { request_id, client });
-        // A banned client that came through a trusted proxy (or on a
-        // connection opened before its ban) is refused here.
-        if let Some(hit) = self.shared.bans.as_ref().and_then(|b| b.banned(client.ip, unix_millis())) {
-            let response = self.refuse_banned(hit, &summary, header_value);
-            let response = if self.shared.access_log { with_access_log(response, summary) } else { response };
-            return Box::pin(std::future::ready(Ok(response)));
-        }
 
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
@@ -204,77 +149,34 @@ where
         Box::pin(async move {
             let Ok(mut response) = future.await;
             let status = response.status().as_u16();
-            let mut counted: Vec<Reason> = Vec::new();
             // A browser sent elsewhere (to login) instead of an error page: a
             // refusal, with the status really sent.
             if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
                 emit(&shared, &summary, &response, &denied, status, Action::Deny);
-                counted.push(denied.reason);
             }
             // Noticed but let through (a limit store failing open, a failed
             // login at the upstream).
             if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
                 emit(&shared, &summary, &response, &noted, status, Action::Log);
-                counted.push(noted.reason);
             }
             if let Some(MoreNoted(notes)) = response.extensions_mut().remove::<MoreNoted>() {
                 for noted in &notes {
                     emit(&shared, &summary, &response, noted, status, Action::Log);
-                    counted.push(noted.reason);
                 }
             }
             if let Some(denied) = response.extensions_mut().remove::<Denied>() {
-                emit(&shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
-                counted.push(denied.reason);
+                if response.extensions_mut().remove::<Quiet>().is_none() {
+                    emit(&shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
+                }
                 response = render(&denied, &summary, response);
             }
-            // Each client-caused refusal of this request counts toward the
-            // ban rules; the first ban issued ends the counting.
-            if let Some(banner) = &shared.banner {
-                for reason in counted {
-                    if reason.attribution() != Attribution::Client || !banner.counts(reason) {
-                        continue;
-                    }
-                    let Some((ban, rule)) = banner.observe(summary.client_ip, reason).await else { continue };
-                    let detail = format!(
-                        "{} banned for {} after {} refusals within {}",
-                        ban.target_text(),
-                        humantime::format_duration(rule.duration),
-                        rule.count,
-                        humantime::format_duration(rule.within)
-                    );
-                    let issued = Denied::new(Reason::BanIssued).with_rule(rule.name.clone()).with_detail(detail);
-                    emit(&shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
-                    // Its next request will be refused anyway; make it reconnect.
-                    response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    break;
-                }
+            // Last, as it follows from the refusals above.
+            if let Some(IssuedBan(issued)) = response.extensions_mut().remove::<IssuedBan>() {
+                emit(&shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
             }
             response.headers_mut().insert(X_REQUEST_ID, header_value);
             Ok(if shared.access_log { with_access_log(response, summary) } else { response })
         })
-    }
-}
-
-impl<S> Reject<S> {
-    /// The answer to a banned client: 403 `ban.active` with `Retry-After`,
-    /// closing the connection; an event at most every
-    /// [`crate::ban::EVENT_INTERVAL_MS`] per address.
-    fn refuse_banned(&self, hit: crate::ban::BanHit, summary: &Summary, request_id: HeaderValue) -> Response<Body> {
-        let retry_after = hit.until_ms.saturating_sub(unix_millis()).div_ceil(1000).max(1);
-        let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(hit.until_ms);
-        let denied = Denied::new(Reason::BanActive)
-            .with_detail(format!("banned until {}", humantime::format_rfc3339_seconds(until)))
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after))
-            .with_header(http::header::CONNECTION, HeaderValue::from_static("close"));
-        let mut response = deny(denied.clone());
-        if hit.log {
-            emit(&self.shared, summary, &response, &denied, denied.status().as_u16(), Action::Deny);
-        }
-        response.extensions_mut().remove::<Denied>();
-        let mut response = render(&denied, summary, response);
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
-        response
     }
 }
 

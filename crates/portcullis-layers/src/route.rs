@@ -25,7 +25,8 @@ use portcullis_policy::{Denied, Reason};
 use tower::{Layer, Service};
 
 use crate::call_boxed;
-use crate::{Body, RouteInfo, deny};
+use crate::refusal::deny;
+use crate::{Body, RouteInfo};
 
 /// See the module docs.
 #[derive(Debug, Clone)]

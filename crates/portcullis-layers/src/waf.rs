@@ -73,13 +73,9 @@ use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use crate::body::Prefix;
-use crate::reject::{MoreNoted, Noted, note};
-use crate::{Body, ConnInfo, RequestContext, RouteInfo, deny};
-
-/// The request target before path normalization, kept by the normalize
-/// layer when it rewrites the path.
-#[derive(Debug, Clone)]
-pub struct OriginalUri(pub http::Uri);
+use crate::received::OriginalUri;
+use crate::refusal::{MoreNoted, Noted, deny, note};
+use crate::{Body, ConnInfo, RequestContext, RouteInfo};
 
 /// What a route's WAF does.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_layers::ban::{Ban, BanHit, BanStore, unix_millis};
-use portcullis_layers::rate_limit::StoreUnavailable;
+use portcullis_layers::store::StoreUnavailable;
 
 use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::state::{Admin, Shared};
@@ -81,10 +81,10 @@ pub fn lift(config: &Path, target: &str) -> ExitCode {
     };
     with_bans(config, |bans| async move {
         if bans.lift(ip).await.map_err(|e| e.to_string())? {
-            eprintln!("lifted the ban on {}", portcullis_layers::rate_limit::ip_key(ip));
+            eprintln!("lifted the ban on {}", portcullis_layers::store::ip_key(ip));
             Ok(())
         } else {
-            Err(format!("no ban on {}", portcullis_layers::rate_limit::ip_key(ip)))
+            Err(format!("no ban on {}", portcullis_layers::store::ip_key(ip)))
         }
     })
 }
@@ -215,7 +215,7 @@ impl BanStore for AdminBans {
 
     fn lift(&self, ip: IpAddr) -> BoxFuture<'_, Result<bool, StoreUnavailable>> {
         Box::pin(async move {
-            let target = portcullis_layers::rate_limit::ip_key(ip).replace('/', "%2F");
+            let target = portcullis_layers::store::ip_key(ip).replace('/', "%2F");
             match self.call(http::Method::DELETE, &format!("/bans/{target}"), None).await? {
                 (204, _) => Ok(true),
                 (404, _) => Ok(false),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use portcullis::store::{ApiKeyError, ApiKeyVerifier, Clock, Revoked, Store};
-use portcullis_layers::auth::VerifyApiKey;
+use portcullis_layers::verify::VerifyApiKey;
 use portcullis_policy::principal::fingerprint;
 use portcullis_policy::{AuthMethod, Denied, Reason};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::redis::Redis;
 use common::*;
 use portcullis::shared::RedisState;
-use portcullis_layers::rate_limit::{LimitStore, MemoryStore};
+use portcullis_layers::store::{LimitStore, MemoryStore};
 use portcullis_policy::rate_limit::{Gcra, Outcome};
 
 const S: u64 = 1_000_000_000;

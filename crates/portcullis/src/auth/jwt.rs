@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use headers::{CacheControl, HeaderMapExt};
 use jsonwebtoken::Algorithm;
-use portcullis_layers::auth::{AuthFuture, VerifyBearer};
+use portcullis_layers::verify::{AuthFuture, VerifyBearer};
 use portcullis_policy::jwt::cache::TokenCache;
 use portcullis_policy::jwt::{self, JwtError, JwtPolicy, KeySet, VerificationKey};
 use portcullis_policy::principal::fingerprint;

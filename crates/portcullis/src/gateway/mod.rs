@@ -28,7 +28,7 @@ use crate::shared::Revocations;
 use portcullis_layers::ban::{BanStore, Banner};
 use portcullis_layers::concurrency::InFlight as InFlightLimit;
 use portcullis_layers::login::LoginStore;
-use portcullis_layers::rate_limit::LimitStore;
+use portcullis_layers::store::LimitStore;
 use portcullis_layers::waf::WafRoute;
 
 /// One compiled configuration, ready to serve.

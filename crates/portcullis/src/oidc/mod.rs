@@ -57,7 +57,7 @@ use openidconnect::{
     IdToken, IdTokenFields, IssuerUrl, Nonce, OAuth2TokenResponse, ProviderMetadataWithLogout, RedirectUrl,
     RefreshToken, RequestTokenError, StandardErrorResponse, StandardTokenResponse,
 };
-use portcullis_layers::auth::{SessionOutcome, VerifySession};
+use portcullis_layers::verify::{SessionOutcome, VerifySession};
 use portcullis_policy::session::{SESSION_COOKIE, SessionData, SessionError, SessionKey, from_unix, unix};
 use portcullis_policy::{AuthMethod, Denied, Principal, Reason};
 use serde::{Deserialize, Serialize};

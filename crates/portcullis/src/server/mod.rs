@@ -44,7 +44,7 @@ use crate::shared::{MemoryRevocations, RedisState, Revocations, SharedBans, Shar
 use crate::tls::CertStore;
 use portcullis_layers::ban::{BanStore, LocalBans};
 use portcullis_layers::login::MemoryLoginStore;
-use portcullis_layers::rate_limit::MemoryStore;
+use portcullis_layers::store::MemoryStore;
 use portcullis_policy::waf::Engine;
 
 pub use crate::gateway::{ConfigShared, Gateway, OWN_ENDPOINTS_ROUTE, SharedStores, WafStartError};

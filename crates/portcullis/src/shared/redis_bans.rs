@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use portcullis_layers::ban::{Ban, BanHit, BanStore, LocalBans, unix_millis};
-use portcullis_layers::rate_limit::StoreUnavailable;
+use portcullis_layers::store::StoreUnavailable;
 use tokio::sync::watch;
 
 use super::RedisState;
@@ -185,7 +185,7 @@ impl BanStore for SharedBans {
 
     fn lift(&self, ip: IpAddr) -> BoxFuture<'_, Result<bool, StoreUnavailable>> {
         Box::pin(async move {
-            let target = portcullis_layers::rate_limit::ip_key(ip);
+            let target = portcullis_layers::store::ip_key(ip);
             let mut pipe = redis::pipe();
             pipe.atomic().cmd("HDEL").arg(BANS).arg(&target).cmd("INCR").arg(VERSION).ignore();
             let (removed,): (i64,) = self.redis.run_pipe(&pipe).await.map_err(StoreUnavailable::from)?;

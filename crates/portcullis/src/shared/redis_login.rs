@@ -24,7 +24,7 @@ use std::sync::LazyLock;
 
 use futures_util::future::BoxFuture;
 use portcullis_layers::login::LoginStore;
-use portcullis_layers::rate_limit::StoreUnavailable;
+use portcullis_layers::store::StoreUnavailable;
 use portcullis_policy::login::{Backoff, Standing};
 
 use super::RedisState;

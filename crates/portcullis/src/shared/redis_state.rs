@@ -32,7 +32,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
-use portcullis_layers::rate_limit::{LimitStore, StoreUnavailable};
+use portcullis_layers::store::{LimitStore, StoreUnavailable};
 use portcullis_policy::rate_limit::{Gcra, Outcome};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::{constant_time, digest, rand};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_layers::auth::{AuthFuture, VerifyApiKey};
+use portcullis_layers::verify::{AuthFuture, VerifyApiKey};
 use portcullis_policy::{AuthMethod, Denied, Principal, Reason};
 
 use super::{Store, StoreError, with_pool};
