@@ -33,21 +33,9 @@ fn config() -> StackConfig {
                 name: Arc::from(format!("svc{i}")),
                 upstream: 0,
                 upstream_name: Arc::from("up"),
-                max_body_bytes: None,
                 auth: AuthMode::Public,
-                headers: None,
                 identity: portcullis_layers::identity::UpstreamIdentity::Headers,
-                require: None,
-                ips: None,
-                pattern: None,
-                limits: Vec::new(),
-                login: None,
-                in_flight: None,
-                upstream_in_flight: None,
-                waf: None,
-                csrf: false,
-                openapi: None,
-                websocket: false,
+                ..RouteInfo::default()
             }),
         })
         .collect();

@@ -241,21 +241,9 @@ mod tests {
             name: Arc::from("r"),
             upstream: 0,
             upstream_name: Arc::from("app"),
-            max_body_bytes: None,
             auth: crate::AuthMode::Public,
-            headers: None,
-            identity: crate::identity::UpstreamIdentity::None,
-            require: None,
-            ips: None,
-            pattern: None,
-            limits: Vec::new(),
-            login: None,
-            in_flight: None,
-            upstream_in_flight: None,
             csrf,
-            waf: None,
-            openapi: None,
-            websocket: false,
+            ..RouteInfo::default()
         })
     }
 

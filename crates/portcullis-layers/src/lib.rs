@@ -1,7 +1,10 @@
 //! Tower layers that enforce Portcullis policy on live requests.
 //!
-//! Each defence is a `Layer` + `Service` in its own module whose `call` asks
-//! the pure `portcullis_policy` crate for a decision and dispatches on it. A
+//! Each defence is a module that asks the pure `portcullis_policy` crate for
+//! a decision and dispatches on it: a [`guard::Guard`] when it only decides
+//! (looks at the request, passes or refuses), else a `Layer` + `Service`.
+//! Defences import the shared modules ([`caller`], [`store`], [`refusal`],
+//! [`events`], [`received`], [`verify`], [`guard`]), never each other. A
 //! refusal is never rendered here: the layer returns [`refusal::deny`], a
 //! response carrying the typed [`Denied`] in its extensions, and the outermost
 //! [`reject`] layer turns it into the JSON error body and exactly one security
@@ -18,8 +21,8 @@
 //!   → concurrency → identity → forward → proxy
 //! ```
 //!
-//! Later defences slot in around `authenticate` (rate limit before it;
-//! authorization, CSRF and WAF after it, before OpenAPI validation).
+//! Where a new defence goes, and what else it touches:
+//! `docs/architecture.md` ("Adding a defence").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

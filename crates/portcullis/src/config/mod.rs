@@ -120,8 +120,9 @@ pub const CSP_REPORT_PATH: &str = "/.portcullis/csp-report";
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct Server {
-    /// Where Portcullis keeps its files (`tls/` for the generated self-signed
-    /// certificate; the SQLite store later).
+    /// Where Portcullis keeps its files: `tls/` for the generated self-signed
+    /// certificate, and the SQLite store when `[state] store` names a
+    /// relative `sqlite://` path.
     pub data_dir: PathBuf,
     /// Peers whose forwarding headers and request ids are believed.
     pub trusted_proxies: TrustedProxies,
