@@ -32,11 +32,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use portcullis_policy::ban::BanRule;
+use portcullis_policy::clock::{Clock, SystemClock};
 use portcullis_policy::forwarded::{TrustedProxies, client_group};
 use portcullis_policy::{Attribution, Denied, Reason};
 use tower::{Layer, Service};
@@ -101,10 +102,10 @@ pub trait BanStore: Send + Sync + fmt::Debug {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Ban>, StoreUnavailable>>;
 }
 
-/// Unix milliseconds now.
+/// Unix milliseconds now, from the system clock (`portcullis_policy::clock`).
 #[must_use]
 pub fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemClock.unix_millis()
 }
 
 #[derive(Debug)]

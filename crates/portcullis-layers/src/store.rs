@@ -11,10 +11,10 @@
 //! - A store that cannot answer says so ([`StoreUnavailable`]); each caller
 //!   decides whether that fails open or closed.
 
+use portcullis_policy::clock::{Clock, SystemClock};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use portcullis_policy::rate_limit::{Gcra, Outcome};
@@ -67,10 +67,10 @@ pub fn ip_key(ip: IpAddr) -> String {
     }
 }
 
-/// Unix nanoseconds now.
+/// Unix nanoseconds now, from the system clock (`portcullis_policy::clock`).
 #[must_use]
 pub fn unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    SystemClock.unix_nanos()
 }
 
 /// GCRA state in memory, for one instance: sharded maps of TATs, pruned of

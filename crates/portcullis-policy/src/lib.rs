@@ -7,6 +7,7 @@
 //! requests.
 
 pub mod ban;
+pub mod clock;
 pub mod cookies;
 pub mod cors;
 pub mod csrf;

@@ -156,10 +156,10 @@ pub fn random_token(len: usize) -> Result<String, SessionError> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// Seconds since the Unix epoch (0 before it).
+/// Seconds since the Unix epoch (0 before it): [`crate::clock::unix_secs`].
 #[must_use]
 pub fn unix(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    crate::clock::unix_secs(time)
 }
 
 /// A time from Unix seconds (clamped to the year 9999, so no value overflows).

@@ -95,7 +95,7 @@ impl IdentitySigner {
     /// # Errors
     /// When signing fails (a broken key; never for a key that loaded).
     pub fn sign(&self, principal: &Principal, audience: &str, now: SystemTime) -> Result<String, SignerError> {
-        let iat = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let iat = crate::clock::unix_secs(now);
         let claims = Claims {
             iss: &self.issuer,
             aud: audience,

@@ -35,6 +35,7 @@ use aws_lc_rs::{constant_time, digest, rand};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_layers::verify::{AuthFuture, VerifyApiKey};
+pub use portcullis_policy::clock::{Clock, SystemClock};
 use portcullis_policy::{AuthMethod, Denied, Principal, Reason};
 
 use super::{Store, StoreError, with_pool};
@@ -390,27 +391,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Whole seconds since the epoch (times before it count as the epoch).
 fn unix(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(portcullis_policy::clock::unix_secs(at)).unwrap_or(i64::MAX)
 }
 
 fn from_unix(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
-
-/// Where the verifier gets the time: the system clock, or a fake in tests.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// The current time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
 }
 
 /// Verifies API keys for the authentication layer, with a small cache of
