@@ -799,6 +799,23 @@ fn newcomer_mistakes_get_one_actionable_message_each() {
             ),
         ),
         (
+            "a size of the wrong type",
+            format!("{MINIMAL}\n[server]\nmax_body_bytes = true\n"),
+            format!(
+                "{at}:15:18: invalid type: boolean `true`, expected a number of bytes or a size with a unit such as \"16KiB\" or \"10MB\"\n{TYPE}"
+            ),
+        ),
+        (
+            "auth of the wrong type",
+            MINIMAL.replace("auth = \"public\"", "auth = 5"),
+            format!("{at}:12:8: invalid type: integer `5`, expected a string or a list of strings\n{TYPE}"),
+        ),
+        (
+            "auth listing something other than a method name",
+            MINIMAL.replace("auth = \"public\"", "auth = [\"jwt\", true]"),
+            format!("{at}:12:16: invalid type: boolean `true`, expected a string\n{TYPE}"),
+        ),
+        (
             "a bad rate in a limit that two routes and the endpoints use",
             two_routes_and_endpoints,
             format!(

@@ -112,8 +112,8 @@ impl<'de> Deserialize<'de> for RawRouteWaf {
     }
 }
 
-/// `waf = { mode, responses, paranoia, inbound_threshold }` on a route. Plain values:
-/// an untagged enum cannot carry spans; errors point at the route's `waf`.
+/// `waf = { mode, responses, paranoia, inbound_threshold }` on a route. Plain
+/// values, not spanned: errors about them point at the route's `waf`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteWafTable {
@@ -475,11 +475,36 @@ pub struct RawServer {
 }
 
 /// A size: a number of bytes or a string with a unit (`"16KiB"`, `"10MB"`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Size {
     Bytes(i64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    /// By hand, so a value of another type says what a size is (an untagged
+    /// enum would say "data did not match any variant").
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of bytes or a size with a unit such as \"16KiB\" or \"10MB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                Ok(Size::Bytes(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                i64::try_from(n)
+                    .map(Size::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Size, E> {
+                Ok(Size::Text(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 /// `[[listener]]`.
@@ -639,11 +664,32 @@ pub struct RawMatch {
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    /// By hand, so a value of another type, or a list holding one, says what
+    /// the key takes (an untagged enum would say "data did not match any
+    /// variant").
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, one: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(one.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<OneOrMany, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 impl OneOrMany {
