@@ -47,6 +47,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode};
+use portcullis_policy::clock::{Clock, SystemClock};
 use portcullis_policy::login::{
     AccountSource, Backoff, Standing, State, Unreadable, account_fingerprint, readable_body,
 };
@@ -387,7 +388,7 @@ async fn read_account(settings: &LoginSettings, req: Request<Body>) -> Result<(R
 pub struct MemoryLoginStore {
     shards: Vec<Mutex<hashbrown::HashMap<String, (State, Backoff)>>>,
     per_shard: usize,
-    clock: fn() -> u64,
+    clock: Arc<dyn Clock>,
 }
 
 const SHARDS: usize = 16;
@@ -396,12 +397,12 @@ impl MemoryLoginStore {
     /// A store for about `capacity` keys.
     #[must_use]
     pub fn new(capacity: usize) -> Self {
-        Self::with_clock(capacity, unix_nanos)
+        Self::with_clock(capacity, Arc::new(SystemClock))
     }
 
-    /// With a clock returning Unix nanoseconds (tests).
+    /// With another clock (tests).
     #[must_use]
-    pub fn with_clock(capacity: usize, clock: fn() -> u64) -> Self {
+    pub fn with_clock(capacity: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(hashbrown::HashMap::new())).collect(),
             per_shard: (capacity / SHARDS).max(16),
@@ -469,7 +470,7 @@ impl LoginStore for MemoryLoginStore {
         keys: &'a [(String, Backoff)],
         _now: u64,
     ) -> BoxFuture<'a, Result<Vec<Standing>, StoreUnavailable>> {
-        let now = (self.clock)();
+        let now = self.clock.unix_nanos();
         let out = keys.iter().map(|(key, rules)| self.check_now(key, *rules, now)).collect();
         Box::pin(async move { Ok(out) })
     }
@@ -479,7 +480,7 @@ impl LoginStore for MemoryLoginStore {
         keys: &'a [(String, Backoff)],
         _now: u64,
     ) -> BoxFuture<'a, Result<Vec<Standing>, StoreUnavailable>> {
-        let now = (self.clock)();
+        let now = self.clock.unix_nanos();
         let out = keys.iter().map(|(key, rules)| self.fail_now(key, *rules, now)).collect();
         Box::pin(async move { Ok(out) })
     }
@@ -503,7 +504,10 @@ mod tests {
 
     #[test]
     fn memory_store_counts_resets_and_stays_bounded() {
-        let store = MemoryLoginStore::with_clock(16 * SHARDS, || 0);
+        let store = MemoryLoginStore::with_clock(
+            16 * SHARDS,
+            Arc::new(portcullis_policy::clock::FixedClock(std::time::UNIX_EPOCH)),
+        );
         let r = rules(2);
         assert_eq!(store.fail_now("a", r, T0).wait_nanos, 0);
         assert_eq!(store.fail_now("a", r, T0).wait_nanos, S);

@@ -14,6 +14,7 @@
 use portcullis_policy::clock::{Clock, SystemClock};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
 use futures_util::future::BoxFuture;
@@ -83,7 +84,7 @@ pub struct MemoryStore {
     // attacker-chosen parts (header values) are fingerprinted first.
     shards: Vec<Mutex<hashbrown::HashMap<String, u64>>>,
     per_shard: usize,
-    clock: fn() -> u64,
+    clock: Arc<dyn Clock>,
 }
 
 /// Shards of the in-memory stores.
@@ -93,12 +94,12 @@ impl MemoryStore {
     /// A store for about `capacity` active keys.
     #[must_use]
     pub fn new(capacity: usize) -> Self {
-        Self::with_clock(capacity, unix_nanos)
+        Self::with_clock(capacity, Arc::new(SystemClock))
     }
 
-    /// With a clock returning Unix nanoseconds (tests).
+    /// With another clock (tests).
     #[must_use]
-    pub fn with_clock(capacity: usize, clock: fn() -> u64) -> Self {
+    pub fn with_clock(capacity: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(hashbrown::HashMap::new())).collect(),
             per_shard: (capacity / SHARDS).max(64),
@@ -143,7 +144,7 @@ pub(crate) fn shard_of(key: &str) -> usize {
 
 impl LimitStore for MemoryStore {
     fn check<'a>(&'a self, key: &'a str, quota: Gcra, _now: u64) -> BoxFuture<'a, Result<Outcome, StoreUnavailable>> {
-        let now = (self.clock)();
+        let now = self.clock.unix_nanos();
         let outcome = self.check_now(key, quota, now);
         Box::pin(async move { Ok(outcome) })
     }
@@ -157,7 +158,8 @@ mod tests {
 
     #[test]
     fn memory_store_follows_gcra_and_stays_bounded() {
-        let store = MemoryStore::with_clock(64 * SHARDS, || 0);
+        let store =
+            MemoryStore::with_clock(64 * SHARDS, Arc::new(portcullis_policy::clock::FixedClock(std::time::UNIX_EPOCH)));
         let quota = Gcra::new(1, Duration::from_secs(1), 2).unwrap();
         let now = 1_000_000_000_000;
         assert!(store.check_now("a", quota, now).allowed());

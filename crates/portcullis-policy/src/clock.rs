@@ -41,6 +41,16 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock stopped at one time (tests, replays).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub SystemTime);
+
+impl Clock for FixedClock {
+    fn now(&self) -> SystemTime {
+        self.0
+    }
+}
+
 /// `time` in whole Unix seconds (0 before the epoch).
 #[must_use]
 pub fn unix_secs(time: SystemTime) -> u64 {

@@ -16,12 +16,13 @@
 //! serve it over HTTPS (enforced except on loopback).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use headers::{CacheControl, HeaderMapExt};
 use jsonwebtoken::Algorithm;
 use portcullis_layers::verify::{AuthFuture, VerifyBearer};
+use portcullis_policy::clock::{Clock, SystemClock};
 use portcullis_policy::jwt::cache::TokenCache;
 use portcullis_policy::jwt::{self, JwtError, JwtPolicy, KeySet, VerificationKey};
 use portcullis_policy::principal::fingerprint;
@@ -41,7 +42,7 @@ const MAX_JWKS_AGE: Duration = Duration::from_secs(24 * 3600);
 pub struct JwtVerifier {
     issuers: Vec<Issuer>,
     cache: TokenCache,
-    clock: fn() -> SystemTime,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug)]
@@ -115,12 +116,12 @@ impl JwtVerifier {
             issuer.refresh(true).await;
             built.push(issuer);
         }
-        Ok(Self { issuers: built, cache: TokenCache::new(CACHE_CAPACITY), clock: SystemTime::now })
+        Ok(Self { issuers: built, cache: TokenCache::new(CACHE_CAPACITY), clock: Arc::new(SystemClock) })
     }
 
     /// Replaces the clock (tests).
     #[must_use]
-    pub fn with_clock(mut self, clock: fn() -> SystemTime) -> Self {
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -130,7 +131,7 @@ impl JwtVerifier {
     /// # Errors
     /// The denial for the client, carrying the token's fingerprint only.
     pub async fn verify_token(&self, token: &str) -> Result<Principal, Denied> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let cache_key = TokenCache::key(token);
         if let Some(principal) = self.cache.get(&cache_key, now) {
             return Ok(principal);
