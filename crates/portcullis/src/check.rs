@@ -83,12 +83,8 @@ fn waf_gaps(config: &Config, out: &mut Vec<Finding>) {
         }
         return;
     };
-    let detect: Vec<&str> = config
-        .routes
-        .iter()
-        .filter(|r| r.waf.is_some_and(|w| w.mode == Mode::Detect))
-        .map(|r| r.name.as_str())
-        .collect();
+    let detect: Vec<&str> =
+        config.routes.iter().filter(|r| r.waf.is_some_and(|w| w.mode == Mode::Detect)).map(|r| r.name()).collect();
     if !detect.is_empty() {
         out.push(warning(
             "waf.detect_only",
@@ -130,8 +126,8 @@ fn identity_headers_off_host(config: &Config, out: &mut Vec<Finding>) {
     let authenticated: std::collections::HashSet<usize> = config
         .routes
         .iter()
-        .filter(|r| matches!(r.auth, portcullis_layers::AuthMode::Required(_)))
-        .map(|r| r.upstream)
+        .filter(|r| matches!(r.policy.auth, portcullis_layers::AuthMode::Required(_)))
+        .map(|r| r.policy.upstream)
         .collect();
     for (index, upstream) in config.upstreams.iter().enumerate() {
         if upstream.identity != IdentityMode::Headers || !authenticated.contains(&index) {
@@ -185,9 +181,9 @@ fn admin_paths_public(config: &Config, out: &mut Vec<Finding>) {
         let key = config.paths.match_key(path);
         if let portcullis_policy::route::Match::Found(i) = table.find(None, &key, &http::Method::GET)
             && let Some(route) = config.routes.get(*i)
-            && route.auth == portcullis_layers::AuthMode::Public
+            && route.policy.auth == portcullis_layers::AuthMode::Public
         {
-            flagged.push((path, &route.name));
+            flagged.push((path, route.name()));
         }
     }
     if flagged.is_empty() {
@@ -214,12 +210,12 @@ fn rate_limit_gaps(config: &Config, out: &mut Vec<Finding>) {
         .routes
         .iter()
         .filter(|r| {
-            r.limits.is_empty()
-                && r.login.is_none()
+            r.policy.limits.is_empty()
+                && r.policy.login.is_none()
                 && r.methods.as_ref().is_none_or(|m| m.contains(&http::Method::POST))
         })
         .filter(|r| r.path.as_str().split('/').any(|seg| LOGIN_SEGMENTS.contains(&seg.to_ascii_lowercase().as_str())))
-        .map(|r| format!("{:?} ({})", r.name, r.path.as_str()))
+        .map(|r| format!("{:?} ({})", r.name(), r.path.as_str()))
         .collect();
     if !unlimited.is_empty() {
         out.push(warning(
@@ -242,8 +238,10 @@ fn rate_limit_gaps(config: &Config, out: &mut Vec<Finding>) {
         }
     }
     let public_listener = config.listeners.iter().any(|l| !l.bind.ip().is_loopback());
-    let ip_limited =
-        config.routes.iter().any(|r| r.limits.iter().any(|l| l.key == portcullis_layers::rate_limit::LimitKey::Ip));
+    let ip_limited = config
+        .routes
+        .iter()
+        .any(|r| r.policy.limits.iter().any(|l| l.key == portcullis_layers::rate_limit::LimitKey::Ip));
     if public_listener && !ip_limited && !config.routes.is_empty() {
         out.push(warning(
             "ratelimit.no_ip_limit",
@@ -292,8 +290,9 @@ fn hsts_and_csp(config: &Config, out: &mut Vec<Finding>) {
             "remove `hsts = false` from [headers]",
         ));
     }
-    let policies = std::iter::once(("[headers]".to_owned(), &config.headers))
-        .chain(config.routes.iter().filter_map(|r| r.headers.as_ref().map(|h| (format!("route {:?}", r.name), h))));
+    let policies = std::iter::once(("[headers]".to_owned(), &config.headers)).chain(
+        config.routes.iter().filter_map(|r| r.policy.headers.as_deref().map(|h| (format!("route {:?}", r.name()), h))),
+    );
     for (place, policy) in policies {
         // An override is what browsers get; a default only when the upstream sends none.
         let csp = policy
@@ -343,7 +342,7 @@ fn shadowed_routes(config: &Config, out: &mut Vec<Finding>) {
     let entries = config
         .routes
         .iter()
-        .map(|r| RouteEntry { host: r.host.clone(), path: r.path.clone(), methods: r.methods.clone(), value: &r.name })
+        .map(|r| RouteEntry { host: r.host.clone(), path: r.path.clone(), methods: r.methods.clone(), value: r.name() })
         .collect();
     let table = RouteTable::new(entries);
     for (winner, shadowed) in table.shadowed() {
@@ -365,8 +364,8 @@ fn csrf_gaps(config: &Config, out: &mut Vec<Finding>) {
     let unprotected: Vec<&str> = config
         .routes
         .iter()
-        .filter(|r| !r.csrf && matches!(r.auth, portcullis_layers::AuthMode::Required(m) if m.contains(portcullis_policy::AuthMethod::Session)))
-        .map(|r| r.name.as_str())
+        .filter(|r| !r.policy.csrf && matches!(r.policy.auth, portcullis_layers::AuthMode::Required(m) if m.contains(portcullis_policy::AuthMethod::Session)))
+        .map(|r| r.name())
         .collect();
     if !unprotected.is_empty() {
         out.push(warning(

@@ -112,14 +112,14 @@ pub fn evaluate(
         }
         Match::None => return d.deny(Reason::RouteNone, "route: no route matches".into()),
     };
-    d.route = Some(route.name.clone());
+    d.route = Some(route.name().to_owned());
     d.steps.push(format!(
         "route {:?} ({} {})",
-        route.name,
+        route.name(),
         route.path.as_str(),
         describe_methods(route.methods.as_deref())
     ));
-    let principal = match route.auth {
+    let principal = match route.policy.auth {
         AuthMode::Public => {
             d.steps.push("auth: public".into());
             None
@@ -152,12 +152,12 @@ pub fn evaluate(
             Some(p)
         }
     };
-    if let Some(ips) = &route.ips
+    if let Some(ips) = &route.policy.ips
         && let Err(denied) = ips.check(ip)
     {
         return d.deny(denied.reason, format!("route ips: {}", denied.detail.unwrap_or_default()));
     }
-    if let (Some(requirement), Some(principal)) = (&route.require, &principal) {
+    if let (Some(requirement), Some(principal)) = (&route.policy.require, &principal) {
         let param = |name: &str| route.path.param(&path, name);
         if let Err(denied) = rbac::authorize(principal, requirement, &config.roles, param) {
             return d.deny(denied.reason, format!("require: {}", denied.detail.unwrap_or_default()));

@@ -54,7 +54,7 @@ fn minimal_config_gets_secure_defaults() {
         vec![Target::Http { scheme: http::uri::Scheme::HTTP, authority: "127.0.0.1:3000".parse().unwrap() }]
     );
     assert_eq!(c.events.sinks, vec![Sink::Stdout]);
-    assert_eq!(c.routes[0].name, "/api/**");
+    assert_eq!(c.routes[0].name(), "/api/**");
     // Relative paths are relative to the config file.
     assert_eq!(c.server.data_dir, Path::new("/etc/portcullis/data"));
 }
@@ -481,7 +481,7 @@ fn routes_may_only_name_configured_methods() {
     );
     let ok = parse(&format!("{with_ca}\n[auth.mtls]\nroles = {{ \"svc\" = [\"service\"] }}\n")).unwrap();
     assert_eq!(
-        ok.routes[0].auth,
+        ok.routes[0].policy.auth,
         portcullis_layers::AuthMode::Required(
             portcullis_policy::Methods::NONE.with(portcullis_policy::AuthMethod::Mtls)
         )
@@ -593,7 +593,7 @@ fn login_route(extra: &str) -> String {
 #[test]
 fn login_sections_get_secure_defaults_and_routes_refer_to_them() {
     let c = parse(&format!("{}\n{LOGIN}", login_route("login = \"api\""))).unwrap();
-    let login = c.routes[1].login.as_ref().unwrap();
+    let login = c.routes[1].policy.login.as_ref().unwrap();
     assert_eq!(login.name.as_ref(), "api");
     assert_eq!(login.account, portcullis_policy::login::AccountSource::Json(vec!["username".into()]));
     assert_eq!((login.account_backoff.free, login.ip_backoff.free), (5, 20));
@@ -603,7 +603,7 @@ fn login_sections_get_secure_defaults_and_routes_refer_to_them() {
     assert_eq!(login.failure_status, [http::StatusCode::UNAUTHORIZED, http::StatusCode::FORBIDDEN]);
     assert!(!login.fail_open, "fails closed by default");
     assert_eq!(login.max_body, 16 * 1024);
-    assert!(c.routes[0].login.is_none());
+    assert!(c.routes[0].policy.login.is_none());
 }
 
 #[test]
@@ -644,7 +644,7 @@ fn login_mistakes_are_refused_with_their_position() {
     );
     let ok =
         parse(&format!("{}\n{limit}\n{LOGIN}", login_route("limits = [\"per_account\"]\nlogin = \"api\""))).unwrap();
-    assert_eq!(ok.routes[1].limits[0].key, portcullis_layers::rate_limit::LimitKey::Account);
+    assert_eq!(ok.routes[1].policy.limits[0].key, portcullis_layers::rate_limit::LimitKey::Account);
 }
 
 #[test]
@@ -735,9 +735,9 @@ fn path_settings_parse_and_keeping_double_encoding_is_a_finding() {
 #[test]
 fn route_websocket_is_a_bool_and_off_by_default() {
     let config = parse(MINIMAL).unwrap();
-    assert!(config.routes.iter().all(|r| !r.websocket));
+    assert!(config.routes.iter().all(|r| !r.policy.websocket));
     let on = MINIMAL.replacen("auth = \"public\"", "auth = \"public\"\nwebsocket = true", 1);
-    assert!(parse(&on).unwrap().routes[0].websocket);
+    assert!(parse(&on).unwrap().routes[0].policy.websocket);
     let err = parse(&MINIMAL.replacen("auth = \"public\"", "auth = \"public\"\nwebsocket = \"yes\"", 1))
         .unwrap_err()
         .to_string();

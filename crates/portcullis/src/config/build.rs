@@ -3,13 +3,15 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
-use portcullis_layers::AuthMode;
+
 use portcullis_layers::pace::Pace;
+use portcullis_layers::{AuthMode, RouteInfo};
 use portcullis_policy::cors::{CorsPolicy, Origins};
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::{HeaderPolicy, Hsts};
@@ -960,24 +962,31 @@ fn build_routes(
             global.with(&route_changes)
         });
         if let (Some(path), Some(upstream), Some(auth)) = (path, upstream, auth) {
+            let policy = RouteInfo {
+                name: Arc::from(name),
+                upstream,
+                upstream_name: Arc::from(upstreams[upstream].name.as_str()),
+                auth,
+                max_body_bytes,
+                headers: headers.map(Arc::new),
+                // Owner rules read path parameters.
+                pattern: require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(path.clone())),
+                require: require.map(Arc::new),
+                ips: ips.map(Arc::new),
+                limits: route_limits,
+                login,
+                csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
+                websocket: r.websocket.unwrap_or(false),
+                ..RouteInfo::default()
+            };
             out.push(Route {
-                name,
                 host,
                 path,
                 methods: methods.filter(|m| !m.is_empty()),
-                upstream,
-                auth,
-                max_body_bytes,
-                headers,
-                require,
-                limits: route_limits,
-                login,
+                policy,
                 max_in_flight,
-                ips,
-                waf,
-                csrf: super::csrf::route_csrf(r.csrf.as_ref(), auth),
                 openapi,
-                websocket: r.websocket.unwrap_or(false),
+                waf,
             });
         }
     }

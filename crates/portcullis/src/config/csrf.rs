@@ -126,11 +126,11 @@ pub(super) fn build_csrf(
                 .help("remove csrf = true from the route, or set [csrf] mode = \"origin+token\"");
         }
         for route in routes.iter_mut() {
-            route.csrf = false;
+            route.policy.csrf = false;
         }
         return None;
     }
-    if !routes.iter().any(|r| r.csrf) {
+    if !routes.iter().any(|r| r.policy.csrf) {
         return None;
     }
     let session_secret = auth.oidc.as_ref().and_then(|o| o.cookie_secret.as_ref());
@@ -313,7 +313,7 @@ jwks_url = "https://id.example.com/jwks"
     }
 
     fn protected(config: &super::super::Config) -> Vec<(&str, bool)> {
-        config.routes.iter().map(|r| (r.name.as_str(), r.csrf)).collect()
+        config.routes.iter().map(|r| (r.name(), r.policy.csrf)).collect()
     }
 
     /// The messages of a refused configuration, with line numbers.
@@ -344,10 +344,10 @@ jwks_url = "https://id.example.com/jwks"
             "[[route]]\nname = \"form\"\nmatch = { path = \"/contact\" }\nupstream = \"api\"\nauth = \"public\"\ncsrf = true\n",
         )
         .unwrap();
-        assert!(config.routes.iter().any(|r| r.name == "form" && r.csrf));
+        assert!(config.routes.iter().any(|r| r.name() == "form" && r.policy.csrf));
         let toml = BASE.replace("auth = [\"session\", \"jwt\"]", "auth = [\"session\", \"jwt\"]\ncsrf = false");
         let config = super::super::parse(Path::new("/t.toml"), &toml, env).unwrap();
-        assert!(config.routes.iter().all(|r| !r.csrf));
+        assert!(config.routes.iter().all(|r| !r.policy.csrf));
         assert!(config.csrf.is_none(), "nothing protected, nothing built");
     }
 
@@ -389,7 +389,7 @@ exempt = []
     #[test]
     fn mode_off_turns_everything_off_and_refuses_routes_asking_for_it() {
         let config = parse("[csrf]\nmode = \"off\"\n").unwrap();
-        assert!(config.csrf.is_none() && config.routes.iter().all(|r| !r.csrf));
+        assert!(config.csrf.is_none() && config.routes.iter().all(|r| !r.policy.csrf));
         let errors = messages(
             "[csrf]\nmode = \"off\"\n\n[[route]]\nmatch = { path = \"/x\" }\nupstream = \"api\"\nauth = \"public\"\ncsrf = true\n",
         );

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use http::Method;
 use http::uri::{Authority, Scheme};
-use portcullis_layers::AuthMode;
+use portcullis_layers::RouteInfo;
 use portcullis_layers::pace::Pace;
 use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::HeaderPolicy;
@@ -299,44 +299,36 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
 }
 
-/// `[[route]]`.
+/// `[[route]]`: how a request is matched, and the policy the layers enforce
+/// on it.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Name in events and logs.
-    pub name: String,
     /// Host pattern, if any.
     pub host: Option<HostPattern>,
     /// Path pattern.
     pub path: PathPattern,
     /// Methods, if restricted.
     pub methods: Option<Vec<Method>>,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
-    /// Accepted authentication.
-    pub auth: AuthMode,
-    /// Route-specific body limit.
-    pub max_body_bytes: Option<u64>,
-    /// What an authenticated caller must have.
-    pub require: Option<portcullis_policy::rbac::Requirement>,
-    /// Rate limits, in the order listed.
-    pub limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
-    /// Login protection (`login = NAME`), if this is a login route.
-    pub login: Option<std::sync::Arc<portcullis_layers::login::LoginSettings>>,
+    /// What the layers enforce on the route, as far as the file decides it:
+    /// name, upstream, authentication, requirement, IP lists, limits, login,
+    /// body size, headers, CSRF and WebSocket. Each section's builder fills
+    /// its part; the gateway adds what needs the running process (upstream
+    /// identity, in-flight counters, the WAF engine, the compiled OpenAPI
+    /// document) and nothing else.
+    pub policy: RouteInfo,
     /// Most requests in flight on this route.
     pub max_in_flight: Option<usize>,
     /// The `[openapi.NAME]` requests are validated against, by name.
     pub openapi: Option<String>,
-    /// The route's IP lists.
-    pub ips: Option<portcullis_policy::ip_rules::IpRules>,
-    /// The route's header policy (global with the route's changes), if it
-    /// changes anything.
-    pub headers: Option<HeaderPolicy>,
     /// The route's WAF, if any.
     pub waf: Option<waf::RouteWaf>,
-    /// Whether unsafe requests need the CSRF checks.
-    pub csrf: bool,
-    /// Whether WebSocket upgrades may pass.
-    pub websocket: bool,
+}
+
+impl Route {
+    /// Name in events and logs.
+    pub fn name(&self) -> &str {
+        &self.policy.name
+    }
 }
 
 /// Log output format.

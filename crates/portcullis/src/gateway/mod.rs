@@ -64,28 +64,17 @@ impl Gateway {
                 host: r.host.clone(),
                 path: r.path.clone(),
                 methods: r.methods.clone(),
+                // The file's policy, with what needs the running process.
                 value: Arc::new(RouteInfo {
-                    name: Arc::from(r.name.as_str()),
-                    upstream: r.upstream,
-                    upstream_name: Arc::from(config.upstreams.get(r.upstream).map_or("", |u| u.name.as_str())),
-                    max_body_bytes: r.max_body_bytes,
-                    auth: r.auth,
-                    headers: r.headers.clone().map(Arc::new),
-                    identity: auth
-                        .upstream_identity(config.upstreams.get(r.upstream).map_or(IdentityMode::None, |u| u.identity)),
-                    require: r.require.clone().map(Arc::new),
-                    ips: r.ips.clone().map(Arc::new),
-                    // Owner rules read path parameters.
-                    pattern: r.require.as_ref().and_then(|q| q.owner.as_ref()).map(|_| Arc::new(r.path.clone())),
-                    limits: r.limits.clone(),
-                    login: r.login.clone(),
+                    identity: auth.upstream_identity(
+                        config.upstreams.get(r.policy.upstream).map_or(IdentityMode::None, |u| u.identity),
+                    ),
                     in_flight: per_config.routes.get(i).cloned().flatten(),
-                    upstream_in_flight: per_config.upstreams.get(r.upstream).cloned().flatten(),
+                    upstream_in_flight: per_config.upstreams.get(r.policy.upstream).cloned().flatten(),
                     waf: per_config.waf_routes.get(i).cloned().flatten(),
-                    csrf: r.csrf,
                     // Server::start and reload fetch URL documents before building.
                     openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
-                    websocket: r.websocket,
+                    ..r.policy.clone()
                 }),
             })
             .collect();
@@ -103,9 +92,10 @@ impl Gateway {
             roles: Arc::new(config.roles.clone()),
             ip_rules: config.access.clone().map(Arc::new),
             // Only routes with limits touch the store.
-            limit_store: (config.routes.iter().any(|r| !r.limits.is_empty()) || !config.endpoint_limits.is_empty())
-                .then(|| limit_store.clone()),
-            login_store: config.routes.iter().any(|r| r.login.is_some()).then(|| state.logins.clone()),
+            limit_store: (config.routes.iter().any(|r| !r.policy.limits.is_empty())
+                || !config.endpoint_limits.is_empty())
+            .then(|| limit_store.clone()),
+            login_store: config.routes.iter().any(|r| r.policy.login.is_some()).then(|| state.logins.clone()),
             endpoints: auth.endpoints.clone(),
             bans: Some(state.bans.clone()),
             banner: per_config.banner.clone(),
