@@ -25,7 +25,8 @@ use portcullis_layers::ban::{Ban, BanHit, BanStore, unix_millis};
 use portcullis_layers::store::StoreUnavailable;
 
 use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
-use crate::config::state::{Admin, Shared};
+use crate::config::admin::Admin;
+use crate::config::state::Shared;
 use crate::config::{self, Config};
 use crate::shared::{RedisState, SharedBans};
 

@@ -108,7 +108,9 @@ impl HttpClient {
             client_key: None,
             server_name: None,
         });
-        let tls = crate::tls::client_config(upstream_tls.as_ref()).map_err(|e| HttpClientError::Tls(e.to_string()))?;
+        let files = crate::config::sources::Sources::new(&|_| None, &crate::config::sources::file_system);
+        let tls = crate::tls::client_config(upstream_tls.as_ref(), &files)
+            .map_err(|e| HttpClientError::Tls(e.to_string()))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(limits.connect_timeout));

@@ -277,20 +277,30 @@ fn load_certified_key(source: &CertSource, data_dir: &Path) -> Result<CertifiedK
 
 /// A PEM certificate chain, leaf first; at least one certificate.
 fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_error(path, &e))?;
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
+    chain_from_pem(path, &pem)
+}
+
+/// The certificates in `pem` (read from `path`), leaf first; at least one.
+fn chain_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| pem_error(path, &e))?;
     if chain.is_empty() {
         return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no CERTIFICATE block found".into() });
     }
     Ok(chain)
 }
 
-/// A PEM bundle of trusted CA certificates.
+/// A PEM bundle of trusted CA certificates, from a file.
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
+    roots_from_pem(path, &pem)
+}
+
+/// A PEM bundle of trusted CA certificates.
+fn roots_from_pem(path: &Path, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for ca in load_chain(path)? {
+    for ca in chain_from_pem(path, pem)? {
         roots.add(ca).map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
     }
     Ok(roots)
@@ -357,9 +367,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 ///
 /// # Errors
 /// [`TlsError`] for unreadable or invalid files, or no usable system roots.
-pub fn client_config(tls: Option<&crate::config::UpstreamTls>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    tls: Option<&crate::config::UpstreamTls>,
+    files: &crate::config::sources::Sources<'_>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let read = |path: &Path| files.read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source });
     let roots = match tls.and_then(|t| t.ca.as_ref()) {
-        Some(ca) => load_roots(ca)?,
+        Some(ca) => roots_from_pem(ca, &read(ca)?)?,
         None => {
             let mut roots = rustls::RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -375,8 +389,8 @@ pub fn client_config(tls: Option<&crate::config::UpstreamTls>) -> Result<Arc<rus
         .with_root_certificates(roots);
     let mut config = match tls.and_then(|t| t.client_cert.as_ref().zip(t.client_key.as_ref())) {
         Some((cert, key)) => {
-            let chain = load_chain(cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
+            let chain = chain_from_pem(cert, &read(cert)?)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| pem_error(key, &e))?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?

@@ -847,3 +847,34 @@ fn newcomer_mistakes_get_one_actionable_message_each() {
     assert_eq!(unknown[0].message, "unknown login \"nestjs\"");
     assert_eq!(unknown[0].expected.as_deref(), Some("one of: nest"));
 }
+
+/// Building reads the files a configuration names only through its
+/// `Sources`: the same file builds from memory and fails from a disk where
+/// those files do not exist, each error at the key naming the file.
+#[test]
+fn named_files_are_read_only_through_sources() {
+    let toml = format!(
+        "{MINIMAL}\n[admin]\nbind = \"127.0.0.1:9901\"\ntoken = \"file:secrets/admin\"\n\n\
+         [openapi.orders]\nsource = \"docs/orders.json\"\n"
+    );
+    let document = br#"{"openapi": "3.0.3", "info": {"title": "t", "version": "1"}, "paths": {"/api/orders": {"get": {"responses": {"200": {"description": "ok"}}}}}}"#;
+    let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+        match path.to_str() {
+            Some("/etc/portcullis/secrets/admin") => Ok(b"0123456789abcdef0123456789abcdef\n".to_vec()),
+            Some("/etc/portcullis/docs/orders.json") => Ok(document.to_vec()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    };
+    let path = Path::new("/etc/portcullis/test.toml");
+    let sources = config::sources::Sources::new(&|_| None, &read);
+    let c = config::parse_with(path, &toml, &sources).unwrap_or_else(|e| panic!("from memory: {e}"));
+    assert_eq!(c.admin.as_ref().map(|a| a.token.expose()), Some("0123456789abcdef0123456789abcdef"));
+    assert!(c.openapi.get("orders").and_then(|d| d.compiled.as_ref()).is_some(), "the document was compiled");
+
+    let mut errs = errors(&toml);
+    errs.sort_by_key(|e| e.line);
+    let at: Vec<(usize, usize)> = errs.iter().map(|e| (e.line, e.column)).collect();
+    assert_eq!(at, [(16, 9), (19, 10)], "{errs:?}");
+    assert!(errs[0].message.starts_with("admin token: cannot read secret file secrets/admin"), "{errs:?}");
+    assert!(errs[1].message.starts_with("cannot read OpenAPI document /etc/portcullis/docs/orders.json"), "{errs:?}");
+}

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use portcullis::config::csrf::RawCsrf;
+use portcullis::config::raw::RawCsrf;
 use portcullis::config::raw::*;
 use serde::de::DeserializeOwned;
 

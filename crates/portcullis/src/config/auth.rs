@@ -11,10 +11,11 @@ use portcullis_policy::jwt::{ClaimMapping, JwtPolicy, VerificationKey};
 use portcullis_policy::{AuthMethod, Methods};
 use toml::Spanned;
 
+use super::api_keys::ApiKeys;
 use super::error::Collector;
 use super::oidc::Oidc;
 use super::raw::{RawConfig, RawJwt, RawJwtKey};
-use super::state::ApiKeys;
+use super::sources::Sources;
 
 /// Every configured authentication method.
 #[derive(Debug, Clone, Default)]
@@ -129,12 +130,7 @@ pub(crate) fn secure_url(url: &str) -> bool {
     }
 }
 
-pub(super) fn build_auth(
-    c: &mut Collector<'_>,
-    raw: &RawConfig,
-    base: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Auth {
+pub(super) fn build_auth(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, env: &Sources<'_>) -> Auth {
     let jwt = raw
         .auth
         .jwt
@@ -164,7 +160,7 @@ pub(super) fn build_auth(
     let identity = raw.auth.identity.as_ref().map_or_else(IdentityToken::default, |i| {
         let i = i.get_ref();
         let defaults = IdentityToken::default();
-        let ttl = super::build::duration(c, i.ttl.as_ref(), defaults.ttl, "identity ttl");
+        let ttl = super::values::duration(c, i.ttl.as_ref(), defaults.ttl, "identity ttl");
         if let Some(ttl_raw) = &i.ttl
             && ttl > Duration::from_secs(3600)
         {
@@ -176,7 +172,7 @@ pub(super) fn build_auth(
     Auth {
         jwt,
         oidc: super::oidc::build_oidc(c, raw, base, env),
-        api_keys: super::state::build_api_keys(c, raw),
+        api_keys: super::api_keys::build_api_keys(c, raw),
         mtls,
         identity,
     }
@@ -187,7 +183,7 @@ fn build_issuer(
     raw: &RawJwt,
     span: std::ops::Range<usize>,
     base: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Sources<'_>,
 ) -> Option<JwtIssuer> {
     let issuer = raw.issuer.get_ref().trim().to_owned();
     if issuer.is_empty() {
@@ -195,7 +191,7 @@ fn build_issuer(
     }
     let mut policy = JwtPolicy::new(issuer);
     policy.audiences = raw.audience.as_ref().map(|a| a.get_ref().to_vec()).unwrap_or_default();
-    policy.leeway = super::build::duration_or_zero(c, raw.leeway.as_ref(), policy.leeway, "leeway");
+    policy.leeway = super::values::duration_or_zero(c, raw.leeway.as_ref(), policy.leeway, "leeway");
     if policy.leeway > Duration::from_secs(300)
         && let Some(leeway) = &raw.leeway
     {
@@ -210,7 +206,7 @@ fn build_issuer(
             policy.required_claims.push("exp".into());
         }
     }
-    policy.max_token_bytes = usize::try_from(super::build::size(
+    policy.max_token_bytes = usize::try_from(super::values::size(
         c,
         raw.max_token_bytes.as_ref(),
         policy.max_token_bytes as u64,
@@ -268,13 +264,13 @@ fn build_issuer(
         Jwks {
             url: url.get_ref().clone(),
             ca: raw.jwks_ca.as_ref().map(|ca| base.join(ca.get_ref())),
-            min_refresh: super::build::duration(
+            min_refresh: super::values::duration(
                 c,
                 raw.jwks_min_refresh.as_ref(),
                 Duration::from_secs(30),
                 "jwks_min_refresh",
             ),
-            max_age: super::build::duration(c, raw.jwks_max_age.as_ref(), Duration::from_secs(3600), "jwks_max_age"),
+            max_age: super::values::duration(c, raw.jwks_max_age.as_ref(), Duration::from_secs(3600), "jwks_max_age"),
         }
     });
     if jwks.is_none() && keys.is_empty() {
@@ -289,7 +285,7 @@ fn build_key(
     raw: &Spanned<RawJwtKey>,
     algorithms: &[Algorithm],
     base: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Sources<'_>,
 ) -> Option<VerificationKey> {
     let key = raw.get_ref();
     let stated = match &key.algorithm {
@@ -327,7 +323,7 @@ fn build_key(
         }
     } else {
         let pem = match (&key.pem_file, &key.pem) {
-            (Some(file), _) => match std::fs::read(base.join(file)) {
+            (Some(file), _) => match env.read(&base.join(file)) {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     c.error(raw.span(), format!("cannot read {file:?}: {e}"));

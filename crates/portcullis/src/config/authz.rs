@@ -41,7 +41,7 @@ pub(super) fn build_roles(c: &mut Collector<'_>, raw: &RawConfig) -> Roles {
 }
 
 fn nets(c: &mut Collector<'_>, list: Option<&Vec<Spanned<String>>>) -> Vec<IpNet> {
-    super::build::ip_nets(c, list, "address")
+    super::values::ip_nets(c, list, "address")
 }
 
 fn ip_rules(

@@ -1,14 +1,13 @@
 //! The build step: raw structs → typed [`Config`], collecting every error.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
 use http::{HeaderName, HeaderValue, Method};
-use ipnet::IpNet;
 
 use portcullis_layers::pace::Pace;
 use portcullis_layers::{AuthMode, RouteInfo};
@@ -22,17 +21,15 @@ use toml::Spanned;
 use super::error::{Collector, ConfigErrors};
 use super::raw::{
     OneOrMany, RawConfig, RawCors, RawEvents, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream,
-    Size,
 };
+use super::sources::Sources;
+use super::values::{choice, duration, in_flight, ip_nets, rate, size, to_usize};
 use super::{
     CertSource, ClientAuth, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls,
     TlsProfile, Upstream, UpstreamTls,
 };
 
-const DURATION_EXAMPLE: &str = "a duration such as \"500ms\", \"10s\", \"5m\"";
-const SIZE_EXAMPLE: &str = "a byte count such as 8192 or a size such as \"16KiB\", \"10MB\"";
-
-pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub fn build(path: &Path, source: &str, env: &Sources<'_>) -> Result<Config, ConfigErrors> {
     let mut c = Collector::new(path, source);
     let raw: RawConfig = match toml::from_str(source) {
         Ok(raw) => raw,
@@ -55,7 +52,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
 
     let server = build_server(&mut c, &raw.server, base);
     let listeners = build_listeners(&mut c, &raw, base);
-    let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u, base)).collect();
+    let upstreams: Vec<Upstream> = raw.upstreams.iter().filter_map(|u| build_upstream(&mut c, u, base, env)).collect();
     check_unique_upstreams(&mut c, &raw.upstreams);
     let headers = build_headers(&mut c, &raw.headers);
     let cors = raw.cors.as_ref().and_then(|cors| build_cors(&mut c, cors));
@@ -65,7 +62,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let limits = super::limits::build_limits(&mut c, &raw);
     let logins = super::login::build_logins(&mut c, &raw);
     let access = super::authz::build_access(&mut c, &raw);
-    let bans = super::limits::build_bans(&mut c, &raw);
+    let bans = super::bans::build_bans(&mut c, &raw);
     let endpoint_limits = super::limits::endpoint_limits(&mut c, &raw, &limits);
     if let Some(mtls) = &raw.auth.mtls
         && !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
@@ -78,6 +75,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         &raw,
         base,
         paths.case == portcullis_policy::normalize::Case::Insensitive,
+        env,
     );
     let mut waf = super::waf::build_waf(&mut c, &raw, base);
     check_route_paths(&mut c, &raw, &paths);
@@ -99,7 +97,7 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let log = build_log(&mut c, &raw.log);
     let events = build_events(&mut c, &raw.events, base);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
-    let admin = super::state::build_admin(&mut c, &raw, base, env);
+    let admin = super::admin::build_admin(&mut c, &raw, base, env);
     let csrf = super::csrf::build_csrf(&mut c, &raw, base, env, &auth, &mut routes);
 
     c.finish()?;
@@ -128,52 +126,6 @@ pub fn build(path: &Path, source: &str, env: &dyn Fn(&str) -> Option<String>) ->
         csrf,
         openapi,
     })
-}
-
-/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`), each
-/// reported with its position when it does not parse.
-pub(super) fn ip_nets(c: &mut Collector<'_>, list: Option<&Vec<Spanned<String>>>, what: &str) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    for entry in list.into_iter().flatten() {
-        let text = entry.get_ref().trim();
-        match text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from)) {
-            Some(net) => out.push(net.trunc()),
-            None => {
-                c.error(entry.span(), format!("invalid {what} {text:?}"))
-                    .expected("an IP address or CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"");
-            }
-        }
-    }
-    out
-}
-
-/// `max_in_flight`: a positive count.
-fn in_flight(c: &mut Collector<'_>, value: Option<&Spanned<i64>>) -> Option<usize> {
-    let value = value?;
-    match usize::try_from(*value.get_ref()) {
-        Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
-        _ => {
-            c.error(value.span(), "max_in_flight is out of range").expected("between 1 and 1000000");
-            None
-        }
-    }
-}
-
-/// One of a few words, or the default.
-pub(super) fn choice<T: Copy>(
-    c: &mut Collector<'_>,
-    value: Option<&Spanned<String>>,
-    default: T,
-    what: &str,
-    options: &[(&str, T)],
-) -> T {
-    let Some(value) = value else { return default };
-    if let Some((_, v)) = options.iter().find(|(name, _)| *name == value.get_ref()) {
-        return *v;
-    }
-    let names = options.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-    c.error(value.span(), format!("unknown {what} {:?}", value.get_ref())).expected(format!("one of {names}"));
-    default
 }
 
 fn build_paths(c: &mut Collector<'_>, raw: &super::raw::RawPaths) -> portcullis_policy::normalize::PathPolicy {
@@ -225,88 +177,6 @@ fn build_paths(c: &mut Collector<'_>, raw: &super::raw::RawPaths) -> portcullis_
             &[("strip", Semicolon::Strip), ("reject", Semicolon::Reject), ("keep", Semicolon::Keep)],
         ),
     }
-}
-
-/// A duration that may be zero (`leeway = "0s"`).
-pub(super) fn duration_or_zero(
-    c: &mut Collector<'_>,
-    value: Option<&Spanned<String>>,
-    default: Duration,
-    what: &str,
-) -> Duration {
-    let Some(value) = value else { return default };
-    humantime::parse_duration(value.get_ref()).unwrap_or_else(|e| {
-        c.error(value.span(), format!("invalid {what} {:?}: {e}", value.get_ref())).expected(DURATION_EXAMPLE);
-        default
-    })
-}
-
-pub(super) fn duration(
-    c: &mut Collector<'_>,
-    value: Option<&Spanned<String>>,
-    default: Duration,
-    what: &str,
-) -> Duration {
-    let d = duration_or_zero(c, value, default, what);
-    if let Some(value) = value
-        && d.is_zero()
-    {
-        c.error(value.span(), format!("{what} must be greater than zero")).expected(DURATION_EXAMPLE);
-        return default;
-    }
-    d
-}
-
-pub(super) fn size(
-    c: &mut Collector<'_>,
-    value: Option<&Spanned<Size>>,
-    default: u64,
-    min: u64,
-    max: u64,
-    what: &str,
-) -> u64 {
-    let Some(value) = value else { return default };
-    let parsed = match value.get_ref() {
-        Size::Bytes(n) => u64::try_from(*n).ok(),
-        Size::Text(text) => text.trim().parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
-    };
-    match parsed {
-        Some(n) if (min..=max).contains(&n) => n,
-        Some(n) => {
-            c.error(value.span(), format!("{what} {n} is out of range"))
-                .expected(format!("between {min} and {max} bytes"));
-            default
-        }
-        None => {
-            c.error(value.span(), format!("invalid {what}")).expected(SIZE_EXAMPLE);
-            default
-        }
-    }
-}
-
-const RATE_EXAMPLE: &str = "a rate such as \"500B/s\" or \"1KiB/s\", or 0 for none";
-
-/// A transfer rate: `"500B/s"`, `"1KiB/s"`, or 0 (none). A bare size is
-/// refused: the unit says it is per second.
-fn rate(c: &mut Collector<'_>, value: Option<&Spanned<Size>>, default: u64, what: &str) -> u64 {
-    let Some(value) = value else { return default };
-    let parsed = match value.get_ref() {
-        Size::Bytes(0) => Some(0),
-        Size::Bytes(_) => None,
-        Size::Text(text) => text
-            .trim()
-            .strip_suffix("/s")
-            .and_then(|size| size.trim().parse::<bytesize::ByteSize>().ok())
-            .map(|b| b.as_u64()),
-    };
-    parsed.unwrap_or_else(|| {
-        c.error(value.span(), format!("invalid {what}")).expected(RATE_EXAMPLE);
-        default
-    })
-}
-
-fn to_usize(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
@@ -518,7 +388,12 @@ fn parse_target(c: &mut Collector<'_>, target: &Spanned<String>) -> Option<Targe
     }
 }
 
-fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path) -> Option<Upstream> {
+fn build_upstream(
+    c: &mut Collector<'_>,
+    raw: &Spanned<RawUpstream>,
+    base: &Path,
+    files: &Sources<'_>,
+) -> Option<Upstream> {
     let u = raw.get_ref();
     let name = u.name.get_ref().trim().to_owned();
     if name.is_empty() {
@@ -581,7 +456,7 @@ fn build_upstream(c: &mut Collector<'_>, raw: &Spanned<RawUpstream>, base: &Path
         }
     }
     let tls_client = if https {
-        match crate::tls::client_config(tls.as_ref()) {
+        match crate::tls::client_config(tls.as_ref(), files) {
             Ok(config) => Some(config),
             Err(e) => {
                 c.error(raw.span(), format!("upstream {name:?}: {e}")).help("fix the tls file paths of this upstream");
@@ -729,7 +604,7 @@ fn build_cors(c: &mut Collector<'_>, raw: &Spanned<RawCors>) -> Option<CorsPolic
         None => Some(600),
         Some(Ok(d)) => Some(d.as_secs()),
         Some(Err(e)) => {
-            c.error(raw.span(), format!("invalid cors.max_age: {e}")).expected(DURATION_EXAMPLE);
+            c.error(raw.span(), format!("invalid cors.max_age: {e}")).expected(super::values::DURATION_EXAMPLE);
             None
         }
     };

@@ -23,34 +23,12 @@ use http::HeaderName;
 use portcullis_layers::AuthMode;
 use portcullis_policy::csrf::{CsrfKey, CsrfPolicy, DEFAULT_HEADER, MIN_SECRET_LEN, MissingOrigin, Mode};
 use portcullis_policy::{AuthMethod, Methods};
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::Route;
 use super::error::Collector;
-use super::raw::RawConfig;
-
-/// `[csrf]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCsrf {
-    /// `origin+token` (default), `origin` or `off`.
-    pub mode: Option<Spanned<String>>,
-    /// The token signing secret: `${ENV}` or `file:/path`, 32+ bytes.
-    pub secret: Option<Spanned<String>>,
-    /// The token cookie's name (default by scheme).
-    pub cookie: Option<Spanned<String>>,
-    /// The token header's name.
-    pub header: Option<Spanned<String>>,
-    /// Origins allowed besides the request's own.
-    pub trusted_origins: Option<Vec<Spanned<String>>>,
-    /// Whether `Sec-Fetch-Site: same-site` passes.
-    pub allow_same_site: Option<bool>,
-    /// `refuse` (default) or `referer`.
-    pub missing_origin: Option<Spanned<String>>,
-    /// Authentication methods not checked.
-    pub exempt: Option<Spanned<Vec<String>>>,
-}
+use super::raw::{RawConfig, RawCsrf};
+use super::sources::Sources;
 
 /// Where the token signing key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,15 +78,15 @@ pub(super) fn build_csrf(
     c: &mut Collector<'_>,
     raw: &RawConfig,
     base: &std::path::Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Sources<'_>,
     auth: &super::auth::Auth,
     routes: &mut [Route],
 ) -> Option<Csrf> {
     let section = raw.csrf.as_ref().map(Spanned::get_ref);
     let r = section.unwrap_or(&DEFAULTS);
-    let mode = super::build::choice(c, r.mode.as_ref(), Mode::OriginToken, "[csrf] mode", MODES);
+    let mode = super::values::choice(c, r.mode.as_ref(), Mode::OriginToken, "[csrf] mode", MODES);
     let trusted_origins = trusted_origins(c, r.trusted_origins.as_ref());
-    let missing_origin = super::build::choice(
+    let missing_origin = super::values::choice(
         c,
         r.missing_origin.as_ref(),
         MissingOrigin::Refuse,
@@ -238,7 +216,7 @@ fn secret(
     c: &mut Collector<'_>,
     value: &Spanned<String>,
     base: &std::path::Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Sources<'_>,
 ) -> Option<super::secret::Secret> {
     match super::secret::resolve(value.get_ref(), base, env) {
         Ok(secret) if secret.expose().len() >= MIN_SECRET_LEN => Some(secret),

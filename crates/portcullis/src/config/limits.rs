@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use portcullis_layers::rate_limit::{Limit, LimitKey};
-use portcullis_policy::ban::BanRule;
 use portcullis_policy::rate_limit::{Gcra, ceil_secs};
 use toml::Spanned;
 
@@ -71,14 +70,14 @@ fn build_limit(c: &mut Collector<'_>, name: &str, raw: &Spanned<RawLimit>) -> Op
             return None;
         }
     };
-    let fail_open = super::build::choice(
+    let fail_open = super::values::choice(
         c,
         l.on_store_failure.as_ref(),
         true,
         "on_store_failure",
         &[("open", true), ("closed", false)],
     );
-    let exempt_ips = super::build::ip_nets(c, l.exempt_ips.as_ref(), "address");
+    let exempt_ips = super::values::ip_nets(c, l.exempt_ips.as_ref(), "address");
     let window = ceil_secs(quota.window_nanos()).max(1);
     let policy_header = HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}")).ok()?;
     Some(Arc::new(Limit {
@@ -119,44 +118,6 @@ pub(super) fn route_limits(
                 } else {
                     format!("one of: {known}")
                 });
-            }
-        }
-    }
-    out
-}
-
-/// `[[ban]]` rules.
-pub(super) fn build_bans(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<BanRule> {
-    let mut out: Vec<BanRule> = Vec::new();
-    for (i, spanned) in raw.bans.iter().enumerate() {
-        let b = spanned.get_ref();
-        let name = b.name.as_ref().map_or_else(|| format!("ban-{}", i + 1), |n| n.get_ref().clone());
-        if !portcullis_policy::principal::is_valid_name(&name) {
-            let span = b.name.as_ref().map_or(spanned.span(), Spanned::span);
-            c.error(span, format!("invalid ban rule name {name:?}")).expected("letters, digits and . _ : / -");
-            continue;
-        }
-        if out.iter().any(|r| r.name == name) {
-            c.error(spanned.span(), format!("two [[ban]] rules are named {name:?}"))
-                .help("give each rule its own name");
-            continue;
-        }
-        let Some(count) = u32::try_from(*b.count.get_ref()).ok().filter(|n| (1..=1_000_000).contains(n)) else {
-            c.error(b.count.span(), "count is out of range").expected("between 1 and 1000000");
-            continue;
-        };
-        let within = super::build::duration(c, Some(&b.within), Duration::from_secs(60), "within");
-        let duration = super::build::duration(c, Some(&b.duration), Duration::from_secs(900), "duration");
-        let exempt_ips = super::build::ip_nets(c, b.exempt_ips.as_ref(), "address");
-        match BanRule::new(name, b.on.get_ref(), count, within, duration) {
-            Ok(mut rule) => {
-                rule.exempt_ips = exempt_ips;
-                out.push(rule);
-            }
-            Err(e) => {
-                let groups = portcullis_policy::ban::GROUPS.iter().map(|(g, _)| *g).collect::<Vec<_>>().join(", ");
-                c.error(b.on.span(), format!("unusable ban rule: {e}"))
-                    .expected(format!("reason codes from docs/events.md, `defence.*`, or one of: {groups}"));
             }
         }
     }

@@ -19,9 +19,9 @@ use portcullis_layers::login::LoginSettings;
 use portcullis_policy::login::{AccountSource, Backoff};
 use toml::Spanned;
 
-use super::build::{choice, duration, size};
 use super::error::Collector;
 use super::raw::{RawConfig, RawLogin};
+use super::values::{choice, duration, size};
 
 /// Failures per account name before waits begin.
 pub const DEFAULT_ACCOUNT_FAILURES: u32 = 5;

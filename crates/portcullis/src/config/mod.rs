@@ -6,8 +6,11 @@
 //! the raw structs. Defaults are secure, and `docs/defaults.md` says why each
 //! one is what it is.
 
+pub mod admin;
+pub mod api_keys;
 pub mod auth;
 mod authz;
+mod bans;
 mod build;
 pub mod csrf;
 pub mod error;
@@ -17,7 +20,9 @@ pub mod oidc;
 pub mod openapi;
 pub mod raw;
 pub mod secret;
+pub mod sources;
 pub mod state;
+mod values;
 pub mod waf;
 
 use std::net::SocketAddr;
@@ -71,7 +76,7 @@ pub struct Config {
     /// `[[ban]]` rules.
     pub bans: Vec<portcullis_policy::ban::BanRule>,
     /// `[admin]`, if configured.
-    pub admin: Option<state::Admin>,
+    pub admin: Option<admin::Admin>,
     /// Limits on `/.portcullis/*` (`[server] endpoint_limits`).
     pub endpoint_limits: Vec<std::sync::Arc<portcullis_layers::rate_limit::Limit>>,
     /// `[login.NAME]`, by name.
@@ -388,10 +393,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Builds a configuration from `source` (as if read from `path`); `env`
-/// resolves `${VAR}` secret references.
+/// resolves `${VAR}` secret references, files it names are read from the
+/// file system.
 ///
 /// # Errors
 /// Every problem found, each with its position.
 pub fn parse(path: &Path, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    build::build(path, source, &env)
+    build::build(path, source, &sources::Sources::new(&env, &sources::file_system))
+}
+
+/// Builds a configuration from `source` (as if read from `path`), reading
+/// variables and files only through `sources`.
+///
+/// # Errors
+/// Every problem found, each with its position.
+pub fn parse_with(path: &Path, source: &str, sources: &sources::Sources<'_>) -> Result<Config, ConfigErrors> {
+    build::build(path, source, sources)
 }

@@ -27,6 +27,7 @@ use toml::Spanned;
 use super::error::Collector;
 use super::raw::RawConfig;
 use super::secret::{Secret, resolve};
+use super::sources::Sources;
 
 /// The callback path under `public_url`.
 pub const CALLBACK_PATH: &str = "/.portcullis/callback";
@@ -70,12 +71,7 @@ pub struct Oidc {
 const URL_EXPECTED: &str =
     "an https URL such as \"https://id.example.com\" (http only for 127.0.0.1, ::1 or localhost)";
 
-pub(super) fn build_oidc(
-    c: &mut Collector<'_>,
-    raw: &RawConfig,
-    base: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Oidc> {
+pub(super) fn build_oidc(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, env: &Sources<'_>) -> Option<Oidc> {
     let Some(oidc) = raw.auth.oidc.as_ref() else {
         if let Some(session) = &raw.auth.session {
             c.error(session.span(), "[auth.session] without [auth.oidc]")
@@ -107,8 +103,8 @@ pub(super) fn build_oidc(
 
     let ca = o.ca.as_ref().map(|ca| {
         let path = base.join(ca.get_ref());
-        if !path.is_file() {
-            c.error(ca.span(), format!("CA bundle {} not found", path.display()))
+        if let Err(e) = env.read(&path) {
+            c.error(ca.span(), format!("CA bundle {} cannot be read: {e}", path.display()))
                 .help("give the path of a PEM file with the provider's CA certificates, relative to the config file");
         }
         path
@@ -197,7 +193,7 @@ fn secret(
     c: &mut Collector<'_>,
     value: &Spanned<String>,
     base: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Sources<'_>,
     what: &str,
 ) -> Option<Secret> {
     match resolve(value.get_ref(), base, env) {

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use portcullis_policy::openapi::{JsonLimits, OpenApi, Options, Parts};
 use toml::Spanned;
 
-use super::build::size;
 use super::error::Collector;
 use super::raw::{RawConfig, RawOpenApi};
+use super::sources::Sources;
+use super::values::size;
 
 /// Where a document comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,7 @@ fn build_one(
     raw: &Spanned<RawOpenApi>,
     base: &Path,
     fold: bool,
+    sources: &Sources<'_>,
 ) -> Option<OpenApiDoc> {
     let r = raw.get_ref();
     if !portcullis_policy::principal::is_valid_name(name) {
@@ -150,7 +152,7 @@ fn build_one(
     let compiled = match &source {
         Source::Url(_) => None,
         Source::File(path) => {
-            let bytes = match std::fs::read(path) {
+            let bytes = match sources.read(path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     c.error(r.source.span(), format!("cannot read OpenAPI document {}: {e}", path.display())).help(
@@ -176,10 +178,11 @@ pub(super) fn build_openapi(
     raw: &RawConfig,
     base: &Path,
     fold: bool,
+    sources: &Sources<'_>,
 ) -> BTreeMap<String, OpenApiDoc> {
     raw.openapi
         .iter()
-        .filter_map(|(name, d)| build_one(c, name, d, base, fold).map(|doc| (name.clone(), doc)))
+        .filter_map(|(name, d)| build_one(c, name, d, base, fold, sources).map(|doc| (name.clone(), doc)))
         .collect()
 }
 

@@ -44,8 +44,30 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub auth: RawAuth,
-    pub csrf: Option<Spanned<super::csrf::RawCsrf>>,
+    pub csrf: Option<Spanned<RawCsrf>>,
     pub waf: Option<Spanned<RawWaf>>,
+}
+
+/// `[csrf]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCsrf {
+    /// `origin+token` (default), `origin` or `off`.
+    pub mode: Option<Spanned<String>>,
+    /// The token signing secret: `${ENV}` or `file:/path`, 32+ bytes.
+    pub secret: Option<Spanned<String>>,
+    /// The token cookie's name (default by scheme).
+    pub cookie: Option<Spanned<String>>,
+    /// The token header's name.
+    pub header: Option<Spanned<String>>,
+    /// Origins allowed besides the request's own.
+    pub trusted_origins: Option<Vec<Spanned<String>>>,
+    /// Whether `Sec-Fetch-Site: same-site` passes.
+    pub allow_same_site: Option<bool>,
+    /// `refuse` (default) or `referer`.
+    pub missing_origin: Option<Spanned<String>>,
+    /// Authentication methods not checked.
+    pub exempt: Option<Spanned<Vec<String>>>,
 }
 
 /// `[waf]`: the web application firewall.

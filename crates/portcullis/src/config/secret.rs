@@ -9,6 +9,8 @@
 use std::fmt;
 use std::path::Path;
 
+use super::sources::Sources;
+
 /// A resolved secret. `Debug` and `Display` print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -78,12 +80,12 @@ pub enum SecretError {
 ///
 /// # Errors
 /// [`SecretError`] describing the reference, never the value.
-pub fn resolve(raw: &str, base_dir: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Secret, SecretError> {
+pub fn resolve(raw: &str, base_dir: &Path, env: &Sources<'_>) -> Result<Secret, SecretError> {
     if let Some(name) = raw.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(SecretError::BadName(name.to_owned()));
         }
-        let value = env(name).ok_or_else(|| SecretError::EnvMissing(name.to_owned()))?;
+        let value = env.var(name).ok_or_else(|| SecretError::EnvMissing(name.to_owned()))?;
         if value.is_empty() {
             return Err(SecretError::EnvEmpty(name.to_owned()));
         }
@@ -91,7 +93,8 @@ pub fn resolve(raw: &str, base_dir: &Path, env: impl Fn(&str) -> Option<String>)
     }
     if let Some(path) = raw.strip_prefix("file:") {
         let full = base_dir.join(path);
-        let mut value = std::fs::read_to_string(&full)
+        let mut value = env
+            .read_to_string(&full)
             .map_err(|e| SecretError::File { path: path.to_owned(), reason: e.kind().to_string() })?;
         if value.ends_with('\n') {
             value.pop();
@@ -111,7 +114,7 @@ pub fn resolve(raw: &str, base_dir: &Path, env: impl Fn(&str) -> Option<String>)
 mod tests {
     use super::*;
 
-    fn env(name: &str) -> Option<String> {
+    fn var(name: &str) -> Option<String> {
         match name {
             "TOKEN" => Some("s3cr3t-value".into()),
             "EMPTY" => Some(String::new()),
@@ -119,30 +122,39 @@ mod tests {
         }
     }
 
+    /// Files from memory: nothing on disk is read.
+    fn file(path: &Path) -> std::io::Result<Vec<u8>> {
+        match path.to_str() {
+            Some("/conf/key") => Ok(b"from-file\n".to_vec()),
+            Some("/conf/crlf") => Ok(b"windows\r\n".to_vec()),
+            Some("/conf/empty") => Ok(b"\n".to_vec()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
     #[test]
     fn env_file_and_literal() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("key"), "from-file\n").unwrap();
-        std::fs::write(dir.path().join("empty"), "\n").unwrap();
-
-        let s = resolve("${TOKEN}", dir.path(), env).unwrap();
+        let env = &Sources::new(&var, &file);
+        let dir = Path::new("/conf");
+        let s = resolve("${TOKEN}", dir, env).unwrap();
         assert_eq!(s.expose(), "s3cr3t-value");
         assert_eq!(s.source(), &SecretSource::Env("TOKEN".into()));
-        let s = resolve("file:key", dir.path(), env).unwrap();
+        let s = resolve("file:key", dir, env).unwrap();
         assert_eq!(s.expose(), "from-file");
-        let s = resolve("plain", dir.path(), env).unwrap();
+        assert_eq!(resolve("file:crlf", dir, env).unwrap().expose(), "windows");
+        let s = resolve("plain", dir, env).unwrap();
         assert_eq!(s.source(), &SecretSource::Literal);
 
-        assert_eq!(resolve("${NOPE}", dir.path(), env), Err(SecretError::EnvMissing("NOPE".into())));
-        assert_eq!(resolve("${EMPTY}", dir.path(), env), Err(SecretError::EnvEmpty("EMPTY".into())));
-        assert!(matches!(resolve("${A-B}", dir.path(), env), Err(SecretError::BadName(_))));
-        assert!(matches!(resolve("file:missing", dir.path(), env), Err(SecretError::File { .. })));
-        assert_eq!(resolve("file:empty", dir.path(), env), Err(SecretError::FileEmpty("empty".into())));
+        assert_eq!(resolve("${NOPE}", dir, env), Err(SecretError::EnvMissing("NOPE".into())));
+        assert_eq!(resolve("${EMPTY}", dir, env), Err(SecretError::EnvEmpty("EMPTY".into())));
+        assert!(matches!(resolve("${A-B}", dir, env), Err(SecretError::BadName(_))));
+        assert!(matches!(resolve("file:missing", dir, env), Err(SecretError::File { .. })));
+        assert_eq!(resolve("file:empty", dir, env), Err(SecretError::FileEmpty("empty".into())));
     }
 
     #[test]
     fn never_printed() {
-        let s = resolve("${TOKEN}", Path::new("."), env).unwrap();
+        let s = resolve("${TOKEN}", Path::new("."), &Sources::new(&var, &file)).unwrap();
         assert!(!format!("{s:?}").contains("s3cr3t"));
         assert!(!format!("{s}").contains("s3cr3t"));
     }

@@ -25,9 +25,9 @@ use std::path::PathBuf;
 use portcullis_policy::waf::{EngineKind, Exclusion, Mode, Profile, RuleRange};
 use toml::Spanned;
 
-use super::build::{choice, size};
 use super::error::Collector;
 use super::raw::{RawConfig, RawRoute, RawRouteWaf};
+use super::values::{choice, size};
 
 /// Body bytes inspected by default.
 pub const DEFAULT_BODY_LIMIT: u64 = 128 * 1024;
