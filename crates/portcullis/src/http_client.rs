@@ -102,15 +102,14 @@ impl HttpClient {
     /// [`HttpClientError::Tls`] when the bundle is unreadable or no system
     /// roots are found.
     pub fn new(ca: Option<&Path>, limits: HttpClientLimits) -> Result<Self, HttpClientError> {
-        let upstream_tls = ca.map(|ca| crate::config::UpstreamTls {
-            ca: Some(ca.to_path_buf()),
-            client_cert: None,
-            client_key: None,
-            server_name: None,
-        });
-        let files = crate::config::sources::Sources::new(&|_| None, &crate::config::sources::file_system);
-        let tls = crate::tls::client_config(upstream_tls.as_ref(), &files)
-            .map_err(|e| HttpClientError::Tls(e.to_string()))?;
+        let upstream_tls = match ca {
+            Some(ca) => Some(crate::config::UpstreamTls {
+                ca: Some(crate::tls::load_chain(ca).map_err(|e| HttpClientError::Tls(e.to_string()))?),
+                ..crate::config::UpstreamTls::default()
+            }),
+            None => None,
+        };
+        let tls = crate::tls::client_config(upstream_tls.as_ref()).map_err(|e| HttpClientError::Tls(e.to_string()))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(limits.connect_timeout));

@@ -276,7 +276,7 @@ fn load_certified_key(source: &CertSource, data_dir: &Path) -> Result<CertifiedK
 }
 
 /// A PEM certificate chain, leaf first; at least one certificate.
-fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
     chain_from_pem(path, &pem)
 }
@@ -364,37 +364,35 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 
 /// The client side of TLS to an https upstream: its CA (or the system roots),
 /// the gateway's client certificate for mTLS to the upstream, ALPN http/1.1.
+/// The configuration has read and parsed the files; only the system roots
+/// are loaded here.
 ///
 /// # Errors
-/// [`TlsError`] for unreadable or invalid files, or no usable system roots.
-pub fn client_config(
-    tls: Option<&crate::config::UpstreamTls>,
-    files: &crate::config::sources::Sources<'_>,
-) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let read = |path: &Path| files.read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source });
-    let roots = match tls.and_then(|t| t.ca.as_ref()) {
-        Some(ca) => roots_from_pem(ca, &read(ca)?)?,
+/// [`TlsError`] when no system roots are found, or rustls cannot use a
+/// certificate or the client key.
+pub fn client_config(tls: Option<&crate::config::UpstreamTls>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match tls.and_then(|t| t.ca.as_ref()) {
+        Some(ca) => {
+            for cert in ca {
+                roots.add(cert.clone()).map_err(|e| TlsError::Key(format!("unusable CA certificate: {e}")))?;
+            }
+        }
         None => {
-            let mut roots = rustls::RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if added == 0 {
                 return Err(TlsError::Key("no system CA certificates found; set tls.ca on the upstream".into()));
             }
-            roots
         }
-    };
+    }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| TlsError::Key(e.to_string()))?
         .with_root_certificates(roots);
-    let mut config = match tls.and_then(|t| t.client_cert.as_ref().zip(t.client_key.as_ref())) {
-        Some((cert, key)) => {
-            let chain = chain_from_pem(cert, &read(cert)?)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| pem_error(key, &e))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?
-        }
+    let mut config = match tls.and_then(|t| t.client_cert.as_ref()) {
+        Some(auth) => builder
+            .with_client_auth_cert(auth.chain.clone(), auth.key.clone_key())
+            .map_err(|e| TlsError::Key(format!("client certificate: {e}")))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -878,3 +878,53 @@ fn named_files_are_read_only_through_sources() {
     assert!(errs[0].message.starts_with("admin token: cannot read secret file secrets/admin"), "{errs:?}");
     assert!(errs[1].message.starts_with("cannot read OpenAPI document /etc/portcullis/docs/orders.json"), "{errs:?}");
 }
+
+/// An https upstream's `tls` files are read and parsed while the
+/// configuration is built: a missing, malformed or key-less file is an
+/// error at the key that names it; good files end up as certificates and a
+/// key whose `Debug` shows no key material.
+#[test]
+fn upstream_tls_files_are_checked_at_their_keys() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["upstream.internal".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.pem(), signing_key.serialize_pem());
+    let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("ca.pem" | "gw.pem") => Ok(cert_pem.clone().into_bytes()),
+            Some("gw.key") => Ok(key_pem.clone().into_bytes()),
+            Some("notes.txt") => Ok(b"not a certificate".to_vec()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    };
+    let sources = config::sources::Sources::new(&|_| None, &read);
+    let with_tls = |tls: &str| {
+        MINIMAL.replace(
+            "targets = [\"http://127.0.0.1:3000\"]",
+            &format!("targets = [\"https://127.0.0.1:3000\"]\ntls = {tls}"),
+        )
+    };
+    let path = Path::new("/etc/portcullis/test.toml");
+
+    let good = with_tls(r#"{ ca = "ca.pem", client_cert = "gw.pem", client_key = "gw.key" }"#);
+    let c = config::parse_with(path, &good, &sources).unwrap_or_else(|e| panic!("{e}"));
+    let tls = c.upstreams[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.ca.as_ref().map(Vec::len), Some(1));
+    assert_eq!(tls.client_cert.as_ref().map(|c| c.chain.len()), Some(1));
+    let shown = format!("{tls:?}");
+    let key_body: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!shown.contains(&key_body[..24]) && shown.contains("secret key elided"), "{shown}");
+
+    let bad = with_tls(r#"{ ca = "missing.pem", client_cert = "notes.txt", client_key = "ca.pem" }"#);
+    let mut errs = config::parse_with(path, &bad, &sources).expect_err("refused").0;
+    errs.sort_by_key(|e| e.column);
+    let found: Vec<(usize, usize, &str)> = errs.iter().map(|e| (e.line, e.column, e.message.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (8, 14, "cannot read /etc/portcullis/missing.pem: entity not found"),
+            (8, 43, "\"notes.txt\" has no CERTIFICATE block"),
+            (8, 69, "tls.client_key \"ca.pem\": no usable private key: no items found"),
+        ],
+        "{errs:?}"
+    );
+}

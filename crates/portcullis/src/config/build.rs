@@ -21,6 +21,7 @@ use toml::Spanned;
 use super::error::{Collector, ConfigErrors};
 use super::raw::{
     OneOrMany, RawConfig, RawCors, RawEvents, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream,
+    RawUpstreamTls,
 };
 use super::sources::Sources;
 use super::values::{choice, duration, in_flight, ip_nets, rate, size, to_usize};
@@ -424,23 +425,11 @@ fn build_upstream(
             HostHeader::Preserve
         }
     };
-    let tls = u.tls.as_ref().map(|t| {
-        let t = t.get_ref();
-        if t.client_cert.is_some() != t.client_key.is_some() {
-            c.error(raw.span(), "upstream tls needs both client_cert and client_key, or neither");
-        }
-        UpstreamTls {
-            ca: t.ca.as_ref().map(|p| base.join(p)),
-            client_cert: t.client_cert.as_ref().map(|p| base.join(p)),
-            client_key: t.client_key.as_ref().map(|p| base.join(p)),
-            server_name: t.server_name.clone(),
-        }
-    });
+    let tls = u.tls.as_ref().map(|t| upstream_tls(c, t, base, files));
     if tls.is_some() && !targets.iter().any(|t| matches!(t, Target::Http { scheme, .. } if *scheme == Scheme::HTTPS)) {
         c.error(u.targets.span(), format!("upstream {name:?} has `tls` but no https:// target"))
             .help("write the targets as https://host:port");
     }
-    let https = targets.iter().any(|t| matches!(t, Target::Http { scheme, .. } if *scheme == Scheme::HTTPS));
     for target in &targets {
         if let Target::Http { scheme, authority } = target
             && *scheme == Scheme::HTTPS
@@ -455,17 +444,6 @@ fn build_upstream(
             }
         }
     }
-    let tls_client = if https {
-        match crate::tls::client_config(tls.as_ref(), files) {
-            Ok(config) => Some(config),
-            Err(e) => {
-                c.error(raw.span(), format!("upstream {name:?}: {e}")).help("fix the tls file paths of this upstream");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let identity = choice(
         c,
         u.identity.as_ref(),
@@ -482,7 +460,6 @@ fn build_upstream(
         max_in_flight,
         identity,
         tls,
-        tls_client,
         name,
         connect_timeout: duration(c, u.connect_timeout.as_ref(), Duration::from_secs(5), "connect_timeout"),
         response_timeout: duration(c, u.response_timeout.as_ref(), Duration::from_secs(30), "response_timeout"),
@@ -494,6 +471,78 @@ fn build_upstream(
         targets,
     };
     Some(upstream)
+}
+
+/// An upstream's `tls = {…}`: the files it names read and parsed now, each
+/// problem reported at the key naming the file.
+fn upstream_tls(c: &mut Collector<'_>, raw: &Spanned<RawUpstreamTls>, base: &Path, files: &Sources<'_>) -> UpstreamTls {
+    let t = raw.get_ref();
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        c.error(raw.span(), "upstream tls needs both client_cert and client_key, or neither");
+    }
+    let ca = t.ca.as_ref().and_then(|path| {
+        let certs = pem_certificates(c, path, base, files)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &certs {
+            if let Err(e) = roots.add(cert.clone()) {
+                c.error(path.span(), format!("tls.ca {:?}: unusable CA certificate: {e}", path.get_ref()));
+                return None;
+            }
+        }
+        Some(certs)
+    });
+    let chain = t.client_cert.as_ref().and_then(|path| pem_certificates(c, path, base, files));
+    let key = t.client_key.as_ref().and_then(|path| {
+        use rustls::pki_types::pem::PemObject;
+        let pem = read_named(c, path, base, files)?;
+        match rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(e) => {
+                c.error(path.span(), format!("tls.client_key {:?}: no usable private key: {e}", path.get_ref()))
+                    .expected("a PEM file with one PKCS#8, PKCS#1 or SEC1 private key");
+                None
+            }
+        }
+    });
+    let client_cert = chain.zip(key).map(|(chain, key)| super::ClientCert { chain, key });
+    UpstreamTls { ca, client_cert, server_name: t.server_name.clone() }
+}
+
+/// The certificates in the PEM file `path` names; at least one.
+fn pem_certificates(
+    c: &mut Collector<'_>,
+    path: &Spanned<String>,
+    base: &Path,
+    files: &Sources<'_>,
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = read_named(c, path, base, files)?;
+    match rustls::pki_types::CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if !certs.is_empty() => Some(certs),
+        Ok(_) => {
+            c.error(path.span(), format!("{:?} has no CERTIFICATE block", path.get_ref()))
+                .expected("a PEM file with -----BEGIN CERTIFICATE----- blocks");
+            None
+        }
+        Err(e) => {
+            c.error(path.span(), format!("{:?} is not valid PEM: {e}", path.get_ref()))
+                .expected("a PEM file with -----BEGIN CERTIFICATE----- blocks");
+            None
+        }
+    }
+}
+
+/// The contents of the file `path` names, relative to the configuration.
+fn read_named(c: &mut Collector<'_>, path: &Spanned<String>, base: &Path, files: &Sources<'_>) -> Option<Vec<u8>> {
+    let full = base.join(path.get_ref());
+    match files.read(&full) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            c.error(path.span(), format!("cannot read {}: {e}", full.display()))
+                .help("paths are relative to the configuration file");
+            None
+        }
+    }
 }
 
 fn check_unique_upstreams(c: &mut Collector<'_>, raw: &[Spanned<RawUpstream>]) {

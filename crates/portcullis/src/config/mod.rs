@@ -37,6 +37,7 @@ use portcullis_policy::forwarded::TrustedProxies;
 use portcullis_policy::headers::HeaderPolicy;
 use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::{HostPattern, PathPattern};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use error::{ConfigError, ConfigErrors};
 
@@ -271,8 +272,6 @@ pub struct Upstream {
     pub host_header: HostHeader,
     /// TLS settings for https:// targets.
     pub tls: Option<UpstreamTls>,
-    /// The rustls client configuration built from `tls` (https targets only).
-    pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// How the caller's identity reaches this upstream.
     pub identity: IdentityMode,
     /// Most requests in flight to this upstream, all routes together.
@@ -291,17 +290,27 @@ pub enum IdentityMode {
     None,
 }
 
-/// How the gateway verifies (and proves itself to) an https upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the gateway verifies (and proves itself to) an https upstream. The
+/// files `tls` names are read and parsed when the configuration is built;
+/// the gateway builds the TLS client from them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamTls {
-    /// CA bundle to verify the upstream with; the system roots when absent.
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain for mTLS to the upstream.
-    pub client_cert: Option<PathBuf>,
-    /// Its private key.
-    pub client_key: Option<PathBuf>,
+    /// The CA certificates to verify the upstream with (`ca`); the system
+    /// roots when absent.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// The certificate and key the gateway proves itself with (mTLS).
+    pub client_cert: Option<ClientCert>,
     /// The name to send as SNI and verify, instead of the target's host.
     pub server_name: Option<String>,
+}
+
+/// A client certificate chain, leaf first, and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The chain (`client_cert`).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The key (`client_key`); its `Debug` shows no key material.
+    pub key: std::sync::Arc<PrivateKeyDer<'static>>,
 }
 
 /// `[[route]]`: how a request is matched, and the policy the layers enforce

@@ -642,9 +642,9 @@ pub struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
-    pub ca: Option<String>,
-    pub client_cert: Option<String>,
-    pub client_key: Option<String>,
+    pub ca: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
     pub server_name: Option<String>,
 }
 

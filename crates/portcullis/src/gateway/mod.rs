@@ -6,8 +6,9 @@
 //!
 //! Built at start and again on every reload; a reload swaps complete
 //! gateways, so a request never sees half of a configuration. What needs IO
-//! to become runnable is done here too: the WAF's rule sets ([`waf`]) and
-//! OpenAPI documents named by URL ([`openapi`]).
+//! to become runnable is done here too: the WAF's rule sets ([`waf`]),
+//! OpenAPI documents named by URL ([`openapi`]) and the https upstreams' TLS
+//! clients (with the system's CA roots where `tls.ca` is not set).
 
 use std::sync::Arc;
 
@@ -55,7 +56,14 @@ impl Gateway {
             crate::metrics::register_gauge(crate::metrics::UPSTREAM_CONNECTIONS_OPEN, "upstream", &u.name);
             crate::metrics::register_gauge(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", &u.name);
         }
-        let upstreams: Arc<Vec<UpstreamState>> = Arc::new(config.upstreams.iter().map(UpstreamState::new).collect());
+        let upstreams: Arc<Vec<UpstreamState>> = Arc::new(
+            config
+                .upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, u)| UpstreamState::new(u, per_config.upstream_tls.get(i).and_then(Option::as_ref)))
+                .collect(),
+        );
         let entries = config
             .routes
             .iter()
@@ -145,24 +153,47 @@ pub struct ConfigShared {
     pub banner: Option<Arc<Banner>>,
     /// The WAF by route index, its engines loaded and canary-checked.
     pub waf_routes: Vec<Option<Arc<WafRoute>>>,
+    /// The TLS client by upstream index (upstreams with https targets).
+    pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// Why a configuration's shared parts could not be built (at start or on
+/// reload).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The WAF could not start.
+    #[error("waf: {0}")]
+    Waf(#[from] WafStartError),
+    /// An https upstream's TLS client could not be built.
+    #[error("upstream {upstream:?}: {source}")]
+    UpstreamTls {
+        /// The upstream's name.
+        upstream: String,
+        /// Cause.
+        source: crate::tls::TlsError,
+    },
 }
 
 impl ConfigShared {
     /// The counters, rules and WAF engines `config` asks for, over `stores`.
     ///
     /// # Errors
-    /// A WAF rule set does not load or fails its canary, or the inspection
-    /// threads cannot start.
-    pub async fn load(config: &Config, stores: &SharedStores) -> Result<Self, WafStartError> {
+    /// A WAF rule set does not load or fails its canary, the inspection
+    /// threads cannot start, or an https upstream's TLS client cannot be
+    /// built (no system CA roots, a client key rustls cannot use).
+    pub async fn load(config: &Config, stores: &SharedStores) -> Result<Self, LoadError> {
+        let upstream_tls = upstream_clients(config)?;
         let waf_routes = waf::load(config).await?;
-        Ok(Self { waf_routes, ..Self::of(config, stores) })
+        Ok(Self { waf_routes, upstream_tls, ..Self::of(config, stores) })
     }
 
-    /// The counters and rules `config` asks for, over `stores` (no WAF).
+    /// The counters and rules `config` asks for, over `stores` (no WAF, no
+    /// TLS clients: https upstreams refuse to connect).
     #[must_use]
     pub fn of(config: &Config, stores: &SharedStores) -> Self {
         Self {
             waf_routes: Vec::new(),
+            upstream_tls: Vec::new(),
             banner: (!config.bans.is_empty()).then(|| {
                 Arc::new(Banner::new(
                     config.bans.clone(),
@@ -179,4 +210,21 @@ impl ConfigShared {
                 .collect(),
         }
     }
+}
+
+/// The TLS client of each upstream with https targets, by upstream index.
+fn upstream_clients(config: &Config) -> Result<Vec<Option<Arc<rustls::ClientConfig>>>, LoadError> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let https = u.targets.iter().any(
+                |t| matches!(t, crate::config::Target::Http { scheme, .. } if *scheme == http::uri::Scheme::HTTPS),
+            );
+            https
+                .then(|| crate::tls::client_config(u.tls.as_ref()))
+                .transpose()
+                .map_err(|source| LoadError::UpstreamTls { upstream: u.name.clone(), source })
+        })
+        .collect()
 }

@@ -39,9 +39,10 @@ pub struct UpstreamState {
 /// The TLS connector and verified name for an https target.
 fn tls_for(
     config: &config::Upstream,
+    client: Option<&Arc<rustls::ClientConfig>>,
     authority: &http::uri::Authority,
 ) -> Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)> {
-    let client = config.tls_client.clone()?;
+    let client = client?.clone();
     let host = config
         .tls
         .as_ref()
@@ -52,9 +53,10 @@ fn tls_for(
 }
 
 impl UpstreamState {
-    /// Builds the targets and their pools for `config`.
+    /// Builds the targets and their pools for `config`; `tls` is the client
+    /// for its https targets (without one they refuse to connect).
     #[must_use]
-    pub fn new(config: &config::Upstream) -> Self {
+    pub fn new(config: &config::Upstream, tls: Option<&Arc<rustls::ClientConfig>>) -> Self {
         let targets = config
             .targets
             .iter()
@@ -65,7 +67,7 @@ impl UpstreamState {
                         authority.clone(),
                         if *scheme == http::uri::Scheme::HTTPS {
                             // Fail closed: an https target never falls back to cleartext.
-                            Some(tls_for(config, authority).ok_or("no usable TLS settings for this https target"))
+                            Some(tls_for(config, tls, authority).ok_or("no usable TLS settings for this https target"))
                         } else {
                             None
                         },
@@ -137,21 +139,23 @@ mod tests {
                 authority: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
             })
             .collect();
-        UpstreamState::new(&config::Upstream {
-            name: "u".into(),
-            targets,
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            failure_cooldown: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(1),
-            pool_max_idle: 1,
-            host_header: config::HostHeader::Preserve,
-            tls: None,
-            tls_client: None,
-            identity: config::IdentityMode::Headers,
-            max_in_flight: None,
-        })
+        UpstreamState::new(
+            &config::Upstream {
+                name: "u".into(),
+                targets,
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+                failure_cooldown: Duration::from_secs(60),
+                pool_idle_timeout: Duration::from_secs(1),
+                pool_max_idle: 1,
+                host_header: config::HostHeader::Preserve,
+                tls: None,
+                identity: config::IdentityMode::Headers,
+                max_in_flight: None,
+            },
+            None,
+        )
     }
 
     #[tokio::test]

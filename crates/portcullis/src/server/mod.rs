@@ -47,7 +47,7 @@ use portcullis_layers::login::MemoryLoginStore;
 use portcullis_layers::store::MemoryStore;
 use portcullis_policy::waf::Engine;
 
-pub use crate::gateway::{ConfigShared, Gateway, OWN_ENDPOINTS_ROUTE, SharedStores, WafStartError};
+pub use crate::gateway::{ConfigShared, Gateway, LoadError, OWN_ENDPOINTS_ROUTE, SharedStores, WafStartError};
 use accept::{Acceptor, ListenerKind, ListenerSpec, PerIp, WorkerHandle};
 use worker::WorkerContext;
 
@@ -71,9 +71,9 @@ pub enum StartError {
     /// Authentication could not start (JWKS client, signing key, store, OIDC).
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
-    /// The WAF could not start.
-    #[error("waf: {0}")]
-    Waf(#[from] WafStartError),
+    /// The WAF or an https upstream's TLS client could not start.
+    #[error("{0}")]
+    Load(#[from] LoadError),
     /// Shared state (`[state] shared`) could not be set up.
     #[error("shared state: {0}")]
     Shared(SharedError),
@@ -141,9 +141,10 @@ pub enum ReloadError {
     /// Authentication for the new configuration could not start.
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthStartError),
-    /// The new configuration's WAF could not start.
-    #[error("waf: {0}")]
-    Waf(#[from] WafStartError),
+    /// The new configuration's WAF or an https upstream's TLS client could
+    /// not start.
+    #[error("{0}")]
+    Load(#[from] LoadError),
     /// An `[openapi.NAME]` document could not be fetched or compiled.
     #[error("{0}")]
     OpenApi(#[from] crate::gateway::openapi::FetchError),
