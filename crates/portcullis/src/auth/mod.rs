@@ -1,7 +1,7 @@
 //! Authentication at run time: builds the verifiers the authentication layer
-//! calls (JWT issuers, API keys, OIDC sessions, client certificates), the
-//! signer of upstream identity tokens, and the gateway's own endpoints under
-//! `/.portcullis/`.
+//! calls (JWT issuers, API keys, OIDC sessions, client certificates) and the
+//! signer of upstream identity tokens. The endpoints under `/.portcullis/`
+//! that use them are listed in [`crate::gateway::endpoints`].
 //!
 //! Built once per start or reload, before the workers get the new stack:
 //! it opens the store, fetches JWKS and runs OIDC discovery, which are
@@ -9,16 +9,12 @@
 
 pub mod jwt;
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::Request;
-use http_body_util::BodyExt;
 use portcullis_layers::auth::{Authenticators, MtlsIdentity};
 use portcullis_layers::identity::{SignIdentity, UpstreamIdentity};
-use portcullis_layers::{Body, GatewayFuture, GatewayService, Handler};
 use portcullis_policy::Principal;
 use portcullis_policy::jwt::identity::{IdentitySigner, SignerError};
 
@@ -56,8 +52,9 @@ pub struct AuthRuntime {
     pub authenticators: Arc<Authenticators>,
     /// The identity signer, when an upstream uses `identity = "jwt"`.
     pub signer: Option<Arc<GatewaySigner>>,
-    /// The gateway's own endpoints.
-    pub endpoints: Option<GatewayService>,
+    /// The OIDC login, when `[auth.oidc]` is configured (its endpoints are
+    /// in [`crate::gateway::endpoints`]).
+    pub login: Option<Arc<OidcLogin>>,
 }
 
 impl AuthRuntime {
@@ -68,18 +65,16 @@ impl AuthRuntime {
     pub async fn start(config: &Config, revocations: Arc<dyn Revocations>) -> Result<Self, AuthStartError> {
         let auth = &config.auth;
         let mut authenticators = Authenticators::default();
-        let mut router = axum::Router::new();
-        let mut any_endpoint = false;
+        let mut login = None;
         if let Some(api_keys) = &auth.api_keys {
             let store = crate::store::Store::open(&config.state.store).await?;
             authenticators.api_key = Some(Arc::new(ApiKeyVerifier::new(store, api_keys.cache_ttl)));
             authenticators.api_key_header.clone_from(&api_keys.header);
         }
         if let Some(oidc) = &auth.oidc {
-            let login = Arc::new(OidcLogin::start(oidc, &config.server.data_dir, revocations).await?);
-            router = router.merge(crate::oidc::router(login.clone()));
-            any_endpoint = true;
-            authenticators.session = Some(login);
+            let oidc = Arc::new(OidcLogin::start(oidc, &config.server.data_dir, revocations).await?);
+            authenticators.session = Some(oidc.clone());
+            login = Some(oidc);
         }
         if !auth.jwt.is_empty() {
             let verifier = jwt::JwtVerifier::start(&auth.jwt).await?;
@@ -93,39 +88,7 @@ impl AuthRuntime {
         } else {
             None
         };
-        if let Some(signer) = &signer {
-            let jwks = signer.signer.jwks();
-            router = router.route(
-                "/.portcullis/jwks.json",
-                axum::routing::get(move || {
-                    let jwks = jwks.clone();
-                    async move { ([(http::header::CACHE_CONTROL, "public, max-age=300")], axum::Json(jwks)) }
-                }),
-            );
-            any_endpoint = true;
-        }
-        if let Some(csrf) = config.csrf.as_ref().filter(|c| c.policy.mode == portcullis_policy::csrf::Mode::OriginToken)
-        {
-            let (policy, sessions) = (csrf.policy.clone(), authenticators.session.clone());
-            router = router.route(
-                portcullis_layers::csrf::TOKEN_PATH,
-                axum::routing::get(move |req: Request<axum::body::Body>| {
-                    let (parts, _) = req.into_parts();
-                    let answer = portcullis_layers::csrf::token_endpoint(policy.clone(), sessions.clone(), parts);
-                    async move { answer.await.map(axum::body::Body::new) }
-                }),
-            );
-            any_endpoint = true;
-        }
-        let endpoints = any_endpoint.then(|| {
-            let router = router.fallback(|| async {
-                let denied = portcullis_layers::deny(portcullis_policy::Reason::RouteNone);
-                let (parts, _) = denied.into_parts();
-                axum::response::Response::from_parts(parts, axum::body::Body::empty())
-            });
-            Arc::new(Endpoints(router)) as GatewayService
-        });
-        Ok(Self { authenticators: Arc::new(authenticators), signer, endpoints })
+        Ok(Self { authenticators: Arc::new(authenticators), signer, login })
     }
 
     /// How the upstream of `mode` learns identities.
@@ -195,18 +158,4 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// The axum router of the gateway's endpoints as a stack handler.
-#[derive(Debug, Clone)]
-struct Endpoints(axum::Router);
-
-impl Handler for Endpoints {
-    fn handle(&self, req: Request<Body>) -> GatewayFuture {
-        let router = self.0.clone();
-        Box::pin(async move {
-            let Ok(response) = tower::ServiceExt::oneshot(router, req.map(axum::body::Body::new)).await;
-            Ok::<_, Infallible>(response.map(|body| body.map_err(Into::into).boxed_unsync()))
-        })
-    }
 }

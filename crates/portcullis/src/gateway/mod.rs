@@ -16,6 +16,7 @@ use portcullis_layers::{EventSink, GatewayService, RouteInfo, StackConfig};
 use portcullis_policy::route::{RouteEntry, RouteTable};
 use tokio_util::task::TaskTracker;
 
+pub mod endpoints;
 pub mod openapi;
 mod waf;
 
@@ -104,7 +105,7 @@ impl Gateway {
                 || !config.endpoint_limits.is_empty())
             .then(|| limit_store.clone()),
             login_store: config.routes.iter().any(|r| r.policy.login.is_some()).then(|| state.logins.clone()),
-            endpoints: auth.endpoints.clone(),
+            endpoints: endpoints::router(&config, auth),
             bans: Some(state.bans.clone()),
             banner: per_config.banner.clone(),
             own_endpoints_route: (!config.endpoint_limits.is_empty()).then(|| {
