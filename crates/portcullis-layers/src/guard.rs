@@ -135,3 +135,65 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use portcullis_policy::Reason;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Decides by the request's path; marks the responses it finishes.
+    #[derive(Debug, Clone)]
+    struct ByPath;
+
+    impl Exchange for ByPath {
+        type Carry = &'static str;
+
+        fn request(&self, req: &mut Request<Body>) -> Step<&'static str> {
+            match req.uri().path() {
+                "/finish" => Step::Finish("finished"),
+                "/refuse" => Step::Refuse(Denied::new(Reason::RouteNone)),
+                "/answer" => {
+                    let mut response = Response::new(crate::empty());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    Step::Answer(response)
+                }
+                _ => Step::Pass,
+            }
+        }
+
+        fn response(carry: &'static str, response: &mut Response<Body>) {
+            response.headers_mut().insert("x-mark", http::HeaderValue::from_static(carry));
+        }
+    }
+
+    #[tokio::test]
+    async fn each_step_passes_finishes_refuses_or_answers() {
+        // (path, inner service called, status, denial code, mark)
+        let cases = [
+            ("/pass", true, 200, "", None),
+            ("/finish", true, 200, "", Some("finished")),
+            ("/refuse", false, 404, "route.none", None),
+            ("/answer", false, 204, "", None),
+        ];
+        for (path, reaches_inner, status, code, mark) in cases {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counted = calls.clone();
+            let inner = tower::service_fn(move |_req: Request<Body>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                async { Ok::<_, Infallible>(Response::new(crate::empty())) }
+            });
+            let req = Request::get(path).body(crate::empty()).unwrap();
+            let response = GuardLayer::new(ByPath).layer(inner).oneshot(req).await.unwrap();
+            assert_eq!(calls.load(Ordering::Relaxed) == 1, reaches_inner, "{path}");
+            assert_eq!(response.status().as_u16(), status, "{path}");
+            assert_eq!(crate::denial_of(&response).map_or("", |d| d.reason.code()), code, "{path}");
+            assert_eq!(response.headers().get("x-mark").map(|v| v.to_str().unwrap()), mark, "{path}");
+        }
+    }
+}
