@@ -11,16 +11,13 @@
 //! Deployment caveat: a streamed response body no longer holds its slot;
 //! long downloads are bounded by connection limits, not these.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
 use portcullis_policy::{Denied, Reason};
-use tower::{Layer, Service};
 
-use crate::refusal::deny;
+use crate::guard::{Exchange, Step};
 use crate::{Body, RouteInfo};
 
 /// A counter of in-flight requests with a ceiling.
@@ -75,22 +72,10 @@ impl InFlight {
     }
 }
 
-/// See the module docs.
+/// Takes the request's slots and holds them until its response head
+/// arrives. See the module docs.
 #[derive(Debug, Clone, Copy)]
-pub struct ConcurrencyLayer;
-
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = Concurrency<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Concurrency { inner }
-    }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct Concurrency<S> {
-    inner: S,
-}
+pub struct Concurrency;
 
 fn full(reason: Reason, what: &str, limit: &InFlight) -> Denied {
     Denied::new(reason)
@@ -99,50 +84,34 @@ fn full(reason: Reason, what: &str, limit: &InFlight) -> Denied {
         .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
-impl<S> Service<Request<Body>> for Concurrency<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = crate::GatewayFuture;
+/// A slot of the route's limit and one of its upstream's (each only if
+/// configured), or the refusal naming the limit that is full.
+fn slots(route: &RouteInfo) -> Result<(Option<Slot>, Option<Slot>), Denied> {
+    let take = |limit: &Option<Arc<InFlight>>, reason: Reason, what: &str| match limit {
+        None => Ok(None),
+        Some(limit) => limit.try_acquire().map(Some).ok_or_else(|| full(reason, what, limit)),
+    };
+    let route_slot = take(&route.in_flight, Reason::ConcurrencyRoute, &route.name)?;
+    let upstream_slot = take(&route.upstream_in_flight, Reason::ConcurrencyUpstream, &route.upstream_name)?;
+    Ok((route_slot, upstream_slot))
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+impl Exchange for Concurrency {
+    type Carry = (Option<Slot>, Option<Slot>);
+
+    fn request(&self, req: &mut Request<Body>) -> Step<Self::Carry> {
+        let Some(route) = req.extensions().get::<Arc<RouteInfo>>() else { return Step::Pass };
+        if route.in_flight.is_none() && route.upstream_in_flight.is_none() {
+            return Step::Pass;
+        }
+        match slots(route) {
+            Ok(slots) => Step::Finish(slots),
+            Err(denied) => Step::Refuse(denied),
+        }
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(route) = req.extensions().get::<Arc<RouteInfo>>().cloned() else {
-            return crate::call_boxed(&mut self.inner, req);
-        };
-        let route_slot = match &route.in_flight {
-            None => None,
-            Some(limit) => match limit.try_acquire() {
-                Some(slot) => Some(slot),
-                None => {
-                    let denied = full(Reason::ConcurrencyRoute, &route.name, limit);
-                    return Box::pin(async move { Ok(deny(denied)) });
-                }
-            },
-        };
-        let upstream_slot = match &route.upstream_in_flight {
-            None => None,
-            Some(limit) => match limit.try_acquire() {
-                Some(slot) => Some(slot),
-                None => {
-                    let denied = full(Reason::ConcurrencyUpstream, &route.upstream_name, limit);
-                    return Box::pin(async move { Ok(deny(denied)) });
-                }
-            },
-        };
-        let future = crate::call_boxed(&mut self.inner, req);
-        Box::pin(async move {
-            let response = future.await;
-            drop((route_slot, upstream_slot));
-            response
-        })
-    }
+    /// The slots go back as the response head arrives (they drop here).
+    fn response(_slots: Self::Carry, _: &mut Response<Body>) {}
 }
 
 #[cfg(test)]

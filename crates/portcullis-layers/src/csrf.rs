@@ -23,17 +23,15 @@
 //! listener's scheme, or `X-Forwarded-Proto` when a trusted proxy sends it;
 //! a proxy rewriting `Host` needs the public origin in `trusted_origins`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response};
 use portcullis_policy::csrf::{CsrfPolicy, CsrfRequest, Mode, is_safe};
 use portcullis_policy::{Denied, Reason};
-use tower::{Layer, Service};
 
 use crate::caller::Caller;
+use crate::guard::{Exchange, Step};
 use crate::refusal::deny;
 use crate::verify::VerifySession;
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, full};
@@ -41,33 +39,10 @@ use crate::{Body, ConnInfo, RequestContext, RouteInfo, full};
 /// The path of the token endpoint.
 pub const TOKEN_PATH: &str = "/.portcullis/csrf";
 
-/// See the module docs.
+/// The `[csrf]` policy (nothing is checked without one). See the module
+/// docs.
 #[derive(Debug, Clone)]
-pub struct CsrfLayer {
-    policy: Option<Arc<CsrfPolicy>>,
-}
-
-impl CsrfLayer {
-    /// Enforces `policy` on protected routes (nothing when `None`).
-    #[must_use]
-    pub const fn new(policy: Option<Arc<CsrfPolicy>>) -> Self {
-        Self { policy }
-    }
-}
-
-impl<S> Layer<S> for CsrfLayer {
-    type Service = Csrf<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Csrf { inner, policy: self.policy.clone() }
-    }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct Csrf<S> {
-    inner: S,
-    policy: Option<Arc<CsrfPolicy>>,
-}
+pub struct Csrf(pub Option<Arc<CsrfPolicy>>);
 
 /// `https` on a TLS listener, or when a trusted proxy says
 /// `X-Forwarded-Proto: https`; else `http`.
@@ -136,22 +111,13 @@ fn decide(policy: &CsrfPolicy, req: &Request<Body>) -> Decision {
     }
 }
 
-impl<S> Service<Request<Body>> for Csrf<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = crate::GatewayFuture;
+impl Exchange for Csrf {
+    /// The token cookie to set on the answer.
+    type Carry = HeaderValue;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let Some(policy) = &self.policy else { return crate::call_boxed(&mut self.inner, req) };
-        let decision = decide(policy, &req);
+    fn request(&self, req: &mut Request<Body>) -> Step<Self::Carry> {
+        let Some(policy) = &self.0 else { return Step::Pass };
+        let decision = decide(policy, req);
         if !matches!(decision, Decision::Unprotected) {
             // The token is the gateway's business, like the session cookie.
             let scheme = effective_scheme(req.extensions(), req.headers());
@@ -161,17 +127,14 @@ where
             portcullis_policy::cookies::remove(headers, name);
         }
         match decision {
-            Decision::Unprotected | Decision::Pass => crate::call_boxed(&mut self.inner, req),
-            Decision::Deny(denied) => Box::pin(async move { Ok(deny(denied)) }),
-            Decision::Issue(cookie) => {
-                let future = crate::call_boxed(&mut self.inner, req);
-                Box::pin(async move {
-                    let Ok(mut response) = future.await;
-                    response.headers_mut().append(SET_COOKIE, cookie);
-                    Ok(response)
-                })
-            }
+            Decision::Unprotected | Decision::Pass => Step::Pass,
+            Decision::Deny(denied) => Step::Refuse(denied),
+            Decision::Issue(cookie) => Step::Finish(cookie),
         }
+    }
+
+    fn response(cookie: Self::Carry, response: &mut Response<Body>) {
+        response.headers_mut().append(SET_COOKIE, cookie);
     }
 }
 
@@ -218,10 +181,13 @@ fn token_json(token: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
     use super::*;
+    use crate::guard::GuardLayer;
     use portcullis_policy::csrf::{COOKIE_HTTP, CsrfKey, DEFAULT_HEADER, MissingOrigin};
     use portcullis_policy::{AuthMethod, Principal};
-    use tower::ServiceExt;
+    use tower::{Layer, ServiceExt};
 
     fn policy() -> Arc<CsrfPolicy> {
         Arc::new(CsrfPolicy {
@@ -267,7 +233,7 @@ mod tests {
             *record.lock().unwrap() = Some(req.headers().clone());
             async { Ok::<_, Infallible>(Response::new(crate::empty())) }
         });
-        let response = CsrfLayer::new(Some(policy())).layer(inner).oneshot(req).await.unwrap();
+        let response = GuardLayer::new(Csrf(Some(policy()))).layer(inner).oneshot(req).await.unwrap();
         let seen = seen.lock().unwrap().take();
         (code_and_cookies(&response), seen)
     }

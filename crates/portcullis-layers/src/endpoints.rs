@@ -6,7 +6,7 @@
 //! CORS, head limits). A path under the prefix that no endpoint serves is
 //! `route.none`, exactly as an unrouted path, so a probe learns nothing.
 //!
-//! Earlier in the stack, [`OwnEndpointsRouteLayer`] gives these requests a
+//! Earlier in the stack, [`own_endpoints_route`] gives these requests a
 //! route of their own, so the rate-limit layer after it applies
 //! `[server] endpoint_limits` before any endpoint runs.
 
@@ -77,54 +77,19 @@ where
 }
 
 /// Gives requests to the gateway's own endpoints (`/.portcullis/*`: login,
-/// callback, CSP reports) a route of their own, so the rate-limit layer
-/// after it applies that route's limits (`[server] endpoint_limits`) before
-/// any of them runs.
-#[derive(Debug, Clone)]
-pub struct OwnEndpointsRouteLayer {
+/// callback, CSP reports) `route`, so the rate-limit layer after it applies
+/// that route's limits (`[server] endpoint_limits`) before any of them runs
+/// (none: they pass untouched). It never refuses, so it is a plain request
+/// map (`ServiceBuilder::map_request`), not a guard.
+pub fn own_endpoints_route(
     route: Option<Arc<RouteInfo>>,
-}
-
-impl OwnEndpointsRouteLayer {
-    /// Marks own-endpoint requests with `route` (none: no limits).
-    #[must_use]
-    pub const fn new(route: Option<Arc<RouteInfo>>) -> Self {
-        Self { route }
-    }
-}
-
-impl<S> Layer<S> for OwnEndpointsRouteLayer {
-    type Service = OwnEndpointsRoute<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        OwnEndpointsRoute { inner, route: self.route.clone() }
-    }
-}
-
-/// See [`OwnEndpointsRouteLayer`].
-#[derive(Debug, Clone)]
-pub struct OwnEndpointsRoute<S> {
-    inner: S,
-    route: Option<Arc<RouteInfo>>,
-}
-
-impl<S> Service<Request<Body>> for OwnEndpointsRoute<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if let Some(route) = &self.route
+) -> impl FnMut(Request<Body>) -> Request<Body> + Clone + Send + Sync + 'static {
+    move |mut req| {
+        if let Some(route) = &route
             && req.uri().path().starts_with(PREFIX)
         {
             req.extensions_mut().insert(route.clone());
         }
-        self.inner.call(req)
+        req
     }
 }

@@ -5,76 +5,45 @@
 //! `portcullis_policy::forwarded`) and sets `X-Request-Id`. Hop-by-hop headers
 //! were already removed at ingress by the reject layer.
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
 use http::header::HOST;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use portcullis_policy::forwarded::{self, Hop};
 use portcullis_policy::request_id::X_REQUEST_ID;
-use tower::{Layer, Service};
 
 use crate::{Body, ConnInfo, RequestContext};
 
-/// See the module docs.
-#[derive(Debug, Clone, Copy)]
-pub struct ForwardLayer;
-
-impl<S> Layer<S> for ForwardLayer {
-    type Service = Forward<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Forward { inner }
-    }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct Forward<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for Forward<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        // `X_Forwarded_For` reaches CGI-style upstreams as X-Forwarded-For.
-        crate::strip_underscore_aliases(
-            req.headers_mut(),
-            &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "x-request-id"],
-        );
-        let (scheme, peer_value) =
-            req.extensions().get::<ConnInfo>().map_or(("http", None), |c| (c.scheme, Some(c.peer_ip.clone())));
-        // HTTP/2 and absolute-form requests carry the host in the URI.
-        let authority = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        let host = authority.or_else(|| req.headers().get(HOST).cloned());
-        if let Some(ctx) = req.extensions().get::<RequestContext>() {
-            let client = ctx.client;
-            let id = ctx.request_id.clone();
-            let hop = Hop { client, scheme, host: host.as_ref(), peer_value: peer_value.as_ref() };
-            forwarded::apply(req.headers_mut(), &hop);
-            req.headers_mut().insert(X_REQUEST_ID, id);
-        } else {
-            // Without a resolved client nothing the client claimed may pass.
-            for name in [
-                forwarded::X_FORWARDED_FOR,
-                forwarded::X_FORWARDED_PROTO,
-                forwarded::X_FORWARDED_HOST,
-                forwarded::X_REAL_IP,
-            ] {
-                req.headers_mut().remove(name);
-            }
-            req.headers_mut().remove(http::header::FORWARDED);
-            req.headers_mut().remove(X_REQUEST_ID);
+/// See the module docs. It never refuses, so it is a plain request map
+/// (`ServiceBuilder::map_request`), not a guard.
+#[must_use]
+pub fn forward(mut req: Request<Body>) -> Request<Body> {
+    // `X_Forwarded_For` reaches CGI-style upstreams as X-Forwarded-For.
+    crate::strip_underscore_aliases(
+        req.headers_mut(),
+        &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "x-request-id"],
+    );
+    let (scheme, peer_value) =
+        req.extensions().get::<ConnInfo>().map_or(("http", None), |c| (c.scheme, Some(c.peer_ip.clone())));
+    // HTTP/2 and absolute-form requests carry the host in the URI.
+    let authority = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host = authority.or_else(|| req.headers().get(HOST).cloned());
+    if let Some(ctx) = req.extensions().get::<RequestContext>() {
+        let client = ctx.client;
+        let id = ctx.request_id.clone();
+        let hop = Hop { client, scheme, host: host.as_ref(), peer_value: peer_value.as_ref() };
+        forwarded::apply(req.headers_mut(), &hop);
+        req.headers_mut().insert(X_REQUEST_ID, id);
+    } else {
+        // Without a resolved client nothing the client claimed may pass.
+        for name in [
+            forwarded::X_FORWARDED_FOR,
+            forwarded::X_FORWARDED_PROTO,
+            forwarded::X_FORWARDED_HOST,
+            forwarded::X_REAL_IP,
+        ] {
+            req.headers_mut().remove(name);
         }
-        self.inner.call(req)
+        req.headers_mut().remove(http::header::FORWARDED);
+        req.headers_mut().remove(X_REQUEST_ID);
     }
+    req
 }

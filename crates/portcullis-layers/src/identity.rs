@@ -18,18 +18,15 @@
 //! upstream to loopback or a private network, or use `jwt` (or mTLS to the
 //! upstream).
 
-use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request};
 use portcullis_policy::jwt::identity::SignerError;
 use portcullis_policy::{Denied, Principal, Reason};
-use tower::{Layer, Service};
 
 use crate::caller::Caller;
-use crate::refusal::deny;
+use crate::guard::Guard;
 use crate::{Body, RouteInfo};
 
 /// `X-Portcullis-Subject`.
@@ -68,19 +65,19 @@ pub enum UpstreamIdentity {
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy)]
-pub struct IdentityLayer;
+pub struct Identity;
 
-impl<S> Layer<S> for IdentityLayer {
-    type Service = Identity<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Identity { inner }
+impl Guard for Identity {
+    fn check(&self, req: &mut Request<Body>) -> Result<(), Denied> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let route = req.extensions().get::<Arc<RouteInfo>>().cloned();
+        match (caller, route) {
+            (Some(Caller(principal)), Some(route)) => {
+                apply(req.headers_mut(), &principal, &route.identity, &route.upstream_name)
+            }
+            _ => Ok(()),
+        }
     }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct Identity<S> {
-    inner: S,
 }
 
 fn value(text: &str) -> Result<HeaderValue, Denied> {
@@ -122,29 +119,4 @@ pub fn apply(
         }
     }
     Ok(())
-}
-
-impl<S> Service<Request<Body>> for Identity<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = crate::GatewayFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let caller = req.extensions().get::<Caller>().cloned();
-        let route = req.extensions().get::<Arc<RouteInfo>>().cloned();
-        if let (Some(Caller(principal)), Some(route)) = (caller, route)
-            && let Err(denied) = apply(req.headers_mut(), &principal, &route.identity, &route.upstream_name)
-        {
-            return Box::pin(async move { Ok(deny(denied)) });
-        }
-        crate::call_boxed(&mut self.inner, req)
-    }
 }

@@ -2,7 +2,11 @@
 //!
 //! Each defence is a module that asks the pure `portcullis_policy` crate for
 //! a decision and dispatches on it: a [`guard::Guard`] when it only decides
-//! (looks at the request, passes or refuses), else a `Layer` + `Service`.
+//! (looks at the request, passes or refuses), a [`guard::Exchange`] when it
+//! also finishes the response of a request it passes (both applied by
+//! [`guard::GuardLayer`]), a function for `ServiceBuilder::map_request` when
+//! it only rewrites the request, else a `Layer` + `Service` (a defence that
+//! waits: for a store, a verifier, the body, or the response to count it).
 //! Defences import the shared modules ([`caller`], [`store`], [`refusal`],
 //! [`events`], [`received`], [`verify`], [`guard`]), never each other. A
 //! refusal is never rendered here: the layer returns [`refusal::deny`], a
@@ -38,6 +42,7 @@ use portcullis_policy::limits::RequestLimits;
 use portcullis_policy::route::RouteTable;
 use tower::ServiceBuilder;
 
+use crate::guard::GuardLayer;
 use crate::rate_limit::LimitStage;
 
 pub mod auth;
@@ -336,30 +341,30 @@ where
     let service = ServiceBuilder::new()
         .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
         .layer(ban::BansLayer::new(config.bans.clone(), config.banner.clone()))
-        .layer(headers::ResponseHeadersLayer::new(config.headers.clone()))
-        .layer(cors::CorsLayer::new(config.cors.clone()))
-        .layer(guard::GuardLayer::new(limits::HeadLimits(config.limits)))
-        .layer(guard::GuardLayer::new(upgrade::Upgrades))
-        .layer(guard::GuardLayer::new(duplicates::Duplicates(Arc::new(singletons(config)))))
-        .layer(guard::GuardLayer::new(authorize::GlobalIpRules(config.ip_rules.clone())))
-        .layer(normalize::NormalizeLayer::new(config.paths))
-        .layer(endpoints::OwnEndpointsRouteLayer::new(config.own_endpoints_route.clone()))
+        .layer(GuardLayer::new(headers::ResponseHeaders(config.headers.clone())))
+        .layer(GuardLayer::new(cors::Cors(config.cors.clone())))
+        .layer(GuardLayer::new(limits::HeadLimits(config.limits)))
+        .layer(GuardLayer::new(upgrade::Upgrades))
+        .layer(GuardLayer::new(duplicates::Duplicates(Arc::new(singletons(config)))))
+        .layer(GuardLayer::new(authorize::GlobalIpRules(config.ip_rules.clone())))
+        .layer(GuardLayer::new(normalize::Normalize(config.paths)))
+        .map_request(endpoints::own_endpoints_route(config.own_endpoints_route.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::OwnEndpoints))
         .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
-        .layer(route::RouteLayer::new(config.routes.clone(), config.paths.case))
-        .layer(limits::BodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(GuardLayer::new(route::Route::new(config.routes.clone(), config.paths.case)))
+        .layer(GuardLayer::new(limits::BodyLimit(config.limits.max_body_bytes)))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::BeforeAuth))
         .layer(auth::AuthLayer::new(config.auth.clone()))
         .layer(login::LoginLayer::new(config.login_store.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::AfterAuth))
-        .layer(guard::GuardLayer::new(authorize::Authorize(config.roles.clone())))
-        .layer(csrf::CsrfLayer::new(config.csrf.clone()))
+        .layer(GuardLayer::new(authorize::Authorize(config.roles.clone())))
+        .layer(GuardLayer::new(csrf::Csrf(config.csrf.clone())))
         .layer(waf::WafLayer)
         .layer(openapi::OpenApiLayer)
-        .layer(concurrency::ConcurrencyLayer)
-        .layer(identity::IdentityLayer)
-        .layer(forward::ForwardLayer)
+        .layer(GuardLayer::new(concurrency::Concurrency))
+        .layer(GuardLayer::new(identity::Identity))
+        .map_request(forward::forward)
         .service(proxy);
     Arc::new(Stack { service })
 }

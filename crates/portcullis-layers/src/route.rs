@@ -11,53 +11,33 @@
 //! the response's, so later layers, events and the access log can name it.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
 use http::header::{ALLOW, HOST};
 use http::{HeaderValue, Method, Request, Response, Version};
 use portcullis_policy::normalize::{Case, PathPolicy};
 use portcullis_policy::route::{Match, RouteTable, host_without_port};
 use portcullis_policy::upgrade::WebSocketUpgrade;
 use portcullis_policy::{Denied, Reason};
-use tower::{Layer, Service};
 
-use crate::call_boxed;
+use crate::guard::{Exchange, Step};
 use crate::refusal::deny;
 use crate::{Body, RouteInfo};
 
-/// See the module docs.
+/// The route table, and how its paths compare. See the module docs.
 #[derive(Debug, Clone)]
-pub struct RouteLayer {
+pub struct Route {
     routes: Arc<RouteTable<Arc<RouteInfo>>>,
     case: Case,
 }
 
-impl RouteLayer {
-    /// Routes with `routes`.
+impl Route {
+    /// Routes with `routes`, comparing paths per `case` (the table's
+    /// patterns must be folded to match when it is [`Case::Insensitive`]).
     #[must_use]
-    /// Paths are compared per `case` (the table's patterns must be folded
-    /// to match when it is [`Case::Insensitive`]).
     pub const fn new(routes: Arc<RouteTable<Arc<RouteInfo>>>, case: Case) -> Self {
         Self { routes, case }
     }
-}
-
-impl<S> Layer<S> for RouteLayer {
-    type Service = Route<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Route { inner, routes: self.routes.clone(), case: self.case }
-    }
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub struct Route<S> {
-    inner: S,
-    routes: Arc<RouteTable<Arc<RouteInfo>>>,
-    case: Case,
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
@@ -110,35 +90,24 @@ fn connect_refused(routes: &RouteTable<Arc<RouteInfo>>, host: Option<&str>, path
     denied
 }
 
-impl<S> Service<Request<Body>> for Route<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+impl Exchange for Route {
+    /// The matched route, for the response's extensions.
+    type Carry = Arc<RouteInfo>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let host = match request_host(&req) {
+    fn request(&self, req: &mut Request<Body>) -> Step<Self::Carry> {
+        let host = match request_host(req) {
             Ok(host) => host,
-            Err(denied) => return Box::pin(async move { Ok(deny(denied)) }),
+            Err(denied) => return Step::Refuse(denied),
         };
         let path = match self.case {
             Case::Sensitive => Cow::Borrowed(req.uri().path()),
             Case::Insensitive => PathPolicy { case: self.case, ..PathPolicy::default() }.match_key(req.uri().path()),
         };
         // CONNECT asks for a tunnel; a route serves HTTP requests only.
-        let method = if req.method() == Method::CONNECT { None } else { Some(req.method()) };
-        let Some(method) = method else {
-            let denied = connect_refused(&self.routes, host.as_deref(), &path);
-            return Box::pin(async move { Ok(deny(denied)) });
-        };
-        let found = match self.routes.find(host.as_deref(), &path, method) {
+        if req.method() == Method::CONNECT {
+            return Step::Refuse(connect_refused(&self.routes, host.as_deref(), &path));
+        }
+        let found = match self.routes.find(host.as_deref(), &path, req.method()) {
             Match::Found(route) => route.clone(),
             Match::MethodNotAllowed(allowed) => {
                 let list = allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
@@ -146,24 +115,20 @@ where
                 if let Ok(value) = HeaderValue::from_str(&list) {
                     denied = denied.with_header(ALLOW, value);
                 }
-                return Box::pin(async move { Ok(deny(denied)) });
+                return Step::Refuse(denied);
             }
-            Match::None => return Box::pin(async move { Ok(deny(Reason::RouteNone)) }),
+            Match::None => return Step::Refuse(Denied::new(Reason::RouteNone)),
         };
         if !found.websocket && req.extensions().get::<WebSocketUpgrade>().is_some() {
-            let denied = Denied::new(Reason::UpgradeNotAllowed).with_rule(found.name.to_string());
-            return Box::pin(async move {
-                let mut response = deny(denied);
-                response.extensions_mut().insert(found);
-                Ok(response)
-            });
+            let mut response = deny(Denied::new(Reason::UpgradeNotAllowed).with_rule(found.name.to_string()));
+            response.extensions_mut().insert(found);
+            return Step::Answer(response);
         }
         req.extensions_mut().insert(found.clone());
-        let future = call_boxed(&mut self.inner, req);
-        Box::pin(async move {
-            let Ok(mut response) = future.await;
-            response.extensions_mut().insert(found);
-            Ok(response)
-        })
+        Step::Finish(found)
+    }
+
+    fn response(found: Self::Carry, response: &mut Response<Body>) {
+        response.extensions_mut().insert(found);
     }
 }
