@@ -47,7 +47,6 @@ fn config() -> StackConfig {
         access_log: false,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
-        csp_report_path: None,
         auth: Default::default(),
         paths: portcullis_policy::normalize::PathPolicy::default(),
         roles: Default::default(),

@@ -303,8 +303,6 @@ pub struct StackConfig {
     pub headers: Arc<portcullis_policy::headers::HeaderPolicy>,
     /// The CORS policy, if any.
     pub cors: Option<Arc<portcullis_policy::cors::CorsPolicy>>,
-    /// Where the gateway takes CSP violation reports, if it does.
-    pub csp_report_path: Option<Arc<str>>,
     /// The configured authentication methods.
     pub auth: Arc<auth::Authenticators>,
     /// How paths are normalized and compared.
@@ -350,7 +348,6 @@ where
         .layer(GuardLayer::new(normalize::Normalize(config.paths)))
         .map_request(endpoints::own_endpoints_route(config.own_endpoints_route.clone()))
         .layer(rate_limit::RateLimitLayer::new(config.limit_store.clone(), LimitStage::OwnEndpoints))
-        .layer(csp_report::CspReportLayer::new(config.csp_report_path.clone(), config.events.clone()))
         .layer(endpoints::EndpointsLayer::new(config.endpoints.clone()))
         .layer(GuardLayer::new(route::Route::new(config.routes.clone(), config.paths.case)))
         .layer(GuardLayer::new(limits::BodyLimit(config.limits.max_body_bytes)))

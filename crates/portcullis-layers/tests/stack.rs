@@ -45,7 +45,6 @@ fn config(events: Arc<Events>) -> StackConfig {
         access_log: true,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
-        csp_report_path: None,
         auth: Default::default(),
         paths: portcullis_policy::normalize::PathPolicy::default(),
         roles: Default::default(),

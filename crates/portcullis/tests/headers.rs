@@ -195,6 +195,9 @@ async fn csp_violation_reports_become_events() {
     let req = Request::post(gw.url("/.portcullis/csp-report")).body(full_body(vec![b' '; 70_000])).unwrap();
     let (parts, body) = send(req).await;
     assert_denied(&parts, &body, 413, "limit.body");
+    // Only POST is served; another method is an unrouted path.
+    let (parts, body) = get(&gw.url("/.portcullis/csp-report")).await;
+    assert_denied(&parts, &body, 404, "route.none");
     assert_eq!(seen.lock().unwrap().len(), 1, "reports never reach the upstream");
 }
 

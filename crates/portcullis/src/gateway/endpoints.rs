@@ -7,7 +7,8 @@
 //! | `/.portcullis/callback` | GET | `[auth.oidc]` | the provider's redirect: sets the session |
 //! | `/.portcullis/logout` | GET, POST | `[auth.oidc]` | a logout button; the POST ends the session |
 //! | `/.portcullis/jwks.json` | GET | an upstream with `identity = "jwt"` | the identity key's public JWKS |
-//! | `/.portcullis/csrf-token` | GET | `[csrf] mode = "origin+token"` | a CSRF token for the caller |
+//! | `/.portcullis/csrf` | GET | `[csrf] mode = "origin+token"` | a CSRF token for the caller |
+//! | `/.portcullis/csp-report` | POST | `[headers] csp_report = true` | a CSP violation report: a `csp.violation` event, 204 |
 //!
 //! The router runs inside the layer stack (`portcullis_layers::endpoints`
 //! dispatches to it after `[server] endpoint_limits`), so refusals are
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use http::Request;
 use http_body_util::BodyExt;
-use portcullis_layers::{Body, GatewayFuture, GatewayService, Handler};
+use portcullis_layers::{Body, EventSink, GatewayFuture, GatewayService, Handler};
 
 use crate::auth::AuthRuntime;
 use crate::config::Config;
@@ -28,9 +29,22 @@ use crate::config::Config;
 /// The router of the endpoints `config` asks for; `None` when it asks for
 /// none (every `/.portcullis/` path is then `route.none`).
 #[must_use]
-pub fn router(config: &Config, auth: &AuthRuntime) -> Option<GatewayService> {
+pub fn router(config: &Config, auth: &AuthRuntime, events: &Arc<dyn EventSink>) -> Option<GatewayService> {
     let mut router = axum::Router::new();
     let mut any = false;
+    if let Some(path) = &config.csp_report_path {
+        let events = events.clone();
+        router = router.route(
+            path,
+            axum::routing::post(move |req: Request<axum::body::Body>| {
+                let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
+                let answer = portcullis_layers::csp_report::receive(req, events.clone());
+                async move { answer.await.map(axum::body::Body::new) }
+            })
+            .fallback(route_none),
+        );
+        any = true;
+    }
     if let Some(login) = &auth.login {
         router = router.merge(crate::oidc::router(login.clone()));
         any = true;
@@ -58,14 +72,15 @@ pub fn router(config: &Config, auth: &AuthRuntime) -> Option<GatewayService> {
         );
         any = true;
     }
-    any.then(|| {
-        let router = router.fallback(|| async {
-            let denied = portcullis_layers::deny(portcullis_policy::Reason::RouteNone);
-            let (parts, _) = denied.into_parts();
-            axum::response::Response::from_parts(parts, axum::body::Body::empty())
-        });
-        Arc::new(Endpoints(router)) as GatewayService
-    })
+    any.then(|| Arc::new(Endpoints(router.fallback(route_none))) as GatewayService)
+}
+
+/// What a path under the prefix that no endpoint serves (or a method an
+/// endpoint does not take) gets: `route.none`, as an unrouted path.
+async fn route_none() -> axum::response::Response {
+    let denied = portcullis_layers::deny(portcullis_policy::Reason::RouteNone);
+    let (parts, _) = denied.into_parts();
+    axum::response::Response::from_parts(parts, axum::body::Body::empty())
 }
 
 /// The axum router as a stack handler.

@@ -87,6 +87,7 @@ impl Gateway {
                 }),
             })
             .collect();
+        let endpoints = endpoints::router(&config, auth, &events);
         let stack = StackConfig {
             trusted_proxies: config.server.trusted_proxies.clone(),
             limits: config.server.limits,
@@ -95,7 +96,6 @@ impl Gateway {
             access_log: config.log.access,
             headers: Arc::new(config.headers.clone()),
             cors: config.cors.clone().map(Arc::new),
-            csp_report_path: config.csp_report_path.as_deref().map(Arc::from),
             auth: auth.authenticators.clone(),
             paths: config.paths,
             roles: Arc::new(config.roles.clone()),
@@ -105,7 +105,7 @@ impl Gateway {
                 || !config.endpoint_limits.is_empty())
             .then(|| limit_store.clone()),
             login_store: config.routes.iter().any(|r| r.policy.login.is_some()).then(|| state.logins.clone()),
-            endpoints: endpoints::router(&config, auth),
+            endpoints,
             bans: Some(state.bans.clone()),
             banner: per_config.banner.clone(),
             own_endpoints_route: (!config.endpoint_limits.is_empty()).then(|| {
