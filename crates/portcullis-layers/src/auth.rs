@@ -23,6 +23,7 @@
 //! of the store, the JWKS fetcher and the OIDC client, which live in the
 //! binary crate.
 
+use futures_util::future::Either;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Response};
@@ -313,7 +314,7 @@ where
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
-    type Future = crate::GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -326,17 +327,17 @@ where
             // not break a public page), but it is still kept from the upstream.
             Some(AuthMode::Public) => {
                 self.auth.scrub(req.headers_mut());
-                return crate::call_boxed(&mut self.inner, req);
+                return Either::Left(self.inner.call(req));
             }
             Some(AuthMode::Required(methods)) => methods,
             // A request that reached here unrouted is a wiring bug: refuse.
-            None => return Box::pin(async { Ok(deny(Reason::GatewayInternal)) }),
+            None => return Either::Right(Box::pin(async { Ok(deny(Reason::GatewayInternal)) })),
         };
         // The ready service handles this request; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             match auth.decide(methods, &mut parts).await {
                 Decision::Deny(denied) => Ok(deny(denied)),
@@ -352,7 +353,7 @@ where
                     Ok(response)
                 }
             }
-        })
+        }))
     }
 }
 

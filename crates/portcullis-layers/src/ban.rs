@@ -25,6 +25,7 @@
 //!
 //! Deployment caveat: trusted proxies are never banned — their clients are.
 
+use futures_util::future::Either;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -44,7 +45,7 @@ use tower::{Layer, Service};
 
 use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Redirected, deny};
 use crate::store::{LimitStore, MemoryStore, StoreUnavailable, ip_key, unix_nanos};
-use crate::{Body, GatewayFuture, RequestContext, call_boxed};
+use crate::{Body, RequestContext, call_boxed};
 
 /// At most one `ban.active` event per banned address per this many
 /// milliseconds.
@@ -333,7 +334,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -342,16 +343,16 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // Set by the reject layer, always present in the stack.
         let Some(client) = req.extensions().get::<RequestContext>().map(|c| c.client.ip) else {
-            return call_boxed(&mut self.inner, req);
+            return Either::Left(self.inner.call(req));
         };
         // A banned client that came through a trusted proxy (or on a
         // connection opened before its ban) is refused here.
         if let Some(hit) = self.bans.as_ref().and_then(|b| b.banned(client, unix_millis())) {
-            return Box::pin(std::future::ready(Ok(refuse_banned(hit))));
+            return Either::Right(Box::pin(std::future::ready(Ok(refuse_banned(hit)))));
         }
+        let Some(banner) = self.banner.clone() else { return Either::Left(self.inner.call(req)) };
         let future = call_boxed(&mut self.inner, req);
-        let Some(banner) = self.banner.clone() else { return future };
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let Ok(mut response) = future.await;
             if let Some(issued) = count_refusals(&banner, client, refusals(&response)).await {
                 response.extensions_mut().insert(IssuedBan(issued));
@@ -359,7 +360,7 @@ where
                 response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(response)
-        })
+        }))
     }
 }
 

@@ -10,6 +10,7 @@
 //! route of their own, so the rate-limit layer after it applies
 //! `[server] endpoint_limits` before any endpoint runs.
 
+use futures_util::future::Either;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,7 +60,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = crate::GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -68,11 +69,11 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if req.uri().path().starts_with(PREFIX) {
             return match &self.endpoints {
-                Some(endpoints) => endpoints.handle(req),
-                None => Box::pin(async { Ok(deny(Reason::RouteNone)) }),
+                Some(endpoints) => Either::Right(endpoints.handle(req)),
+                None => Either::Right(Box::pin(async { Ok(deny(Reason::RouteNone)) })),
             };
         }
-        crate::call_boxed(&mut self.inner, req)
+        Either::Left(self.inner.call(req))
     }
 }
 

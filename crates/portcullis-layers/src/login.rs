@@ -39,6 +39,7 @@
 //! together, before earlier failures are recorded, all reach the upstream:
 //! pair login protection with a rate limit keyed by `account` or `ip`.
 
+use futures_util::future::Either;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
@@ -297,7 +298,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = crate::GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -307,11 +308,11 @@ where
         let settings = req.extensions().get::<Arc<RouteInfo>>().and_then(|r| r.login.clone());
         let ip = req.extensions().get::<RequestContext>().map(|c| c.client.ip);
         let (Some(store), Some(settings), Some(ip)) = (self.store.clone(), settings, ip) else {
-            return crate::call_boxed(&mut self.inner, req);
+            return Either::Left(self.inner.call(req));
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let guard = LoginGuard::new(settings, store);
             let (mut req, account) = match read_account(guard.settings(), req).await {
                 Ok(read) => read,
@@ -335,7 +336,7 @@ where
                 note(&mut response, noted);
             }
             Ok(response)
-        })
+        }))
     }
 }
 

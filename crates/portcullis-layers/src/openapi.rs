@@ -21,6 +21,7 @@
 //! document's `style` (Express's `qs` nests `a[b]=1`) can still disagree on
 //! undeclared parameters, which pass.
 
+use futures_util::future::Either;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,7 +60,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = crate::GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -67,16 +68,16 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(api) = req.extensions().get::<Arc<RouteInfo>>().and_then(|r| r.openapi.clone()) else {
-            return crate::call_boxed(&mut self.inner, req);
+            return Either::Left(self.inner.call(req));
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             match validate(&api, req).await {
                 Ok(req) => crate::call_boxed(&mut inner, req).await,
                 Err(denied) => Ok(deny(*denied)),
             }
-        })
+        }))
     }
 }
 

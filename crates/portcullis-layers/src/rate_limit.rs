@@ -20,6 +20,7 @@
 //! Deployment caveat: behind a proxy, list it in `trusted_proxies`, or every
 //! client shares the proxy's address and its IP quota.
 
+use futures_util::future::Either;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -273,7 +274,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = crate::GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -281,7 +282,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (Some(store), Some(route)) = (self.store.clone(), req.extensions().get::<Arc<RouteInfo>>().cloned()) else {
-            return crate::call_boxed(&mut self.inner, req);
+            return Either::Left(self.inner.call(req));
         };
         let keys: Vec<(usize, String)> = route
             .limits
@@ -291,11 +292,11 @@ where
             .filter_map(|(i, l)| key_for(l, &req, &route).map(|k| (i, k)))
             .collect();
         if keys.is_empty() {
-            return crate::call_boxed(&mut self.inner, req);
+            return Either::Left(self.inner.call(req));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let (verdict, unavailable) = decide(store.as_ref(), &route.limits, keys, unix_nanos()).await;
             if !unavailable.is_empty() {
                 tracing::warn!(limits = ?unavailable, "rate-limit store unavailable");
@@ -316,6 +317,6 @@ where
                     Ok(response)
                 }
             }
-        })
+        }))
     }
 }

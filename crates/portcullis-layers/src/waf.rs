@@ -54,6 +54,7 @@
 //! route's latency includes the whole upload; keep `body_limit` near what
 //! the route really takes.
 
+use futures_util::future::Either;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -320,7 +321,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = crate::GatewayFuture;
+    type Future = Either<S::Future, crate::GatewayFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -328,11 +329,11 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(waf) = req.extensions().get::<Arc<RouteInfo>>().and_then(|r| r.waf.clone()) else {
-            return crate::call_boxed(&mut self.inner, req);
+            return Either::Left(self.inner.call(req));
         };
         let mut inner = self.inner.clone();
         std::mem::swap(&mut inner, &mut self.inner);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let (parts, body) = req.into_parts();
             let (unreadable, inspected, body) = match read_inspected(&parts, body, &waf.settings).await {
                 Ok(read) => read,
@@ -400,7 +401,7 @@ where
                 response = check_response(&waf, mode, request, transaction, response).await;
             }
             Ok(response)
-        })
+        }))
     }
 }
 
