@@ -1,6 +1,7 @@
-//! The gateway's own endpoints: requests under `/.portcullis/` (OIDC login,
-//! callback and logout, the identity JWKS) are answered by the gateway and
-//! never routed upstream.
+//! The gateway's own endpoints: requests under `/.portcullis/` are handed to
+//! the endpoints service (the binary's `gateway/endpoints.rs` lists them all:
+//! OIDC login, callback and logout, the identity JWKS, the CSRF token, CSP
+//! reports) and never routed upstream.
 //!
 //! They still pass the outer layers (request id, events, response headers,
 //! CORS, head limits). A path under the prefix that no endpoint serves is
