@@ -220,9 +220,8 @@ impl Connection {
         // are in flight (the stall check), else at the idle deadline. Requests
         // do not wake the loop, except the one that begins while the timer
         // waits for the idle deadline (the stall check must start within
-        // STALL_CHECK of it).
-        // (A shorter idle timeout is looked at as often, so no connection
-        // outlives it by a whole STALL_CHECK.)
+        // STALL_CHECK of it). An idle timeout shorter than STALL_CHECK sets
+        // the period, so no connection outlives it by a whole STALL_CHECK.
         let check_every = STALL_CHECK.min(idle_timeout).max(Duration::from_millis(1));
         activity.idle_armed.store(true, Ordering::Relaxed);
         let timer = tokio::time::sleep_until(activity.deadline(idle_timeout).into());
