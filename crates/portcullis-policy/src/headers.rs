@@ -113,12 +113,15 @@ impl HeaderPolicy {
 
     /// Applies the policy to a response's headers.
     pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
+        // Room for every header added below at once, not one growth at a time.
+        headers.reserve(self.defaults.len() + self.overrides.len() + 1);
         for name in &self.remove {
             headers.remove(name);
         }
         for (name, value) in &self.defaults {
-            if !headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
+            // One lookup: the upstream's value, if any, stays.
+            if let http::header::Entry::Vacant(entry) = headers.entry(name) {
+                entry.insert(value.clone());
             }
         }
         for (name, value) in &self.overrides {

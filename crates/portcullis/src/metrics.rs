@@ -93,9 +93,16 @@ impl Held {
     /// Counts one more on `gauge` with `label` = `value`.
     #[must_use]
     pub fn new(gauge: &'static str, label: &'static str, value: &str) -> Self {
-        let gauge = metrics::gauge!(gauge, label => value.to_owned());
+        Self::on(&metrics::gauge!(gauge, label => value.to_owned()))
+    }
+
+    /// Counts one more on a gauge already looked up: what is counted per
+    /// request looks its gauge up once per connection (a registry lookup
+    /// costs more than the count).
+    #[must_use]
+    pub fn on(gauge: &metrics::Gauge) -> Self {
         gauge.increment(1.0);
-        Self(gauge)
+        Self(gauge.clone())
     }
 }
 

@@ -133,7 +133,9 @@ impl Connection {
         let gateway = self.current.load_full();
         let server = &gateway.config.server;
         let idle_timeout = server.idle_timeout;
-        let activity = Arc::new(Activity::new());
+        let in_flight_gauge =
+            metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT, "listener" => self.listener.to_string());
+        let activity = Arc::new(Activity::new(in_flight_gauge));
         let io =
             TokioIo::new(CountingIo { inner: stream, activity: activity.clone(), send: Pacer::new(server.send_pace) });
 
@@ -167,13 +169,12 @@ impl Connection {
         conn_info.client_cert = self.client_cert.take();
         let current = self.current.clone();
         let service_activity = activity.clone();
-        let listener = self.listener.clone();
         let hold = self.hold.clone();
         let send_pace = server.send_pace;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
-            let in_flight = InFlight::begin(service_activity.clone(), &listener);
+            let in_flight = InFlight::begin(service_activity.clone());
             // An HTTP/2 stream abandoned before its answer ended was reset by
             // the client (or the connection ended): counted against rapid reset.
             let stream = (req.version() == http::Version::HTTP_2).then(|| StreamEnd::begin(service_activity.clone()));
@@ -215,15 +216,17 @@ impl Connection {
         if closing {
             conn.as_mut().graceful_shutdown();
         }
-        // Kept across iterations: requests ending often must not postpone it.
-        let mut next_check = Instant::now() + STALL_CHECK;
+        // One timer, re-armed where it fires: every STALL_CHECK while requests
+        // are in flight (the stall check), else at the idle deadline. Requests
+        // do not wake the loop, except the one that begins while the timer
+        // waits for the idle deadline (the stall check must start within
+        // STALL_CHECK of it). An idle timeout shorter than STALL_CHECK sets
+        // the period, so no connection outlives it by a whole STALL_CHECK.
+        let check_every = STALL_CHECK.min(idle_timeout).max(Duration::from_millis(1));
+        activity.idle_armed.store(true, Ordering::Relaxed);
+        let timer = tokio::time::sleep_until(activity.deadline(idle_timeout).into());
+        tokio::pin!(timer);
         loop {
-            // While requests are in flight the idle timer is off (its deadline
-            // would be in the past, and re-arming it would spin the worker)
-            // and the stall check is on; a request beginning or ending wakes
-            // the loop to switch.
-            let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-            let idle_deadline = activity.deadline(idle_timeout);
             tokio::select! {
                 result = conn.as_mut() => {
                     if activity.send_timed_out.load(Ordering::Relaxed) {
@@ -238,14 +241,29 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = activity.changed.notified() => {}
-                // HTTP/2 flow control can stall a stream without filling the
-                // socket: check the responses the client must keep pulling.
-                () = tokio::time::sleep_until(next_check.into()), if busy => {
-                    next_check = Instant::now() + STALL_CHECK;
-                    for stalled in activity.cut_stalled() {
-                        let detail = format!("the client did not read an HTTP/2 stream ({stalled})");
-                        self.emit_connection_event(Reason::ConnSendTimeout, detail);
+                () = activity.began.notified() => {
+                    timer.as_mut().reset((Instant::now() + check_every).into());
+                }
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                        // HTTP/2 flow control can stall a stream without filling the
+                        // socket: check the responses the client must keep pulling.
+                        for stalled in activity.cut_stalled() {
+                            let detail = format!("the client did not read an HTTP/2 stream ({stalled})");
+                            self.emit_connection_event(Reason::ConnSendTimeout, detail);
+                        }
+                        timer.as_mut().reset((now + check_every).into());
+                    } else {
+                        if !closing && activity.is_idle(idle_timeout) {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        // Not idle long enough (or closing): wait for the idle
+                        // deadline, or for the next request to begin.
+                        activity.idle_armed.store(true, Ordering::Relaxed);
+                        let at = if closing { now + STALL_CHECK } else { activity.deadline(idle_timeout) };
+                        timer.as_mut().reset(at.max(now + Duration::from_millis(1)).into());
                     }
                 }
                 () = activity.flood.notified(), if !closing => {
@@ -256,12 +274,6 @@ impl Connection {
                         format!("HTTP/2 rapid reset: {premature} of {streams} streams reset by the client before their answer; GOAWAY"),
                     );
                     conn.as_mut().graceful_shutdown();
-                }
-                () = tokio::time::sleep_until(idle_deadline.into()), if !busy && !closing => {
-                    if activity.is_idle(idle_timeout) {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
                 }
             }
         }
@@ -352,8 +364,13 @@ pub(super) struct Activity {
     pub(super) bytes_at_last_request: AtomicU64,
     /// The client stopped reading and the send pace cut the connection.
     pub(super) send_timed_out: std::sync::atomic::AtomicBool,
-    /// Signalled when a request begins or ends.
-    pub(super) changed: tokio::sync::Notify,
+    /// Whether the connection's timer waits for the idle deadline: then the
+    /// next request to begin signals `began` (and clears this).
+    pub(super) idle_armed: AtomicBool,
+    /// Signalled when a request begins while `idle_armed`.
+    pub(super) began: tokio::sync::Notify,
+    /// `portcullis_requests_in_flight` for this connection's listener.
+    pub(super) in_flight_gauge: metrics::Gauge,
     /// The responses being sent, to cut one the client stopped pulling.
     pub(super) drains: std::sync::Mutex<Vec<std::sync::Weak<Drain>>>,
     /// HTTP/2 streams begun, and those abandoned before their answer ended.
@@ -364,7 +381,7 @@ pub(super) struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(in_flight_gauge: metrics::Gauge) -> Self {
         Self {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -372,7 +389,9 @@ impl Activity {
             bytes_read: AtomicU64::new(0),
             bytes_at_last_request: AtomicU64::new(0),
             send_timed_out: std::sync::atomic::AtomicBool::new(false),
-            changed: tokio::sync::Notify::new(),
+            idle_armed: AtomicBool::new(false),
+            began: tokio::sync::Notify::new(),
+            in_flight_gauge,
             drains: std::sync::Mutex::new(Vec::new()),
             h2_streams: AtomicU64::new(0),
             h2_premature: AtomicU64::new(0),
@@ -540,12 +559,15 @@ impl http_body::Body for Drained {
 pub(super) struct InFlight(Arc<Activity>, #[allow(dead_code)] crate::metrics::Held);
 
 impl InFlight {
-    fn begin(activity: Arc<Activity>, listener: &str) -> Self {
+    fn begin(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         activity.mark_request_boundary();
-        activity.changed.notify_one();
-        Self(activity, crate::metrics::Held::new(crate::metrics::REQUESTS_IN_FLIGHT, "listener", listener))
+        if activity.idle_armed.swap(false, Ordering::Relaxed) {
+            activity.began.notify_one();
+        }
+        let held = crate::metrics::Held::on(&activity.in_flight_gauge);
+        Self(activity, held)
     }
 }
 
@@ -554,7 +576,6 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
         self.0.mark_request_boundary();
-        self.0.changed.notify_one();
     }
 }
 
