@@ -10,20 +10,23 @@
 //! so [`GuardLayer`] serves both.
 //!
 //! Modelled on tower-http's `ValidateRequest`: such a defence needs no
-//! `Layer`/`Service` pair of its own, only its decision. A request that
-//! passes untouched costs no allocation here; only one whose response is
-//! finished boxes its future, as a hand-written layer doing that would.
+//! `Layer`/`Service` pair of its own, only its decision. No step allocates:
+//! the inner service's future is held in place, and finishing a response is
+//! a function called when it is ready.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::ready;
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 use portcullis_policy::Denied;
 use tower::{Layer, Service};
 
 use crate::refusal::deny;
-use crate::{Body, GatewayFuture, call_boxed};
+use crate::{Body, GatewayFuture};
 
 /// A decision on a request before it goes further in.
 pub trait Guard: Clone + Send + Sync + 'static {
@@ -103,17 +106,14 @@ pub struct Guarded<S, G> {
     guard: G,
 }
 
-type Answered = Ready<Result<Response<Body>, Infallible>>;
-
 impl<S, G> Service<Request<Body>> for Guarded<S, G>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
     G: Exchange,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<S::Future, Either<Answered, GatewayFuture>>;
+    type Future = GuardedFuture<S::Future, G::Carry>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -121,17 +121,49 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         match self.guard.request(&mut req) {
-            Step::Pass => Either::Left(self.inner.call(req)),
-            Step::Refuse(denied) => Either::Right(Either::Left(ready(Ok(deny(denied))))),
-            Step::Answer(response) => Either::Right(Either::Left(ready(Ok(response)))),
+            Step::Pass => GuardedFuture::Inner { inner: self.inner.call(req), finish: None },
             Step::Finish(carry) => {
-                let future = call_boxed(&mut self.inner, req);
-                Either::Right(Either::Right(Box::pin(async move {
-                    let Ok(mut response) = future.await;
-                    G::response(carry, &mut response);
-                    Ok(response)
-                })))
+                GuardedFuture::Inner { inner: self.inner.call(req), finish: Some((carry, G::response)) }
             }
+            Step::Refuse(denied) => GuardedFuture::Answered { answer: Box::pin(ready(Ok(deny(denied)))) },
+            Step::Answer(response) => GuardedFuture::Answered { answer: Box::pin(ready(Ok(response))) },
+        }
+    }
+}
+
+/// How a passed request's response is finished: the carry and the
+/// exchange's [`Exchange::response`].
+type Finish<C> = (C, fn(C, &mut Response<Body>));
+
+pin_project! {
+    /// The future of a [`Guarded`] service: the inner service's, or the
+    /// answer given here.
+    #[project = GuardedProj]
+    pub enum GuardedFuture<F, C> {
+        /// Passed on; finished with `finish` when the inner answer is ready.
+        Inner { #[pin] inner: F, finish: Option<Finish<C>> },
+        /// Refused or answered here; boxed, so the futures of the requests
+        /// that pass (nested once per layer, moved at each) stay small.
+        Answered { answer: GatewayFuture },
+    }
+}
+
+impl<F, C> Future for GuardedFuture<F, C>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardedProj::Inner { inner, finish } => {
+                let Ok(mut response) = std::task::ready!(inner.poll(cx));
+                if let Some((carry, finish)) = finish.take() {
+                    finish(carry, &mut response);
+                }
+                Poll::Ready(Ok(response))
+            }
+            GuardedProj::Answered { answer } => answer.as_mut().poll(cx),
         }
     }
 }

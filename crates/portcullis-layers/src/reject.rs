@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
@@ -37,7 +38,6 @@ use portcullis_policy::{Action, Denied, SecurityEvent, hop};
 use tower::{Layer, Service};
 
 use crate::body::Observed;
-use crate::call_boxed;
 use crate::events::EventSink;
 use crate::received::RepeatedHopHeader;
 use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Redirected};
@@ -141,43 +141,44 @@ where
         let header_value = request_id.clone();
         req.extensions_mut().insert(RequestContext { request_id, client });
 
-        // Take the service that was driven to readiness; leave a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Called here, not in the future below: the service driven to
+        // readiness is this one, and no clone of the stack is needed.
         let shared = self.shared.clone();
-        let future = call_boxed(&mut inner, req);
-        Box::pin(async move {
-            let Ok(mut response) = future.await;
-            let status = response.status().as_u16();
-            // A browser sent elsewhere (to login) instead of an error page: a
-            // refusal, with the status really sent.
-            if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
-                emit(&shared, &summary, &response, &denied, status, Action::Deny);
-            }
-            // Noticed but let through (a limit store failing open, a failed
-            // login at the upstream).
-            if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
-                emit(&shared, &summary, &response, &noted, status, Action::Log);
-            }
-            if let Some(MoreNoted(notes)) = response.extensions_mut().remove::<MoreNoted>() {
-                for noted in &notes {
-                    emit(&shared, &summary, &response, noted, status, Action::Log);
-                }
-            }
-            if let Some(denied) = response.extensions_mut().remove::<Denied>() {
-                if response.extensions_mut().remove::<Quiet>().is_none() {
-                    emit(&shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
-                }
-                response = render(&denied, &summary, response);
-            }
-            // Last, as it follows from the refusals above.
-            if let Some(IssuedBan(issued)) = response.extensions_mut().remove::<IssuedBan>() {
-                emit(&shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
-            }
-            response.headers_mut().insert(X_REQUEST_ID, header_value);
-            Ok(if shared.access_log { with_access_log(response, summary) } else { response })
-        })
+        Box::pin(self.inner.call(req).map(move |Ok(response)| Ok(answer(&shared, summary, header_value, response))))
     }
+}
+
+/// The response on its way out: refusals rendered, notes and bans emitted as
+/// events, `X-Request-Id` set, the access log attached.
+fn answer(shared: &Shared, summary: Summary, request_id: HeaderValue, mut response: Response<Body>) -> Response<Body> {
+    let status = response.status().as_u16();
+    // A browser sent elsewhere (to login) instead of an error page: a
+    // refusal, with the status really sent.
+    if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
+        emit(shared, &summary, &response, &denied, status, Action::Deny);
+    }
+    // Noticed but let through (a limit store failing open, a failed
+    // login at the upstream).
+    if let Some(Noted(noted)) = response.extensions_mut().remove::<Noted>() {
+        emit(shared, &summary, &response, &noted, status, Action::Log);
+    }
+    if let Some(MoreNoted(notes)) = response.extensions_mut().remove::<MoreNoted>() {
+        for noted in &notes {
+            emit(shared, &summary, &response, noted, status, Action::Log);
+        }
+    }
+    if let Some(denied) = response.extensions_mut().remove::<Denied>() {
+        if response.extensions_mut().remove::<Quiet>().is_none() {
+            emit(shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
+        }
+        response = render(&denied, &summary, response);
+    }
+    // Last, as it follows from the refusals above.
+    if let Some(IssuedBan(issued)) = response.extensions_mut().remove::<IssuedBan>() {
+        emit(shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
+    }
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    if shared.access_log { with_access_log(response, summary) } else { response }
 }
 
 /// Emits the security event for `denied` about the request of `summary`.

@@ -81,18 +81,22 @@ impl tower::Service<Request<Body>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let upstreams = self.upstreams.clone();
-        let tasks = self.tasks.clone();
-        Box::pin(async move { Ok(forward(&upstreams, &tasks, req).await) })
+        // The future boxed as it is: wrapping it in another `async` block
+        // would move (copy) its whole state once more per request.
+        Box::pin(forward(self.upstreams.clone(), self.tasks.clone(), req))
     }
 }
 
-async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Request<Body>) -> Response<Body> {
+async fn forward(
+    upstreams: Arc<Vec<UpstreamState>>,
+    tasks: TaskTracker,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Infallible> {
     let Some(route) = req.extensions().get::<Arc<RouteInfo>>().cloned() else {
-        return deny(Denied::new(Reason::GatewayInternal).with_detail("proxy reached without a route"));
+        return Ok(deny(Denied::new(Reason::GatewayInternal).with_detail("proxy reached without a route")));
     };
     let Some(upstream) = upstreams.get(route.upstream) else {
-        return deny(Denied::new(Reason::GatewayInternal).with_detail("route names a missing upstream"));
+        return Ok(deny(Denied::new(Reason::GatewayInternal).with_detail("route names a missing upstream")));
     };
     let websocket = req.extensions().get::<WebSocketUpgrade>().cloned();
     let upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -115,20 +119,20 @@ async fn forward(upstreams: &[UpstreamState], tasks: &TaskTracker, mut req: Requ
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = upgrade
                 {
-                    tunnel(tasks, client_upgrade, &mut response, &upstream.config.name, hold);
+                    tunnel(&tasks, client_upgrade, &mut response, &upstream.config.name, hold);
                 }
                 response.extensions_mut().insert(ServedBy(target.label.clone()));
-                return response;
+                return Ok(response);
             }
             Err(Failure::Connect(denied)) => {
                 upstream.mark_failed(target);
                 tracing::warn!(upstream = %upstream.config.name, upstream_target = %target.label, "upstream target unreachable; cooling down");
                 last = denied;
             }
-            Err(Failure::Other(denied)) => return deny(denied),
+            Err(Failure::Other(denied)) => return Ok(deny(denied)),
         }
     }
-    deny(last)
+    Ok(deny(last))
 }
 
 /// A copy of a body-less request, for a retry.
@@ -155,7 +159,8 @@ async fn send(
     websocket: Option<&WebSocketUpgrade>,
 ) -> Result<Response<Body>, Failure> {
     let authority = match &target.target {
-        Target::Demo => return Ok(demo::handle(req).await),
+        // Boxed, so proxied requests' futures do not carry its state.
+        Target::Demo => return Ok(Box::pin(demo::handle(req)).await),
         Target::Http { authority, .. } => authority,
     };
     // Upstream requests use origin form (`GET /path?query HTTP/1.1`).

@@ -119,9 +119,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`SendError`]; the request is consumed.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
         let upgrade = portcullis_policy::hop::is_upgrade(req.headers());
-        let mut req = req;
         if let Some(mut sender) = self.checkout().await {
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.wrap(sender, response, upgrade)),
@@ -132,7 +131,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting (a TLS handshake among it) is a large future that
+        // every request's future would otherwise carry, and copy, in place.
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender.send_request(req).await.map_err(SendError::Http)?;
         Ok(self.wrap(sender, response, upgrade))
     }

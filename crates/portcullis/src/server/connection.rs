@@ -191,21 +191,18 @@ impl Connection {
             let activity = service_activity.clone();
             async move {
                 let Ok(response) = future.await;
-                Ok::<_, Infallible>(response.map(|body| {
-                    // hyper never polls an empty body: it ended at once.
-                    let empty = http_body::Body::is_end_stream(&body);
-                    let body = match &stream {
-                        Some(stream) => stream.watch(body),
-                        None => body,
-                    };
-                    let body = Observed::new(body, move |_, completed| {
-                        if let Some(stream) = stream {
+                Ok::<_, Infallible>(response.map(|body| match stream {
+                    None => Sent::Plain { body, in_flight: Some(in_flight) },
+                    Some(stream) => {
+                        // hyper never polls an empty body: it ended at once.
+                        let empty = http_body::Body::is_end_stream(&body);
+                        let body = Observed::new(stream.watch(body), move |_, completed| {
                             stream.end(completed || empty);
-                        }
-                        drop(in_flight);
-                    })
-                    .boxed_unsync();
-                    Drained::new(body, &activity, send_pace)
+                            drop(in_flight);
+                        })
+                        .boxed_unsync();
+                        Sent::Drained(Drained::new(body, &activity, send_pace))
+                    }
                 }))
             }
         });
@@ -551,6 +548,53 @@ impl http_body::Body for Drained {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .map_or_else(http_body::SizeHint::default, http_body::Body::size_hint)
+    }
+}
+
+/// The response body hyper sends. On HTTP/1 the socket's send pace
+/// ([`CountingIo`]) cuts a client that stops reading, so the body only
+/// counts its request in flight until it ends; HTTP/2 answers are also
+/// watched by the stall check ([`Drained`]).
+pub(super) enum Sent {
+    /// An HTTP/1 answer: `in_flight` ends with the body (or when dropped).
+    Plain { body: portcullis_layers::Body, in_flight: Option<InFlight> },
+    /// An HTTP/2 answer.
+    Drained(Drained),
+}
+
+impl http_body::Body for Sent {
+    type Data = bytes::Bytes;
+    type Error = portcullis_layers::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Plain { body, in_flight } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // hyper stops polling once a body reports its end.
+                if !matches!(polled, Poll::Pending | Poll::Ready(Some(Ok(_)))) || body.is_end_stream() {
+                    in_flight.take();
+                }
+                polled
+            }
+            Self::Drained(drained) => Pin::new(drained).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Plain { body, .. } => body.is_end_stream(),
+            Self::Drained(drained) => drained.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Plain { body, .. } => body.size_hint(),
+            Self::Drained(drained) => drained.size_hint(),
+        }
     }
 }
 
