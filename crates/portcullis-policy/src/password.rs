@@ -192,7 +192,7 @@ pub fn is_common(password: &str) -> bool {
 fn repeated_unit(s: &str) -> Option<&str> {
     let len = s.len();
     (1..=len / 2)
-        .filter(|&n| len % n == 0 && s.is_char_boundary(n))
+        .filter(|&n| len.is_multiple_of(n) && s.is_char_boundary(n))
         .map(|n| &s[..n])
         .find(|unit| unit.repeat(len / unit.len()) == s)
 }

@@ -270,7 +270,7 @@ impl Store {
     /// # Errors
     /// A store failure.
     pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
-        Ok(self.account_row(SELECT_ACCOUNT, id).await?.map(account).transpose()?)
+        self.account_row(SELECT_ACCOUNT, id).await?.map(account).transpose()
     }
 
     /// The account a login name names, with its password hash: an email if
