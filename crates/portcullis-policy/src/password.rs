@@ -17,9 +17,10 @@
 //!   normalization: 12 to 128. Any character is allowed, spaces included;
 //!   there are no composition rules (NIST SP 800-63B).
 //! - A new password is refused when, lower-cased, it is on the bundled list
-//!   of common passwords, or is a listed password with only digits and
-//!   punctuation around it (`password123456`, `!!dragon2024!!`), or is one
-//!   short or listed string repeated (`qwertyqwerty`, `abcabcabcabc`). The
+//!   of common passwords, or is a listed password with only ASCII digits,
+//!   punctuation and spaces around it (`password123456`, `!!dragon2024!!`),
+//!   or has nothing but those (`123456789012`, a date), or is one short or
+//!   listed string repeated (`qwertyqwerty`, `abcabcabcabc`). The
 //!   list (`password/common-passwords.txt`, 19,640 entries, BSD-3-Clause, see
 //!   `password/common-passwords.LICENSE`) is Django's; most of its entries are
 //!   shorter than 12 characters, which is why the padded and repeated forms

@@ -274,6 +274,18 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(store: &Store) {
     assert_eq!(sessions.len(), 5);
     assert!(sessions.iter().all(|s| s.revoked_at.is_some()), "{sessions:?}");
     assert_eq!(store.revoke_account_sessions(&alice.id, None, RevokeReason::LogoutEverywhere, now).await.unwrap(), 0);
+
+    // Ended sessions are purged with their history; live ones stay.
+    let (live, live_token) = store.create_session(&alice.id, end, now).await.unwrap();
+    assert_eq!(store.purge_sessions(now).await.unwrap(), 0, "nothing ended before now");
+    assert_eq!(store.purge_sessions(now + Duration::from_secs(32)).await.unwrap(), 5, "revoked up to now + 31 s");
+    assert!(store.session(&session.id).await.unwrap().is_none());
+    assert_eq!(store.rotate_refresh_token(t0.expose(), Duration::ZERO, now).await.unwrap(), Rotation::Unknown);
+    assert!(store.session(&live.id).await.unwrap().is_some());
+    assert!(matches!(
+        store.rotate_refresh_token(live_token.expose(), Duration::ZERO, now).await.unwrap(),
+        Rotation::Rotated { .. }
+    ));
 }
 
 async fn of_two_concurrent_refreshes_exactly_one_wins(store: &Store) {

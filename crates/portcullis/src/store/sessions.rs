@@ -144,6 +144,9 @@ const SELECT_BY_TOKEN: &str = "SELECT id, account_id, generation, created_at, ro
 const SELECT_BY_ACCOUNT: &str = "SELECT id, account_id, generation, created_at, rotated_at, expires_at, revoked_at, \
                                  revoked_reason FROM sessions WHERE account_id = $1 ORDER BY created_at, id";
 const REVOKE: &str = "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL";
+/// Sessions that ended before $1, by expiry or revocation (their rotated
+/// tokens go with them).
+const PURGE: &str = "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1";
 const REVOKE_ACCOUNT: &str = "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
                               WHERE account_id = $3 AND revoked_at IS NULL AND id <> $4";
 
@@ -322,6 +325,19 @@ impl Store {
                 .map(|r| r.rows_affected())
         })?;
         Ok(changed)
+    }
+
+    /// Deletes sessions that ended (expired or were revoked) before
+    /// `ended_before`, with their rotated-token history, which otherwise
+    /// grows by one row per refresh. How many it deleted. A token of a
+    /// purged session is then [`Rotation::Unknown`], no longer reuse: keep
+    /// `ended_before` well behind the refresh tokens' lifetime.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn purge_sessions(&self, ended_before: SystemTime) -> Result<u64, StoreError> {
+        let at = unix(ended_before);
+        Ok(with_pool!(self, |pool| sqlx::query(PURGE).bind(at).execute(pool).await.map(|r| r.rows_affected()))?)
     }
 }
 
