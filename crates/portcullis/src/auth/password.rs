@@ -25,6 +25,8 @@ use aws_lc_rs::rand;
 use portcullis_policy::password::{self, HashError, HashParams, Rejected, SALT_BYTES};
 use tokio::sync::Semaphore;
 
+use crate::store::hex;
+
 /// How long a caller waits for a hashing slot by default.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -194,10 +196,6 @@ fn random<const N: usize>() -> Result<[u8; N], PasswordError> {
     let mut bytes = [0; N];
     rand::fill(&mut bytes).map_err(|_| PasswordError::Random)?;
     Ok(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

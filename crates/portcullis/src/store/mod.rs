@@ -8,9 +8,10 @@
 //! built from values.
 //!
 //! Deployment caveats:
-//! - The SQLite file holds key hashes, not keys, but is still created `0600`
-//!   (with its WAL files, which SQLite gives the same mode); an existing file
-//!   keeps the mode it has.
+//! - The SQLite file holds hashes of keys, passwords, refresh tokens and
+//!   codes, never the secrets (TOTP secrets only as their caller sealed
+//!   them), but is still created `0600` (with its WAL files, which SQLite
+//!   gives the same mode); an existing file keeps the mode it has.
 //! - sqlx is built without TLS, so a PostgreSQL connection is plaintext: keep
 //!   the server on loopback, a Unix socket (`postgres://user@/db?host=/run/postgresql`)
 //!   or a private network. Put the password in `PGPASSWORD` or `~/.pgpass`
