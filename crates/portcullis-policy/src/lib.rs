@@ -25,6 +25,7 @@ pub mod login;
 pub mod normalize;
 pub mod openapi;
 pub mod overrides;
+pub mod password;
 pub mod principal;
 pub mod rate_limit;
 pub mod rbac;

@@ -159,6 +159,14 @@ impl Backoff {
 /// its lower case fingerprinted apart.
 #[must_use]
 pub fn account_fingerprint(raw: &str) -> Option<String> {
+    let name = fold_account_name(raw);
+    (!name.is_empty()).then(|| crate::principal::fingerprint(name.as_bytes()))
+}
+
+/// An account name in the form [`account_fingerprint`] hashes (and the
+/// built-in accounts store): folded as described there, trimmed.
+#[must_use]
+pub fn fold_account_name(raw: &str) -> String {
     fn fold(s: &str) -> String {
         s.chars()
             .filter(|c| !stringprep::tables::commonly_mapped_to_nothing(*c))
@@ -169,8 +177,7 @@ pub fn account_fingerprint(raw: &str) -> Option<String> {
     }
     let once: String = fold(raw).nfkc().collect();
     let twice: String = fold(&once).nfkc().collect();
-    let name = twice.trim();
-    (!name.is_empty()).then(|| crate::principal::fingerprint(name.as_bytes()))
+    twice.trim().to_owned()
 }
 
 /// Where a login request carries the account name.

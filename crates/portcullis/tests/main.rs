@@ -8,6 +8,7 @@
 mod common;
 mod support;
 
+mod accounts;
 mod admin;
 mod ambiguous;
 mod apikeys;

@@ -8,6 +8,7 @@
 //! async and may fail — a failed reload keeps the running configuration.
 
 pub mod jwt;
+pub mod password;
 
 use std::path::Path;
 use std::sync::Arc;

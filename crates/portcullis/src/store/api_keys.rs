@@ -29,7 +29,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::{constant_time, digest, rand};
 use base64::Engine as _;
@@ -38,7 +38,7 @@ use portcullis_layers::verify::{AuthFuture, VerifyApiKey};
 pub use portcullis_policy::clock::{Clock, SystemClock};
 use portcullis_policy::{AuthMethod, Denied, Principal, Reason};
 
-use super::{Store, StoreError, with_pool};
+use super::{Store, StoreError, from_unix, hex, sha256_hex, unix, with_pool};
 
 /// Every key starts with this.
 pub const PREFIX: &str = "pcl_";
@@ -381,21 +381,7 @@ fn random<const N: usize>() -> Result<[u8; N], ApiKeyError> {
 
 /// The stored form of a key: SHA-256 of all of it, in lowercase hex.
 fn hash(key: &str) -> String {
-    hex(digest::digest(&digest::SHA256, key.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]).map(char::from).collect()
-}
-
-/// Whole seconds since the epoch (times before it count as the epoch).
-fn unix(at: SystemTime) -> i64 {
-    i64::try_from(portcullis_policy::clock::unix_secs(at)).unwrap_or(i64::MAX)
-}
-
-fn from_unix(secs: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    sha256_hex(key)
 }
 
 /// Verifies API keys for the authentication layer, with a small cache of
@@ -488,6 +474,8 @@ impl VerifyApiKey for ApiKeyVerifier {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]

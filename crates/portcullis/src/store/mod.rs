@@ -1,4 +1,4 @@
-//! The durable store: API keys now, built-in accounts and the audit log later.
+//! The durable store: API keys and built-in accounts now, the audit log later.
 //!
 //! One database reached through sqlx: an SQLite file by default (one gateway
 //! instance), PostgreSQL when several instances must share keys. The schema
@@ -8,19 +8,23 @@
 //! built from values.
 //!
 //! Deployment caveats:
-//! - The SQLite file holds key hashes, not keys, but is still created `0600`
-//!   (with its WAL files, which SQLite gives the same mode); an existing file
-//!   keeps the mode it has.
+//! - The SQLite file holds hashes of keys, passwords, refresh tokens and
+//!   codes, never the secrets (TOTP secrets only as their caller sealed
+//!   them), but is still created `0600` (with its WAL files, which SQLite
+//!   gives the same mode); an existing file keeps the mode it has.
 //! - sqlx is built without TLS, so a PostgreSQL connection is plaintext: keep
 //!   the server on loopback, a Unix socket (`postgres://user@/db?host=/run/postgresql`)
 //!   or a private network. Put the password in `PGPASSWORD` or `~/.pgpass`
 //!   rather than in the configuration file; errors never repeat it.
 
+pub mod accounts;
 pub mod api_keys;
+pub mod mfa;
+pub mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -217,6 +221,27 @@ pub(crate) fn password(url: &str) -> Option<String> {
     let (_, authority) = authority(url)?;
     let (userinfo, _) = authority.rsplit_once('@')?;
     userinfo.split_once(':').map(|(_, password)| password.to_owned())
+}
+
+/// Whole seconds since the epoch, as stored (times before it count as the epoch).
+pub(crate) fn unix(at: SystemTime) -> i64 {
+    i64::try_from(portcullis_policy::clock::unix_secs(at)).unwrap_or(i64::MAX)
+}
+
+/// A stored time back as a `SystemTime`.
+pub(crate) fn from_unix(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]).map(char::from).collect()
+}
+
+/// The stored form of a random token or code: its SHA-256 in lowercase hex.
+pub(crate) fn sha256_hex(secret: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// `url` with its password, if any, replaced by `***`: safe for errors and logs.
