@@ -278,13 +278,8 @@ fn load_certified_key(source: &CertSource, data_dir: &Path) -> Result<CertifiedK
 /// A PEM certificate chain, leaf first; at least one certificate.
 pub(crate) fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
-    chain_from_pem(path, &pem)
-}
-
-/// The certificates in `pem` (read from `path`), leaf first; at least one.
-fn chain_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| pem_error(path, &e))?;
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| pem_error(path, &e))?;
     if chain.is_empty() {
         return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no CERTIFICATE block found".into() });
     }
@@ -293,14 +288,8 @@ fn chain_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>
 
 /// A PEM bundle of trusted CA certificates, from a file.
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
-    roots_from_pem(path, &pem)
-}
-
-/// A PEM bundle of trusted CA certificates.
-fn roots_from_pem(path: &Path, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for ca in chain_from_pem(path, pem)? {
+    for ca in load_chain(path)? {
         roots.add(ca).map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
     }
     Ok(roots)
