@@ -32,6 +32,7 @@ pub mod rbac;
 pub mod request_id;
 pub mod route;
 pub mod session;
+pub mod totp;
 pub mod upgrade;
 pub mod waf;
 
