@@ -928,3 +928,22 @@ fn upstream_tls_files_are_checked_at_their_keys() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn identity_key_rotation_age() {
+    // Default: 90 days.
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.auth.identity.rotate_after, std::time::Duration::from_secs(90 * 86_400));
+    let config = parse(&format!("{MINIMAL}\n[auth.identity]\nrotate_after = \"30d\"\n")).unwrap();
+    assert_eq!(config.auth.identity.rotate_after, std::time::Duration::from_secs(30 * 86_400));
+    for (value, message) in [
+        ("\"10m\"", "rotate_after is shorter than an hour"),
+        ("\"0s\"", "rotate_after must be greater than zero"),
+        ("\"monthly\"", "invalid rotate_after \"monthly\""),
+    ] {
+        let errs = errors(&format!("{MINIMAL}\n[auth.identity]\nrotate_after = {value}\n"));
+        assert_eq!(errs.len(), 1, "{value}: {errs:?}");
+        assert!(errs[0].message.contains(message), "{value}: {}", errs[0].message);
+        assert_eq!((errs[0].line, errs[0].column), (15, 16), "{value}: at the value");
+    }
+}

@@ -278,3 +278,78 @@ async fn the_signing_key_is_private_and_survives_restarts() {
     let (third_jwks, _) = jwks(&gw2).await;
     assert_ne!(third_jwks["keys"][0]["kid"], first_jwks["keys"][0]["kid"]);
 }
+
+/// The JWKS's key ids, in order, and its keys.
+async fn published(gw: &Gateway) -> (Vec<String>, KeySet) {
+    let (parts, body) = get(&gw.url("/.portcullis/jwks.json")).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    let kids = json(&body)["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
+    (kids, KeySet::from_jwks(&body, &[Algorithm::EdDSA]).unwrap().0)
+}
+
+#[tokio::test]
+async fn an_old_signing_key_is_rotated_and_published_until_its_tokens_expire() {
+    let up = upstreams().await;
+    let data = tempfile::tempdir().unwrap();
+    let (_, key) = create_key(data.path()).await;
+    let toml = identity_config(&up, data.path());
+    let bearer = format!("Bearer {key}");
+    let token_for = |seen: &Seen| last(seen)["x-portcullis-identity"].to_str().unwrap().to_owned();
+
+    let gw = gateway(&toml).await;
+    let (old_kids, _) = published(&gw).await;
+    let (parts, _) = get_with(&gw.url("/orders/1"), &[("authorization", &bearer)]).await;
+    assert_eq!(parts.status, 200);
+    let old_token = token_for(&up.orders.1);
+    assert!(gw.server.shutdown().await);
+
+    // The key file turns 91 days old (`rotate_after` is 90 days by default):
+    // the next start replaces it and keeps the old public key published.
+    let path = data.path().join("identity.key");
+    let aged = SystemTime::now() - Duration::from_secs(91 * 86_400);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(aged).unwrap();
+    let old_der = std::fs::read(&path).unwrap();
+    let gw = gateway(&toml).await;
+    let (kids, keys) = published(&gw).await;
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    assert_ne!(kids[0], old_kids[0], "a new current key");
+    assert_eq!(kids[1], old_kids[0], "the retired key after it");
+    assert_ne!(std::fs::read(&path).unwrap(), old_der);
+    assert!(verify(&old_token, &policy_for("orders"), &keys, SystemTime::now()).is_ok(), "a token in flight");
+    let (parts, _) = get_with(&gw.url("/orders/1"), &[("authorization", &bearer)]).await;
+    assert_eq!(parts.status, 200);
+    let new_token = token_for(&up.orders.1);
+    assert_eq!(jsonwebtoken::decode_header(&new_token).unwrap().kid.as_deref(), Some(kids[0].as_str()));
+    assert!(verify(&new_token, &policy_for("orders"), &keys, SystemTime::now()).is_ok());
+
+    let retired_path = data.path().join("identity.retired.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&retired_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let retired = json(&std::fs::read(&retired_path).unwrap().into());
+    assert_eq!(retired[0]["kid"], old_kids[0].as_str());
+    let until = retired[0]["publish_until"].as_u64().unwrap();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert!((now + 60..=now + 60 + 60).contains(&until), "ttl 60 s + 60 s margin from the rotation: {until} vs {now}");
+    assert!(gw.server.shutdown().await);
+
+    // Restarted within `rotate_after`: the key stays. Past its time, the
+    // retired key is no longer published, and no longer recorded.
+    let mut record = retired.clone();
+    record[0]["publish_until"] = serde_json::json!(now - 1);
+    std::fs::write(&retired_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let gw = gateway(&toml).await;
+    let (after, keys) = published(&gw).await;
+    assert_eq!(after, [kids[0].clone()]);
+    assert!(verify(&old_token, &policy_for("orders"), &keys, SystemTime::now()).is_err());
+    assert_eq!(json(&std::fs::read(&retired_path).unwrap().into()), serde_json::json!([]));
+
+    // A damaged record is a start error naming the file, not a silent reset.
+    assert!(gw.server.shutdown().await);
+    std::fs::write(&retired_path, b"{not json").unwrap();
+    let (config, _dir) = config(&toml);
+    let error = match portcullis::server::Server::start(config, Arc::new(Events::default())).await {
+        Ok(_) => panic!("started with a damaged identity.retired.json"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("identity.retired.json") && error.contains("not a list of retired keys"), "{error}");
+}

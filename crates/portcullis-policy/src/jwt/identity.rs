@@ -5,6 +5,11 @@
 //! short-lived EdDSA JWT with the gateway's public key, published as a JWKS
 //! at `/.portcullis/jwks.json`. The token names the upstream as audience so
 //! it cannot be replayed against another service, and lives 60 s by default.
+//!
+//! Key rotation: a replaced key's public half stays in the JWKS (a
+//! [`RetiredKey`]) until every token it signed has expired, so upstreams that
+//! cache the JWKS and tokens in flight keep verifying; the gateway decides
+//! when to rotate and keeps the retired keys (`auth::GatewaySigner`).
 
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +33,19 @@ pub struct IdentitySigner {
     public: Vec<u8>,
     issuer: String,
     ttl: Duration,
+    retired: Vec<RetiredKey>,
+}
+
+/// The public half of a replaced signing key, published until its last
+/// tokens have expired.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetiredKey {
+    /// Its key id.
+    pub kid: String,
+    /// The Ed25519 public key, base64url (the JWK's `x`).
+    pub x: String,
+    /// Unix seconds after which no token it signed is valid any more.
+    pub publish_until: u64,
 }
 
 impl std::fmt::Debug for IdentitySigner {
@@ -72,7 +90,25 @@ impl IdentitySigner {
             Ed25519KeyPair::from_pkcs8(der).map_err(|e| SignerError(format!("not an Ed25519 PKCS#8 key: {e}")))?;
         let public = pair.public_key().as_ref().to_vec();
         let kid = crate::principal::fingerprint(&public);
-        Ok(Self { key: EncodingKey::from_ed_der(der), kid, public, issuer: issuer.into(), ttl })
+        Ok(Self { key: EncodingKey::from_ed_der(der), kid, public, issuer: issuer.into(), ttl, retired: Vec::new() })
+    }
+
+    /// This signer, also publishing `retired` keys while they are due.
+    #[must_use]
+    pub fn with_retired(mut self, retired: Vec<RetiredKey>) -> Self {
+        self.retired = retired;
+        self
+    }
+
+    /// This key as a retired one, published until the tokens it signs up to
+    /// `now` (plus `margin` for clock skew) have expired.
+    #[must_use]
+    pub fn retire(&self, now: SystemTime, margin: Duration) -> RetiredKey {
+        RetiredKey {
+            kid: self.kid.clone(),
+            x: URL_SAFE_NO_PAD.encode(&self.public),
+            publish_until: crate::clock::unix_secs(now) + self.ttl.as_secs() + margin.as_secs(),
+        }
     }
 
     /// The key id in tokens and the JWKS.
@@ -81,13 +117,15 @@ impl IdentitySigner {
         &self.kid
     }
 
-    /// The public JWKS document upstreams verify with.
+    /// The public JWKS document upstreams verify with at `now`: the current
+    /// key first, then the retired keys still due.
     #[must_use]
-    pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": [{
-            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
-            "kid": self.kid, "x": URL_SAFE_NO_PAD.encode(&self.public),
-        }]})
+    pub fn jwks(&self, now: SystemTime) -> serde_json::Value {
+        let jwk = |kid: &str, x: &str| serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid, "x": x });
+        let now = crate::clock::unix_secs(now);
+        let current = jwk(&self.kid, &URL_SAFE_NO_PAD.encode(&self.public));
+        let retired = self.retired.iter().filter(|r| r.publish_until > now).map(|r| jwk(&r.kid, &r.x));
+        serde_json::json!({ "keys": std::iter::once(current).chain(retired).collect::<Vec<_>>() })
     }
 
     /// Signs the identity of `principal` for the upstream `audience`.
@@ -129,7 +167,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let token = signer.sign(&p, "orders", now).unwrap();
 
-        let jwks = serde_json::to_vec(&signer.jwks()).unwrap();
+        let jwks = serde_json::to_vec(&signer.jwks(now)).unwrap();
         let (keys, skipped) = KeySet::from_jwks(&jwks, &[Algorithm::EdDSA]).unwrap();
         assert!(skipped.is_empty());
         let mut policy = JwtPolicy::new("portcullis");
@@ -153,11 +191,45 @@ mod tests {
             verify(
                 &token,
                 &policy,
-                &KeySet::from_jwks(&serde_json::to_vec(&other.jwks()).unwrap(), &[Algorithm::EdDSA]).unwrap().0,
+                &KeySet::from_jwks(&serde_json::to_vec(&other.jwks(now)).unwrap(), &[Algorithm::EdDSA]).unwrap().0,
                 now
             )
             .is_err()
         );
         assert!(verify(&token, &JwtPolicy::new("portcullis"), &keys, now + Duration::from_secs(120)).is_err());
+    }
+
+    #[test]
+    fn a_retired_key_verifies_its_tokens_until_they_expire() {
+        let ttl = Duration::from_secs(60);
+        let margin = Duration::from_secs(30);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let old = IdentitySigner::from_pkcs8(&IdentitySigner::generate_pkcs8().unwrap(), "portcullis", ttl).unwrap();
+        let p = Principal::new("alice", AuthMethod::Session, b"c");
+        let token = old.sign(&p, "orders", now).unwrap();
+
+        let new = IdentitySigner::from_pkcs8(&IdentitySigner::generate_pkcs8().unwrap(), "portcullis", ttl)
+            .unwrap()
+            .with_retired(vec![old.retire(now, margin)]);
+        let mut policy = JwtPolicy::new("portcullis");
+        policy.audiences = vec!["orders".into()];
+        let keys_at = |at: SystemTime| {
+            let jwks = new.jwks(at);
+            let kids: Vec<String> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].to_string()).collect();
+            (KeySet::from_jwks(&serde_json::to_vec(&jwks).unwrap(), &[Algorithm::EdDSA]).unwrap().0, kids)
+        };
+        let (keys, kids) = keys_at(now);
+        assert_eq!(kids, [format!("{:?}", new.kid()), format!("{:?}", old.kid())], "current key first");
+        assert!(verify(&token, &policy, &keys, now).is_ok(), "the old key's token still verifies");
+        let fresh = new.sign(&p, "orders", now).unwrap();
+        assert!(verify(&fresh, &policy, &keys, now).is_ok());
+
+        // Published through the token's life and the margin, then gone.
+        let (keys, kids) = keys_at(now + ttl + margin - Duration::from_secs(1));
+        assert_eq!(kids.len(), 2);
+        assert!(verify(&token, &policy, &keys, now + ttl - Duration::from_secs(1)).is_ok());
+        let (keys, kids) = keys_at(now + ttl + margin);
+        assert_eq!(kids.len(), 1);
+        assert!(verify(&token, &policy, &keys, now).is_err(), "its key is no longer published");
     }
 }

@@ -12,12 +12,12 @@ pub mod password;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use portcullis_layers::auth::{Authenticators, MtlsIdentity};
 use portcullis_layers::identity::{SignIdentity, UpstreamIdentity};
 use portcullis_policy::Principal;
-use portcullis_policy::jwt::identity::{IdentitySigner, SignerError};
+use portcullis_policy::jwt::identity::{IdentitySigner, RetiredKey, SignerError};
 
 use crate::config::{Config, IdentityMode};
 use crate::oidc::OidcLogin;
@@ -85,7 +85,7 @@ impl AuthRuntime {
             authenticators.mtls = Some(Arc::new(MtlsIdentity { roles: mtls.roles.clone() }));
         }
         let signer = if config.upstreams.iter().any(|u| u.identity == IdentityMode::Jwt) {
-            Some(Arc::new(GatewaySigner::load(&config.server.data_dir, &auth.identity)?))
+            Some(Arc::new(GatewaySigner::load(&config.server.data_dir, &auth.identity, SystemTime::now())?))
         } else {
             None
         };
@@ -107,40 +107,110 @@ impl AuthRuntime {
 /// The gateway's EdDSA key for upstream identity tokens, kept in the data
 /// directory (`identity.key`, PKCS#8, mode 0600) so tokens stay verifiable
 /// across restarts and upstreams can cache the JWKS.
+///
+/// Rotation: a start or reload that finds the key older (by its file's
+/// modification time) than `[auth.identity] rotate_after` replaces it. The
+/// replaced key's public half goes to `identity.retired.json` and stays in
+/// the JWKS until the last token it signed has expired (its `ttl` plus
+/// [`RETIRED_MARGIN`]); a start or reload drops retired keys past that.
 #[derive(Debug)]
 pub struct GatewaySigner {
     signer: IdentitySigner,
 }
 
+/// How long a retired key stays published after its last token expired:
+/// room for clock skew between the gateway and its upstreams.
+pub const RETIRED_MARGIN: Duration = Duration::from_secs(60);
+
 impl GatewaySigner {
-    /// Loads the key, generating it on first use.
+    /// Loads the key, generating it on first use and replacing it when it
+    /// is due for rotation at `now`.
     ///
     /// # Errors
-    /// When the key file cannot be read, written or parsed.
-    pub fn load(data_dir: &Path, identity: &crate::config::auth::IdentityToken) -> Result<Self, AuthStartError> {
+    /// When the key file or the retired keys cannot be read, written or
+    /// parsed.
+    pub fn load(
+        data_dir: &Path,
+        identity: &crate::config::auth::IdentityToken,
+        now: SystemTime,
+    ) -> Result<Self, AuthStartError> {
         let path = data_dir.join("identity.key");
-        let error = |reason: String| AuthStartError::SigningKey { path: path.display().to_string(), reason };
-        let der = match std::fs::read(&path) {
-            Ok(der) => der,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let der = IdentitySigner::generate_pkcs8().map_err(|e| error(e.to_string()))?;
-                std::fs::create_dir_all(data_dir).map_err(|e| error(e.to_string()))?;
-                write_private(&path, &der).map_err(|e| error(e.to_string()))?;
-                tracing::info!(path = %path.display(), "generated the identity signing key");
-                der
-            }
-            Err(e) => return Err(error(e.to_string())),
+        let retired_path = data_dir.join("identity.retired.json");
+        let error =
+            |path: &Path, reason: String| AuthStartError::SigningKey { path: path.display().to_string(), reason };
+        let load = |der: &[u8]| {
+            IdentitySigner::from_pkcs8(der, identity.issuer.clone(), identity.ttl)
+                .map_err(|e| error(&path, e.to_string()))
         };
-        let signer = IdentitySigner::from_pkcs8(&der, identity.issuer.clone(), identity.ttl)
-            .map_err(|e| error(e.to_string()))?;
-        Ok(Self { signer })
+        let mut retired = read_retired(&retired_path).map_err(|reason| error(&retired_path, reason))?;
+        let before = retired.len();
+        let mut signer = match std::fs::read(&path) {
+            Ok(der) => load(&der)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let der = IdentitySigner::generate_pkcs8().map_err(|e| error(&path, e.to_string()))?;
+                std::fs::create_dir_all(data_dir).map_err(|e| error(&path, e.to_string()))?;
+                write_private(&path, &der).map_err(|e| error(&path, e.to_string()))?;
+                tracing::info!(path = %path.display(), "generated the identity signing key");
+                load(&der)?
+            }
+            Err(e) => return Err(error(&path, e.to_string())),
+        };
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|modified| now.duration_since(modified).unwrap_or_default())
+            .map_err(|e| error(&path, e.to_string()))?;
+        if age >= identity.rotate_after {
+            let der = IdentitySigner::generate_pkcs8().map_err(|e| error(&path, e.to_string()))?;
+            let fresh = load(&der)?;
+            retired.push(signer.retire(now, RETIRED_MARGIN));
+            // The retired list first: a crash before the key is replaced
+            // leaves the old key current and also listed, which is harmless.
+            write_retired(&retired_path, &retired).map_err(|e| error(&retired_path, e.to_string()))?;
+            replace_private(&path, &der).map_err(|e| error(&path, e.to_string()))?;
+            tracing::info!(retired_kid = %signer.kid(), kid = %fresh.kid(), "rotated the identity signing key");
+            signer = fresh;
+        }
+        let now_secs = portcullis_policy::clock::unix_secs(now);
+        retired.retain(|r| r.publish_until > now_secs);
+        if retired.len() != before {
+            write_retired(&retired_path, &retired).map_err(|e| error(&retired_path, e.to_string()))?;
+        }
+        Ok(Self { signer: signer.with_retired(retired) })
     }
 
-    /// The public JWKS.
+    /// The public JWKS: the current key, then the retired ones still due.
     #[must_use]
     pub fn jwks(&self) -> serde_json::Value {
-        self.signer.jwks()
+        self.signer.jwks(SystemTime::now())
     }
+}
+
+/// The retired keys recorded in `path`; none when it does not exist.
+fn read_retired(path: &Path) -> Result<Vec<RetiredKey>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("not a list of retired keys: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn write_retired(path: &Path, retired: &[RetiredKey]) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(retired).map_err(std::io::Error::other)?;
+    replace_private(path, &json)
+}
+
+/// Replaces `path` with `bytes` at once (a new owner-only file renamed over
+/// it), so a crash leaves the old content or the new, never half of one.
+fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let temporary = path.with_file_name(name);
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    write_private(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
 }
 
 impl SignIdentity for GatewaySigner {

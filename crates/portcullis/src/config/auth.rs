@@ -94,11 +94,21 @@ pub struct IdentityToken {
     pub issuer: String,
     /// Their lifetime.
     pub ttl: Duration,
+    /// The signing key's age at which a start or reload replaces it.
+    pub rotate_after: Duration,
 }
+
+/// The least `rotate_after`: a shorter one would replace the key at nearly
+/// every reload and grow the published key list for nothing.
+const MIN_ROTATE_AFTER: Duration = Duration::from_secs(3600);
 
 impl Default for IdentityToken {
     fn default() -> Self {
-        Self { issuer: "portcullis".into(), ttl: Duration::from_secs(60) }
+        Self {
+            issuer: "portcullis".into(),
+            ttl: Duration::from_secs(60),
+            rotate_after: Duration::from_secs(90 * 86_400),
+        }
     }
 }
 
@@ -167,7 +177,14 @@ pub(super) fn build_auth(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, en
             c.error(ttl_raw.span(), "identity ttl is longer than an hour")
                 .help("identity tokens are sent with every request; keep them short-lived (default 60s)");
         }
-        IdentityToken { issuer: i.issuer.as_ref().map_or(defaults.issuer, |s| s.get_ref().clone()), ttl }
+        let rotate_after = super::values::duration(c, i.rotate_after.as_ref(), defaults.rotate_after, "rotate_after");
+        if let Some(raw) = &i.rotate_after
+            && rotate_after < MIN_ROTATE_AFTER
+        {
+            c.error(raw.span(), "rotate_after is shorter than an hour")
+                .help("the key is replaced at the first start or reload past this age; 90d is the default");
+        }
+        IdentityToken { issuer: i.issuer.as_ref().map_or(defaults.issuer, |s| s.get_ref().clone()), ttl, rotate_after }
     });
     Auth {
         jwt,

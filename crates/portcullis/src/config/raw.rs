@@ -371,6 +371,7 @@ pub struct RawMtls {
 pub struct RawIdentity {
     pub issuer: Option<Spanned<String>>,
     pub ttl: Option<Spanned<String>>,
+    pub rotate_after: Option<Spanned<String>>,
 }
 
 /// A table or an array of tables (`[auth.jwt]` or `[[auth.jwt]]`), keeping
