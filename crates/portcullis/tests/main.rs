@@ -26,6 +26,7 @@ mod jwt;
 mod login;
 mod oidc;
 mod openapi;
+mod pages;
 mod paths;
 mod process;
 mod proxy;

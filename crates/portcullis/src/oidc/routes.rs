@@ -187,9 +187,11 @@ async fn finish_login(login: &OidcLogin, raw: Option<&str>, headers: &HeaderMap)
 
 async fn logout_page() -> Response {
     let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sign out</title></head>\n<body>\
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign out</title></head>\n\
+         <body><main><h1>Sign out</h1>\
          <form method=\"post\" action=\"{LOGOUT_PATH}\"><button type=\"submit\">Sign out</button></form>\
-         </body></html>\n"
+         </main></body></html>\n"
     );
     let mut response = Response::new(Body::from(html));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

@@ -280,6 +280,7 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 pub fn full_body(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
 }
+pub mod chromium;
 pub mod express;
 pub mod metrics;
 pub mod node;
