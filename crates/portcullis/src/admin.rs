@@ -16,6 +16,10 @@
 //!   `2001:db8:1:2::` or `2001:db8:1:2::%2F64`); 204, or 404 when there was
 //!   none.
 //!
+//! - `POST /logins/unlock` with `{"login": "api", "account": "alice"}`:
+//!   forgets the failures counted for that account name under
+//!   `[login.api]` (`portcullis user unlock`); 204.
+//!
 //! With `[state] shared = "redis://…"`, bans added or lifted here reach every
 //! instance.
 
@@ -48,6 +52,8 @@ pub struct AdminState {
     pub token: Secret,
     /// Where refused admin requests are reported.
     pub events: Arc<dyn EventSink>,
+    /// Login-failure counts (`[login.NAME]`).
+    pub logins: Arc<dyn portcullis_layers::login::LoginStore>,
 }
 
 /// The admin router.
@@ -56,6 +62,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{target}", delete(lift_ban))
+        .route("/logins/unlock", axum::routing::post(unlock_login))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -94,6 +101,24 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis-admin\""));
     response
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockRequest {
+    login: String,
+    account: String,
+}
+
+async fn unlock_login(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<UnlockRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "request.invalid", "expected {\"login\": NAME, \"account\": NAME}");
+    };
+    match portcullis_layers::login::unlock_account(state.logins.as_ref(), &request.login, &request.account).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::BAD_REQUEST, "request.invalid", "the account name is empty"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "login.unavailable", e.to_string()),
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
