@@ -358,11 +358,14 @@ async fn admin_unlock(admin: &crate::config::admin::Admin, login: &str, account:
     Err(format!("admin API at {addr} answered {status}: {}", String::from_utf8_lossy(&body)))
 }
 
-/// Which second factors the account has: `totp`, `passkeys`.
+/// Which second factors the account has: `totp` (`totp(pending)` before
+/// its first code), `passkey`.
 async fn second_factors(store: &Store, account_id: &str) -> Result<Vec<&'static str>, String> {
     let mut out = Vec::new();
-    if store.totp(account_id).await.map_err(|e| e.to_string())?.is_some() {
-        out.push("totp");
+    match store.totp(account_id).await.map_err(|e| e.to_string())? {
+        Some(totp) if totp.confirmed_at.is_some() => out.push("totp"),
+        Some(_) => out.push("totp(pending)"),
+        None => {}
     }
     if !store.passkeys(account_id).await.map_err(|e| e.to_string())?.is_empty() {
         out.push("passkey");
