@@ -173,10 +173,8 @@ pub fn reset_mfa(config: &Path, name: &str) -> ExitCode {
     with_account(config, name, |store, config, account| async move {
         store.reset_mfa(&account.id).await.map_err(|e| e.to_string())?;
         let ended = revoke(&store, &account.id, RevokeReason::Admin).await?;
-        let detail = format!(
-            "account {} ({}) second factors removed, {ended} session(s) revoked",
-            account.id, account.username
-        );
+        let detail =
+            format!("account {} ({}) second factors removed, {ended} session(s) revoked", account.id, account.username);
         event(&config, "user reset-mfa", "account.mfa_reset", detail.clone())?;
         eprintln!("{detail}");
         Ok(())

@@ -106,11 +106,7 @@ fn ok(out: &Output) -> String {
 }
 
 fn events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn reasons(path: &Path) -> Vec<String> {
@@ -123,7 +119,11 @@ async fn hasher() -> PasswordHasher {
 
 async fn users_are_added_with_a_password_from_stdin_and_listed_without_secrets(url: &str) {
     let s = setup(url, "");
-    let out = run(&s.config, &["user", "add", "Alice", "--email", "Alice@Example.org", "--roles", "editor,viewer"], &format!("{PASSWORD}\n"));
+    let out = run(
+        &s.config,
+        &["user", "add", "Alice", "--email", "Alice@Example.org", "--roles", "editor,viewer"],
+        &format!("{PASSWORD}\n"),
+    );
     assert_eq!(ok(&out), "", "nothing on stdout");
     assert!(text(&out.stderr).contains("(alice) created, roles: editor,viewer"), "{}", text(&out.stderr));
     // A CRLF line ending is not part of the password.
@@ -147,7 +147,8 @@ async fn users_are_added_with_a_password_from_stdin_and_listed_without_secrets(u
     assert!(row.contains("alice@example.org") && row.contains("editor,viewer") && row.contains("set"), "{row}");
     let row = table.lines().find(|l| l.contains("carol")).unwrap();
     assert!(row.contains("none"), "{row}");
-    let listed: serde_json::Value = serde_json::from_str(&ok(&run(&s.config, &["user", "list", "--json"], ""))).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&run(&s.config, &["user", "list", "--json"], ""))).unwrap();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0]["username"], "alice");
@@ -172,11 +173,9 @@ async fn users_are_added_with_a_password_from_stdin_and_listed_without_secrets(u
 
 async fn weak_passwords_on_stdin_are_refused_and_nothing_is_stored(url: &str) {
     let s = setup(url, "");
-    for (password, why) in [
-        ("short pass", "at least 12 characters"),
-        ("password123456", "too common"),
-        ("", "at least 12 characters"),
-    ] {
+    for (password, why) in
+        [("short pass", "at least 12 characters"), ("password123456", "too common"), ("", "at least 12 characters")]
+    {
         let out = run(&s.config, &["user", "add", "dave"], &format!("{password}\n"));
         assert_eq!(out.status.code(), Some(1), "{password:?}");
         let stderr = text(&out.stderr);
@@ -201,7 +200,8 @@ async fn role_changes_disabling_and_deleting_revoke_sessions(url: &str) {
     let id = store.account_for_login("erin").await.unwrap().unwrap().account.id;
     let now = SystemTime::now();
     let week = now + Duration::from_secs(7 * 86_400);
-    let session = |store: Store, id: String| async move { store.create_session(&id, week, SystemTime::now()).await.unwrap() };
+    let session =
+        |store: Store, id: String| async move { store.create_session(&id, week, SystemTime::now()).await.unwrap() };
 
     let (first, token) = session(store.clone(), id.clone()).await;
     let out = run(&s.config, &["user", "set-roles", "erin", "editor,billing"], "");
@@ -292,7 +292,8 @@ async fn an_invite_code_is_printed_once_and_registers_once(url: &str) {
     // With registration other than "invite" the command says so.
     let other = setup(url, "");
     let closed = &other.config;
-    let toml = std::fs::read_to_string(closed).unwrap().replace("registration = \"invite\"", "registration = \"closed\"");
+    let toml =
+        std::fs::read_to_string(closed).unwrap().replace("registration = \"invite\"", "registration = \"closed\"");
     std::fs::write(closed, toml).unwrap();
     let out = run(closed, &["invite", "create"], "");
     ok(&out);
@@ -341,4 +342,52 @@ async fn unlock_without_redis_or_admin_says_where_the_counts_live() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("live in the running gateway's memory") && stderr.contains("[admin]"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_reaches_a_running_gateways_memory_through_the_admin_api() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
+    // Every login fails at the upstream.
+    let up =
+        common::upstream(|_req| async { http::Response::builder().status(401).body(common::full_body("")).unwrap() })
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("accounts.db").display());
+    let extra = |admin_port: u16| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:{admin_port}\"\ntoken = \"{TOKEN}\"\n\n\
+             [login.api]\naccount = \"json:username\"\naccount_failures = 3\n\n\
+             [[route]]\nname = \"login\"\nmatch = {{ path = \"/login\" }}\nupstream = \"app\"\nauth = \"public\"\n\
+             login = \"api\"\n"
+        )
+    };
+    let gw = common::gateway(&common::simple_config(up, &extra(0))).await;
+    let admin = gw.server.addr("admin").unwrap();
+    let s = setup_shared(&url, "memory", &extra(admin.port()));
+    ok(&run(&s.config, &["user", "add", "judy", "--no-password"], ""));
+
+    let attempt = || async {
+        let req = http::Request::post(gw.url("/login"))
+            .header("content-type", "application/json")
+            .body(common::full_body(r#"{"username": "Judy", "password": "wrong"}"#.to_owned()))
+            .unwrap();
+        common::send(req).await.0.status.as_u16()
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt().await, 401);
+    }
+    assert_eq!(attempt().await, 429, "locked after 3 failures");
+
+    let out = run(&s.config, &["user", "unlock", "judy"], "");
+    ok(&out);
+    assert!(text(&out.stderr).contains("in the running gateway (admin API)"), "{}", text(&out.stderr));
+    assert_eq!(attempt().await, 401, "unlocked: the attempt reaches the upstream again");
+    assert_eq!(reasons(&s.events), ["account.created", "account.unlocked"]);
+
+    // A wrong token is refused, and the command says so.
+    let toml = std::fs::read_to_string(&s.config).unwrap().replace(TOKEN, "another-token-another-token-12345");
+    std::fs::write(&s.config, toml).unwrap();
+    let out = run(&s.config, &["user", "unlock", "judy"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
 }

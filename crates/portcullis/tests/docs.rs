@@ -234,13 +234,12 @@ fn no_page_announces_as_missing_what_exists() {
 fn every_reason_code_in_the_events_page_exists() {
     let doc = read("docs/events.md");
     // Plus the codes of events that are not refusals.
-    let known: BTreeSet<&str> =
-        portcullis_policy::Reason::ALL
-            .iter()
-            .map(|r| r.code())
-            .chain(["csp.violation"])
-            .chain(portcullis::cli_user::EVENT_CODES.iter().copied())
-            .collect();
+    let known: BTreeSet<&str> = portcullis_policy::Reason::ALL
+        .iter()
+        .map(|r| r.code())
+        .chain(["csp.violation"])
+        .chain(portcullis::cli_user::EVENT_CODES.iter().copied())
+        .collect();
     let mut unknown = Vec::new();
     for line in doc.lines().filter(|l| l.starts_with("| `")) {
         let code = line.trim_start_matches("| `").split('`').next().unwrap_or_default();

@@ -131,18 +131,22 @@ pub(super) fn build_accounts(c: &mut Collector<'_>, raw: &RawConfig) -> Option<A
     );
     let hash = HashParams {
         memory_kib: hash_memory(c, a.hash_memory.as_ref()),
-        iterations: count(c, a.hash_iterations.as_ref(), HashParams::OWASP.iterations, MAX_HASH_ITERATIONS, "hash_iterations"),
+        iterations: count(
+            c,
+            a.hash_iterations.as_ref(),
+            HashParams::OWASP.iterations,
+            MAX_HASH_ITERATIONS,
+            "hash_iterations",
+        ),
         parallelism: count(c, a.hash_parallelism.as_ref(), 1, MAX_HASH_PARALLELISM, "hash_parallelism"),
     };
-    let hash_concurrency = a.hash_concurrency.as_ref().and_then(|value| {
-        match usize::try_from(*value.get_ref()) {
-            Ok(n) if (1..=MAX_HASH_CONCURRENCY).contains(&n) => Some(n),
-            _ => {
-                c.error(value.span(), "hash_concurrency is out of range")
-                    .expected(format!("between 1 and {MAX_HASH_CONCURRENCY}"))
-                    .help("omit it for half the machine's cores");
-                None
-            }
+    let hash_concurrency = a.hash_concurrency.as_ref().and_then(|value| match usize::try_from(*value.get_ref()) {
+        Ok(n) if (1..=MAX_HASH_CONCURRENCY).contains(&n) => Some(n),
+        _ => {
+            c.error(value.span(), "hash_concurrency is out of range")
+                .expected(format!("between 1 and {MAX_HASH_CONCURRENCY}"))
+                .help("omit it for half the machine's cores");
+            None
         }
     });
     let parsed = duration_or_zero(c, a.hash_queue_timeout.as_ref(), defaults.hash_queue_timeout, "hash_queue_timeout");
@@ -187,7 +191,8 @@ pub(super) fn build_accounts(c: &mut Collector<'_>, raw: &RawConfig) -> Option<A
         c.error(value.span(), "refresh_token_ttl is not longer than access_token_ttl")
             .help("a refresh token exists to outlive the access tokens it renews");
     }
-    let parsed = duration_or_zero(c, a.refresh_reuse_grace.as_ref(), defaults.refresh_reuse_grace, "refresh_reuse_grace");
+    let parsed =
+        duration_or_zero(c, a.refresh_reuse_grace.as_ref(), defaults.refresh_reuse_grace, "refresh_reuse_grace");
     let refresh_reuse_grace = capped(
         c,
         a.refresh_reuse_grace.as_ref(),
