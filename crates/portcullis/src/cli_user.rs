@@ -43,7 +43,7 @@ use crate::config::accounts::{Accounts, Registration};
 use crate::config::state::Shared;
 use crate::config::{self, Config};
 use crate::store::Store;
-use crate::store::accounts::{Account, NewAccount};
+use crate::store::accounts::{Account, AccountError, NewAccount};
 use crate::store::sessions::RevokeReason;
 
 /// The reason codes of the events these commands emit (defence `account`).
@@ -67,18 +67,15 @@ const MAX_PASSWORD_LINE: u64 = 1024;
 /// password until one is set).
 #[must_use]
 pub fn add(config: &Path, name: &str, email: Option<&str>, roles: &[String], no_password: bool) -> ExitCode {
-    let password = if no_password {
-        None
-    } else {
-        match read_password(name) {
-            Ok(password) => Some(password),
-            Err(message) => {
-                eprintln!("error: {message}");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        }
-    };
     with_store(config, |store, config| async move {
+        // A taken name is told before the password is asked for (the
+        // store's unique constraint still decides a race).
+        if !name.contains('@') && store.account_for_login(name).await.map_err(|e| e.to_string())?.is_some() {
+            return Err(AccountError::UsernameTaken.to_string());
+        }
+        // Asked once the configuration and the store are known good. Reading
+        // stdin blocks this command's only thread, which has nothing else to do.
+        let password = if no_password { None } else { Some(read_password(name)?) };
         let settings = accounts_settings(&config);
         let hash = match &password {
             Some(password) => Some(hasher(&settings).await?.hash_new(password).await.map_err(|e| refused(&e))?),
