@@ -383,6 +383,13 @@ async fn unlock_reaches_a_running_gateways_memory_through_the_admin_api() {
     assert!(text(&out.stderr).contains("in the running gateway (admin API)"), "{}", text(&out.stderr));
     assert_eq!(attempt().await, 401, "unlocked: the attempt reaches the upstream again");
     assert_eq!(reasons(&s.events), ["account.created", "account.unlocked"]);
+    // The gateway records the unlock too, with the account as a fingerprint.
+    let fingerprint = portcullis_policy::login::account_fingerprint("judy").unwrap();
+    let logged = gw.events.0.lock().unwrap().clone();
+    let unlocked = logged.iter().find(|e| e.reason == "account.unlocked").unwrap();
+    assert_eq!(unlocked.listener, "admin");
+    let detail = unlocked.detail.as_deref().unwrap();
+    assert!(detail.contains(&fingerprint) && !detail.contains("judy"), "{detail}");
 
     // A wrong token is refused, and the command says so.
     let toml = std::fs::read_to_string(&s.config).unwrap().replace(TOKEN, "another-token-another-token-12345");
