@@ -148,7 +148,7 @@ impl LoginGuard {
     }
 
     fn account_key(&self, fingerprint: &str) -> String {
-        format!("login:{}:acct:{fingerprint}", self.settings.name)
+        account_key(&self.settings.name, fingerprint)
     }
 
     fn ip_key(&self, ip: IpAddr) -> String {
@@ -261,6 +261,23 @@ impl LoginGuard {
             .with_rule(self.settings.name.to_string())
             .with_detail(format!("{e}; outcome not recorded"))
     }
+}
+
+fn account_key(login: &str, fingerprint: &str) -> String {
+    format!("login:{login}:acct:{fingerprint}")
+}
+
+/// Forgets the failures counted for `account` (as a user would submit it)
+/// under the `[login.NAME]` named `login`: an administrator's unlock. The
+/// client addresses' counts are left alone. Whether the name could be
+/// counted at all (a name that folds to nothing never is).
+///
+/// # Errors
+/// The store cannot be reached.
+pub async fn unlock_account(store: &dyn LoginStore, login: &str, account: &str) -> Result<bool, StoreUnavailable> {
+    let Some(fingerprint) = account_fingerprint(account) else { return Ok(false) };
+    store.reset(&account_key(login, &fingerprint)).await?;
+    Ok(true)
 }
 
 /// See the module docs.

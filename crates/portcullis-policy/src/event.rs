@@ -152,6 +152,30 @@ impl SecurityEvent {
         }
     }
 
+    /// An event recording an administrator's command (`portcullis user …`):
+    /// no request, so `listener` is `"cli"`, `method` `"CLI"`, `path` the
+    /// command (`"user disable"`), `client_ip` the loopback address, the
+    /// request id a fresh one and `status` 0.
+    #[must_use]
+    pub fn command(
+        request_id: &str,
+        command: &str,
+        defence: &'static str,
+        reason: &'static str,
+        detail: String,
+        time: SystemTime,
+    ) -> Self {
+        let request = RequestSummary {
+            request_id,
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            listener: "cli",
+            method: "CLI",
+            path: command,
+            route: None,
+        };
+        Self { action: Action::Allow, status: 0, detail: Some(detail), defence, reason, ..Self::about(&request, time) }
+    }
+
     /// The event as one JSON line (without the newline).
     #[must_use]
     pub fn to_json_line(&self) -> String {

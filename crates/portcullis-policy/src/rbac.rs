@@ -82,6 +82,11 @@ impl Roles {
         roles.iter().flat_map(|r| self.permissions(r)).any(|granted| covers(granted, permission))
     }
 
+    /// The defined roles, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.permissions.keys().map(String::as_str)
+    }
+
     /// Whether the role is defined.
     #[must_use]
     pub fn is_defined(&self, role: &str) -> bool {

@@ -16,6 +16,11 @@
 //!   `2001:db8:1:2::` or `2001:db8:1:2::%2F64`); 204, or 404 when there was
 //!   none.
 //!
+//! - `POST /logins/unlock` with `{"login": "api", "account": "alice"}`:
+//!   forgets the failures counted for that account name under
+//!   `[login.api]` (`portcullis user unlock`); 204, and an
+//!   `account.unlocked` event naming the account by fingerprint only.
+//!
 //! With `[state] shared = "redis://…"`, bans added or lifted here reach every
 //! instance.
 
@@ -48,6 +53,8 @@ pub struct AdminState {
     pub token: Secret,
     /// Where refused admin requests are reported.
     pub events: Arc<dyn EventSink>,
+    /// Login-failure counts (`[login.NAME]`).
+    pub logins: Arc<dyn portcullis_layers::login::LoginStore>,
 }
 
 /// The admin router.
@@ -56,6 +63,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{target}", delete(lift_ban))
+        .route("/logins/unlock", axum::routing::post(unlock_login))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -94,6 +102,50 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis-admin\""));
     response
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockRequest {
+    login: String,
+    account: String,
+}
+
+/// Forgets an account's login failures; an `account.unlocked` event
+/// (action `log`, listener `admin`) names the login and the account's
+/// fingerprint, as the login protection's own events do.
+async fn unlock_login(State(state): State<AdminState>, request: Request) -> Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let body = axum::body::to_bytes(request.into_body(), 4096).await.unwrap_or_default();
+    let Ok(request) = serde_json::from_slice::<UnlockRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "request.invalid", "expected {\"login\": NAME, \"account\": NAME}");
+    };
+    match portcullis_layers::login::unlock_account(state.logins.as_ref(), &request.login, &request.account).await {
+        Ok(true) => {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let summary = RequestSummary {
+                request_id: &request_id,
+                client_ip: peer.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                listener: "admin",
+                method: "POST",
+                path: "/logins/unlock",
+                route: None,
+            };
+            let fingerprint = portcullis_policy::login::account_fingerprint(&request.account).unwrap_or_default();
+            let detail = format!("login {}: account {fingerprint} failures cleared", request.login);
+            state.events.emit(SecurityEvent::logged(
+                &summary,
+                "account",
+                "account.unlocked",
+                204,
+                detail,
+                std::time::SystemTime::now(),
+            ));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(StatusCode::BAD_REQUEST, "request.invalid", "the account name is empty"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "login.unavailable", e.to_string()),
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

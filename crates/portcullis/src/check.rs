@@ -51,7 +51,42 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     csrf_gaps(config, &mut out);
     waf_gaps(config, &mut out);
     path_ambiguity(config, &mut out);
+    account_gaps(config, &mut out);
     out
+}
+
+/// `[auth.accounts]` settings that let strangers in or leave the most
+/// powerful accounts on a password alone. Weak hashing parameters are not a
+/// finding: anything below OWASP's floor is refused when the file loads.
+fn account_gaps(config: &Config, out: &mut Vec<Finding>) {
+    use crate::config::accounts::Registration;
+    let Some(accounts) = &config.auth.accounts else { return };
+    if accounts.registration == Registration::Open {
+        out.push(warning(
+            "accounts.open_registration",
+            "[auth.accounts] registration = \"open\": anyone who reaches the gateway can create an account".into(),
+            "use \"invite\" (portcullis invite create) or \"closed\" (portcullis user add) unless strangers \
+             are meant to sign up; give new accounts no role that reaches private data",
+        ));
+    }
+    // An admin role: one named "admin", or one granting every permission.
+    let mut admins: Vec<&str> = config
+        .roles
+        .names()
+        .filter(|role| *role == "admin" || config.roles.permissions(role).iter().any(|p| p == "*"))
+        .filter(|role| !accounts.mfa_required_roles.iter().any(|r| r == role))
+        .collect();
+    admins.sort_unstable();
+    if !admins.is_empty() {
+        out.push(warning(
+            "accounts.admin_without_mfa",
+            format!(
+                "admin role(s) {} (named \"admin\" or granting \"*\") are not in [auth.accounts] mfa_required_roles",
+                admins.join(", ")
+            ),
+            "add them to mfa_required_roles: a phished or reused password alone would open an admin account",
+        ));
+    }
 }
 
 /// Path settings that let a spelling through which a backend may read as

@@ -142,6 +142,35 @@ fn write_loop(rx: &Receiver<String>, mut writers: Vec<Writer>) {
     }
 }
 
+/// Writes one event to every sink now, without a writer thread: for
+/// commands that exit right after (`portcullis user …`). A `stdout` sink
+/// writes to stderr instead, so a command's own output (an invite code, a
+/// listing) is alone on stdout.
+///
+/// # Errors
+/// A sink that cannot be opened or written; the other sinks are still written.
+pub fn write_now(config: &Events, event: &SecurityEvent) -> std::io::Result<()> {
+    let mut line = event.to_json_line();
+    line.push('\n');
+    let mut failure = None;
+    for sink in &config.sinks {
+        let written = match sink {
+            Sink::Stdout | Sink::Stderr => std::io::stderr().write_all(line.as_bytes()),
+            Sink::File(path) => {
+                let mut options = OpenOptions::new();
+                options.create(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                options.open(path).and_then(|mut file| file.write_all(line.as_bytes()))
+            }
+        };
+        if let Err(e) = written {
+            failure = Some(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
 impl EventSink for JsonLines {
     fn emit(&self, event: SecurityEvent) {
         match self.tx.try_send(event.to_json_line()) {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod check;
 pub mod cli_apikey;
 pub mod cli_ban;
+pub mod cli_user;
 pub mod config;
 pub mod demo;
 pub mod events;

@@ -43,6 +43,16 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Manage the built-in accounts (kept in the `[state] store`).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Create single-use invite codes for account registration.
+    Invite {
+        #[command(subcommand)]
+        command: InviteCommand,
+    },
     /// List, add and lift client bans of a running deployment.
     Ban {
         #[command(subcommand)]
@@ -125,6 +135,107 @@ enum BanCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account; its password is read from stdin, or from a prompt
+    /// without echo on a terminal (never from an argument).
+    Add {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username (folded: case and compatibility forms do not count).
+        name: String,
+        /// The account's email (a second login name).
+        #[arg(long)]
+        email: Option<String>,
+        /// Its roles (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+        roles: Vec<String>,
+        /// Create it without a password (it cannot log in with one).
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// List accounts (never a password hash).
+    List {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an account's roles; its sessions end.
+    SetRoles {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username or email.
+        name: String,
+        /// The new roles, comma-separated ("" for none).
+        #[arg(value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+    },
+    /// Disable an account; its sessions end.
+    Disable {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username or email.
+        name: String,
+    },
+    /// Enable a disabled account.
+    Enable {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username or email.
+        name: String,
+    },
+    /// Remove every second factor (TOTP, recovery codes, passkeys); its sessions end.
+    ResetMfa {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username or email.
+        name: String,
+    },
+    /// Clear the login-failure counts of an account under every [login.NAME]:
+    /// in Redis with `[state] shared = "redis://…"`, else in the running
+    /// gateway's memory through its admin API (`[admin]`); without either,
+    /// the counts live only in the running gateway and expire after their window.
+    Unlock {
+        /// The configuration file (its `[state] shared` Redis, else its `[admin]` API).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username or email.
+        name: String,
+    },
+    /// Delete an account, its sessions and second factors.
+    Delete {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The username or email.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InviteCommand {
+    /// Create a single-use invite and print its code once on stdout.
+    Create {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Roles the account registered with it gets (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+        roles: Vec<String>,
+        /// How long the code works, such as 7d or 12h.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "7d")]
+        expires: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ApiKeyCommand {
     /// Create a key and print it once on stdout.
     Create {
@@ -184,6 +295,27 @@ fn main() -> ExitCode {
             BanCommand::List { config, json } => portcullis::cli_ban::list(&config, json),
             BanCommand::Add { config, duration, target } => portcullis::cli_ban::add(&config, &target, duration),
             BanCommand::Lift { config, target } => portcullis::cli_ban::lift(&config, &target),
+        },
+        Command::User { command } => match command {
+            UserCommand::Add { config, name, email, roles, no_password } => {
+                let roles: Vec<String> = roles.into_iter().filter(|r| !r.is_empty()).collect();
+                portcullis::cli_user::add(&config, &name, email.as_deref(), &roles, no_password)
+            }
+            UserCommand::List { config, json } => portcullis::cli_user::list(&config, json),
+            UserCommand::SetRoles { config, name, roles } => {
+                let roles: Vec<String> = roles.into_iter().filter(|r| !r.is_empty()).collect();
+                portcullis::cli_user::set_roles(&config, &name, &roles)
+            }
+            UserCommand::Disable { config, name } => portcullis::cli_user::disable(&config, &name),
+            UserCommand::Enable { config, name } => portcullis::cli_user::enable(&config, &name),
+            UserCommand::ResetMfa { config, name } => portcullis::cli_user::reset_mfa(&config, &name),
+            UserCommand::Unlock { config, name } => portcullis::cli_user::unlock(&config, &name),
+            UserCommand::Delete { config, name } => portcullis::cli_user::delete(&config, &name),
+        },
+        Command::Invite { command } => match command {
+            InviteCommand::Create { config, roles, expires } => {
+                portcullis::cli_user::create_invite(&config, &roles, expires)
+            }
         },
         Command::Apikey { command } => match command {
             ApiKeyCommand::Create { config, name, roles, expires } => {

@@ -2,8 +2,8 @@
 //! real PostgreSQL server: accounts and their folding, refresh-token rotation
 //! (reuse revokes the family; of two concurrent refreshes exactly one wins),
 //! single-use invites and recovery codes, TOTP step replay, passkeys, and
-//! hostile values stored as data. Endpoints, configuration and the CLI come
-//! later (issue 16); these tests pin the store they will stand on.
+//! hostile values stored as data. The `user` and `invite` commands on this
+//! store are tested in `accounts_cli.rs`.
 
 use std::time::{Duration, SystemTime};
 

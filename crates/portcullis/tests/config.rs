@@ -947,3 +947,116 @@ fn identity_key_rotation_age() {
         assert_eq!((errs[0].line, errs[0].column), (15, 16), "{value}: at the value");
     }
 }
+
+// --- [auth.accounts] ----------------------------------------------------------------------
+
+#[test]
+fn accounts_defaults_are_closed_owasp_and_short_lived() {
+    use portcullis::config::accounts::Registration;
+    use portcullis_policy::password::HashParams;
+    use std::time::Duration;
+    assert!(parse(MINIMAL).unwrap().auth.accounts.is_none());
+    let a = parse(&format!("{MINIMAL}\n[auth.accounts]\n")).unwrap().auth.accounts.unwrap();
+    assert_eq!(a.registration, Registration::Closed);
+    assert_eq!(a.hash, HashParams::OWASP);
+    assert_eq!(a.hash_concurrency, None);
+    assert!(a.hash_slots() >= 1);
+    assert_eq!(a.hash_queue_timeout, Duration::from_secs(2));
+    assert_eq!(a.access_token_ttl, Duration::from_secs(300));
+    assert_eq!(a.refresh_token_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(a.refresh_reuse_grace, Duration::from_secs(10));
+    assert!(a.mfa_required_roles.is_empty());
+
+    let set = parse(&format!(
+        "{MINIMAL}\n[auth.accounts]\nregistration = \"invite\"\nhash_memory = \"64MiB\"\nhash_iterations = 3\n\
+         hash_parallelism = 4\nhash_concurrency = 2\nhash_queue_timeout = \"0s\"\naccess_token_ttl = \"15m\"\n\
+         refresh_token_ttl = \"30d\"\nrefresh_reuse_grace = \"0s\"\nmfa_required_roles = [\"admin\", \"ops\", \"admin\"]\n"
+    ))
+    .unwrap()
+    .auth
+    .accounts
+    .unwrap();
+    assert_eq!(set.registration, Registration::Invite);
+    assert_eq!(set.hash, HashParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 4 });
+    assert_eq!((set.hash_concurrency, set.hash_slots()), (Some(2), 2));
+    assert_eq!(set.hash_queue_timeout, Duration::ZERO);
+    assert_eq!(set.access_token_ttl, Duration::from_secs(900));
+    assert_eq!(set.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+    assert_eq!(set.refresh_reuse_grace, Duration::ZERO);
+    assert_eq!(set.mfa_required_roles, ["admin", "ops"]);
+    let open = parse(&format!("{MINIMAL}\n[auth.accounts]\nregistration = \"open\"\n")).unwrap();
+    assert_eq!(open.auth.accounts.unwrap().registration, Registration::Open);
+}
+
+#[test]
+fn weak_hashing_and_odd_lifetimes_are_refused_at_their_key() {
+    for (body, message) in [
+        ("registration = \"anyone\"", "unknown registration \"anyone\""),
+        ("hash_memory = \"16MiB\"", "hash_memory 16384 KiB is weaker than OWASP's floor of 19 MiB"),
+        ("hash_memory = 1048576", "is weaker than OWASP's floor"),
+        ("hash_memory = \"2GiB\"", "is too large"),
+        ("hash_memory = \"lots\"", "invalid hash_memory"),
+        ("hash_iterations = 1", "hash_iterations 1 is weaker than OWASP's floor of 2"),
+        ("hash_iterations = 1000", "hash_iterations is out of range"),
+        ("hash_parallelism = 0", "hash_parallelism 0 is weaker than OWASP's floor of 1"),
+        ("hash_concurrency = 0", "hash_concurrency is out of range"),
+        ("hash_queue_timeout = \"5m\"", "hash_queue_timeout \"5m\" is too long"),
+        ("access_token_ttl = \"10s\"", "access_token_ttl \"10s\" is shorter than a minute"),
+        ("access_token_ttl = \"1d\"", "access_token_ttl \"1d\" is too long"),
+        ("access_token_ttl = \"0s\"", "access_token_ttl must be greater than zero"),
+        ("refresh_token_ttl = \"1y\"", "refresh_token_ttl \"1y\" is too long"),
+        ("refresh_token_ttl = \"2m\"", "refresh_token_ttl is not longer than access_token_ttl"),
+        ("refresh_reuse_grace = \"5m\"", "refresh_reuse_grace \"5m\" is too long"),
+        ("refresh_reuse_grace = \"soon\"", "invalid refresh_reuse_grace"),
+        ("mfa_required_roles = [\"a b\"]", "invalid role \"a b\""),
+        ("mfa = \"required\"", "unknown field `mfa`"),
+    ] {
+        let toml = format!("{MINIMAL}\n[auth.accounts]\n{body}\n");
+        let errs = errors(&toml);
+        assert_eq!(errs.len(), 1, "{body}: {errs:?}");
+        assert!(errs[0].message.contains(message), "{body}: {}", errs[0].message);
+        assert!(errs[0].expected.is_some() || errs[0].help.is_some(), "{body}: {errs:?}");
+        // The error points at the key's line (the line after the section header).
+        let line = toml.lines().position(|l| l == body).unwrap() + 1;
+        assert_eq!(errs[0].line, line, "{body}: {errs:?}");
+        assert!(errs[0].to_string().starts_with(&format!("/etc/portcullis/test.toml:{line}:")), "{}", errs[0]);
+    }
+}
+
+#[test]
+fn routes_do_not_accept_accounts_as_an_auth_method() {
+    let toml = format!("{}\n[auth.accounts]\n", MINIMAL.replace("auth = \"public\"", "auth = [\"account\"]"));
+    let errs = errors(&toml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("unknown authentication method \"account\""), "{}", errs[0].message);
+}
+
+#[test]
+fn check_reports_open_registration_and_admin_roles_without_mfa() {
+    let codes = |toml: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(toml).unwrap())
+            .iter()
+            .map(|f| f.code)
+            .filter(|c| c.starts_with("accounts."))
+            .collect()
+    };
+    let roles = "[roles]\nviewer = { permissions = [\"orders:read\"] }\nroot = { permissions = [\"*\"] }\n\
+                 admin = { permissions = [\"orders:write\"] }\n";
+    assert!(codes(&format!("{MINIMAL}\n{roles}")).is_empty(), "no accounts, no account findings");
+    assert!(codes(&format!("{MINIMAL}\n[auth.accounts]\n")).is_empty(), "closed, no admin roles");
+    assert_eq!(
+        codes(&format!("{MINIMAL}\n{roles}\n[auth.accounts]\nregistration = \"open\"\n")),
+        ["accounts.open_registration", "accounts.admin_without_mfa"]
+    );
+    let finding = portcullis::check::findings(&parse(&format!("{MINIMAL}\n{roles}\n[auth.accounts]\n")).unwrap())
+        .into_iter()
+        .find(|f| f.code == "accounts.admin_without_mfa")
+        .unwrap();
+    assert!(finding.message.contains("admin, root"), "{}", finding.message);
+    let partly = format!("{MINIMAL}\n{roles}\n[auth.accounts]\nmfa_required_roles = [\"root\"]\n");
+    let finding = portcullis::check::findings(&parse(&partly).unwrap()).pop().unwrap();
+    assert!(finding.message.contains("role(s) admin ("), "{}", finding.message);
+    let covered = format!("{MINIMAL}\n{roles}\n[auth.accounts]\nmfa_required_roles = [\"root\", \"admin\"]\n");
+    assert!(codes(&covered).is_empty());
+    assert!(codes(&format!("{covered}registration = \"invite\"\n")).is_empty(), "invite is not open");
+}

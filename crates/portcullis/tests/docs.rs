@@ -110,6 +110,7 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
         ("### `[auth.identity]`", vec![("RawIdentity", keys::<RawIdentity>())]),
         ("### `[state]`", vec![("RawState", keys::<RawState>())]),
         ("### `[auth.api_key]`", vec![("RawApiKeys", keys::<RawApiKeys>())]),
+        ("## Built-in accounts: `[auth.accounts]`", vec![("RawAccounts", keys::<RawAccounts>())]),
         (
             "## OIDC login and sessions (`[auth.oidc]`, `[auth.session]`)",
             vec![("RawOidc", keys::<RawOidc>()), ("RawSession", keys::<RawSession>())],
@@ -233,8 +234,12 @@ fn no_page_announces_as_missing_what_exists() {
 fn every_reason_code_in_the_events_page_exists() {
     let doc = read("docs/events.md");
     // Plus the codes of events that are not refusals.
-    let known: BTreeSet<&str> =
-        portcullis_policy::Reason::ALL.iter().map(|r| r.code()).chain(["csp.violation"]).collect();
+    let known: BTreeSet<&str> = portcullis_policy::Reason::ALL
+        .iter()
+        .map(|r| r.code())
+        .chain(["csp.violation"])
+        .chain(portcullis::cli_user::EVENT_CODES.iter().copied())
+        .collect();
     let mut unknown = Vec::new();
     for line in doc.lines().filter(|l| l.starts_with("| `")) {
         let code = line.trim_start_matches("| `").split('`').next().unwrap_or_default();

@@ -9,6 +9,7 @@ mod common;
 mod support;
 
 mod accounts;
+mod accounts_cli;
 mod admin;
 mod ambiguous;
 mod apikeys;

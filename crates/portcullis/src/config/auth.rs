@@ -26,6 +26,9 @@ pub struct Auth {
     pub oidc: Option<Oidc>,
     /// `[auth.api_key]`.
     pub api_keys: Option<ApiKeys>,
+    /// `[auth.accounts]`: the built-in accounts. Routes do not accept them
+    /// as an `auth` method; the store and the `user` commands use this.
+    pub accounts: Option<super::accounts::Accounts>,
     /// `[auth.mtls]`.
     pub mtls: Option<Mtls>,
     /// `[auth.identity]`: the gateway-signed identity token.
@@ -190,6 +193,7 @@ pub(super) fn build_auth(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, en
         jwt,
         oidc: super::oidc::build_oidc(c, raw, base, env),
         api_keys: super::api_keys::build_api_keys(c, raw),
+        accounts: super::accounts::build_accounts(c, raw),
         mtls,
         identity,
     }

@@ -6,6 +6,7 @@
 //! the raw structs. Defaults are secure, and `docs/defaults.md` says why each
 //! one is what it is.
 
+pub mod accounts;
 pub mod admin;
 pub mod api_keys;
 pub mod auth;

@@ -277,6 +277,7 @@ pub struct RawAuth {
     pub oidc: Option<Spanned<RawOidc>>,
     pub session: Option<Spanned<RawSession>>,
     pub api_key: Option<Spanned<RawApiKeys>>,
+    pub accounts: Option<Spanned<RawAccounts>>,
     pub mtls: Option<Spanned<RawMtls>>,
     pub identity: Option<Spanned<RawIdentity>>,
 }
@@ -355,6 +356,33 @@ pub struct RawApiKeys {
     pub header: Option<Spanned<String>>,
     /// How long a verified key is trusted without asking the store again.
     pub cache_ttl: Option<Spanned<String>>,
+}
+
+/// `[auth.accounts]`: the built-in accounts (kept in the `[state] store`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccounts {
+    /// `closed` (default), `open` or `invite`.
+    pub registration: Option<Spanned<String>>,
+    /// argon2id memory per hash (`"19MiB"` or bytes).
+    pub hash_memory: Option<Spanned<Size>>,
+    /// argon2id passes.
+    pub hash_iterations: Option<Spanned<i64>>,
+    /// argon2id lanes.
+    pub hash_parallelism: Option<Spanned<i64>>,
+    /// Hashes running at once (default: half the cores).
+    pub hash_concurrency: Option<Spanned<i64>>,
+    /// Longest wait for a hashing slot.
+    pub hash_queue_timeout: Option<Spanned<String>>,
+    /// Lifetime of an access token.
+    pub access_token_ttl: Option<Spanned<String>>,
+    /// Lifetime of a session's refresh tokens (from login, not extended).
+    pub refresh_token_ttl: Option<Spanned<String>>,
+    /// How long after a rotation the replaced token is refused without
+    /// revoking its family.
+    pub refresh_reuse_grace: Option<Spanned<String>>,
+    /// Roles whose accounts must have a second factor.
+    pub mfa_required_roles: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[auth.mtls]`: client certificates as identities.

@@ -376,6 +376,7 @@ impl Server {
                 metrics,
                 token: admin.token.clone(),
                 events: events.clone(),
+                logins: state.logins.clone(),
             });
             let mut stop = shutdown.subscribe();
             acceptors.spawn(async move {
