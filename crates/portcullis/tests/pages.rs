@@ -6,7 +6,7 @@
 use crate::common;
 
 use chromiumoxide::cdp::browser_protocol::network::CookieParam;
-use common::chromium::{Chromium, csp_violations, press, screenshot};
+use common::chromium::{Chromium, csp_violations, press, screenshot, wait_for_url};
 use common::oidc_stub::{sealed_session, stub_provider};
 use common::*;
 
@@ -46,7 +46,7 @@ async fn the_sign_out_page_signs_out_by_keyboard_under_the_gateway_csp() {
         .unwrap();
     page.set_cookie(cookie).await.unwrap();
     page.goto(gw.url("/.portcullis/logout")).await.unwrap();
-    page.wait_for_navigation().await.unwrap();
+    wait_for_url(&page, &gw.url("/.portcullis/logout")).await;
     assert_eq!(page.get_title().await.unwrap().as_deref(), Some("Sign out"));
     // For screen readers: the page's language, one heading, the button's name.
     let outline: String = page
@@ -66,9 +66,7 @@ async fn the_sign_out_page_signs_out_by_keyboard_under_the_gateway_csp() {
     let focused: String = page.evaluate("document.activeElement.textContent").await.unwrap().into_value().unwrap();
     assert_eq!(focused, "Sign out");
     press(&page, "Enter").await;
-    page.wait_for_navigation().await.unwrap();
-    let url = page.url().await.unwrap().unwrap_or_default();
-    assert_eq!(url, gw.url("/"), "sent home after signing out");
+    wait_for_url(&page, &gw.url("/")).await;
     assert!(!has_session(page.get_cookies().await.unwrap()), "the session cookie is gone");
     assert_eq!(csp_violations(&page).await, Vec::<String>::new());
     browser.close().await;

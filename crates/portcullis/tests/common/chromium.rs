@@ -56,7 +56,7 @@ impl Chromium {
         let page = self.browser.new_page("about:blank").await.unwrap();
         page.evaluate_on_new_document(RECORD_VIOLATIONS).await.unwrap();
         page.goto(url).await.unwrap();
-        page.wait_for_navigation().await.unwrap();
+        wait_for_url(&page, url).await;
         page
     }
 
@@ -71,6 +71,28 @@ impl Chromium {
 /// The CSP violations the page's document reported.
 pub async fn csp_violations(page: &Page) -> Vec<String> {
     page.evaluate("window.__cspViolations || []").await.unwrap().into_value().unwrap()
+}
+
+/// Waits (up to 15 s) until the page shows `url`, loaded: a form submitted
+/// by a key press navigates after the press returns, so the navigation is
+/// waited for by its result, not by an event that may already have fired.
+pub async fn wait_for_url(page: &Page, url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let at = page.url().await.ok().flatten().unwrap_or_default();
+        let loaded = at == url
+            && page
+                .evaluate("document.readyState")
+                .await
+                .ok()
+                .and_then(|r| r.into_value::<String>().ok())
+                .is_some_and(|state| state == "complete");
+        if loaded {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the page stayed at {at}, expected {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Presses `key` (`Tab`, `Enter`, …) on whatever has the focus.
