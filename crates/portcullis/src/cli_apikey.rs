@@ -69,8 +69,10 @@ pub fn revoke(config: &Path, id: &str) -> ExitCode {
     })
 }
 
-/// Loads the configuration, opens its store on a small runtime and runs `op`.
-fn with_store<F, Fut>(path: &Path, op: F) -> ExitCode
+/// Loads the configuration, opens its store on a small runtime and runs `op`
+/// (the `user` and `invite` commands use it too; hashing runs on the
+/// runtime's blocking threads).
+pub(crate) fn with_store<F, Fut>(path: &Path, op: F) -> ExitCode
 where
     F: FnOnce(Store, config::Config) -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -104,11 +106,11 @@ where
     }
 }
 
-fn time_text(at: Option<SystemTime>, none: &str) -> String {
+pub(crate) fn time_text(at: Option<SystemTime>, none: &str) -> String {
     at.map_or_else(|| none.to_owned(), |at| humantime::format_rfc3339_seconds(at).to_string())
 }
 
-fn roles_text(roles: &[String]) -> String {
+pub(crate) fn roles_text(roles: &[String]) -> String {
     if roles.is_empty() { "-".to_owned() } else { roles.join(",") }
 }
 

@@ -37,11 +37,11 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_layers::login::{LoginStore, unlock_account};
 use portcullis_policy::SecurityEvent;
 
-use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::auth::password::{PasswordError, PasswordHasher};
+use crate::cli_apikey::{roles_text, time_text, with_store};
+use crate::config::Config;
 use crate::config::accounts::{Accounts, Registration};
 use crate::config::state::Shared;
-use crate::config::{self, Config};
 use crate::store::Store;
 use crate::store::accounts::{Account, AccountError, NewAccount};
 use crate::store::sessions::RevokeReason;
@@ -382,50 +382,6 @@ where
         };
         op(store, config, record.account).await
     })
-}
-
-/// Loads the configuration, opens its store on a small runtime and runs `op`.
-fn with_store<F, Fut>(path: &Path, op: F) -> ExitCode
-where
-    F: FnOnce(Store, Config) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let config = match config::load(path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    // Hashing runs on the runtime's blocking threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    let outcome = runtime.block_on(async {
-        let store = Store::open(&config.state.store).await.map_err(|e| e.to_string())?;
-        let result = op(store.clone(), config).await;
-        store.close().await;
-        result
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
-}
-
-fn time_text(at: Option<SystemTime>, none: &str) -> String {
-    at.map_or_else(|| none.to_owned(), |at| humantime::format_rfc3339_seconds(at).to_string())
-}
-
-fn roles_text(roles: &[String]) -> String {
-    if roles.is_empty() { "-".to_owned() } else { roles.join(",") }
 }
 
 fn json_value(account: &Account, mfa: &[&str]) -> serde_json::Value {
