@@ -6,12 +6,14 @@
 //!   accepts; a credential for a method the route does not accept is ignored.
 //! - Credentials are looked for in a fixed order: API key (the configured
 //!   header, or an `Authorization: Bearer` value with the API key prefix),
-//!   bearer JWT, session cookie, client certificate. The first credential
+//!   the gateway's own access token (a bearer JWT naming one of its keys),
+//!   bearer JWT, OIDC session cookie, account session cookie, client
+//!   certificate. The first credential
 //!   present decides: a bad credential is refused even if another would pass,
 //!   so a stolen-but-revoked key cannot hide behind a valid cookie.
 //! - No credential: browsers (a `GET` asking for HTML) on a route accepting
-//!   sessions are redirected to login; everyone else gets 401 with
-//!   `WWW-Authenticate`.
+//!   sessions (OIDC first, then accounts) are redirected to that login;
+//!   everyone else gets 401 with `WWW-Authenticate`.
 //! - The verified [`Principal`] goes into the request's extensions for
 //!   authorization, rate limiting and the upstream identity.
 //! - API keys are the gateway's secrets and never reach an upstream: they
@@ -31,7 +33,7 @@ use portcullis_policy::{AuthMethod, Denied, Methods, Principal, Reason};
 
 use crate::caller::Caller;
 use crate::refusal::{Redirected, deny};
-use crate::verify::{VerifyApiKey, VerifyBearer, VerifySession};
+use crate::verify::{VerifyAccessToken, VerifyApiKey, VerifyBearer, VerifySession};
 use crate::{AuthMode, Body, ConnInfo, RouteInfo};
 
 /// Everything the authentication layer can verify; absent verifiers mean the
@@ -48,6 +50,10 @@ pub struct Authenticators {
     pub session: Option<Arc<dyn VerifySession>>,
     /// Client certificates.
     pub mtls: Option<Arc<MtlsIdentity>>,
+    /// Built-in accounts' browser sessions.
+    pub account: Option<Arc<dyn VerifySession>>,
+    /// Built-in accounts' access tokens.
+    pub account_token: Option<Arc<dyn VerifyAccessToken>>,
 }
 
 /// How a verified client certificate becomes a principal.
@@ -106,8 +112,10 @@ pub struct Authenticate<S> {
 #[derive(Debug, PartialEq, Eq)]
 enum Credential {
     ApiKey(String),
+    AccountToken(String),
     Bearer(String),
     Session(String),
+    Account(String),
     Certificate,
 }
 
@@ -146,6 +154,12 @@ impl Authenticators {
                 return Some(Credential::ApiKey(token.to_owned()));
             }
         }
+        if methods.contains(AuthMethod::AccountToken)
+            && let Some(verifier) = &self.account_token
+            && let Some(token) = bearer(&req.headers).filter(|t| verifier.recognises(t))
+        {
+            return Some(Credential::AccountToken(token.to_owned()));
+        }
         if methods.contains(AuthMethod::Jwt)
             && self.bearer.is_some()
             && let Some(token) = bearer(&req.headers)
@@ -157,6 +171,12 @@ impl Authenticators {
             && let Some(value) = cookie(&req.headers, session.cookie_name())
         {
             return Some(Credential::Session(value.to_owned()));
+        }
+        if methods.contains(AuthMethod::Account)
+            && let Some(account) = &self.account
+            && let Some(value) = cookie(&req.headers, account.cookie_name())
+        {
+            return Some(Credential::Account(value.to_owned()));
         }
         if methods.contains(AuthMethod::Mtls)
             && self.mtls.is_some()
@@ -189,26 +209,37 @@ impl Authenticators {
 
     /// The answer for a request without any accepted credential.
     fn missing(&self, methods: Methods, req: &http::request::Parts) -> Decision {
-        if methods.contains(AuthMethod::Session)
-            && let Some(session) = &self.session
-            && is_navigation(req)
+        if is_navigation(req)
+            && let Some(session) = self.browser_login(methods)
         {
             let return_to = req.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
             return Decision::Login(session.login_redirect(return_to));
         }
         let mut denied = Denied::new(Reason::AuthMissing);
-        if methods.contains(AuthMethod::Jwt) || methods.contains(AuthMethod::ApiKey) {
+        if methods.contains(AuthMethod::Jwt)
+            || methods.contains(AuthMethod::ApiKey)
+            || methods.contains(AuthMethod::AccountToken)
+        {
             denied = denied.with_header(http::header::WWW_AUTHENTICATE, portcullis_policy::jwt::challenge(None));
         }
         // A 401 must name a way to authenticate (RFC 9110 §11.6.1), also on
         // routes whose only way is a browser session.
-        if methods.contains(AuthMethod::Session)
-            && let Some(session) = &self.session
-        {
-            denied = denied.with_header(http::header::WWW_AUTHENTICATE, session.challenge());
+        for (method, session) in [(AuthMethod::Session, &self.session), (AuthMethod::Account, &self.account)] {
+            if methods.contains(method)
+                && let Some(session) = session
+            {
+                denied = denied.with_header(http::header::WWW_AUTHENTICATE, session.challenge());
+            }
         }
         let accepted = methods.iter().map(AuthMethod::as_str).collect::<Vec<_>>().join(", ");
         Decision::Deny(denied.with_detail(format!("route accepts: {accepted}")))
+    }
+
+    /// The login a browser without a session is sent to on a route of
+    /// `methods`: the OIDC provider's, else the built-in accounts'.
+    fn browser_login(&self, methods: Methods) -> Option<&Arc<dyn VerifySession>> {
+        let oidc = self.session.as_ref().filter(|_| methods.contains(AuthMethod::Session));
+        oidc.or_else(|| self.account.as_ref().filter(|_| methods.contains(AuthMethod::Account)))
     }
 
     async fn decide(self: Arc<Self>, methods: Methods, req: &mut http::request::Parts) -> Decision {
@@ -219,11 +250,19 @@ impl Authenticators {
                 Some(v) => v.verify(key).await.map(|p| (p, None)),
                 None => return self.missing(methods, req),
             },
+            Some(Credential::AccountToken(token)) => match &self.account_token {
+                Some(v) => v.verify(token).await.map(|p| (p, None)),
+                None => return self.missing(methods, req),
+            },
             Some(Credential::Bearer(token)) => match &self.bearer {
                 Some(v) => v.verify(token).await.map(|p| (p, None)),
                 None => return self.missing(methods, req),
             },
             Some(Credential::Session(value)) => match &self.session {
+                Some(v) => v.verify(value).await.map(|o| (o.principal, o.set_cookie)),
+                None => return self.missing(methods, req),
+            },
+            Some(Credential::Account(value)) => match &self.account {
                 Some(v) => v.verify(value).await.map(|o| (o.principal, o.set_cookie)),
                 None => return self.missing(methods, req),
             },
@@ -240,10 +279,10 @@ impl Authenticators {
                 }
                 Decision::Allow(principal, cookie)
             }
-            Err(denied) => match (&credential, &self.session) {
+            Err(denied) => match (&credential, &self.session, &self.account) {
                 // A browser whose session ended is sent to log in again (with
                 // the dead cookie cleared) instead of a JSON error page.
-                (Some(Credential::Session(_)), Some(session))
+                (Some(Credential::Session(_)), Some(session), _) | (Some(Credential::Account(_)), _, Some(session))
                     if matches!(
                         denied.reason,
                         Reason::SessionInvalid | Reason::SessionExpired | Reason::SessionRevoked
@@ -272,7 +311,7 @@ impl Authenticators {
     /// is removed by the caller.
     fn scrub(&self, headers: &mut http::HeaderMap) {
         self.scrub_api_keys(headers);
-        if let Some(session) = &self.session {
+        for session in [&self.session, &self.account].into_iter().flatten() {
             portcullis_policy::cookies::remove(headers, session.cookie_name());
         }
     }

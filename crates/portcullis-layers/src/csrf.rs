@@ -144,18 +144,21 @@ impl Exchange for Csrf {
 /// own endpoints run before authentication, hence the verification here.
 pub async fn token_endpoint(
     policy: Arc<CsrfPolicy>,
-    sessions: Option<Arc<dyn VerifySession>>,
+    sessions: Vec<Arc<dyn VerifySession>>,
     parts: http::request::Parts,
 ) -> Response<Body> {
     let scheme = effective_scheme(&parts.extensions, &parts.headers);
     let mut refreshed = None;
     let mut session_id = None;
-    if let Some(sessions) = &sessions
-        && let Some(value) = portcullis_policy::csrf::cookie_values(&parts.headers, sessions.cookie_name()).next()
-        && let Ok(outcome) = sessions.verify(value).await
-    {
-        session_id = outcome.principal.session_id;
-        refreshed = outcome.set_cookie;
+    // The first session (OIDC, then a built-in account's) that verifies.
+    for sessions in &sessions {
+        if let Some(value) = portcullis_policy::csrf::cookie_values(&parts.headers, sessions.cookie_name()).next()
+            && let Ok(outcome) = sessions.verify(value).await
+        {
+            session_id = outcome.principal.session_id;
+            refreshed = outcome.set_cookie;
+            break;
+        }
     }
     let Ok(token) = policy.key.issue(session_id.as_deref()) else {
         return deny(Denied::new(Reason::GatewayInternal).with_detail("random source failed issuing a CSRF token"));

@@ -373,7 +373,7 @@ fn singletons(config: &StackConfig) -> portcullis_policy::duplicates::Singletons
     if let Some(header) = &config.auth.api_key_header {
         rules = rules.with_header(header.clone());
     }
-    if let Some(session) = &config.auth.session {
+    for session in [&config.auth.session, &config.auth.account].into_iter().flatten() {
         rules = rules.with_cookie(session.cookie_name());
     }
     if let Some(csrf) = &config.csrf {

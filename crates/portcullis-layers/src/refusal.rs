@@ -43,7 +43,7 @@ pub struct Noted(pub Denied);
 pub struct MoreNoted(pub Vec<Denied>);
 
 /// Adds a note to `response` without replacing one an inner layer made.
-pub fn note(response: &mut Response<Body>, denied: Denied) {
+pub fn note<B>(response: &mut Response<B>, denied: Denied) {
     let extensions = response.extensions_mut();
     if extensions.get::<Noted>().is_none() {
         extensions.insert(Noted(denied));
@@ -52,6 +52,18 @@ pub fn note(response: &mut Response<Body>, denied: Denied) {
     } else {
         extensions.insert(MoreNoted(vec![denied]));
     }
+}
+
+/// A decision worth an event that granted what was asked (an account
+/// logged in, a password changed): the reject layer emits it with action
+/// `allow` and the status actually sent.
+#[derive(Debug, Clone)]
+pub struct Recorded(pub Denied);
+
+/// Records `event` on `response` (see [`Recorded`]); a later record
+/// replaces an earlier one.
+pub fn record<B>(response: &mut Response<B>, event: Denied) {
+    response.extensions_mut().insert(Recorded(event));
 }
 
 /// A refusal answered with a redirect rather than an error body (a browser

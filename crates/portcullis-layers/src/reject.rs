@@ -40,7 +40,7 @@ use tower::{Layer, Service};
 use crate::body::Observed;
 use crate::events::EventSink;
 use crate::received::RepeatedHopHeader;
-use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Redirected};
+use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Recorded, Redirected};
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, ServedBy, empty, full};
 
 /// See the module docs.
@@ -166,6 +166,10 @@ fn answer(shared: &Shared, summary: Summary, request_id: HeaderValue, mut respon
         for noted in &notes {
             emit(shared, &summary, &response, noted, status, Action::Log);
         }
+    }
+    // Granted, and worth recording (an account's login).
+    if let Some(Recorded(recorded)) = response.extensions_mut().remove::<Recorded>() {
+        emit(shared, &summary, &response, &recorded, status, Action::Allow);
     }
     if let Some(denied) = response.extensions_mut().remove::<Denied>() {
         if response.extensions_mut().remove::<Quiet>().is_none() {

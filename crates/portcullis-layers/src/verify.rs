@@ -36,6 +36,16 @@ pub trait VerifyApiKey: Send + Sync + fmt::Debug {
     fn verify(&self, key: &str) -> AuthFuture;
 }
 
+/// Verifies the gateway's own access tokens (built-in accounts' JWTs).
+pub trait VerifyAccessToken: Send + Sync + fmt::Debug {
+    /// Whether a bearer value is one of the gateway's access tokens (its
+    /// header names one of the gateway's keys), so it is checked as one
+    /// instead of as a token of a configured issuer.
+    fn recognises(&self, token: &str) -> bool;
+    /// Verifies a presented token.
+    fn verify(&self, token: &str) -> AuthFuture;
+}
+
 /// A session checked, possibly refreshed.
 #[derive(Debug)]
 pub struct SessionOutcome {

@@ -262,6 +262,63 @@ reasons! {
     /// The upstream refused a login (a counted failure; logged, not a refusal
     /// by the gateway).
     LoginFailed => ("login.failed", StatusCode::UNAUTHORIZED, Client),
+    /// A built-in account logged in (action `allow`; `detail` names the
+    /// account id and the factors used).
+    AccountLogin => ("account.login", StatusCode::OK, Client),
+    /// A request to an account endpoint that is not well formed: a field
+    /// missing, too long, not UTF-8, or a body that is not the JSON or form
+    /// the endpoint takes.
+    AccountInvalid => ("account.invalid", StatusCode::BAD_REQUEST, Client),
+    /// A state-changing request to an account endpoint from another origin
+    /// (`Origin` or `Sec-Fetch-Site` says so).
+    AccountOrigin => ("account.origin", StatusCode::FORBIDDEN, Client),
+    /// An account endpoint that needs a logged-in account got none, or one
+    /// whose session has ended.
+    AccountUnauthenticated => ("account.unauthenticated", StatusCode::UNAUTHORIZED, Client),
+    /// A second factor was refused: a wrong TOTP or recovery code, or a
+    /// second-factor step without a login in progress.
+    AccountMfaFailed => ("account.mfa_failed", StatusCode::UNAUTHORIZED, Client),
+    /// A TOTP code of a time step already used was presented again.
+    AccountTotpReplay => ("account.totp_replay", StatusCode::UNAUTHORIZED, Client),
+    /// A second factor was enrolled or replaced (action `allow`).
+    AccountMfaEnrolled => ("account.mfa_enrolled", StatusCode::OK, Client),
+    /// A recovery code was used to log in (action `allow`).
+    AccountRecoveryUsed => ("account.recovery_code_used", StatusCode::OK, Client),
+    /// A passkey was registered (action `allow`).
+    AccountPasskeyRegistered => ("account.passkey_registered", StatusCode::OK, Client),
+    /// A passkey ceremony failed: a response that does not verify, a
+    /// credential the account does not have, or no ceremony in progress.
+    AccountPasskeyFailed => ("account.passkey_failed", StatusCode::UNAUTHORIZED, Client),
+    /// A refresh token that is unknown, expired, revoked, or replaced moments
+    /// ago by a concurrent refresh.
+    AccountRefreshInvalid => ("account.refresh_invalid", StatusCode::UNAUTHORIZED, Client),
+    /// A refresh token replaced earlier was presented again: its whole
+    /// session is revoked.
+    AccountRefreshReuse => ("account.refresh_reuse", StatusCode::UNAUTHORIZED, Client),
+    /// An account's access token that does not verify (signature, audience,
+    /// issuer, shape) or whose session was revoked.
+    AccountTokenInvalid => ("account.token_invalid", StatusCode::UNAUTHORIZED, Client),
+    /// An account's access token past its expiry: refresh it.
+    AccountTokenExpired => ("account.token_expired", StatusCode::UNAUTHORIZED, Client),
+    /// A session was ended by its owner (action `allow`; `detail` says one
+    /// or all).
+    AccountLogout => ("account.logout", StatusCode::OK, Client),
+    /// A password was changed and the account's other sessions revoked
+    /// (action `allow`).
+    AccountPasswordChanged => ("account.password_changed", StatusCode::OK, Client),
+    /// A new password breaks the policy (length, a common password).
+    AccountPasswordRejected => ("account.password_rejected", StatusCode::BAD_REQUEST, Client),
+    /// An account was registered through the endpoint (action `allow`).
+    AccountRegistered => ("account.registered", StatusCode::CREATED, Client),
+    /// Registration is closed, or the invite code is unknown, used or expired.
+    AccountRegistrationRefused => ("account.registration_refused", StatusCode::FORBIDDEN, Client),
+    /// The username or email is taken by another account.
+    AccountTaken => ("account.taken", StatusCode::CONFLICT, Client),
+    /// Every password-hashing slot stayed busy past `hash_queue_timeout`
+    /// (a login flood); the client is told to retry.
+    AccountBusy => ("account.busy", StatusCode::SERVICE_UNAVAILABLE, Gateway),
+    /// The account store could not be reached.
+    AccountUnavailable => ("account.unavailable", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The route's in-flight limit is reached (`rule` names the route).
     ConcurrencyRoute => ("concurrency.route", StatusCode::SERVICE_UNAVAILABLE, Gateway),
     /// The upstream's in-flight limit is reached (`rule` names the upstream).

@@ -22,6 +22,12 @@ pub enum AuthMethod {
     ApiKey,
     /// A client certificate verified during the TLS handshake.
     Mtls,
+    /// A built-in account's browser session (the sealed
+    /// `__Host-portcullis-account` cookie).
+    Account,
+    /// A built-in account's access token: a JWT the gateway signed, sent as
+    /// `Authorization: Bearer`. Routes naming `account` accept both.
+    AccountToken,
 }
 
 impl AuthMethod {
@@ -33,6 +39,8 @@ impl AuthMethod {
             Self::Session => "session",
             Self::ApiKey => "api_key",
             Self::Mtls => "mtls",
+            Self::Account => "account",
+            Self::AccountToken => "account_token",
         }
     }
 
@@ -44,12 +52,14 @@ impl AuthMethod {
             "session" => Some(Self::Session),
             "api_key" => Some(Self::ApiKey),
             "mtls" => Some(Self::Mtls),
+            "account" => Some(Self::Account),
+            "account_token" => Some(Self::AccountToken),
             _ => None,
         }
     }
 
     /// Every method, in the order credentials are looked for.
-    pub const ALL: [Self; 4] = [Self::ApiKey, Self::Jwt, Self::Session, Self::Mtls];
+    pub const ALL: [Self; 6] = [Self::ApiKey, Self::AccountToken, Self::Jwt, Self::Session, Self::Account, Self::Mtls];
 }
 
 /// A set of authentication methods (a route's accepted methods).
@@ -66,6 +76,8 @@ impl Methods {
             AuthMethod::Session => 2,
             AuthMethod::ApiKey => 4,
             AuthMethod::Mtls => 8,
+            AuthMethod::Account => 16,
+            AuthMethod::AccountToken => 32,
         }
     }
 

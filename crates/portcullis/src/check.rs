@@ -399,7 +399,7 @@ fn csrf_gaps(config: &Config, out: &mut Vec<Finding>) {
     let unprotected: Vec<&str> = config
         .routes
         .iter()
-        .filter(|r| !r.policy.csrf && matches!(r.policy.auth, portcullis_layers::AuthMode::Required(m) if m.contains(portcullis_policy::AuthMethod::Session)))
+        .filter(|r| !r.policy.csrf && matches!(r.policy.auth, portcullis_layers::AuthMode::Required(m) if m.contains(portcullis_policy::AuthMethod::Session) || m.contains(portcullis_policy::AuthMethod::Account)))
         .map(|r| r.name())
         .collect();
     if !unprotected.is_empty() {

@@ -184,7 +184,14 @@ pub fn reset_mfa(config: &Path, name: &str) -> ExitCode {
 #[must_use]
 pub fn unlock(config: &Path, name: &str) -> ExitCode {
     with_account(config, name, |_, config, account| async move {
-        if config.logins.is_empty() {
+        // Every [login.NAME], and the gateway's own account login.
+        let logins: Vec<String> = config
+            .logins
+            .keys()
+            .cloned()
+            .chain(config.auth.accounts.is_some().then(|| crate::accounts::LOGIN_NAME.to_owned()))
+            .collect();
+        if logins.is_empty() {
             eprintln!("no [login.NAME] section is configured: there are no login-failure counts to clear");
             return Ok(());
         }
@@ -193,7 +200,7 @@ pub fn unlock(config: &Path, name: &str) -> ExitCode {
             (Shared::Redis(url), _) => {
                 let redis = crate::shared::RedisState::connect(url.expose()).await.map_err(|e| e.to_string())?;
                 let store: Arc<dyn LoginStore> = Arc::new(redis);
-                for login in config.logins.keys() {
+                for login in &logins {
                     for account in &names {
                         unlock_account(store.as_ref(), login, account).await.map_err(|e| e.to_string())?;
                     }
@@ -201,7 +208,7 @@ pub fn unlock(config: &Path, name: &str) -> ExitCode {
                 "in Redis"
             }
             (Shared::Memory, Some(admin)) => {
-                for login in config.logins.keys() {
+                for login in &logins {
                     for account in &names {
                         admin_unlock(admin, login, account).await?;
                     }
@@ -215,7 +222,7 @@ pub fn unlock(config: &Path, name: &str) -> ExitCode {
                     .into());
             }
         };
-        let logins = config.logins.keys().cloned().collect::<Vec<_>>().join(", ");
+        let logins = logins.join(", ");
         let detail = format!(
             "account {} ({}) login failures cleared {cleared} under [login.{logins}]",
             account.id, account.username

@@ -8,6 +8,7 @@
 mod common;
 mod support;
 
+mod account_login;
 mod accounts;
 mod accounts_cli;
 mod admin;

@@ -128,6 +128,25 @@ impl IdentitySigner {
         serde_json::json!({ "keys": std::iter::once(current).chain(retired).collect::<Vec<_>>() })
     }
 
+    /// The `iss` of the tokens it signs.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs `claims` as they are, with `typ` in the header (`at+jwt` for
+    /// the accounts' access tokens, RFC 9068): the caller sets `iss`, `aud`
+    /// and the times.
+    ///
+    /// # Errors
+    /// When signing fails (a broken key; never for a key that loaded).
+    pub fn sign_claims<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, SignerError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| SignerError(e.to_string()))
+    }
+
     /// Signs the identity of `principal` for the upstream `audience`.
     ///
     /// # Errors

@@ -36,6 +36,9 @@ pub enum AuthStartError {
     /// OIDC discovery or the session key.
     #[error("[auth.oidc]: {0}")]
     Oidc(#[from] crate::oidc::OidcError),
+    /// The built-in accounts.
+    #[error("[auth.accounts]: {0}")]
+    Accounts(#[from] crate::accounts::AccountsStartError),
     /// The identity signing key.
     #[error("identity signing key {path}: {reason}")]
     SigningKey {
@@ -56,6 +59,9 @@ pub struct AuthRuntime {
     /// The OIDC login, when `[auth.oidc]` is configured (its endpoints are
     /// in [`crate::gateway::endpoints`]).
     pub login: Option<Arc<OidcLogin>>,
+    /// The built-in accounts, when `[auth.accounts]` is configured (their
+    /// endpoints are in [`crate::gateway::endpoints`]).
+    pub accounts: Option<crate::accounts::AccountService>,
 }
 
 impl AuthRuntime {
@@ -63,7 +69,11 @@ impl AuthRuntime {
     ///
     /// # Errors
     /// [`AuthStartError`] naming the part that failed.
-    pub async fn start(config: &Config, revocations: Arc<dyn Revocations>) -> Result<Self, AuthStartError> {
+    pub async fn start(
+        config: &Config,
+        revocations: Arc<dyn Revocations>,
+        logins: Arc<dyn portcullis_layers::login::LoginStore>,
+    ) -> Result<Self, AuthStartError> {
         let auth = &config.auth;
         let mut authenticators = Authenticators::default();
         let mut login = None;
@@ -73,7 +83,7 @@ impl AuthRuntime {
             authenticators.api_key_header.clone_from(&api_keys.header);
         }
         if let Some(oidc) = &auth.oidc {
-            let oidc = Arc::new(OidcLogin::start(oidc, &config.server.data_dir, revocations).await?);
+            let oidc = Arc::new(OidcLogin::start(oidc, &config.server.data_dir, revocations.clone()).await?);
             authenticators.session = Some(oidc.clone());
             login = Some(oidc);
         }
@@ -84,12 +94,28 @@ impl AuthRuntime {
         if let Some(mtls) = &auth.mtls {
             authenticators.mtls = Some(Arc::new(MtlsIdentity { roles: mtls.roles.clone() }));
         }
-        let signer = if config.upstreams.iter().any(|u| u.identity == IdentityMode::Jwt) {
+        // The accounts' access tokens are signed with the identity key too.
+        let signer = if config.upstreams.iter().any(|u| u.identity == IdentityMode::Jwt) || auth.accounts.is_some() {
             Some(Arc::new(GatewaySigner::load(&config.server.data_dir, &auth.identity, SystemTime::now())?))
         } else {
             None
         };
-        Ok(Self { authenticators: Arc::new(authenticators), signer, login })
+        let mut accounts = None;
+        if let (Some(settings), Some(signer)) = (&auth.accounts, &signer) {
+            let service = crate::accounts::AccountService::start(
+                settings,
+                &config.state.store,
+                &config.server.data_dir,
+                signer.clone(),
+                revocations,
+                logins,
+            )
+            .await?;
+            authenticators.account = Some(service.sessions());
+            authenticators.account_token = Some(service.tokens());
+            accounts = Some(service);
+        }
+        Ok(Self { authenticators: Arc::new(authenticators), signer, login, accounts })
     }
 
     /// How the upstream of `mode` learns identities.
@@ -176,6 +202,12 @@ impl GatewaySigner {
             write_retired(&retired_path, &retired).map_err(|e| error(&retired_path, e.to_string()))?;
         }
         Ok(Self { signer: signer.with_retired(retired) })
+    }
+
+    /// The signer, for the accounts' access tokens.
+    #[must_use]
+    pub const fn signer(&self) -> &IdentitySigner {
+        &self.signer
     }
 
     /// The public JWKS: the current key, then the retired ones still due.

@@ -165,6 +165,17 @@ impl PasswordHasher {
         .await
     }
 
+    /// Hashes a password that already verified against an older hash, with
+    /// the current parameters: the login's rehash. The policy is not asked
+    /// again (it may have changed since the password was chosen; the user
+    /// is not locked out for it).
+    ///
+    /// # Errors
+    /// The pool is saturated, or hashing failed.
+    pub async fn rehash(&self, password: &str) -> Result<String, PasswordError> {
+        self.hash_normalized(password::normalize(password)).await
+    }
+
     async fn hash_normalized(&self, normalized: String) -> Result<String, PasswordError> {
         let salt = random::<SALT_BYTES>()?;
         let params = self.inner.params;

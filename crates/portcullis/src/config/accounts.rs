@@ -94,6 +94,27 @@ pub struct Accounts {
     pub refresh_reuse_grace: Duration,
     /// Roles whose accounts must have a second factor.
     pub mfa_required_roles: Vec<String>,
+    /// The origin users reach the gateway at (`https://app.example.com`):
+    /// passkeys are bound to its host, and state-changing account requests
+    /// must come from it. `None`: the request's own `Host`.
+    pub public_url: Option<String>,
+    /// `cookie_secret`; `None`: the key generated into the data directory
+    /// (`session.key`, shared with OIDC sessions).
+    pub cookie_secret: Option<super::secret::Secret>,
+    /// Whether and how passkeys log in.
+    pub passkeys: Passkeys,
+}
+
+/// `[auth.accounts] passkeys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passkeys {
+    /// No passkeys.
+    #[default]
+    Off,
+    /// A passkey is a second factor after the password.
+    SecondFactor,
+    /// A passkey is a second factor, or logs in alone (username, then passkey).
+    Passwordless,
 }
 
 impl Default for Accounts {
@@ -107,6 +128,9 @@ impl Default for Accounts {
             refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
             refresh_reuse_grace: DEFAULT_REFRESH_REUSE_GRACE,
             mfa_required_roles: Vec::new(),
+            public_url: None,
+            cookie_secret: None,
+            passkeys: Passkeys::Off,
         }
     }
 }
@@ -119,7 +143,12 @@ impl Accounts {
     }
 }
 
-pub(super) fn build_accounts(c: &mut Collector<'_>, raw: &RawConfig) -> Option<Accounts> {
+pub(super) fn build_accounts(
+    c: &mut Collector<'_>,
+    raw: &RawConfig,
+    base: &std::path::Path,
+    env: &super::sources::Sources<'_>,
+) -> Option<Accounts> {
     let a = raw.auth.accounts.as_ref()?.get_ref();
     let defaults = Accounts::default();
     let registration = choice(
@@ -210,6 +239,32 @@ pub(super) fn build_accounts(c: &mut Collector<'_>, raw: &RawConfig) -> Option<A
             mfa_required_roles.push(name.clone());
         }
     }
+    let public_url = a.public_url.as_ref().and_then(|v| super::oidc::url(c, v, "public_url", true));
+    let cookie_secret = a.cookie_secret.as_ref().and_then(|value| {
+        let secret = super::oidc::secret(c, value, base, env, "cookie_secret")?;
+        if secret.expose().len() < portcullis_policy::session::MIN_SECRET_LEN {
+            c.error(value.span(), "cookie_secret is too short")
+                .expected("at least 32 bytes")
+                .help("generate one with `openssl rand -base64 48` and pass it as ${ENV_VAR} or file:/path");
+            return None;
+        }
+        Some(secret)
+    });
+    let passkeys = choice(
+        c,
+        a.passkeys.as_ref(),
+        Passkeys::Off,
+        "passkeys",
+        &[("off", Passkeys::Off), ("second_factor", Passkeys::SecondFactor), ("passwordless", Passkeys::Passwordless)],
+    );
+    if passkeys != Passkeys::Off
+        && public_url.is_none()
+        && let Some(value) = &a.passkeys
+    {
+        c.error(value.span(), "passkeys need public_url").help(
+            "passkeys are bound to the site's origin: set public_url = \"https://app.example.com\" in [auth.accounts]",
+        );
+    }
     Some(Accounts {
         registration,
         hash,
@@ -219,6 +274,9 @@ pub(super) fn build_accounts(c: &mut Collector<'_>, raw: &RawConfig) -> Option<A
         refresh_token_ttl,
         refresh_reuse_grace,
         mfa_required_roles,
+        public_url,
+        cookie_secret,
+        passkeys,
     })
 }
 

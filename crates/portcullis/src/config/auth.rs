@@ -52,6 +52,9 @@ impl Auth {
         if self.mtls.is_some() {
             methods = methods.with(AuthMethod::Mtls);
         }
+        if self.accounts.is_some() {
+            methods = methods.with(AuthMethod::Account).with(AuthMethod::AccountToken);
+        }
         methods
     }
 }
@@ -193,7 +196,7 @@ pub(super) fn build_auth(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, en
         jwt,
         oidc: super::oidc::build_oidc(c, raw, base, env),
         api_keys: super::api_keys::build_api_keys(c, raw),
-        accounts: super::accounts::build_accounts(c, raw),
+        accounts: super::accounts::build_accounts(c, raw, base, env),
         mtls,
         identity,
     }
@@ -376,6 +379,11 @@ pub(super) fn route_methods(
     let mut methods = Methods::NONE;
     for name in names {
         match AuthMethod::parse(name) {
+            // `account` is both of an account's credentials: the browser
+            // session and the access token.
+            Some(AuthMethod::Account) if configured.contains(AuthMethod::Account) => {
+                methods = methods.with(AuthMethod::Account).with(AuthMethod::AccountToken);
+            }
             Some(method) if configured.contains(method) => methods = methods.with(method),
             Some(method) => {
                 let section = match method {
@@ -383,13 +391,14 @@ pub(super) fn route_methods(
                     AuthMethod::Session => "[auth.oidc]",
                     AuthMethod::ApiKey => "[auth.api_key]",
                     AuthMethod::Mtls => "[auth.mtls] (and a listener with client_ca)",
+                    AuthMethod::Account | AuthMethod::AccountToken => "[auth.accounts]",
                 };
                 c.error(span.clone(), format!("authentication method {name:?} is not configured"))
                     .help(format!("add {section}, or remove {name:?} from this route"));
             }
             None => {
                 c.error(span.clone(), format!("unknown authentication method {name:?}"))
-                    .expected("\"public\", or a list of \"jwt\", \"session\", \"api_key\", \"mtls\"");
+                    .expected("\"public\", or a list of \"jwt\", \"session\", \"api_key\", \"mtls\", \"account\", \"account_token\"");
             }
         }
     }

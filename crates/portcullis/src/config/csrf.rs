@@ -56,7 +56,7 @@ const MODES: &[(&str, Mode)] = &[("origin+token", Mode::OriginToken), ("origin",
 /// accepts `session`. [`build_csrf`] settles it against `[csrf] mode`.
 pub(super) fn route_csrf(raw: Option<&Spanned<bool>>, auth: AuthMode) -> bool {
     raw.map_or_else(
-        || matches!(auth, AuthMode::Required(methods) if methods.contains(AuthMethod::Session)),
+        || matches!(auth, AuthMode::Required(methods) if methods.contains(AuthMethod::Session) || methods.contains(AuthMethod::Account)),
         |v| *v.get_ref(),
     )
 }
@@ -194,18 +194,21 @@ fn header_name(c: &mut Collector<'_>, value: Option<&Spanned<String>>) -> Header
 }
 
 fn exempt(c: &mut Collector<'_>, value: Option<&Spanned<Vec<String>>>) -> Methods {
-    let Some(value) = value else { return [AuthMethod::Jwt, AuthMethod::ApiKey].into_iter().collect() };
+    let Some(value) = value else {
+        return [AuthMethod::Jwt, AuthMethod::ApiKey, AuthMethod::AccountToken].into_iter().collect();
+    };
     let mut methods = Methods::NONE;
     for name in value.get_ref() {
         match AuthMethod::parse(name) {
-            Some(AuthMethod::Session) => {
-                c.error(value.span(), "[csrf] exempt cannot list \"session\"")
+            Some(method @ (AuthMethod::Session | AuthMethod::Account)) => {
+                c.error(value.span(), format!("[csrf] exempt cannot list {:?}", method.as_str()))
                     .help("browser sessions are what CSRF rides on; set csrf = false on a route instead");
             }
             Some(method) => methods = methods.with(method),
             None => {
-                c.error(value.span(), format!("[csrf] exempt: unknown authentication method {name:?}"))
-                    .expected("a list of \"jwt\", \"api_key\", \"mtls\" (or [] to check every request)");
+                c.error(value.span(), format!("[csrf] exempt: unknown authentication method {name:?}")).expected(
+                    "a list of \"jwt\", \"api_key\", \"account_token\", \"mtls\" (or [] to check every request)",
+                );
             }
         }
     }

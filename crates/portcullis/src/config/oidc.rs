@@ -149,7 +149,7 @@ pub(super) fn build_oidc(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, en
 
 /// Checks an https (or loopback http) URL; `origin_only` refuses any path.
 /// Returns an origin without its trailing slash.
-fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, origin_only: bool) -> Option<String> {
+pub(super) fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, origin_only: bool) -> Option<String> {
     let text = value.get_ref().trim();
     let Ok(uri) = text.parse::<http::Uri>() else {
         c.error(value.span(), format!("{what} is not a valid URL")).expected(URL_EXPECTED);
@@ -189,7 +189,7 @@ fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, origin_only: 
     Some(if origin_only { text.trim_end_matches('/').to_owned() } else { text.to_owned() })
 }
 
-fn secret(
+pub(super) fn secret(
     c: &mut Collector<'_>,
     value: &Spanned<String>,
     base: &Path,

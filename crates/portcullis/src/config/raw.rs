@@ -383,6 +383,12 @@ pub struct RawAccounts {
     pub refresh_reuse_grace: Option<Spanned<String>>,
     /// Roles whose accounts must have a second factor.
     pub mfa_required_roles: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The origin users reach the gateway at (passkeys, origin checks).
+    pub public_url: Option<Spanned<String>>,
+    /// 32+ byte key sealing the account cookies and TOTP secrets.
+    pub cookie_secret: Option<Spanned<String>>,
+    /// `off` (default), `second_factor` or `passwordless`.
+    pub passkeys: Option<Spanned<String>>,
 }
 
 /// `[auth.mtls]`: client certificates as identities.

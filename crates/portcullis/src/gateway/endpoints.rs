@@ -6,7 +6,8 @@
 //! | `/.portcullis/login` | GET | `[auth.oidc]` | starts the login at the provider |
 //! | `/.portcullis/callback` | GET | `[auth.oidc]` | the provider's redirect: sets the session |
 //! | `/.portcullis/logout` | GET, POST | `[auth.oidc]` | a logout button; the POST ends the session |
-//! | `/.portcullis/jwks.json` | GET | an upstream with `identity = "jwt"` | the identity key's public JWKS |
+//! | `/.portcullis/account/…` | GET, POST | `[auth.accounts]` | login, second factor, tokens, logout, password, registration, TOTP, the account page: [`crate::accounts::routes`] |
+//! | `/.portcullis/jwks.json` | GET | an upstream with `identity = "jwt"`, or `[auth.accounts]` | the identity key's public JWKS |
 //! | `/.portcullis/csrf` | GET | `[csrf] mode = "origin+token"` | a CSRF token for the caller |
 //! | `/.portcullis/csp-report` | POST | `[headers] csp_report = true` | a CSP violation report: a `csp.violation` event, 204 |
 //!
@@ -49,6 +50,10 @@ pub fn router(config: &Config, auth: &AuthRuntime, events: &Arc<dyn EventSink>) 
         router = router.merge(crate::oidc::router(login.clone()));
         any = true;
     }
+    if let Some(accounts) = &auth.accounts {
+        router = router.merge(crate::accounts::routes::router(accounts.clone()));
+        any = true;
+    }
     if let Some(signer) = &auth.signer {
         let jwks = signer.jwks();
         router = router.route(
@@ -61,7 +66,9 @@ pub fn router(config: &Config, auth: &AuthRuntime, events: &Arc<dyn EventSink>) 
         any = true;
     }
     if let Some(csrf) = config.csrf.as_ref().filter(|c| c.policy.mode == portcullis_policy::csrf::Mode::OriginToken) {
-        let (policy, sessions) = (csrf.policy.clone(), auth.authenticators.session.clone());
+        let sessions: Vec<_> =
+            [&auth.authenticators.session, &auth.authenticators.account].into_iter().flatten().cloned().collect();
+        let policy = csrf.policy.clone();
         router = router.route(
             portcullis_layers::csrf::TOKEN_PATH,
             axum::routing::get(move |req: Request<axum::body::Body>| {

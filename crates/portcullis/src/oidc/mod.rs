@@ -207,7 +207,7 @@ impl OidcLogin {
         let key = match &config.cookie_secret {
             Some(secret) => SessionKey::new(secret.expose().as_bytes())
                 .map_err(|e| OidcError::Key { path: "cookie_secret".into(), reason: e.to_string() })?,
-            None => key_from_file(&data_dir.join(KEY_FILE))?,
+            None => session_key_from_file(&data_dir.join(KEY_FILE))?,
         };
         let http = HttpClient::new(config.ca.as_deref(), HttpClientLimits::default())?;
         let issuer_url = IssuerUrl::new(config.issuer.clone())
@@ -483,7 +483,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Reads the generated cookie key, creating it (48 random bytes, base64url,
 /// mode 0600) when absent.
-fn key_from_file(path: &Path) -> Result<SessionKey, OidcError> {
+pub fn session_key_from_file(path: &Path) -> Result<SessionKey, OidcError> {
     let fail = |reason: String| OidcError::Key { path: path.to_path_buf(), reason };
     let secret = match std::fs::read_to_string(path) {
         Ok(text) => text.trim().to_owned(),
@@ -537,8 +537,8 @@ mod tests {
     fn generated_key_is_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(KEY_FILE);
-        let first = key_from_file(&path).unwrap();
-        let second = key_from_file(&path).unwrap();
+        let first = session_key_from_file(&path).unwrap();
+        let second = session_key_from_file(&path).unwrap();
         let data = SessionData {
             id: "id".into(),
             subject: "s".into(),

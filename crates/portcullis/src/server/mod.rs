@@ -297,7 +297,7 @@ impl Server {
                 (state, Some(bans))
             }
         };
-        let auth = AuthRuntime::start(&config, state.revocations.clone()).await?;
+        let auth = AuthRuntime::start(&config, state.revocations.clone(), state.logins.clone()).await?;
         let per_config = ConfigShared::load(&config, &state).await?;
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
@@ -454,7 +454,7 @@ impl Server {
         }
         let not_applied = restart_only_changes(&old, &config);
         crate::gateway::openapi::fetch_remote(&mut config.openapi).await?;
-        let auth = AuthRuntime::start(&config, self.state.revocations.clone()).await?;
+        let auth = AuthRuntime::start(&config, self.state.revocations.clone(), self.state.logins.clone()).await?;
         let per_config = ConfigShared::load(&config, &self.state).await?;
         let config = Arc::new(config);
         warm_workers(&self.workers, &per_config).await;

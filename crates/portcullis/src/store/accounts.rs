@@ -279,6 +279,11 @@ impl Store {
     /// # Errors
     /// A store failure.
     pub async fn account_for_login(&self, login: &str) -> Result<Option<LoginRecord>, StoreError> {
+        // No stored name has a NUL (they are refused), and PostgreSQL would
+        // refuse the query rather than find nothing.
+        if login.contains('\0') {
+            return Ok(None);
+        }
         let row = if login.contains('@') {
             self.account_row(SELECT_BY_EMAIL, &fold_email(login)).await?
         } else {
