@@ -6,6 +6,7 @@
 //! `portcullis-policy`; the tower layers that enforce them in
 //! `portcullis-layers`. `main.rs` only parses the command line.
 
+pub mod accounts_passkeys;
 pub mod admin;
 pub mod app;
 pub mod auth;
