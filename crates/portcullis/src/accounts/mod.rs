@@ -42,6 +42,7 @@
 //! when they next re-check the store (within `access_token_ttl`).
 
 pub mod page;
+pub mod passkeys;
 pub mod routes;
 
 use std::net::IpAddr;
