@@ -71,3 +71,203 @@ async fn the_sign_out_page_signs_out_by_keyboard_under_the_gateway_csp() {
     assert_eq!(csp_violations(&page).await, Vec::<String>::new());
     browser.close().await;
 }
+
+/// A port free right now, for a configuration that must name its own
+/// origin (`public_url`, which passkeys are bound to) before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A virtual platform authenticator (CTAP2, resident keys, user
+/// verification that succeeds), as Chromium's DevTools provide for tests.
+async fn virtual_authenticator(page: &chromiumoxide::Page) -> chromiumoxide::cdp::browser_protocol::web_authn::AuthenticatorId {
+    use chromiumoxide::cdp::browser_protocol::web_authn::{
+        AddVirtualAuthenticatorParams, AuthenticatorProtocol, AuthenticatorTransport, EnableParams,
+        VirtualAuthenticatorOptions,
+    };
+    page.execute(EnableParams::builder().enable_ui(false).build()).await.unwrap();
+    let options = VirtualAuthenticatorOptions::builder()
+        .protocol(AuthenticatorProtocol::Ctap2)
+        .transport(AuthenticatorTransport::Internal)
+        .has_resident_key(true)
+        .has_user_verification(true)
+        .is_user_verified(true)
+        .automatic_presence_simulation(true)
+        .build()
+        .unwrap();
+    page.execute(AddVirtualAuthenticatorParams::new(options)).await.unwrap().result.authenticator_id
+}
+
+/// Waits until `script` evaluates to `true` in the page.
+async fn wait_for(page: &chromiumoxide::Page, what: &str, script: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let done: bool = page.evaluate(script).await.ok().and_then(|v| v.into_value().ok()).unwrap_or(false);
+        if done {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let url = page.url().await.ok().flatten().unwrap_or_default();
+            let body: String = page.evaluate("document.body ? document.body.innerHTML : ''").await.ok().and_then(|v| v.into_value().ok()).unwrap_or_default();
+            panic!("timed out waiting for {what} at {url}: {body}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn text_of(page: &chromiumoxide::Page, script: &str) -> String {
+    page.evaluate(script).await.unwrap().into_value().unwrap()
+}
+
+#[tokio::test]
+async fn the_account_pages_log_in_by_keyboard_and_with_a_passkey_under_the_gateway_csp() {
+    use chromiumoxide::cdp::browser_protocol::web_authn::{
+        AddCredentialParams, Credential, RemoveVirtualAuthenticatorParams,
+    };
+    let (app, _) = named_upstream("app").await;
+    let data = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}", data.path().join("accounts.db").display());
+    let port = free_port();
+    let origin = format!("http://localhost:{port}");
+    let toml = format!(
+        r#"
+[server]
+data_dir = "{data}"
+
+[[listener]]
+name = "test"
+bind = "127.0.0.1:{port}"
+
+[[upstream]]
+name = "app"
+targets = ["http://{app}"]
+
+[[route]]
+match = {{ path = "/**" }}
+upstream = "app"
+auth = ["account"]
+
+[state]
+store = "{store_url}"
+
+[auth.accounts]
+public_url = "{origin}"
+passkeys = "passwordless"
+"#,
+        data = data.path().display(),
+    );
+    let gw = gateway(&toml).await;
+    let store = portcullis::store::Store::open(&store_url).await.unwrap();
+    let hasher = portcullis::auth::password::PasswordHasher::new(
+        portcullis_policy::password::HashParams::OWASP,
+        1,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let hash = hasher.hash_new("correct horse battery staple").await.unwrap();
+    let alice = store
+        .create_account(
+            &portcullis::store::accounts::NewAccount {
+                username: "alice",
+                email: None,
+                password_hash: Some(&hash),
+                roles: &["editor".to_owned()],
+            },
+            std::time::SystemTime::now(),
+        )
+        .await
+        .unwrap();
+
+    let browser = Chromium::launch().await;
+    let page = browser.open("about:blank").await;
+    let authenticator = virtual_authenticator(&page).await;
+
+    // An account route sends the browser to the login page.
+    page.goto(format!("{origin}/orders")).await.unwrap();
+    wait_for_url(&page, &format!("{origin}/.portcullis/account/login?rd=%2Forders")).await;
+    assert_eq!(page.get_title().await.unwrap().as_deref(), Some("Log in"));
+    let outline = text_of(
+        &page,
+        "[document.documentElement.lang, document.querySelector('h1').textContent, \
+         [...document.querySelectorAll('input')].map(i => document.querySelector('label[for=' + i.id + ']').textContent).join('/'), \
+         document.activeElement.id, String(document.getElementById('passkey-login').hidden)].join('|')",
+    )
+    .await;
+    assert_eq!(outline, "en|Log in|Username or email/Password|username|false");
+    screenshot(&page, "account-login-page").await;
+
+    // A wrong password by keyboard: back to the page with the alert.
+    page.find_element("#username").await.unwrap().type_str("alice").await.unwrap();
+    press(&page, "Tab").await;
+    page.find_element("#password").await.unwrap().type_str("not the right password").await.unwrap();
+    press(&page, "Enter").await;
+    wait_for(&page, "the error", "document.querySelector('[role=alert]') !== null").await;
+    assert!(text_of(&page, "document.querySelector('[role=alert]').textContent").await.contains("wrong"));
+    screenshot(&page, "account-login-error").await;
+
+    // The right one: the account route it asked for.
+    page.find_element("#username").await.unwrap().type_str("alice").await.unwrap();
+    press(&page, "Tab").await;
+    page.find_element("#password").await.unwrap().type_str("correct horse battery staple").await.unwrap();
+    press(&page, "Enter").await;
+    wait_for_url(&page, &format!("{origin}/orders")).await;
+    assert_eq!(text_of(&page, "document.body.textContent").await, "app /orders");
+
+    // The account page adds a passkey with the virtual authenticator.
+    page.goto(format!("{origin}/.portcullis/account/")).await.unwrap();
+    wait_for(&page, "the account page", "document.getElementById('passkey-register') && !document.getElementById('passkey-register').hidden").await;
+    screenshot(&page, "account-page").await;
+    page.find_element("#passkey-register").await.unwrap().click().await.unwrap();
+    wait_for(&page, "the passkey", "document.getElementById('passkey-status').textContent.length > 0").await;
+    assert_eq!(text_of(&page, "document.getElementById('passkey-status').textContent").await, "Passkey added.");
+    assert_eq!(store.passkeys(&alice.id).await.unwrap().len(), 1);
+
+    // Log out, then in again with the passkey alone.
+    page.find_element("form[action$='/logout'] button").await.unwrap().click().await.unwrap();
+    wait_for_url(&page, &format!("{origin}/.portcullis/account/login")).await;
+    page.goto(format!("{origin}/.portcullis/account/login?rd=%2Forders")).await.unwrap();
+    wait_for(&page, "the passkey button", "!document.getElementById('passkey-login').hidden").await;
+    page.find_element("#passkey-login").await.unwrap().click().await.unwrap();
+    wait_for_url(&page, &format!("{origin}/orders")).await;
+    let logins = gw.events.0.lock().unwrap().iter().filter(|e| e.reason == "account.login").map(|e| e.detail.clone().unwrap()).collect::<Vec<_>>();
+    assert!(logins.iter().any(|d| d.contains("factors: hwk")), "{logins:?}");
+
+    // Another authenticator, holding a passkey for this site that the
+    // account never registered (a credential claiming alice's handle): refused.
+    page.find_element("body").await.unwrap();
+    page.goto(format!("{origin}/.portcullis/account/login")).await.unwrap();
+    page.execute(RemoveVirtualAuthenticatorParams::new(authenticator)).await.unwrap();
+    let other = virtual_authenticator(&page).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let b64 = |bytes: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+    let user_handle = (0..16).map(|i| u8::from_str_radix(&alice.id[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>();
+    let credential = Credential::builder()
+        .credential_id(chromiumoxide::Binary::from(b64(b"an unregistered credential id")))
+        .is_resident_credential(true)
+        .rp_id("localhost")
+        .private_key(chromiumoxide::Binary::from(b64(&key.serialize_der())))
+        .user_handle(chromiumoxide::Binary::from(b64(&user_handle)))
+        .sign_count(0)
+        .build()
+        .unwrap();
+    page.execute(AddCredentialParams::new(other, credential)).await.unwrap();
+    // The cookie of the passkey login is still there: clear it first.
+    page.delete_cookies(vec![chromiumoxide::cdp::browser_protocol::network::DeleteCookiesParams::builder()
+        .name("__Host-portcullis-account")
+        .url(origin.clone())
+        .build()
+        .unwrap()])
+        .await
+        .unwrap();
+    page.goto(format!("{origin}/.portcullis/account/login")).await.unwrap();
+    wait_for(&page, "the passkey button", "!document.getElementById('passkey-login').hidden").await;
+    page.find_element("#passkey-login").await.unwrap().click().await.unwrap();
+    wait_for(&page, "the refusal", "document.querySelector('[role=alert]') !== null").await;
+    assert_eq!(text_of(&page, "document.querySelector('[role=alert]').textContent").await, "The passkey was not accepted.");
+    assert!(gw.events.reasons().contains(&"account.passkey_failed"));
+    screenshot(&page, "account-passkey-refused").await;
+
+    assert_eq!(csp_violations(&page).await, Vec::<String>::new());
+    browser.close().await;
+}

@@ -42,6 +42,7 @@
 //! when they next re-check the store (within `access_token_ttl`).
 
 pub mod page;
+pub mod passkey_routes;
 pub mod passkeys;
 pub mod routes;
 
@@ -169,6 +170,9 @@ pub enum AccountsStartError {
     /// The cookie key.
     #[error("cookie key: {0}")]
     Key(String),
+    /// The passkeys' relying party.
+    #[error("passkeys: {0}")]
+    Passkeys(#[from] passkeys::PasskeyError),
 }
 
 /// The built-in accounts at run time. Cheap to clone.
@@ -187,6 +191,7 @@ struct Inner {
     token_policy: JwtPolicy,
     revocations: Arc<dyn Revocations>,
     guard: LoginGuard,
+    passkeys: Option<passkeys::Passkeys>,
 }
 
 impl std::fmt::Debug for AccountService {
@@ -255,6 +260,10 @@ impl AccountService {
         token_policy.leeway = TOKEN_LEEWAY;
         token_policy.required_claims = ["exp", "iat", "sid", "sub"].map(str::to_owned).to_vec();
         let guard = LoginGuard::new(Arc::new(login_settings()), logins);
+        let passkeys = match (&settings.passkeys, &settings.public_url) {
+            (crate::config::accounts::Passkeys::Off, _) | (_, None) => None,
+            (_, Some(origin)) => Some(passkeys::Passkeys::new(origin, "Portcullis")?),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -266,6 +275,7 @@ impl AccountService {
                 token_policy,
                 revocations,
                 guard,
+                passkeys,
             }),
         })
     }
@@ -290,6 +300,14 @@ impl AccountService {
 
     pub(crate) fn guard(&self) -> &LoginGuard {
         &self.inner.guard
+    }
+
+    pub(crate) fn passkeys(&self) -> Option<&passkeys::Passkeys> {
+        self.inner.passkeys.as_ref()
+    }
+
+    pub(crate) fn revocations(&self) -> &Arc<dyn Revocations> {
+        &self.inner.revocations
     }
 
     /// The verifier of account cookies, for the authentication layer.
@@ -377,8 +395,7 @@ impl AccountService {
     pub(crate) async fn second_factor(&self, account: &Account) -> Result<(bool, bool), Denied> {
         let store = &self.inner.store;
         let totp = store.totp(&account.id).await.map_err(unavailable)?.is_some_and(|t| t.confirmed_at.is_some());
-        let passkeys = self.inner.settings.passkeys != crate::config::accounts::Passkeys::Off
-            && !store.passkeys(&account.id).await.map_err(unavailable)?.is_empty();
+        let passkeys = self.inner.passkeys.is_some() && !store.passkeys(&account.id).await.map_err(unavailable)?.is_empty();
         let enrolled = totp || passkeys;
         let required = account.roles.iter().any(|r| self.inner.settings.mfa_required_roles.contains(r));
         Ok((enrolled || required, enrolled))

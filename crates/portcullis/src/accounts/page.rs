@@ -21,6 +21,8 @@ use crate::store::accounts::Account;
 pub const CSS: &str = include_str!("assets/account.css");
 /// The pages' script (passkeys; the pages work without it otherwise).
 pub const JS: &str = include_str!("assets/account.js");
+/// The WebAuthn conversions the page script uses.
+pub const PASSKEYS_JS: &str = include_str!("assets/passkeys.js");
 
 /// `text` with `& < > " '` escaped.
 #[must_use]
@@ -67,7 +69,7 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title}</title><link rel=\"stylesheet\" href=\"{PREFIX}/assets/account.css\">\
-         <script src=\"{PREFIX}/assets/account.js\" defer></script></head>\n\
+         <script src=\"{PREFIX}/assets/passkeys.js\" defer></script><script src=\"{PREFIX}/assets/account.js\" defer></script></head>\n\
          <body><main>{body}</main></body></html>\n",
         title = escape(title),
     );

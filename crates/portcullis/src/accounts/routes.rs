@@ -15,7 +15,8 @@
 //! | `/totp/enrol` | POST | a new TOTP secret to confirm |
 //! | `/totp/confirm` | POST | confirms it with a code; gives recovery codes |
 //! | `/recovery-codes` | POST | replaces the recovery codes |
-//! | `/assets/account.css`, `/assets/account.js` | GET | the pages' style and script |
+//! | `/passkeys/…` | POST | passkey registration and login: [`super::passkey_routes`] |
+//! | `/assets/account.css`, `/assets/account.js`, `/assets/passkeys.js` | GET | the pages' style and scripts |
 //!
 //! Decision rules:
 //! - A `POST` takes a JSON object of strings (`application/json`) or a form
@@ -30,7 +31,8 @@
 //!   script).
 //! - A `POST` whose `Origin` is not the gateway's own (`public_url`, else
 //!   the request's scheme and `Host`), or whose `Sec-Fetch-Site` is neither
-//!   `same-origin` nor `none`, is `account.origin` (403): no other site can
+//!   `same-origin` nor `none` (browsers that send it are judged by it alone),
+//!   is `account.origin` (403): no other site can
 //!   log a browser in, out, or change its password.
 //! - Who is signed in is read from the account cookie or an access token
 //!   (`Authorization: Bearer`), checked exactly as on account routes.
@@ -62,7 +64,7 @@ use crate::store::accounts::{Account, AccountError, NewAccount};
 use crate::store::sessions::{RevokeReason, Rotation};
 
 /// The largest request body an account endpoint reads.
-pub const MAX_BODY: usize = 16 * 1024;
+pub const MAX_BODY: usize = 64 * 1024;
 /// Longest login name (an email is at most 254 characters).
 const MAX_LOGIN: usize = 254;
 /// Longest password accepted as input, in bytes: longer than any password
@@ -95,7 +97,9 @@ pub fn router(service: AccountService) -> Router {
         .route(&path("/recovery-codes"), post(recovery_codes))
         .route(&path("/assets/account.css"), get(|| async { asset(page::CSS, "text/css; charset=utf-8") }))
         .route(&path("/assets/account.js"), get(|| async { asset(page::JS, "text/javascript; charset=utf-8") }))
-        .with_state(service)
+        .route(&path("/assets/passkeys.js"), get(|| async { asset(page::PASSKEYS_JS, "text/javascript; charset=utf-8") }))
+        .with_state(service.clone())
+        .merge(super::passkey_routes::router(service))
 }
 
 fn asset(text: &'static str, content_type: &'static str) -> Response {
@@ -107,18 +111,18 @@ fn asset(text: &'static str, content_type: &'static str) -> Response {
 
 /// A parsed request: its fields, whether it came from a form, and facts
 /// about the request the handlers need.
-struct Input {
+pub(super) struct Input {
     fields: Map<String, Value>,
     form: bool,
-    headers: HeaderMap,
-    ip: IpAddr,
+    pub(super) headers: HeaderMap,
+    pub(super) ip: IpAddr,
     query: Option<String>,
 }
 
 impl Input {
     /// The string field `name`, at most `max` bytes; `None` when absent or
     /// empty.
-    fn field(&self, name: &str, max: usize) -> Result<Option<&str>, Denied> {
+    pub(super) fn field(&self, name: &str, max: usize) -> Result<Option<&str>, Denied> {
         match self.fields.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.len() > max => Err(invalid(format!("{name} is longer than {max} bytes"))),
@@ -130,7 +134,7 @@ impl Input {
         }
     }
 
-    fn required(&self, name: &str, max: usize) -> Result<&str, Denied> {
+    pub(super) fn required(&self, name: &str, max: usize) -> Result<&str, Denied> {
         self.field(name, max)?.ok_or_else(|| invalid(format!("{name} is missing")))
     }
 
@@ -150,7 +154,7 @@ fn client_ip(req: &Request) -> IpAddr {
 }
 
 /// Reads and checks a `POST`: origin, size, content type, fields.
-async fn input(service: &AccountService, req: Request) -> Result<Input, Denied> {
+pub(super) async fn input(service: &AccountService, req: Request) -> Result<Input, Denied> {
     let ip = client_ip(&req);
     let (parts, body) = req.into_parts();
     check_origin(service, &parts)?;
@@ -241,11 +245,16 @@ fn form_fields(bytes: &[u8]) -> Result<Map<String, Value>, Denied> {
 /// The origin state-changing requests must come from.
 fn check_origin(service: &AccountService, parts: &http::request::Parts) -> Result<(), Denied> {
     let refused = |detail: String| Err(Denied::new(Reason::AccountOrigin).with_detail(detail));
+    // Browsers that send Sec-Fetch-Site are judged by it alone: no page can
+    // set it, and their Origin may be `null` (a `Referrer-Policy:
+    // no-referrer` page's form post).
     if let Some(site) = parts.headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or_default();
-        if !matches!(site, "same-origin" | "none") {
-            return refused(format!("Sec-Fetch-Site: {}", site.chars().take(32).collect::<String>()));
-        }
+        return if matches!(site, "same-origin" | "none") {
+            Ok(())
+        } else {
+            refused(format!("Sec-Fetch-Site: {}", site.chars().take(32).collect::<String>()))
+        };
     }
     let Some(origin) = parts.headers.get(http::header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or_default();
@@ -266,11 +275,12 @@ fn check_origin(service: &AccountService, parts: &http::request::Parts) -> Resul
 
 /// A refusal: JSON for API clients (rendered by the reject layer), a `303`
 /// back to `page` with `?error=<code>` for forms (the event still logged).
-fn refuse(input_form: bool, page: &str, denied: Denied) -> Response {
+pub(super) fn refuse(input_form: bool, page: &str, denied: Denied) -> Response {
     if !input_form || denied.reason == Reason::AccountOrigin {
         return portcullis_layers::deny(denied).map(Body::new);
     }
-    let mut response = see_other(&format!("{page}?error={}", denied.reason.code()));
+    let separator = if page.contains('?') { '&' } else { '?' };
+    let mut response = see_other(&format!("{page}{separator}error={}", denied.reason.code()));
     for (name, value) in &denied.headers {
         if name == SET_COOKIE || name == http::header::RETRY_AFTER {
             response.headers_mut().append(name.clone(), value.clone());
@@ -290,7 +300,7 @@ fn see_other(location: &str) -> Response {
     response
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -309,7 +319,7 @@ fn cookie_max_age(end: SystemTime, now: SystemTime) -> Duration {
 /// The answer to a completed login: the cookie and a redirect (or JSON
 /// saying where to go) for browsers, tokens for API clients; the
 /// `account.login` event either way.
-fn logged_in(
+pub(super) fn logged_in(
     service: &AccountService,
     input: &Input,
     account: &Account,
@@ -377,7 +387,7 @@ async fn login(State(service): State<AccountService>, req: Request) -> Response 
     response
 }
 
-fn is_form(req: &Request) -> bool {
+pub(super) fn is_form(req: &Request) -> bool {
     req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -445,7 +455,7 @@ async fn mfa_page(State(service): State<AccountService>, req: Request) -> Respon
 }
 
 /// The pending login a second step continues: the cookie, or `mfa_token`.
-fn pending_of(service: &AccountService, input: &Input, now: SystemTime) -> Result<Pending, Denied> {
+pub(super) fn pending_of(service: &AccountService, input: &Input, now: SystemTime) -> Result<Pending, Denied> {
     let sealed = match input.field("mfa_token", MAX_TOKEN)? {
         Some(token) => Some(token),
         None => portcullis_policy::cookies::get(&input.headers, PENDING_COOKIE),
@@ -575,7 +585,7 @@ fn never() -> SystemTime {
 }
 
 /// Who is signed in: the account cookie or an access token.
-async fn signed_in(service: &AccountService, headers: &HeaderMap) -> Result<(Principal, Option<HeaderValue>), Denied> {
+pub(super) async fn signed_in(service: &AccountService, headers: &HeaderMap) -> Result<(Principal, Option<HeaderValue>), Denied> {
     if let Some(token) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -593,7 +603,7 @@ async fn signed_in(service: &AccountService, headers: &HeaderMap) -> Result<(Pri
 }
 
 /// The account id of a principal (`account:<id>`).
-fn account_id(principal: &Principal) -> &str {
+pub(super) fn account_id(principal: &Principal) -> &str {
     principal.subject.strip_prefix("account:").unwrap_or(&principal.subject)
 }
 
