@@ -325,7 +325,7 @@ async fn unlock_clears_an_accounts_login_failures_in_redis() {
 
     let out = run(&s.config, &["user", "unlock", "heidi"], "");
     ok(&out);
-    assert!(text(&out.stderr).contains("cleared in Redis under [login.api]"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cleared in Redis under [login.api, accounts]"), "{}", text(&out.stderr));
     assert!(guard.before(Some("heidi"), owner).await.unwrap().is_none(), "unlocked");
     assert!(guard.before(Some("heidi@example.org"), owner).await.unwrap().is_none(), "unlocked by email too");
     assert!(guard.before(Some("heidi"), attacker).await.is_err(), "the attacking address keeps its count");

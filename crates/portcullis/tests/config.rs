@@ -1024,11 +1024,30 @@ fn weak_hashing_and_odd_lifetimes_are_refused_at_their_key() {
 }
 
 #[test]
-fn routes_do_not_accept_accounts_as_an_auth_method() {
-    let toml = format!("{}\n[auth.accounts]\n", MINIMAL.replace("auth = \"public\"", "auth = [\"account\"]"));
-    let errs = errors(&toml);
+fn account_routes_need_auth_accounts() {
+    let route = MINIMAL.replace("auth = \"public\"", "auth = [\"account\"]");
+    let errs = errors(&route);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].message.contains("unknown authentication method \"account\""), "{}", errs[0].message);
+    assert!(errs[0].message.contains("authentication method \"account\" is not configured"), "{}", errs[0].message);
+    assert!(errs[0].help.as_deref().unwrap_or_default().contains("[auth.accounts]"), "{errs:?}");
+    // With [auth.accounts], `account` is the cookie and the access token;
+    // `account_token` the token alone. Both ask for CSRF checks only when
+    // the cookie is accepted.
+    let config = parse(&format!("{route}\n[auth.accounts]\n")).unwrap();
+    let portcullis_layers::AuthMode::Required(methods) = config.routes[0].policy.auth else { panic!() };
+    assert!(methods.contains(portcullis_policy::AuthMethod::Account));
+    assert!(methods.contains(portcullis_policy::AuthMethod::AccountToken));
+    assert!(config.routes[0].policy.csrf);
+    let config =
+        parse(&format!("{}\n[auth.accounts]\n", route.replace("[\"account\"]", "[\"account_token\"]"))).unwrap();
+    let portcullis_layers::AuthMode::Required(methods) = config.routes[0].policy.auth else { panic!() };
+    assert!(!methods.contains(portcullis_policy::AuthMethod::Account));
+    assert!(!config.routes[0].policy.csrf);
+    // Passkeys are bound to an origin.
+    let errs = errors(&format!("{MINIMAL}\n[auth.accounts]\npasskeys = \"passwordless\"\n"));
+    assert!(errs.iter().any(|e| e.message.contains("passkeys need public_url")), "{errs:?}");
+    let errs = errors(&format!("{MINIMAL}\n[auth.accounts]\npublic_url = \"http://app.example.com\"\n"));
+    assert!(errs.iter().any(|e| e.message.contains("public_url must use https")), "{errs:?}");
 }
 
 #[test]

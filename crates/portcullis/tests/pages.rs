@@ -80,7 +80,9 @@ fn free_port() -> u16 {
 
 /// A virtual platform authenticator (CTAP2, resident keys, user
 /// verification that succeeds), as Chromium's DevTools provide for tests.
-async fn virtual_authenticator(page: &chromiumoxide::Page) -> chromiumoxide::cdp::browser_protocol::web_authn::AuthenticatorId {
+async fn virtual_authenticator(
+    page: &chromiumoxide::Page,
+) -> chromiumoxide::cdp::browser_protocol::web_authn::AuthenticatorId {
     use chromiumoxide::cdp::browser_protocol::web_authn::{
         AddVirtualAuthenticatorParams, AuthenticatorProtocol, AuthenticatorTransport, EnableParams,
         VirtualAuthenticatorOptions,
@@ -108,7 +110,12 @@ async fn wait_for(page: &chromiumoxide::Page, what: &str, script: &str) {
         }
         if std::time::Instant::now() > deadline {
             let url = page.url().await.ok().flatten().unwrap_or_default();
-            let body: String = page.evaluate("document.body ? document.body.innerHTML : ''").await.ok().and_then(|v| v.into_value().ok()).unwrap_or_default();
+            let body: String = page
+                .evaluate("document.body ? document.body.innerHTML : ''")
+                .await
+                .ok()
+                .and_then(|v| v.into_value().ok())
+                .unwrap_or_default();
             panic!("timed out waiting for {what} at {url}: {body}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -216,7 +223,12 @@ passkeys = "passwordless"
 
     // The account page adds a passkey with the virtual authenticator.
     page.goto(format!("{origin}/.portcullis/account/")).await.unwrap();
-    wait_for(&page, "the account page", "document.getElementById('passkey-register') && !document.getElementById('passkey-register').hidden").await;
+    wait_for(
+        &page,
+        "the account page",
+        "document.getElementById('passkey-register') && !document.getElementById('passkey-register').hidden",
+    )
+    .await;
     screenshot(&page, "account-page").await;
     page.find_element("#passkey-register").await.unwrap().click().await.unwrap();
     wait_for(&page, "the passkey", "document.getElementById('passkey-status').textContent.length > 0").await;
@@ -230,7 +242,15 @@ passkeys = "passwordless"
     wait_for(&page, "the passkey button", "!document.getElementById('passkey-login').hidden").await;
     page.find_element("#passkey-login").await.unwrap().click().await.unwrap();
     wait_for_url(&page, &format!("{origin}/orders")).await;
-    let logins = gw.events.0.lock().unwrap().iter().filter(|e| e.reason == "account.login").map(|e| e.detail.clone().unwrap()).collect::<Vec<_>>();
+    let logins = gw
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.reason == "account.login")
+        .map(|e| e.detail.clone().unwrap())
+        .collect::<Vec<_>>();
     assert!(logins.iter().any(|d| d.contains("factors: hwk")), "{logins:?}");
 
     // Another authenticator, holding a passkey for this site that the
@@ -253,18 +273,23 @@ passkeys = "passwordless"
         .unwrap();
     page.execute(AddCredentialParams::new(other, credential)).await.unwrap();
     // The cookie of the passkey login is still there: clear it first.
-    page.delete_cookies(vec![chromiumoxide::cdp::browser_protocol::network::DeleteCookiesParams::builder()
-        .name("__Host-portcullis-account")
-        .url(origin.clone())
-        .build()
-        .unwrap()])
-        .await
-        .unwrap();
+    page.delete_cookies(vec![
+        chromiumoxide::cdp::browser_protocol::network::DeleteCookiesParams::builder()
+            .name("__Host-portcullis-account")
+            .url(origin.clone())
+            .build()
+            .unwrap(),
+    ])
+    .await
+    .unwrap();
     page.goto(format!("{origin}/.portcullis/account/login")).await.unwrap();
     wait_for(&page, "the passkey button", "!document.getElementById('passkey-login').hidden").await;
     page.find_element("#passkey-login").await.unwrap().click().await.unwrap();
     wait_for(&page, "the refusal", "document.querySelector('[role=alert]') !== null").await;
-    assert_eq!(text_of(&page, "document.querySelector('[role=alert]').textContent").await, "The passkey was not accepted.");
+    assert_eq!(
+        text_of(&page, "document.querySelector('[role=alert]').textContent").await,
+        "The passkey was not accepted."
+    );
     assert!(gw.events.reasons().contains(&"account.passkey_failed"));
     screenshot(&page, "account-passkey-refused").await;
 

@@ -395,7 +395,8 @@ impl AccountService {
     pub(crate) async fn second_factor(&self, account: &Account) -> Result<(bool, bool), Denied> {
         let store = &self.inner.store;
         let totp = store.totp(&account.id).await.map_err(unavailable)?.is_some_and(|t| t.confirmed_at.is_some());
-        let passkeys = self.inner.passkeys.is_some() && !store.passkeys(&account.id).await.map_err(unavailable)?.is_empty();
+        let passkeys =
+            self.inner.passkeys.is_some() && !store.passkeys(&account.id).await.map_err(unavailable)?.is_empty();
         let enrolled = totp || passkeys;
         let required = account.roles.iter().any(|r| self.inner.settings.mfa_required_roles.contains(r));
         Ok((enrolled || required, enrolled))

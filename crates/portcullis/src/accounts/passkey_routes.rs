@@ -90,8 +90,7 @@ fn internal(e: impl std::fmt::Display) -> Denied {
 
 /// The options and the sealed ceremony, as the page receives them.
 fn started(service: &AccountService, options: serde_json::Value, ceremony: &Ceremony) -> Result<Response, Denied> {
-    let sealed =
-        service.key().seal_value(CEREMONY, ceremony, SystemTime::now() + CEREMONY_TTL).map_err(internal)?;
+    let sealed = service.key().seal_value(CEREMONY, ceremony, SystemTime::now() + CEREMONY_TTL).map_err(internal)?;
     Ok(json_response(StatusCode::OK, &json!({ "options": options, "ceremony": sealed })))
 }
 
@@ -142,7 +141,8 @@ async fn register_start(State(service): State<AccountService>, req: Request) -> 
         let existing = service.store().passkeys(&account.id).await.map_err(unavailable)?;
         let (options, state) =
             passkeys(&service)?.start_registration(&account.id, &account.username, &existing).map_err(internal)?;
-        let ceremony = Ceremony { purpose: Purpose::Register, acct: Some(account.id), state, amr: Vec::new(), rd: String::new() };
+        let ceremony =
+            Ceremony { purpose: Purpose::Register, acct: Some(account.id), state, amr: Vec::new(), rd: String::new() };
         started(&service, options, &ceremony)
     }
     .await;
@@ -162,16 +162,14 @@ async fn register_finish(State(service): State<AccountService>, req: Request) ->
         let new = passkeys(&service)?
             .finish_registration(&ceremony.state, answer(&input)?.as_bytes())
             .map_err(|e| failed(e.to_string()))?;
-        service
-            .store()
-            .add_passkey(&id, &new.credential_id, &name, &new.passkey, SystemTime::now())
-            .await
-            .map_err(|e| match e {
+        service.store().add_passkey(&id, &new.credential_id, &name, &new.passkey, SystemTime::now()).await.map_err(
+            |e| match e {
                 AccountError::PasskeyTaken => failed("the passkey is already registered"),
                 AccountError::InvalidPasskey(why) => Denied::new(Reason::AccountInvalid).with_detail(why),
                 AccountError::Store(e) => unavailable(e),
                 other => internal(other),
-            })?;
+            },
+        )?;
         let mut response = json_response(StatusCode::OK, &json!({ "registered": true, "name": name }));
         record(
             &mut response,
@@ -197,8 +195,13 @@ async fn login_start(State(service): State<AccountService>, req: Request) -> Res
                 return Err(failed("the account has no passkey"));
             }
             let (options, state) = keys.start_authentication(&stored).map_err(internal)?;
-            let ceremony =
-                Ceremony { purpose: Purpose::SecondFactor, acct: Some(pending.acct), state, amr: pending.amr, rd: pending.rd };
+            let ceremony = Ceremony {
+                purpose: Purpose::SecondFactor,
+                acct: Some(pending.acct),
+                state,
+                amr: pending.amr,
+                rd: pending.rd,
+            };
             return started(&service, options, &ceremony);
         }
         if service.settings().passkeys != crate::config::accounts::Passkeys::Passwordless {
@@ -248,7 +251,8 @@ async fn login_finish(State(service): State<AccountService>, req: Request) -> Re
                     Ok(d) => d,
                     Err(e) => return Err(refused(e.to_string()).await),
                 };
-                let Some(stored) = service.store().passkey(&discovered.credential_id).await.map_err(unavailable)? else {
+                let Some(stored) = service.store().passkey(&discovered.credential_id).await.map_err(unavailable)?
+                else {
                     return Err(refused("an unknown passkey".to_owned()).await);
                 };
                 let used = match keys.finish_discoverable(&ceremony.state, credential.as_bytes(), &stored) {

@@ -97,7 +97,10 @@ pub fn router(service: AccountService) -> Router {
         .route(&path("/recovery-codes"), post(recovery_codes))
         .route(&path("/assets/account.css"), get(|| async { asset(page::CSS, "text/css; charset=utf-8") }))
         .route(&path("/assets/account.js"), get(|| async { asset(page::JS, "text/javascript; charset=utf-8") }))
-        .route(&path("/assets/passkeys.js"), get(|| async { asset(page::PASSKEYS_JS, "text/javascript; charset=utf-8") }))
+        .route(
+            &path("/assets/passkeys.js"),
+            get(|| async { asset(page::PASSKEYS_JS, "text/javascript; charset=utf-8") }),
+        )
         .with_state(service.clone())
         .merge(super::passkey_routes::router(service))
 }
@@ -585,7 +588,10 @@ fn never() -> SystemTime {
 }
 
 /// Who is signed in: the account cookie or an access token.
-pub(super) async fn signed_in(service: &AccountService, headers: &HeaderMap) -> Result<(Principal, Option<HeaderValue>), Denied> {
+pub(super) async fn signed_in(
+    service: &AccountService,
+    headers: &HeaderMap,
+) -> Result<(Principal, Option<HeaderValue>), Denied> {
     if let Some(token) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
