@@ -95,10 +95,15 @@ auth = "public"
 store = "{url}"
 
 [auth.accounts]
-refresh_reuse_grace = "0s"
 {accounts}
 "#,
         data = dir.path().display(),
+        // Every late copy of a refresh token is reuse, unless a test says otherwise.
+        accounts = if accounts.contains("refresh_reuse_grace") {
+            accounts.to_owned()
+        } else {
+            format!("refresh_reuse_grace = \"0s\"\n{accounts}")
+        },
     );
     let gateway = common::gateway(&toml).await;
     let store = Store::open(url).await.unwrap();
@@ -264,7 +269,9 @@ async fn refresh_rotates_and_a_replaced_token_revokes_its_session(url: &str) {
 }
 
 async fn of_concurrent_refreshes_exactly_one_wins(url: &str) {
-    let f = fixture(url, "").await;
+    // With a grace, the losers are only refused (with none, they would be
+    // reuse and end the winner's session too).
+    let f = fixture(url, "refresh_reuse_grace = \"10s\"").await;
     let g = &f.gateway;
     let (_, token) = tokens(g, "alice").await;
     let mut tasks = Vec::new();
@@ -284,6 +291,7 @@ async fn of_concurrent_refreshes_exactly_one_wins(url: &str) {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
+    assert!(!g.events.reasons().contains(&"account.refresh_reuse"), "a race is not theft");
 }
 
 async fn password_change_and_logout_everywhere_end_sessions(url: &str) {
@@ -725,4 +733,25 @@ async fn a_hash_with_old_parameters_is_upgraded_at_login() {
     let after = f.store.account_for_login("alice").await.unwrap().unwrap().password_hash.unwrap();
     assert!(after.contains("t=3"), "{after}");
     assert_eq!(login(&f.gateway, "alice", PASSWORD).await.0.status, 200, "the new hash verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_keeps_at_most_fifty_live_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(&format!("sqlite://{}", dir.path().join("a.db").display()), "").await;
+    let store = &f.store;
+    let id = store.account_for_login("alice").await.unwrap().unwrap().account.id;
+    // Forty-nine sessions straight in the store, then two logins.
+    for _ in 0..portcullis::accounts::MAX_SESSIONS - 1 {
+        store.create_session(&id, SystemTime::now() + Duration::from_secs(3600), SystemTime::now()).await.unwrap();
+    }
+    let (first, first_refresh) = tokens(&f.gateway, "alice").await;
+    let (_, _) = tokens(&f.gateway, "alice").await;
+    let live = |s: &Vec<portcullis::store::sessions::Session>| s.iter().filter(|s| s.revoked_at.is_none()).count();
+    let sessions = store.account_sessions(&id).await.unwrap();
+    assert_eq!(live(&sessions), portcullis::accounts::MAX_SESSIONS);
+    assert_eq!(sessions.iter().filter(|s| s.revoked_reason.as_deref() == Some("too_many")).count(), 1);
+    // The oldest (made in the store) ended, not the logins'.
+    assert_eq!(api(&f.gateway, &first).await.0.status, 200);
+    assert_eq!(refresh(&f.gateway, &first_refresh).await.0.status, 200);
 }

@@ -92,6 +92,14 @@ const TOKEN_LEEWAY: Duration = Duration::from_secs(5);
 /// Access tokens' `token_use`: keeps every other token the identity key
 /// signs (the upstream identity tokens) from passing as one.
 const TOKEN_USE: &str = "access";
+/// The most live sessions one account may have: a login beyond it ends the
+/// oldest, so one known password cannot grow the store without bound.
+pub const MAX_SESSIONS: usize = 50;
+/// How often ended sessions are removed from the store.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How long an ended session is kept: a refresh token of a session ended a
+/// moment ago is still recognised (and logged) as reuse.
+const KEEP_ENDED: Duration = Duration::from_secs(86_400);
 
 /// The account session inside [`ACCOUNT_COOKIE`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,20 +272,20 @@ impl AccountService {
             (crate::config::accounts::Passkeys::Off, _) | (_, None) => None,
             (_, Some(origin)) => Some(passkeys::Passkeys::new(origin, "Portcullis")?),
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                store,
-                hasher,
-                settings: settings.clone(),
-                key,
-                signer,
-                token_keys,
-                token_policy,
-                revocations,
-                guard,
-                passkeys,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            store,
+            hasher,
+            settings: settings.clone(),
+            key,
+            signer,
+            token_keys,
+            token_policy,
+            revocations,
+            guard,
+            passkeys,
+        });
+        tokio::spawn(housekeeping(Arc::downgrade(&inner)));
+        Ok(Self { inner })
     }
 
     /// The settings.
@@ -422,6 +430,7 @@ impl AccountService {
         let end = now + inner.settings.refresh_token_ttl;
         let (session, refresh_token) =
             inner.store.create_session(&account.id, end, now).await.map_err(account_error)?;
+        self.end_oldest_sessions(&account.id, now).await?;
         let access_token = self.access_token(account, &session, amr, now)?;
         let cookie = self.seal_cookie(&CookieSession {
             sid: session.id.clone(),
@@ -432,6 +441,28 @@ impl AccountService {
             amr: amr.to_vec(),
         })?;
         Ok(Issued { session, refresh_token, access_token, cookie })
+    }
+
+    /// Ends the oldest live sessions of `account_id` beyond [`MAX_SESSIONS`].
+    async fn end_oldest_sessions(&self, account_id: &str, now: SystemTime) -> Result<(), Denied> {
+        let mut live: Vec<Session> = self
+            .inner
+            .store
+            .account_sessions(account_id)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|s| s.revoked_at.is_none() && s.expires_at > now)
+            .collect();
+        if live.len() <= MAX_SESSIONS {
+            return Ok(());
+        }
+        live.sort_by_key(|s| (s.created_at, s.id.clone()));
+        let excess = live.len() - MAX_SESSIONS;
+        for session in &live[..excess] {
+            self.revoke_session(session, RevokeReason::TooMany, now).await?;
+        }
+        Ok(())
     }
 
     /// A new access token for `account`'s `session`.
@@ -665,6 +696,23 @@ impl AccountService {
         }
         response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+}
+
+/// Removes ended sessions from the store every [`PURGE_EVERY`], for as
+/// long as the accounts it serves are in use (a reload drops them, and the
+/// task ends at its next turn).
+async fn housekeeping(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let before = SystemTime::now() - KEEP_ENDED;
+        match inner.store.purge_sessions(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "ended account sessions removed from the store"),
+            Err(e) => tracing::warn!(error = %e, "ended account sessions could not be removed"),
+        }
     }
 }
 

@@ -89,7 +89,7 @@ fn internal(e: impl std::fmt::Display) -> Denied {
 }
 
 /// The options and the sealed ceremony, as the page receives them.
-fn started(service: &AccountService, options: serde_json::Value, ceremony: &Ceremony) -> Result<Response, Denied> {
+fn started(service: &AccountService, options: &serde_json::Value, ceremony: &Ceremony) -> Result<Response, Denied> {
     let sealed = service.key().seal_value(CEREMONY, ceremony, SystemTime::now() + CEREMONY_TTL).map_err(internal)?;
     Ok(json_response(StatusCode::OK, &json!({ "options": options, "ceremony": sealed })))
 }
@@ -143,7 +143,7 @@ async fn register_start(State(service): State<AccountService>, req: Request) -> 
             passkeys(&service)?.start_registration(&account.id, &account.username, &existing).map_err(internal)?;
         let ceremony =
             Ceremony { purpose: Purpose::Register, acct: Some(account.id), state, amr: Vec::new(), rd: String::new() };
-        started(&service, options, &ceremony)
+        started(&service, &options, &ceremony)
     }
     .await;
     result.unwrap_or_else(|denied| portcullis_layers::deny(denied).map(Body::new))
@@ -202,14 +202,18 @@ async fn login_start(State(service): State<AccountService>, req: Request) -> Res
                 amr: pending.amr,
                 rd: pending.rd,
             };
-            return started(&service, options, &ceremony);
+            return started(&service, &options, &ceremony);
         }
         if service.settings().passkeys != crate::config::accounts::Passkeys::Passwordless {
             return Err(failed("passkeys are a second factor here: log in with the password first"));
         }
         let rd = input.field("rd", 2048)?.unwrap_or_default().to_owned();
         let (options, state) = keys.start_discoverable(false).map_err(internal)?;
-        started(&service, options, &Ceremony { purpose: Purpose::Passwordless, acct: None, state, amr: Vec::new(), rd })
+        started(
+            &service,
+            &options,
+            &Ceremony { purpose: Purpose::Passwordless, acct: None, state, amr: Vec::new(), rd },
+        )
     }
     .await;
     result.unwrap_or_else(|denied| portcullis_layers::deny(denied).map(Body::new))
@@ -259,7 +263,7 @@ async fn login_finish(State(service): State<AccountService>, req: Request) -> Re
                     Ok(used) => used,
                     Err(e) => return Err(refused(e.to_string()).await),
                 };
-                (enabled_account(&service, &used.account_id).await?, used)
+                (enabled_account(service, &used.account_id).await?, used)
             }
             _ => return Err(failed("a ceremony of another kind")),
         };

@@ -69,6 +69,9 @@ pub enum RevokeReason {
     Disabled,
     /// An administrator ended it.
     Admin,
+    /// The account logged in once more than its live sessions may number:
+    /// the oldest ends.
+    TooMany,
 }
 
 impl RevokeReason {
@@ -82,6 +85,7 @@ impl RevokeReason {
             Self::Reuse => "reuse",
             Self::Disabled => "disabled",
             Self::Admin => "admin",
+            Self::TooMany => "too_many",
         }
     }
 }
