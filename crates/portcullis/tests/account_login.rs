@@ -664,6 +664,27 @@ async fn repeated_failures_lock_the_account_until_the_wait_passes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_unlocks_a_locked_account() {
+    const TOKEN: &str = "an-admin-token-of-enough-length-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("\n[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    let f = fixture(&format!("sqlite://{}", dir.path().join("a.db").display()), &admin).await;
+    let g = &f.gateway;
+    for _ in 0..8 {
+        login(g, "alice", "wrong password again").await;
+    }
+    assert_eq!(login(g, "alice", PASSWORD).await.0.status, 429, "locked for seconds now");
+    let addr = g.server.addr("admin").unwrap();
+    let req = Request::post(format!("http://{addr}/logins/unlock"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(common::full_body(json!({"login": "accounts", "account": "alice"}).to_string()))
+        .unwrap();
+    assert_eq!(common::send(req).await.0.status, 204);
+    assert_eq!(login(g, "alice", PASSWORD).await.0.status, 200, "unlocked at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_follows_its_mode() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("a.db").display());

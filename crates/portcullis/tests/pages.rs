@@ -234,6 +234,7 @@ passkeys = "passwordless"
     wait_for(&page, "the passkey", "document.getElementById('passkey-status').textContent.length > 0").await;
     assert_eq!(text_of(&page, "document.getElementById('passkey-status').textContent").await, "Passkey added.");
     assert_eq!(store.passkeys(&alice.id).await.unwrap().len(), 1);
+    assert!(gw.events.reasons().contains(&"account.passkey_registered"));
 
     // Log out, then in again with the passkey alone.
     page.find_element("form[action$='/logout'] button").await.unwrap().click().await.unwrap();
