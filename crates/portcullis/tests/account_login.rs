@@ -776,3 +776,31 @@ async fn an_account_keeps_at_most_fifty_live_sessions() {
     assert_eq!(api(&f.gateway, &first).await.0.status, 200);
     assert_eq!(refresh(&f.gateway, &first_refresh).await.0.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_registers_one_account_with_its_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(&format!("sqlite://{}", dir.path().join("a.db").display()), "registration = \"invite\"").await;
+    let g = &f.gateway;
+    let now = SystemTime::now();
+    let (_, code) = f.store.create_invite(&["viewer".to_owned()], now + Duration::from_secs(3600), now).await.unwrap();
+    let register = |body: Value| async move {
+        let (parts, body) = post_json(g, "/.portcullis/account/register", &body, &[]).await;
+        (parts.status.as_u16(), common::json(&body))
+    };
+    let (status, body) = register(json!({"username": "carol", "password": NEW_PASSWORD})).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (403, "account.registration_refused"), "no code");
+    let (status, body) = register(json!({"username": "carol", "password": NEW_PASSWORD, "invite": "pci_forged"})).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (403, "account.registration_refused"), "a forged code");
+    let (status, body) =
+        register(json!({"username": "carol", "password": NEW_PASSWORD, "invite": code.expose()})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["roles"], json!(["viewer"]));
+    let (status, _) = register(json!({"username": "dave", "password": NEW_PASSWORD, "invite": code.expose()})).await;
+    assert_eq!(status, 403, "the code works once");
+    let (parts, body) = login(g, "carol", NEW_PASSWORD).await;
+    assert_eq!(parts.status, 200);
+    let seen = api(g, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(seen.0.status, 200);
+    assert_eq!(f.seen.lock().unwrap().last().unwrap()["x-portcullis-roles"], "viewer");
+}

@@ -236,9 +236,24 @@ passkeys = "passwordless"
     assert_eq!(store.passkeys(&alice.id).await.unwrap().len(), 1);
     assert!(gw.events.reasons().contains(&"account.passkey_registered"));
 
-    // Log out, then in again with the passkey alone.
+    // Log out; the password alone now opens the second step, the passkey.
     page.find_element("form[action$='/logout'] button").await.unwrap().click().await.unwrap();
     wait_for_url(&page, &format!("{origin}/.portcullis/account/login")).await;
+    page.goto(format!("{origin}/.portcullis/account/login?rd=%2Forders")).await.unwrap();
+    page.find_element("#username").await.unwrap().type_str("alice").await.unwrap();
+    press(&page, "Tab").await;
+    page.find_element("#password").await.unwrap().type_str("correct horse battery staple").await.unwrap();
+    press(&page, "Enter").await;
+    wait_for_url(&page, &format!("{origin}/.portcullis/account/login/mfa")).await;
+    wait_for(&page, "the passkey step", "!document.getElementById('passkey-second').hidden").await;
+    screenshot(&page, "account-second-factor").await;
+    page.find_element("#passkey-second").await.unwrap().click().await.unwrap();
+    wait_for_url(&page, &format!("{origin}/orders")).await;
+    page.goto(format!("{origin}/.portcullis/account/")).await.unwrap();
+    page.find_element("form[action$='/logout'] button").await.unwrap().click().await.unwrap();
+    wait_for_url(&page, &format!("{origin}/.portcullis/account/login")).await;
+
+    // In again with the passkey alone.
     page.goto(format!("{origin}/.portcullis/account/login?rd=%2Forders")).await.unwrap();
     wait_for(&page, "the passkey button", "!document.getElementById('passkey-login').hidden").await;
     page.find_element("#passkey-login").await.unwrap().click().await.unwrap();
@@ -253,6 +268,7 @@ passkeys = "passwordless"
         .map(|e| e.detail.clone().unwrap())
         .collect::<Vec<_>>();
     assert!(logins.iter().any(|d| d.contains("factors: hwk")), "{logins:?}");
+    assert!(logins.iter().any(|d| d.contains("factors: pwd+hwk")), "{logins:?}");
 
     // Another authenticator, holding a passkey for this site that the
     // account never registered (a credential claiming alice's handle): refused.

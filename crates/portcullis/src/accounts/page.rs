@@ -125,7 +125,7 @@ pub fn login(service: &AccountService, rd: &str, error: Option<&str>) -> Respons
 
 /// The second step of a login: a TOTP code or a recovery code; or, for an
 /// account that must enrol a second factor first, the way to enrol one.
-pub fn mfa(service: &AccountService, enrol: bool, error: Option<&str>) -> Response {
+pub fn mfa(service: &AccountService, enrol: bool, totp: bool, error: Option<&str>) -> Response {
     if enrol {
         let body = format!(
             "<h1>Set up a second factor</h1>{alert}\
@@ -138,9 +138,17 @@ pub fn mfa(service: &AccountService, enrol: bool, error: Option<&str>) -> Respon
     }
     let passkey = if service.settings().passkeys == Passkeys::Off {
         ""
-    } else {
+    } else if totp {
         "<p><button type=\"button\" id=\"passkey-second\" class=\"secondary\" hidden>Use a passkey</button></p>"
+    } else {
+        "<p><button type=\"button\" id=\"passkey-second\" hidden autofocus>Use your passkey</button></p>"
     };
+    if !totp {
+        let body =
+            format!("<h1>Second factor</h1>{alert}<p>Confirm with your passkey.</p>{passkey}", alert = alert(error));
+        let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+        return html(status, "Second factor", &body);
+    }
     let body = format!(
         "<h1>Second factor</h1>{alert}\
          <form method=\"post\" action=\"{PREFIX}/login/totp\">\

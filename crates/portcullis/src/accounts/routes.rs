@@ -442,6 +442,9 @@ async fn mfa_methods(service: &AccountService, account: &Account) -> Result<Vec<
     if store.totp(&account.id).await.map_err(unavailable)?.is_some_and(|t| t.confirmed_at.is_some()) {
         methods.extend(["totp", "recovery"]);
     }
+    if service.passkeys().is_some() && !store.passkeys(&account.id).await.map_err(unavailable)?.is_empty() {
+        methods.push("passkey");
+    }
     Ok(methods)
 }
 
@@ -452,7 +455,13 @@ async fn mfa_page(State(service): State<AccountService>, req: Request) -> Respon
     let query = req.uri().query();
     let error = query_value(query, "error");
     match pending {
-        Some(pending) => page::mfa(&service, pending.enrol, error.as_deref()),
+        Some(pending) => {
+            let totp = match service.store().totp(&pending.acct).await {
+                Ok(totp) => totp.is_some_and(|t| t.confirmed_at.is_some()),
+                Err(e) => return portcullis_layers::deny(unavailable(e)).map(Body::new),
+            };
+            page::mfa(&service, pending.enrol, totp, error.as_deref())
+        }
         None => see_other(&format!("{LOGIN_PATH}?error={}", Reason::AccountMfaFailed.code())),
     }
 }
