@@ -23,30 +23,7 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "a different long passphrase";
 
-macro_rules! against_both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$scenario(&format!("sqlite://{}", dir.path().join("accounts.db").display())).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let server = crate::common::postgres::Postgres::start().await;
-                    super::$scenario(&server.url).await;
-                }
-            )*
-        }
-    };
-}
-
-against_both_stores!(
+common::against_both_stores!(
     password_login_gives_tokens_that_open_account_routes,
     refresh_rotates_and_a_replaced_token_revokes_its_session,
     of_concurrent_refreshes_exactly_one_wins,

@@ -21,32 +21,7 @@ use portcullis_policy::password::HashParams;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// Runs each scenario against a fresh SQLite file and a fresh PostgreSQL
-/// database (one throwaway server per test).
-macro_rules! against_both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$scenario(&format!("sqlite://{}", dir.path().join("accounts.db").display())).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let server = crate::common::postgres::Postgres::start().await;
-                    super::$scenario(&server.url).await;
-                }
-            )*
-        }
-    };
-}
-
-against_both_stores!(
+common::against_both_stores!(
     users_are_added_with_a_password_from_stdin_and_listed_without_secrets,
     weak_passwords_on_stdin_are_refused_and_nothing_is_stored,
     role_changes_disabling_and_deleting_revoke_sessions,

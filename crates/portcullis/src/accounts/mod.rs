@@ -721,7 +721,9 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Denied {
     Denied::new(Reason::AccountUnavailable).with_detail(e.to_string())
 }
 
-fn account_error(e: crate::store::accounts::AccountError) -> Denied {
+/// A store operation's failure: `account.unavailable` when the store could
+/// not be reached, else the gateway's fault.
+pub(crate) fn account_error(e: crate::store::accounts::AccountError) -> Denied {
     use crate::store::accounts::AccountError;
     match e {
         AccountError::Store(e) => unavailable(e),

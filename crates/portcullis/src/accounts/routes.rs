@@ -639,10 +639,7 @@ async fn refresh_step(service: &AccountService, req: Request) -> Result<Response
     let token = input.required("refresh_token", MAX_TOKEN)?;
     let now = SystemTime::now();
     let grace = service.settings().refresh_reuse_grace;
-    let rotation = service.store().rotate_refresh_token(token, grace, now).await.map_err(|e| match e {
-        AccountError::Store(e) => unavailable(e),
-        other => Denied::new(Reason::GatewayInternal).with_detail(other.to_string()),
-    })?;
+    let rotation = service.store().rotate_refresh_token(token, grace, now).await.map_err(super::account_error)?;
     let refused = |detail: String| Denied::new(Reason::AccountRefreshInvalid).with_detail(detail);
     match rotation {
         Rotation::Rotated { session, token } => {
@@ -747,10 +744,7 @@ async fn change_password(State(service): State<AccountService>, req: Request) ->
         let mut notes = Vec::new();
         service.check_password(&account.username, current, input.ip, &mut notes).await?;
         let hash = service.hasher().hash_new(new).await.map_err(super::hashing)?;
-        service.store().set_password_hash(&account.id, &hash, now).await.map_err(|e| match e {
-            AccountError::Store(e) => unavailable(e),
-            other => Denied::new(Reason::GatewayInternal).with_detail(other.to_string()),
-        })?;
+        service.store().set_password_hash(&account.id, &hash, now).await.map_err(super::account_error)?;
         let ended = service
             .revoke_sessions(&account.id, principal.session_id.as_deref(), RevokeReason::PasswordChange, now)
             .await?;
@@ -945,10 +939,7 @@ async fn totp_confirm(State(service): State<AccountService>, req: Request) -> Re
                 return Err(Denied::new(Reason::AccountMfaFailed).with_detail(counted.detail.unwrap_or_default()));
             }
         }
-        let codes = service.store().replace_recovery_codes(&account.id, now).await.map_err(|e| match e {
-            AccountError::Store(e) => unavailable(e),
-            other => Denied::new(Reason::GatewayInternal).with_detail(other.to_string()),
-        })?;
+        let codes = service.store().replace_recovery_codes(&account.id, now).await.map_err(super::account_error)?;
         let codes: Vec<String> = codes.iter().map(|c| c.expose().to_owned()).collect();
         // A login that had to enrol first gets its session now.
         let issued = match &pending {
@@ -1018,10 +1009,8 @@ async fn recovery_codes(State(service): State<AccountService>, req: Request) -> 
         let input = input(&service, req).await?;
         let (principal, _) = signed_in(&service, &input.headers).await?;
         let id = account_id(&principal).to_owned();
-        let codes = service.store().replace_recovery_codes(&id, SystemTime::now()).await.map_err(|e| match e {
-            AccountError::Store(e) => unavailable(e),
-            other => Denied::new(Reason::GatewayInternal).with_detail(other.to_string()),
-        })?;
+        let codes =
+            service.store().replace_recovery_codes(&id, SystemTime::now()).await.map_err(super::account_error)?;
         Ok::<_, Denied>((input.form, id, codes.iter().map(|c| c.expose().to_owned()).collect::<Vec<_>>()))
     }
     .await;

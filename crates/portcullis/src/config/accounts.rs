@@ -240,16 +240,7 @@ pub(super) fn build_accounts(
         }
     }
     let public_url = a.public_url.as_ref().and_then(|v| super::oidc::url(c, v, "public_url", true));
-    let cookie_secret = a.cookie_secret.as_ref().and_then(|value| {
-        let secret = super::oidc::secret(c, value, base, env, "cookie_secret")?;
-        if secret.expose().len() < portcullis_policy::session::MIN_SECRET_LEN {
-            c.error(value.span(), "cookie_secret is too short")
-                .expected("at least 32 bytes")
-                .help("generate one with `openssl rand -base64 48` and pass it as ${ENV_VAR} or file:/path");
-            return None;
-        }
-        Some(secret)
-    });
+    let cookie_secret = a.cookie_secret.as_ref().and_then(|value| super::oidc::cookie_secret(c, value, base, env));
     let passkeys = choice(
         c,
         a.passkeys.as_ref(),

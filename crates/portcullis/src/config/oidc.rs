@@ -118,16 +118,7 @@ pub(super) fn build_oidc(c: &mut Collector<'_>, raw: &RawConfig, base: &Path, en
     }
 
     let session = raw.auth.session.as_ref().map(Spanned::get_ref);
-    let cookie_secret = session.and_then(|s| s.cookie_secret.as_ref()).and_then(|raw_secret| {
-        let secret = secret(c, raw_secret, base, env, "cookie_secret")?;
-        if secret.expose().len() < portcullis_policy::session::MIN_SECRET_LEN {
-            c.error(raw_secret.span(), "cookie_secret is too short")
-                .expected("at least 32 bytes")
-                .help("generate one with `openssl rand -base64 48` and pass it as ${ENV_VAR} or file:/path");
-            return None;
-        }
-        Some(secret)
-    });
+    let cookie_secret = session.and_then(|s| s.cookie_secret.as_ref()).and_then(|raw| cookie_secret(c, raw, base, env));
     let lifetime = lifetime(c, session.and_then(|s| s.lifetime.as_ref()));
 
     let public_url = public_url?;
@@ -187,6 +178,24 @@ pub(super) fn url(c: &mut Collector<'_>, value: &Spanned<String>, what: &str, or
     // An issuer is compared byte for byte with the provider's discovery
     // document, so it keeps its trailing slash; origins lose theirs.
     Some(if origin_only { text.trim_end_matches('/').to_owned() } else { text.to_owned() })
+}
+
+/// A `cookie_secret` (OIDC sessions, accounts): a secret of at least
+/// [`portcullis_policy::session::MIN_SECRET_LEN`] bytes.
+pub(super) fn cookie_secret(
+    c: &mut Collector<'_>,
+    value: &Spanned<String>,
+    base: &Path,
+    env: &Sources<'_>,
+) -> Option<Secret> {
+    let secret = secret(c, value, base, env, "cookie_secret")?;
+    if secret.expose().len() < portcullis_policy::session::MIN_SECRET_LEN {
+        c.error(value.span(), "cookie_secret is too short")
+            .expected("at least 32 bytes")
+            .help("generate one with `openssl rand -base64 48` and pass it as ${ENV_VAR} or file:/path");
+        return None;
+    }
+    Some(secret)
 }
 
 pub(super) fn secret(

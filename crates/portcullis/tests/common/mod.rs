@@ -291,3 +291,29 @@ pub mod raw;
 pub mod redis;
 pub mod strict;
 pub mod tls;
+
+/// Runs each scenario (an `async fn(url: &str)`) against a fresh SQLite file
+/// and a fresh PostgreSQL server (one throwaway server per test).
+macro_rules! against_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$scenario(&format!("sqlite://{}", dir.path().join("accounts.db").display())).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let server = crate::common::postgres::Postgres::start().await;
+                    super::$scenario(&server.url).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use against_both_stores;
