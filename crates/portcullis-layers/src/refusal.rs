@@ -57,13 +57,19 @@ pub fn note<B>(response: &mut Response<B>, denied: Denied) {
 /// A decision worth an event that granted what was asked (an account
 /// logged in, a password changed): the reject layer emits it with action
 /// `allow` and the status actually sent.
-#[derive(Debug, Clone)]
-pub struct Recorded(pub Denied);
+#[derive(Debug, Clone, Default)]
+pub struct Recorded(pub Vec<Denied>);
 
-/// Records `event` on `response` (see [`Recorded`]); a later record
-/// replaces an earlier one.
+/// Records `event` on `response` (see [`Recorded`]), after any recorded
+/// before.
 pub fn record<B>(response: &mut Response<B>, event: Denied) {
-    response.extensions_mut().insert(Recorded(event));
+    let extensions = response.extensions_mut();
+    match extensions.get_mut::<Recorded>() {
+        Some(recorded) => recorded.0.push(event),
+        None => {
+            extensions.insert(Recorded(vec![event]));
+        }
+    }
 }
 
 /// A refusal answered with a redirect rather than an error body (a browser

@@ -169,7 +169,9 @@ fn answer(shared: &Shared, summary: Summary, request_id: HeaderValue, mut respon
     }
     // Granted, and worth recording (an account's login).
     if let Some(Recorded(recorded)) = response.extensions_mut().remove::<Recorded>() {
-        emit(shared, &summary, &response, &recorded, status, Action::Allow);
+        for event in &recorded {
+            emit(shared, &summary, &response, event, status, Action::Allow);
+        }
     }
     if let Some(denied) = response.extensions_mut().remove::<Denied>() {
         if response.extensions_mut().remove::<Quiet>().is_none() {

@@ -719,6 +719,11 @@ async fn a_role_that_needs_a_second_factor_must_enrol_one_first() {
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
     let access = common::json(&body)["access_token"].as_str().unwrap().to_owned();
     assert_eq!(api(g, &access).await.0.status, 200);
+    let events = g.events.0.lock().unwrap().clone();
+    for reason in ["account.mfa_enrolled", "account.login"] {
+        let event = events.iter().find(|e| e.reason == reason).unwrap_or_else(|| panic!("no {reason}"));
+        assert_eq!(event.action, portcullis_policy::event::Action::Allow, "{reason}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -979,7 +979,7 @@ async fn totp_confirm(State(service): State<AccountService>, req: Request) -> Re
                 response
                     .headers_mut()
                     .append(SET_COOKIE, AccountService::cookie_header(PENDING_COOKIE, "", Duration::ZERO));
-                portcullis_layers::refusal::note(
+                record(
                     &mut response,
                     Denied::new(Reason::AccountLogin).with_detail(format!(
                         "account {} ({}), factors: {}",
