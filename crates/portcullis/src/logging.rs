@@ -29,6 +29,9 @@ pub fn init(config: &Log) -> Result<WorkerGuard, InitError> {
     if !directives.contains("zentinel_modsec") {
         directives.push_str(",zentinel_modsec=error");
     }
+    // webauthn-rs logs whole passkey ceremonies (challenges, credentials)
+    // at debug and trace: never below info, whatever the level asked for.
+    directives.push_str(",webauthn_rs=info,webauthn_rs_core=info");
     let filter = EnvFilter::builder().parse(&directives)?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match config.format {
