@@ -1,5 +1,5 @@
 //! The gateway's own outbound HTTPS client: OIDC discovery, token and
-//! refresh requests, JWKS fetches.
+//! refresh requests, JWKS fetches, webhook deliveries (event sinks, alerts).
 //!
 //! Defends against talking to an impostor or being stalled by one. Decision
 //! rules:
@@ -157,6 +157,27 @@ impl HttpClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"))
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .body(Full::new(Bytes::from(body)))
+            .map_err(|e| request_error(url, &e))?;
+        for (name, value) in headers {
+            request.headers_mut().insert(name, value.clone());
+        }
+        self.send(request).await
+    }
+
+    /// `POST url` with a JSON `body` (already serialized) and extra
+    /// `headers` (such as `Authorization`): webhook deliveries.
+    ///
+    /// # Errors
+    /// [`HttpClientError`]; a non-2xx status is not an error.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), HttpClientError> {
+        let mut request = Request::post(checked(url)?)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(body))
             .map_err(|e| request_error(url, &e))?;
         for (name, value) in headers {
             request.headers_mut().insert(name, value.clone());
