@@ -21,8 +21,13 @@
 //!   `[login.api]` (`portcullis user unlock`); 204, and an
 //!   `account.unlocked` event naming the account by fingerprint only.
 //!
+//! - `GET /audit?action=ban.*&actor=cli:*&before=SEQ&limit=N`: the audit
+//!   trail, newest first: `{"entries": [...], "next_before": SEQ|null}`
+//!   (`docs/audit.md`).
+//!
 //! With `[state] shared = "redis://…"`, bans added or lifted here reach every
-//! instance.
+//! instance. Bans added or lifted and accounts unlocked here are rows of the
+//! audit trail (actor `admin-api:<peer>`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -41,6 +46,9 @@ use portcullis_policy::{Denied, Reason, SecurityEvent};
 use serde::Deserialize;
 
 use crate::config::secret::Secret;
+use crate::store::audit::{Entry, Filter, Outcome, Page};
+use axum::http::Extensions;
+use portcullis_policy::forwarded::canonical;
 
 /// What the admin endpoints work on.
 #[derive(Debug, Clone)]
@@ -55,6 +63,8 @@ pub struct AdminState {
     pub events: Arc<dyn EventSink>,
     /// Login-failure counts (`[login.NAME]`).
     pub logins: Arc<dyn portcullis_layers::login::LoginStore>,
+    /// The audit trail.
+    pub audit: crate::audit::Recorder,
 }
 
 /// The admin router.
@@ -64,6 +74,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{target}", delete(lift_ban))
         .route("/logins/unlock", axum::routing::post(unlock_login))
+        .route("/audit", get(list_audit))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -132,6 +143,9 @@ async fn unlock_login(State(state): State<AdminState>, request: Request) -> Resp
                 route: None,
             };
             let fingerprint = portcullis_policy::login::account_fingerprint(&request.account).unwrap_or_default();
+            let audited = serde_json::json!({ "login": request.login, "account_fingerprint": fingerprint });
+            let target = format!("{}/{fingerprint}", request.login);
+            state.audit.record(Entry::new(crate::audit::admin_actor(peer), "login.unlock", target, audited));
             let detail = format!("login {}: account {fingerprint} failures cleared", request.login);
             state.events.emit(SecurityEvent::logged(
                 &summary,
@@ -190,6 +204,7 @@ struct NewBan {
 
 async fn add_ban(
     State(state): State<AdminState>,
+    extensions: Extensions,
     body: Result<Json<NewBan>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(new)) = body else {
@@ -208,7 +223,11 @@ async fn add_ban(
     };
     let ban = Ban::new(target, "manual", unix_millis(), duration);
     let json = ban_json(&ban);
-    match state.bans.add(ban).await {
+    let added = state.bans.add(ban).await;
+    let detail = serde_json::json!({ "rule": "manual", "duration_s": duration.as_secs() });
+    let outcome = if added.is_ok() { Outcome::Ok } else { Outcome::Failed };
+    audit(&state, &extensions, "ban.add", portcullis_layers::store::ip_key(target), detail, outcome);
+    match added {
         Ok(()) => (StatusCode::CREATED, Json(json)).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -218,14 +237,67 @@ async fn add_ban(
     }
 }
 
-async fn lift_ban(State(state): State<AdminState>, Path(target): Path<String>) -> Response {
+async fn lift_ban(State(state): State<AdminState>, extensions: Extensions, Path(target): Path<String>) -> Response {
     let Some(target) = parse_target(&target) else {
         return error(StatusCode::BAD_REQUEST, "request.invalid", "target must be an IP address or an IPv6 /64");
     };
-    match state.bans.lift(target).await {
+    let lifted = state.bans.lift(target).await;
+    // Lifting nothing changes nothing: no row.
+    let outcome = match lifted {
+        Ok(true) => Some(Outcome::Ok),
+        Ok(false) => None,
+        Err(_) => Some(Outcome::Failed),
+    };
+    if let Some(outcome) = outcome {
+        let text = portcullis_layers::store::ip_key(target);
+        audit(&state, &extensions, "ban.lift", text, serde_json::json!({}), outcome);
+    }
+    match lifted {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "ban.none", "no ban on that address"),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "bans.unavailable", e.to_string()),
+    }
+}
+
+/// Queues an audit row for an action taken through this API.
+fn audit(
+    state: &AdminState,
+    extensions: &Extensions,
+    action: &str,
+    target: String,
+    detail: serde_json::Value,
+    outcome: Outcome,
+) {
+    let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| canonical(c.0.ip()));
+    state.audit.record(Entry::new(crate::audit::admin_actor(peer), action, target, detail).with_outcome(outcome));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    action: Option<String>,
+    actor: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /audit`: a page of the audit trail, newest first.
+async fn list_audit(
+    State(state): State<AdminState>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "request.invalid", "query: action, actor, before (a seq), limit");
+    };
+    let filter = Filter { action: query.action, actor: query.actor };
+    let page = Page { before: query.before, limit: query.limit.unwrap_or(Page::default().limit) };
+    let listed = match state.audit.log().await {
+        Ok(log) => log.list(&filter, page).await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(listing) => Json(listing).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "audit.unavailable", e.to_string()),
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod cli_apikey;

@@ -171,6 +171,8 @@ pub struct Server {
     tasks: TaskTracker,
     acceptors: TaskTracker,
     addrs: Vec<(String, SocketAddr)>,
+    /// The audit trail (admin actions, reloads, the start).
+    audit: crate::audit::Recorder,
 }
 
 #[derive(Debug)]
@@ -269,6 +271,7 @@ impl Server {
         };
         let metrics = crate::metrics::install();
         let events: Arc<dyn EventSink> = Arc::new(crate::metrics::Metered(events));
+        let audit = crate::audit::Recorder::start(&config, events.clone());
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
         let (state, shared_bans) = match &config.state.shared {
@@ -377,6 +380,7 @@ impl Server {
                 token: admin.token.clone(),
                 events: events.clone(),
                 logins: state.logins.clone(),
+                audit: audit.clone(),
             });
             let mut stop = shutdown.subscribe();
             acceptors.spawn(async move {
@@ -403,7 +407,14 @@ impl Server {
             addrs,
             cert_stores,
             state,
+            audit,
         })
+    }
+
+    /// The audit trail's recorder (the store is opened on first use).
+    #[must_use]
+    pub fn audit(&self) -> &crate::audit::Recorder {
+        &self.audit
     }
 
     /// The session revocation list (shared with other instances when
@@ -506,6 +517,10 @@ impl Server {
             );
         }
         let _ = self.exit.send(true);
+        // Rows queued by the last admin requests or the reload are written before exit.
+        if !self.audit.flush(Duration::from_secs(5)).await {
+            tracing::error!("audit rows still queued at shutdown were not written");
+        }
         let threads: Vec<_> = self.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {

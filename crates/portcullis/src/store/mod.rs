@@ -1,4 +1,4 @@
-//! The durable store: API keys and built-in accounts now, the audit log later.
+//! The durable store: API keys, built-in accounts and the audit trail.
 //!
 //! One database reached through sqlx: an SQLite file by default (one gateway
 //! instance), PostgreSQL when several instances must share keys. The schema
@@ -19,6 +19,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod audit;
 pub mod mfa;
 pub mod sessions;
 
