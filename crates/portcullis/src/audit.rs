@@ -48,12 +48,22 @@ const QUEUE: usize = 1024;
 /// # Errors
 /// [`AuditError::Key`] when the key file cannot be read or written.
 pub fn key(config: &Config) -> Result<AuditKey, AuditError> {
-    key_from(config.state.audit_key.as_ref(), &config.server.data_dir)
+    key_from(config.state.audit_key.as_ref(), &config.server.data_dir, true)
 }
 
-fn key_from(secret: Option<&Secret>, data_dir: &std::path::Path) -> Result<AuditKey, AuditError> {
+/// The audit key of `config`, without generating a key file: for checking
+/// the log.
+///
+/// # Errors
+/// [`AuditError::Key`] when the key file does not exist or cannot be read.
+pub fn existing_key(config: &Config) -> Result<AuditKey, AuditError> {
+    key_from(config.state.audit_key.as_ref(), &config.server.data_dir, false)
+}
+
+fn key_from(secret: Option<&Secret>, data_dir: &std::path::Path, generate: bool) -> Result<AuditKey, AuditError> {
     match secret {
         Some(secret) => AuditKey::new(secret.expose().as_bytes(), "[state] audit_key"),
+        None if generate => AuditKey::from_file_or_generate(&data_dir.join(KEY_FILE)),
         None => AuditKey::from_file(&data_dir.join(KEY_FILE)),
     }
 }
@@ -142,7 +152,7 @@ impl Shared {
     async fn log(&self) -> Result<&AuditLog, AuditError> {
         self.log
             .get_or_try_init(|| async {
-                let key = key_from(self.key.as_ref(), &self.data_dir)?;
+                let key = key_from(self.key.as_ref(), &self.data_dir, true)?;
                 Ok::<_, AuditError>(AuditLog::new(Store::open(&self.url).await?, key))
             })
             .await

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod cli_apikey;
+pub mod cli_audit;
 pub mod cli_ban;
 pub mod cli_user;
 pub mod config;

@@ -122,6 +122,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.log.level != new.log.level, "[log] level"),
         (old.events != new.events, "[events]"),
         (old.state.shared != new.state.shared, "[state] shared"),
+        (old.state.store != new.state.store, "[state] store (for the audit trail)"),
+        (old.state.audit_key != new.state.audit_key, "[state] audit_key"),
         (old.admin != new.admin, "[admin]"),
     ]
     .into_iter()

@@ -148,13 +148,24 @@ impl AuditKey {
         Ok(Self { key, id })
     }
 
+    /// The key in the file at `path` (which must exist: checking a log
+    /// never makes a new key).
+    ///
+    /// # Errors
+    /// [`AuditError::Key`] when the file cannot be read or is too short.
+    pub fn from_file(path: &Path) -> Result<Self, AuditError> {
+        let from = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| AuditError::Key { from: from.clone(), reason: e.to_string() })?;
+        Self::new(text.trim().as_bytes(), &from)
+    }
+
     /// The key in the file at `path`, generated (48 random bytes, base64url,
     /// mode 0600) when the file does not exist. Two processes generating at
     /// once end up with the same key: the file appears whole or not at all.
     ///
     /// # Errors
     /// [`AuditError::Key`] when the file cannot be read or written.
-    pub fn from_file(path: &Path) -> Result<Self, AuditError> {
+    pub fn from_file_or_generate(path: &Path) -> Result<Self, AuditError> {
         let from = path.display().to_string();
         let fail = |reason: String| AuditError::Key { from: from.clone(), reason };
         match std::fs::read_to_string(path) {
@@ -861,8 +872,10 @@ mod tests {
     fn a_generated_key_file_is_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(KEY_FILE);
-        let first = AuditKey::from_file(&path).unwrap();
-        let second = AuditKey::from_file(&path).unwrap();
+        assert!(AuditKey::from_file(&path).is_err(), "reading never generates");
+        let first = AuditKey::from_file_or_generate(&path).unwrap();
+        let second = AuditKey::from_file_or_generate(&path).unwrap();
+        assert_eq!(AuditKey::from_file(&path).unwrap().id(), first.id());
         assert_eq!(first.id(), second.id());
         #[cfg(unix)]
         {
