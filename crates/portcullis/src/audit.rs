@@ -87,10 +87,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn appended_detail(row: &Row) -> String {
-    format!(
-        "row {} {} by {} on {} ({}); hash {}",
-        row.seq, row.action, row.actor, row.target, row.outcome, row.hash
-    )
+    format!("row {} {} by {} on {} ({}); hash {}", row.seq, row.action, row.actor, row.target, row.outcome, row.hash)
 }
 
 fn failed_detail(entry: &Entry, error: &dyn std::fmt::Display) -> String {

@@ -118,7 +118,13 @@ where
 
 /// Records a command's action in the audit trail (`cli:<os user>`, outcome
 /// `ok`); a failure to record is printed and emitted, never fatal.
-pub(crate) async fn audit(store: &Store, config: &config::Config, action: &str, target: &str, detail: serde_json::Value) {
+pub(crate) async fn audit(
+    store: &Store,
+    config: &config::Config,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) {
     let entry = crate::store::audit::Entry::new(crate::audit::cli_actor(), action, target, detail);
     crate::audit::record_cli(config, Some(store), entry).await;
 }

@@ -362,7 +362,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Audit { command } => match command {
-            AuditCommand::Verify { config, head, json } => portcullis::cli_audit::verify(&config, head.as_deref(), json),
+            AuditCommand::Verify { config, head, json } => {
+                portcullis::cli_audit::verify(&config, head.as_deref(), json)
+            }
             AuditCommand::List { config, json, limit, action, actor, before } => portcullis::cli_audit::list(
                 &config,
                 portcullis::store::audit::Filter { action, actor },

@@ -138,10 +138,7 @@ impl AuditKey {
     /// [`AuditError::Key`] when it is too short.
     pub fn new(secret: &[u8], from: &str) -> Result<Self, AuditError> {
         if secret.len() < MIN_KEY_LEN {
-            return Err(AuditError::Key {
-                from: from.to_owned(),
-                reason: format!("shorter than {MIN_KEY_LEN} bytes"),
-            });
+            return Err(AuditError::Key { from: from.to_owned(), reason: format!("shorter than {MIN_KEY_LEN} bytes") });
         }
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let id = hex(hmac::sign(&key, b"portcullis audit key id").as_ref())[..16].to_owned();
@@ -155,7 +152,8 @@ impl AuditKey {
     /// [`AuditError::Key`] when the file cannot be read or is too short.
     pub fn from_file(path: &Path) -> Result<Self, AuditError> {
         let from = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| AuditError::Key { from: from.clone(), reason: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| AuditError::Key { from: from.clone(), reason: e.to_string() })?;
         Self::new(text.trim().as_bytes(), &from)
     }
 
@@ -641,7 +639,8 @@ impl AuditLog {
             return Err(AuditError::Detail);
         }
         let detail = entry.detail.to_string();
-        let at_ms = i64::try_from(at.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)).unwrap_or(i64::MAX);
+        let at_ms =
+            i64::try_from(at.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)).unwrap_or(i64::MAX);
         let key = &self.key;
         let (seq, prev_hash, hash) = match &self.store.pool {
             Pool::Sqlite(pool) => {
@@ -752,11 +751,7 @@ mod tests {
         assert_eq!(&input[..8], &(FORMAT.len() as u64).to_be_bytes());
         assert_eq!(&input[8..8 + FORMAT.len()], FORMAT);
         // Moving a byte from one field to the next changes the encoding.
-        let pairs = [
-            (("ab", "c"), ("a", "bc")),
-            (("", "x"), ("x", "")),
-            (("cli:a", "ban.add"), ("cli:aban.", "add")),
-        ];
+        let pairs = [(("ab", "c"), ("a", "bc")), (("", "x"), ("x", "")), (("cli:a", "ban.add"), ("cli:aban.", "add"))];
         for ((a1, b1), (a2, b2)) in pairs {
             assert_ne!(
                 chain_input(GENESIS, "k", 1, a1, b1, "t", "{}", "ok"),
