@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_layers::EventSink;
 use portcullis_policy::SecurityEvent;
+use portcullis_policy::Attribution;
 use portcullis_policy::event::RequestSummary;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
@@ -123,7 +124,10 @@ pub async fn record_cli(config: &Config, store: Option<&Store>, entry: Entry) {
         Ok(row) => SecurityEvent::command(&id, &entry.action, "audit", "audit.appended", appended_detail(row), now),
         Err(e) => {
             eprintln!("error: the action is done, but its audit row could not be written: {e}");
-            SecurityEvent::command(&id, &entry.action, "audit", "audit.failed", failed_detail(&entry, e), now)
+            let mut event =
+                SecurityEvent::command(&id, &entry.action, "audit", "audit.failed", failed_detail(&entry, e), now);
+            event.attribution = Attribution::Gateway;
+            event
         }
     };
     if let Err(e) = crate::events::write_now(&config.events, &event) {
@@ -165,7 +169,11 @@ impl Shared {
             path: "-",
             route: None,
         };
-        self.events.emit(SecurityEvent::logged(&summary, "audit", reason, 0, detail, SystemTime::now()));
+        let mut event = SecurityEvent::logged(&summary, "audit", reason, 0, detail, SystemTime::now());
+        if reason == "audit.failed" {
+            event.attribution = Attribution::Gateway;
+        }
+        self.events.emit(event);
     }
 
     fn failed(&self, entry: &Entry, error: &dyn std::fmt::Display) {
