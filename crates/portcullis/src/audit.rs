@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use portcullis_layers::EventSink;
-use portcullis_policy::SecurityEvent;
 use portcullis_policy::Attribution;
+use portcullis_policy::SecurityEvent;
 use portcullis_policy::event::RequestSummary;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 

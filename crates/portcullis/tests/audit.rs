@@ -457,3 +457,35 @@ async fn listed_eventually(config: &Path, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn the_audit_key_is_a_reference_to_at_least_32_bytes() {
+    let parse = |extra: &str| {
+        let toml = common::simple_config("127.0.0.1:1".parse().unwrap(), &format!("[state]\n{extra}\n"));
+        portcullis::config::parse(Path::new("p.toml"), &toml, |name| match name {
+            "LONG" => Some("k".repeat(32)),
+            "SHORT" => Some("tiny-key".into()),
+            _ => None,
+        })
+    };
+    let config = parse("audit_key = \"${LONG}\"").unwrap();
+    assert_eq!(config.state.audit_key.as_ref().map(|k| k.expose().len()), Some(32));
+    assert!(parse("").unwrap().state.audit_key.is_none(), "default: the generated key file");
+    for (value, says) in [
+        ("${SHORT}", "audit key: shorter than 32 bytes"),
+        ("${NOPE}", "audit key: environment variable NOPE is not set"),
+        ("literal-key-literal-key-literal-key-0", "audit key written in the configuration file"),
+    ] {
+        let err = parse(&format!("audit_key = \"{value}\"")).unwrap_err().to_string();
+        assert!(err.contains(says), "{value}: {err}");
+        assert!(!err.contains("tiny-key") && !err.contains("literal-key-literal"), "never printed: {err}");
+    }
+    // Several instances on PostgreSQL need one key.
+    let codes = |extra: &str| -> Vec<&'static str> {
+        portcullis::check::findings(&parse(extra).unwrap()).iter().map(|f| f.code).collect()
+    };
+    let shared = "store = \"postgres://portcullis@db.internal/portcullis\"";
+    assert!(codes(shared).contains(&"audit.key_per_instance"));
+    assert!(!codes(&format!("{shared}\naudit_key = \"${{LONG}}\"")).contains(&"audit.key_per_instance"));
+    assert!(!codes("").contains(&"audit.key_per_instance"), "SQLite: one instance");
+}
