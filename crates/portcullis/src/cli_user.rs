@@ -224,9 +224,6 @@ pub fn unlock(config: &Path, name: &str) -> ExitCode {
                         unlock_account(store.as_ref(), login, account).await.map_err(|e| e.to_string())?;
                     }
                 }
-                // Through the admin API, the API records it (`login.unlock`).
-                let audited = serde_json::json!({ "username": account.username, "logins": logins });
-                audit(&accounts, &config, "user.unlock", &account.id, audited).await;
                 "in Redis"
             }
             (Shared::Memory, Some(admin)) => {
@@ -244,12 +241,17 @@ pub fn unlock(config: &Path, name: &str) -> ExitCode {
                     .into());
             }
         };
+        let audited = serde_json::json!({ "username": account.username, "logins": logins });
         let logins = logins.join(", ");
         let detail = format!(
             "account {} ({}) login failures cleared {cleared} under [login.{logins}]",
             account.id, account.username
         );
         event(&config, "user unlock", "account.unlocked", detail.clone())?;
+        // Through the admin API, the API records it (`login.unlock`).
+        if matches!(config.state.shared, Shared::Redis(_)) {
+            audit(&accounts, &config, "user.unlock", &account.id, audited).await;
+        }
         eprintln!("{detail}");
         Ok(())
     })
