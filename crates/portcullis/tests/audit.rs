@@ -489,3 +489,56 @@ fn the_audit_key_is_a_reference_to_at_least_32_bytes() {
     assert!(!codes(&format!("{shared}\naudit_key = \"${{LONG}}\"")).contains(&"audit.key_per_instance"));
     assert!(!codes("").contains(&"audit.key_per_instance"), "SQLite: one instance");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_ban_and_unlock_commands_record_themselves() {
+    let redis = common::redis::Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    let toml = common::simple_config(
+        "127.0.0.1:9".parse().unwrap(),
+        &format!(
+            "[state]\nshared = \"{}\"\n\n[login.api]\naccount = \"json:username\"\n\n[auth.accounts]\n",
+            redis.url
+        ),
+    );
+    std::fs::write(&config, toml).unwrap();
+    ok(&run(&config, &["ban", "add", "--for", "2h", "2001:db8:7:8::1"]));
+    ok(&run(&config, &["ban", "lift", "2001:db8:7:8::/64"]));
+    assert_eq!(run(&config, &["ban", "lift", "2001:db8:7:8::/64"]).status.code(), Some(1), "nothing lifted: no row");
+    ok(&run(&config, &["user", "add", "heidi", "--no-password"]));
+    ok(&run(&config, &["user", "unlock", "heidi"]));
+    let rows = listed(&config, &[]);
+    let got: Vec<(&str, &str)> =
+        rows.iter().rev().map(|r| (r["action"].as_str().unwrap(), r["target"].as_str().unwrap())).collect();
+    assert_eq!(got[..2], [("ban.add", "2001:db8:7:8::/64"), ("ban.lift", "2001:db8:7:8::/64")]);
+    assert_eq!((got[2].0, got[3].0), ("user.add", "user.unlock"));
+    assert_eq!(rows[0]["detail"]["logins"], json!(["api", "accounts"]));
+    assert_eq!(rows[3]["detail"], json!({ "rule": "manual", "duration_s": 7200 }));
+    let actor = portcullis::audit::cli_actor();
+    assert!(rows.iter().all(|r| r["actor"] == actor.as_str()), "{rows:?}");
+    ok(&run(&config, &["audit", "verify"]));
+}
+
+#[test]
+fn processes_opening_a_new_sqlite_store_at_once_all_migrate_it() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("portcullis.toml");
+        std::fs::write(&config, common::simple_config("127.0.0.1:9".parse().unwrap(), "")).unwrap();
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(common::binary())
+                    .args(["audit", "list", "--json", "--config"])
+                    .arg(&config)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            ok(&child.wait_with_output().unwrap());
+        }
+    }
+}
