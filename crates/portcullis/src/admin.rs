@@ -48,7 +48,6 @@ use serde::Deserialize;
 use crate::config::secret::Secret;
 use crate::store::audit::{Entry, Filter, Outcome, Page};
 use axum::http::Extensions;
-use portcullis_policy::forwarded::canonical;
 
 /// What the admin endpoints work on.
 #[derive(Debug, Clone)]
@@ -268,7 +267,7 @@ fn audit(
     detail: serde_json::Value,
     outcome: Outcome,
 ) {
-    let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| canonical(c.0.ip()));
+    let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     state.audit.record(Entry::new(crate::audit::admin_actor(peer), action, target, detail).with_outcome(outcome));
 }
 

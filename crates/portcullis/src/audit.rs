@@ -75,10 +75,13 @@ pub fn cli_actor() -> String {
     format!("cli:{}", whoami::fallible::username().unwrap_or_else(|_| "unknown".to_owned()))
 }
 
-/// `admin-api:<peer address>`.
+/// `admin-api:<peer address>` (an IPv4-mapped IPv6 peer as IPv4).
 #[must_use]
 pub fn admin_actor(peer: Option<IpAddr>) -> String {
-    peer.map_or_else(|| "admin-api:unknown".to_owned(), |ip| format!("admin-api:{ip}"))
+    peer.map_or_else(
+        || "admin-api:unknown".to_owned(),
+        |ip| format!("admin-api:{}", portcullis_policy::forwarded::canonical(ip)),
+    )
 }
 
 /// The lowercase hex SHA-256 of `bytes` (a configuration file's).
