@@ -9,9 +9,11 @@
 pub mod accounts;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod cli_apikey;
+pub mod cli_audit;
 pub mod cli_ban;
 pub mod cli_user;
 pub mod config;

@@ -14,6 +14,7 @@ mod accounts_cli;
 mod admin;
 mod ambiguous;
 mod apikeys;
+mod audit;
 mod authz;
 mod bans;
 mod bypass;

@@ -387,6 +387,13 @@ async fn the_dashboard_signs_in_streams_events_live_and_lifts_a_ban_by_keyboard_
         .await;
     assert_eq!(banned().await.0.status, 200, "the client is admitted again");
     assert!(gw.server.bans().list().await.unwrap().is_empty());
+    // The lift is in the audit trail, by the dashboard, and the page shows it.
+    wait_for(
+        &page,
+        "the audit row",
+        "[...document.querySelectorAll('#audit tbody tr')].some(r => r.textContent.includes('ban.lift') && r.textContent.includes('dashboard:127.0.0.1'))",
+    )
+    .await;
 
     // Signing out by keyboard ends the session.
     page.evaluate("document.querySelector('#logout button').focus()").await.unwrap();

@@ -210,7 +210,7 @@ const DASHBOARD_BODY: &str = r#"<header class="top"><h1>Portcullis</h1>
 <section aria-labelledby="upstreams-h"><h2 id="upstreams-h">Upstream health</h2>
 <table id="upstreams"><thead><tr><th scope="col">Upstream</th><th scope="col">Target</th><th scope="col">State</th></tr></thead><tbody></tbody></table></section>
 <section aria-labelledby="audit-h"><h2 id="audit-h">Recent audit entries</h2>
-<table id="audit"><thead><tr><th scope="col">Time</th><th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Target</th></tr></thead><tbody></tbody></table>
+<table id="audit"><thead><tr><th scope="col">Time</th><th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Target</th><th scope="col">Outcome</th></tr></thead><tbody></tbody></table>
 <p id="audit-status" class="note"></p></section>
 <section aria-labelledby="events-h" class="wide"><h2 id="events-h">Live events</h2>
 <form id="event-filter" class="filter"><label for="f-reason">Reason</label><input id="f-reason" name="reason" placeholder="waf or waf.sqli">

@@ -26,10 +26,12 @@
 //! server-sent events with `Accept: text/event-stream`), `GET /stats`,
 //! `GET /upstreams`, `POST /reload`, `GET|POST /bans`, `DELETE
 //! /bans/{target}`, `POST /logins/unlock`, `GET|POST /api-keys`, `DELETE
-//! /api-keys/{id}`.
+//! /api-keys/{id}`, `GET /audit`.
 //!
 //! With `[state] shared = "redis://…"`, bans added or lifted here reach every
-//! instance.
+//! instance. What changes something here (bans, unlocks, API keys) is a row
+//! of the audit trail, its actor `admin-api:<peer>` or `dashboard:<peer>`;
+//! reloads are recorded by whoever carries them out.
 
 pub mod dashboard;
 pub mod recent;
@@ -58,6 +60,8 @@ use tokio::sync::{OnceCell, broadcast, mpsc, oneshot, watch};
 use self::recent::{Filter, Numbered, Recent, event_json};
 use crate::config::secret::Secret;
 use crate::store::Store;
+use crate::store::audit::{Entry, Filter as AuditFilter, Outcome, Page};
+use axum::http::Extensions;
 
 /// The process's count of answered requests (the dashboard's requests chart).
 #[must_use]
@@ -148,6 +152,8 @@ pub struct AdminState {
     pub events: Arc<dyn EventSink>,
     /// Login-failure counts (`[login.NAME]`).
     pub logins: Arc<dyn portcullis_layers::login::LoginStore>,
+    /// The audit trail.
+    pub audit: crate::audit::Recorder,
     /// Recent events, live feed and chart counts.
     pub recent: Arc<Recent>,
     /// What `GET /ready` checks.
@@ -213,6 +219,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/logins/unlock", post(unlock_login))
         .route("/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api-keys/{id}", delete(revoke_api_key))
+        .route("/audit", get(list_audit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::map_response(security_headers))
         .with_state(state)
@@ -524,6 +531,7 @@ struct UnlockRequest {
 /// fingerprint, as the login protection's own events do.
 async fn unlock_login(State(state): State<AdminState>, request: Request) -> Response {
     let peer = peer(&request);
+    let actor = actor_of(request.extensions());
     let body = axum::body::to_bytes(request.into_body(), 4096).await.unwrap_or_default();
     let Ok(request) = serde_json::from_slice::<UnlockRequest>(&body) else {
         return error(StatusCode::BAD_REQUEST, "request.invalid", "expected {\"login\": NAME, \"account\": NAME}");
@@ -540,6 +548,9 @@ async fn unlock_login(State(state): State<AdminState>, request: Request) -> Resp
                 route: None,
             };
             let fingerprint = portcullis_policy::login::account_fingerprint(&request.account).unwrap_or_default();
+            let audited = serde_json::json!({ "login": request.login, "account_fingerprint": fingerprint });
+            let target = format!("{}/{fingerprint}", request.login);
+            state.audit.record(Entry::new(actor, "login.unlock", target, audited));
             let detail = format!("login {}: account {fingerprint} failures cleared", request.login);
             state.events.emit(SecurityEvent::logged(
                 &summary,
@@ -593,6 +604,7 @@ struct NewBan {
 
 async fn add_ban(
     State(state): State<AdminState>,
+    extensions: Extensions,
     body: Result<Json<NewBan>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(new)) = body else {
@@ -611,7 +623,11 @@ async fn add_ban(
     };
     let ban = Ban::new(target, "manual", unix_millis(), duration);
     let json = ban_json(&ban);
-    match state.bans.add(ban).await {
+    let added = state.bans.add(ban).await;
+    let detail = serde_json::json!({ "rule": "manual", "duration_s": duration.as_secs() });
+    let outcome = if added.is_ok() { Outcome::Ok } else { Outcome::Failed };
+    audit(&state, &extensions, "ban.add", portcullis_layers::store::ip_key(target), detail, outcome);
+    match added {
         Ok(()) => (StatusCode::CREATED, Json(json)).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -621,14 +637,77 @@ async fn add_ban(
     }
 }
 
-async fn lift_ban(State(state): State<AdminState>, Path(target): Path<String>) -> Response {
+async fn lift_ban(State(state): State<AdminState>, extensions: Extensions, Path(target): Path<String>) -> Response {
     let Some(target) = parse_target(&target) else {
         return error(StatusCode::BAD_REQUEST, "request.invalid", "target must be an IP address or an IPv6 /64");
     };
-    match state.bans.lift(target).await {
+    let lifted = state.bans.lift(target).await;
+    // Lifting nothing changes nothing: no row.
+    let outcome = match lifted {
+        Ok(true) => Some(Outcome::Ok),
+        Ok(false) => None,
+        Err(_) => Some(Outcome::Failed),
+    };
+    if let Some(outcome) = outcome {
+        let text = portcullis_layers::store::ip_key(target);
+        audit(&state, &extensions, "ban.lift", text, serde_json::json!({}), outcome);
+    }
+    match lifted {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "ban.none", "no ban on that address"),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "bans.unavailable", e.to_string()),
+    }
+}
+
+/// The audit actor of an authenticated admin request.
+fn actor_of(extensions: &Extensions) -> String {
+    extensions.get::<Caller>().map_or_else(
+        || {
+            let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            crate::audit::admin_actor(peer)
+        },
+        Caller::actor,
+    )
+}
+
+/// Queues an audit row for an action taken through this API.
+fn audit(
+    state: &AdminState,
+    extensions: &Extensions,
+    action: &str,
+    target: String,
+    detail: serde_json::Value,
+    outcome: Outcome,
+) {
+    state.audit.record(Entry::new(actor_of(extensions), action, target, detail).with_outcome(outcome));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    action: Option<String>,
+    actor: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /audit`: a page of the audit trail, newest first.
+async fn list_audit(
+    State(state): State<AdminState>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "request.invalid", "query: action, actor, before (a seq), limit");
+    };
+    let filter = AuditFilter { action: query.action, actor: query.actor };
+    let page = Page { before: query.before, limit: query.limit.unwrap_or(Page::default().limit) };
+    let listed = match state.audit.log().await {
+        Ok(log) => log.list(&filter, page).await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(listing) => Json(listing).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "audit.unavailable", e.to_string()),
     }
 }
 
@@ -663,6 +742,7 @@ struct NewApiKey {
 /// Creates a key; the answer holds it, once (`key`), with its listing.
 async fn create_api_key(
     State(state): State<AdminState>,
+    extensions: Extensions,
     body: Result<Json<NewApiKey>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let invalid = |message: &str| error(StatusCode::BAD_REQUEST, "request.invalid", message);
@@ -680,6 +760,8 @@ async fn create_api_key(
     };
     match store.create_api_key(&new.name, &new.roles, expires_at).await {
         Ok((info, key)) => {
+            let detail = serde_json::json!({ "name": info.name, "roles": info.roles, "expires": new.expires });
+            audit(&state, &extensions, "apikey.create", info.id.clone(), detail, Outcome::Ok);
             let mut json = crate::cli_apikey::json_value(&info);
             if let Some(object) = json.as_object_mut() {
                 object.insert("key".into(), key.expose().into());
@@ -691,13 +773,17 @@ async fn create_api_key(
     }
 }
 
-async fn revoke_api_key(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+async fn revoke_api_key(State(state): State<AdminState>, extensions: Extensions, Path(id): Path<String>) -> Response {
     let store = match state.store.get().await {
         Ok(store) => store,
         Err(e) => return store_unavailable(&e),
     };
     match store.revoke_api_key(&id).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Ok(crate::store::Revoked::Now) => {
+            audit(&state, &extensions, "apikey.revoke", id, serde_json::json!({}), Outcome::Ok);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(crate::store::Revoked::Already(_)) => StatusCode::NO_CONTENT.into_response(),
         Err(crate::store::ApiKeyError::Store(e)) => store_unavailable(&e),
         Err(crate::store::ApiKeyError::Unknown(_)) => error(StatusCode::NOT_FOUND, "apikey.none", "no such key"),
         Err(e) => error(StatusCode::BAD_REQUEST, "request.invalid", e.to_string()),

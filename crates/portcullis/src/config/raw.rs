@@ -266,6 +266,9 @@ pub struct RawState {
     pub store: Option<Spanned<String>>,
     /// `memory` (default) or `redis://…` (limits, bans, session revocations).
     pub shared: Option<Spanned<String>>,
+    /// The audit trail's HMAC key: `${ENV}` or `file:/path`, 32+ bytes
+    /// (default: `audit.key` generated in the data directory).
+    pub audit_key: Option<Spanned<String>>,
 }
 
 /// `[auth]`: how callers prove who they are.

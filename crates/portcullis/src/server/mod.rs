@@ -122,6 +122,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.log.level != new.log.level, "[log] level"),
         (old.events != new.events, "[events]"),
         (old.state.shared != new.state.shared, "[state] shared"),
+        (old.state.store != new.state.store, "[state] store (for the audit trail)"),
+        (old.state.audit_key != new.state.audit_key, "[state] audit_key"),
         (old.admin != new.admin, "[admin]"),
     ]
     .into_iter()
@@ -176,6 +178,8 @@ pub struct Server {
     /// Reloads asked for through the admin API, until taken by the owner of
     /// the configuration file ([`Server::reload_requests`]).
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>>,
+    /// The audit trail (admin actions, reloads, the start).
+    audit: crate::audit::Recorder,
 }
 
 #[derive(Debug)]
@@ -312,6 +316,7 @@ impl Server {
                 inner: events,
                 recent: recent.clone(),
             })));
+        let audit = crate::audit::Recorder::start(&config, events.clone());
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
         let (state, shared_bans, redis_readiness) = match &config.state.shared {
@@ -365,6 +370,7 @@ impl Server {
                 token: admin.token.clone(),
                 events: events.clone(),
                 logins: state.logins.clone(),
+                audit: audit.clone(),
                 recent: recent.clone(),
                 readiness: readiness.clone(),
                 reload: Some(reload_tx),
@@ -473,7 +479,14 @@ impl Server {
             state,
             readiness,
             reload_requests: std::sync::Mutex::new(Some(reload_rx)),
+            audit,
         })
+    }
+
+    /// The audit trail's recorder (the store is opened on first use).
+    #[must_use]
+    pub fn audit(&self) -> &crate::audit::Recorder {
+        &self.audit
     }
 
     /// The reloads asked for through the admin API (`POST /reload`), for the
@@ -588,6 +601,10 @@ impl Server {
             );
         }
         let _ = self.exit.send(true);
+        // Rows queued by the last admin requests or the reload are written before exit.
+        if !self.audit.flush(Duration::from_secs(5)).await {
+            tracing::error!("audit rows still queued at shutdown were not written");
+        }
         let threads: Vec<_> = self.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {

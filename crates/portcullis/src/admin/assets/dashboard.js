@@ -193,7 +193,7 @@ async function refreshAudit() {
   }
   const body = await response.json();
   status.textContent = '';
-  fill('audit', (body.entries || []).map(e => row([time(e.time), e.actor, e.action, e.target || ''])), 'No audit entry');
+  fill('audit', (body.entries || []).map(e => row([time(e.at), e.actor, e.action, e.target || '', e.outcome])), 'No audit entry');
 }
 
 // --- Live events -------------------------------------------------------------
