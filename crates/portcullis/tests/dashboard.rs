@@ -457,3 +457,48 @@ auth = "public"
     assert!(refused["message"].as_str().unwrap().contains("nowhere"), "{refused}");
     assert_eq!(status_of("/later"), 200, "the previous configuration keeps serving");
 }
+
+#[tokio::test]
+async fn the_admin_api_serves_https_when_configured_and_its_cookies_are_secure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _) = named_upstream("app").await;
+    let toml = config(up, "")
+        .replace(&format!("token = \"{TOKEN}\"\n"), &format!("token = \"{TOKEN}\"\ntls = \"self-signed\"\n"));
+    assert!(toml.contains("tls = \"self-signed\""));
+    let gw = gateway(&toml).await;
+    let addr = gw.server.addr("admin").unwrap();
+    // Plain HTTP to the TLS listener gets no answer.
+    assert!(
+        client()
+            .request(http::Request::get(format!("http://{addr}/health")).body(portcullis_layers::empty()).unwrap())
+            .await
+            .is_err()
+    );
+    let connector = common::tls::any_certificate_client(&[b"http/1.1"]);
+    let exchange = |request: String| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls =
+                connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+            tls.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let answer = exchange(format!(
+        "GET /bans HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("{\"bans\":[]}"), "{answer}");
+    let answer = exchange("GET / HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".into()).await;
+    let cookie = answer.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    // The refusal names the caller's address, carried over TLS too.
+    let answer = exchange("GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let refused = gw.events.last().unwrap();
+    assert_eq!((refused.reason, refused.client_ip.to_string()), ("admin.unauthorized", "127.0.0.1".to_owned()));
+}

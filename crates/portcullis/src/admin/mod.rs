@@ -35,6 +35,7 @@
 
 pub mod dashboard;
 pub mod recent;
+pub mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

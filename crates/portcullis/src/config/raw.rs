@@ -191,6 +191,8 @@ pub struct RawAdmin {
     pub bind: Spanned<String>,
     /// Bearer token: `${ENV}` or `file:/path`.
     pub token: Spanned<String>,
+    /// `"self-signed"` or `{ cert, key, … }`, as a listener's; required off loopback.
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 /// `[login.NAME]`: login brute-force protection.

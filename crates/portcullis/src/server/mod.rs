@@ -361,6 +361,17 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let mut admin_addr = None;
         if let (Some(socket), Some(admin)) = (admin_socket, &config.admin) {
+            let admin_tls = match &admin.tls {
+                None => None,
+                Some(tls) => {
+                    let tls_error = |source| StartError::Tls { name: "admin".into(), source };
+                    let store =
+                        CertStore::load_with_sni(&tls.source, &tls.sni, &config.server.data_dir).map_err(tls_error)?;
+                    tracing::info!(listener = "admin", fingerprint = %store.fingerprint(), "TLS certificate (SHA-256)");
+                    let server_config = crate::tls::server_config(tls, store, true).map_err(tls_error)?;
+                    Some(tokio_rustls::TlsAcceptor::from(server_config))
+                }
+            };
             let addr = socket.local_addr().unwrap_or(admin.bind);
             tracing::info!(%addr, "admin API listening");
             admin_addr = Some(("admin".to_owned(), addr));
@@ -377,19 +388,10 @@ impl Server {
                 store: Arc::new(crate::admin::LazyStore::new(&config.state.store)),
                 upstreams: upstream_health(gateways.clone()),
                 sessions: Arc::new(crate::admin::dashboard::Sessions::default()),
-                tls: false,
+                tls: admin_tls.is_some(),
                 stop: shutdown.subscribe(),
             });
-            let mut stop = shutdown.subscribe();
-            acceptors.spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let served = axum::serve(socket, app).with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                });
-                if let Err(e) = served.await {
-                    tracing::warn!(error = %e, "admin API stopped");
-                }
-            });
+            acceptors.spawn(crate::admin::serve::serve(socket, router, admin_tls, shutdown.subscribe()));
         }
         let auth = AuthRuntime::start(&config, state.revocations.clone(), state.logins.clone()).await?;
         readiness.jwt.store(auth.jwt.clone());
