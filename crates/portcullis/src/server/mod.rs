@@ -193,6 +193,23 @@ struct Worker {
 /// Work for a worker's thread.
 type WorkerJob = Box<dyn FnOnce() + Send>;
 
+/// Aborts a task when dropped, unless disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 /// The upstreams' health as the admin API shows it: a target is healthy
 /// unless some worker skips it after a failed connection.
 fn upstream_health(gateways: Arc<std::sync::OnceLock<Vec<Arc<ArcSwap<Gateway>>>>>) -> crate::admin::UpstreamHealth {
@@ -360,6 +377,8 @@ impl Server {
         let acceptors = TaskTracker::new();
         let (shutdown, _) = watch::channel(false);
         let mut admin_addr = None;
+        // Stops the admin listener if the rest fails to start.
+        let mut admin_task = None;
         if let (Some(socket), Some(admin)) = (admin_socket, &config.admin) {
             let admin_tls = match &admin.tls {
                 None => None,
@@ -391,7 +410,8 @@ impl Server {
                 tls: admin_tls.is_some(),
                 stop: shutdown.subscribe(),
             });
-            acceptors.spawn(crate::admin::serve::serve(socket, router, admin_tls, shutdown.subscribe()));
+            let task = acceptors.spawn(crate::admin::serve::serve(socket, router, admin_tls, shutdown.subscribe()));
+            admin_task = Some(AbortOnDrop(Some(task.abort_handle())));
         }
         let auth = AuthRuntime::start(&config, state.revocations.clone(), state.logins.clone()).await?;
         readiness.jwt.store(auth.jwt.clone());
@@ -464,6 +484,9 @@ impl Server {
             acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
         }
         addrs.extend(admin_addr);
+        if let Some(task) = admin_task.take() {
+            task.disarm();
+        }
         readiness.serving.store(true, std::sync::atomic::Ordering::Release);
         if let Some(bans) = shared_bans {
             acceptors.spawn(bans.run_sync(shutdown.subscribe()));
