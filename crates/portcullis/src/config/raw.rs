@@ -768,4 +768,4 @@ pub struct RawLog {
 }
 
 /// `[events]` (in `events.rs` with its build step).
-pub use super::events::RawEvents;
+pub use super::events::{RawEvents, RawSink};
