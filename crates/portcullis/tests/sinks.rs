@@ -27,10 +27,13 @@ use tokio::net::TcpListener;
 
 use crate::common::{eventually, get, upstream};
 
+/// One POST: the status answered, its events, its `Authorization` header.
+type Post = (u16, Vec<Value>, Option<String>);
+
 /// What a webhook receiver saw: each POST's body and the answer given.
 #[derive(Default)]
 struct Received {
-    posts: Mutex<Vec<(u16, Vec<Value>, Option<String>)>>,
+    posts: Mutex<Vec<Post>>,
     /// Status to answer with.
     status: AtomicU16,
 }
@@ -171,14 +174,15 @@ flush_interval = "30s"
     .await;
     let ids = denials(&gate, 5).await;
     eventually("one POST", Duration::from_secs(10), || received.post_count() >= 1).await;
-    let posts = received.posts.lock().unwrap();
-    assert_eq!(posts.len(), 1, "five events fill one batch: one POST");
-    let (_, events, auth) = &posts[0];
-    assert_eq!(auth.as_deref(), Some("Bearer s3cret-token"));
-    let got: Vec<&str> = events.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
-    assert_eq!(got, ids, "in order, each once");
-    assert!(events.iter().all(|e| e["reason"] == "route.none" && e["action"] == "deny"));
-    drop(posts);
+    {
+        let posts = received.posts.lock().unwrap();
+        assert_eq!(posts.len(), 1, "five events fill one batch: one POST");
+        let (_, events, auth) = &posts[0];
+        assert_eq!(auth.as_deref(), Some("Bearer s3cret-token"));
+        let got: Vec<&str> = events.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
+        assert_eq!(got, ids, "in order, each once");
+        assert!(events.iter().all(|e| e["reason"] == "route.none" && e["action"] == "deny"));
+    }
     // A partial batch goes after flush_interval, not before: nothing yet.
     denials(&gate, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
