@@ -123,25 +123,18 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
         tracing::warn!(code = finding.code, help = %finding.help, "{}", finding.message);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "portcullis started");
+    let mut admin_reloads = server.reload_requests();
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 // Certificates reload even when the new file has errors.
                 server.reload_certificates();
-                match config::load(path) {
-                    Ok(new) => match server.reload(new).await {
-                        Ok(reloaded) if reloaded.not_applied.is_empty() => {
-                            tracing::info!(config = %path.display(), "configuration reloaded");
-                        }
-                        Ok(reloaded) => tracing::warn!(
-                            config = %path.display(),
-                            not_applied = %reloaded.not_applied.join(", "),
-                            "configuration reloaded, except settings read only at start: restart Portcullis to apply them"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
-                    },
-                    Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),
-                }
+                let _ = reload_from(&server, path, "signal:SIGHUP").await;
+            }
+            Some(request) = next_request(&mut admin_reloads) => {
+                server.reload_certificates();
+                let outcome = reload_from(&server, path, &request.actor).await;
+                let _ = request.reply.send(outcome);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -153,4 +146,47 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
         tracing::warn!(dropped = events.dropped(), "security events were dropped under load");
     }
     if drained { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
+}
+
+/// The next reload asked for through the admin API (never, without one).
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>,
+) -> Option<crate::admin::ReloadRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reloads the configuration from `path` (SIGHUP or the admin API's
+/// `POST /reload`, named by `actor` in the logs). Returns the settings read
+/// only at start that changed, or why the reload was refused (the previous
+/// configuration keeps serving).
+async fn reload_from(server: &Server, path: &Path, actor: &str) -> Result<Vec<String>, String> {
+    let new = match config::load(path) {
+        Ok(new) => new,
+        Err(errors) => {
+            tracing::error!(%actor, errors = %errors, "reload refused; the previous configuration keeps serving");
+            return Err(errors.to_string());
+        }
+    };
+    match server.reload(new).await {
+        Ok(reloaded) if reloaded.not_applied.is_empty() => {
+            tracing::info!(%actor, config = %path.display(), "configuration reloaded");
+            Ok(Vec::new())
+        }
+        Ok(reloaded) => {
+            tracing::warn!(
+                %actor,
+                config = %path.display(),
+                not_applied = %reloaded.not_applied.join(", "),
+                "configuration reloaded, except settings read only at start: restart Portcullis to apply them"
+            );
+            Ok(reloaded.not_applied.iter().map(ToString::to_string).collect())
+        }
+        Err(e) => {
+            tracing::error!(%actor, error = %e, "reload refused; the previous configuration keeps serving");
+            Err(e.to_string())
+        }
+    }
 }

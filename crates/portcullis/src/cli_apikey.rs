@@ -114,7 +114,7 @@ pub(crate) fn roles_text(roles: &[String]) -> String {
     if roles.is_empty() { "-".to_owned() } else { roles.join(",") }
 }
 
-fn json_value(key: &ApiKeyInfo) -> serde_json::Value {
+pub(crate) fn json_value(key: &ApiKeyInfo) -> serde_json::Value {
     let time = |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_seconds(at).to_string());
     serde_json::json!({
         "id": key.id,

@@ -19,6 +19,7 @@ mod bans;
 mod bypass;
 mod config;
 mod csrf;
+mod dashboard;
 mod docs;
 mod faults;
 mod headers;

@@ -146,6 +146,15 @@ impl Store {
         }
     }
 
+    /// Whether the database answers a trivial query now (the admin API's
+    /// readiness).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop).map_err(StoreError::Query))
+    }
+
     /// Closes every pooled connection (waits for those in use).
     pub async fn close(&self) {
         with_pool!(self, |pool| pool.close().await);
