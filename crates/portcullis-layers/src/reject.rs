@@ -10,7 +10,11 @@
 //! rendered as `{"error": "<reason>", "request_id": "…"}` with the reason's
 //! status, and one [`SecurityEvent`] is emitted (none when it is marked
 //! [`Quiet`]); a redirect refusal, notes and an issued ban are events too
-//! (see `crate::refusal`). Every response gets `X-Request-Id`. When the
+//! (see `crate::refusal`). A request let through (no refusal, no ban) gets
+//! a `request.allowed` event (action `allow`) only when sampled: with the
+//! chance the sink asks for (`EventSink::allowed_sample_ppm`, `[events]
+//! sample_allowed`), no random number drawn when it is 0. Every response
+//! gets `X-Request-Id`. When the
 //! response body finishes (or the client goes away), one access-log line is
 //! written.
 //!
@@ -43,6 +47,15 @@ use crate::received::RepeatedHopHeader;
 use crate::refusal::{IssuedBan, MoreNoted, Noted, Quiet, Recorded, Redirected};
 use crate::{Body, ConnInfo, RequestContext, RouteInfo, ServedBy, empty, full};
 
+/// `sample_allowed_ppm` meaning every allowed request.
+const SAMPLE_ALL: u32 = 1_000_000;
+
+/// Whether this allowed request is recorded: never at 0 (without drawing a
+/// random number), always at a million, else with that chance.
+fn sampled(ppm: u32) -> bool {
+    ppm != 0 && (ppm >= SAMPLE_ALL || fastrand::u32(0..SAMPLE_ALL) < ppm)
+}
+
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct RejectLayer {
@@ -54,13 +67,16 @@ struct Shared {
     trusted: TrustedProxies,
     events: Arc<dyn EventSink>,
     access_log: bool,
+    /// Allowed requests recorded per million (`[events] sample_allowed`).
+    sample_allowed_ppm: u32,
 }
 
 impl RejectLayer {
     /// A layer resolving clients through `trusted` and sending events to `events`.
     #[must_use]
     pub fn new(trusted: TrustedProxies, events: Arc<dyn EventSink>, access_log: bool) -> Self {
-        Self { shared: Arc::new(Shared { trusted, events, access_log }) }
+        let sample_allowed_ppm = events.allowed_sample_ppm().min(SAMPLE_ALL);
+        Self { shared: Arc::new(Shared { trusted, events, access_log, sample_allowed_ppm }) }
     }
 }
 
@@ -154,8 +170,10 @@ fn answer(shared: &Shared, summary: Summary, request_id: HeaderValue, mut respon
     let status = response.status().as_u16();
     // A browser sent elsewhere (to login) instead of an error page: a
     // refusal, with the status really sent.
-    if let Some(Redirected(denied)) = response.extensions_mut().remove::<Redirected>() {
-        emit(shared, &summary, &response, &denied, status, Action::Deny);
+    let redirected = response.extensions_mut().remove::<Redirected>();
+    let mut refused = redirected.is_some();
+    if let Some(Redirected(denied)) = &redirected {
+        emit(shared, &summary, &response, denied, status, Action::Deny);
     }
     // Noticed but let through (a limit store failing open, a failed
     // login at the upstream).
@@ -174,6 +192,7 @@ fn answer(shared: &Shared, summary: Summary, request_id: HeaderValue, mut respon
         }
     }
     if let Some(denied) = response.extensions_mut().remove::<Denied>() {
+        refused = true;
         if response.extensions_mut().remove::<Quiet>().is_none() {
             emit(shared, &summary, &response, &denied, denied.status().as_u16(), Action::Deny);
         }
@@ -181,7 +200,13 @@ fn answer(shared: &Shared, summary: Summary, request_id: HeaderValue, mut respon
     }
     // Last, as it follows from the refusals above.
     if let Some(IssuedBan(issued)) = response.extensions_mut().remove::<IssuedBan>() {
+        refused = true;
         emit(shared, &summary, &response, &issued, response.status().as_u16(), Action::Ban);
+    }
+    // Let through: recorded only when sampled (`[events] sample_allowed`).
+    if !refused && sampled(shared.sample_allowed_ppm) {
+        let allowed = Denied::new(portcullis_policy::Reason::RequestAllowed);
+        emit(shared, &summary, &response, &allowed, response.status().as_u16(), Action::Allow);
     }
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     if shared.access_log { with_access_log(response, summary) } else { response }

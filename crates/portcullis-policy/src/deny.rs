@@ -8,8 +8,8 @@
 //! Reason codes are part of the public interface (responses, events, metric
 //! labels, alert rules): never rename one, only add new ones. A few codes
 //! record what was granted rather than refused (`account.login`: a 2xx
-//! status, action `allow` through `refusal::record`); they are never a
-//! refusal's reason.
+//! status, action `allow` through `refusal::record`; `request.allowed`, a
+//! sampled allowed request); they are never a refusal's reason.
 
 use std::borrow::Cow;
 
@@ -83,6 +83,9 @@ reasons! {
     /// The request is malformed in a way hyper accepted but Portcullis does not
     /// (an invalid `Host`, an unparsable `Content-Length`, …).
     RequestMalformed => ("request.malformed", StatusCode::BAD_REQUEST, Client),
+    /// Not a refusal: a request let through, recorded because `[events]
+    /// sample_allowed` sampled it (action `allow`, the status really sent).
+    RequestAllowed => ("request.allowed", StatusCode::OK, Client),
     /// A header or cookie that carries a credential or decides identity
     /// (`Authorization`, `Host`, the API-key header, the session cookie, …)
     /// appears more than once; `rule` names it.
@@ -563,7 +566,7 @@ mod tests {
             assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'));
             // Refusals are 4xx/5xx; the few records of granted requests
             // (`account.login`, action `allow`) carry the 2xx they are sent with.
-            let granted = reason.status().is_success() && code.starts_with("account.");
+            let granted = reason.status().is_success() && (code.starts_with("account.") || code == "request.allowed");
             assert!(reason.status().is_client_error() || reason.status().is_server_error() || granted, "{code}");
         }
     }

@@ -148,4 +148,8 @@ impl EventSink for Metered {
         .increment(1);
         self.0.emit(event);
     }
+
+    fn allowed_sample_ppm(&self) -> u32 {
+        self.0.allowed_sample_ppm()
+    }
 }

@@ -104,7 +104,7 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
         ("## `[cors]`", vec![("RawCors", keys::<RawCors>())]),
         ("## `[csrf]`", vec![("RawCsrf", keys::<RawCsrf>())]),
         ("## `[log]`", vec![("RawLog", keys::<RawLog>())]),
-        ("## `[events]`", vec![("RawEvents", keys::<RawEvents>())]),
+        ("## `[events]`", vec![("RawEvents", keys::<RawEvents>()), ("RawSink", keys::<RawSink>())]),
         ("### `[auth.jwt]`", vec![("RawJwt", keys::<RawJwt>()), ("RawJwtKey", keys::<RawJwtKey>())]),
         ("### `[auth.mtls]`", vec![("RawMtls", keys::<RawMtls>())]),
         ("### `[auth.identity]`", vec![("RawIdentity", keys::<RawIdentity>())]),

@@ -37,6 +37,7 @@ mod proxy;
 mod rate_limit;
 mod redis;
 mod resources;
+mod sinks;
 mod soak;
 mod tls;
 mod waf;

@@ -20,14 +20,14 @@ use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
 use super::raw::{
-    OneOrMany, RawConfig, RawCors, RawEvents, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream,
+    OneOrMany, RawConfig, RawCors, RawHeaders, RawHsts, RawLog, RawRoute, RawServer, RawTls, RawUpstream,
     RawUpstreamTls,
 };
 use super::sources::Sources;
 use super::values::{choice, duration, in_flight, ip_nets, rate, size, to_usize};
 use super::{
-    CertSource, ClientAuth, Config, Events, HostHeader, Listener, Log, LogFormat, Route, Server, Sink, Target, Tls,
-    TlsProfile, Upstream, UpstreamTls,
+    CertSource, ClientAuth, Config, HostHeader, Listener, Log, LogFormat, Route, Server, Target, Tls, TlsProfile,
+    Upstream, UpstreamTls,
 };
 
 pub fn build(path: &Path, source: &str, env: &Sources<'_>) -> Result<Config, ConfigErrors> {
@@ -96,7 +96,7 @@ pub fn build(path: &Path, source: &str, env: &Sources<'_>) -> Result<Config, Con
         }
     }
     let log = build_log(&mut c, &raw.log);
-    let events = build_events(&mut c, &raw.events, base);
+    let events = super::events::build_events(&mut c, &raw.events, base, env);
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
     let admin = super::admin::build_admin(&mut c, &raw, base, env);
     let csrf = super::csrf::build_csrf(&mut c, &raw, base, env, &auth, &mut routes);
@@ -934,27 +934,4 @@ fn build_log(c: &mut Collector<'_>, raw: &RawLog) -> Log {
             .expected("\"error\", \"warn\", \"info\", \"debug\", \"trace\" or a filter like \"info,portcullis=debug\"");
     }
     Log { format, level, access: raw.access.unwrap_or(true) }
-}
-
-fn build_events(c: &mut Collector<'_>, raw: &RawEvents, base: &Path) -> Events {
-    let Some(sinks) = &raw.sinks else { return Events { sinks: vec![Sink::Stdout] } };
-    if sinks.get_ref().is_empty() {
-        c.error(sinks.span(), "events.sinks is empty")
-            .help("security events are evidence; send them at least to \"stdout\"");
-    }
-    let mut out = Vec::new();
-    for sink in sinks.get_ref() {
-        match sink.get_ref().as_str() {
-            "stdout" => out.push(Sink::Stdout),
-            "stderr" => out.push(Sink::Stderr),
-            other => match other.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => out.push(Sink::File(base.join(path))),
-                _ => {
-                    c.error(sink.span(), format!("unknown event sink {other:?}"))
-                        .expected("\"stdout\", \"stderr\" or \"file:PATH\"");
-                }
-            },
-        }
-    }
-    Events { sinks: out }
 }

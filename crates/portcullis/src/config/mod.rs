@@ -15,6 +15,7 @@ mod bans;
 mod build;
 pub mod csrf;
 pub mod error;
+pub mod events;
 mod limits;
 pub mod login;
 pub mod oidc;
@@ -41,6 +42,7 @@ use portcullis_policy::route::{HostPattern, PathPattern};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use events::{Events, FileSink, Schema, Sink, SyslogSink, SyslogTransport, WebhookSink};
 
 /// A compiled configuration.
 #[derive(Debug, Clone)]
@@ -364,24 +366,6 @@ pub struct Log {
     pub level: String,
     /// Whether to log one line per request.
     pub access: bool,
-}
-
-/// Where security events go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-    /// A file, appended to.
-    File(PathBuf),
-}
-
-/// `[events]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Events {
-    /// One or more sinks.
-    pub sinks: Vec<Sink>,
 }
 
 /// Reads and builds a configuration file.

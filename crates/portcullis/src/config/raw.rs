@@ -772,9 +772,5 @@ pub struct RawLog {
     pub access: Option<bool>,
 }
 
-/// `[events]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEvents {
-    pub sinks: Option<Spanned<Vec<Spanned<String>>>>,
-}
+/// `[events]` (in `events.rs` with its build step).
+pub use super::events::{RawEvents, RawSink};
