@@ -80,6 +80,9 @@ pub enum StartError {
     /// An `[openapi.NAME]` document could not be fetched or compiled.
     #[error("{0}")]
     OpenApi(#[from] crate::gateway::openapi::FetchError),
+    /// Alerts (`[alerts]`) could not start.
+    #[error("{0}")]
+    Alerts(#[from] crate::alerts::AlertsError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -123,6 +126,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.events != new.events, "[events]"),
         (old.state.shared != new.state.shared, "[state] shared"),
         (old.admin != new.admin, "[admin]"),
+        (old.alerts != new.alerts, "[alerts]"),
     ]
     .into_iter()
     .filter_map(|(changed, what)| changed.then_some(what))
@@ -269,6 +273,7 @@ impl Server {
         };
         let metrics = crate::metrics::install();
         let events: Arc<dyn EventSink> = Arc::new(crate::metrics::Metered(events));
+        let events = crate::alerts::Alerting::wrap(&config, events)?;
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
         let (state, shared_bans) = match &config.state.shared {
