@@ -262,3 +262,14 @@ async fn with_redis_down_an_instance_alerts_on_its_own_counts_and_a_failing_webh
     assert!(alerts[0]["count"].as_u64().unwrap() >= 5, "{}", alerts[0]);
     assert!(alerts[0]["reasons"]["login.unavailable"].as_u64().unwrap() >= 5, "{}", alerts[0]);
 }
+
+#[test]
+fn the_example_configuration_builds() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/alerts.toml");
+    let source = std::fs::read_to_string(&path).unwrap();
+    let env = |name: &str| (name == "ALERT_WEBHOOK_URL").then(|| "https://hooks.example.com/services/T/B/x".to_owned());
+    let config = portcullis::config::parse(&path, &source, env).unwrap_or_else(|e| panic!("{e}"));
+    let alerts = config.alerts.unwrap();
+    let names: Vec<&str> = alerts.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["login-failures", "waf-blocks", "auth-guessing", "prober", "upstream-errors"]);
+}

@@ -56,6 +56,9 @@ pub const EVENTS_DROPPED: &str = "portcullis_alerts_events_dropped_total";
 /// Counter: failed exchanges with Redis (the evaluation then used local counts).
 pub const STORE_ERRORS: &str = "portcullis_alerts_store_errors_total";
 
+/// After a failed exchange, Redis is left alone this long (milliseconds).
+const RETRY_MS: u64 = 1_000;
+
 /// Matching events waiting for the evaluator.
 pub const QUEUE: usize = 16_384;
 
@@ -166,6 +169,10 @@ struct Engine {
     store: Option<RedisCounts>,
     /// Whether the last exchange with Redis succeeded (for one warning per outage).
     shared_ok: bool,
+    /// After a failure, Redis is tried again from this time on (local counts
+    /// meanwhile), so an unresponsive Redis costs one deadline per second,
+    /// not one per rule and evaluation.
+    retry_ms: u64,
     outbox: Outbox,
 }
 
@@ -181,7 +188,7 @@ impl Engine {
                 incidents: Incidents::default(),
             })
             .collect();
-        Self { instance: alerts.instance.clone(), rules, store, shared_ok: true, outbox }
+        Self { instance: alerts.instance.clone(), rules, store, shared_ok: true, retry_ms: 0, outbox }
     }
 
     /// The evaluation period: the narrowest bucket, within 50 ms–1 s.
@@ -225,7 +232,7 @@ impl Engine {
     }
 
     async fn evaluate_rule(&mut self, i: usize, now_ms: u64) {
-        let Self { rules, store, shared_ok, outbox, instance } = self;
+        let Self { rules, store, shared_ok, retry_ms, outbox, instance } = self;
         let Some(run) = rules.get_mut(i) else { return };
         run.window.advance(now_ms);
         let keep = run.rule.cooldown + run.rule.window + Duration::from_secs(30);
@@ -233,7 +240,12 @@ impl Engine {
         let has_store = store.is_some();
         if let Some(store) = store.as_ref() {
             let owned: Vec<String> = run.incidents.open().map(|(g, _)| g.clone()).collect();
-            match store.exchange(&run.rule, &run.pending, now_ms, &owned, keep).await {
+            let exchanged = if now_ms < *retry_ms {
+                Err(None)
+            } else {
+                store.exchange(&run.rule, &run.pending, now_ms, &owned, keep).await.map_err(Some)
+            };
+            match exchanged {
                 Ok(counts) => {
                     run.pending.clear();
                     if !*shared_ok {
@@ -242,11 +254,14 @@ impl Engine {
                     }
                     shared = Some((store, counts));
                 }
-                Err(e) => {
-                    metrics::counter!(STORE_ERRORS).increment(1);
-                    if *shared_ok {
-                        tracing::warn!(error = %e, "alerts: Redis unavailable; counting this instance's events only until it answers");
-                        *shared_ok = false;
+                Err(error) => {
+                    if let Some(e) = error {
+                        metrics::counter!(STORE_ERRORS).increment(1);
+                        *retry_ms = now_ms.saturating_add(RETRY_MS);
+                        if *shared_ok {
+                            tracing::warn!(error = %e, "alerts: Redis unavailable; counting this instance's events only until it answers");
+                            *shared_ok = false;
+                        }
                     }
                     // Keep what is still inside the window, to be written later.
                     let oldest = run.window.index(now_ms).saturating_sub(window::BUCKETS - 1);
