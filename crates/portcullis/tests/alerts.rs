@@ -279,3 +279,53 @@ fn the_example_configuration_builds() {
     let names: Vec<&str> = alerts.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["login-failures", "waf-blocks", "auth-guessing", "prober", "upstream-errors"]);
 }
+
+/// `n` requests from `ip` for a path no route matches (404 `route.none`).
+async fn probe(gw: &Gateway, ip: &str, n: usize) {
+    for _ in 0..n {
+        let (parts, _) = get_with(&gw.url("/wp-admin/setup.php"), &[("x-forwarded-for", ip)]).await;
+        assert_eq!(parts.status, StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn one_address_tripping_several_defences_across_instances_is_one_prober_alert() {
+    let redis = Redis::start();
+    let hook = Receiver::start(0).await;
+    let up = refusing_upstream().await;
+    let rule = "kind = \"distinct_defences\"\nthreshold = 2\nwindow = \"3s\"\ncooldown = \"1m\"\n";
+    let toml = |instance| {
+        config(up, hook.addr, &redis.url, instance, rule)
+            .replace(r#"match = { reason = ["login.failed"] }"#, r#"match = { action = ["deny", "log"] }"#)
+    };
+    let (a, b) = (gateway(&toml("gw-a")).await, gateway(&toml("gw-b")).await);
+    // Many refusals of one kind from one address, on both instances: one defence.
+    probe(&a, "198.51.100.7", 5).await;
+    probe(&b, "198.51.100.7", 5).await;
+    // The prober: a failed login (action `log`) on one instance, an unrouted
+    // path (`deny`) on the other.
+    fail_logins(&a, "203.0.113.66", 1).await;
+    probe(&b, "203.0.113.66", 1).await;
+    let alerts = hook.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(alerts[0]["kind"], "distinct_defences");
+    assert_eq!(alerts[0]["group_by"], "client");
+    assert_eq!(alerts[0]["group"], "203.0.113.66");
+    assert_eq!(alerts[0]["count"], 2);
+    assert_eq!(alerts[0]["top_clients"][0], serde_json::json!({"client_ip": "198.51.100.7", "count": 10}));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(hook.count(), 1, "{:#?}", hook.alerts());
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_alerts_names_them_as_needing_a_restart() {
+    let hook = Receiver::start(0).await;
+    let up = refusing_upstream().await;
+    let gw = gateway(&config(up, hook.addr, "memory", "gw-a", "threshold = 10\n")).await;
+    // (Each parse has its own temporary directory, so `data_dir` differs too.)
+    let (same, _dir) = common::config(&config(up, hook.addr, "memory", "gw-a", "threshold = 10\n"));
+    let reloaded = gw.server.reload(same).await.unwrap();
+    assert!(!reloaded.not_applied.contains(&"[alerts]"), "{reloaded:?}");
+    let (changed, _dir) = common::config(&config(up, hook.addr, "memory", "gw-a", "threshold = 11\n"));
+    let reloaded = gw.server.reload(changed).await.unwrap();
+    assert!(reloaded.not_applied.contains(&"[alerts]"), "{reloaded:?}");
+}
