@@ -204,3 +204,49 @@ impl Target {
         metrics::counter!(super::DELIVERY_FAILURES, "rule" => alert.alert.clone(), "cause" => "webhook").increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failure_is_described_without_the_url() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let client = HttpClient::new(None, HttpClientLimits::default()).unwrap();
+        for url in [format!("http://{closed}/services/T0/s3cret"), "http://hooks.example.com/s3cret".to_owned()] {
+            let err = client.post_json(&url, &HeaderMap::new(), Bytes::from_static(b"{}")).await.unwrap_err();
+            let text = problem(&err);
+            assert!(!text.contains("s3cret") && !text.is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_message_has_the_documented_fields() {
+        let alert = Alert {
+            alert: "r".into(),
+            status: Status::Firing,
+            summary: "s".into(),
+            text: "s".into(),
+            kind: "count",
+            group_by: "none",
+            group: None,
+            count: 3,
+            threshold: 2,
+            window_seconds: 60.0,
+            since: SystemTime::UNIX_EPOCH,
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(60),
+            total: 3,
+            top_clients: vec![ClientCount { client_ip: "192.0.2.1".into(), count: 3 }],
+            top_routes: vec![RouteCount { route: "login".into(), count: 3 }],
+            reasons: serde_json::Map::new(),
+            instance: "gw".into(),
+            local_only: false,
+        };
+        let value = serde_json::to_value(&alert).unwrap();
+        assert_eq!(value["status"], "firing");
+        assert_eq!(value["since"], "1970-01-01T00:00:00Z");
+        assert_eq!(value["until"], "1970-01-01T00:01:00Z");
+        assert!(value.get("group").is_none());
+        assert_eq!(value["top_clients"][0]["client_ip"], "192.0.2.1");
+    }
+}
