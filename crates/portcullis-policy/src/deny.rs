@@ -144,6 +144,9 @@ reasons! {
     BanIssued => ("ban.issued", StatusCode::FORBIDDEN, Client),
     /// A request to the admin listener without the right bearer token.
     AdminUnauthorized => ("admin.unauthorized", StatusCode::UNAUTHORIZED, Client),
+    /// A dashboard request that changes something, authenticated by the
+    /// session cookie, without the session's CSRF token.
+    AdminCsrf => ("admin.csrf", StatusCode::FORBIDDEN, Client),
     /// The TLS handshake failed or did not finish in time (old protocol
     /// version, no shared cipher suite, not TLS at all, a scanner).
     TlsHandshake => ("tls.handshake", StatusCode::BAD_REQUEST, Client),

@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config;
 use crate::events::JsonLines;
 use crate::server::Server;
+use crate::store::audit::{Entry, Outcome};
 
 /// Exit code for bad usage or bad configuration.
 pub const EXIT_CONFIG: u8 = 2;
@@ -72,7 +73,8 @@ pub fn check(path: &Path) -> ExitCode {
 /// `portcullis run`: serves until SIGTERM or SIGINT; reloads on SIGHUP.
 #[must_use]
 pub fn run(path: &Path) -> ExitCode {
-    let config = match config::load(path) {
+    let (loaded, hash) = load_hashed(path);
+    let config = match loaded {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -93,10 +95,23 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(serve(path, config))
+    runtime.block_on(serve(path, config, hash))
 }
 
-async fn serve(path: &Path, config: config::Config) -> ExitCode {
+/// The configuration at `path`, and the SHA-256 of the bytes it was built
+/// from (for the audit trail), if the file could be read.
+fn load_hashed(path: &Path) -> (Result<config::Config, config::ConfigErrors>, Option<String>) {
+    let Ok(bytes) = std::fs::read(path) else { return (config::load(path), None) };
+    let hash = crate::audit::sha256_hex(&bytes);
+    let loaded = match String::from_utf8(bytes) {
+        Ok(source) => config::parse(path, &source, |name| std::env::var(name).ok()),
+        // Reported as `load` reports it.
+        Err(_) => config::load(path),
+    };
+    (loaded, Some(hash))
+}
+
+async fn serve(path: &Path, config: config::Config, hash: Option<String>) -> ExitCode {
     let events = match JsonLines::start(&config.events) {
         Ok(events) => events,
         Err(e) => {
@@ -123,25 +138,20 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
         tracing::warn!(code = finding.code, help = %finding.help, "{}", finding.message);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "portcullis started");
+    let detail = serde_json::json!({ "config_sha256": hash, "version": env!("CARGO_PKG_VERSION") });
+    server.audit().record(Entry::new("gateway", "gateway.start", path.display().to_string(), detail));
+    let mut admin_reloads = server.reload_requests();
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 // Certificates reload even when the new file has errors.
                 server.reload_certificates();
-                match config::load(path) {
-                    Ok(new) => match server.reload(new).await {
-                        Ok(reloaded) if reloaded.not_applied.is_empty() => {
-                            tracing::info!(config = %path.display(), "configuration reloaded");
-                        }
-                        Ok(reloaded) => tracing::warn!(
-                            config = %path.display(),
-                            not_applied = %reloaded.not_applied.join(", "),
-                            "configuration reloaded, except settings read only at start: restart Portcullis to apply them"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
-                    },
-                    Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),
-                }
+                let _ = reload_from(&server, path, "signal:SIGHUP").await;
+            }
+            Some(request) = next_request(&mut admin_reloads) => {
+                server.reload_certificates();
+                let outcome = reload_from(&server, path, &request.actor).await;
+                let _ = request.reply.send(outcome);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -153,4 +163,60 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
         tracing::warn!(dropped = events.dropped(), "security events were dropped under load");
     }
     if drained { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
+}
+
+/// The next reload asked for through the admin API (never, without one).
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>,
+) -> Option<crate::admin::ReloadRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reloads the configuration from `path` (SIGHUP, or the admin API's
+/// `POST /reload` named by `actor`), and records the attempt in the audit
+/// trail with the file's SHA-256. Returns the settings read only at start
+/// that changed, or why the reload was refused (the previous configuration
+/// keeps serving).
+async fn reload_from(server: &Server, path: &Path, actor: &str) -> Result<Vec<String>, String> {
+    let (loaded, hash) = load_hashed(path);
+    let (outcome, detail, result) = match loaded {
+        Ok(new) => match server.reload(new).await {
+            Ok(reloaded) if reloaded.not_applied.is_empty() => {
+                tracing::info!(%actor, config = %path.display(), "configuration reloaded");
+                (Outcome::Ok, serde_json::json!({ "config_sha256": hash }), Ok(Vec::new()))
+            }
+            Ok(reloaded) => {
+                tracing::warn!(
+                    %actor,
+                    config = %path.display(),
+                    not_applied = %reloaded.not_applied.join(", "),
+                    "configuration reloaded, except settings read only at start: restart Portcullis to apply them"
+                );
+                let detail = serde_json::json!({ "config_sha256": hash, "not_applied": reloaded.not_applied });
+                (Outcome::Ok, detail, Ok(reloaded.not_applied.iter().map(ToString::to_string).collect()))
+            }
+            Err(e) => {
+                tracing::error!(%actor, error = %e, "reload refused; the previous configuration keeps serving");
+                (Outcome::Refused, serde_json::json!({ "config_sha256": hash }), Err(e.to_string()))
+            }
+        },
+        Err(errors) => {
+            tracing::error!(%actor, errors = %errors, "reload refused; the previous configuration keeps serving");
+            let detail = serde_json::json!({ "config_sha256": hash, "errors": errors.0.len() });
+            (Outcome::Refused, detail, Err(errors.to_string()))
+        }
+    };
+    let detail = match detail {
+        serde_json::Value::Object(mut fields) => {
+            fields.insert("requested_by".into(), actor.into());
+            serde_json::Value::Object(fields)
+        }
+        other => other,
+    };
+    let entry = Entry::new("gateway", "config.reload", path.display().to_string(), detail);
+    server.audit().record(entry.with_outcome(outcome));
+    result
 }

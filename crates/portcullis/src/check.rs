@@ -52,7 +52,21 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     waf_gaps(config, &mut out);
     path_ambiguity(config, &mut out);
     account_gaps(config, &mut out);
+    audit_key_per_instance(config, &mut out);
     out
+}
+
+/// A PostgreSQL store is there to be shared by instances; without
+/// `[state] audit_key` each generates its own key file, and the audit trail
+/// they write together does not verify.
+fn audit_key_per_instance(config: &Config, out: &mut Vec<Finding>) {
+    if config.state.store.starts_with("postgres") && config.state.audit_key.is_none() {
+        out.push(warning(
+            "audit.key_per_instance",
+            "the store is PostgreSQL but [state] audit_key is not set: each instance generates its own audit key".into(),
+            "set [state] audit_key = \"${PORTCULLIS_AUDIT_KEY}\" to the same key on every instance, or copy data_dir/audit.key to each",
+        ));
+    }
 }
 
 /// `[auth.accounts]` settings that let strangers in or leave the most

@@ -25,6 +25,13 @@ pub fn create(config: &Path, name: &str, roles: &[String], expires_in: Option<Du
         let expires_at = expires_in.map(|d| SystemTime::now() + d);
         let (info, key) = store.create_api_key(name, roles, expires_at).await.map_err(|e| e.to_string())?;
         println!("{}", key.expose());
+        let time = |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_seconds(at).to_string());
+        let detail = serde_json::json!({
+            "name": info.name,
+            "roles": info.roles,
+            "expires_at": time(info.expires_at),
+        });
+        audit(&store, &config, "apikey.create", &info.id, detail).await;
         eprintln!(
             "created API key {} ({:?}, roles: {}, expires: {}); copy it now: it will not be shown again",
             info.id,
@@ -56,7 +63,10 @@ pub fn list(config: &Path, json: bool) -> ExitCode {
 pub fn revoke(config: &Path, id: &str) -> ExitCode {
     with_store(config, |store, config| async move {
         match store.revoke_api_key(id).await.map_err(|e| e.to_string())? {
-            Revoked::Now => eprintln!("revoked API key {id}"),
+            Revoked::Now => {
+                audit(&store, &config, "apikey.revoke", id, serde_json::json!({})).await;
+                eprintln!("revoked API key {id}");
+            }
             Revoked::Already(at) => eprintln!("API key {id} was already revoked at {}", time_text(Some(at), "")),
         }
         if let Some(api_keys) = &config.auth.api_keys {
@@ -106,6 +116,19 @@ where
     }
 }
 
+/// Records a command's action in the audit trail (`cli:<os user>`, outcome
+/// `ok`); a failure to record is printed and emitted, never fatal.
+pub(crate) async fn audit(
+    store: &Store,
+    config: &config::Config,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) {
+    let entry = crate::store::audit::Entry::new(crate::audit::cli_actor(), action, target, detail);
+    crate::audit::record_cli(config, Some(store), entry).await;
+}
+
 pub(crate) fn time_text(at: Option<SystemTime>, none: &str) -> String {
     at.map_or_else(|| none.to_owned(), |at| humantime::format_rfc3339_seconds(at).to_string())
 }
@@ -114,7 +137,7 @@ pub(crate) fn roles_text(roles: &[String]) -> String {
     if roles.is_empty() { "-".to_owned() } else { roles.join(",") }
 }
 
-fn json_value(key: &ApiKeyInfo) -> serde_json::Value {
+pub(crate) fn json_value(key: &ApiKeyInfo) -> serde_json::Value {
     let time = |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_seconds(at).to_string());
     serde_json::json!({
         "id": key.id,

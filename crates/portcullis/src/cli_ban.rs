@@ -6,6 +6,9 @@
 //! the running process, so the command goes through its admin API (`[admin]`,
 //! bearer token from the same configuration file).
 //!
+//! Added and lifted bans are rows of the audit trail (`docs/audit.md`):
+//! written here on Redis, by the admin API when the command goes through it.
+//!
 //! Exit codes: 0 done, 1 failed (unreachable state, no such ban), 2 bad
 //! usage or configuration.
 
@@ -29,6 +32,7 @@ use crate::config::admin::Admin;
 use crate::config::state::Shared;
 use crate::config::{self, Config};
 use crate::shared::{RedisState, SharedBans};
+use crate::store::audit::Entry;
 
 /// `ban list`: the bans in force, longest-lasting first.
 #[must_use]
@@ -53,7 +57,7 @@ pub fn list(config: &Path, json: bool) -> ExitCode {
                 );
             }
         }
-        Ok(())
+        Ok(None)
     })
 }
 
@@ -69,7 +73,8 @@ pub fn add(config: &Path, target: &str, duration: Duration) -> ExitCode {
         let text = ban.target_text();
         bans.add(ban).await.map_err(|e| e.to_string())?;
         eprintln!("banned {text} for {}", humantime::format_duration(duration));
-        Ok(())
+        let detail = serde_json::json!({ "rule": "manual", "duration_s": duration.as_secs() });
+        Ok(Some(Entry::new(crate::audit::cli_actor(), "ban.add", text, detail)))
     })
 }
 
@@ -82,8 +87,9 @@ pub fn lift(config: &Path, target: &str) -> ExitCode {
     };
     with_bans(config, |bans| async move {
         if bans.lift(ip).await.map_err(|e| e.to_string())? {
-            eprintln!("lifted the ban on {}", portcullis_layers::store::ip_key(ip));
-            Ok(())
+            let text = portcullis_layers::store::ip_key(ip);
+            eprintln!("lifted the ban on {text}");
+            Ok(Some(Entry::new(crate::audit::cli_actor(), "ban.lift", text, serde_json::json!({}))))
         } else {
             Err(format!("no ban on {}", portcullis_layers::store::ip_key(ip)))
         }
@@ -93,7 +99,7 @@ pub fn lift(config: &Path, target: &str) -> ExitCode {
 fn with_bans<F, Fut>(path: &Path, op: F) -> ExitCode
 where
     F: FnOnce(Arc<dyn BanStore>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<Option<Entry>, String>>,
 {
     let config = match config::load(path) {
         Ok(config) => config,
@@ -111,7 +117,12 @@ where
     };
     let outcome = runtime.block_on(async {
         let bans = open(&config).await?;
-        op(bans).await
+        let done = op(bans).await?;
+        // Through the admin API, the API records the action; on Redis, this command does.
+        if let (Some(entry), Shared::Redis(_)) = (done, &config.state.shared) {
+            crate::audit::record_cli(&config, None, entry).await;
+        }
+        Ok::<_, String>(())
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

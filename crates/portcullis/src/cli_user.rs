@@ -9,7 +9,8 @@
 //! access outliving a decision (disabling, deleting and changing roles
 //! revoke the account's sessions), and changes nobody can trace (every
 //! change is a security event, `listener` `"cli"`, in the configuration's
-//! `[events]` sinks; a `stdout` sink is written to stderr here).
+//! `[events]` sinks; a `stdout` sink is written to stderr here, and a row of
+//! the audit trail, `docs/audit.md`).
 //!
 //! Nothing prints a password, hash, token or recovery code; `invite create`
 //! prints its code once, alone on stdout, so it can be piped. Exit codes: 0
@@ -38,7 +39,7 @@ use portcullis_layers::login::{LoginStore, unlock_account};
 use portcullis_policy::SecurityEvent;
 
 use crate::auth::password::{PasswordError, PasswordHasher};
-use crate::cli_apikey::{roles_text, time_text, with_store};
+use crate::cli_apikey::{audit, roles_text, time_text, with_store};
 use crate::config::Config;
 use crate::config::accounts::{Accounts, Registration};
 use crate::config::state::Shared;
@@ -91,6 +92,12 @@ pub fn add(config: &Path, name: &str, email: Option<&str>, roles: &[String], no_
             if account.has_password { "set" } else { "none" }
         );
         event(&config, "user add", "account.created", detail.clone())?;
+        let audited = serde_json::json!({
+            "username": account.username,
+            "roles": account.roles,
+            "password": account.has_password,
+        });
+        audit(&store, &config, "user.add", &account.id, audited).await;
         eprintln!("{detail}");
         Ok(())
     })
@@ -132,6 +139,13 @@ pub fn set_roles(config: &Path, name: &str, roles: &[String]) -> ExitCode {
             roles_text(roles)
         );
         event(&config, "user set-roles", "account.roles_changed", detail.clone())?;
+        let audited = serde_json::json!({
+            "username": account.username,
+            "from": account.roles,
+            "to": roles,
+            "sessions_revoked": ended,
+        });
+        audit(&store, &config, "user.set_roles", &account.id, audited).await;
         eprintln!("{detail}");
         Ok(())
     })
@@ -145,6 +159,8 @@ pub fn disable(config: &Path, name: &str) -> ExitCode {
         let ended = revoke(&store, &account.id, RevokeReason::Disabled).await?;
         let detail = format!("account {} ({}) disabled, {ended} session(s) revoked", account.id, account.username);
         event(&config, "user disable", "account.disabled", detail.clone())?;
+        let audited = serde_json::json!({ "username": account.username, "sessions_revoked": ended });
+        audit(&store, &config, "user.disable", &account.id, audited).await;
         eprintln!("{detail}");
         Ok(())
     })
@@ -157,6 +173,7 @@ pub fn enable(config: &Path, name: &str) -> ExitCode {
         store.set_account_disabled(&account.id, false, SystemTime::now()).await.map_err(|e| e.to_string())?;
         let detail = format!("account {} ({}) enabled", account.id, account.username);
         event(&config, "user enable", "account.enabled", detail.clone())?;
+        audit(&store, &config, "user.enable", &account.id, serde_json::json!({ "username": account.username })).await;
         eprintln!("{detail}");
         Ok(())
     })
@@ -173,6 +190,8 @@ pub fn reset_mfa(config: &Path, name: &str) -> ExitCode {
         let detail =
             format!("account {} ({}) second factors removed, {ended} session(s) revoked", account.id, account.username);
         event(&config, "user reset-mfa", "account.mfa_reset", detail.clone())?;
+        let audited = serde_json::json!({ "username": account.username, "sessions_revoked": ended });
+        audit(&store, &config, "user.reset_mfa", &account.id, audited).await;
         eprintln!("{detail}");
         Ok(())
     })
@@ -183,7 +202,7 @@ pub fn reset_mfa(config: &Path, name: &str) -> ExitCode {
 /// the module's deployment caveat for where they live).
 #[must_use]
 pub fn unlock(config: &Path, name: &str) -> ExitCode {
-    with_account(config, name, |_, config, account| async move {
+    with_account(config, name, |accounts, config, account| async move {
         // Every [login.NAME], and the gateway's own account login.
         let logins: Vec<String> = config
             .logins
@@ -222,12 +241,17 @@ pub fn unlock(config: &Path, name: &str) -> ExitCode {
                     .into());
             }
         };
+        let audited = serde_json::json!({ "username": account.username, "logins": logins });
         let logins = logins.join(", ");
         let detail = format!(
             "account {} ({}) login failures cleared {cleared} under [login.{logins}]",
             account.id, account.username
         );
         event(&config, "user unlock", "account.unlocked", detail.clone())?;
+        // Through the admin API, the API records it (`login.unlock`).
+        if matches!(config.state.shared, Shared::Redis(_)) {
+            audit(&accounts, &config, "user.unlock", &account.id, audited).await;
+        }
         eprintln!("{detail}");
         Ok(())
     })
@@ -242,6 +266,8 @@ pub fn delete(config: &Path, name: &str) -> ExitCode {
         store.delete_account(&account.id).await.map_err(|e| e.to_string())?;
         let detail = format!("account {} ({}) deleted, {ended} session(s) revoked", account.id, account.username);
         event(&config, "user delete", "account.deleted", detail.clone())?;
+        let audited = serde_json::json!({ "username": account.username, "sessions_revoked": ended });
+        audit(&store, &config, "user.delete", &account.id, audited).await;
         eprintln!("{detail}");
         Ok(())
     })
@@ -269,6 +295,11 @@ pub fn create_invite(config: &Path, roles: &[String], expires_in: Duration) -> E
             humantime::format_rfc3339_seconds(invite.expires_at)
         );
         event(&config, "invite create", "account.invite_created", detail.clone())?;
+        let audited = serde_json::json!({
+            "roles": invite.roles,
+            "expires_at": humantime::format_rfc3339_seconds(invite.expires_at).to_string(),
+        });
+        audit(&store, &config, "invite.create", &invite.id, audited).await;
         println!("{}", code.expose());
         eprintln!("{detail}; copy the code now: it will not be shown again");
         Ok(())

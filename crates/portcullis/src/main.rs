@@ -58,6 +58,50 @@ enum Command {
         #[command(subcommand)]
         command: BanCommand,
     },
+    /// Verify and list the audit trail of administrators' actions (kept in the `[state] store`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; exit 0 when intact (prints the head to record
+    /// elsewhere), 1 naming each edited, inserted or deleted row.
+    Verify {
+        /// The configuration file (its `[state] store` and audit key are used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// A head hash recorded earlier (by `verify`, or an `audit.appended`
+        /// event): rows cut off the end are found only against it.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List rows, newest first.
+    List {
+        /// The configuration file (its `[state] store` is used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// At most this many rows (1 to 1000).
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: u32,
+        /// Only this action (`ban.add`), or a prefix ending in `*` (`user.*`).
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
+        /// Only this actor (`cli:alice`), or a prefix ending in `*` (`admin-api:*`).
+        #[arg(long, value_name = "ACTOR")]
+        actor: Option<String>,
+        /// Only rows before this sequence number (the next page).
+        #[arg(long, value_name = "SEQ")]
+        before: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,6 +360,17 @@ fn main() -> ExitCode {
             InviteCommand::Create { config, roles, expires } => {
                 portcullis::cli_user::create_invite(&config, &roles, expires)
             }
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { config, head, json } => {
+                portcullis::cli_audit::verify(&config, head.as_deref(), json)
+            }
+            AuditCommand::List { config, json, limit, action, actor, before } => portcullis::cli_audit::list(
+                &config,
+                portcullis::store::audit::Filter { action, actor },
+                portcullis::store::audit::Page { before, limit },
+                json,
+            ),
         },
         Command::Apikey { command } => match command {
             ApiKeyCommand::Create { config, name, roles, expires } => {

@@ -561,22 +561,27 @@ fn check_warns_about_unlimited_logins_and_public_listeners_without_ip_limits() {
 }
 
 #[test]
-fn check_warns_about_an_admin_api_off_loopback() {
-    let admin = |bind: &str| {
-        let toml = format!(
-            "{MINIMAL}
-[admin]
-bind = \"{bind}\"\ntoken = \"{}\"\n",
-            "t".repeat(40)
-        );
-        portcullis::check::findings(&parse(&toml).unwrap())
+fn an_admin_api_off_loopback_needs_tls_and_is_still_a_finding() {
+    let toml =
+        |bind: &str, tls: &str| format!("{MINIMAL}\n[admin]\nbind = \"{bind}\"\ntoken = \"{}\"\n{tls}", "t".repeat(40));
+    let admin = |bind: &str, tls: &str| {
+        portcullis::check::findings(&parse(&toml(bind, tls)).unwrap())
             .iter()
             .map(|f| f.code)
             .filter(|c| c.starts_with("admin."))
             .collect::<Vec<_>>()
     };
-    assert_eq!(admin("0.0.0.0:9901"), ["admin.remote"]);
-    assert!(admin("127.0.0.1:9901").is_empty());
+    // In clear off loopback: refused, with the fix.
+    let error = parse(&toml("0.0.0.0:9901", "")).unwrap_err().to_string();
+    assert!(error.contains("must use TLS") && error.contains("tls = "), "{error}");
+    let error = parse(&toml("[::]:9901", "")).unwrap_err().to_string();
+    assert!(error.contains("must use TLS"), "{error}");
+    // Over TLS it starts, and `check` still points at the exposure.
+    assert_eq!(admin("0.0.0.0:9901", "tls = \"self-signed\"\n"), ["admin.remote"]);
+    assert!(admin("127.0.0.1:9901", "").is_empty());
+    assert!(admin("[::1]:9901", "").is_empty());
+    let bad = parse(&toml("0.0.0.0:9901", "tls = \"homemade\"\n")).unwrap_err().to_string();
+    assert!(bad.contains("unknown tls mode"), "{bad}");
 }
 
 const LOGIN: &str = r#"

@@ -247,6 +247,7 @@ fn every_reason_code_in_the_events_page_exists() {
         .map(|r| r.code())
         .chain(["csp.violation"])
         .chain(portcullis::cli_user::EVENT_CODES.iter().copied())
+        .chain(portcullis::store::audit::EVENT_CODES.iter().copied())
         .collect();
     let mut unknown = Vec::new();
     for line in doc.lines().filter(|l| l.starts_with("| `")) {

@@ -313,3 +313,92 @@ passkeys = "passwordless"
     assert_eq!(csp_violations(&page).await, Vec::<String>::new());
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_signs_in_streams_events_live_and_lifts_a_ban_by_keyboard_under_its_csp() {
+    use crate::dashboard::{TOKEN, config, denied_from};
+    let (app, _) = named_upstream("app").await;
+    let gw = gateway(&config(app, "")).await;
+    let admin = format!("http://{}/", gw.server.addr("admin").unwrap());
+
+    let browser = Chromium::launch().await;
+    let page = browser.open(&admin).await;
+    assert_eq!(page.get_title().await.unwrap().as_deref(), Some("Sign in · Portcullis"));
+    // The token field has the focus and a label; a wrong token says so.
+    let focused =
+        text_of(&page, "document.activeElement.id + '|' + document.querySelector('label[for=token]').textContent")
+            .await;
+    assert_eq!(focused, "token|Admin token");
+    page.find_element("#token").await.unwrap().type_str("not-the-token").await.unwrap();
+    press(&page, "Enter").await;
+    wait_for(&page, "the sign-in error", "document.querySelector('[role=alert]') !== null").await;
+    screenshot(&page, "dashboard-sign-in").await;
+    page.find_element("#token").await.unwrap().type_str(TOKEN).await.unwrap();
+    press(&page, "Enter").await;
+    wait_for(&page, "the dashboard", "document.title === 'Portcullis dashboard'").await;
+    wait_for(&page, "the live stream", "document.getElementById('stream-status').textContent === 'Live'").await;
+    // The session cookie is HttpOnly: the page's script cannot read it.
+    assert_eq!(text_of(&page, "document.cookie").await, "");
+
+    // Denials made now appear in the live table without a reload.
+    for _ in 0..3 {
+        denied_from(&gw, "203.0.113.50").await;
+    }
+    wait_for(
+        &page,
+        "three live events",
+        "[...document.querySelectorAll('#events tbody tr')].filter(r => r.textContent.includes('203.0.113.50') && r.textContent.includes('path.double_encoding')).length === 3",
+    )
+    .await;
+    wait_for(
+        &page,
+        "the top client",
+        "document.querySelector('#top-clients tbody').textContent.includes('203.0.113.50')",
+    )
+    .await;
+
+    // A banned client is refused; the Lift button (reached by keyboard) admits it again.
+    gw.server
+        .bans()
+        .add(portcullis_layers::ban::Ban::new(
+            "203.0.113.77".parse().unwrap(),
+            "manual",
+            portcullis_layers::ban::unix_millis(),
+            std::time::Duration::from_secs(3600),
+        ))
+        .await
+        .unwrap();
+    let hello = gw.url("/hello");
+    let banned = || get_with(&hello, &[("x-forwarded-for", "203.0.113.77")]);
+    assert_eq!(banned().await.0.status, 403);
+    wait_for(
+        &page,
+        "the ban in the table",
+        "document.querySelector('#bans tbody').textContent.includes('203.0.113.77')",
+    )
+    .await;
+    wait_for(&page, "the denial chart", "document.querySelectorAll('#denials-chart rect').length > 0").await;
+    screenshot(&page, "dashboard").await;
+    page.evaluate("document.querySelector('#bans button').focus()").await.unwrap();
+    let label = text_of(&page, "document.activeElement.getAttribute('aria-label')").await;
+    assert_eq!(label, "Lift the ban on 203.0.113.77");
+    press(&page, "Enter").await;
+    wait_for(&page, "the lift confirmed", "document.getElementById('bans-status').textContent.startsWith('Lifted')")
+        .await;
+    assert_eq!(banned().await.0.status, 200, "the client is admitted again");
+    assert!(gw.server.bans().list().await.unwrap().is_empty());
+    // The lift is in the audit trail, by the dashboard, and the page shows it.
+    wait_for(
+        &page,
+        "the audit row",
+        "[...document.querySelectorAll('#audit tbody tr')].some(r => r.textContent.includes('ban.lift') && r.textContent.includes('dashboard:127.0.0.1'))",
+    )
+    .await;
+
+    // Signing out by keyboard ends the session.
+    page.evaluate("document.querySelector('#logout button').focus()").await.unwrap();
+    press(&page, "Enter").await;
+    wait_for(&page, "the sign-in page", "document.title === 'Sign in · Portcullis'").await;
+    assert_eq!(csp_violations(&page).await, Vec::<String>::new());
+    browser.close().await;
+}

@@ -119,6 +119,13 @@ impl JwtVerifier {
         Ok(Self { issuers: built, cache: TokenCache::new(CACHE_CAPACITY), clock: Arc::new(SystemClock) })
     }
 
+    /// The issuers that have no key to verify with (their JWKS has not been
+    /// fetched and none is configured): the admin API's readiness.
+    #[must_use]
+    pub fn issuers_without_keys(&self) -> Vec<String> {
+        self.issuers.iter().filter(|i| i.keys.load().is_empty()).map(|i| i.policy.issuer.clone()).collect()
+    }
+
     /// Replaces the clock (tests).
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {

@@ -62,6 +62,9 @@ pub struct AuthRuntime {
     /// The built-in accounts, when `[auth.accounts]` is configured (their
     /// endpoints are in [`crate::gateway::endpoints`]).
     pub accounts: Option<crate::accounts::AccountService>,
+    /// The JWT verifier, when `[auth.jwt]` is configured (its key sets are
+    /// part of the admin API's readiness).
+    pub jwt: Option<Arc<jwt::JwtVerifier>>,
 }
 
 impl AuthRuntime {
@@ -87,9 +90,11 @@ impl AuthRuntime {
             authenticators.session = Some(oidc.clone());
             login = Some(oidc);
         }
+        let mut jwt_verifier = None;
         if !auth.jwt.is_empty() {
-            let verifier = jwt::JwtVerifier::start(&auth.jwt).await?;
-            authenticators.bearer = Some(Arc::new(jwt::Bearer(Arc::new(verifier))));
+            let verifier = Arc::new(jwt::JwtVerifier::start(&auth.jwt).await?);
+            authenticators.bearer = Some(Arc::new(jwt::Bearer(verifier.clone())));
+            jwt_verifier = Some(verifier);
         }
         if let Some(mtls) = &auth.mtls {
             authenticators.mtls = Some(Arc::new(MtlsIdentity { roles: mtls.roles.clone() }));
@@ -115,7 +120,7 @@ impl AuthRuntime {
             authenticators.account_token = Some(service.tokens());
             accounts = Some(service);
         }
-        Ok(Self { authenticators: Arc::new(authenticators), signer, login, accounts })
+        Ok(Self { authenticators: Arc::new(authenticators), signer, login, accounts, jwt: jwt_verifier })
     }
 
     /// How the upstream of `mode` learns identities.

@@ -6,13 +6,15 @@ use super::error::Collector;
 use super::secret::{Secret, resolve};
 use super::sources::Sources;
 
-/// `[admin]`: the admin API (metrics, bans) on its own listener.
+/// `[admin]`: the admin API (metrics, bans, dashboard) on its own listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     /// Where it listens (loopback unless deliberately exposed).
     pub bind: std::net::SocketAddr,
     /// The bearer token every request must carry.
     pub token: Secret,
+    /// HTTPS for the admin listener; required when `bind` is not loopback.
+    pub tls: Option<super::Tls>,
 }
 
 /// Shortest admin token accepted: 128 bits as hex.
@@ -46,5 +48,12 @@ pub(super) fn build_admin(
             .help("generate one with: openssl rand -hex 32");
         return None;
     }
-    Some(Admin { bind, token })
+    let tls = admin.tls.as_ref().and_then(|t| super::build::build_tls(c, t, base));
+    // The token and the dashboard's session cookie must not cross a network in clear.
+    if tls.is_none() && admin.tls.is_none() && !std::net::SocketAddr::ip(&bind).is_loopback() {
+        c.error(admin.bind.span(), format!("the admin API on {bind} (not loopback) must use TLS"))
+            .help("add tls = { cert = \"admin.pem\", key = \"admin.key\" } (or tls = \"self-signed\") to [admin], or bind it to 127.0.0.1");
+        return None;
+    }
+    Some(Admin { bind, token, tls })
 }

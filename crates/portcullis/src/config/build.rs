@@ -260,7 +260,7 @@ fn build_server(c: &mut Collector<'_>, raw: &RawServer, base: &Path) -> Server {
     }
 }
 
-fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Option<Tls> {
+pub(super) fn build_tls(c: &mut Collector<'_>, raw: &Spanned<RawTls>, base: &Path) -> Option<Tls> {
     let expected =
         "tls = \"self-signed\" or tls = { cert = \"site.pem\", key = \"site.key\", profile = \"intermediate\" }";
     match raw.get_ref() {

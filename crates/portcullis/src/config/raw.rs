@@ -193,6 +193,8 @@ pub struct RawAdmin {
     pub bind: Spanned<String>,
     /// Bearer token: `${ENV}` or `file:/path`.
     pub token: Spanned<String>,
+    /// `"self-signed"` or `{ cert, key, … }`, as a listener's; required off loopback.
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 /// `[login.NAME]`: login brute-force protection.
@@ -268,6 +270,9 @@ pub struct RawState {
     pub store: Option<Spanned<String>>,
     /// `memory` (default) or `redis://…` (limits, bans, session revocations).
     pub shared: Option<Spanned<String>>,
+    /// The audit trail's HMAC key: `${ENV}` or `file:/path`, 32+ bytes
+    /// (default: `audit.key` generated in the data directory).
+    pub audit_key: Option<Spanned<String>>,
 }
 
 /// `[auth]`: how callers prove who they are.

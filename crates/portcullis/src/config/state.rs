@@ -10,6 +10,10 @@
 //!   given as `${ENV_VAR}` or `file:/path`; a URL written in the file must not
 //!   carry a password (use the secret forms), and no form is ever printed with
 //!   its password. `rediss://` (TLS) is refused: the Redis client is built without TLS.
+//! - `audit_key` (the audit trail's HMAC key, see `store::audit`) is
+//!   `${ENV_VAR}` or `file:/path`, at least 32 bytes; never written in the
+//!   file, which travels to backups and diffs where the key must not. Without
+//!   it, the key is `audit.key` in `[server] data_dir`, generated on first use.
 
 use std::path::Path;
 
@@ -28,6 +32,9 @@ pub struct State {
     pub store: String,
     /// Where state shared by instances lives.
     pub shared: Shared,
+    /// `[state] audit_key`: the audit trail's HMAC key; `None` means the
+    /// key file generated in `[server] data_dir` (`audit.key`).
+    pub audit_key: Option<Secret>,
 }
 
 /// `[state] shared`.
@@ -52,7 +59,35 @@ pub(super) fn build_state(
 ) -> State {
     let shared = raw.state.shared.as_ref().map_or(Shared::Memory, |value| build_shared(c, value, base, env));
     let store = build_store(c, raw, data_dir);
-    State { store, shared }
+    let audit_key = raw.state.audit_key.as_ref().and_then(|value| build_audit_key(c, value, base, env));
+    State { store, shared, audit_key }
+}
+
+const AUDIT_KEY_EXPECTED: &str = "\"${PORTCULLIS_AUDIT_KEY}\" or \"file:/run/secrets/audit-key\"";
+
+fn build_audit_key(c: &mut Collector<'_>, value: &Spanned<String>, base: &Path, env: &Sources<'_>) -> Option<Secret> {
+    match resolve(value.get_ref().trim(), base, env) {
+        Ok(secret) if secret.expose().len() < crate::store::audit::MIN_KEY_LEN => {
+            c.error(value.span(), format!("audit key: shorter than {} bytes", crate::store::audit::MIN_KEY_LEN))
+                .expected(AUDIT_KEY_EXPECTED)
+                .help("generate one with: openssl rand -base64 48");
+            None
+        }
+        Ok(secret) if *secret.source() == SecretSource::Literal => {
+            // Written in the file, it travels with every copy of the configuration.
+            c.error(value.span(), "audit key written in the configuration file")
+                .expected(AUDIT_KEY_EXPECTED)
+                .help("put the key in an environment variable or a file readable by the gateway only");
+            None
+        }
+        Ok(secret) => Some(secret),
+        Err(e) => {
+            c.error(value.span(), format!("audit key: {e}"))
+                .expected(AUDIT_KEY_EXPECTED)
+                .help("set the variable or create the file; the key itself is never printed");
+            None
+        }
+    }
 }
 
 const SHARED_EXPECTED: &str = "\"memory\", \"redis://redis.internal:6379/0\" or \"${REDIS_URL}\"";

@@ -39,6 +39,8 @@ pub struct Gateway {
     /// The configuration it was built from.
     pub config: Arc<Config>,
     pub(crate) service: GatewayService,
+    /// The upstreams' targets and their passive health (this worker's view).
+    pub upstreams: Arc<Vec<UpstreamState>>,
 }
 
 impl Gateway {
@@ -120,8 +122,8 @@ impl Gateway {
             }),
             csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
         };
-        let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
-        Self { config, service }
+        let service = portcullis_layers::stack(&stack, Proxy::new(upstreams.clone(), tasks));
+        Self { config, service, upstreams }
     }
 }
 

@@ -118,6 +118,20 @@ impl UpstreamState {
         target.down_until_ms.store(until.max(1), Ordering::Relaxed);
     }
 
+    /// Each target's label and how long it stays skipped after a failed
+    /// connection (`None`: healthy), for the admin dashboard.
+    #[must_use]
+    pub fn health(&self) -> Vec<(Arc<str>, Option<std::time::Duration>)> {
+        let now = self.now_ms();
+        self.targets
+            .iter()
+            .map(|t| {
+                let until = t.down_until_ms.load(Ordering::Relaxed);
+                (t.label.clone(), (until > now).then(|| std::time::Duration::from_millis(until - now)))
+            })
+            .collect()
+    }
+
     /// Marks a target as healthy again.
     pub fn mark_ok(target: &TargetState) {
         if target.down_until_ms.load(Ordering::Relaxed) != 0 {

@@ -125,6 +125,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.log.level != new.log.level, "[log] level"),
         (old.events != new.events, "[events]"),
         (old.state.shared != new.state.shared, "[state] shared"),
+        (old.state.store != new.state.store, "[state] store (for the audit trail)"),
+        (old.state.audit_key != new.state.audit_key, "[state] audit_key"),
         (old.admin != new.admin, "[admin]"),
         (old.alerts != new.alerts, "[alerts]"),
     ]
@@ -175,6 +177,13 @@ pub struct Server {
     tasks: TaskTracker,
     acceptors: TaskTracker,
     addrs: Vec<(String, SocketAddr)>,
+    /// What the admin API's `GET /ready` checks.
+    readiness: Arc<crate::admin::Readiness>,
+    /// Reloads asked for through the admin API, until taken by the owner of
+    /// the configuration file ([`Server::reload_requests`]).
+    reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>>,
+    /// The audit trail (admin actions, reloads, the start).
+    audit: crate::audit::Recorder,
 }
 
 #[derive(Debug)]
@@ -187,6 +196,55 @@ struct Worker {
 
 /// Work for a worker's thread.
 type WorkerJob = Box<dyn FnOnce() + Send>;
+
+/// Aborts a task when dropped, unless disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The upstreams' health as the admin API shows it: a target is healthy
+/// unless some worker skips it after a failed connection.
+fn upstream_health(gateways: Arc<std::sync::OnceLock<Vec<Arc<ArcSwap<Gateway>>>>>) -> crate::admin::UpstreamHealth {
+    Arc::new(move || {
+        let Some(gateways) = gateways.get() else { return Vec::new() };
+        let mut targets: Vec<crate::admin::TargetHealth> = Vec::new();
+        for (i, gateway) in gateways.iter().enumerate() {
+            let gateway = gateway.load();
+            let mut n = 0;
+            for upstream in gateway.upstreams.iter() {
+                for (label, down_for) in upstream.health() {
+                    if i == 0 {
+                        targets.push(crate::admin::TargetHealth {
+                            upstream: upstream.config.name.clone(),
+                            target: label.to_string(),
+                            healthy: true,
+                            retry_in_seconds: None,
+                        });
+                    }
+                    if let (Some(down_for), Some(t)) = (down_for, targets.get_mut(n)) {
+                        t.healthy = false;
+                        let secs = down_for.as_secs().max(1);
+                        t.retry_in_seconds = Some(t.retry_in_seconds.map_or(secs, |s| s.max(secs)));
+                    }
+                    n += 1;
+                }
+            }
+        }
+        targets
+    })
+}
 
 /// Warms every worker's thread for inline WAF inspections by the engines
 /// of `shared` (`WafPool::warm_here`: the canary set through each, a few
@@ -272,11 +330,18 @@ impl Server {
             None => None,
         };
         let metrics = crate::metrics::install();
-        let events: Arc<dyn EventSink> = Arc::new(crate::metrics::Metered(events));
+        // Counted, remembered for the admin API and dashboard, then written.
+        let recent = crate::admin::recent::Recent::new(crate::admin::answered_requests);
+        let events: Arc<dyn EventSink> =
+            Arc::new(crate::metrics::Metered(Arc::new(crate::admin::recent::Remembered {
+                inner: events,
+                recent: recent.clone(),
+            })));
         let events = crate::alerts::Alerting::wrap(&config, events)?;
+        let audit = crate::audit::Recorder::start(&config, events.clone());
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
-        let (state, shared_bans) = match &config.state.shared {
+        let (state, shared_bans, redis_readiness) = match &config.state.shared {
             Shared::Memory => {
                 let state = SharedStores {
                     revocations: Arc::new(MemoryRevocations::default()),
@@ -284,10 +349,11 @@ impl Server {
                     bans: Arc::new(LocalBans::default()),
                     logins: Arc::new(MemoryLoginStore::new(MEMORY_LOGIN_KEYS)),
                 };
-                (state, None)
+                (state, None, None)
             }
             Shared::Redis(url) => {
                 let redis = Arc::new(RedisState::connect(url.expose()).await.map_err(StartError::Shared)?);
+                let redis_for_readiness = (*redis).clone();
                 let bans = Arc::new(SharedBans::new(redis.clone()));
                 // Bans made before this instance started apply from its first connection.
                 if let Err(e) = bans.sync().await {
@@ -299,16 +365,65 @@ impl Server {
                     bans: bans.clone(),
                     logins: redis,
                 };
-                (state, Some(bans))
+                (state, Some(bans), Some(redis_for_readiness))
             }
         };
+        let readiness = Arc::new(crate::admin::Readiness {
+            redis: redis_readiness,
+            store_needed: std::sync::atomic::AtomicBool::new(
+                config.auth.api_keys.is_some() || config.auth.accounts.is_some(),
+            ),
+            ..crate::admin::Readiness::default()
+        });
+        // The admin API answers while the rest starts (readiness false until
+        // the WAF's canary, the stores and the JWKS are ready).
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let gateways: Arc<std::sync::OnceLock<Vec<Arc<ArcSwap<Gateway>>>>> = Arc::new(std::sync::OnceLock::new());
+        let acceptors = TaskTracker::new();
+        let (shutdown, _) = watch::channel(false);
+        let mut admin_addr = None;
+        // Stops the admin listener if the rest fails to start.
+        let mut admin_task = None;
+        if let (Some(socket), Some(admin)) = (admin_socket, &config.admin) {
+            let admin_tls = match &admin.tls {
+                None => None,
+                Some(tls) => {
+                    let tls_error = |source| StartError::Tls { name: "admin".into(), source };
+                    let store =
+                        CertStore::load_with_sni(&tls.source, &tls.sni, &config.server.data_dir).map_err(tls_error)?;
+                    tracing::info!(listener = "admin", fingerprint = %store.fingerprint(), "TLS certificate (SHA-256)");
+                    let server_config = crate::tls::server_config(tls, store, true).map_err(tls_error)?;
+                    Some(tokio_rustls::TlsAcceptor::from(server_config))
+                }
+            };
+            let addr = socket.local_addr().unwrap_or(admin.bind);
+            tracing::info!(%addr, "admin API listening");
+            admin_addr = Some(("admin".to_owned(), addr));
+            let router = crate::admin::router(crate::admin::AdminState {
+                bans: state.bans.clone(),
+                metrics,
+                token: admin.token.clone(),
+                events: events.clone(),
+                logins: state.logins.clone(),
+                audit: audit.clone(),
+                recent: recent.clone(),
+                readiness: readiness.clone(),
+                reload: Some(reload_tx),
+                store: Arc::new(crate::admin::LazyStore::new(&config.state.store)),
+                upstreams: upstream_health(gateways.clone()),
+                sessions: Arc::new(crate::admin::dashboard::Sessions::default()),
+                tls: admin_tls.is_some(),
+                stop: shutdown.subscribe(),
+            });
+            let task = acceptors.spawn(crate::admin::serve::serve(socket, router, admin_tls, shutdown.subscribe()));
+            admin_task = Some(AbortOnDrop(Some(task.abort_handle())));
+        }
         let auth = AuthRuntime::start(&config, state.revocations.clone(), state.logins.clone()).await?;
+        readiness.jwt.store(auth.jwt.clone());
         let per_config = ConfigShared::load(&config, &state).await?;
         let config = Arc::new(config);
         let count = config.server.workers.max(1);
         let tasks = TaskTracker::new();
-        let acceptors = TaskTracker::new();
-        let (shutdown, _) = watch::channel(false);
         let (exit, _) = watch::channel(false);
         let mut workers = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
@@ -348,6 +463,7 @@ impl Server {
             trusted: config.server.trusted_proxies.clone(),
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
+        let _ = gateways.set(workers.iter().map(|w| w.current.clone()).collect());
         let mut addrs = Vec::new();
         for (spec, addr, socket) in bound {
             let scheme = match spec.kind {
@@ -372,28 +488,11 @@ impl Server {
         if !cert_stores.is_empty() {
             acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
         }
-        if let (Some(socket), Some(admin)) = (admin_socket, &config.admin) {
-            let addr = socket.local_addr().unwrap_or(admin.bind);
-            tracing::info!(%addr, "admin API listening");
-            addrs.push(("admin".to_owned(), addr));
-            let router = crate::admin::router(crate::admin::AdminState {
-                bans: state.bans.clone(),
-                metrics,
-                token: admin.token.clone(),
-                events: events.clone(),
-                logins: state.logins.clone(),
-            });
-            let mut stop = shutdown.subscribe();
-            acceptors.spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let served = axum::serve(socket, app).with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                });
-                if let Err(e) = served.await {
-                    tracing::warn!(error = %e, "admin API stopped");
-                }
-            });
+        addrs.extend(admin_addr);
+        if let Some(task) = admin_task.take() {
+            task.disarm();
         }
+        readiness.serving.store(true, std::sync::atomic::Ordering::Release);
         if let Some(bans) = shared_bans {
             acceptors.spawn(bans.run_sync(shutdown.subscribe()));
         }
@@ -408,7 +507,23 @@ impl Server {
             addrs,
             cert_stores,
             state,
+            readiness,
+            reload_requests: std::sync::Mutex::new(Some(reload_rx)),
+            audit,
         })
+    }
+
+    /// The audit trail's recorder (the store is opened on first use).
+    #[must_use]
+    pub fn audit(&self) -> &crate::audit::Recorder {
+        &self.audit
+    }
+
+    /// The reloads asked for through the admin API (`POST /reload`), for the
+    /// owner of the configuration file to carry out (`portcullis run`'s
+    /// main loop); `None` after the first call.
+    pub fn reload_requests(&self) -> Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>> {
+        self.reload_requests.lock().ok().and_then(|mut r| r.take())
     }
 
     /// The session revocation list (shared with other instances when
@@ -461,6 +576,11 @@ impl Server {
         crate::gateway::openapi::fetch_remote(&mut config.openapi).await?;
         let auth = AuthRuntime::start(&config, self.state.revocations.clone(), self.state.logins.clone()).await?;
         let per_config = ConfigShared::load(&config, &self.state).await?;
+        self.readiness.jwt.store(auth.jwt.clone());
+        self.readiness.store_needed.store(
+            config.auth.api_keys.is_some() || config.auth.accounts.is_some(),
+            std::sync::atomic::Ordering::Release,
+        );
         let config = Arc::new(config);
         warm_workers(&self.workers, &per_config).await;
         for worker in &self.workers {
@@ -511,6 +631,10 @@ impl Server {
             );
         }
         let _ = self.exit.send(true);
+        // Rows queued by the last admin requests or the reload are written before exit.
+        if !self.audit.flush(Duration::from_secs(5)).await {
+            tracing::error!("audit rows still queued at shutdown were not written");
+        }
         let threads: Vec<_> = self.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {

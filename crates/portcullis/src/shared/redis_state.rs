@@ -207,6 +207,14 @@ impl RedisState {
         Ok(state)
     }
 
+    /// Whether Redis answers a `PING` now (the admin API's readiness).
+    ///
+    /// # Errors
+    /// The failure, naming the server but never its password.
+    pub async fn ping(&self) -> Result<(), String> {
+        self.run::<String>(&redis::cmd("PING")).await.map(drop).map_err(|e| e.to_string())
+    }
+
     /// Awaits one Redis reply under [`COMMAND_TIMEOUT`], with errors that
     /// name the server but never its password.
     async fn timed<T>(&self, reply: impl Future<Output = redis::RedisResult<T>>) -> Result<T, CommandError> {

@@ -1,4 +1,4 @@
-//! The durable store: API keys and built-in accounts now, the audit log later.
+//! The durable store: API keys, built-in accounts and the audit trail.
 //!
 //! One database reached through sqlx: an SQLite file by default (one gateway
 //! instance), PostgreSQL when several instances must share keys. The schema
@@ -19,6 +19,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod audit;
 pub mod mfa;
 pub mod sessions;
 
@@ -38,6 +39,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How long a caller waits for a pooled connection before the store counts as
 /// unavailable (a request then gets 503 instead of hanging).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often opening a SQLite store retries migrations another process
+/// was applying at the same time.
+const SQLITE_MIGRATE_ATTEMPTS: u32 = 5;
 
 /// How long SQLite waits for another writer's lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,9 +137,23 @@ impl Store {
             });
         };
         let store = Self { pool };
-        let migrated = with_pool!(store, |pool| MIGRATOR.run(pool).await);
-        migrated.map_err(|source| StoreError::Migrate { url: redact(url), source })?;
-        Ok(store)
+        let mut attempt = 0;
+        loop {
+            let migrated = with_pool!(store, |pool| MIGRATOR.run(pool).await);
+            match migrated {
+                Ok(()) => return Ok(store),
+                // PostgreSQL migrations hold an advisory lock; SQLite's hold
+                // none, so two processes opening a new file at once (the
+                // gateway recording its start, a command) can both apply one.
+                // Each migration is a transaction: the loser's rolled back,
+                // and the next run finds it applied.
+                Err(_) if matches!(store.pool, Pool::Sqlite(_)) && attempt < SQLITE_MIGRATE_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(source) => return Err(StoreError::Migrate { url: redact(url), source }),
+            }
+        }
     }
 
     /// Which database this is: `sqlite` or `postgres` (for logs).
@@ -144,6 +163,15 @@ impl Store {
             Pool::Sqlite(_) => "sqlite",
             Pool::Postgres(_) => "postgres",
         }
+    }
+
+    /// Whether the database answers a trivial query now (the admin API's
+    /// readiness).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop).map_err(StoreError::Query))
     }
 
     /// Closes every pooled connection (waits for those in use).
