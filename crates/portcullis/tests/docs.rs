@@ -80,6 +80,14 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
         ("## Rate limits: `[limits.NAME]` and route `limits`", vec![("RawLimit", keys::<RawLimit>())]),
         ("## Automatic bans: `[[ban]]`", vec![("RawBan", keys::<RawBan>())]),
         ("## The admin API: `[admin]`", vec![("RawAdmin", keys::<RawAdmin>())]),
+        (
+            "## Alerts: `[alerts]`",
+            vec![
+                ("RawAlerts", keys::<portcullis::config::alerts::RawAlerts>()),
+                ("RawAlertRule", keys::<portcullis::config::alerts::RawAlertRule>()),
+                ("RawAlertMatch", keys::<portcullis::config::alerts::RawAlertMatch>()),
+            ],
+        ),
         ("## Login protection: `[login.NAME]` and route `login`", vec![("RawLogin", keys::<RawLogin>())]),
         ("## OpenAPI validation: `[openapi.NAME]` and route `openapi`", vec![("RawOpenApi", keys::<RawOpenApi>())]),
         (

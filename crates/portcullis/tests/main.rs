@@ -12,6 +12,7 @@ mod account_login;
 mod accounts;
 mod accounts_cli;
 mod admin;
+mod alerts;
 mod ambiguous;
 mod apikeys;
 mod audit;

@@ -100,6 +100,7 @@ pub fn build(path: &Path, source: &str, env: &Sources<'_>) -> Result<Config, Con
     let state = super::state::build_state(&mut c, &raw, &server.data_dir, base, env);
     let admin = super::admin::build_admin(&mut c, &raw, base, env);
     let csrf = super::csrf::build_csrf(&mut c, &raw, base, env, &auth, &mut routes);
+    let alerts = super::alerts::build_alerts(&mut c, &raw, base, env);
 
     c.finish()?;
     let csp_report_path = (raw.headers.csp_report == Some(true)).then(|| super::CSP_REPORT_PATH.to_owned());
@@ -126,6 +127,7 @@ pub fn build(path: &Path, source: &str, env: &Sources<'_>) -> Result<Config, Con
         waf,
         csrf,
         openapi,
+        alerts,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod alerts;
 pub mod api_keys;
 pub mod auth;
 mod authz;
@@ -91,6 +92,8 @@ pub struct Config {
     pub csrf: Option<csrf::Csrf>,
     /// `[openapi.NAME]`, by name.
     pub openapi: std::collections::BTreeMap<String, openapi::OpenApiDoc>,
+    /// `[alerts]`, if configured.
+    pub alerts: Option<alerts::Alerts>,
 }
 
 impl Config {

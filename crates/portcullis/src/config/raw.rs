@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub csrf: Option<Spanned<RawCsrf>>,
     pub waf: Option<Spanned<RawWaf>>,
+    /// `[alerts]` (its raw structs are in `config/alerts.rs`).
+    pub alerts: Option<Spanned<super::alerts::RawAlerts>>,
 }
 
 /// `[csrf]` as written.

@@ -80,6 +80,9 @@ pub enum StartError {
     /// An `[openapi.NAME]` document could not be fetched or compiled.
     #[error("{0}")]
     OpenApi(#[from] crate::gateway::openapi::FetchError),
+    /// Alerts (`[alerts]`) could not start.
+    #[error("{0}")]
+    Alerts(#[from] crate::alerts::AlertsError),
     /// A listener could not bind.
     #[error("cannot bind listener {name:?} to {addr}: {source}")]
     Bind {
@@ -125,6 +128,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.state.store != new.state.store, "[state] store (for the audit trail)"),
         (old.state.audit_key != new.state.audit_key, "[state] audit_key"),
         (old.admin != new.admin, "[admin]"),
+        (old.alerts != new.alerts, "[alerts]"),
     ]
     .into_iter()
     .filter_map(|(changed, what)| changed.then_some(what))
@@ -333,6 +337,7 @@ impl Server {
                 inner: events,
                 recent: recent.clone(),
             })));
+        let events = crate::alerts::Alerting::wrap(&config, events)?;
         let audit = crate::audit::Recorder::start(&config, events.clone());
         // Revoked sessions and limit state outlive reloads: they are the
         // server's, not the configuration's (changing `[state] shared` needs a restart).
