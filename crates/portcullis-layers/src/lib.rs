@@ -249,6 +249,26 @@ pub struct RouteInfo {
     pub openapi: Option<Arc<portcullis_policy::openapi::OpenApi>>,
     /// Whether WebSocket upgrades may pass (`websocket = true`).
     pub websocket: bool,
+    /// Where the server records the route's answered requests (its
+    /// metrics handles, looked up once per configuration), if anywhere.
+    pub metrics: Option<Arc<dyn RouteMetrics>>,
+}
+
+/// Records the requests a route answered. The layers only carry it (in
+/// [`RouteInfo`], which travels out in the response's extensions); the
+/// server calls it once per answered request, so what it holds must be
+/// ready-made handles, not a registry lookup by label.
+pub trait RouteMetrics: Send + Sync + std::fmt::Debug {
+    /// One answered request: the index of its listener in the
+    /// configuration, its status, the time until its response head was
+    /// ready, and the upstream's share of that time if it was proxied.
+    fn answered(
+        &self,
+        listener: usize,
+        status: http::StatusCode,
+        total: std::time::Duration,
+        upstream: Option<std::time::Duration>,
+    );
 }
 
 impl Default for RouteInfo {
@@ -277,6 +297,7 @@ impl Default for RouteInfo {
             csrf: false,
             openapi: None,
             websocket: false,
+            metrics: None,
         }
     }
 }

@@ -149,6 +149,7 @@ async fn unlock_login(State(state): State<AdminState>, request: Request) -> Resp
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    crate::metrics::refresh_bans(state.bans.as_ref()).await;
     let body = state.metrics.map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -140,7 +140,10 @@ async fn serve(path: &Path, config: config::Config) -> ExitCode {
                         ),
                         Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
                     },
-                    Err(errors) => tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving"),
+                    Err(errors) => {
+                        server.reload_refused();
+                        tracing::error!(errors = %errors, "reload refused; the previous configuration keeps serving");
+                    }
                 }
             }
             _ = terminate.recv() => break,

@@ -39,6 +39,8 @@ pub struct Gateway {
     /// The configuration it was built from.
     pub config: Arc<Config>,
     pub(crate) service: GatewayService,
+    /// Where requests that matched no route are counted.
+    pub(crate) unmatched: crate::metrics::RouteHandles,
 }
 
 impl Gateway {
@@ -57,6 +59,7 @@ impl Gateway {
             crate::metrics::register_gauge(crate::metrics::UPSTREAM_CONNECTIONS_OPEN, "upstream", &u.name);
             crate::metrics::register_gauge(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", &u.name);
         }
+        let listeners = || config.listeners.iter().map(|l| l.name.as_str());
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(
             config
                 .upstreams
@@ -83,6 +86,7 @@ impl Gateway {
                     waf: per_config.waf_routes.get(i).cloned().flatten(),
                     // Server::start and reload fetch URL documents before building.
                     openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
+                    metrics: Some(Arc::new(crate::metrics::RouteHandles::new(&r.policy.name, listeners()))),
                     ..r.policy.clone()
                 }),
             })
@@ -115,13 +119,15 @@ impl Gateway {
                     name: Arc::from(OWN_ENDPOINTS_ROUTE),
                     auth: portcullis_layers::AuthMode::Public,
                     limits: config.endpoint_limits.clone(),
+                    metrics: Some(Arc::new(crate::metrics::RouteHandles::new(OWN_ENDPOINTS_ROUTE, listeners()))),
                     ..RouteInfo::default()
                 })
             }),
             csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams, tasks));
-        Self { config, service }
+        let unmatched = crate::metrics::RouteHandles::new(crate::metrics::UNMATCHED_ROUTE, listeners());
+        Self { config, service, unmatched }
     }
 }
 
