@@ -267,7 +267,7 @@ async fn each_defences_refusal_moves_its_metrics() {
     let text = scrape(admin).await;
     assert_eq!(value(&text, "portcullis_bans_active", &[]), 1.0);
     let totals = portcullis::metrics::totals();
-    assert!(totals.requests >= CASES.len() as u64 + 1, "{totals:?}");
+    assert!(totals.requests > CASES.len() as u64, "{totals:?}");
     assert!(totals.responses_4xx >= CASES.len() as u64 - 1 && totals.responses_5xx >= 1, "{totals:?}");
     // Auth successes are not failures.
     assert_eq!(value(&text, "portcullis_auth_failures_total", &[("method", "jwt")]), 1.0);
@@ -333,7 +333,7 @@ async fn labels_stay_bounded_under_many_paths_and_addresses() {
         let client = client.clone();
         // Alternately a routed and an unmatched path, each unique, from a
         // unique address (10.x.y.z, behind the trusted proxy).
-        let path = if i % 2 == 0 { format!("/open/item/{i}") } else { format!("/unknown/{i}") };
+        let path = if i.is_multiple_of(2) { format!("/open/item/{i}") } else { format!("/unknown/{i}") };
         let from = format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255);
         let req = Request::get(format!("{url}{path}")).header("x-forwarded-for", from);
         async move {
