@@ -324,8 +324,10 @@ impl portcullis_layers::RouteMetrics for RouteHandles {
     }
 }
 
-/// How long a proxied request waited for its upstream; put into the
-/// response's extensions by the proxy, read when the request is counted.
+/// How long a request the proxy refused waited for its upstream (a
+/// timeout, a broken answer, no target reachable); put into the refusal's
+/// extensions by the proxy, read when the request is counted. An answered
+/// request carries the time in `ServedBy`.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTime(pub Duration);
 
@@ -457,8 +459,7 @@ pub fn auth_method(event: &SecurityEvent) -> Option<&'static str> {
         "account"
             if matches!(
                 event.reason,
-                "account.invalid"
-                    | "account.unauthenticated"
+                "account.unauthenticated"
                     | "account.mfa_failed"
                     | "account.totp_replay"
                     | "account.passkey_failed"
@@ -507,5 +508,50 @@ impl EventSink for Metered {
             metrics::counter!(AUTH_FAILURES, "method" => method, "reason" => event.reason).increment(1);
         }
         self.0.emit(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::event::RequestSummary;
+    use portcullis_policy::{Denied, Reason};
+
+    fn event(reason: Reason) -> SecurityEvent {
+        let summary = RequestSummary {
+            request_id: "r",
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            listener: "l",
+            method: "GET",
+            path: "/",
+            route: None,
+        };
+        SecurityEvent::denied(&summary, &Denied::new(reason), std::time::SystemTime::now())
+    }
+
+    #[test]
+    fn auth_failures_are_told_by_method_and_the_gateways_own_failures_are_not() {
+        for (reason, method) in [
+            (Reason::JwtExpired, Some("jwt")),
+            (Reason::JwtBadSignature, Some("jwt")),
+            (Reason::ApiKeyUnknown, Some("api_key")),
+            (Reason::SessionExpired, Some("session")),
+            (Reason::OidcState, Some("oidc")),
+            (Reason::MtlsMissing, Some("mtls")),
+            (Reason::AuthMissing, Some("none")),
+            (Reason::AdminUnauthorized, Some("admin")),
+            (Reason::LoginFailed, Some("login")),
+            (Reason::AccountInvalid, None),
+            (Reason::AccountMfaFailed, Some("account")),
+            // The key set or the store could not answer: not the client's failure.
+            (Reason::JwtKeysUnavailable, None),
+            (Reason::ApiKeyStoreUnavailable, None),
+            (Reason::LoginBackoff, None),
+            (Reason::RateLimitExceeded, None),
+            (Reason::WafSqli, None),
+            (Reason::AccountTaken, None),
+        ] {
+            assert_eq!(auth_method(&event(reason)), method, "{reason}");
+        }
     }
 }

@@ -107,6 +107,8 @@ async fn forward(
     let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
     let mut last = Denied::new(Reason::UpstreamConnect);
     let started = std::time::Instant::now();
+    // A refusal after trying the upstream carries the time it took (a
+    // response carries it in `ServedBy`).
     let waited = move |mut response: Response<Body>| {
         response.extensions_mut().insert(crate::metrics::UpstreamTime(started.elapsed()));
         Ok(response)
@@ -129,8 +131,8 @@ async fn forward(
                 {
                     tunnel(&tasks, client_upgrade, &mut response, &upstream.config.name, hold);
                 }
-                response.extensions_mut().insert(ServedBy(target.label.clone()));
-                return waited(response);
+                response.extensions_mut().insert(ServedBy(target.label.clone(), started.elapsed()));
+                return Ok(response);
             }
             Err(Failure::Connect(denied)) => {
                 upstream.metrics.connect.increment(1);

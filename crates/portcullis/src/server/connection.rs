@@ -294,7 +294,10 @@ impl Connection {
 /// for requests that matched no route).
 fn answered(gateway: &Gateway, listener: usize, response: &http::Response<portcullis_layers::Body>, total: Duration) {
     let extensions = response.extensions();
-    let upstream = extensions.get::<crate::metrics::UpstreamTime>().map(|t| t.0);
+    let upstream = match extensions.get::<portcullis_layers::ServedBy>() {
+        Some(served) => Some(served.1),
+        None => extensions.get::<crate::metrics::UpstreamTime>().map(|t| t.0),
+    };
     let route = extensions.get::<Arc<portcullis_layers::RouteInfo>>().and_then(|r| r.metrics.as_deref());
     let handles: &dyn portcullis_layers::RouteMetrics = route.unwrap_or(&gateway.unmatched);
     handles.answered(listener, response.status(), total, upstream);
