@@ -249,6 +249,26 @@ pub struct RouteInfo {
     pub openapi: Option<Arc<portcullis_policy::openapi::OpenApi>>,
     /// Whether WebSocket upgrades may pass (`websocket = true`).
     pub websocket: bool,
+    /// Where the server records the route's answered requests (its
+    /// metrics handles, looked up once per configuration), if anywhere.
+    pub metrics: Option<Arc<dyn RouteMetrics>>,
+}
+
+/// Records the requests a route answered. The layers only carry it (in
+/// [`RouteInfo`], which travels out in the response's extensions); the
+/// server calls it once per answered request, so what it holds must be
+/// ready-made handles, not a registry lookup by label.
+pub trait RouteMetrics: Send + Sync + std::fmt::Debug {
+    /// One answered request: the index of its listener in the
+    /// configuration, its status, the time until its response head was
+    /// ready, and the upstream's share of that time if it was proxied.
+    fn answered(
+        &self,
+        listener: usize,
+        status: http::StatusCode,
+        total: std::time::Duration,
+        upstream: Option<std::time::Duration>,
+    );
 }
 
 impl Default for RouteInfo {
@@ -277,14 +297,18 @@ impl Default for RouteInfo {
             csrf: false,
             openapi: None,
             websocket: false,
+            metrics: None,
         }
     }
 }
 
-/// The upstream target that served a response; put into the response's
-/// extensions by the proxy for the access log.
+/// The upstream target that served a response, and how long the proxy
+/// waited for its response head (connecting and retries on other targets
+/// included); put into the response's extensions by the proxy for the
+/// access log and the latency metrics (one extension, not two: each insert
+/// costs a hash-map insertion per request).
 #[derive(Debug, Clone)]
-pub struct ServedBy(pub Arc<str>);
+pub struct ServedBy(pub Arc<str>, pub std::time::Duration);
 
 /// Everything the stack needs, compiled from configuration.
 #[derive(Debug, Clone)]

@@ -50,6 +50,16 @@
 //!   informational answers are never held. An overloaded pool fails as
 //!   requests do.
 //!
+//! Metrics (handles looked up once per route, in [`WafMetrics`]):
+//! `portcullis_waf_inspections_total{route, phase}` counts verdicts reached
+//! (the engine's or the cache's; `phase` = `request` or `response`),
+//! `portcullis_waf_detections_total{route, phase, action}` those that
+//! intervened (`action` = `block`, or `log` in detect mode), and
+//! `portcullis_waf_inspection_duration_seconds{route, phase}` the time an
+//! engine inspection took, waiting for a worker included (cached verdicts
+//! are not timed). A request refused before inspection (encoding, size,
+//! overload) is counted by its event only.
+//!
 //! Deployment caveat: the WAF reads bodies before the upstream does, so a
 //! route's latency includes the whole upload; keep `body_limit` near what
 //! the route really takes.
@@ -91,6 +101,65 @@ pub struct WafRoute {
     pub responses: Option<Mode>,
     /// Settings shared by every route of one configuration.
     pub settings: Arc<WafSettings>,
+    /// The route's inspection counters and timings.
+    pub metrics: WafMetrics,
+}
+
+/// Counter: WAF verdicts reached, by route and phase.
+pub const INSPECTIONS: &str = "portcullis_waf_inspections_total";
+/// Counter: WAF verdicts that intervened, by route, phase and action.
+pub const DETECTIONS: &str = "portcullis_waf_detections_total";
+/// Histogram: time of an engine inspection, by route and phase.
+pub const INSPECTION_DURATION: &str = "portcullis_waf_inspection_duration_seconds";
+
+/// A route's WAF metrics, looked up once when the route is built (see the
+/// module docs).
+#[derive(Debug, Clone)]
+pub struct WafMetrics {
+    request: PhaseMetrics,
+    response: PhaseMetrics,
+}
+
+#[derive(Debug, Clone)]
+struct PhaseMetrics {
+    inspections: metrics::Counter,
+    blocked: metrics::Counter,
+    logged: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl PhaseMetrics {
+    fn new(route: &str, phase: &'static str) -> Self {
+        let detections = |action: &'static str| metrics::counter!(DETECTIONS, "route" => route.to_owned(), "phase" => phase, "action" => action);
+        Self {
+            inspections: metrics::counter!(INSPECTIONS, "route" => route.to_owned(), "phase" => phase),
+            blocked: detections("block"),
+            logged: detections("log"),
+            duration: metrics::histogram!(INSPECTION_DURATION, "route" => route.to_owned(), "phase" => phase),
+        }
+    }
+
+    /// Counts a verdict's decision (and its inspection time, when the
+    /// engine ran).
+    fn decided(&self, decision: &Decision, took: Option<std::time::Duration>) {
+        self.inspections.increment(1);
+        match decision {
+            Decision::Pass => {}
+            Decision::Block(_) => self.blocked.increment(1),
+            Decision::Log(_) => self.logged.increment(1),
+        }
+        if let Some(took) = took {
+            self.duration.record(took);
+        }
+    }
+}
+
+impl WafMetrics {
+    /// The handles of `route`'s series (made visible at 0).
+    #[must_use]
+    pub fn new(route: &str) -> Self {
+        Self { request: PhaseMetrics::new(route, "request"), response: PhaseMetrics::new(route, "response") }
+    }
 }
 
 /// How much is inspected and what happens under load.
@@ -363,6 +432,8 @@ where
                         cache.insert(key, verdict.clone());
                     }
                 };
+                let from_cache = cached.is_some();
+                let started = std::time::Instant::now();
                 let verdict = match (cached, responses) {
                     (Some(verdict), _) => {
                         // A response after a cached verdict runs the request
@@ -384,7 +455,11 @@ where
                     }
                 };
                 match verdict {
-                    Ok(verdict) => decide(waf.engine.name(), verdict, waf.mode),
+                    Ok(verdict) => {
+                        let decision = decide(waf.engine.name(), verdict, waf.mode);
+                        waf.metrics.request.decided(&decision, (!from_cache).then(|| started.elapsed()));
+                        decision
+                    }
                     Err(unavailable) => overloaded(unavailable, waf.settings.fail_open),
                 }
             };
@@ -433,9 +508,14 @@ async fn check_response(
     let size =
         seen.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() + seen.body.as_ref().map_or(0, Bytes::len);
     let inline = settings.pool.inline(engine.as_ref(), size);
+    let started = std::time::Instant::now();
     let verdict = settings.pool.run(inline, move || engine.inspect_response(&request, transaction, &seen)).await;
     let decision = match verdict {
-        Ok(verdict) => decide_response(waf.engine.name(), verdict, mode),
+        Ok(verdict) => {
+            let decision = decide_response(waf.engine.name(), verdict, mode);
+            waf.metrics.response.decided(&decision, Some(started.elapsed()));
+            decision
+        }
         Err(unavailable) => overloaded(unavailable, settings.fail_open),
     };
     match decision {

@@ -204,6 +204,7 @@ async fn reload_from(server: &Server, path: &Path, actor: &str) -> Result<Vec<St
             }
         },
         Err(errors) => {
+            server.reload_refused();
             tracing::error!(%actor, errors = %errors, "reload refused; the previous configuration keeps serving");
             let detail = serde_json::json!({ "config_sha256": hash, "errors": errors.0.len() });
             (Outcome::Refused, detail, Err(errors.to_string()))

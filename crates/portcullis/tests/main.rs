@@ -29,6 +29,7 @@ mod hostile;
 mod identity;
 mod jwt;
 mod login;
+mod metrics;
 mod oidc;
 mod openapi;
 mod pages;

@@ -67,7 +67,7 @@ use axum::http::Extensions;
 /// The process's count of answered requests (the dashboard's requests chart).
 #[must_use]
 pub fn answered_requests() -> u64 {
-    0
+    crate::metrics::totals().requests
 }
 
 /// A reload asked for through `POST /reload`, answered by whoever owns the
@@ -374,6 +374,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    crate::metrics::refresh_bans(state.bans.as_ref()).await;
     let body = state.metrics.map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

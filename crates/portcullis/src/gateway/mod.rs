@@ -41,6 +41,8 @@ pub struct Gateway {
     pub(crate) service: GatewayService,
     /// The upstreams' targets and their passive health (this worker's view).
     pub upstreams: Arc<Vec<UpstreamState>>,
+    /// Where requests that matched no route are counted.
+    pub(crate) unmatched: crate::metrics::RouteHandles,
 }
 
 impl Gateway {
@@ -59,6 +61,7 @@ impl Gateway {
             crate::metrics::register_gauge(crate::metrics::UPSTREAM_CONNECTIONS_OPEN, "upstream", &u.name);
             crate::metrics::register_gauge(crate::metrics::WEBSOCKET_TUNNELS_OPEN, "upstream", &u.name);
         }
+        let listeners = || config.listeners.iter().map(|l| l.name.as_str());
         let upstreams: Arc<Vec<UpstreamState>> = Arc::new(
             config
                 .upstreams
@@ -85,6 +88,7 @@ impl Gateway {
                     waf: per_config.waf_routes.get(i).cloned().flatten(),
                     // Server::start and reload fetch URL documents before building.
                     openapi: r.openapi.as_ref().and_then(|n| config.openapi.get(n)).and_then(|d| d.compiled.clone()),
+                    metrics: Some(Arc::new(crate::metrics::RouteHandles::new(&r.policy.name, listeners()))),
                     ..r.policy.clone()
                 }),
             })
@@ -117,13 +121,15 @@ impl Gateway {
                     name: Arc::from(OWN_ENDPOINTS_ROUTE),
                     auth: portcullis_layers::AuthMode::Public,
                     limits: config.endpoint_limits.clone(),
+                    metrics: Some(Arc::new(crate::metrics::RouteHandles::new(OWN_ENDPOINTS_ROUTE, listeners()))),
                     ..RouteInfo::default()
                 })
             }),
             csrf: config.csrf.as_ref().map(|c| c.policy.clone()),
         };
         let service = portcullis_layers::stack(&stack, Proxy::new(upstreams.clone(), tasks));
-        Self { config, service, upstreams }
+        let unmatched = crate::metrics::RouteHandles::new(crate::metrics::UNMATCHED_ROUTE, listeners());
+        Self { config, service, upstreams, unmatched }
     }
 }
 

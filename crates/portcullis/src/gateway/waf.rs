@@ -58,6 +58,7 @@ pub(super) async fn load(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, 
         .iter()
         .map(|r| {
             let route = r.waf?;
+            let metrics = portcullis_layers::waf::WafMetrics::new(&r.policy.name);
             let engine = engines.get(route.profile)?.clone();
             let cache = caches.get(route.profile).cloned().flatten();
             Some(Arc::new(WafRoute {
@@ -66,6 +67,7 @@ pub(super) async fn load(config: &Config) -> Result<Vec<Option<Arc<WafRoute>>>, 
                 cache,
                 responses: route.responses,
                 settings: settings.clone(),
+                metrics,
             }))
         })
         .collect())

@@ -106,8 +106,18 @@ async fn forward(
     // Retrying is safe only when no body bytes can have been consumed.
     let attempts = if req.body().is_end_stream() { upstream.targets.len().max(1) } else { 1 };
     let mut last = Denied::new(Reason::UpstreamConnect);
+    let started = std::time::Instant::now();
+    // A refusal after trying the upstream carries the time it took (a
+    // response carries it in `ServedBy`).
+    let waited = move |mut response: Response<Body>| {
+        response.extensions_mut().insert(crate::metrics::UpstreamTime(started.elapsed()));
+        Ok(response)
+    };
     for attempt in 0..attempts {
         let Some(target) = upstream.pick() else { break };
+        if attempt > 0 {
+            upstream.metrics.retries.increment(1);
+        }
         let request = if attempt + 1 < attempts {
             clone_head(&req)
         } else {
@@ -121,18 +131,26 @@ async fn forward(
                 {
                     tunnel(&tasks, client_upgrade, &mut response, &upstream.config.name, hold);
                 }
-                response.extensions_mut().insert(ServedBy(target.label.clone()));
+                response.extensions_mut().insert(ServedBy(target.label.clone(), started.elapsed()));
                 return Ok(response);
             }
             Err(Failure::Connect(denied)) => {
+                upstream.metrics.connect.increment(1);
                 upstream.mark_failed(target);
                 tracing::warn!(upstream = %upstream.config.name, upstream_target = %target.label, "upstream target unreachable; cooling down");
                 last = denied;
             }
-            Err(Failure::Other(denied)) => return Ok(deny(denied)),
+            Err(Failure::Other(denied)) => {
+                match denied.reason {
+                    Reason::UpstreamTimeout => upstream.metrics.timeout.increment(1),
+                    Reason::UpstreamProtocol => upstream.metrics.protocol.increment(1),
+                    _ => {}
+                }
+                return waited(deny(denied));
+            }
         }
     }
-    Ok(deny(last))
+    waited(deny(last))
 }
 
 /// A copy of a body-less request, for a retry.

@@ -32,6 +32,8 @@ pub struct UpstreamState {
     pub config: config::Upstream,
     /// Targets.
     pub targets: Vec<TargetState>,
+    /// Its error and retry counters.
+    pub metrics: crate::metrics::UpstreamHandles,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -83,7 +85,13 @@ impl UpstreamState {
                 down_until_ms: AtomicU64::new(0),
             })
             .collect();
-        Self { config: config.clone(), targets, next: AtomicUsize::new(0), epoch: Instant::now() }
+        Self {
+            config: config.clone(),
+            targets,
+            metrics: crate::metrics::UpstreamHandles::new(&config.name),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
     }
 
     fn now_ms(&self) -> u64 {

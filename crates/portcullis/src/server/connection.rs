@@ -98,6 +98,7 @@ impl Connection {
         let timeout = self.current.load().config.server.header_read_timeout;
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
+                crate::metrics::tls_handshake(&self.listener, "ok");
                 let client_cert = tls
                     .get_ref()
                     .1
@@ -108,8 +109,14 @@ impl Connection {
                 self.client_cert = client_cert;
                 self.serve(tls, "https").await;
             }
-            Ok(Err(e)) => self.emit_connection_event(Reason::TlsHandshake, e.to_string()),
-            Err(_) => self.emit_connection_event(Reason::TlsHandshake, format!("no handshake within {timeout:?}")),
+            Ok(Err(e)) => {
+                crate::metrics::tls_handshake(&self.listener, "error");
+                self.emit_connection_event(Reason::TlsHandshake, e.to_string());
+            }
+            Err(_) => {
+                crate::metrics::tls_handshake(&self.listener, "timeout");
+                self.emit_connection_event(Reason::TlsHandshake, format!("no handshake within {timeout:?}"));
+            }
         }
     }
 
@@ -165,6 +172,10 @@ impl Connection {
         // fixed at start); `h2c` governs cleartext listeners only.
         let builder = if server.h2c || scheme == "https" { builder } else { builder.http1_only() };
 
+        // Listeners are fixed for the process's life (a reload that changes
+        // them is refused), so the index holds across reloads.
+        let listener_index =
+            gateway.config.listeners.iter().position(|l| *l.name == *self.listener).unwrap_or(usize::MAX);
         let mut conn_info = ConnInfo::new(self.peer, self.listener.clone(), scheme);
         conn_info.client_cert = self.client_cert.take();
         let current = self.current.clone();
@@ -172,6 +183,7 @@ impl Connection {
         let hold = self.hold.clone();
         let send_pace = server.send_pace;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let started = Instant::now();
             let gateway = current.load_full();
             // Dropped when the response body ends or the request is abandoned.
             let in_flight = InFlight::begin(service_activity.clone());
@@ -191,6 +203,7 @@ impl Connection {
             let activity = service_activity.clone();
             async move {
                 let Ok(response) = future.await;
+                answered(&gateway, listener_index, &response, started.elapsed());
                 Ok::<_, Infallible>(response.map(|body| match stream {
                     None => Sent::Plain { body, in_flight: Some(in_flight) },
                     Some(stream) => {
@@ -275,6 +288,19 @@ impl Connection {
             }
         }
     }
+}
+
+/// Counts an answered request on its route's handles (or the gateway's
+/// for requests that matched no route).
+fn answered(gateway: &Gateway, listener: usize, response: &http::Response<portcullis_layers::Body>, total: Duration) {
+    let extensions = response.extensions();
+    let upstream = match extensions.get::<portcullis_layers::ServedBy>() {
+        Some(served) => Some(served.1),
+        None => extensions.get::<crate::metrics::UpstreamTime>().map(|t| t.0),
+    };
+    let route = extensions.get::<Arc<portcullis_layers::RouteInfo>>().and_then(|r| r.metrics.as_deref());
+    let handles: &dyn portcullis_layers::RouteMetrics = route.unwrap_or(&gateway.unmatched);
+    handles.answered(listener, response.status(), total, upstream);
 }
 
 impl Connection {

@@ -472,6 +472,9 @@ impl Server {
             };
             crate::metrics::register_gauge(crate::metrics::CONNECTIONS_OPEN, "listener", &spec.name);
             crate::metrics::register_gauge(crate::metrics::REQUESTS_IN_FLIGHT, "listener", &spec.name);
+            if let ListenerKind::Tls(_) = spec.kind {
+                crate::metrics::register_tls_listener(&spec.name);
+            }
             tracing::info!(listener = %spec.name, %addr, scheme, workers = count, "listening");
             addrs.push((spec.name.to_string(), addr));
             let accept = Acceptor {
@@ -485,6 +488,7 @@ impl Server {
             };
             acceptors.spawn(accept.run(socket));
         }
+        crate::metrics::config_started();
         if !cert_stores.is_empty() {
             acceptors.spawn(watch_certificates(cert_stores.clone(), shutdown.subscribe()));
         }
@@ -563,7 +567,19 @@ impl Server {
     /// # Errors
     /// [`ReloadError::Listeners`] when the listener set differs; the running
     /// configuration is kept.
-    pub async fn reload(&self, mut config: Config) -> Result<Reloaded, ReloadError> {
+    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        let reloaded = self.swap(config).await;
+        crate::metrics::config_reloaded(reloaded.is_ok());
+        reloaded
+    }
+
+    /// Counts a reload refused before it reached [`Server::reload`] (the
+    /// new file did not parse or validate).
+    pub fn reload_refused(&self) {
+        crate::metrics::config_reloaded(false);
+    }
+
+    async fn swap(&self, mut config: Config) -> Result<Reloaded, ReloadError> {
         let old = self.config();
         let was: Vec<&Listener> = old.listeners.iter().collect();
         let now: Vec<&Listener> = config.listeners.iter().collect();

@@ -93,12 +93,18 @@ function rect(svg, x, y, w, h, className, title) {
   svg.appendChild(r);
 }
 
-function axis(svg) {
+function axis(svg, peak, unit) {
   const line = document.createElementNS(SVG, 'line');
   line.setAttribute('x1', '0'); line.setAttribute('x2', '600');
   line.setAttribute('y1', '159'); line.setAttribute('y2', '159');
   line.setAttribute('class', 'axis');
   svg.appendChild(line);
+  const label = document.createElementNS(SVG, 'text');
+  label.setAttribute('x', '4');
+  label.setAttribute('y', '14');
+  label.setAttribute('class', 'peak');
+  label.textContent = 'peak ' + peak + ' ' + unit + '/min';
+  svg.appendChild(label);
 }
 
 function drawCharts(stats) {
@@ -110,14 +116,14 @@ function drawCharts(stats) {
   const denials = document.getElementById('denials-chart');
   requests.replaceChildren();
   denials.replaceChildren();
-  axis(requests);
-  axis(denials);
   let maxRequests = 1;
   let maxDenials = 1;
   for (const m of stats.minutes) {
     maxRequests = Math.max(maxRequests, m.requests);
     maxDenials = Math.max(maxDenials, Object.values(m.denials).reduce((a, b) => a + b, 0));
   }
+  axis(requests, maxRequests, 'requests');
+  axis(denials, maxDenials, 'denials');
   const seen = new Set();
   for (let i = 0; i < slots; i++) {
     const at = now - (slots - 1 - i) * 60;
