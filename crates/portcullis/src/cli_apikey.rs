@@ -152,7 +152,7 @@ pub(crate) fn json_value(key: &ApiKeyInfo) -> serde_json::Value {
 
 /// An aligned text table with a header row.
 fn table(keys: &[ApiKeyInfo]) -> String {
-    let header = ["ID", "NAME", "ROLES", "CREATED", "EXPIRES", "REVOKED", "LAST USED"].map(str::to_owned);
+    let header = ["ID", "NAME", "ROLES", "CREATED", "EXPIRES", "REVOKED", "LAST USED"];
     let rows: Vec<[String; 7]> = keys
         .iter()
         .map(|k| {
@@ -167,14 +167,21 @@ fn table(keys: &[ApiKeyInfo]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
+    aligned(&header, &rows)
+}
+
+/// `rows` under `header`, each column as wide as its widest cell, two spaces
+/// apart, trailing spaces trimmed.
+pub(crate) fn aligned<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    let header = header.map(str::to_owned);
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:width$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

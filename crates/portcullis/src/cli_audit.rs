@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::cli_apikey::aligned;
 use crate::config;
 use crate::store::Store;
 use crate::store::audit::{AuditKey, AuditLog, Filter, Page, Row};
@@ -117,7 +118,7 @@ where
 
 /// An aligned text table with a header row.
 fn table(rows: &[Row]) -> String {
-    let header = ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"].map(str::to_owned);
+    let header = ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"];
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
@@ -132,17 +133,5 @@ fn table(rows: &[Row]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&cells) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:width$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(&header, &cells)
 }

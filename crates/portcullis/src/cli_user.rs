@@ -39,7 +39,7 @@ use portcullis_layers::login::{LoginStore, unlock_account};
 use portcullis_policy::SecurityEvent;
 
 use crate::auth::password::{PasswordError, PasswordHasher};
-use crate::cli_apikey::{audit, roles_text, time_text, with_store};
+use crate::cli_apikey::{aligned, audit, roles_text, time_text, with_store};
 use crate::config::Config;
 use crate::config::accounts::{Accounts, Registration};
 use crate::config::state::Shared;
@@ -438,7 +438,7 @@ fn json_value(account: &Account, mfa: &[&str]) -> serde_json::Value {
 
 /// An aligned text table with a header row.
 fn table(rows: &[(Account, Vec<&str>)]) -> String {
-    let header = ["ID", "USERNAME", "EMAIL", "ROLES", "PASSWORD", "MFA", "CREATED", "DISABLED"].map(str::to_owned);
+    let header = ["ID", "USERNAME", "EMAIL", "ROLES", "PASSWORD", "MFA", "CREATED", "DISABLED"];
     let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|(a, mfa)| {
@@ -454,17 +454,5 @@ fn table(rows: &[(Account, Vec<&str>)]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&cells) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:width$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(&header, &cells)
 }
