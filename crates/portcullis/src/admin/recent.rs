@@ -2,7 +2,7 @@
 //! [`CAPACITY`] events for `GET /events` (paged, filtered), a live feed for
 //! the dashboard's event stream (server-sent events), and per-minute counts
 //! over the last hour for its charts (requests, denials by defence, the
-//! clients denied most).
+//! clients denied most), closed every [`TICK`] even without events.
 //!
 //! Defends the data path from its observers: `emit` takes one short lock and
 //! never waits on a reader; a slow or stalled stream reader misses events
@@ -30,6 +30,8 @@ pub const CAPACITY: usize = 10_000;
 pub const CLIENTS_PER_MINUTE: usize = 1_000;
 /// Minutes kept for the charts.
 pub const MINUTES: u64 = 60;
+/// How often the per-minute counts are rolled forward without events.
+pub const TICK: Duration = Duration::from_secs(10);
 /// Largest page of `GET /events`.
 pub const MAX_PAGE: usize = 500;
 
@@ -202,6 +204,13 @@ impl Recent {
         while inner.minutes.front().is_some_and(|m| m.at + MINUTES <= minute) {
             inner.minutes.pop_front();
         }
+    }
+
+    /// Closes the minutes before `now`'s: called every [`TICK`] so a quiet
+    /// minute's requests are not counted into the next busy one.
+    pub fn tick(&self, now: SystemTime) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        self.roll(&mut inner, unix_minute(now));
     }
 
     /// The charts' data for the hour before `now`.
@@ -385,6 +394,26 @@ mod tests {
                 TopClient { client_ip: "192.0.2.2".into(), denials: 1 }
             ]
         );
+    }
+
+    static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn counted() -> u64 {
+        REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn requests_are_counted_in_the_minute_they_were_answered() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let recent = Recent::new(counted);
+        let at = |minute: u64, second: u64| UNIX_EPOCH + Duration::from_secs(minute * 60 + second);
+        recent.tick(at(500, 0));
+        REQUESTS.fetch_add(7, Relaxed);
+        recent.tick(at(501, 5));
+        REQUESTS.fetch_add(3, Relaxed);
+        recent.tick(at(502, 5));
+        let stats = recent.stats(at(502, 30));
+        let by_minute: Vec<(u64, u64)> = stats.minutes.iter().map(|m| (m.at / 60, m.requests)).collect();
+        assert_eq!(by_minute, vec![(500, 7), (501, 3), (502, 0)]);
     }
 
     #[test]

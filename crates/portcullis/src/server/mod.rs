@@ -416,6 +416,16 @@ impl Server {
                 stop: shutdown.subscribe(),
             });
             let task = acceptors.spawn(crate::admin::serve::serve(socket, router, admin_tls, shutdown.subscribe()));
+            let (ticking, mut stop) = (recent.clone(), shutdown.subscribe());
+            acceptors.spawn(async move {
+                let mut every = tokio::time::interval(crate::admin::recent::TICK);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = every.tick() => ticking.tick(std::time::SystemTime::now()),
+                    }
+                }
+            });
             admin_task = Some(AbortOnDrop(Some(task.abort_handle())));
         }
         let auth = AuthRuntime::start(&config, state.revocations.clone(), state.logins.clone()).await?;
