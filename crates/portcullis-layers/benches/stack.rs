@@ -45,6 +45,7 @@ fn config() -> StackConfig {
         routes: Arc::new(RouteTable::new(entries)),
         events: Arc::new(Discard),
         access_log: false,
+        sample_allowed_ppm: 0,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
         auth: Default::default(),

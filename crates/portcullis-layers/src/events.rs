@@ -11,11 +11,4 @@ use portcullis_policy::SecurityEvent;
 pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// Records one event.
     fn emit(&self, event: SecurityEvent);
-
-    /// How many allowed requests in a million get a `request.allowed`
-    /// event (`[events] sample_allowed`); read once when the stack is
-    /// built. Denials are never sampled.
-    fn allowed_sample_ppm(&self) -> u32 {
-        0
-    }
 }

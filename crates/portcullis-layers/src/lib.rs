@@ -323,6 +323,9 @@ pub struct StackConfig {
     pub events: Arc<dyn EventSink>,
     /// Whether to write an access-log line per request.
     pub access_log: bool,
+    /// Allowed requests in a million that get a `request.allowed` event
+    /// (`[events] sample_allowed`; 0: none).
+    pub sample_allowed_ppm: u32,
     /// The global response-header policy.
     pub headers: Arc<portcullis_policy::headers::HeaderPolicy>,
     /// The CORS policy, if any.
@@ -361,7 +364,12 @@ where
     S::Future: Send + 'static,
 {
     let service = ServiceBuilder::new()
-        .layer(reject::RejectLayer::new(config.trusted_proxies.clone(), config.events.clone(), config.access_log))
+        .layer(reject::RejectLayer::new(
+            config.trusted_proxies.clone(),
+            config.events.clone(),
+            config.access_log,
+            config.sample_allowed_ppm,
+        ))
         .layer(ban::BansLayer::new(config.bans.clone(), config.banner.clone()))
         .layer(GuardLayer::new(headers::ResponseHeaders(config.headers.clone())))
         .layer(GuardLayer::new(cors::Cors(config.cors.clone())))

@@ -12,8 +12,9 @@
 //! [`Quiet`]); a redirect refusal, notes and an issued ban are events too
 //! (see `crate::refusal`). A request let through (no refusal, no ban) gets
 //! a `request.allowed` event (action `allow`) only when sampled: with the
-//! chance the sink asks for (`EventSink::allowed_sample_ppm`, `[events]
-//! sample_allowed`), no random number drawn when it is 0. Every response
+//! chance configured (`[events] sample_allowed`, in
+//! [`crate::StackConfig::sample_allowed_ppm`]), no random number drawn when
+//! it is 0. Every response
 //! gets `X-Request-Id`. When the
 //! response body finishes (or the client goes away), one access-log line is
 //! written.
@@ -72,10 +73,11 @@ struct Shared {
 }
 
 impl RejectLayer {
-    /// A layer resolving clients through `trusted` and sending events to `events`.
+    /// A layer resolving clients through `trusted` and sending events to
+    /// `events`, recording `sample_allowed_ppm` in a million allowed requests.
     #[must_use]
-    pub fn new(trusted: TrustedProxies, events: Arc<dyn EventSink>, access_log: bool) -> Self {
-        let sample_allowed_ppm = events.allowed_sample_ppm().min(SAMPLE_ALL);
+    pub fn new(trusted: TrustedProxies, events: Arc<dyn EventSink>, access_log: bool, sample_allowed_ppm: u32) -> Self {
+        let sample_allowed_ppm = sample_allowed_ppm.min(SAMPLE_ALL);
         Self { shared: Arc::new(Shared { trusted, events, access_log, sample_allowed_ppm }) }
     }
 }

@@ -43,6 +43,7 @@ fn config(events: Arc<Events>) -> StackConfig {
         routes: Arc::new(RouteTable::new(vec![route("/api/**", "api"), route("/fail", "fail")])),
         events,
         access_log: true,
+        sample_allowed_ppm: 0,
         headers: Arc::new(portcullis_policy::headers::HeaderPolicy::strict()),
         cors: None,
         auth: Default::default(),

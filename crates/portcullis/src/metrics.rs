@@ -509,10 +509,6 @@ impl EventSink for Metered {
         }
         self.0.emit(event);
     }
-
-    fn allowed_sample_ppm(&self) -> u32 {
-        self.0.allowed_sample_ppm()
-    }
 }
 
 #[cfg(test)]

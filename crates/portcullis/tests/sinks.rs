@@ -482,8 +482,12 @@ keep = 2
 
 #[tokio::test]
 async fn allowed_requests_are_sampled_only_when_asked_and_denials_always() {
-    for (sample, expect_allowed) in [("0", 0), ("1.0", 5)] {
-        let gate = gate(&format!("[events]\nsinks = [\"file:events.jsonl\"]\nsample_allowed = {sample}\n"), &[]).await;
+    // Alert rules wrap the event sink: the sampling must not depend on the wrapping.
+    let alerts = "[alerts]\nwebhook = \"http://127.0.0.1:9/alerts\"\n\n[[alerts.rule]]\nname = \"misses\"\nmatch = { reason = [\"route.none\"] }\nthreshold = 100\n";
+    for (sample, extra, expect_allowed) in [("0", "", 0), ("1.0", "", 5), ("1.0", alerts, 5)] {
+        let gate =
+            gate(&format!("[events]\nsinks = [\"file:events.jsonl\"]\nsample_allowed = {sample}\n\n{extra}"), &[])
+                .await;
         for i in 0..5 {
             let (parts, _) = get(&gate.url(&format!("/ok/{i}"))).await;
             assert_eq!(parts.status, 200);
@@ -496,7 +500,7 @@ async fn allowed_requests_are_sampled_only_when_asked_and_denials_always() {
         .await;
         let events = lines(&path);
         let allowed: Vec<&Value> = events.iter().filter(|e| e["reason"] == "request.allowed").collect();
-        assert_eq!(allowed.len(), expect_allowed, "sample_allowed = {sample}");
+        assert_eq!(allowed.len(), expect_allowed, "sample_allowed = {sample} {extra}");
         for e in &allowed {
             assert_eq!(e["action"], "allow");
             assert_eq!(e["status"], 200);

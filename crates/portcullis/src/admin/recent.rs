@@ -298,10 +298,6 @@ impl EventSink for Remembered {
         self.recent.emit(event.clone());
         self.inner.emit(event);
     }
-
-    fn allowed_sample_ppm(&self) -> u32 {
-        self.inner.allowed_sample_ppm()
-    }
 }
 
 /// The JSON of a remembered event: the event's own fields and its `id`.

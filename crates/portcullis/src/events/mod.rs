@@ -17,9 +17,10 @@
 //! syslog sinks), `retries_exhausted` and `rejected` (webhook).
 //! `portcullis_event_queue_depth{sink}` shows each sink's backlog.
 //!
-//! Allowed requests are sampled by the reject layer through
-//! [`EventSink::allowed_sample_ppm`], which returns `[events]
-//! sample_allowed`; denials, bans and notes are never sampled.
+//! Allowed requests are sampled by the reject layer (`[events]
+//! sample_allowed`, passed to it with the stack's configuration, so every
+//! sink and wrapper sees the same sampled events); denials, bans and notes
+//! are never sampled.
 
 mod ecs;
 mod file;
@@ -76,7 +77,6 @@ pub fn render(schema: Schema, event: &SecurityEvent) -> String {
 #[derive(Debug)]
 pub struct JsonLines {
     schema: Schema,
-    sample_allowed_ppm: u32,
     lines: Option<Lines>,
     webhooks: Vec<webhook::Webhook>,
     syslogs: Vec<syslog::Syslog>,
@@ -194,13 +194,7 @@ impl JsonLines {
                 .spawn(move || write_loop(&rx, writers, &thread_depth))?;
             Some(Lines { tx, depth, dropped: AtomicU64::new(0), last_warning: Mutex::new(None), names })
         };
-        Ok(Arc::new(Self {
-            schema: config.schema,
-            sample_allowed_ppm: config.sample_allowed_ppm,
-            lines,
-            webhooks,
-            syslogs,
-        }))
+        Ok(Arc::new(Self { schema: config.schema, lines, webhooks, syslogs }))
     }
 
     /// Events dropped because the line writer fell behind.
@@ -308,9 +302,5 @@ impl EventSink for JsonLines {
         if let Some(lines) = &self.lines {
             lines.send(line);
         }
-    }
-
-    fn allowed_sample_ppm(&self) -> u32 {
-        self.sample_allowed_ppm
     }
 }

@@ -100,6 +100,7 @@ impl Gateway {
             routes: Arc::new(RouteTable::new(entries)),
             events,
             access_log: config.log.access,
+            sample_allowed_ppm: config.events.sample_allowed_ppm,
             headers: Arc::new(config.headers.clone()),
             cors: config.cors.clone().map(Arc::new),
             auth: auth.authenticators.clone(),
