@@ -80,15 +80,8 @@ fn digest(id: &str) -> String {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+fn cookie<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
+    portcullis_policy::cookies::get(headers, name)
 }
 
 impl Sessions {
